@@ -1,0 +1,157 @@
+// The tensor-graph IR: typed, shaped values produced by nodes of standard ONNX ops.
+// A Graph is built by calling op builders (ops.ts); autodiff.ts walks it backwards;
+// onnx.ts serialises it. Subgraphs (Loop bodies) are Graphs with a parent.
+
+export type DType = 'float32' | 'float64' | 'int64' | 'bool';
+/** A dimension: a known size, or a symbolic name ("batch", "sequence"). */
+export type Dim = number | string;
+export type Shape = Dim[];
+
+export type TypedArray = Float32Array | Float64Array | BigInt64Array | Uint8Array;
+
+/** A constant tensor value, embedded in the graph. */
+export interface ConstValue {
+  dtype: DType;
+  shape: number[];
+  data: TypedArray;
+}
+
+export type Attr =
+  | { type: 'int'; value: number }
+  | { type: 'float'; value: number }
+  | { type: 'ints'; value: number[] }
+  | { type: 'floats'; value: number[] }
+  | { type: 'string'; value: string }
+  | { type: 'tensor'; value: ConstValue }
+  | { type: 'graph'; value: Graph };
+
+export const attr = {
+  int: (value: number): Attr => ({ type: 'int', value }),
+  float: (value: number): Attr => ({ type: 'float', value }),
+  ints: (value: number[]): Attr => ({ type: 'ints', value }),
+  floats: (value: number[]): Attr => ({ type: 'floats', value }),
+  string: (value: string): Attr => ({ type: 'string', value }),
+  tensor: (value: ConstValue): Attr => ({ type: 'tensor', value }),
+  graph: (value: Graph): Attr => ({ type: 'graph', value }),
+};
+
+let nextId = 0;
+
+export class Tensor {
+  readonly id = nextId++;
+  /** The node that produced this value; undefined for graph inputs. */
+  producer?: Node;
+  constructor(
+    readonly graph: Graph,
+    readonly dtype: DType,
+    readonly shape: Shape,
+    public name: string = `t${nextId}`,
+  ) {}
+  get rank(): number {
+    return this.shape.length;
+  }
+  /** The constant value, when this tensor comes straight from a Constant node. */
+  get constant(): ConstValue | undefined {
+    const p = this.producer;
+    return p && p.op === 'Constant' ? (p.attrs.value!.value as ConstValue) : undefined;
+  }
+}
+
+export interface Node {
+  op: string;
+  /** null stands for an omitted optional input. */
+  inputs: (Tensor | null)[];
+  outputs: Tensor[];
+  attrs: Record<string, Attr>;
+}
+
+export class Graph {
+  readonly nodes: Node[] = [];
+  readonly inputs: Tensor[] = [];
+  readonly outputs: Tensor[] = [];
+  readonly depth: number;
+  constructor(
+    readonly name = 'graph',
+    readonly parent?: Graph,
+  ) {
+    this.depth = parent ? parent.depth + 1 : 0;
+  }
+
+  input(name: string, dtype: DType, shape: Shape): Tensor {
+    const t = new Tensor(this, dtype, shape, name);
+    this.inputs.push(t);
+    return t;
+  }
+
+  /** Declares a graph output under `name` (through an Identity, so any value can be named). */
+  output(name: string, t: Tensor): Tensor {
+    const [out] = this.node('Identity', [t], {}, [{ dtype: t.dtype, shape: t.shape }]);
+    out!.name = name;
+    this.outputs.push(out!);
+    return out!;
+  }
+
+  node(op: string, inputs: (Tensor | null)[], attrs: Record<string, Attr>, outs: { dtype: DType; shape: Shape }[]): Tensor[] {
+    const outputs = outs.map((o) => new Tensor(this, o.dtype, o.shape));
+    const node: Node = { op, inputs, outputs, attrs };
+    for (const t of outputs) t.producer = node;
+    this.nodes.push(node);
+    return outputs;
+  }
+
+  constant(value: ConstValue): Tensor {
+    return this.node('Constant', [], { value: attr.tensor(value) }, [{ dtype: value.dtype, shape: value.shape }])[0]!;
+  }
+}
+
+export function isFloat(d: DType): boolean {
+  return d === 'float32' || d === 'float64';
+}
+
+/** The graph a new node belongs in: the deepest graph among its inputs (outer values are captured by name). */
+export function graphOf(...ts: (Tensor | number | null | undefined)[]): Graph {
+  let g: Graph | undefined;
+  for (const t of ts) if (t instanceof Tensor && (!g || t.graph.depth > g.depth)) g = t.graph;
+  if (!g) throw new Error('an op needs at least one tensor input to know its graph');
+  return g;
+}
+
+export function makeArray(dtype: DType, values: ArrayLike<number> | number[]): TypedArray {
+  switch (dtype) {
+    case 'float32':
+      return Float32Array.from(values);
+    case 'float64':
+      return Float64Array.from(values);
+    case 'int64':
+      return BigInt64Array.from(Array.from(values, (v) => BigInt(Math.trunc(v))));
+    case 'bool':
+      return Uint8Array.from(values, (v) => (v ? 1 : 0));
+  }
+}
+
+export function sameDim(a: Dim, b: Dim): boolean {
+  return a === b;
+}
+
+/** Numpy-style broadcast of two shapes. Symbolic dims are assumed to match the other side. */
+export function broadcastShapes(a: Shape, b: Shape): Shape {
+  const n = Math.max(a.length, b.length);
+  const out: Shape = [];
+  for (let i = 0; i < n; i++) {
+    const da = a[a.length - n + i] ?? 1;
+    const db = b[b.length - n + i] ?? 1;
+    if (da === db || db === 1) out.push(da);
+    else if (da === 1) out.push(db);
+    else if (typeof da === 'number' && typeof db === 'number') throw new Error(`cannot broadcast [${a}] with [${b}]`);
+    else out.push(typeof da === 'number' ? da : db);
+  }
+  return out;
+}
+
+export function dimProduct(shape: Shape): Dim {
+  let known = 1;
+  const syms: string[] = [];
+  for (const d of shape) typeof d === 'number' ? (known *= d) : syms.push(d);
+  if (!syms.length) return known;
+  return known === 1 ? syms.join('*') : `${known}*${syms.join('*')}`;
+}
