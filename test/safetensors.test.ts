@@ -80,8 +80,8 @@ test('writes the exact byte layout of a small file', () => {
 });
 
 test('output is deterministic: tensors are sorted by name', () => {
-  const a = { dtype: 'U8', shape: [1], data: new Uint8Array([1]) } as const;
-  const b = { dtype: 'U8', shape: [1], data: new Uint8Array([2]) } as const;
+  const a: NamedTensor = { dtype: 'U8', shape: [1], data: new Uint8Array([1]) };
+  const b: NamedTensor = { dtype: 'U8', shape: [1], data: new Uint8Array([2]) };
   const forward = encodeSafetensors(new Map<string, NamedTensor>([['x', a], ['y', b]]));
   const backward = encodeSafetensors(new Map<string, NamedTensor>([['y', b], ['x', a]]));
   assert.deepEqual(forward, backward);

@@ -16,6 +16,7 @@ export async function createSession(graph: Graph, o: SessionOptions = {}): Promi
     interOpNumThreads: 1,
     executionMode: 'sequential',
     graphOptimizationLevel: 'all',
+    logSeverityLevel: 3, // ORT warns about constants our gradient rules leave unused; it removes them itself
   });
 }
 

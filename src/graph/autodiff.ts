@@ -4,8 +4,11 @@
 import { isFloat, type Node, type Tensor } from './ir.ts';
 import * as op from './ops.ts';
 
-/** Given the node, the output's gradient and the output itself, the gradient of each input (null: none needed). */
-type Rule = (g: Tensor, node: Node, needs: boolean[]) => (Tensor | null)[];
+/**
+ * Given the gradient of the node's (first) output, the node, which inputs need a gradient,
+ * and the gradients of all outputs (multi-output ops), the gradient of each input (null: none).
+ */
+type Rule = (g: Tensor, node: Node, needs: boolean[], outGrads: (Tensor | undefined)[]) => (Tensor | null)[];
 
 const inp = (n: Node, i: number) => n.inputs[i]!;
 const out = (n: Node) => n.outputs[0]!;
@@ -68,6 +71,27 @@ export const VJP: Record<string, Rule> = {
   Sigmoid: (g, n) => [op.mul(g, op.mul(out(n), op.sub(1, out(n))))],
   Abs: (g, n) => [op.where(op.less(inp(n, 0), 0), op.neg(g), g)],
   Relu: (g, n) => [op.where(op.greater(inp(n, 0), 0), g, 0)],
+  Gelu: (g, n) => {
+    // d/dx of 0.5 x (1 + tanh(s (x + a x^3))) = 0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3 a x^2)
+    const [x, s, a] = [inp(n, 0), Math.sqrt(2 / Math.PI), 0.044715];
+    const x2 = op.mul(x, x);
+    const t = op.tanh(op.mul(x, op.add(op.mul(x2, a * s), s)));
+    const slope = op.add(op.mul(x2, 1.5 * a * s), 0.5 * s); // half the derivative of the tanh argument
+    const d = op.add(op.add(op.mul(t, 0.5), 0.5), op.mul(op.mul(x, slope), op.sub(1, op.mul(t, t))));
+    return [op.mul(g, d)];
+  },
+  LayerNormalization: (g, n, k) => {
+    // With xhat = (x - mean) * rstd: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * w.
+    const [x, w, b] = [inp(n, 0), inp(n, 1), n.inputs[2]];
+    const eps = n.attrs.epsilon!.value as number;
+    const centered = op.sub(x, op.reduceMean(x, [-1], true));
+    const rstd = op.div(1, op.sqrt(op.add(op.reduceMean(op.mul(centered, centered), [-1], true), eps)));
+    const xhat = op.mul(centered, rstd);
+    const dxhat = op.mul(g, w);
+    const dx = () =>
+      op.mul(rstd, op.sub(op.sub(dxhat, op.reduceMean(dxhat, [-1], true)), op.mul(xhat, op.reduceMean(op.mul(dxhat, xhat), [-1], true))));
+    return [when(k[0]!, dx), when(k[1]!, () => unbroadcast(op.mul(g, xhat), w)), b && k[2] ? unbroadcast(g, b) : null];
+  },
   Cast: (g, n) => [isFloat(inp(n, 0).dtype) ? op.cast(g, inp(n, 0).dtype) : null],
   Where: (g, n, k) => [
     null,
@@ -142,6 +166,10 @@ export const VJP: Record<string, Rule> = {
     const gKept = n.attrs.keepdims?.value ? g : op.unsqueeze(g, axes);
     return [op.mul(isMax, op.div(gKept, op.reduceSum(isMax, axes, true))), null];
   },
+  Split: (_g, n, _k, gs) => {
+    const axis = n.attrs.axis!.value as number;
+    return [op.concat(n.outputs.map((o, i) => gs[i] ?? op.zerosLike(o)), axis), null];
+  },
   Concat: (g, n, k) => {
     const axis = n.attrs.axis!.value as number;
     const gr = g.graph;
@@ -186,7 +214,7 @@ function minMax(g: Tensor, n: Node, k: boolean[], pick: (a: Tensor, b: Tensor) =
 /** Ops whose outputs carry no gradient (integer, boolean or index results). */
 const NO_GRADIENT = new Set([
   'Shape', 'Constant', 'ConstantOfShape', 'Range', 'Equal', 'Less', 'LessOrEqual', 'Greater', 'GreaterOrEqual',
-  'And', 'Or', 'Not', 'IsNaN', 'IsInf', 'ArgMax', 'TopK', 'CumSum',
+  'And', 'Or', 'Not', 'IsNaN', 'IsInf', 'ArgMax', 'TopK', 'CumSum', 'Loop',
 ]);
 
 /**
@@ -206,13 +234,14 @@ export function grad(loss: Tensor, wrt: Tensor[]): Tensor[] {
   const grads = new Map<number, Tensor>([[loss.id, op.constant(graph, loss.dtype, 1)]]);
   for (let i = graph.nodes.length - 1; i >= 0; i--) {
     const node = graph.nodes[i]!;
-    const g = grads.get(node.outputs[0]!.id);
-    if (!g || node.outputs.length !== 1) continue;
+    const outGrads = node.outputs.map((o) => grads.get(o.id));
+    if (!outGrads.some(Boolean)) continue;
+    const g = outGrads[0] ?? op.zerosLike(node.outputs[0]!);
     const needs = node.inputs.map((t) => !!t && depends.has(t.id));
     if (!needs.some(Boolean)) continue;
     const rule = VJP[node.op];
     if (!rule) throw new Error(`grad: no gradient rule for op ${node.op}`);
-    rule(g, node, needs).forEach((gi, j) => {
+    rule(g, node, needs, outGrads).forEach((gi, j) => {
       const t = node.inputs[j];
       if (!gi || !t || !needs[j]) return;
       const prev = grads.get(t.id);

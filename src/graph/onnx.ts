@@ -42,8 +42,8 @@ message OperatorSetIdProto { string domain = 1; int64 version = 2; }
 const root = protobuf.parse(SCHEMA, { keepCase: true }).root;
 const ModelProto = root.lookupType('onnx.ModelProto');
 
-export const OPSET = 18;
-const IR_VERSION = 8; // the IR version that goes with opset 18
+export const OPSET = 20;
+const IR_VERSION = 9; // the IR version that goes with opset 20
 
 // AttributeProto.AttributeType
 const ATTR_TYPE = { float: 1, int: 2, string: 3, tensor: 4, graph: 5, floats: 6, ints: 7 } as const;
@@ -58,7 +58,9 @@ function tensorProto(v: ConstValue, name = '') {
   };
 }
 
-function attributeProto(name: string, a: Attr) {
+type Message = Record<string, unknown>;
+
+function attributeProto(name: string, a: Attr): Message {
   const base = { name, type: ATTR_TYPE[a.type] };
   switch (a.type) {
     case 'int':
@@ -86,19 +88,20 @@ function valueInfo(t: Tensor, withShape = true) {
   };
 }
 
-function graphProto(g: Graph) {
-  // Subgraph (Loop body) outputs carry no declared shape: they may change per iteration.
+function graphProto(g: Graph): Message {
+  // Subgraph (Loop body) outputs carry no declared shape: ORT checks them strictly, and carried
+  // values grow per iteration. Inputs keep theirs (symbolic where they grow); ORT needs them.
   const top = !g.parent;
   return {
     name: g.name,
-    node: g.nodes.map((n, i) => ({
+    node: g.nodes.map((n, i): Message => ({
       name: `${g.name}/${n.op}_${i}`,
       op_type: n.op,
       input: n.inputs.map((t) => (t ? t.name : '')),
       output: n.outputs.map((t) => t.name),
-      attribute: Object.entries(n.attrs).map(([k, a]) => attributeProto(k, a)),
+      attribute: Object.entries(n.attrs).map(([k, a]): Message => attributeProto(k, a)),
     })),
-    input: g.inputs.map((t) => valueInfo(t, top)),
+    input: g.inputs.map((t) => valueInfo(t)),
     output: g.outputs.map((t) => valueInfo(t, top)),
   };
 }

@@ -1,4 +1,4 @@
-// Op builders: each adds one standard ONNX node (opset 18) and infers its output
+// Op builders: each adds one standard ONNX node (opset 20) and infers its output
 // dtype and shape. Composite ops (layerNorm, gelu, ...) are built from these, so
 // autodiff needs rules for the primitives only.
 import { attr, broadcastShapes, graphOf, makeArray, Tensor, type Attr, type DType, type Dim, type Graph, type Shape } from './ir.ts';
@@ -123,6 +123,13 @@ export function scatterElementsAdd(data: Tensor, indices: Tensor, updates: Tenso
 
 // ---------- shape ops ----------
 
+/** Splits x along `axis` into pieces of the given static sizes. */
+export function split(x: Tensor, sizes: number[], axis: number): Tensor[] {
+  const ax = normAxis(axis, x.rank);
+  const outs = sizes.map((n) => ({ dtype: x.dtype, shape: x.shape.map((d, i) => (i === ax ? n : d)) }));
+  return x.graph.node('Split', [x, int64s(x.graph, sizes)], { axis: attr.int(ax) }, outs);
+}
+
 export function shapeOf(x: Tensor): Tensor {
   return one(x.graph, 'Shape', [x], 'int64', [x.rank]);
 }
@@ -238,16 +245,14 @@ export function logSoftmax(x: Tensor, axis = -1): Tensor {
   return unary('LogSoftmax', x, x.dtype, { axis: attr.int(normAxis(axis, x.rank)) });
 }
 
-// ---------- composites (no gradient rules of their own) ----------
+// ---------- normalisers and composites (composites need no gradient rules of their own) ----------
 
-/** LayerNorm over the last axis, from primitives so it also runs (and differentiates) in float64. */
+/** LayerNorm over the last axis: one fused ONNX op; its gradient rule recomputes the statistics. */
 export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps = 1e-5): Tensor {
-  const mean = reduceMean(x, [-1], true);
-  const centered = sub(x, mean);
-  const variance = reduceMean(mul(centered, centered), [-1], true);
-  const normed = div(centered, sqrt(add(variance, eps)));
-  const scaled = mul(normed, weight);
-  return bias ? add(scaled, bias) : scaled;
+  return one(graphOf(x, weight, bias), 'LayerNormalization', [x, weight, bias], x.dtype, x.shape, {
+    axis: attr.int(-1),
+    epsilon: attr.float(eps),
+  });
 }
 
 export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
@@ -255,10 +260,9 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
   return mul(div(x, sqrt(add(ms, eps))), weight);
 }
 
-/** GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
+/** GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). One fused ONNX op (opset 20). */
 export function gelu(x: Tensor): Tensor {
-  const inner = mul(add(x, mul(mul(mul(x, x), x), 0.044715)), Math.sqrt(2 / Math.PI));
-  return mul(mul(x, 0.5), add(tanh(inner), 1));
+  return unary('Gelu', x, x.dtype, { approximate: attr.string('tanh') });
 }
 
 export const silu = (x: Tensor) => mul(x, sigmoid(x));
@@ -336,4 +340,24 @@ function factor(shape: Shape): { num: number; syms: string[] } {
     else syms.push(...d.split('*').filter((s) => (/^\d+$/.test(s) ? ((num *= Number(s)), false) : true)));
   }
   return { num, syms };
+}
+
+// ---------- control flow ----------
+
+/**
+ * ONNX Loop. `body` is a Graph whose parent is the caller's graph, with inputs
+ * (iteration, cond, ...carried) and outputs (cond, ...carried, ...scans); it may read
+ * outer values directly. Returns the final carried values, then each scan output
+ * stacked along a new leading 'iterations' axis.
+ */
+export function loop(g: Graph, maxTrips: Tensor | null, cond: Tensor | null, carried: Tensor[], body: Graph): Tensor[] {
+  if (body.parent !== g) throw new Error('loop: the body must be a subgraph of the loop\'s graph');
+  const nScan = body.outputs.length - 1 - carried.length;
+  const scans = body.outputs.slice(1 + carried.length);
+  const outs = [
+    ...carried.map((t, i) => ({ dtype: t.dtype, shape: t.shape.map((d, j) => (typeof d === 'number' ? d : `loop_out${i}_${j}`)) })),
+    ...scans.map((t) => ({ dtype: t.dtype, shape: ['iterations', ...t.shape] as Shape })),
+  ];
+  if (nScan < 0) throw new Error('loop: body has fewer outputs than carried values');
+  return g.node('Loop', [maxTrips, cond, ...carried], { body: attr.graph(body) }, outs);
 }

@@ -150,10 +150,10 @@ function parseHeaderEntry(name: string, raw: unknown): HeaderEntry {
   const { dtype, shape, data_offsets: offsets } = raw as Record<string, unknown>;
   if (!isDType(dtype)) throw new Error(`${what}: unknown dtype ${JSON.stringify(dtype)}`);
   const count = elementCount(shape as number[], what);
-  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isNonNegativeInteger) || offsets[0] > offsets[1]) {
+  const [begin, end] = Array.isArray(offsets) && offsets.length === 2 ? offsets : [];
+  if (!isNonNegativeInteger(begin) || !isNonNegativeInteger(end) || begin > end) {
     throw new Error(`${what}: data_offsets must be [begin, end] with 0 <= begin <= end, got ${JSON.stringify(offsets)}`);
   }
-  const [begin, end] = offsets as [number, number];
   const expectedBytes = count * DTYPE_SPECS[dtype].bytesPerElement;
   if (end - begin !== expectedBytes) {
     throw new Error(`${what}: ${dtype} shape ${JSON.stringify(shape)} needs ${expectedBytes} bytes but data_offsets span ${end - begin}`);

@@ -217,7 +217,7 @@ export async function loadTokenizer(dir: string): Promise<Tokenizer> {
 export async function saveTokenizer(dir: string, tok: Tokenizer): Promise<void> {
   await mkdir(dir, { recursive: true });
   const path = join(dir, TOKENIZER_FILE);
-  const tempPath = join(dir, `.${TOKENIZER_FILE}.${process.pid}.${Date.now()}.tmp`);
+  const tempPath = join(dir, `.${TOKENIZER_FILE}.${process.pid}.${Date.now()}.${Math.random().toString(36).slice(2)}.tmp`);
   try {
     const handle = await open(tempPath, 'w');
     try {

@@ -1,0 +1,286 @@
+// The graphs the engine runs, all built from the one model definition (model/gpt.ts):
+//  - prefill / decode: transformers.js-style names, for export and step-by-step use
+//  - generate: prefill + the whole sampling loop inside one ONNX Loop (the fast path)
+//  - score: per-token log-probs and entropies of given sequences
+//  - trainStep: loss (supervised or GRPO), backward, AdamW, in one run()
+import { Graph, type DType, type Tensor } from '../graph/ir.ts';
+import * as op from '../graph/ops.ts';
+import { grad } from '../graph/autodiff.ts';
+import { adamw, ADAMW_DEFAULTS, type AdamWConfig } from '../graph/optim.ts';
+import { attentionBias, declareParams, forward, head, paramSpecs, positionsFromMask, type GPTConfig, type KV, type Params } from '../model/gpt.ts';
+
+// ---------- prefill / decode ----------
+
+/** One forward step over new tokens, with (decode) or without (prefill) a past KV cache. */
+export function buildDecoder(c: GPTConfig, withPast: boolean, dtype: DType = 'float32'): Graph {
+  const g = new Graph(withPast ? 'decode' : 'prefill');
+  const p = declareParams(g, c, dtype);
+  const ids = g.input('input_ids', 'int64', ['batch', 'sequence']);
+  const mask = g.input('attention_mask', 'int64', ['batch', 'total_sequence']);
+  const positions = g.input('position_ids', 'int64', ['batch', 'sequence']);
+  const dh = c.dModel / c.nHeads;
+  const past: KV[] | undefined = withPast
+    ? Array.from({ length: c.nLayers }, (_, i) => ({
+        k: g.input(`past_key_values.${i}.key`, dtype, ['batch', c.nHeads, 'past_sequence', dh]),
+        v: g.input(`past_key_values.${i}.value`, dtype, ['batch', c.nHeads, 'past_sequence', dh]),
+      }))
+    : undefined;
+  const bias = attentionBias(mask, op.dimOf(ids, 1), dtype);
+  const { hidden, present } = forward(c, p, { ids, positions, bias, past });
+  const logits = op.reshape(head(c, p, hidden), op.concat([op.shapeOf(ids), op.int64s(g, [c.vocabSize])], 0), [
+    'batch',
+    'sequence',
+    c.vocabSize,
+  ]);
+  g.output('logits', logits);
+  present.forEach((kv, i) => {
+    g.output(`present.${i}.key`, kv.k);
+    g.output(`present.${i}.value`, kv.v);
+  });
+  return g;
+}
+
+// ---------- generate: the sampling loop in one graph ----------
+
+/**
+ * Inputs: weights; input_ids/attention_mask [P, L] (left-padded prompts); num_samples (G);
+ * max_new_tokens; uniforms [max_new_tokens, P*G] (from a seeded JS RNG, so runs are
+ * reproducible); temperature; top_p; stop_token; pad_token.
+ * Outputs: tokens and logprobs [steps, P*G] (row i*G+j is sample j of prompt i; steps
+ * <= max_new_tokens: the loop ends early once every sequence has stopped). Log-probs are
+ * under the temperature-scaled distribution, before top-p truncation; 0 after the stop.
+ */
+export function buildGenerate(c: GPTConfig): Graph {
+  const dtype: DType = 'float32';
+  const g = new Graph('generate');
+  const p = declareParams(g, c, dtype);
+  const ids = g.input('input_ids', 'int64', ['prompts', 'prompt_len']);
+  const mask = g.input('attention_mask', 'int64', ['prompts', 'prompt_len']);
+  const numSamples = g.input('num_samples', 'int64', []);
+  const maxNew = g.input('max_new_tokens', 'int64', []);
+  const uniforms = g.input('uniforms', dtype, ['max_new_tokens', 'B']);
+  const temperature = g.input('temperature', dtype, []);
+  const topP = g.input('top_p', dtype, []);
+  const stop = g.input('stop_token', 'int64', []);
+  const padTok = g.input('pad_token', 'int64', []);
+  const H = c.nHeads;
+  const dh = c.dModel / H;
+
+  // Prefill each distinct prompt once, then repeat its cache for the G samples.
+  const bias = attentionBias(mask, op.dimOf(ids, 1), dtype);
+  const pre = forward(c, p, { ids, positions: positionsFromMask(mask), bias, keysTransposed: true });
+  const P = op.reshape(op.dimOf(ids, 0), [1]);
+  const G = op.reshape(numSamples, [1]);
+  const repeat = (t: Tensor, name: string): Tensor => {
+    // [P, ...rest] -> [P*G, ...rest]
+    const rest = op.slice(op.shapeOf(t), [1], [2 ** 62], [0]);
+    const expanded = op.expand(op.unsqueeze(t, [1]), op.concat([P, G, rest], 0), ['P', 'G', ...t.shape.slice(1)]);
+    return op.reshape(expanded, op.concat([op.int64s(g, [-1]), rest], 0), [name, ...t.shape.slice(1)]);
+  };
+  const lastHidden = op.squeeze(op.slice(op.reshape(pre.hidden, op.concat([op.shapeOf(ids), op.int64s(g, [c.dModel])], 0), ['P', 'L', c.dModel]), [-1], [2 ** 62], [1]), [1]);
+  const firstLogits = repeat(head(c, p, lastHidden), 'B');
+  const caches = pre.present.flatMap((kv) => [repeat(kv.k, 'B'), repeat(kv.v, 'B')]);
+  const keyMask = repeat(mask, 'B');
+  const nextPos = op.reduceSum(keyMask, [1]); // real prompt length = next position
+  const B = op.dimOf(firstLogits, 0);
+  const finished0 = op.constantOfShape(op.reshape(B, [1]), 'bool', 0, ['B']);
+
+  // Loop body: sample from the current logits, then run the model one step on that token.
+  const body = new Graph('sample_step', g);
+  const iter = body.input('iter', 'int64', []);
+  body.input('cond_in', 'bool', []);
+  const logits = body.input('logits_in', dtype, ['B', c.vocabSize]);
+  const pos = body.input('pos_in', 'int64', ['B']);
+  const kmask = body.input('mask_in', 'int64', ['B', 'K']);
+  const finished = body.input('finished_in', 'bool', ['B']);
+  const past: KV[] = Array.from({ length: c.nLayers }, (_, i) => ({
+    k: body.input(`k_in${i}`, dtype, ['B', H, dh, 'K']),
+    v: body.input(`v_in${i}`, dtype, ['B', H, 'K', dh]),
+  }));
+
+  const u = op.gather(uniforms, iter); // [B]
+  const { token: sampled, logprob: sampledLp } = sampleToken(logits, u, temperature, topP);
+  const token = op.where(finished, padTok, sampled);
+  const logprob = op.where(finished, op.constant(body, dtype, 0), sampledLp);
+  const nowFinished = op.or(finished, op.equal(token, stop));
+
+  const ones = op.constantOfShape(op.concat([op.reshape(op.dimOf(kmask, 0), [1]), op.int64s(body, [1])], 0), 'int64', 1, ['B', 1]);
+  const newMask = op.concat([kmask, ones], 1);
+  const stepBias = op.where(
+    op.unsqueeze(op.equal(newMask, op.int64(body, 1)), [1, 2]),
+    op.constant(body, dtype, 0),
+    op.constant(body, dtype, -1e9),
+  ); // [B,1,1,K+1]: a single new query needs no causal mask
+  const step = forward(c, p, {
+    ids: op.unsqueeze(token, [1]),
+    positions: op.unsqueeze(pos, [1]),
+    bias: stepBias,
+    past,
+    keysTransposed: true,
+  });
+  const newLogits = head(c, p, step.hidden);
+  const anyLeft = op.greater(op.reduceSum(op.cast(op.not(nowFinished), 'int64'), [0]), op.int64(body, 0));
+  body.output('cond_out', anyLeft);
+  body.output('logits_out', newLogits);
+  body.output('pos_out', op.add(pos, op.int64(body, 1)));
+  body.output('mask_out', newMask);
+  body.output('finished_out', nowFinished);
+  step.present.forEach((kv, i) => {
+    body.output(`k_out${i}`, kv.k);
+    body.output(`v_out${i}`, kv.v);
+  });
+  body.output('token_out', token);
+  body.output('logprob_out', logprob);
+
+  const trueT = op.constant(g, 'bool', 1);
+  const outs = op.loop(g, maxNew, trueT, [firstLogits, nextPos, keyMask, finished0, ...caches], body);
+  const nCarried = 4 + caches.length;
+  g.output('tokens', outs[nCarried]!);
+  g.output('logprobs', outs[nCarried + 1]!);
+  return g;
+}
+
+/**
+ * Inverse-CDF sampling of one token per row from logits [B, V] with temperature and
+ * top-p (nucleus): u in [0, 1) per row selects within the kept, renormalised mass.
+ */
+export function sampleToken(logits: Tensor, u: Tensor, temperature: Tensor, topP: Tensor): { token: Tensor; logprob: Tensor } {
+  const V = logits.shape[1] as number;
+  const lp = op.logSoftmax(op.div(logits, temperature), -1);
+  const [sortedP, order] = op.topk(op.exp(lp), V);
+  const before = op.cumsum(sortedP, 1, { exclusive: true });
+  const keep = op.less(before, topP); // the most likely token is always kept
+  const kept = op.where(keep, sortedP, 0);
+  const threshold = op.mul(op.unsqueeze(u, [1]), op.reduceSum(kept, [1], true));
+  const below = op.cast(op.lessOrEqual(op.cumsum(kept, 1), threshold), 'int64');
+  const lastKept = op.sub(op.reduceSum(op.cast(keep, 'int64'), [1], true), op.int64(logits.graph, 1));
+  const rank = op.min(op.reduceSum(below, [1], true), lastKept); // guards u*total rounding up to total
+  const token = op.gatherElements(order, rank, 1);
+  return { token: op.squeeze(token, [1]), logprob: op.squeeze(op.gatherElements(lp, token, 1), [1]) };
+}
+
+// ---------- losses ----------
+
+export interface LossOptions {
+  /** 'sft': next-token cross-entropy; 'grpo': policy gradient with per-sequence advantages. */
+  objective: 'sft' | 'grpo';
+  aggregation: 'token-mean' | 'sequence-mean';
+  /** k3 KL penalty to reference log-probs (inputs ref_logprobs, kl_coef). */
+  kl: boolean;
+  /** PPO-style ratio clipping against old log-probs (inputs old_logprobs, clip_eps). */
+  ppoClip: boolean;
+  /** Subtract entropy_coef * entropy from the loss (input entropy_coef). */
+  entropyBonus: boolean;
+}
+export const DEFAULT_LOSS: LossOptions = { objective: 'sft', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false };
+
+/** Token log-probs and entropies of sequences [B, T]: position t scores token t (t >= 1). */
+function scoreTokens(c: GPTConfig, p: Params, ids: Tensor, mask: Tensor, dtype: DType) {
+  const g = ids.graph;
+  const inputs = op.slice(ids, [0], [-1], [1]);
+  const inMask = op.slice(mask, [0], [-1], [1]);
+  const targets = op.slice(ids, [1], [2 ** 62], [1]);
+  const bias = attentionBias(inMask, op.dimOf(inputs, 1), dtype);
+  const { hidden } = forward(c, p, { ids: inputs, positions: positionsFromMask(inMask), bias });
+  const logits = op.reshape(head(c, p, hidden), op.concat([op.shapeOf(inputs), op.int64s(g, [c.vocabSize])], 0), ['B', 'T-1', c.vocabSize]);
+  const lp = op.logSoftmax(logits, -1);
+  const tokenLp = op.squeeze(op.gatherElements(lp, op.unsqueeze(targets, [-1]), -1), [-1]);
+  const entropy = op.neg(op.reduceSum(op.mul(op.exp(lp), lp), [-1]));
+  return { tokenLp, entropy };
+}
+
+/** Declares the batch inputs of a loss and returns the scalar loss and its statistics. */
+function buildLoss(g: Graph, c: GPTConfig, p: Params, o: LossOptions, dtype: DType) {
+  const ids = g.input('input_ids', 'int64', ['B', 'T']);
+  const mask = g.input('attention_mask', 'int64', ['B', 'T']);
+  const lossMask = g.input('loss_mask', dtype, ['B', 'T']);
+  const { tokenLp, entropy } = scoreTokens(c, p, ids, mask, dtype);
+  const w = op.slice(lossMask, [1], [2 ** 62], [1]);
+  const shifted = (t: Tensor) => op.slice(t, [1], [2 ** 62], [1]);
+
+  let perToken: Tensor;
+  const stats: Record<string, Tensor> = {};
+  if (o.objective === 'sft') perToken = op.neg(tokenLp);
+  else {
+    const adv = op.unsqueeze(g.input('advantages', dtype, ['B']), [1]);
+    if (o.ppoClip) {
+      const old = shifted(g.input('old_logprobs', dtype, ['B', 'T']));
+      const eps = g.input('clip_eps', dtype, []);
+      const ratio = op.exp(op.sub(tokenLp, old));
+      const clipped = op.max(op.min(ratio, op.add(eps, 1)), op.sub(1, eps));
+      perToken = op.neg(op.min(op.mul(ratio, adv), op.mul(clipped, adv)));
+    } else perToken = op.neg(op.mul(tokenLp, adv));
+  }
+  if (o.kl) {
+    const ref = shifted(g.input('ref_logprobs', dtype, ['B', 'T']));
+    const coef = g.input('kl_coef', dtype, []);
+    const d = op.sub(ref, tokenLp);
+    const k3 = op.sub(op.sub(op.exp(d), d), 1); // low-variance, non-negative KL estimator
+    stats.kl = masked(k3, w, 'token-mean');
+    perToken = op.add(perToken, op.mul(k3, coef));
+  }
+  if (o.entropyBonus) perToken = op.sub(perToken, op.mul(entropy, g.input('entropy_coef', dtype, [])));
+  stats.entropy = masked(entropy, w, 'token-mean');
+  return { loss: masked(perToken, w, o.aggregation), stats };
+}
+
+/** Weighted mean of x [B, T] under weights w: over all tokens, or per sequence then over sequences. */
+function masked(x: Tensor, w: Tensor, how: LossOptions['aggregation']): Tensor {
+  if (how === 'token-mean') return op.div(op.sumAll(op.mul(x, w)), op.max(op.sumAll(w), 1e-8));
+  const perSeq = op.div(op.reduceSum(op.mul(x, w), [1]), op.max(op.reduceSum(w, [1]), 1e-8));
+  const hasTokens = op.cast(op.greater(op.reduceSum(w, [1]), 0), perSeq.dtype);
+  return op.div(op.sumAll(op.mul(perSeq, hasTokens)), op.max(op.sumAll(hasTokens), 1));
+}
+
+/** params -> loss and gradients (float64 for gradient checks). */
+export function buildLossAndGrad(c: GPTConfig, o: LossOptions, dtype: DType = 'float64'): Graph {
+  const g = new Graph('loss');
+  const p = declareParams(g, c, dtype);
+  const { loss } = buildLoss(g, c, p, o, dtype);
+  g.output('loss', loss);
+  const specs = paramSpecs(c);
+  grad(loss, specs.map((s) => p[s.name]!)).forEach((gr, i) => g.output(`grad.${specs[i]!.name}`, gr));
+  return g;
+}
+
+/** Token log-probs and entropies [B, T-1] of given sequences (e.g. reference log-probs for KL). */
+export function buildScore(c: GPTConfig, dtype: DType = 'float32'): Graph {
+  const g = new Graph('score');
+  const p = declareParams(g, c, dtype);
+  const ids = g.input('input_ids', 'int64', ['B', 'T']);
+  const mask = g.input('attention_mask', 'int64', ['B', 'T']);
+  const { tokenLp, entropy } = scoreTokens(c, p, ids, mask, dtype);
+  g.output('token_logprobs', tokenLp);
+  g.output('entropy', entropy);
+  return g;
+}
+
+/**
+ * One optimisation step: inputs weights, m.<name>, v.<name>, step, lr, max_grad_norm and the
+ * loss's batch inputs; outputs new.<name>, new_m.<name>, new_v.<name>, loss, grad_norm,
+ * entropy (mean over loss tokens), updated (false when the gradient was not finite) and kl.
+ */
+export function buildTrainStep(c: GPTConfig, o: LossOptions = DEFAULT_LOSS, opt: AdamWConfig = ADAMW_DEFAULTS, dtype: DType = 'float32'): Graph {
+  const g = new Graph('train_step');
+  const p = declareParams(g, c, dtype);
+  const specs = paramSpecs(c);
+  const m = declareParams(g, c, dtype, 'm.');
+  const v = declareParams(g, c, dtype, 'v.');
+  const step = g.input('step', dtype, []);
+  const lr = g.input('lr', dtype, []);
+  const maxGradNorm = g.input('max_grad_norm', dtype, []);
+  const { loss, stats } = buildLoss(g, c, p, o, dtype);
+  const grads = grad(loss, specs.map((s) => p[s.name]!));
+  const slots = specs.map((s, i) => ({ param: p[s.name]!, grad: grads[i]!, m: m[s.name]!, v: v[s.name]!, decay: s.decay }));
+  const { updated, gradNorm, finite } = adamw(slots, { lr, step, maxGradNorm }, opt);
+  specs.forEach((s, i) => {
+    g.output(`new.${s.name}`, updated[i]!.param);
+    g.output(`new_m.${s.name}`, updated[i]!.m);
+    g.output(`new_v.${s.name}`, updated[i]!.v);
+  });
+  g.output('loss', loss);
+  g.output('grad_norm', gradNorm);
+  g.output('updated', finite);
+  for (const [name, t] of Object.entries(stats)) g.output(name, t);
+  return g;
+}
