@@ -7,7 +7,7 @@ import { Graph, type DType, type Tensor } from '../graph/ir.ts';
 import * as op from '../graph/ops.ts';
 import { grad } from '../graph/autodiff.ts';
 import { adamw, ADAMW_DEFAULTS, type AdamWConfig } from '../graph/optim.ts';
-import { attentionBias, declareParams, forward, head, paramSpecs, positionsFromMask, type GPTConfig, type KV, type Params } from '../model/gpt.ts';
+import { attentionBias, declareParams, MASKED, forward, head, paramSpecs, positionsFromMask, type GPTConfig, type KV, type Params } from '../model/gpt.ts';
 
 // ---------- prefill / decode ----------
 
@@ -109,7 +109,7 @@ export function buildGenerate(c: GPTConfig): Graph {
   const stepBias = op.where(
     op.unsqueeze(op.equal(newMask, op.int64(body, 1)), [1, 2]),
     op.constant(body, dtype, 0),
-    op.constant(body, dtype, -1e9),
+    op.constant(body, dtype, MASKED),
   ); // [B,1,1,K+1]: a single new query needs no causal mask
   const step = forward(c, p, {
     ids: op.unsqueeze(token, [1]),

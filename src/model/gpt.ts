@@ -13,6 +13,8 @@ export interface GPTConfig {
   nLayers: number;
   nHeads: number;
   tiedHead: boolean;
+  /** A token the model never predicts (padding): its logit is masked in every graph. */
+  padTokenId?: number;
 }
 
 export interface ParamSpec {
@@ -136,7 +138,11 @@ export function forward(c: GPTConfig, p: Params, x: ForwardInput): { hidden: Ten
 
 /** Logits [rows, V] from hidden states [rows, d]. */
 export function head(c: GPTConfig, p: Params, hidden: Tensor): Tensor {
-  return c.tiedHead ? op.gemm(hidden, p.wte!, { transB: true }) : op.matmul(hidden, p['lm_head.weight']!);
+  const logits = c.tiedHead ? op.gemm(hidden, p.wte!, { transB: true }) : op.matmul(hidden, p['lm_head.weight']!);
+  if (c.padTokenId === undefined) return logits;
+  const mask = new Float32Array(c.vocabSize);
+  mask[c.padTokenId] = MASKED;
+  return op.add(logits, op.constant(hidden.graph, hidden.dtype, Array.from(mask)));
 }
 
 export const MASKED = -1e9;

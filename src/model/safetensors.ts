@@ -6,9 +6,9 @@
 // must be covered exactly by the tensors (no overlaps, no holes, no trailing bytes), so a
 // file that decodes here means the same thing to every other reader.
 
-import { open, readFile, rename, unlink } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { endianness } from 'node:os';
-import { basename, dirname, join } from 'node:path';
+import { writeFileAtomic } from '../util/atomic-write.ts';
 
 export type TensorData = Float32Array | Float64Array | BigInt64Array | Int32Array | Uint8Array;
 export type DType = 'F32' | 'F64' | 'I64' | 'I32' | 'U8' | 'BOOL';
@@ -236,47 +236,13 @@ export function decodeSafetensors(buf: Uint8Array): SafetensorsContents {
 // ---------------------------------------------------------------------------------------
 // Files
 
-/**
- * Write via a temp file in the same directory, fsync, then rename, so a crash leaves
- * either the old file or the new one, never a torn checkpoint.
- */
+/** Writes atomically (temp file, fsync, rename), so a crash never leaves a torn checkpoint. */
 export async function writeSafetensors(
   path: string,
   tensors: Map<string, NamedTensor>,
   metadata?: Record<string, string>,
 ): Promise<void> {
-  const bytes = encodeSafetensors(tensors, metadata);
-  const dir = dirname(path);
-  const tempPath = join(dir, `.${basename(path)}.${process.pid}.${Date.now()}.${Math.random().toString(36).slice(2)}.tmp`);
-  try {
-    const handle = await open(tempPath, 'wx');
-    try {
-      await handle.writeFile(bytes);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(tempPath, path);
-  } catch (err) {
-    await unlink(tempPath).catch(() => {});
-    throw err;
-  }
-  await syncDirectory(dir);
-}
-
-// Persist the rename itself. Not every platform lets a directory be fsynced; that only
-// weakens durability, so it is not an error.
-async function syncDirectory(dir: string): Promise<void> {
-  try {
-    const handle = await open(dir, 'r');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-  } catch {
-    // best effort
-  }
+  await writeFileAtomic(path, encodeSafetensors(tensors, metadata));
 }
 
 export async function readSafetensors(path: string): Promise<SafetensorsContents> {

@@ -2,8 +2,9 @@
 // read the same file. Only a character-level WordLevel tokenizer exists today; other
 // model types (e.g. BPE) belong as further branches of tokenizerFromJSON.
 
-import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFileAtomic } from '../util/atomic-write.ts';
 
 export interface Tokenizer {
   readonly vocabSize: number;
@@ -216,19 +217,5 @@ export async function loadTokenizer(dir: string): Promise<Tokenizer> {
 /** Writes DIR/tokenizer.json atomically (temp file, fsync, rename). */
 export async function saveTokenizer(dir: string, tok: Tokenizer): Promise<void> {
   await mkdir(dir, { recursive: true });
-  const path = join(dir, TOKENIZER_FILE);
-  const tempPath = join(dir, `.${TOKENIZER_FILE}.${process.pid}.${Date.now()}.${Math.random().toString(36).slice(2)}.tmp`);
-  try {
-    const handle = await open(tempPath, 'w');
-    try {
-      await handle.writeFile(JSON.stringify(tok.toJSON(), null, 2) + '\n');
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(tempPath, path);
-  } catch (err) {
-    await unlink(tempPath).catch(() => {});
-    throw err;
-  }
+  await writeFileAtomic(join(dir, TOKENIZER_FILE), JSON.stringify(tok.toJSON(), null, 2) + '\n');
 }

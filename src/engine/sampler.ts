@@ -1,0 +1,92 @@
+// Batched sampling from the generate graph, in a worker thread. Prompts of different
+// lengths are left-padded into one run; each prompt is prefilled once and its cache
+// shared by its samples. Results are reproducible from the seed: the uniforms that
+// drive sampling come from a seeded JS RNG.
+import type { GPTConfig, Weights } from '../model/gpt.ts';
+import { WorkerClient } from './worker-host.ts';
+
+export interface SampleOptions {
+  samplesPerPrompt: number;
+  maxNewTokens: number;
+  seed: number;
+  stopToken: number;
+  padToken: number;
+  temperature?: number;
+  topP?: number;
+}
+
+export interface Completion {
+  /** Generated tokens, up to and including the stop token when one was produced. */
+  tokens: number[];
+  /** Log-prob of each generated token under the temperature-scaled distribution. */
+  logprobs: number[];
+  stopped: boolean;
+}
+
+export interface SampleResult {
+  /** completions[i][j]: sample j of prompt i. */
+  completions: Completion[][];
+  /** The weight version that produced them. */
+  version: number;
+  ms: number;
+}
+
+export interface SamplerInit {
+  config: GPTConfig;
+  weights: Weights;
+  version?: number;
+  threads?: number;
+}
+
+export class Sampler {
+  private constructor(
+    private client: WorkerClient,
+    readonly config: GPTConfig,
+  ) {}
+
+  static async create(o: SamplerInit): Promise<Sampler> {
+    const client = new WorkerClient(new URL(`./sampler.worker${extOf(import.meta.url)}`, import.meta.url), 'sampler');
+    const s = new Sampler(client, o.config);
+    try {
+      await client.request('init', { config: o.config, weights: o.weights, version: o.version ?? 0, threads: o.threads ?? 1 });
+    } catch (e) {
+      await client.close();
+      throw e;
+    }
+    return s;
+  }
+
+  /** Takes effect for the next generate() call: a batch never mixes versions. */
+  setWeights(weights: Weights, version: number): Promise<void> {
+    return this.client.request('setWeights', { weights, version });
+  }
+
+  generate(prompts: number[][], o: SampleOptions): Promise<SampleResult> {
+    validate(this.config, prompts, o);
+    return this.client.request('generate', { prompts, options: o });
+  }
+
+  close(): Promise<void> {
+    return this.client.close();
+  }
+}
+
+export function validate(c: GPTConfig, prompts: number[][], o: SampleOptions): void {
+  if (!prompts.length) throw new Error('generate: no prompts');
+  const longest = Math.max(...prompts.map((p) => p.length));
+  if (prompts.some((p) => p.length === 0)) throw new Error('generate: empty prompt');
+  for (const p of prompts)
+    for (const t of p) if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`generate: token id ${t} outside the vocabulary (0..${c.vocabSize - 1})`);
+  if (!Number.isInteger(o.samplesPerPrompt) || o.samplesPerPrompt < 1) throw new Error('generate: samplesPerPrompt must be a positive integer');
+  if (!Number.isInteger(o.maxNewTokens) || o.maxNewTokens < 1) throw new Error('generate: maxNewTokens must be a positive integer');
+  if (longest + o.maxNewTokens > c.contextLength)
+    throw new Error(`generate: prompt of ${longest} tokens + ${o.maxNewTokens} new tokens exceeds the context length ${c.contextLength}`);
+  const t = o.temperature ?? 1;
+  if (!(t > 0) || !Number.isFinite(t)) throw new Error(`generate: temperature must be > 0, got ${t}`);
+  const p = o.topP ?? 1;
+  if (!(p > 0 && p <= 1)) throw new Error(`generate: topP must be in (0, 1], got ${p}`);
+}
+
+export function extOf(url: string): string {
+  return url.endsWith('.ts') ? '.ts' : '.js';
+}

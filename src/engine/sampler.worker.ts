@@ -1,0 +1,84 @@
+// Sampler worker: owns the generate-graph session and the current weight version.
+import { buildGenerate } from './graphs.ts';
+import { createSession, f32, i64, type ort } from './ort.ts';
+import { serveRequests } from './worker-host.ts';
+import { Rng } from './rng.ts';
+import { paramSpecs, type GPTConfig, type Weights } from '../model/gpt.ts';
+import type { Completion, SampleOptions } from './sampler.ts';
+
+let config: GPTConfig;
+let session: ort.InferenceSession;
+let weightFeeds: Record<string, ort.Tensor> = {};
+let version = 0;
+
+function setWeights(w: Weights, v: number): void {
+  const feeds: Record<string, ort.Tensor> = {};
+  for (const s of paramSpecs(config)) {
+    const data = w.get(s.name);
+    if (!data || data.length !== s.shape.reduce((a, b) => a * b, 1)) throw new Error(`weights: ${s.name} missing or of the wrong size`);
+    feeds[s.name] = f32(data, s.shape);
+  }
+  weightFeeds = feeds;
+  version = v;
+}
+
+serveRequests({
+  async init(p: { config: GPTConfig; weights: Weights; version: number; threads: number }) {
+    config = p.config;
+    setWeights(p.weights, p.version);
+    session = await createSession(buildGenerate(config), { threads: p.threads });
+    return { value: null };
+  },
+  setWeights(p: { weights: Weights; version: number }) {
+    setWeights(p.weights, p.version);
+    return { value: null };
+  },
+  async generate(p: { prompts: number[][]; options: SampleOptions }) {
+    const t0 = performance.now();
+    const { prompts, options: o } = p;
+    const P = prompts.length;
+    const G = o.samplesPerPrompt;
+    const L = Math.max(...prompts.map((x) => x.length));
+    const ids = new BigInt64Array(P * L).fill(BigInt(o.padToken));
+    const mask = new BigInt64Array(P * L);
+    prompts.forEach((prompt, i) => {
+      const off = i * L + (L - prompt.length); // left padding: every prompt ends at column L-1
+      prompt.forEach((t, j) => {
+        ids[off + j] = BigInt(t);
+        mask[off + j] = 1n;
+      });
+    });
+    const B = P * G;
+    const uniforms = new Rng(o.seed).fillUniform(new Float32Array(o.maxNewTokens * B)) as Float32Array;
+    const out = await session.run({
+      ...weightFeeds,
+      input_ids: i64(ids, [P, L]),
+      attention_mask: i64(mask, [P, L]),
+      num_samples: i64([G], []),
+      max_new_tokens: i64([o.maxNewTokens], []),
+      uniforms: f32(uniforms, [o.maxNewTokens, B]),
+      temperature: f32(Float32Array.of(o.temperature ?? 1), []),
+      top_p: f32(Float32Array.of(o.topP ?? 1), []),
+      stop_token: i64([o.stopToken], []),
+      pad_token: i64([o.padToken], []),
+    });
+    const tokens = out.tokens!.data as BigInt64Array;
+    const logprobs = out.logprobs!.data as Float32Array;
+    const steps = out.tokens!.dims[0]!;
+    const completions: Completion[][] = prompts.map(() => []);
+    for (let b = 0; b < B; b++) {
+      const c: Completion = { tokens: [], logprobs: [], stopped: false };
+      for (let s = 0; s < steps; s++) {
+        const t = Number(tokens[s * B + b]);
+        c.tokens.push(t);
+        c.logprobs.push(logprobs[s * B + b]!);
+        if (t === o.stopToken) {
+          c.stopped = true;
+          break;
+        }
+      }
+      completions[Math.floor(b / G)]!.push(c);
+    }
+    return { value: { completions, version, ms: performance.now() - t0 } };
+  },
+});

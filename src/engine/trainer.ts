@@ -1,0 +1,76 @@
+// The trainer: parameters and AdamW state live in a worker; each step() is one run of
+// the train-step graph (forward, backward, clip, AdamW). A step whose gradient is not
+// finite changes nothing and reports updated: false.
+import type { GPTConfig, Weights } from '../model/gpt.ts';
+import type { AdamWConfig } from '../graph/optim.ts';
+import type { LossOptions } from './graphs.ts';
+import type { PackedBatch } from './batch.ts';
+import { WorkerClient } from './worker-host.ts';
+import { extOf } from './sampler.ts';
+
+export interface StepHyper {
+  lr: number;
+  /** Global gradient-norm clip; 0 disables. Default 1. */
+  maxGradNorm?: number;
+  klCoef?: number;
+  clipEps?: number;
+  entropyCoef?: number;
+}
+
+export interface StepStats {
+  loss: number;
+  gradNorm: number;
+  entropy: number;
+  kl?: number;
+  /** False when the gradient was NaN/Inf: parameters and optimizer state were kept. */
+  updated: boolean;
+  /** Optimizer steps taken so far. */
+  step: number;
+  ms: number;
+}
+
+export interface TrainerInit {
+  config: GPTConfig;
+  weights: Weights;
+  loss: LossOptions;
+  adamw?: AdamWConfig;
+  threads?: number;
+}
+
+export class Trainer {
+  private constructor(private client: WorkerClient) {}
+
+  static async create(o: TrainerInit): Promise<Trainer> {
+    const client = new WorkerClient(new URL(`./trainer.worker${extOf(import.meta.url)}`, import.meta.url), 'trainer');
+    try {
+      await client.request('init', o);
+    } catch (e) {
+      await client.close();
+      throw e;
+    }
+    return new Trainer(client);
+  }
+
+  step(batch: PackedBatch, h: StepHyper): Promise<StepStats> {
+    if (!(h.lr >= 0) || !Number.isFinite(h.lr)) return Promise.reject(new Error(`train step: lr must be a finite number >= 0, got ${h.lr}`));
+    return this.client.request('step', { batch, hyper: h });
+  }
+
+  /** Token log-probs and entropies [B, T] (position 0 is 0) of the batch under the current weights. */
+  score(batch: PackedBatch): Promise<{ tokenLogprobs: Float32Array; entropy: Float32Array }> {
+    return this.client.request('score', { batch });
+  }
+
+  getWeights(): Promise<Weights> {
+    return this.client.request('getWeights');
+  }
+
+  /** Replaces the weights (e.g. a rollback); the optimizer state is reset unless told otherwise. */
+  setWeights(weights: Weights, resetOptimizer = true): Promise<void> {
+    return this.client.request('setWeights', { weights, resetOptimizer });
+  }
+
+  close(): Promise<void> {
+    return this.client.close();
+  }
+}

@@ -1,0 +1,113 @@
+// Trainer worker: owns parameters, AdamW moments and the train-step / score sessions.
+import { buildScore, buildTrainStep, type LossOptions } from './graphs.ts';
+import { createSession, f32, i64, type ort } from './ort.ts';
+import { serveRequests } from './worker-host.ts';
+import { ADAMW_DEFAULTS, type AdamWConfig } from '../graph/optim.ts';
+import { paramSpecs, type GPTConfig, type Weights } from '../model/gpt.ts';
+import type { PackedBatch } from './batch.ts';
+import type { StepHyper } from './trainer.ts';
+
+let config: GPTConfig;
+let loss: LossOptions;
+let threads = 1;
+let trainSession: ort.InferenceSession;
+let scoreSession: ort.InferenceSession | undefined;
+let params: Weights;
+let m: Weights;
+let v: Weights;
+let steps = 0;
+
+const specs = () => paramSpecs(config);
+const zeros = (): Weights => new Map(specs().map((s) => [s.name, new Float32Array(s.shape.reduce((a, b) => a * b, 1))]));
+
+function setParams(w: Weights, reset: boolean): void {
+  for (const s of specs()) {
+    const d = w.get(s.name);
+    if (!d || d.length !== s.shape.reduce((a, b) => a * b, 1)) throw new Error(`weights: ${s.name} missing or of the wrong size`);
+  }
+  params = new Map(specs().map((s) => [s.name, Float32Array.from(w.get(s.name)!)]));
+  if (reset) {
+    m = zeros();
+    v = zeros();
+    steps = 0;
+  }
+}
+
+function batchFeeds(b: PackedBatch): Record<string, ort.Tensor> {
+  return { input_ids: i64(b.inputIds, [b.B, b.T]), attention_mask: i64(b.attentionMask, [b.B, b.T]) };
+}
+
+const scalar = (x: number) => f32(Float32Array.of(x), []);
+
+serveRequests({
+  async init(p: { config: GPTConfig; weights: Weights; loss: LossOptions; adamw?: AdamWConfig; threads?: number }) {
+    config = p.config;
+    loss = p.loss;
+    threads = p.threads ?? 1;
+    setParams(p.weights, true);
+    trainSession = await createSession(buildTrainStep(config, loss, p.adamw ?? ADAMW_DEFAULTS), { threads });
+    return { value: null };
+  },
+  async step(p: { batch: PackedBatch; hyper: StepHyper }) {
+    const t0 = performance.now();
+    const { batch: b, hyper: h } = p;
+    const feeds: Record<string, ort.Tensor> = {
+      ...batchFeeds(b),
+      loss_mask: f32(b.lossMask, [b.B, b.T]),
+      step: scalar(steps + 1),
+      lr: scalar(h.lr),
+      max_grad_norm: scalar(h.maxGradNorm ?? 1),
+    };
+    const need = (cond: boolean, name: string, arr: Float32Array | undefined, dims: number[]) => {
+      if (!cond) return;
+      if (!arr) throw new Error(`train step: this loss needs ${name}`);
+      feeds[name] = f32(arr, dims);
+    };
+    need(loss.objective === 'grpo', 'advantages', b.advantages, [b.B]);
+    need(loss.ppoClip, 'old_logprobs', b.oldLogprobs, [b.B, b.T]);
+    need(loss.kl, 'ref_logprobs', b.refLogprobs, [b.B, b.T]);
+    if (loss.ppoClip) feeds.clip_eps = scalar(h.clipEps ?? 0.2);
+    if (loss.kl) feeds.kl_coef = scalar(h.klCoef ?? 0);
+    if (loss.entropyBonus) feeds.entropy_coef = scalar(h.entropyCoef ?? 0);
+    for (const s of specs()) {
+      feeds[s.name] = f32(params.get(s.name)!, s.shape);
+      feeds[`m.${s.name}`] = f32(m.get(s.name)!, s.shape);
+      feeds[`v.${s.name}`] = f32(v.get(s.name)!, s.shape);
+    }
+    const out = await trainSession.run(feeds);
+    const updated = (out.updated!.data as Uint8Array)[0] === 1;
+    if (updated) {
+      steps++;
+      for (const s of specs()) {
+        params.set(s.name, out[`new.${s.name}`]!.data as Float32Array);
+        m.set(s.name, out[`new_m.${s.name}`]!.data as Float32Array);
+        v.set(s.name, out[`new_v.${s.name}`]!.data as Float32Array);
+      }
+    }
+    const num = (k: string) => (out[k] ? (out[k]!.data as Float32Array)[0]! : undefined);
+    return {
+      value: { loss: num('loss')!, gradNorm: num('grad_norm')!, entropy: num('entropy')!, kl: num('kl'), updated, step: steps, ms: performance.now() - t0 },
+    };
+  },
+  async score(p: { batch: PackedBatch }) {
+    scoreSession ??= await createSession(buildScore(config), { threads });
+    const feeds: Record<string, ort.Tensor> = batchFeeds(p.batch);
+    for (const s of specs()) feeds[s.name] = f32(params.get(s.name)!, s.shape);
+    const out = await scoreSession.run(feeds);
+    // Shift right by one so position t holds the log-prob of token t, as the batch is laid out.
+    const { B, T } = p.batch;
+    const shift = (src: Float32Array) => {
+      const dst = new Float32Array(B * T);
+      for (let b = 0; b < B; b++) dst.set(src.subarray(b * (T - 1), (b + 1) * (T - 1)), b * T + 1);
+      return dst;
+    };
+    return { value: { tokenLogprobs: shift(out.token_logprobs!.data as Float32Array), entropy: shift(out.entropy!.data as Float32Array) } };
+  },
+  getWeights() {
+    return { value: params };
+  },
+  setWeights(p: { weights: Weights; resetOptimizer: boolean }) {
+    setParams(p.weights, p.resetOptimizer);
+    return { value: null };
+  },
+});
