@@ -16,11 +16,22 @@ const when = (need: boolean, f: () => Tensor) => (need ? f() : null);
 
 /** Sums g over the axes that were broadcast to reach it from `to`'s shape. */
 export function unbroadcast(g: Tensor, to: Tensor): Tensor {
+  if (g.rank === 2 && to.rank === 1 && to.shape[0] === g.shape[1] && g.shape[0] !== 1) return sumRows(g);
   const lead = g.rank - to.rank;
   let r = lead > 0 ? op.reduceSum(g, [...Array(lead).keys()], false) : g;
   const axes = to.shape.flatMap((d, i) => (d === 1 && r.shape[i] !== 1 ? [i] : []));
   if (axes.length) r = op.reduceSum(r, axes, true);
   return r;
+}
+
+/**
+ * Column sums of a 2-D g [N, C] (bias and norm-weight gradients) as ones[1, N] @ g: ORT's
+ * GEMM streams the rows several times faster than its ReduceSum over axis 0.
+ */
+function sumRows(g: Tensor): Tensor {
+  const n = op.reshape(op.slice(op.shapeOf(g), [0], [1], [0]), [1]);
+  const ones = op.constantOfShape(op.concat([op.int64s(g.graph, [1]), n], 0), g.dtype, 1, [1, g.shape[0]!]);
+  return op.reshape(op.gemm(ones, g), [-1]);
 }
 
 const swapLast2 = (t: Tensor) => op.transpose(t, [...[...Array(t.rank - 2).keys()], t.rank - 1, t.rank - 2]);
@@ -72,12 +83,13 @@ export const VJP: Record<string, Rule> = {
   Abs: (g, n) => [op.where(op.less(inp(n, 0), 0), op.neg(g), g)],
   Relu: (g, n) => [op.where(op.greater(inp(n, 0), 0), g, 0)],
   Gelu: (g, n) => {
-    // d/dx of 0.5 x (1 + tanh(s (x + a x^3))) = 0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3 a x^2)
+    // gelu(x) = x * sigmoid(2z), z = s (x + a x^3), since 0.5 (1 + tanh z) = sigmoid(2z); so
+    // gelu'(x) = sig * (1 + x (1 - sig) * 2s (1 + 3a x^2)): 13 elementwise ops on the MLP's widest tensor.
     const [x, s, a] = [inp(n, 0), Math.sqrt(2 / Math.PI), 0.044715];
     const x2 = op.mul(x, x);
-    const t = op.tanh(op.mul(x, op.add(op.mul(x2, a * s), s)));
-    const slope = op.add(op.mul(x2, 1.5 * a * s), 0.5 * s); // half the derivative of the tanh argument
-    const d = op.add(op.add(op.mul(t, 0.5), 0.5), op.mul(op.mul(x, slope), op.sub(1, op.mul(t, t))));
+    const sig = op.sigmoid(op.mul(x, op.add(op.mul(x2, 2 * a * s), 2 * s)));
+    const slope = op.add(op.mul(x2, 6 * a * s), 2 * s);
+    const d = op.mul(sig, op.add(op.mul(op.mul(x, slope), op.sub(1, sig)), 1));
     return [op.mul(g, d)];
   },
   LayerNormalization: (g, n, k) => {
