@@ -1,6 +1,6 @@
 // Engine benchmark: the exact shapes of ../shared/peers/torch_ttrl_peer.py (vocab 17, d 128,
 // 4 layers, 4 heads, context 96; 16 prompts x 16 samples, prompt 12, exactly 48 new tokens;
-// one GRPO train step on those 256 sequences), random weights, then the PyTorch peer in the
+// one GRPO train step on those 256 sequences, tokens/s counting all 60 tokens of each), random weights, then the PyTorch peer in the
 // same run, one after the other (never both at once: 2 cores). Prints one JSON line last.
 //
 //   npm run bench:engine -- [--json] [--threads 2] [--reps 5] [--no-peer] [--no-stepwise]
@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { Sampler } from '../src/engine/sampler.ts';
 import { Trainer } from '../src/engine/trainer.ts';
-import { packBatch } from '../src/engine/batch.ts';
+import { packBatch, packGroups } from '../src/engine/batch.ts';
 import { buildDecoder } from '../src/engine/graphs.ts';
 import { createSession, f32, i64, type ort } from '../src/engine/ort.ts';
 import { initWeights, paramCount, paramSpecs, type GPTConfig, type Weights } from '../src/model/gpt.ts';
@@ -114,14 +114,23 @@ if (opts.stepwise) {
 }
 
 const trainer = await Trainer.create({ config, weights, threads, loss: { objective: 'grpo', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false } });
-const batch = packBatch(
-  completions.map((c, i) => ({ tokens: [...prompts[Math.floor(i / G)]!, ...c], promptLength: PLEN, advantage: rng.normal() })),
+// GRPO batches are groups: the 16 samples of a prompt share it, so the grouped layout runs each
+// prompt once (the default for GRPO). The flat layout, every row a whole sequence, is timed too.
+const advantages = completions.map(() => rng.normal());
+const grouped = packGroups(
+  prompts.map((prompt, i) => ({ prompt, completions: completions.slice(i * G, (i + 1) * G).map((tokens, j) => ({ tokens, advantage: advantages[i * G + j]! })) })),
   PAD,
   config.contextLength,
 );
-const trainS = await median(() => trainer.step(batch, { lr: 1e-4, maxGradNorm: 1 }));
+const flat = packBatch(
+  completions.map((c, i) => ({ tokens: [...prompts[Math.floor(i / G)]!, ...c], promptLength: PLEN, advantage: advantages[i]! })),
+  PAD,
+  config.contextLength,
+);
+const trainS = await median(() => trainer.step(grouped, { lr: 1e-4, maxGradNorm: 1 }));
+const trainFlatS = await median(() => trainer.step(flat, { lr: 1e-4, maxGradNorm: 1 }));
 await trainer.close();
-log(`GRPO train step: ${trainS.toFixed(3)} s, ${Math.round((P * G * (PLEN + T)) / trainS)} tokens/s`);
+log(`GRPO train step, grouped: ${trainS.toFixed(3)} s, ${Math.round((P * G * (PLEN + T)) / trainS)} tokens/s; flat: ${trainFlatS.toFixed(3)} s, ${Math.round((P * G * (PLEN + T)) / trainFlatS)} tokens/s`);
 
 const peer = opts.peer ? runPeer() : { error: 'skipped (--no-peer)' };
 if ('error' in peer) log(`peer: ${peer.error}`);
@@ -138,6 +147,7 @@ const result = {
   peer_train_tok_s: peerTrain,
   sample_ratio: peerSample ? +(sampleTok / peerSample).toFixed(2) : null,
   train_ratio: peerTrain ? +(trainTok / peerTrain).toFixed(2) : null,
+  train_flat_tok_s: Math.round((P * G * (PLEN + T)) / trainFlatS),
   stepwise_sample_tok_s: stepwiseS ? Math.round((P * G * T) / stepwiseS) : null,
   sample_s: +sampleS.toFixed(4),
   train_step_s: +trainS.toFixed(4),

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Sampler, type Completion } from '../src/engine/sampler.ts';
 import { Trainer } from '../src/engine/trainer.ts';
-import { packBatch } from '../src/engine/batch.ts';
+import { packBatch, packGroups } from '../src/engine/batch.ts';
 import { initWeights, type GPTConfig, type Weights } from '../src/model/gpt.ts';
 import { Rng } from '../src/engine/rng.ts';
 
@@ -136,4 +136,42 @@ test('a NaN in training changes nothing; bad inputs get clear errors', async () 
     await s.close();
   }
   await assert.rejects(s.generate([[1]], { ...base, seed: 1 }), /worker closed/);
+});
+
+test('a grouped GRPO step (prompt computed once per group) equals the flat step on the same sequences', async () => {
+  const w = weights(6, 3);
+  const grpo = { objective: 'grpo', aggregation: 'token-mean', kl: true, ppoClip: true, entropyBonus: false } as const;
+  const rng = new Rng(9);
+  const groups = [[1, 2, 3], [4, 5]].map((prompt) => ({
+    prompt,
+    completions: [[6, 7, EOS], [8, EOS], [9, 9, 9, 9]].map((tokens) => ({
+      tokens,
+      advantage: rng.normal(),
+      oldLogprobs: tokens.map(() => -1 - rng.next()),
+      refLogprobs: tokens.map(() => -1 - rng.next()),
+    })),
+  }));
+  const flat = packBatch(groups.flatMap((g) => g.completions.map((c) => ({ ...c, tokens: [...g.prompt, ...c.tokens], promptLength: g.prompt.length }))), PAD, c.contextLength);
+  const grouped = packGroups(groups, PAD, c.contextLength);
+  const results = [];
+  const hyper = { lr: 1e-3, klCoef: 0.1, clipEps: 0.2 };
+  for (const batch of [flat, grouped]) {
+    const t = await Trainer.create({ config: c, weights: w, loss: grpo });
+    const stats = [await t.step(batch, hyper), await t.step(batch, hyper)];
+    results.push({ stats, weights: await t.getWeights() });
+    await t.close();
+  }
+  const [a, b] = results;
+  for (let i = 0; i < 2; i++) {
+    assert.ok(Math.abs(a!.stats[i]!.loss - b!.stats[i]!.loss) < 1e-5, `loss ${a!.stats[i]!.loss} vs ${b!.stats[i]!.loss}`);
+    assert.ok(Math.abs(a!.stats[i]!.gradNorm - b!.stats[i]!.gradNorm) < 1e-4 * a!.stats[i]!.gradNorm);
+  }
+  for (const [k, v] of a!.weights) {
+    const u = b!.weights.get(k)!;
+    const maxDiff = v.reduce((m, x, i) => Math.max(m, Math.abs(x - u[i]!)), 0);
+    // Adam moves every coordinate by ~lr whatever its gradient's size, so float32 noise in
+    // near-zero gradient components shows up at a fraction of lr; exactness is the float64 gradcheck's job.
+    assert.ok(maxDiff < 0.2 * hyper.lr, `${k} differs by ${maxDiff}`);
+  }
+  assert.throws(() => packGroups([{ prompt: [1], completions: [{ tokens: [2] }] }, { prompt: [1], completions: [] }], PAD, c.contextLength), /same number/);
 });

@@ -2,7 +2,7 @@
 // central finite differences in float64, plus the stepwise decode graph against a full forward.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildDecoder, buildLossAndGrad, type LossOptions } from '../src/engine/graphs.ts';
+import { buildDecoder, buildLossAndGrad, type BatchLayout, type LossOptions } from '../src/engine/graphs.ts';
 import { createSession, f64, i64, type ort } from '../src/engine/ort.ts';
 import { initWeights, paramSpecs, type GPTConfig } from '../src/model/gpt.ts';
 import { Rng } from '../src/engine/rng.ts';
@@ -28,13 +28,29 @@ function batchFeeds(rng: Rng) {
   };
 }
 
-async function lossGradError(c: GPTConfig, o: LossOptions): Promise<number> {
+/** Two prompts (the first left-padded), two completions each (one right-padded). */
+function groupedFeeds(rng: Rng) {
+  const lp = () => f64(Float64Array.from({ length: 12 }, () => -1 - rng.next()), [4, 3]);
+  return {
+    ...batchFeeds(rng),
+    prompt_ids: i64([6, 1, 2, 3, 4, 5], [2, 3]),
+    prompt_mask: i64([0, 1, 1, 1, 1, 1], [2, 3]),
+    input_ids: i64([2, 3, 4, 5, 6, 6, 1, 1, 2, 3, 4, 0], [4, 3]),
+    attention_mask: i64([1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1], [4, 3]),
+    loss_mask: f64(Float64Array.from([1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1]), [4, 3]),
+    advantages: f64(Float64Array.of(0.7, -1.3, 0.2, 1.1), [4]),
+    old_logprobs: lp(),
+    ref_logprobs: lp(),
+  };
+}
+
+async function lossGradError(c: GPTConfig, o: LossOptions, layout: BatchLayout = 'flat'): Promise<number> {
   const rng = new Rng(3);
   // Larger-than-init weights so attention and MLP are far from linear.
   const weights = new Map([...initWeights(c, rng)].map(([k, v]) => [k, Float64Array.from(v, (x) => x * 10 + (k.includes('ln') ? rng.normal() * 0.1 : 0))]));
   const specs = paramSpecs(c);
-  const session = await createSession(buildLossAndGrad(c, o, 'float64'));
-  const data = batchFeeds(rng);
+  const session = await createSession(buildLossAndGrad(c, o, 'float64', layout));
+  const data = layout === 'flat' ? batchFeeds(rng) : groupedFeeds(rng);
   const feeds = (): Record<string, ort.Tensor> => {
     const f: Record<string, ort.Tensor> = {};
     for (const name of session.inputNames) f[name] = (data as Record<string, ort.Tensor>)[name] ?? f64(weights.get(name)!, specs.find((s) => s.name === name)!.shape);
@@ -62,14 +78,15 @@ async function lossGradError(c: GPTConfig, o: LossOptions): Promise<number> {
   return Math.sqrt(diff) / Math.sqrt(norm);
 }
 
-const variants: [string, GPTConfig, LossOptions][] = [
+const variants: [string, GPTConfig, LossOptions, BatchLayout?][] = [
   ['supervised cross-entropy, untied head', tiny, { objective: 'sft', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false }],
   ['GRPO with KL, PPO clipping and entropy bonus, tied head', { ...tiny, tiedHead: true }, { objective: 'grpo', aggregation: 'token-mean', kl: true, ppoClip: true, entropyBonus: true }],
   ['GRPO, sequence-mean aggregation', tiny, { objective: 'grpo', aggregation: 'sequence-mean', kl: false, ppoClip: false, entropyBonus: false }],
+  ['GRPO with KL and PPO clipping, grouped layout (shared prompt cache)', tiny, { objective: 'grpo', aggregation: 'token-mean', kl: true, ppoClip: true, entropyBonus: false }, 'grouped'],
 ];
-for (const [name, c, o] of variants) {
+for (const [name, c, o, layout] of variants) {
   test(`whole-transformer gradient, ${name}, matches finite differences`, async () => {
-    const err = await lossGradError(c, o);
+    const err = await lossGradError(c, o, layout);
     assert.ok(err < 1e-6, `relative error ${err}`);
   });
 }

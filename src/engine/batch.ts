@@ -1,5 +1,6 @@
 // Packs sequences into the rectangular inputs of the train-step and score graphs:
-// right-padded tokens, attention mask, and per-token loss weights on the completion.
+// right-padded tokens, attention mask, and per-token loss weights on the completion;
+// or, grouped (GRPO), each prompt once and its completions as rows.
 
 export interface TrainSequence {
   /** Prompt then completion tokens. */
@@ -17,6 +18,8 @@ export interface TrainSequence {
 export interface PackedBatch {
   B: number;
   T: number;
+  /** Grouped layout only: the distinct prompts [P, L], left-padded; the rows above are their completions. */
+  prompts?: { P: number; L: number; ids: BigInt64Array; mask: BigInt64Array };
   inputIds: BigInt64Array;
   attentionMask: BigInt64Array;
   lossMask: Float32Array;
@@ -27,10 +30,17 @@ export interface PackedBatch {
 
 export function packBatch(seqs: TrainSequence[], padId: number, contextLength: number): PackedBatch {
   if (!seqs.length) throw new Error('packBatch: no sequences');
-  const B = seqs.length;
   const T = Math.max(...seqs.map((s) => s.tokens.length));
   if (T < 2) throw new Error('packBatch: sequences need at least 2 tokens');
   if (T > contextLength) throw new Error(`packBatch: a sequence of ${T} tokens exceeds the context length ${contextLength}`);
+  for (const s of seqs) if (s.promptLength < 1 || s.promptLength > s.tokens.length) throw new Error(`packBatch: promptLength ${s.promptLength} out of range`);
+  return packRows(seqs, padId);
+}
+
+/** Right-padded rows; tokens from promptLength on carry the loss and the per-token arrays. */
+function packRows(seqs: TrainSequence[], padId: number): PackedBatch {
+  const B = seqs.length;
+  const T = Math.max(...seqs.map((s) => s.tokens.length));
   const inputIds = new BigInt64Array(B * T).fill(BigInt(padId));
   const attentionMask = new BigInt64Array(B * T);
   const lossMask = new Float32Array(B * T);
@@ -39,11 +49,10 @@ export function packBatch(seqs: TrainSequence[], padId: number, contextLength: n
   const oldLogprobs = has('oldLogprobs') ? new Float32Array(B * T) : undefined;
   const refLogprobs = has('refLogprobs') ? new Float32Array(B * T) : undefined;
   seqs.forEach((s, b) => {
-    if (s.promptLength < 1 || s.promptLength > s.tokens.length) throw new Error(`packBatch: promptLength ${s.promptLength} out of range`);
     const completion = s.tokens.length - s.promptLength;
     for (const [name, arr, dst] of [['oldLogprobs', s.oldLogprobs, oldLogprobs], ['refLogprobs', s.refLogprobs, refLogprobs]] as const) {
       if (!arr || !dst) continue;
-      if (arr.length !== completion) throw new Error(`packBatch: ${name} has ${arr.length} entries for ${completion} completion tokens`);
+      if (arr.length !== completion) throw new Error(`pack: ${name} has ${arr.length} entries for ${completion} completion tokens`);
       arr.forEach((v, j) => (dst[b * T + s.promptLength + j] = v));
     }
     s.tokens.forEach((t, j) => {
@@ -53,4 +62,40 @@ export function packBatch(seqs: TrainSequence[], padId: number, contextLength: n
     });
   });
   return { B, T, inputIds, attentionMask, lossMask, advantages, oldLogprobs, refLogprobs };
+}
+
+/** G completions of one prompt (the unit of GRPO). */
+export interface TrainGroup {
+  prompt: number[];
+  completions: Omit<TrainSequence, 'promptLength'>[];
+}
+
+/**
+ * The grouped layout: prompts once, left-padded [P, Lp]; completions right-padded [P*G, Lc],
+ * with every per-token array aligned to the completion tokens. Every group needs the same G.
+ */
+export function packGroups(groups: TrainGroup[], padId: number, contextLength: number): PackedBatch {
+  if (!groups.length) throw new Error('packGroups: no groups');
+  const G = groups[0]!.completions.length;
+  if (G < 1 || groups.some((g) => g.completions.length !== G)) throw new Error('packGroups: every group needs the same number (>= 1) of completions');
+  const P = groups.length;
+  const L = Math.max(...groups.map((g) => g.prompt.length));
+  if (groups.some((g) => g.prompt.length < 1)) throw new Error('packGroups: empty prompt');
+  const ids = new BigInt64Array(P * L).fill(BigInt(padId));
+  const mask = new BigInt64Array(P * L);
+  groups.forEach((g, i) =>
+    g.prompt.forEach((t, j) => {
+      ids[i * L + L - g.prompt.length + j] = BigInt(t);
+      mask[i * L + L - g.prompt.length + j] = 1n;
+    }),
+  );
+  const completions = groups.flatMap((g) => g.completions.map((c) => ({ ...c, promptLength: 0, tokens: c.tokens })));
+  for (const [i, c] of completions.entries()) {
+    if (!c.tokens.length) throw new Error('packGroups: empty completion');
+    const total = groups[Math.floor(i / G)]!.prompt.length + c.tokens.length;
+    if (total > contextLength) throw new Error(`packGroups: a sequence of ${total} tokens exceeds the context length ${contextLength}`);
+  }
+  // The completions alone, every token trained: the same packing as flat, with nothing masked as prompt.
+  const flat = packRows(completions, padId);
+  return { ...flat, prompts: { P, L, ids, mask } };
 }

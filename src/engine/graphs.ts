@@ -71,12 +71,7 @@ export function buildGenerate(c: GPTConfig): Graph {
   const pre = forward(c, p, { ids, positions: positionsFromMask(mask), bias, keysTransposed: true });
   const P = op.reshape(op.dimOf(ids, 0), [1]);
   const G = op.reshape(numSamples, [1]);
-  const repeat = (t: Tensor, name: string): Tensor => {
-    // [P, ...rest] -> [P*G, ...rest]
-    const rest = op.slice(op.shapeOf(t), [1], [2 ** 62], [0]);
-    const expanded = op.expand(op.unsqueeze(t, [1]), op.concat([P, G, rest], 0), ['P', 'G', ...t.shape.slice(1)]);
-    return op.reshape(expanded, op.concat([op.int64s(g, [-1]), rest], 0), [name, ...t.shape.slice(1)]);
-  };
+  const repeat = (t: Tensor, name: string) => repeatRows(t, P, G, name);
   const lastHidden = op.squeeze(op.slice(op.reshape(pre.hidden, op.concat([op.shapeOf(ids), op.int64s(g, [c.dModel])], 0), ['P', 'L', c.dModel]), [-1], [2 ** 62], [1]), [1]);
   const firstLogits = repeat(head(c, p, lastHidden), 'B');
   const caches = pre.present.flatMap((kv) => [repeat(kv.k, 'B'), repeat(kv.v, 'B')]);
@@ -140,6 +135,14 @@ export function buildGenerate(c: GPTConfig): Graph {
   return g;
 }
 
+/** [P, ...rest] -> [P*G, ...rest]: row i repeated G times (P, G: int64 [1] tensors). */
+function repeatRows(t: Tensor, P: Tensor, G: Tensor, name = 'B'): Tensor {
+  const g = t.graph;
+  const rest = op.slice(op.shapeOf(t), [1], [2 ** 62], [0]);
+  const expanded = op.expand(op.unsqueeze(t, [1]), op.concat([P, G, rest], 0), ['P', 'G', ...t.shape.slice(1)]);
+  return op.reshape(expanded, op.concat([op.int64s(g, [-1]), rest], 0), [name, ...t.shape.slice(1)]);
+}
+
 /**
  * Inverse-CDF sampling of one token per row from logits [B, V] with temperature and
  * top-p (nucleus): u in [0, 1) per row selects within the kept, renormalised mass.
@@ -174,29 +177,80 @@ export interface LossOptions {
 }
 export const DEFAULT_LOSS: LossOptions = { objective: 'sft', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false };
 
-/** Token log-probs and entropies of sequences [B, T]: position t scores token t (t >= 1). */
-function scoreTokens(c: GPTConfig, p: Params, ids: Tensor, mask: Tensor, dtype: DType) {
-  const g = ids.graph;
-  const inputs = op.slice(ids, [0], [-1], [1]);
-  const inMask = op.slice(mask, [0], [-1], [1]);
-  const targets = op.slice(ids, [1], [2 ** 62], [1]);
-  const bias = attentionBias(inMask, op.dimOf(inputs, 1), dtype);
-  const { hidden } = forward(c, p, { ids: inputs, positions: positionsFromMask(inMask), bias });
-  const logits = op.reshape(head(c, p, hidden), op.concat([op.shapeOf(inputs), op.int64s(g, [c.vocabSize])], 0), ['B', 'T-1', c.vocabSize]);
+/** Log-probs of `targets` and entropies from logits [B, T, V]. */
+function tokenStats(logits: Tensor, targets: Tensor) {
   const lp = op.logSoftmax(logits, -1);
   const tokenLp = op.squeeze(op.gatherElements(lp, op.unsqueeze(targets, [-1]), -1), [-1]);
   const entropy = op.neg(op.reduceSum(op.mul(op.exp(lp), lp), [-1]));
   return { tokenLp, entropy };
 }
 
-/** Declares the batch inputs of a loss and returns the scalar loss and its statistics. */
-function buildLoss(g: Graph, c: GPTConfig, p: Params, o: LossOptions, dtype: DType) {
+/** Logits [B, T, V] from hidden states [B*T, d], with B and T taken from `like` [B, T]. */
+function logitsLike(c: GPTConfig, p: Params, hidden: Tensor, like: Tensor): Tensor {
+  const shape = op.concat([op.shapeOf(like), op.int64s(like.graph, [c.vocabSize])], 0);
+  return op.reshape(head(c, p, hidden), shape, ['B', 'T', c.vocabSize]);
+}
+
+/** Token log-probs and entropies of sequences [B, T]: result column t scores token t+1. */
+function scoreTokens(c: GPTConfig, p: Params, ids: Tensor, mask: Tensor, dtype: DType) {
+  const inputs = op.slice(ids, [0], [-1], [1]);
+  const inMask = op.slice(mask, [0], [-1], [1]);
+  const bias = attentionBias(inMask, op.dimOf(inputs, 1), dtype);
+  const { hidden } = forward(c, p, { ids: inputs, positions: positionsFromMask(inMask), bias });
+  return tokenStats(logitsLike(c, p, hidden, inputs), op.slice(ids, [1], [2 ** 62], [1]));
+}
+
+/**
+ * The grouped layout of GRPO batches: G completions per prompt. Each prompt [P, Lp]
+ * (left-padded) runs once; its KV cache is repeated for its G completions [P*G, Lc]
+ * (right-padded, rows i*G.. of prompt i), which attend to it. Column t scores completion
+ * token t. Saves the prompt's share of the work G-1 times over.
+ */
+function scoreGrouped(c: GPTConfig, p: Params, promptIds: Tensor, promptMask: Tensor, ids: Tensor, mask: Tensor, dtype: DType) {
+  const g = ids.graph;
+  const P = op.reshape(op.dimOf(promptIds, 0), [1]);
+  const G = op.div(op.reshape(op.dimOf(ids, 0), [1]), P);
+  const repeat = (t: Tensor) => repeatRows(t, P, G);
+  const pre = forward(c, p, {
+    ids: promptIds,
+    positions: positionsFromMask(promptMask),
+    bias: attentionBias(promptMask, op.dimOf(promptIds, 1), dtype),
+  });
+  const past = pre.present.map((kv) => ({ k: repeat(kv.k), v: repeat(kv.v) }));
+  const promptLen = op.unsqueeze(repeat(op.reduceSum(promptMask, [1])), [1]);
+  const positions = op.add(promptLen, op.max(op.sub(op.cumsum(mask, 1), op.int64(g, 1)), op.int64(g, 0)));
+  const bias = attentionBias(op.concat([repeat(promptMask), mask], 1), op.dimOf(ids, 1), dtype);
+  const { hidden } = forward(c, p, { ids, positions, bias, past });
+  // Completion token t is predicted by the prompt's last position (t = 0) or completion position t-1.
+  const d = c.dModel;
+  const byRow = (h: Tensor, like: Tensor) => op.reshape(h, op.concat([op.shapeOf(like), op.int64s(g, [d])], 0), ['B', 'T', d]);
+  const lastPrompt = repeat(op.slice(byRow(pre.hidden, promptIds), [-1], [2 ** 62], [1]));
+  const predictors = op.concat([lastPrompt, op.slice(byRow(hidden, ids), [0], [-1], [1])], 1);
+  return tokenStats(logitsLike(c, p, op.reshape(predictors, [-1, d]), ids), ids);
+}
+
+export type BatchLayout = 'flat' | 'grouped';
+
+/**
+ * Declares the batch inputs of a loss and returns the scalar loss and its statistics.
+ * flat: input_ids, attention_mask, loss_mask (and old/ref log-probs) [B, T], position t for token t.
+ * grouped: prompt_ids, prompt_mask [P, Lp]; input_ids, attention_mask, loss_mask (...) [P*G, Lc] of the completions.
+ */
+function buildLoss(g: Graph, c: GPTConfig, p: Params, o: LossOptions, dtype: DType, layout: BatchLayout) {
   const ids = g.input('input_ids', 'int64', ['B', 'T']);
   const mask = g.input('attention_mask', 'int64', ['B', 'T']);
   const lossMask = g.input('loss_mask', dtype, ['B', 'T']);
-  const { tokenLp, entropy } = scoreTokens(c, p, ids, mask, dtype);
-  const w = op.slice(lossMask, [1], [2 ** 62], [1]);
-  const shifted = (t: Tensor) => op.slice(t, [1], [2 ** 62], [1]);
+  // Per-token inputs aligned with the scored tokens: flat scores tokens 1.., grouped every completion token.
+  const aligned = (t: Tensor) => (layout === 'flat' ? op.slice(t, [1], [2 ** 62], [1]) : t);
+  const { tokenLp, entropy } =
+    layout === 'flat'
+      ? scoreTokens(c, p, ids, mask, dtype)
+      : scoreGrouped(c, p, g.input('prompt_ids', 'int64', ['P', 'Lp']), g.input('prompt_mask', 'int64', ['P', 'Lp']), ids, mask, dtype);
+  const w = aligned(lossMask);
+  // exp() of a log-ratio at a padded position (pad targets score -1e9) would be Inf, and Inf * 0 = NaN:
+  // zero the log-ratios there before exp, so neither the loss nor its gradient sees them.
+  const active = op.greater(w, 0);
+  const onlyActive = (t: Tensor) => op.where(active, t, 0);
 
   let perToken: Tensor;
   const stats: Record<string, Tensor> = {};
@@ -204,17 +258,17 @@ function buildLoss(g: Graph, c: GPTConfig, p: Params, o: LossOptions, dtype: DTy
   else {
     const adv = op.unsqueeze(g.input('advantages', dtype, ['B']), [1]);
     if (o.ppoClip) {
-      const old = shifted(g.input('old_logprobs', dtype, ['B', 'T']));
+      const old = aligned(g.input('old_logprobs', dtype, ['B', 'T']));
       const eps = g.input('clip_eps', dtype, []);
-      const ratio = op.exp(op.sub(tokenLp, old));
+      const ratio = op.exp(onlyActive(op.sub(tokenLp, old)));
       const clipped = op.max(op.min(ratio, op.add(eps, 1)), op.sub(1, eps));
       perToken = op.neg(op.min(op.mul(ratio, adv), op.mul(clipped, adv)));
     } else perToken = op.neg(op.mul(tokenLp, adv));
   }
   if (o.kl) {
-    const ref = shifted(g.input('ref_logprobs', dtype, ['B', 'T']));
+    const ref = aligned(g.input('ref_logprobs', dtype, ['B', 'T']));
     const coef = g.input('kl_coef', dtype, []);
-    const d = op.sub(ref, tokenLp);
+    const d = onlyActive(op.sub(ref, tokenLp));
     const k3 = op.sub(op.sub(op.exp(d), d), 1); // low-variance, non-negative KL estimator
     stats.kl = masked(k3, w, 'token-mean');
     perToken = op.add(perToken, op.mul(k3, coef));
@@ -233,10 +287,10 @@ function masked(x: Tensor, w: Tensor, how: LossOptions['aggregation']): Tensor {
 }
 
 /** params -> loss and gradients (float64 for gradient checks). */
-export function buildLossAndGrad(c: GPTConfig, o: LossOptions, dtype: DType = 'float64'): Graph {
+export function buildLossAndGrad(c: GPTConfig, o: LossOptions, dtype: DType = 'float64', layout: BatchLayout = 'flat'): Graph {
   const g = new Graph('loss');
   const p = declareParams(g, c, dtype);
-  const { loss } = buildLoss(g, c, p, o, dtype);
+  const { loss } = buildLoss(g, c, p, o, dtype, layout);
   g.output('loss', loss);
   const specs = paramSpecs(c);
   grad(loss, specs.map((s) => p[s.name]!)).forEach((gr, i) => g.output(`grad.${specs[i]!.name}`, gr));
@@ -260,7 +314,13 @@ export function buildScore(c: GPTConfig, dtype: DType = 'float32'): Graph {
  * loss's batch inputs; outputs new.<name>, new_m.<name>, new_v.<name>, loss, grad_norm,
  * entropy (mean over loss tokens), updated (false when the gradient was not finite) and kl.
  */
-export function buildTrainStep(c: GPTConfig, o: LossOptions = DEFAULT_LOSS, opt: AdamWConfig = ADAMW_DEFAULTS, dtype: DType = 'float32'): Graph {
+export function buildTrainStep(
+  c: GPTConfig,
+  o: LossOptions = DEFAULT_LOSS,
+  opt: AdamWConfig = ADAMW_DEFAULTS,
+  dtype: DType = 'float32',
+  layout: BatchLayout = 'flat',
+): Graph {
   const g = new Graph('train_step');
   const p = declareParams(g, c, dtype);
   const specs = paramSpecs(c);
@@ -269,7 +329,7 @@ export function buildTrainStep(c: GPTConfig, o: LossOptions = DEFAULT_LOSS, opt:
   const step = g.input('step', dtype, []);
   const lr = g.input('lr', dtype, []);
   const maxGradNorm = g.input('max_grad_norm', dtype, []);
-  const { loss, stats } = buildLoss(g, c, p, o, dtype);
+  const { loss, stats } = buildLoss(g, c, p, o, dtype, layout);
   const grads = grad(loss, specs.map((s) => p[s.name]!));
   const slots = specs.map((s, i) => ({ param: p[s.name]!, grad: grads[i]!, m: m[s.name]!, v: v[s.name]!, decay: s.decay }));
   const { updated, gradNorm, finite } = adamw(slots, { lr, step, maxGradNorm }, opt);

@@ -1,5 +1,5 @@
 // Trainer worker: owns parameters, AdamW moments and the train-step / score sessions.
-import { buildScore, buildTrainStep, type LossOptions } from './graphs.ts';
+import { buildScore, buildTrainStep, type BatchLayout, type LossOptions } from './graphs.ts';
 import { createSession, f32, i64, type ort } from './ort.ts';
 import { serveRequests } from './worker-host.ts';
 import { ADAMW_DEFAULTS, type AdamWConfig } from '../graph/optim.ts';
@@ -10,7 +10,9 @@ import type { StepHyper } from './trainer.ts';
 let config: GPTConfig;
 let loss: LossOptions;
 let threads = 1;
-let trainSession: ort.InferenceSession;
+let adamwConfig: AdamWConfig;
+/** One train-step session per batch layout, built on first use. */
+const trainSessions = new Map<BatchLayout, Promise<ort.InferenceSession>>();
 let scoreSession: ort.InferenceSession | undefined;
 let params: Weights;
 let m: Weights;
@@ -34,7 +36,19 @@ function setParams(w: Weights, reset: boolean): void {
 }
 
 function batchFeeds(b: PackedBatch): Record<string, ort.Tensor> {
-  return { input_ids: i64(b.inputIds, [b.B, b.T]), attention_mask: i64(b.attentionMask, [b.B, b.T]) };
+  const feeds: Record<string, ort.Tensor> = { input_ids: i64(b.inputIds, [b.B, b.T]), attention_mask: i64(b.attentionMask, [b.B, b.T]) };
+  if (b.prompts) {
+    if (b.B % b.prompts.P) throw new Error(`train step: ${b.B} completions do not divide into ${b.prompts.P} prompts`);
+    feeds.prompt_ids = i64(b.prompts.ids, [b.prompts.P, b.prompts.L]);
+    feeds.prompt_mask = i64(b.prompts.mask, [b.prompts.P, b.prompts.L]);
+  }
+  return feeds;
+}
+
+function trainSession(layout: BatchLayout): Promise<ort.InferenceSession> {
+  let s = trainSessions.get(layout);
+  if (!s) trainSessions.set(layout, (s = createSession(buildTrainStep(config, loss, adamwConfig, 'float32', layout), { threads })));
+  return s;
 }
 
 const scalar = (x: number) => f32(Float32Array.of(x), []);
@@ -44,8 +58,9 @@ serveRequests({
     config = p.config;
     loss = p.loss;
     threads = p.threads ?? 1;
+    adamwConfig = p.adamw ?? ADAMW_DEFAULTS;
     setParams(p.weights, true);
-    trainSession = await createSession(buildTrainStep(config, loss, p.adamw ?? ADAMW_DEFAULTS), { threads });
+    await trainSession('flat');
     return { value: null };
   },
   async step(p: { batch: PackedBatch; hyper: StepHyper }) {
@@ -74,7 +89,8 @@ serveRequests({
       feeds[`m.${s.name}`] = f32(m.get(s.name)!, s.shape);
       feeds[`v.${s.name}`] = f32(v.get(s.name)!, s.shape);
     }
-    const out = await trainSession.run(feeds);
+    const session = await trainSession(b.prompts ? 'grouped' : 'flat');
+    const out = await session.run(feeds);
     const updated = (out.updated!.data as Uint8Array)[0] === 1;
     if (updated) {
       steps++;
@@ -90,6 +106,7 @@ serveRequests({
     };
   },
   async score(p: { batch: PackedBatch }) {
+    if (p.batch.prompts) throw new Error('score: takes the flat layout (packBatch)');
     scoreSession ??= await createSession(buildScore(config), { threads });
     const feeds: Record<string, ort.Tensor> = batchFeeds(p.batch);
     for (const s of specs()) feeds[s.name] = f32(params.get(s.name)!, s.shape);
