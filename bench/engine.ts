@@ -102,10 +102,14 @@ const sampleS = await median(async () => {
   const r = await sampler.generate(prompts, { samplesPerPrompt: G, maxNewTokens: T, seed: seed++, stopToken: -1, padToken: PAD });
   completions = r.completions.flatMap((row) => row.map((c) => c.tokens));
 });
+// Left padding's cost: the same batch with prompt lengths spread over 6..18 (mean 12).
+const mixed = prompts.map((p, i) => (i % 2 ? p.slice(0, 6 + (i % 7)) : [...p, ...p].slice(0, 18 - (i % 7))));
+const sampleMixedS = await median(() => sampler.generate(mixed, { samplesPerPrompt: G, maxNewTokens: T, seed: seed++, stopToken: -1, padToken: PAD }));
 await sampler.close();
 if (completions.some((c) => c.length !== T)) throw new Error('expected exactly T new tokens per sequence');
 const peakRssMb = process.resourceUsage().maxRSS / 1024;
 log(`generate graph (Loop): ${sampleS.toFixed(3)} s, ${Math.round((P * G * T) / sampleS)} tokens/s, peak RSS ${peakRssMb.toFixed(0)} MB`);
+log(`  with prompt lengths 6..18, left-padded to 18: ${sampleMixedS.toFixed(3)} s, ${Math.round((P * G * T) / sampleMixedS)} tokens/s`);
 
 let stepwiseS: number | null = null;
 if (opts.stepwise) {
@@ -147,6 +151,7 @@ const result = {
   peer_train_tok_s: peerTrain,
   sample_ratio: peerSample ? +(sampleTok / peerSample).toFixed(2) : null,
   train_ratio: peerTrain ? +(trainTok / peerTrain).toFixed(2) : null,
+  sample_mixed_lengths_tok_s: Math.round((P * G * T) / sampleMixedS),
   train_flat_tok_s: Math.round((P * G * (PLEN + T)) / trainFlatS),
   stepwise_sample_tok_s: stepwiseS ? Math.round((P * G * T) / stepwiseS) : null,
   sample_s: +sampleS.toFixed(4),
