@@ -1,0 +1,46 @@
+// The CLI as a user runs it: --json prints one JSON object as the last stdout line; errors exit non-zero.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const bin = fileURLToPath(new URL('../bin/ttrl.js', import.meta.url));
+function ttrl(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) =>
+    execFile(process.execPath, [bin, ...args], (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr })),
+  );
+}
+const lastJson = (out: string) => JSON.parse(out.trim().split('\n').at(-1)!);
+
+test('ttrl init, info and sample, with --json', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'ttrl-cli-'));
+  try {
+    const init = await ttrl('init', '--out', dir, '--d-model', '16', '--layers', '1', '--heads', '2', '--context', '32', '--json');
+    assert.equal(init.code, 0, init.stderr);
+    assert.equal(lastJson(init.stdout).config.dModel, 16);
+    const info = await ttrl('info', '--model', dir, '--json');
+    assert.equal(lastJson(info.stdout).params > 0, true);
+    const s = await ttrl('sample', '--model', dir, '--prompt', '12+3=', '--samples', '3', '--max-new-tokens', '5', '--seed', '4', '--json');
+    assert.equal(s.code, 0, s.stderr);
+    const out = lastJson(s.stdout);
+    assert.equal(out.completions.length, 3);
+    for (const c of out.completions) assert.ok(c.tokens >= 1 && c.tokens <= 5 && typeof c.text === 'string');
+    const again = await ttrl('sample', '--model', dir, '--prompt', '12+3=', '--samples', '3', '--max-new-tokens', '5', '--seed', '4', '--json');
+    assert.deepEqual(lastJson(again.stdout).completions, out.completions);
+
+    const bad = await ttrl('sample', '--model', dir, '--prompt', '12*3=');
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /cannot encode character "\*"/);
+    const badOpt = await ttrl('sample', '--model', dir, '--prompt', '1=', '--top-p', '1.5');
+    assert.notEqual(badOpt.code, 0);
+    assert.match(badOpt.stderr, /--top-p must be in \(0, 1\]/);
+    const missing = await ttrl('info', '--model', join(dir, 'nope'));
+    assert.notEqual(missing.code, 0);
+    assert.match(missing.stderr, /cannot read model config/);
+  } finally {
+    await rm(dir, { recursive: true });
+  }
+});
