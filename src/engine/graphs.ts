@@ -72,7 +72,8 @@ export function buildGenerate(c: GPTConfig): Graph {
   const P = op.reshape(op.dimOf(ids, 0), [1]);
   const G = op.reshape(numSamples, [1]);
   const repeat = (t: Tensor, name: string) => repeatRows(t, P, G, name);
-  const lastHidden = op.squeeze(op.slice(op.reshape(pre.hidden, op.concat([op.shapeOf(ids), op.int64s(g, [c.dModel])], 0), ['P', 'L', c.dModel]), [-1], [2 ** 62], [1]), [1]);
+  const byPrompt = op.reshape(pre.hidden, op.concat([op.shapeOf(ids), op.int64s(g, [c.dModel])], 0), ['P', 'L', c.dModel]);
+  const lastHidden = op.squeeze(op.slice(byPrompt, [-1], [2 ** 62], [1]), [1]); // left padding: every prompt ends here
   const firstLogits = repeat(head(c, p, lastHidden), 'B');
   const caches = pre.present.flatMap((kv) => [repeat(kv.k, 'B'), repeat(kv.v, 'B')]);
   const keyMask = repeat(mask, 'B');

@@ -1,6 +1,6 @@
 // Thin helpers around onnxruntime-node: sessions from our graphs, tensors from typed arrays.
 import * as ort from 'onnxruntime-node';
-import type { DType, Graph, TypedArray } from '../graph/ir.ts';
+import type { Graph } from '../graph/ir.ts';
 import { toOnnx } from '../graph/onnx.ts';
 
 export { ort };
@@ -20,11 +20,6 @@ export async function createSession(graph: Graph, o: SessionOptions = {}): Promi
   });
 }
 
-const ORT_TYPE: Record<DType, ort.Tensor.Type> = { float32: 'float32', float64: 'float64', int64: 'int64', bool: 'bool' };
-
-export function tensor(dtype: DType, data: TypedArray, dims: readonly number[]): ort.Tensor {
-  return new ort.Tensor(ORT_TYPE[dtype], data as never, dims);
-}
 export const f32 = (data: Float32Array, dims: readonly number[]) => new ort.Tensor('float32', data, dims);
 export const f64 = (data: Float64Array, dims: readonly number[]) => new ort.Tensor('float64', data, dims);
 export const i64 = (data: BigInt64Array | number[], dims: readonly number[]) =>

@@ -129,10 +129,6 @@ export function makeArray(dtype: DType, values: ArrayLike<number> | number[]): T
   }
 }
 
-export function sameDim(a: Dim, b: Dim): boolean {
-  return a === b;
-}
-
 /** Numpy-style broadcast of two shapes. Symbolic dims are assumed to match the other side. */
 export function broadcastShapes(a: Shape, b: Shape): Shape {
   const n = Math.max(a.length, b.length);
@@ -146,12 +142,4 @@ export function broadcastShapes(a: Shape, b: Shape): Shape {
     else out.push(typeof da === 'number' ? da : db);
   }
   return out;
-}
-
-export function dimProduct(shape: Shape): Dim {
-  let known = 1;
-  const syms: string[] = [];
-  for (const d of shape) typeof d === 'number' ? (known *= d) : syms.push(d);
-  if (!syms.length) return known;
-  return known === 1 ? syms.join('*') : `${known}*${syms.join('*')}`;
 }
