@@ -78,24 +78,29 @@ export function packGroups(groups: TrainGroup[], padId: number, contextLength: n
   if (!groups.length) throw new Error('packGroups: no groups');
   const G = groups[0]!.completions.length;
   if (G < 1 || groups.some((g) => g.completions.length !== G)) throw new Error('packGroups: every group needs the same number (>= 1) of completions');
-  const P = groups.length;
-  const L = Math.max(...groups.map((g) => g.prompt.length));
   if (groups.some((g) => g.prompt.length < 1)) throw new Error('packGroups: empty prompt');
-  const ids = new BigInt64Array(P * L).fill(BigInt(padId));
-  const mask = new BigInt64Array(P * L);
-  groups.forEach((g, i) =>
-    g.prompt.forEach((t, j) => {
-      ids[i * L + L - g.prompt.length + j] = BigInt(t);
-      mask[i * L + L - g.prompt.length + j] = 1n;
-    }),
-  );
-  const completions = groups.flatMap((g) => g.completions.map((c) => ({ ...c, promptLength: 0, tokens: c.tokens })));
+  const prompts = leftPad(groups.map((g) => g.prompt), padId);
+  const completions = groups.flatMap((g) => g.completions.map((c) => ({ ...c, promptLength: 0 })));
   for (const [i, c] of completions.entries()) {
     if (!c.tokens.length) throw new Error('packGroups: empty completion');
     const total = groups[Math.floor(i / G)]!.prompt.length + c.tokens.length;
     if (total > contextLength) throw new Error(`packGroups: a sequence of ${total} tokens exceeds the context length ${contextLength}`);
   }
   // The completions alone, every token trained: the same packing as flat, with nothing masked as prompt.
-  const flat = packRows(completions, padId);
-  return { ...flat, prompts: { P, L, ids, mask } };
+  return { ...packRows(completions, padId), prompts };
+}
+
+/** Prompts [P, L], left-padded so that every prompt ends in the last column. */
+export function leftPad(prompts: number[][], padId: number): { P: number; L: number; ids: BigInt64Array; mask: BigInt64Array } {
+  const P = prompts.length;
+  const L = Math.max(...prompts.map((p) => p.length));
+  const ids = new BigInt64Array(P * L).fill(BigInt(padId));
+  const mask = new BigInt64Array(P * L);
+  prompts.forEach((prompt, i) =>
+    prompt.forEach((t, j) => {
+      ids[i * L + L - prompt.length + j] = BigInt(t);
+      mask[i * L + L - prompt.length + j] = 1n;
+    }),
+  );
+  return { P, L, ids, mask };
 }

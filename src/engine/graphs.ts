@@ -7,7 +7,7 @@ import { Graph, type DType, type Tensor } from '../graph/ir.ts';
 import * as op from '../graph/ops.ts';
 import { grad } from '../graph/autodiff.ts';
 import { adamw, ADAMW_DEFAULTS, type AdamWConfig } from '../graph/optim.ts';
-import { attentionBias, declareParams, MASKED, forward, head, paramSpecs, positionsFromMask, type GPTConfig, type KV, type Params } from '../model/gpt.ts';
+import { attentionBias, declareParams, forward, head, paramSpecs, positionsFromMask, type GPTConfig, type KV, type Params } from '../model/gpt.ts';
 
 // ---------- prefill / decode ----------
 
@@ -102,15 +102,10 @@ export function buildGenerate(c: GPTConfig): Graph {
 
   const ones = op.constantOfShape(op.concat([op.reshape(op.dimOf(kmask, 0), [1]), op.int64s(body, [1])], 0), 'int64', 1, ['B', 1]);
   const newMask = op.concat([kmask, ones], 1);
-  const stepBias = op.where(
-    op.unsqueeze(op.equal(newMask, op.int64(body, 1)), [1, 2]),
-    op.constant(body, dtype, 0),
-    op.constant(body, dtype, MASKED),
-  ); // [B,1,1,K+1]: a single new query needs no causal mask
   const step = forward(c, p, {
     ids: op.unsqueeze(token, [1]),
     positions: op.unsqueeze(pos, [1]),
-    bias: stepBias,
+    bias: attentionBias(newMask, op.int64(body, 1), dtype),
     past,
     keysTransposed: true,
   });

@@ -3,8 +3,9 @@ import { buildGenerate } from './graphs.ts';
 import { createSession, f32, i64, type ort } from './ort.ts';
 import { serveRequests } from './worker-host.ts';
 import { Rng } from './rng.ts';
-import { paramSpecs, type GPTConfig, type Weights } from '../model/gpt.ts';
+import { checkWeights, paramSpecs, type GPTConfig, type Weights } from '../model/gpt.ts';
 import type { Completion, SampleOptions } from './sampler.ts';
+import { leftPad } from './batch.ts';
 
 let config: GPTConfig;
 let session: ort.InferenceSession;
@@ -12,13 +13,8 @@ let weightFeeds: Record<string, ort.Tensor> = {};
 let version = 0;
 
 function setWeights(w: Weights, v: number): void {
-  const feeds: Record<string, ort.Tensor> = {};
-  for (const s of paramSpecs(config)) {
-    const data = w.get(s.name);
-    if (!data || data.length !== s.shape.reduce((a, b) => a * b, 1)) throw new Error(`weights: ${s.name} missing or of the wrong size`);
-    feeds[s.name] = f32(data, s.shape);
-  }
-  weightFeeds = feeds;
+  checkWeights(config, w);
+  weightFeeds = Object.fromEntries(paramSpecs(config).map((s) => [s.name, f32(w.get(s.name)!, s.shape)]));
   version = v;
 }
 
@@ -36,18 +32,8 @@ serveRequests({
   async generate(p: { prompts: number[][]; options: SampleOptions }) {
     const t0 = performance.now();
     const { prompts, options: o } = p;
-    const P = prompts.length;
     const G = o.samplesPerPrompt;
-    const L = Math.max(...prompts.map((x) => x.length));
-    const ids = new BigInt64Array(P * L).fill(BigInt(o.padToken));
-    const mask = new BigInt64Array(P * L);
-    prompts.forEach((prompt, i) => {
-      const off = i * L + (L - prompt.length); // left padding: every prompt ends at column L-1
-      prompt.forEach((t, j) => {
-        ids[off + j] = BigInt(t);
-        mask[off + j] = 1n;
-      });
-    });
+    const { P, L, ids, mask } = leftPad(prompts, o.padToken);
     const B = P * G;
     const uniforms = new Rng(o.seed).fillUniform(new Float32Array(o.maxNewTokens * B)) as Float32Array;
     const out = await session.run({

@@ -3,7 +3,7 @@ import { buildScore, buildTrainStep, type BatchLayout, type LossOptions } from '
 import { createSession, f32, i64, type ort } from './ort.ts';
 import { serveRequests } from './worker-host.ts';
 import { ADAMW_DEFAULTS, type AdamWConfig } from '../graph/optim.ts';
-import { paramSpecs, type GPTConfig, type Weights } from '../model/gpt.ts';
+import { checkWeights, paramSpecs, type GPTConfig, type Weights } from '../model/gpt.ts';
 import type { PackedBatch } from './batch.ts';
 import type { StepHyper } from './trainer.ts';
 
@@ -23,10 +23,7 @@ const specs = () => paramSpecs(config);
 const zeros = (): Weights => new Map(specs().map((s) => [s.name, new Float32Array(s.shape.reduce((a, b) => a * b, 1))]));
 
 function setParams(w: Weights, reset: boolean): void {
-  for (const s of specs()) {
-    const d = w.get(s.name);
-    if (!d || d.length !== s.shape.reduce((a, b) => a * b, 1)) throw new Error(`weights: ${s.name} missing or of the wrong size`);
-  }
+  checkWeights(config, w);
   params = new Map(specs().map((s) => [s.name, Float32Array.from(w.get(s.name)!)]));
   if (reset) {
     m = zeros();

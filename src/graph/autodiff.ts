@@ -200,16 +200,16 @@ export const VJP: Record<string, Rule> = {
     const x = inp(n, 0);
     const [starts, ends, axes] = [intsOf(inp(n, 1)), intsOf(inp(n, 2)), intsOf(inp(n, 3))];
     const gr = g.graph;
-    const zero = () => op.int64s(gr, [0]);
-    const begin: Tensor[] = x.shape.map(zero);
-    const finish: Tensor[] = x.shape.map(zero);
-    axes.forEach((a, i) => {
+    const cut = (a: number, side: 'begin' | 'end'): Tensor => {
+      const i = axes.indexOf(a);
+      if (i < 0) return op.int64s(gr, [0]);
       const dim = () => as1d(op.dimOf(x, a));
-      const s = starts[i]!;
-      const e = ends[i]!;
-      begin[a] = s >= 0 ? op.int64s(gr, [s]) : op.add(dim(), s);
-      finish[a] = e >= 2 ** 31 ? zero() : e < 0 ? op.int64s(gr, [-e]) : op.sub(dim(), e);
-    });
+      const [s, e] = [starts[i]!, ends[i]!];
+      if (side === 'begin') return s >= 0 ? op.int64s(gr, [s]) : op.add(dim(), s);
+      return e >= 2 ** 31 ? op.int64s(gr, [0]) : e < 0 ? op.int64s(gr, [-e]) : op.sub(dim(), e);
+    };
+    const begin = x.shape.map((_, a) => cut(a, 'begin'));
+    const finish = x.shape.map((_, a) => cut(a, 'end'));
     return [op.pad(g, op.concat([...begin, ...finish], 0)), null, null, null];
   },
 };

@@ -1,5 +1,5 @@
 // Op builders: each adds one standard ONNX node (opset 20) and infers its output
-// dtype and shape. Composite ops (layerNorm, gelu, ...) are built from these, so
+// dtype and shape. Composite ops (rmsNorm, silu, causalMask) are built from these, so
 // autodiff needs rules for the primitives only.
 import { attr, broadcastShapes, graphOf, makeArray, Tensor, type Attr, type DType, type Dim, type Graph, type Shape } from './ir.ts';
 
@@ -352,12 +352,11 @@ function factor(shape: Shape): { num: number; syms: string[] } {
  */
 export function loop(g: Graph, maxTrips: Tensor | null, cond: Tensor | null, carried: Tensor[], body: Graph): Tensor[] {
   if (body.parent !== g) throw new Error('loop: the body must be a subgraph of the loop\'s graph');
-  const nScan = body.outputs.length - 1 - carried.length;
+  if (body.outputs.length < 1 + carried.length) throw new Error('loop: body has fewer outputs than carried values');
   const scans = body.outputs.slice(1 + carried.length);
   const outs = [
     ...carried.map((t, i) => ({ dtype: t.dtype, shape: t.shape.map((d, j) => (typeof d === 'number' ? d : `loop_out${i}_${j}`)) })),
     ...scans.map((t) => ({ dtype: t.dtype, shape: ['iterations', ...t.shape] as Shape })),
   ];
-  if (nScan < 0) throw new Error('loop: body has fewer outputs than carried values');
   return g.node('Loop', [maxTrips, cond, ...carried], { body: attr.graph(body) }, outs);
 }

@@ -73,6 +73,14 @@ export function initWeights(c: GPTConfig, rng: Rng): Weights {
   return out;
 }
 
+/** Throws unless `w` holds every weight of the config at its size (a swap must never half-apply). */
+export function checkWeights(c: GPTConfig, w: Weights): void {
+  for (const s of paramSpecs(c)) {
+    const data = w.get(s.name);
+    if (!data || data.length !== s.shape.reduce((a, b) => a * b, 1)) throw new Error(`weights: ${s.name} missing or of the wrong size`);
+  }
+}
+
 export type Params = Record<string, Tensor>;
 
 /** Declares every weight as a graph input (so a hot swap is just new input tensors). */
