@@ -6,6 +6,14 @@ import { initWeights, paramCount, type GPTConfig } from './model/gpt.ts';
 import { ARITHMETIC_CHARS, CharTokenizer } from './model/tokenizer.ts';
 import { Sampler } from './engine/sampler.ts';
 import { Rng } from './engine/rng.ts';
+import { suite, SUITE_NAMES, SUITES } from './tasks/suites.ts';
+import { pretrain } from './train/pretrain.ts';
+import { readQuestions } from './tasks/question-file.ts';
+import { accuracy, rollout } from './ttrl/rollout.ts';
+import { Progress } from './util/progress.ts';
+
+/** The settings the shipped model was trained with (models/arith-tiny/README.md). */
+const DEFAULT_PRETRAIN = { steps: 4000, batchSize: 64, lr: 1e-3, warmup: 200 };
 
 export function int(name: string, min = 0) {
   return (v: string) => {
@@ -100,6 +108,104 @@ program
       }));
       if (o.json) console.log(JSON.stringify({ prompt: o.prompt, completions, ms: Math.round(r.ms) }));
       else for (const c of completions) console.log(`${o.prompt}${c.text}${c.stopped ? '' : ' …'}   (logprob ${c.logprob})`);
+    } finally {
+      await sampler.close();
+    }
+  });
+
+program
+  .command('suite')
+  .description(`write a JSONL question file ({"question","answer"} per line) to stdout`)
+  .argument('<name>', `one of: ${SUITE_NAMES.join(', ')}`)
+  .option('--n <n>', 'questions', int('--n', 1), 256)
+  .option('--seed <n>', 'random seed', int('--seed'), 0)
+  .action((name: string, o) => {
+    if (!SUITES[name]) throw new InvalidArgumentError(`unknown suite ${JSON.stringify(name)}; one of: ${SUITE_NAMES.join(', ')}`);
+    process.stdout.write(suite(name, o.n, o.seed).map((q) => JSON.stringify(q) + '\n').join(''));
+  });
+
+program
+  .command('pretrain')
+  .description('pretrain the default model on worked arithmetic chains (resumes from --out if interrupted)')
+  .requiredOption('--out <dir>', 'model directory to write (and resume from)')
+  .option('--steps <n>', 'total optimizer steps', int('--steps', 1), DEFAULT_PRETRAIN.steps)
+  .option('--seed <n>', 'random seed (initial weights and data)', int('--seed'), 0)
+  .option('--batch-size <n>', 'sequences per step', int('--batch-size', 1), DEFAULT_PRETRAIN.batchSize)
+  .option('--lr <x>', 'peak learning rate', num('--lr', (n) => n > 0, 'a number > 0'), DEFAULT_PRETRAIN.lr)
+  .option('--warmup <n>', 'warm-up steps (then inverse-sqrt decay)', int('--warmup', 1), DEFAULT_PRETRAIN.warmup)
+  .option('--checkpoint-every <n>', 'steps between checkpoints', int('--checkpoint-every', 1), 250)
+  .option('--d-model <n>', 'embedding width (new runs)', int('--d-model', 1), 128)
+  .option('--layers <n>', 'transformer blocks (new runs)', int('--layers', 1), 4)
+  .option('--heads <n>', 'attention heads (new runs)', int('--heads', 1), 4)
+  .option('--context <n>', 'context length (new runs)', int('--context', 2), 96)
+  .option('--threads <n>', 'compute threads', int('--threads', 1), 2)
+  .option('--json', 'print a JSON summary line')
+  .action(async (o) => {
+    if (o.dModel % o.heads) throw new InvalidArgumentError('--d-model must be divisible by --heads');
+    let interrupted = false;
+    const onSignal = () => {
+      if (interrupted) process.exit(130);
+      interrupted = true;
+      console.error('\ninterrupted: writing a checkpoint (Ctrl-C again to quit now)');
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    const bar = new Progress(o.steps, 'pretrain', 100);
+    const r = await pretrain({
+      out: o.out,
+      steps: o.steps,
+      seed: o.seed,
+      batchSize: o.batchSize,
+      lr: o.lr,
+      warmup: o.warmup,
+      checkpointEvery: o.checkpointEvery,
+      threads: o.threads,
+      arch: { contextLength: o.context, dModel: o.dModel, nLayers: o.layers, nHeads: o.heads, tiedHead: false },
+      onStep: (s) => bar.update(s.step, { loss: s.loss.toFixed(4), 'tok/s': (s.tokensPerSec / 1000).toFixed(1) + 'K' }),
+      shouldStop: () => interrupted,
+    });
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    const summary = { out: o.out, step: r.step, resumed_from: r.resumedFrom, loss: +r.loss.toFixed(5), wall_s: +r.wallS.toFixed(1), interrupted };
+    console.error(`${interrupted ? 'stopped' : 'done'} at step ${r.step} (loss ${r.loss.toFixed(4)}), ${o.out} written`);
+    if (o.json) console.log(JSON.stringify(summary));
+    if (interrupted) process.exitCode = 130;
+  });
+
+program
+  .command('eval')
+  .description('sample N answers per question and report pass@1, maj@N, parsable share and length')
+  .requiredOption('--model <dir>', 'model directory')
+  .requiredOption('--questions <file>', 'JSONL question file with answers')
+  .option('--votes <n>', 'samples per question', int('--votes', 1), 16)
+  .option('--temperature <t>', 'sampling temperature', num('--temperature', (n) => n > 0, 'a number > 0'), 1)
+  .option('--seed <n>', 'random seed', int('--seed'), 0)
+  .option('--threads <n>', 'compute threads', int('--threads', 1), 2)
+  .option('--json', 'print one JSON line')
+  .action(async (o) => {
+    const t0 = performance.now();
+    const questions = await readQuestions(o.questions);
+    const missing = questions.findIndex((q) => q.answer === undefined);
+    if (missing >= 0) throw new Error(`${o.questions}: question ${missing + 1} has no answer to score against`);
+    const m = await loadModel(o.model);
+    for (const q of questions) m.tokenizer.encode(q.question);
+    const sampler = await Sampler.create({ config: m.config, weights: m.weights, threads: o.threads });
+    try {
+      const bar = new Progress(questions.length, 'eval', 1e9);
+      const rollouts = await rollout(sampler, m.tokenizer, questions.map((q) => q.question), {
+        votes: o.votes,
+        temperature: o.temperature,
+        seed: o.seed,
+        onBatch: (n) => bar.update(n),
+      });
+      const a = accuracy(rollouts, questions.map((q) => q.answer!));
+      const r = { pass_at_1: a.pass_at_1, maj_at_n: a.maj_at_n, votes: o.votes, parsable: a.parsable, mean_len: a.mean_len, questions: questions.length, wall_s: (performance.now() - t0) / 1000 };
+      const round = (x: number) => +x.toFixed(4);
+      if (o.json) console.log(JSON.stringify(Object.fromEntries(Object.entries(r).map(([k, v]) => [k, round(v)]))));
+      else
+        console.log(
+          `${questions.length} questions, ${o.votes} votes: pass@1 ${round(a.pass_at_1)}  maj@${o.votes} ${round(a.maj_at_n)}  parsable ${round(a.parsable)}  mean length ${a.mean_len.toFixed(1)}  (${r.wall_s.toFixed(1)} s)`,
+        );
     } finally {
       await sampler.close();
     }

@@ -29,6 +29,13 @@ export interface StepStats {
   ms: number;
 }
 
+/** AdamW moments by parameter name and the optimizer steps taken: what a resumed run needs. */
+export interface OptimizerState {
+  m: Weights;
+  v: Weights;
+  step: number;
+}
+
 export interface TrainerInit {
   config: GPTConfig;
   weights: Weights;
@@ -63,6 +70,14 @@ export class Trainer {
 
   getWeights(): Promise<Weights> {
     return this.client.request('getWeights');
+  }
+
+  getOptimizerState(): Promise<OptimizerState> {
+    return this.client.request('getOptimizerState');
+  }
+
+  setOptimizerState(state: OptimizerState): Promise<void> {
+    return this.client.request('setOptimizerState', state);
   }
 
   /** Replaces the weights (e.g. a rollback); the optimizer state is reset unless told otherwise. */

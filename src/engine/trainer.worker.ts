@@ -5,7 +5,7 @@ import { serveRequests } from './worker-host.ts';
 import { ADAMW_DEFAULTS, type AdamWConfig } from '../graph/optim.ts';
 import { checkWeights, paramSpecs, type GPTConfig, type Weights } from '../model/gpt.ts';
 import type { PackedBatch } from './batch.ts';
-import type { StepHyper } from './trainer.ts';
+import type { OptimizerState, StepHyper } from './trainer.ts';
 
 let config: GPTConfig;
 let loss: LossOptions;
@@ -119,6 +119,18 @@ serveRequests({
   },
   getWeights() {
     return { value: params };
+  },
+  getOptimizerState() {
+    return { value: { m, v, step: steps } };
+  },
+  setOptimizerState(p: OptimizerState) {
+    checkWeights(config, p.m);
+    checkWeights(config, p.v);
+    if (!Number.isInteger(p.step) || p.step < 0) throw new Error(`optimizer state: step must be an integer >= 0, got ${p.step}`);
+    m = new Map(p.m);
+    v = new Map(p.v);
+    steps = p.step;
+    return { value: null };
   },
   setWeights(p: { weights: Weights; resetOptimizer: boolean }) {
     setParams(p.weights, p.resetOptimizer);

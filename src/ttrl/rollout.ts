@@ -1,0 +1,103 @@
+// Sampling N completions per question in batches, with their extracted answers and vote:
+// what evaluation, offline TTRL and the server all start from.
+import type { Sampler } from '../engine/sampler.ts';
+import type { Tokenizer } from '../model/tokenizer.ts';
+import { extractAnswer } from '../tasks/arithmetic.ts';
+import { majorityVote, normalizeAnswer, type VoteResult } from './vote.ts';
+
+export interface Sample {
+  tokens: number[];
+  logprobs: number[];
+  stopped: boolean;
+  text: string;
+  /** Normalised extracted answer, null when unparsable. */
+  answer: string | null;
+}
+
+export interface Rollout {
+  question: string;
+  prompt: number[];
+  samples: Sample[];
+  vote: VoteResult;
+  /** The weight version that sampled them. */
+  version: number;
+}
+
+export interface RolloutOptions {
+  votes: number;
+  temperature: number;
+  seed: number;
+  /** Questions per sampling run. */
+  questionsPerBatch?: number;
+  /** Cap on completion length (also capped by the context length). */
+  maxNewTokens?: number;
+  onBatch?: (done: number) => void;
+}
+
+export const DEFAULT_MAX_NEW_TOKENS = 72;
+
+export async function rollout(sampler: Sampler, tok: Tokenizer, questions: string[], o: RolloutOptions): Promise<Rollout[]> {
+  const perBatch = o.questionsPerBatch ?? Math.max(1, Math.floor(512 / o.votes));
+  const out: Rollout[] = [];
+  for (let i = 0; i < questions.length; i += perBatch) {
+    const chunk = questions.slice(i, i + perBatch);
+    out.push(...(await rolloutBatch(sampler, tok, chunk, { ...o, seed: (o.seed + Math.imul(i + 1, 0x2545f491)) >>> 0 })));
+    o.onBatch?.(out.length);
+  }
+  return out;
+}
+
+/** One sampling run over a batch of questions. */
+export async function rolloutBatch(sampler: Sampler, tok: Tokenizer, questions: string[], o: RolloutOptions): Promise<Rollout[]> {
+  const prompts = questions.map((q) => tok.encode(q));
+  const longest = Math.max(...prompts.map((p) => p.length));
+  const maxNewTokens = Math.min(o.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS, sampler.config.contextLength - longest);
+  if (maxNewTokens < 1) throw new Error(`a question of ${longest} tokens leaves no room in the context length ${sampler.config.contextLength}`);
+  const r = await sampler.generate(prompts, {
+    samplesPerPrompt: o.votes,
+    maxNewTokens,
+    seed: o.seed,
+    temperature: o.temperature,
+    stopToken: tok.eosId,
+    padToken: tok.padId,
+  });
+  return questions.map((question, i) => {
+    const samples = r.completions[i]!.map((c) => {
+      const text = tok.decode(c.tokens);
+      return { ...c, text, answer: c.stopped ? normalizeAnswer(extractAnswer(text)) : null };
+    });
+    return { question, prompt: prompts[i]!, samples, vote: majorityVote(samples.map((s) => s.answer)), version: r.version };
+  });
+}
+
+export interface Accuracy {
+  /** Mean over samples of "answer is right". */
+  pass_at_1: number;
+  /** Share of questions whose majority answer is right. */
+  maj_at_n: number;
+  /** Share of samples with a parsable answer. */
+  parsable: number;
+  /** Mean completion length in tokens (end token included). */
+  mean_len: number;
+  /** Mean majority ratio. */
+  majority_ratio: number;
+}
+
+/** Scores rollouts against true answers (the rollouts and answers are aligned). */
+export function accuracy(rollouts: Rollout[], answers: string[]): Accuracy {
+  let right = 0, parsable = 0, len = 0, samples = 0, maj = 0, ratio = 0;
+  rollouts.forEach((r, i) => {
+    const truth = normalizeAnswer(answers[i]);
+    for (const s of r.samples) {
+      samples++;
+      len += s.tokens.length;
+      if (s.answer !== null) parsable++;
+      if (s.answer !== null && s.answer === truth) right++;
+    }
+    if (r.vote.label !== null && r.vote.label === truth) maj++;
+    ratio += r.vote.ratio;
+  });
+  const n = rollouts.length || 1;
+  const per = samples || 1;
+  return { pass_at_1: right / per, maj_at_n: maj / n, parsable: parsable / per, mean_len: len / per, majority_ratio: ratio / n };
+}
