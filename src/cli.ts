@@ -11,6 +11,10 @@ import { pretrain } from './train/pretrain.ts';
 import { readQuestions } from './tasks/question-file.ts';
 import { accuracy, rollout } from './ttrl/rollout.ts';
 import { Progress } from './util/progress.ts';
+import { adapt, ADAPT_DEFAULTS as A, type AdaptSettings, type StepRow } from './ttrl/adapt.ts';
+import { linePlot, toCsv } from './util/svg-plot.ts';
+import { writeFileAtomic } from './util/atomic-write.ts';
+import { join } from 'node:path';
 
 /** The settings the shipped model was trained with (models/arith-tiny/README.md). */
 const DEFAULT_PRETRAIN = { steps: 4000, batchSize: 64, lr: 1e-3, warmup: 200 };
@@ -27,6 +31,13 @@ export function num(name: string, check: (n: number) => boolean, what: string) {
     const n = Number(v);
     if (!Number.isFinite(n) || !check(n)) throw new InvalidArgumentError(`${name} must be ${what}`);
     return n;
+  };
+}
+
+export function choice(name: string, allowed: string[]) {
+  return (v: string) => {
+    if (!allowed.includes(v)) throw new InvalidArgumentError(`${name} must be one of: ${allowed.join(', ')}`);
+    return v;
   };
 }
 
@@ -209,6 +220,81 @@ program
     } finally {
       await sampler.close();
     }
+  });
+
+program
+  .command('adapt')
+  .description('TTRL on a question file: evaluate, adapt without labels (majority votes), evaluate again, save')
+  .requiredOption('--model <dir>', 'model directory')
+  .requiredOption('--questions <file>', 'JSONL question file (answers, when present, are used only for metrics in majority mode)')
+  .option('--reward <mode>', 'majority (TTRL) or ground-truth (the upper bound)', choice('--reward', ['majority', 'ground-truth']), A.reward)
+  .option('--steps <n>', 'update steps', int('--steps', 1), A.steps)
+  .option('--votes <n>', 'samples per question (voting)', int('--votes', 1), A.votes)
+  .option('--train-samples <n>', 'samples per question trained on', int('--train-samples', 1), A.trainSamples)
+  .option('--questions-per-step <n>', 'questions per update', int('--questions-per-step', 1), A.questionsPerStep)
+  .option('--lr <x>', 'learning rate', num('--lr', (n) => n >= 0, 'a number >= 0'), A.lr)
+  .option('--gate <x>', 'train only on questions with a majority ratio >= this', num('--gate', (n) => n >= 0 && n <= 1, 'in [0, 1]'), A.gate)
+  .option('--kl <x>', 'KL coefficient to the initial model', num('--kl', (n) => n >= 0, 'a number >= 0'), A.klCoef)
+  .option('--entropy-bonus <x>', 'entropy bonus coefficient', num('--entropy-bonus', (n) => n >= 0, 'a number >= 0'), A.entropyCoef)
+  .option('--epochs <n>', 'optimizer steps per batch (PPO epochs)', int('--epochs', 1), A.epochs)
+  .option('--temperature <t>', 'sampling temperature', num('--temperature', (n) => n > 0, 'a number > 0'), A.temperature)
+  .option('--eval-every <n>', 'evaluate every N steps (0: before and after only)', int('--eval-every'), A.evalEvery)
+  .option('--no-guard', 'turn the collapse guard off')
+  .option('--seed <n>', 'random seed', int('--seed'), A.seed)
+  .option('--threads <n>', 'compute threads', int('--threads', 1), A.threads)
+  .option('--out <dir>', 'write the adapted model, metrics.csv and metrics.svg here')
+  .option('--json', 'print one JSON line')
+  .action(async (o) => {
+    if (o.trainSamples > o.votes) throw new InvalidArgumentError('--train-samples cannot exceed --votes');
+    const questions = await readQuestions(o.questions);
+    const model = await loadModel(o.model);
+    const settings: AdaptSettings = {
+      ...A,
+      reward: o.reward,
+      steps: o.steps,
+      votes: o.votes,
+      trainSamples: o.trainSamples,
+      questionsPerStep: o.questionsPerStep,
+      lr: o.lr,
+      gate: o.gate,
+      klCoef: o.kl,
+      entropyCoef: o.entropyBonus,
+      epochs: o.epochs,
+      temperature: o.temperature,
+      evalEvery: o.evalEvery,
+      guard: o.guard ? A.guard : null,
+      seed: o.seed,
+      threads: o.threads,
+    };
+    const bar = new Progress(o.steps, `adapt (${o.reward})`, 10);
+    const r = await adapt(model, questions, settings, (row) =>
+      bar.update(row.step, {
+        ...(row.label_accuracy !== null ? { 'label acc': row.label_accuracy.toFixed(3) } : {}),
+        'maj ratio': row.majority_ratio.toFixed(3),
+        len: row.mean_len.toFixed(1),
+        ...(row.pass_at_1 !== null ? { 'pass@1': row.pass_at_1.toFixed(3) } : {}),
+        ...(row.event ? { event: row.event } : {}),
+      }),
+    );
+    if (o.out) {
+      const metadata = { ...model.metadata, adapted_from: o.model, adapt_reward: o.reward, adapt_steps: String(o.steps), adapt_seed: String(o.seed), adapt_lr: String(o.lr) };
+      await saveModel(o.out, { ...model, weights: r.weights, metadata });
+      await writeFileAtomic(join(o.out, 'metrics.csv'), toCsv(r.rows as unknown as Record<string, unknown>[]));
+      const series = (name: string, key: keyof StepRow) => ({ name, points: r.rows.filter((x) => typeof x[key] === 'number').map((x) => [x.step, x[key] as number] as [number, number]) });
+      const start = r.before ? [{ name: 'pass@1', points: [[0, r.before.pass_at_1]] }, { name: `maj@${o.votes}`, points: [[0, r.before.maj_at_n]] }] : [];
+      const merge = (a: { name: string; points: [number, number][] }, extra?: { points: number[][] }) => ({ ...a, points: [...((extra?.points ?? []) as [number, number][]), ...a.points] });
+      await writeFileAtomic(
+        join(o.out, 'metrics.svg'),
+        linePlot(
+          [merge(series('pass@1', 'pass_at_1'), start[0]), merge(series(`maj@${o.votes}`, 'maj_at_n'), start[1]), series('label accuracy', 'label_accuracy'), series('majority ratio', 'majority_ratio'), series('entropy', 'entropy')],
+          { title: `TTRL (${o.reward} rewards) on ${o.questions}`, xLabel: 'step', yMin: 0 },
+        ),
+      );
+    }
+    const round = (a: { pass_at_1: number; maj_at_n: number } | null) => (a ? { pass_at_1: +a.pass_at_1.toFixed(4), maj_at_n: +a.maj_at_n.toFixed(4) } : null);
+    const summary = { before: round(r.before), after: round(r.after), steps: o.steps, rollbacks: r.rollbacks, wall_s: +r.wallS.toFixed(1), reward: o.reward };
+    if (o.json) console.log(JSON.stringify(summary));
+    else console.log(`before ${JSON.stringify(summary.before)}  after ${JSON.stringify(summary.after)}  rollbacks ${r.rollbacks}  (${summary.wall_s} s)`);
   });
 
 program.parseAsync().catch((e: Error) => {

@@ -1,0 +1,165 @@
+// Offline TTRL on a fixed set of unlabeled questions: sample N votes per question, label by
+// majority, GRPO-update on M of them, hand the new weights to the sampler, repeat; evaluate
+// every K steps; roll back to the last healthy weights when the guard sees a collapse.
+import { Rng } from '../engine/rng.ts';
+import { Sampler } from '../engine/sampler.ts';
+import type { Model } from '../model/checkpoint.ts';
+import type { Weights } from '../model/gpt.ts';
+import type { QuestionRecord } from '../tasks/question-file.ts';
+import { CollapseGuard, GUARD_DEFAULTS, type GuardSettings } from './guard.ts';
+import { selectForTraining, type GroupSettings } from './grpo.ts';
+import { accuracy, rollout, type Accuracy } from './rollout.ts';
+import { TTRLUpdater, type UpdateSettings } from './updater.ts';
+
+export interface AdaptSettings extends GroupSettings, UpdateSettings {
+  steps: number;
+  votes: number;
+  questionsPerStep: number;
+  seed: number;
+  /** Evaluate on the whole question set every this many steps (0: only before and after). */
+  evalEvery: number;
+  /** null turns the collapse guard off. */
+  guard: GuardSettings | null;
+  /** Steps between snapshots of healthy weights (rollback points). */
+  snapshotEvery: number;
+  /** Learning rate multiplier after each rollback. */
+  rollbackLrFactor: number;
+  threads: number;
+}
+
+/** The recommended settings: what `ttrl adapt` runs without flags (bench/RESULTS.md). */
+export const ADAPT_DEFAULTS: AdaptSettings = {
+  reward: 'majority',
+  steps: 150,
+  votes: 16,
+  trainSamples: 8,
+  questionsPerStep: 16,
+  lr: 1e-4,
+  gate: 0.5,
+  klCoef: 0,
+  entropyCoef: 0,
+  epochs: 1,
+  clipEps: 0.2,
+  maxGradNorm: 1,
+  temperature: 1,
+  seed: 0,
+  evalEvery: 25,
+  guard: GUARD_DEFAULTS,
+  snapshotEvery: 10,
+  rollbackLrFactor: 0.5,
+  threads: 2,
+};
+
+export interface StepRow {
+  step: number;
+  lr: number;
+  label_accuracy: number | null;
+  reward_accuracy: number | null;
+  majority_ratio: number;
+  entropy: number | null;
+  mean_len: number;
+  parsable: number;
+  loss: number | null;
+  trained: number;
+  pass_at_1: number | null;
+  maj_at_n: number | null;
+  event: string;
+}
+
+export interface AdaptResult {
+  before: Accuracy | null;
+  after: Accuracy | null;
+  rows: StepRow[];
+  weights: Weights;
+  rollbacks: number;
+  wallS: number;
+}
+
+export async function adapt(
+  model: Model,
+  questions: QuestionRecord[],
+  s: AdaptSettings,
+  onStep?: (row: StepRow) => void,
+): Promise<AdaptResult> {
+  const t0 = performance.now();
+  const tok = model.tokenizer;
+  for (const q of questions) tok.encode(q.question);
+  const truths = questions.map((q) => q.answer);
+  const hasAnswers = truths.every((a) => a !== undefined);
+  if (s.reward === 'ground-truth' && !hasAnswers) throw new Error('ground-truth rewards need an answer for every question');
+  const rng = new Rng(s.seed);
+  const sampler = await Sampler.create({ config: model.config, weights: model.weights, threads: s.threads });
+  let updater: TTRLUpdater | undefined;
+  try {
+    updater = await TTRLUpdater.create({ config: model.config, tokenizer: tok, weights: model.weights, settings: s, threads: s.threads });
+    // One fixed evaluation seed: every evaluation sees the same uniforms (common random numbers).
+    const evalSeed = (s.seed ^ 0x5eed) >>> 0;
+    const evaluate = async () => {
+      if (!hasAnswers) return null;
+      const r = await rollout(sampler, tok, questions.map((q) => q.question), { votes: s.votes, temperature: s.temperature, seed: evalSeed });
+      return accuracy(r, truths as string[]);
+    };
+    const before = await evaluate();
+    const rows: StepRow[] = [];
+    let order: number[] = [];
+    let lr = s.lr;
+    let version = 0;
+    let guard: CollapseGuard | undefined;
+    let snapshots: { step: number; weights: Weights }[] = [{ step: 0, weights: model.weights }];
+    let rollbacks = 0;
+    for (let step = 1; step <= s.steps; step++) {
+      // Questions for this step: walk a fresh shuffle of the set each epoch.
+      const batch: number[] = [];
+      while (batch.length < Math.min(s.questionsPerStep, questions.length)) {
+        if (!order.length) order = rng.shuffle(questions.map((_, i) => i));
+        batch.push(order.pop()!);
+      }
+      const rollouts = await rollout(sampler, tok, batch.map((i) => questions[i]!.question), { votes: s.votes, temperature: s.temperature, seed: rng.nextU32() });
+      const { selected, stats } = selectForTraining(rollouts, batch.map((i) => truths[i]), s, rng);
+      let event = '';
+      const signals = { meanLength: stats.meanLength, parsable: stats.parsable, majorityRatio: stats.majorityRatio };
+      if (s.guard) {
+        guard ??= new CollapseGuard(s.guard, signals);
+        const reason = guard.observe(signals);
+        if (reason) {
+          // Roll back past the most recent snapshot: the collapse may have begun before it showed.
+          const target = snapshots.length > 1 ? snapshots[snapshots.length - 2]! : snapshots[0]!;
+          snapshots = snapshots.slice(0, snapshots.indexOf(target) + 1);
+          await updater.setWeights(target.weights);
+          await sampler.setWeights(target.weights, ++version);
+          guard.reset();
+          lr *= s.rollbackLrFactor;
+          rollbacks++;
+          event = `rollback to step ${target.step}: ${reason}`;
+        }
+      }
+      const u = event ? null : await updater.update(selected, lr);
+      if (u?.updated) await sampler.setWeights(await updater.getWeights(), ++version);
+      if (u && !u.updated) event = 'non-finite gradient: update skipped';
+      if (!event && s.snapshotEvery && step % s.snapshotEvery === 0) snapshots.push({ step, weights: await updater.getWeights() });
+      const ev = s.evalEvery && step % s.evalEvery === 0 && step !== s.steps ? await evaluate() : null;
+      const row: StepRow = {
+        step,
+        lr,
+        label_accuracy: stats.labelAccuracy,
+        reward_accuracy: stats.rewardAccuracy,
+        majority_ratio: stats.majorityRatio,
+        entropy: u?.entropy ?? null,
+        mean_len: stats.meanLength,
+        parsable: stats.parsable,
+        loss: u?.loss ?? null,
+        trained: stats.trained,
+        pass_at_1: ev?.pass_at_1 ?? null,
+        maj_at_n: ev?.maj_at_n ?? null,
+        event,
+      };
+      rows.push(row);
+      onStep?.(row);
+    }
+    const after = await evaluate();
+    if (after && rows.length) Object.assign(rows[rows.length - 1]!, { pass_at_1: after.pass_at_1, maj_at_n: after.maj_at_n });
+    return { before, after, rows, weights: await updater.getWeights(), rollbacks, wallS: (performance.now() - t0) / 1000 };
+  } finally {
+    await Promise.all([sampler.close(), updater?.close()]);
+  }
+}

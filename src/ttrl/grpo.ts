@@ -1,0 +1,112 @@
+// From voted rollouts to a GRPO batch: label each question (majority or true answer), gate
+// on the majority ratio, reward the samples that agree with the label, normalise rewards
+// within the question's group, and keep M of the N samples for training.
+import type { TrainGroup } from '../engine/batch.ts';
+import type { Rng } from '../engine/rng.ts';
+import type { Rollout } from './rollout.ts';
+import { normalizeAnswer } from './vote.ts';
+
+export type RewardMode = 'majority' | 'ground-truth';
+
+export interface GroupSettings {
+  reward: RewardMode;
+  /** Samples trained on per question (M <= N); chosen at random. */
+  trainSamples: number;
+  /** Questions whose majority ratio is below this are not trained on (majority mode). */
+  gate: number;
+}
+
+export const ADVANTAGE_EPS = 1e-6;
+
+/** Reward 1 for agreeing with the label, 0 otherwise; a missing answer never agrees. */
+export function rewards(answers: (string | null)[], label: string): number[] {
+  return answers.map((a) => (a !== null && a === label ? 1 : 0));
+}
+
+/** (r - mean) / (std + eps) over the group; null when every reward is equal (no signal). */
+export function groupAdvantages(r: number[]): number[] | null {
+  if (!r.length || r.every((x) => x === r[0])) return null;
+  const mean = r.reduce((a, b) => a + b, 0) / r.length;
+  const std = Math.sqrt(r.reduce((a, b) => a + (b - mean) ** 2, 0) / r.length);
+  return r.map((x) => (x - mean) / (std + ADVANTAGE_EPS));
+}
+
+export interface GroupStats {
+  questions: number;
+  /** Questions trained on. */
+  trained: number;
+  noLabel: number;
+  gated: number;
+  noSignal: number;
+  /** Majority label equals the true answer, over questions with a known answer (null: none known). */
+  labelAccuracy: number | null;
+  /** Rewards equal to the true rewards, over samples of questions with a known answer. */
+  rewardAccuracy: number | null;
+  majorityRatio: number;
+  meanLength: number;
+  /** Share of samples with a parsable answer. */
+  parsable: number;
+}
+
+export interface Selected {
+  rollout: Rollout;
+  label: string;
+  /** Indices into rollout.samples and their advantages. */
+  picks: { index: number; advantage: number }[];
+}
+
+/**
+ * Labels, gates and selects. `truths[i]` is the known answer of rollout i (or undefined);
+ * in majority mode truths only feed the statistics.
+ */
+export function selectForTraining(rollouts: Rollout[], truths: (string | undefined)[], s: GroupSettings, rng: Rng): { selected: Selected[]; stats: GroupStats } {
+  const st: GroupStats = { questions: rollouts.length, trained: 0, noLabel: 0, gated: 0, noSignal: 0, labelAccuracy: null, rewardAccuracy: null, majorityRatio: 0, meanLength: 0, parsable: 0 };
+  let known = 0, labelRight = 0, rewardSamples = 0, rewardRight = 0, samples = 0;
+  const selected: Selected[] = [];
+  rollouts.forEach((r, i) => {
+    const truth = normalizeAnswer(truths[i]);
+    const answers = r.samples.map((x) => x.answer);
+    st.majorityRatio += r.vote.ratio;
+    for (const x of r.samples) {
+      samples++;
+      st.meanLength += x.tokens.length;
+      if (x.answer !== null) st.parsable++;
+    }
+    if (truth !== null) {
+      known++;
+      if (r.vote.label === truth) labelRight++;
+      if (r.vote.label !== null) {
+        const est = rewards(answers, r.vote.label);
+        const tru = rewards(answers, truth);
+        rewardSamples += est.length;
+        rewardRight += est.filter((x, j) => x === tru[j]).length;
+      }
+    }
+    const label = s.reward === 'ground-truth' ? truth : r.vote.label;
+    if (s.reward === 'ground-truth' && truth === null) throw new Error(`ground-truth rewards need an answer for ${JSON.stringify(r.question)}`);
+    if (label === null) return void st.noLabel++;
+    if (s.reward === 'majority' && r.vote.ratio < s.gate) return void st.gated++;
+    const adv = groupAdvantages(rewards(answers, label));
+    if (!adv) return void st.noSignal++;
+    const order = rng.shuffle(r.samples.map((_, j) => j)).slice(0, Math.min(s.trainSamples, r.samples.length));
+    selected.push({ rollout: r, label, picks: order.map((index) => ({ index, advantage: adv[index]! })) });
+    st.trained++;
+  });
+  st.labelAccuracy = known ? labelRight / known : null;
+  st.rewardAccuracy = rewardSamples ? rewardRight / rewardSamples : null;
+  st.majorityRatio /= rollouts.length || 1;
+  st.meanLength /= samples || 1;
+  st.parsable /= samples || 1;
+  return { selected, stats: st };
+}
+
+/** The grouped GRPO batch of the selected samples, with their sampling log-probs for the PPO ratio. */
+export function toGroups(selected: Selected[]): TrainGroup[] {
+  return selected.map((s) => ({
+    prompt: s.rollout.prompt,
+    completions: s.picks.map(({ index, advantage }) => {
+      const x = s.rollout.samples[index]!;
+      return { tokens: x.tokens, advantage, oldLogprobs: x.logprobs };
+    }),
+  }));
+}

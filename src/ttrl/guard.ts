@@ -1,0 +1,57 @@
+// The collapse guard: watches label-free signals of the rollouts a policy produces (length,
+// parsable share, majority ratio) against the initial model's, smoothed over steps, and
+// names the first one that has run away. TTRL's known failure is "rise then fall":
+// self-reinforced answers that drift into long, unparsable or degenerate completions.
+
+export interface Signals {
+  meanLength: number;
+  /** Share of samples with a parsable answer. */
+  parsable: number;
+  majorityRatio: number;
+}
+
+export interface GuardSettings {
+  /** Trip when the smoothed mean length exceeds the baseline by this factor. */
+  lengthRatio: number;
+  /** Trip when the smoothed parsable share falls this far below the baseline. */
+  parsableDrop: number;
+  /** Trip when the smoothed majority ratio falls this far below the baseline. */
+  majorityDrop: number;
+  /** Weight of the newest step in the smoothing (1 = no smoothing). */
+  smoothing: number;
+}
+
+export const GUARD_DEFAULTS: GuardSettings = { lengthRatio: 1.25, parsableDrop: 0.1, majorityDrop: 0.15, smoothing: 0.3 };
+
+export class CollapseGuard {
+  private ema: Signals;
+  constructor(
+    readonly settings: GuardSettings,
+    readonly baseline: Signals,
+  ) {
+    this.ema = { ...baseline };
+  }
+
+  get smoothed(): Signals {
+    return { ...this.ema };
+  }
+
+  /** Folds in one step's signals; returns why the policy looks collapsed, or null. */
+  observe(s: Signals): string | null {
+    const a = this.settings.smoothing;
+    for (const k of ['meanLength', 'parsable', 'majorityRatio'] as const) this.ema[k] = (1 - a) * this.ema[k] + a * s[k];
+    const b = this.baseline;
+    if (this.ema.meanLength > b.meanLength * this.settings.lengthRatio)
+      return `runaway length: ${this.ema.meanLength.toFixed(1)} tokens against ${b.meanLength.toFixed(1)} at the start`;
+    if (this.ema.parsable < b.parsable - this.settings.parsableDrop)
+      return `parsable answers fell to ${this.ema.parsable.toFixed(3)} from ${b.parsable.toFixed(3)}`;
+    if (this.ema.majorityRatio < b.majorityRatio - this.settings.majorityDrop)
+      return `majority ratio fell to ${this.ema.majorityRatio.toFixed(3)} from ${b.majorityRatio.toFixed(3)}`;
+    return null;
+  }
+
+  /** After a rollback the policy is the old one again. */
+  reset(): void {
+    this.ema = { ...this.baseline };
+  }
+}

@@ -1,0 +1,108 @@
+// One TTRL policy update from already-sampled, voted rollouts: the GRPO step in the trainer
+// worker, with optional PPO epochs, KL to the initial weights and an entropy bonus. Used by
+// offline adaptation and by the server's live loop alike.
+import { packBatch, packGroups } from '../engine/batch.ts';
+import { Trainer, type StepStats } from '../engine/trainer.ts';
+import type { GPTConfig, Weights } from '../model/gpt.ts';
+import type { Tokenizer } from '../model/tokenizer.ts';
+import { toGroups, type Selected } from './grpo.ts';
+
+export interface UpdateSettings {
+  lr: number;
+  /** k3 KL penalty to the initial weights; 0 leaves it out of the graph. */
+  klCoef: number;
+  entropyCoef: number;
+  /** Optimizer steps per batch (PPO epochs; the clipped ratio keeps later ones close). */
+  epochs: number;
+  clipEps: number;
+  maxGradNorm: number;
+  /** Sampling temperature: log-probs from the sampler are only the policy's at 1.0. */
+  temperature: number;
+}
+
+export interface UpdateResult {
+  loss: number;
+  entropy: number;
+  kl: number | null;
+  gradNorm: number;
+  /** False when every epoch's gradient was non-finite (weights unchanged). */
+  updated: boolean;
+  /** Epochs whose gradient was non-finite and were skipped. */
+  skipped: number;
+  sequences: number;
+  ms: number;
+}
+
+export class TTRLUpdater {
+  private constructor(
+    private trainer: Trainer,
+    private reference: Trainer | null,
+    private config: GPTConfig,
+    private tok: Tokenizer,
+    readonly settings: UpdateSettings,
+  ) {}
+
+  static async create(o: { config: GPTConfig; tokenizer: Tokenizer; weights: Weights; settings: UpdateSettings; threads?: number }): Promise<TTRLUpdater> {
+    const s = o.settings;
+    const loss = { objective: 'grpo' as const, aggregation: 'token-mean' as const, kl: s.klCoef > 0, ppoClip: true, entropyBonus: s.entropyCoef > 0 };
+    const trainer = await Trainer.create({ config: o.config, weights: o.weights, loss, threads: o.threads });
+    const reference = s.klCoef > 0 ? await Trainer.create({ config: o.config, weights: o.weights, loss: { ...loss, objective: 'sft', kl: false, ppoClip: false, entropyBonus: false }, threads: o.threads }).catch(async (e) => {
+      await trainer.close();
+      throw e;
+    }) : null;
+    return new TTRLUpdater(trainer, reference, o.config, o.tokenizer, s);
+  }
+
+  async update(selected: Selected[], lr = this.settings.lr): Promise<UpdateResult | null> {
+    if (!selected.length) return null;
+    const t0 = performance.now();
+    const groups = toGroups(selected);
+    const flat = groups.flatMap((g) => g.completions.map((c) => ({ tokens: [...g.prompt, ...c.tokens], promptLength: g.prompt.length })));
+    const completionLogprobs = async (scorer: Trainer) => {
+      const b = packBatch(flat, this.tok.padId, this.config.contextLength);
+      const { tokenLogprobs } = await scorer.score(b);
+      return flat.map((s, i) => Array.from(tokenLogprobs.subarray(i * b.T + s.promptLength, i * b.T + s.tokens.length)));
+    };
+    // The sampler's log-probs are of the temperature-scaled policy; rescore when that is not the policy.
+    const old = this.settings.temperature === 1 ? null : await completionLogprobs(this.trainer);
+    const ref = this.reference ? await completionLogprobs(this.reference) : null;
+    let i = 0;
+    for (const g of groups)
+      for (const c of g.completions) {
+        if (old) c.oldLogprobs = old[i]!;
+        if (ref) c.refLogprobs = ref[i]!;
+        i++;
+      }
+    const batch = packGroups(groups, this.tok.padId, this.config.contextLength);
+    let first: StepStats | undefined;
+    let skipped = 0;
+    for (let e = 0; e < this.settings.epochs; e++) {
+      const r = await this.trainer.step(batch, { lr, maxGradNorm: this.settings.maxGradNorm, klCoef: this.settings.klCoef, clipEps: this.settings.clipEps, entropyCoef: this.settings.entropyCoef });
+      if (!r.updated) skipped++;
+      first ??= r;
+    }
+    return {
+      loss: first!.loss,
+      entropy: first!.entropy,
+      kl: first!.kl ?? null,
+      gradNorm: first!.gradNorm,
+      updated: skipped < this.settings.epochs,
+      skipped,
+      sequences: batch.B,
+      ms: performance.now() - t0,
+    };
+  }
+
+  getWeights(): Promise<Weights> {
+    return this.trainer.getWeights();
+  }
+
+  /** Rollback: new weights, fresh optimizer moments. */
+  setWeights(w: Weights): Promise<void> {
+    return this.trainer.setWeights(w, true);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.trainer.close(), this.reference?.close()]);
+  }
+}

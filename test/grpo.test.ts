@@ -1,0 +1,69 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { groupAdvantages, rewards, selectForTraining, toGroups } from '../src/ttrl/grpo.ts';
+import { majorityVote } from '../src/ttrl/vote.ts';
+import { CollapseGuard, GUARD_DEFAULTS } from '../src/ttrl/guard.ts';
+import type { Rollout } from '../src/ttrl/rollout.ts';
+import { Rng } from '../src/engine/rng.ts';
+
+function fakeRollout(question: string, answers: (string | null)[]): Rollout {
+  const samples = answers.map((answer, i) => ({ tokens: [1, 2, 3].slice(0, 1 + (i % 3)), logprobs: [-0.1, -0.2, -0.3].slice(0, 1 + (i % 3)), stopped: answer !== null, text: '', answer }));
+  return { question, prompt: [4, 5], samples, vote: majorityVote(answers), version: 0 };
+}
+
+test('rewards: 1 for agreeing with the label, 0 otherwise; no answer never agrees', () => {
+  assert.deepEqual(rewards(['3', '4', null, '3'], '3'), [1, 0, 0, 1]);
+});
+
+test('advantages are normalised within the group; equal rewards carry no signal', () => {
+  const a = groupAdvantages([1, 0, 0, 1])!;
+  assert.deepEqual(a.map((x) => +x.toFixed(5)), [1, -1, -1, 1]);
+  const b = groupAdvantages([1, 0, 0, 0])!;
+  assert.ok(Math.abs(b.reduce((s, x) => s + x, 0)) < 1e-9);
+  assert.ok(Math.abs(Math.sqrt(b.reduce((s, x) => s + x * x, 0) / 4) - 1) < 1e-5);
+  assert.equal(groupAdvantages([1, 1, 1]), null);
+  assert.equal(groupAdvantages([0, 0]), null);
+  assert.equal(groupAdvantages([]), null);
+});
+
+test('selection labels by majority, gates on the majority ratio, skips no-signal and no-label groups', () => {
+  const rollouts = [
+    fakeRollout('a', ['3', '3', '3', '4']), // ratio .75: trained
+    fakeRollout('b', ['5', '6', '7', null]), // ratio .25: gated
+    fakeRollout('c', ['8', '8', '8', '8']), // all agree: no signal
+    fakeRollout('d', [null, null, null, null]), // no label
+  ];
+  const truths = ['4', '5', '8', undefined];
+  const { selected, stats } = selectForTraining(rollouts, truths, { reward: 'majority', trainSamples: 2, gate: 0.5 }, new Rng(1));
+  assert.deepEqual([stats.trained, stats.gated, stats.noSignal, stats.noLabel], [1, 1, 1, 1]);
+  assert.equal(selected[0]!.label, '3');
+  assert.equal(selected[0]!.picks.length, 2);
+  for (const p of selected[0]!.picks) assert.equal(Math.sign(p.advantage), ['3', '3', '3', '4'][p.index] === '3' ? 1 : -1);
+  // label accuracy over the three questions with answers: a wrong (3 vs 4), b wrong (5 vs 5? majority tie 5/6/7 -> '5'), c right
+  assert.equal(stats.labelAccuracy, 2 / 3);
+  // reward accuracy: a: est [1,1,1,0] vs true [0,0,0,1] -> 0 of 4; b: est for '5' [1,0,0,0] vs true [1,0,0,0] -> 4; c: 4 of 4
+  assert.equal(stats.rewardAccuracy, 8 / 12);
+
+  const gt = selectForTraining(rollouts.slice(0, 3), truths.slice(0, 3), { reward: 'ground-truth', trainSamples: 4, gate: 0.5 }, new Rng(1));
+  assert.equal(gt.stats.trained, 2); // a (label 4) and b (label 5, not gated in ground-truth mode); c has no signal
+  assert.equal(gt.selected[0]!.label, '4');
+  assert.throws(() => selectForTraining(rollouts, truths, { reward: 'ground-truth', trainSamples: 2, gate: 0 }, new Rng(1)), /ground-truth rewards need an answer/);
+
+  const groups = toGroups(selected);
+  assert.deepEqual(groups[0]!.prompt, [4, 5]);
+  for (const c of groups[0]!.completions) assert.equal(c.oldLogprobs!.length, c.tokens.length);
+});
+
+test('the guard trips on runaway length, lost answers and a falling majority, and resets', () => {
+  const base = { meanLength: 30, parsable: 0.95, majorityRatio: 0.6 };
+  const g = new CollapseGuard({ ...GUARD_DEFAULTS, smoothing: 1 }, base);
+  assert.equal(g.observe({ ...base, meanLength: 33 }), null);
+  assert.match(g.observe({ ...base, meanLength: 60 })!, /runaway length/);
+  g.reset();
+  assert.match(g.observe({ ...base, parsable: 0.5 })!, /parsable answers fell/);
+  g.reset();
+  assert.match(g.observe({ ...base, majorityRatio: 0.3 })!, /majority ratio fell/);
+  const smooth = new CollapseGuard(GUARD_DEFAULTS, base);
+  assert.equal(smooth.observe({ ...base, meanLength: 45 }), null, 'one bad step is smoothed over');
+  assert.match(smooth.observe({ ...base, meanLength: 45 })!, /runaway length/, 'two are not');
+});
