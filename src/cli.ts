@@ -15,9 +15,12 @@ import { adapt, ADAPT_DEFAULTS as A, type AdaptSettings, type StepRow } from './
 import { linePlot, toCsv } from './util/svg-plot.ts';
 import { writeFileAtomic } from './util/atomic-write.ts';
 import { join } from 'node:path';
+import { envName, flagName, resolveSettings, SETTINGS } from './server/config.ts';
+import { startServer } from './server/server.ts';
+import { WS_PATH } from './server/gateway.ts';
 
 /** The settings the shipped model was trained with (models/arith-tiny/README.md). */
-const DEFAULT_PRETRAIN = { steps: 4000, batchSize: 64, lr: 1e-3, warmup: 200 };
+const DEFAULT_PRETRAIN = { steps: 4000, batchSize: 64, lr: 1e-3, warmup: 200, anneal: 1000, aggregation: 'sequence-mean' as 'sequence-mean' | 'token-mean' };
 
 export function int(name: string, min = 0) {
   return (v: string) => {
@@ -144,6 +147,8 @@ program
   .option('--batch-size <n>', 'sequences per step', int('--batch-size', 1), DEFAULT_PRETRAIN.batchSize)
   .option('--lr <x>', 'peak learning rate', num('--lr', (n) => n > 0, 'a number > 0'), DEFAULT_PRETRAIN.lr)
   .option('--warmup <n>', 'warm-up steps (then inverse-sqrt decay)', int('--warmup', 1), DEFAULT_PRETRAIN.warmup)
+  .option('--aggregation <how>', 'loss weighting: sequence-mean (each question alike) or token-mean', choice('--aggregation', ['sequence-mean', 'token-mean']), DEFAULT_PRETRAIN.aggregation)
+  .option('--anneal <n>', 'anneal the learning rate linearly to 0 over the last N steps', int('--anneal'), DEFAULT_PRETRAIN.anneal)
   .option('--checkpoint-every <n>', 'steps between checkpoints', int('--checkpoint-every', 1), 250)
   .option('--d-model <n>', 'embedding width (new runs)', int('--d-model', 1), 128)
   .option('--layers <n>', 'transformer blocks (new runs)', int('--layers', 1), 4)
@@ -161,7 +166,7 @@ program
     };
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
-    const bar = new Progress(o.steps, 'pretrain', 100);
+    let bar = new Progress(o.steps, 'pretrain', 100);
     const r = await pretrain({
       out: o.out,
       steps: o.steps,
@@ -169,9 +174,12 @@ program
       batchSize: o.batchSize,
       lr: o.lr,
       warmup: o.warmup,
+      anneal: o.anneal,
+      aggregation: o.aggregation,
       checkpointEvery: o.checkpointEvery,
       threads: o.threads,
       arch: { contextLength: o.context, dModel: o.dModel, nLayers: o.layers, nHeads: o.heads, tiedHead: false },
+      onStart: (s) => (bar = new Progress(o.steps, 'pretrain', 100, process.stderr, s.resumedFrom)),
       onStep: (s) => bar.update(s.step, { loss: s.loss.toFixed(4), 'tok/s': (s.tokensPerSec / 1000).toFixed(1) + 'K' }),
       shouldStop: () => interrupted,
     });
@@ -296,6 +304,33 @@ program
     if (o.json) console.log(JSON.stringify(summary));
     else console.log(`before ${JSON.stringify(summary.before)}  after ${JSON.stringify(summary.after)}  rollbacks ${r.rollbacks}  (${summary.wall_s} s)`);
   });
+
+const serve = program
+  .command('serve')
+  .description(`serve the model: WebSocket ${WS_PATH}, HTTP /v1/ask, /healthz, /readyz, /metrics, /admin; every setting also reads TTRL_<NAME>`);
+for (const [k, setting] of Object.entries(SETTINGS)) {
+  if (k === 'adapt') serve.option('--no-adapt', 'serve without live TTRL updates (TTRL_ADAPT=false)');
+  else serve.option(`${flagName(k)} <value>`, `${setting.help} [${envName(k)}${setting.default === undefined ? '' : `, default ${k === 'model' ? 'models/arith-tiny' : setting.default}`}]`);
+}
+serve.action(async (o: Record<string, unknown>, cmd: Command) => {
+  const explicit = Object.fromEntries(Object.keys(SETTINGS).filter((k) => cmd.getOptionValueSource(k) === 'cli').map((k) => [k, o[k]]));
+  const settings = resolveSettings(explicit);
+  const log = (line: string) => console.error(`[${new Date().toISOString()}] ${line}`);
+  const server = await startServer(settings, log);
+  log(`serving ${settings.model} (version ${server.versions$.value}) at ${server.url}  websocket ${server.wsUrl}  db ${settings.db}  adaptation ${settings.adapt ? 'on' : 'off'}`);
+  server.versions$.subscribe((v) => log(`model version ${v} is serving`));
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) process.exit(130);
+    stopping = true;
+    log(`${signal}: finishing the batch in flight, then stopping (again to quit now)`);
+    await server.close();
+    log('stopped');
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+});
 
 program.parseAsync().catch((e: Error) => {
   console.error(`ttrl: ${e.message}`);

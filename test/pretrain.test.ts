@@ -12,7 +12,7 @@ import { loadModel } from '../src/model/checkpoint.ts';
 import { suite } from '../src/tasks/suites.ts';
 
 const arch = { contextLength: 64, dModel: 32, nLayers: 1, nHeads: 2, tiedHead: false };
-const base = (out: string, steps: number): PretrainOptions => ({ out, steps, seed: 3, batchSize: 16, lr: 3e-3, warmup: 5, checkpointEvery: 10, threads: 1, arch });
+const base = (out: string, steps: number): PretrainOptions => ({ out, steps, seed: 3, batchSize: 16, lr: 3e-3, warmup: 5, anneal: 0, aggregation: 'sequence-mean', checkpointEvery: 10, threads: 1, arch });
 
 const bin = fileURLToPath(new URL('../bin/ttrl.js', import.meta.url));
 function ttrl(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -25,6 +25,10 @@ test('the learning-rate schedule warms up, then decays without knowing the total
   assert.equal(pretrainLr(1e-3, 100, 50), 5e-4);
   assert.equal(pretrainLr(1e-3, 100, 100), 1e-3);
   assert.ok(Math.abs(pretrainLr(1e-3, 100, 400) - 5e-4) < 1e-12);
+  // the anneal: untouched until the last N steps, then linearly to 0
+  assert.equal(pretrainLr(1e-3, 100, 400, 1000, 100), pretrainLr(1e-3, 100, 400));
+  assert.ok(Math.abs(pretrainLr(1e-3, 100, 951, 1000, 100) - 0.5 * pretrainLr(1e-3, 100, 951)) < 1e-12);
+  assert.ok(pretrainLr(1e-3, 100, 1000, 1000, 100) > 0 && pretrainLr(1e-3, 100, 1000, 1000, 100) < 2e-5);
 });
 
 test('pretraining lowers the loss, and an interrupted run resumes to the same weights', async () => {

@@ -36,6 +36,8 @@ export interface SamplerInit {
   weights: Weights;
   version?: number;
   threads?: number;
+  /** Linux nice value of the worker's threads. */
+  nice?: number;
 }
 
 export class Sampler {
@@ -48,7 +50,7 @@ export class Sampler {
     const client = new WorkerClient(new URL(`./sampler.worker${extOf(import.meta.url)}`, import.meta.url), 'sampler');
     const s = new Sampler(client, o.config);
     try {
-      await client.request('init', { config: o.config, weights: o.weights, version: o.version ?? 0, threads: o.threads ?? 1 });
+      await client.request('init', { config: o.config, weights: o.weights, version: o.version ?? 0, threads: o.threads ?? 1, nice: o.nice });
     } catch (e) {
       await client.close();
       throw e;

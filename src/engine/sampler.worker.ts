@@ -1,7 +1,7 @@
 // Sampler worker: owns the generate-graph session and the current weight version.
 import { buildGenerate } from './graphs.ts';
 import { createSession, f32, i64, type ort } from './ort.ts';
-import { serveRequests } from './worker-host.ts';
+import { niceThisThread, serveRequests } from './worker-host.ts';
 import { Rng } from './rng.ts';
 import { checkWeights, paramSpecs, type GPTConfig, type Weights } from '../model/gpt.ts';
 import type { Completion, SampleOptions } from './sampler.ts';
@@ -19,7 +19,8 @@ function setWeights(w: Weights, v: number): void {
 }
 
 serveRequests({
-  async init(p: { config: GPTConfig; weights: Weights; version: number; threads: number }) {
+  async init(p: { config: GPTConfig; weights: Weights; version: number; threads: number; nice?: number }) {
+    if (p.nice) niceThisThread(p.nice);
     config = p.config;
     setWeights(p.weights, p.version);
     session = await createSession(buildGenerate(config), { threads: p.threads });

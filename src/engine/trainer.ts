@@ -42,6 +42,8 @@ export interface TrainerInit {
   loss: LossOptions;
   adamw?: AdamWConfig;
   threads?: number;
+  /** Linux nice value of the worker's threads (e.g. 19: train only on cycles serving leaves). */
+  nice?: number;
 }
 
 export class Trainer {

@@ -1,7 +1,7 @@
 // Trainer worker: owns parameters, AdamW moments and the train-step / score sessions.
 import { buildScore, buildTrainStep, type BatchLayout, type LossOptions } from './graphs.ts';
 import { createSession, f32, i64, type ort } from './ort.ts';
-import { serveRequests } from './worker-host.ts';
+import { niceThisThread, serveRequests } from './worker-host.ts';
 import { ADAMW_DEFAULTS, type AdamWConfig } from '../graph/optim.ts';
 import { checkWeights, paramSpecs, type GPTConfig, type Weights } from '../model/gpt.ts';
 import type { PackedBatch } from './batch.ts';
@@ -51,7 +51,8 @@ function trainSession(layout: BatchLayout): Promise<ort.InferenceSession> {
 const scalar = (x: number) => f32(Float32Array.of(x), []);
 
 serveRequests({
-  async init(p: { config: GPTConfig; weights: Weights; loss: LossOptions; adamw?: AdamWConfig; threads?: number }) {
+  async init(p: { config: GPTConfig; weights: Weights; loss: LossOptions; adamw?: AdamWConfig; threads?: number; nice?: number }) {
+    if (p.nice) niceThisThread(p.nice);
     config = p.config;
     loss = p.loss;
     threads = p.threads ?? 1;

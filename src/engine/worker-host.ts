@@ -1,6 +1,8 @@
 // Request/response over a worker_thread. ORT's session.run() blocks its thread, so every
 // session lives in a worker; the main thread only awaits. A worker that dies rejects every
 // pending request with the reason, and later requests fail at once instead of hanging.
+import { readlinkSync } from 'node:fs';
+import { setPriority } from 'node:os';
 import { Worker, parentPort, type TransferListItem } from 'node:worker_threads';
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -8,6 +10,8 @@ import { fileURLToPath } from 'node:url';
 interface Pending {
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
+  /** Resolves when the request has been answered either way. */
+  settled: Promise<void>;
 }
 
 export class WorkerClient {
@@ -42,14 +46,30 @@ export class WorkerClient {
   request<T>(type: string, payload: object = {}, transfer: TransferListItem[] = []): Promise<T> {
     if (this.dead) return Promise.reject(this.dead);
     const id = this.nextId++;
+    let settle!: () => void;
+    const settled = new Promise<void>((r) => (settle = r));
     return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      this.pending.set(id, {
+        resolve: (v) => (settle(), resolve(v as T)),
+        reject: (e) => (settle(), reject(e)),
+        settled,
+      });
       this.worker.postMessage({ id, type, payload }, transfer);
     });
   }
 
-  async close(): Promise<void> {
+  /**
+   * Refuses new requests, lets the ones already sent finish (terminating a worker inside an
+   * ORT run aborts the process), then ends the worker; after `graceMs` it is ended anyway.
+   */
+  async close(graceMs = 60_000): Promise<void> {
     this.dead ??= new Error('worker closed');
+    const inFlight = [...this.pending.values()].map((p) => p.settled);
+    if (inFlight.length) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.allSettled(inFlight), new Promise((r) => (timer = setTimeout(r, graceMs)))]);
+      clearTimeout(timer);
+    }
     await this.worker.terminate();
   }
 }
@@ -71,4 +91,20 @@ export function serveRequests(handlers: Record<string, Handler>): void {
       }
     });
   });
+}
+
+/**
+ * Lowers the CPU priority of the calling thread (Linux: a thread's nice value; threads it
+ * creates afterwards, such as ORT's pool, inherit it). Background work such as training
+ * then yields the cores to serving. Elsewhere it is a no-op that returns false.
+ */
+export function niceThisThread(nice: number): boolean {
+  try {
+    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
+    if (!Number.isInteger(tid)) return false;
+    setPriority(tid, nice);
+    return true;
+  } catch {
+    return false;
+  }
 }

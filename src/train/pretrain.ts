@@ -23,10 +23,15 @@ export interface PretrainOptions {
   batchSize: number;
   lr: number;
   warmup: number;
+  /** Loss over completion tokens: every token alike, or every sequence alike (the mixture's proportions). */
+  aggregation: 'token-mean' | 'sequence-mean';
+  /** Linear anneal of the learning rate to 0 over the last this many steps. */
+  anneal: number;
   checkpointEvery: number;
   threads: number;
   /** Architecture of a fresh run (ignored when resuming). */
   arch: Pick<GPTConfig, 'contextLength' | 'dModel' | 'nLayers' | 'nHeads' | 'tiedHead'>;
+  onStart?: (s: { resumedFrom: number }) => void;
   onStep?: (s: { step: number; loss: number; tokensPerSec: number }) => void;
   /** Checked after every step: true stops the run after writing a checkpoint. */
   shouldStop?: () => boolean;
@@ -39,9 +44,14 @@ export interface PretrainResult {
   wallS: number;
 }
 
-/** Linear warm-up, then inverse-square-root decay: independent of the total step count. */
-export function pretrainLr(base: number, warmup: number, step: number): number {
-  return base * Math.min(1, step / warmup) * Math.sqrt(warmup / Math.max(step, warmup));
+/**
+ * Linear warm-up, inverse-square-root decay, and a linear anneal to 0 over the last
+ * `anneal` steps. Before the anneal it does not depend on the total, so a checkpoint taken
+ * before it can be continued with a longer --steps and be the run that --steps asked for.
+ */
+export function pretrainLr(base: number, warmup: number, step: number, total = Infinity, anneal = 0): number {
+  const invSqrt = base * Math.min(1, step / warmup) * Math.sqrt(warmup / Math.max(step, warmup));
+  return anneal > 0 ? invSqrt * Math.min(1, (total - step + 1) / anneal) : invSqrt;
 }
 
 /** The supervised sequence of one question: prompt, worked solution, end token. */
@@ -78,11 +88,12 @@ export async function pretrain(o: PretrainOptions): Promise<PretrainResult> {
     model = { config, tokenizer, weights: initWeights(config, new Rng(o.seed)), metadata: {} };
   }
   const { config, tokenizer } = model;
-  const trainer = await Trainer.create({ config, weights: model.weights, loss: { objective: 'sft', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false }, threads: o.threads });
+  const trainer = await Trainer.create({ config, weights: model.weights, loss: { objective: 'sft', aggregation: o.aggregation, kl: false, ppoClip: false, entropyBonus: false }, threads: o.threads });
   let step = resumedFrom;
   let loss = NaN;
   try {
     if (state) await trainer.setOptimizerState(state);
+    o.onStart?.({ resumedFrom });
     const checkpoint = async () => {
       const weights = await trainer.getWeights();
       const opt = await trainer.getOptimizerState();
@@ -100,7 +111,7 @@ export async function pretrain(o: PretrainOptions): Promise<PretrainResult> {
     while (step < o.steps) {
       const seqs = pretrainBatch(tokenizer, o.seed, step, o.batchSize);
       const batch = packBatch(seqs, tokenizer.padId, config.contextLength);
-      const r = await trainer.step(batch, { lr: pretrainLr(o.lr, o.warmup, step + 1), maxGradNorm: 1 });
+      const r = await trainer.step(batch, { lr: pretrainLr(o.lr, o.warmup, step + 1, o.steps, o.anneal), maxGradNorm: 1 });
       if (!r.updated) throw new Error(`pretraining step ${step + 1}: the gradient is not finite (loss ${r.loss}); lower --lr`);
       step++;
       loss = r.loss;

@@ -42,11 +42,11 @@ export class TTRLUpdater {
     readonly settings: UpdateSettings,
   ) {}
 
-  static async create(o: { config: GPTConfig; tokenizer: Tokenizer; weights: Weights; settings: UpdateSettings; threads?: number }): Promise<TTRLUpdater> {
+  static async create(o: { config: GPTConfig; tokenizer: Tokenizer; weights: Weights; settings: UpdateSettings; threads?: number; nice?: number }): Promise<TTRLUpdater> {
     const s = o.settings;
     const loss = { objective: 'grpo' as const, aggregation: 'token-mean' as const, kl: s.klCoef > 0, ppoClip: true, entropyBonus: s.entropyCoef > 0 };
-    const trainer = await Trainer.create({ config: o.config, weights: o.weights, loss, threads: o.threads });
-    const reference = s.klCoef > 0 ? await Trainer.create({ config: o.config, weights: o.weights, loss: { ...loss, objective: 'sft', kl: false, ppoClip: false, entropyBonus: false }, threads: o.threads }).catch(async (e) => {
+    const trainer = await Trainer.create({ config: o.config, weights: o.weights, loss, threads: o.threads, nice: o.nice });
+    const reference = s.klCoef > 0 ? await Trainer.create({ config: o.config, weights: o.weights, loss: { ...loss, objective: 'sft', kl: false, ppoClip: false, entropyBonus: false }, threads: o.threads, nice: o.nice }).catch(async (e) => {
       await trainer.close();
       throw e;
     }) : null;

@@ -8,12 +8,14 @@ export class Progress {
     private label: string,
     private every = 50,
     private out: NodeJS.WriteStream = process.stderr,
+    /** Where a resumed run starts: the rate and ETA count from here. */
+    private from = 0,
   ) {}
 
   update(done: number, fields: Record<string, string> = {}): void {
     this.updates++;
     const elapsed = (performance.now() - this.start) / 1000;
-    const eta = done > 0 ? (elapsed / done) * (this.total - done) : NaN;
+    const eta = done > this.from ? (elapsed / (done - this.from)) * (this.total - done) : NaN;
     const frac = this.total ? done / this.total : 1;
     const extras = Object.entries(fields).map(([k, v]) => `${k} ${v}`).join('  ');
     const text = `${this.label} ${done}/${this.total} ${(frac * 100).toFixed(0)}%  ${extras}  elapsed ${fmtSeconds(elapsed)}  eta ${fmtSeconds(eta)}`;

@@ -1,0 +1,284 @@
+// Live TTRL: voted experiences stream in from the answerer; every `updateEvery` of them (or
+// every `updateIntervalS` seconds with new ones) a GRPO update runs in the trainer worker on
+// the completions already sampled for voting. The result is a candidate version: written to
+// disk atomically, judged by the guard (finite update, entropy above a floor, sensible
+// answers on a probe set of earlier questions), then promoted to the sampler or rejected.
+import { join } from 'node:path';
+import { mkdirSync } from 'node:fs';
+import { filter, interval, type Subscription } from 'rxjs';
+import { Rng } from '../engine/rng.ts';
+import { Sampler } from '../engine/sampler.ts';
+import { checkWeights, type GPTConfig, type Weights } from '../model/gpt.ts';
+import type { Tokenizer } from '../model/tokenizer.ts';
+import { weightsToTensors } from '../model/checkpoint.ts';
+import { readSafetensors, writeSafetensors } from '../model/safetensors.ts';
+import type { Store } from '../store/store.ts';
+import { selectForTraining } from '../ttrl/grpo.ts';
+import { rolloutBatch, type Rollout } from '../ttrl/rollout.ts';
+import { TTRLUpdater, type UpdateResult } from '../ttrl/updater.ts';
+import type { Answerer, Experience } from './answerer.ts';
+import type { Metrics } from './metrics.ts';
+
+export interface AdaptationOptions {
+  updateEvery: number;
+  updateIntervalS: number;
+  lr: number;
+  gate: number;
+  trainSamples: number;
+  questionsPerStep: number;
+  kl: number;
+  entropyFloor: number;
+  probeQuestions: number;
+  probeVotes: number;
+  temperature: number;
+  seed: number;
+  trainThreads: number;
+  /** Nice value of the trainer and prober threads: training takes the cycles serving leaves. */
+  trainNice: number;
+  versionsDir: string;
+  /** Start paused (admin resumes). */
+  paused?: boolean;
+}
+
+/** Label-free health of a version on the probe questions. */
+export interface ProbeStats {
+  questions: number;
+  /** Distinct majority answers / probe questions: near 0 means everything gets the same answer. */
+  distinct: number;
+  parsable: number;
+  meanLength: number;
+}
+
+export interface UpdateOutcome {
+  version: number | null;
+  outcome: 'promoted' | 'rejected' | 'skipped' | 'failed';
+  reason?: string;
+  stats?: Record<string, unknown>;
+}
+
+export class Adaptation {
+  private buffer: Experience[] = [];
+  private fresh = 0;
+  private updating: Promise<UpdateOutcome> | null = null;
+  private updater: TTRLUpdater | null = null;
+  private prober: Sampler | null = null;
+  private subs: Subscription[] = [];
+  private probeCache = new Map<number, ProbeStats>();
+  private rng: Rng;
+  private closed = false;
+  paused: boolean;
+  lastOutcome: UpdateOutcome | null = null;
+
+  constructor(
+    private answerer: Answerer,
+    private store: Store,
+    private config: GPTConfig,
+    private tok: Tokenizer,
+    private o: AdaptationOptions,
+    private metrics: Metrics,
+    /** The serving side: make `version` (with these weights) the one that answers. */
+    private promote: (version: number, weights: Weights) => Promise<void>,
+    private active: () => { version: number; weights: Weights },
+  ) {
+    this.paused = o.paused ?? false;
+    this.rng = new Rng(o.seed ^ 0xada97);
+    mkdirSync(o.versionsDir, { recursive: true });
+    this.subs.push(
+      answerer.experiences$.subscribe((e) => {
+        this.buffer.push(e);
+        this.fresh++;
+        this.rememberProbe(e.rollout.question);
+        // Keep a bounded window of recent experiences.
+        if (this.buffer.length > 4 * this.o.updateEvery) this.buffer.splice(0, this.buffer.length - 4 * this.o.updateEvery);
+        if (this.fresh >= this.o.updateEvery) void this.updateNow('count');
+      }),
+    );
+    if (o.updateIntervalS > 0)
+      this.subs.push(
+        interval(o.updateIntervalS * 1000)
+          .pipe(filter(() => this.fresh > 0))
+          .subscribe(() => void this.updateNow('timer')),
+      );
+  }
+
+  get status(): 'updating' | 'paused' | 'idle' {
+    return this.updating ? 'updating' : this.paused ? 'paused' : 'idle';
+  }
+
+  get pendingExperiences(): number {
+    return this.fresh;
+  }
+
+  /** Starts an update unless one is running, adaptation is paused (unless forced) or nothing is new. */
+  updateNow(trigger: 'count' | 'timer' | 'admin'): Promise<UpdateOutcome> {
+    if (this.updating) return this.updating;
+    if (this.closed) return Promise.resolve({ version: null, outcome: 'skipped', reason: 'shutting down' });
+    if (this.paused && trigger !== 'admin') return Promise.resolve({ version: null, outcome: 'skipped', reason: 'paused' });
+    this.updating = this.runUpdate(trigger)
+      .catch((e): UpdateOutcome => {
+        // A crashed trainer loses nothing: the serving version is untouched. Start a fresh worker next time.
+        const reason = `update failed: ${(e as Error).message}`;
+        void this.updater?.close().catch(() => {});
+        this.updater = null;
+        if (!this.closed) this.store.event('update_failed', { reason });
+        this.metrics.updates.inc({ outcome: 'failed' });
+        return { version: null, outcome: 'failed', reason };
+      })
+      .then((r) => {
+        this.lastOutcome = r;
+        return r;
+      })
+      .finally(() => (this.updating = null));
+    return this.updating;
+  }
+
+  private async runUpdate(trigger: string): Promise<UpdateOutcome> {
+    const t0 = performance.now();
+    const taken = this.buffer.slice(-Math.max(this.fresh, 1));
+    this.fresh = 0;
+    if (!taken.length) return { version: null, outcome: 'skipped', reason: 'no experiences yet' };
+    const parent = this.active();
+    // The grouped batch needs the same number of samples per question.
+    const trainable = taken.filter((e) => e.rollout.samples.length >= this.o.trainSamples);
+    const { selected, stats: groupStats } = selectForTraining(trainable.map((e) => e.rollout), [], { reward: 'majority', trainSamples: this.o.trainSamples, gate: this.o.gate }, this.rng);
+    if (!selected.length) {
+      this.metrics.updates.inc({ outcome: 'skipped' });
+      return { version: null, outcome: 'skipped', reason: 'no question passed the gate with a learning signal', stats: { ...groupStats } };
+    }
+    this.updater ??= await TTRLUpdater.create({
+      config: this.config,
+      tokenizer: this.tok,
+      weights: parent.weights,
+      threads: this.o.trainThreads,
+      nice: this.o.trainNice,
+      settings: { lr: this.o.lr, klCoef: this.o.kl, entropyCoef: 0, epochs: 1, clipEps: 0.2, maxGradNorm: 1, temperature: this.o.temperature },
+    });
+    const steps: UpdateResult[] = [];
+    for (let i = 0; i < selected.length; i += this.o.questionsPerStep) {
+      if (this.closed) throw new Error('shutting down');
+      const r = await this.updater.update(selected.slice(i, i + this.o.questionsPerStep));
+      if (r) steps.push(r);
+    }
+    const weights = await this.updater.getWeights();
+    const mean = (k: 'loss' | 'entropy' | 'gradNorm') => steps.reduce((a, s) => a + s[k], 0) / steps.length;
+    const stats: Record<string, unknown> = {
+      trigger,
+      experiences: taken.length,
+      ...groupStats,
+      steps: steps.length,
+      skipped_steps: steps.reduce((a, s) => a + s.skipped, 0),
+      loss: mean('loss'),
+      entropy: mean('entropy'),
+      grad_norm: mean('gradNorm'),
+      lr: this.o.lr,
+    };
+    let reason = this.judgeUpdate(steps, weights);
+    if (!reason && this.o.probeQuestions > 0) {
+      const parentProbe = await this.probe(parent.version, parent.weights);
+      const probe = parentProbe && (await this.probe(-1, weights));
+      if (probe) Object.assign(stats, { probe, parent_probe: parentProbe });
+      reason = parentProbe && probe ? judgeProbe(parentProbe, probe) : null;
+    }
+    stats.seconds = (performance.now() - t0) / 1000;
+    if (this.closed) throw new Error('shutting down');
+    // Reserve the number, write the weights (atomically), then promote: a crash in between
+    // leaves a candidate row that start-up marks as interrupted, and the old version serving.
+    const version = this.store.addVersion({ parent: parent.version, status: 'candidate', stats, weightsPath: reason ? null : (v) => join(this.o.versionsDir, `v${v}.safetensors`) });
+    if (!reason) await writeSafetensors(this.store.version(version)!.weights_path!, weightsToTensors(this.config, weights), { version: String(version), parent: String(parent.version) });
+    this.metrics.updateSeconds.observe(stats.seconds as number);
+    if (reason) {
+      this.store.reject(version, reason);
+      this.store.event('version_rejected', { version, parent: parent.version, reason });
+      // Back to the serving weights, with fresh optimizer moments.
+      await this.updater.setWeights(parent.weights);
+      this.metrics.updates.inc({ outcome: 'rejected' });
+      return { version, outcome: 'rejected', reason, stats };
+    }
+    if (stats.probe) this.probeCache.set(version, stats.probe as ProbeStats);
+    this.store.activate(version);
+    this.store.event('version_promoted', { version, parent: parent.version });
+    await this.promote(version, weights);
+    this.metrics.updates.inc({ outcome: 'promoted' });
+    return { version, outcome: 'promoted', stats };
+  }
+
+  /** Why the update itself is unfit, or null. */
+  private judgeUpdate(steps: UpdateResult[], weights: Weights): string | null {
+    if (steps.some((s) => !s.updated || s.skipped > 0)) return 'non-finite gradient in the update';
+    for (const [name, w] of weights) for (let i = 0; i < w.length; i++) if (!Number.isFinite(w[i])) return `non-finite weight in ${name}`;
+    if (steps.some((s) => !Number.isFinite(s.loss))) return 'non-finite loss';
+    const entropy = steps.reduce((a, s) => a + s.entropy, 0) / steps.length;
+    if (entropy < this.o.entropyFloor) return `entropy collapsed: ${entropy.toFixed(4)} nats per token, below the floor ${this.o.entropyFloor}`;
+    return null;
+  }
+
+  // ---------- the probe set: earlier questions, kept across restarts ----------
+
+  private probeSet(): string[] {
+    const raw = this.store.getMeta('probe_questions');
+    return raw ? (JSON.parse(raw) as string[]) : [];
+  }
+
+  private rememberProbe(question: string): void {
+    if (this.o.probeQuestions <= 0) return;
+    const set = this.probeSet();
+    if (set.length >= this.o.probeQuestions || set.includes(question)) return;
+    set.push(question);
+    this.store.setMeta('probe_questions', JSON.stringify(set));
+  }
+
+  /** Probe stats of a version (cached by version; -1: uncached candidate). Null until the probe set has 8 questions. */
+  private async probe(version: number, weights: Weights): Promise<ProbeStats | null> {
+    const cached = this.probeCache.get(version);
+    if (cached) return cached;
+    const questions = this.probeSet();
+    if (questions.length < Math.min(8, this.o.probeQuestions)) return null;
+    this.prober ??= await Sampler.create({ config: this.config, weights, threads: this.o.trainThreads, nice: this.o.trainNice });
+    await this.prober.setWeights(weights, version);
+    // Same seed for every version: differences come from the weights, not the dice.
+    const rollouts: Rollout[] = await rolloutBatch(this.prober, this.tok, questions, { votes: this.o.probeVotes, temperature: this.o.temperature, seed: this.o.seed ^ 0x9b0be });
+    const labels = rollouts.map((r) => r.vote.label).filter((l) => l !== null);
+    const samples = rollouts.flatMap((r) => r.samples);
+    const s: ProbeStats = {
+      questions: questions.length,
+      distinct: new Set(labels).size / questions.length,
+      parsable: samples.filter((x) => x.answer !== null).length / samples.length,
+      meanLength: samples.reduce((a, x) => a + x.tokens.length, 0) / samples.length,
+    };
+    if (version >= 0) this.probeCache.set(version, s);
+    return s;
+  }
+
+  /** After an admin rollback the trainer continues from the activated weights. */
+  async resetTo(weights: Weights): Promise<void> {
+    await this.updating;
+    await this.updater?.setWeights(weights);
+    this.buffer = [];
+    this.fresh = 0;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const s of this.subs) s.unsubscribe();
+    // An update in flight stops after its current step; its candidate is never promoted.
+    await this.updating?.catch(() => {});
+    await Promise.allSettled([this.updater?.close(), this.prober?.close()]);
+  }
+}
+
+/** A candidate whose probe answers collapsed, stopped parsing or ran long against its parent's. */
+export function judgeProbe(parent: ProbeStats, cand: ProbeStats): string | null {
+  if (cand.distinct < 0.5 * parent.distinct)
+    return `probe answers collapsed: ${(cand.distinct * cand.questions).toFixed(0)} distinct majority answers on ${cand.questions} probe questions, against ${(parent.distinct * parent.questions).toFixed(0)} before`;
+  if (cand.parsable < parent.parsable - 0.2) return `probe answers stopped parsing: ${cand.parsable.toFixed(3)} parsable, against ${parent.parsable.toFixed(3)} before`;
+  if (cand.meanLength > 1.5 * parent.meanLength) return `probe completions ran long: ${cand.meanLength.toFixed(1)} tokens, against ${parent.meanLength.toFixed(1)} before`;
+  return null;
+}
+
+export async function loadVersionWeights(path: string, config: GPTConfig): Promise<Weights> {
+  const { tensors } = await readSafetensors(path);
+  const w: Weights = new Map();
+  for (const [k, t] of tensors) w.set(k, t.data as Float32Array);
+  checkWeights(config, w);
+  return w;
+}

@@ -1,0 +1,76 @@
+// Every server setting in one table: its type and limits (zod), default, environment
+// variable and help text. `ttrl serve` flags, TTRL_* variables and the README table all
+// come from here; a bad value fails start-up with a message that names the setting.
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+
+export const PROJECT_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/arith-tiny', import.meta.url));
+
+const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+const real = (min: number, max: number) => z.coerce.number().min(min).max(max);
+const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no', 'on', 'off']).transform((v) => ['true', '1', 'yes', 'on'].includes(v))]);
+
+interface Setting {
+  schema: z.ZodType;
+  default: unknown;
+  help: string;
+}
+
+export const SETTINGS = {
+  host: { schema: z.string().min(1), default: '127.0.0.1', help: 'address to listen on' },
+  port: { schema: int(0, 65535), default: 8080, help: 'TCP port (0: any free port)' },
+  model: { schema: z.string().min(1), default: DEFAULT_MODEL_DIR, help: 'model directory to serve (default: the shipped models/arith-tiny)' },
+  db: { schema: z.string().min(1), default: 'data/ttrl.sqlite', help: 'SQLite experience log; model versions are written next to it' },
+  votes: { schema: int(1, 256), default: 16, help: 'samples per question when the client does not say' },
+  maxVotes: { schema: int(1, 1024), default: 64, help: 'most samples a client may ask for per question' },
+  temperature: { schema: real(0.01, 10), default: 1, help: 'sampling temperature' },
+  maxQuestionLength: { schema: int(1, 4096), default: 48, help: 'longest question accepted, in characters' },
+  maxMessageBytes: { schema: int(64, 1 << 20), default: 8192, help: 'largest client message answered with an error; 4x this closes the connection' },
+  batchQuestions: { schema: int(1, 4096), default: 32, help: 'most questions sampled in one run' },
+  batchWaitMs: { schema: int(0, 1000), default: 5, help: 'how long a batch waits for more questions once one is queued' },
+  queueLimit: { schema: int(1, 1_000_000), default: 512, help: 'questions waiting at most; beyond it clients get "overloaded" at once' },
+  threads: { schema: int(1, 256), default: 2, help: 'compute threads of the sampler' },
+  trainThreads: { schema: int(1, 256), default: 2, help: 'compute threads of the trainer and the guard\'s prober' },
+  trainNice: { schema: int(0, 19), default: 10, help: 'Linux nice value of training threads: higher keeps answer latency steady, lower finishes updates sooner' },
+  seed: { schema: int(0, 2 ** 32 - 1), default: 0, help: 'random seed of sampling and updates' },
+  adapt: { schema: bool, default: true, help: 'run live TTRL updates' },
+  updateEvery: { schema: int(1, 1_000_000), default: 64, help: 'voted questions between updates' },
+  updateIntervalS: { schema: real(0, 86400), default: 0, help: 'also update after this many seconds with new questions (0: off)' },
+  lr: { schema: real(0, 1), default: 3e-5, help: 'learning rate of live updates' },
+  gate: { schema: real(0, 1), default: 0.5, help: 'train only on questions whose majority ratio is at least this' },
+  trainSamples: { schema: int(1, 1024), default: 8, help: 'samples per question trained on (questions asked with fewer votes are not trained on)' },
+  questionsPerStep: { schema: int(1, 4096), default: 16, help: 'questions per optimizer step within an update' },
+  kl: { schema: real(0, 100), default: 0, help: 'KL coefficient to the shipped model' },
+  entropyFloor: { schema: real(0, 10), default: 0.02, help: 'guard: reject a version whose mean token entropy falls below this' },
+  probeQuestions: { schema: int(0, 4096), default: 32, help: 'guard: earlier questions a candidate must still answer sensibly (0: no probe)' },
+  probeVotes: { schema: int(1, 256), default: 8, help: 'guard: samples per probe question' },
+  adminToken: { schema: z.string().min(8, 'must be at least 8 characters').optional(), default: undefined, help: 'bearer token of the /admin routes (unset: admin routes off)' },
+} satisfies Record<string, Setting>;
+
+export type Settings = { [K in keyof typeof SETTINGS]: z.output<(typeof SETTINGS)[K]['schema']> };
+export type SettingName = keyof typeof SETTINGS;
+
+export const envName = (k: string) => 'TTRL_' + k.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
+export const flagName = (k: string) => '--' + k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+
+/** Defaults, then TTRL_* environment variables, then explicit values (CLI flags, tests). */
+export function resolveSettings(explicit: Partial<Record<SettingName, unknown>> = {}, env: NodeJS.ProcessEnv = process.env): Settings {
+  const out: Record<string, unknown> = {};
+  const problems: string[] = [];
+  for (const [k, s] of Object.entries(SETTINGS) as [SettingName, Setting][]) {
+    let raw: unknown = s.default;
+    let from = 'default';
+    if (env[envName(k)] !== undefined && env[envName(k)] !== '') [raw, from] = [env[envName(k)], envName(k)];
+    if (explicit[k] !== undefined) [raw, from] = [explicit[k], flagName(k)];
+    const r = s.schema.safeParse(raw);
+    if (r.success) out[k] = r.data;
+    else problems.push(`${from === 'default' ? k : from}: ${r.error.issues.map((i) => i.message).join('; ')} (got ${JSON.stringify(raw)})`);
+  }
+  const unknown = Object.keys(explicit).filter((k) => !(k in SETTINGS));
+  for (const k of unknown) problems.push(`unknown setting ${k}`);
+  const s = out as Settings;
+  if (!problems.length && s.votes > s.maxVotes) problems.push(`votes (${s.votes}) cannot exceed maxVotes (${s.maxVotes})`);
+  if (problems.length) throw new Error(`invalid settings:\n  ${problems.join('\n  ')}`);
+  return s;
+}

@@ -1,0 +1,96 @@
+// HTTP routes (express): health, readiness, Prometheus metrics, POST /v1/ask for simple
+// clients, and the token-protected admin routes. Errors use the WebSocket error shape.
+import express, { type NextFunction, type Request, type Response } from 'express';
+import { timingSafeEqual } from 'node:crypto';
+import { z } from 'zod';
+import type { Answerer } from './answerer.ts';
+import type { Metrics } from './metrics.ts';
+import { checkAsk, errorMessage, ProtocolError, type ErrorCode, type Limits } from './protocol.ts';
+
+export interface Admin {
+  versions(): unknown[];
+  activate(version: number): Promise<unknown>;
+  pause(): unknown;
+  resume(): unknown;
+  updateNow(): Promise<unknown>;
+  status(): unknown;
+}
+
+const STATUS: Partial<Record<ErrorCode, number>> = { overloaded: 503, shutting_down: 503, internal: 500, payload_too_large: 413, unauthorized: 401, not_found: 404 };
+
+const httpAsk = z.strictObject({ id: z.string().min(1).max(128).optional(), question: z.string(), votes: z.number().int().optional() });
+
+export function createApp(o: { answerer: Answerer; limits: Limits; metrics: Metrics; ready: () => { ready: boolean; version: number }; admin: Admin; adminToken?: string }) {
+  const app = express();
+  app.disable('x-powered-by');
+  const fail = (res: Response, code: ErrorCode, message: string, id?: string) => {
+    if (code !== 'overloaded') o.metrics.rejected.inc({ code });
+    res.status(STATUS[code] ?? 400).json(errorMessage(code, message, id));
+  };
+
+  app.get('/healthz', (_req, res) => res.json({ status: 'ok' }));
+  app.get('/readyz', (_req, res) => {
+    const r = o.ready();
+    res.status(r.ready ? 200 : 503).json({ ready: r.ready, model_version: r.version });
+  });
+  app.get('/metrics', async (_req, res) => {
+    res.set('Content-Type', o.metrics.registry.contentType).send(await o.metrics.registry.metrics());
+  });
+
+  const json = express.json({ limit: o.limits.maxMessageBytes, strict: true, type: () => true });
+  app.post('/v1/ask', json, async (req: Request, res: Response) => {
+    const parsed = httpAsk.safeParse(req.body);
+    const id = typeof req.body?.id === 'string' ? req.body.id : undefined;
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0]!;
+      if (issue.code === 'unrecognized_keys') return fail(res, 'unknown_field', `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`, id);
+      return fail(res, 'invalid_message', `${issue.path.join('.') || 'body'}: ${issue.message}`, id);
+    }
+    try {
+      const { votes } = checkAsk(parsed.data, o.limits);
+      o.metrics.questions.inc({ transport: 'http' });
+      const a = await o.answerer.ask({ question: parsed.data.question, votes, clientId: parsed.data.id ?? null, connection: 'http' });
+      res.json({ type: 'answer', ...(parsed.data.id ? { id: parsed.data.id } : {}), ...a });
+    } catch (e) {
+      const pe = e instanceof ProtocolError ? e : new ProtocolError('internal', (e as Error).message);
+      fail(res, pe.code, pe.message, id);
+    }
+  });
+
+  const admin = express.Router();
+  admin.use((req, res, next) => {
+    if (!o.adminToken) return fail(res, 'unauthorized', 'admin routes are off: start the server with --admin-token or TTRL_ADMIN_TOKEN');
+    const got = Buffer.from(req.get('authorization')?.replace(/^Bearer /, '') ?? '');
+    const want = Buffer.from(o.adminToken);
+    if (got.length !== want.length || !timingSafeEqual(got, want)) return fail(res, 'unauthorized', 'missing or wrong bearer token');
+    next();
+  });
+  const route = (f: (req: Request) => unknown) => async (req: Request, res: Response) => {
+    try {
+      res.json(await f(req));
+    } catch (e) {
+      const pe = e instanceof ProtocolError ? e : new ProtocolError('invalid_message', (e as Error).message);
+      fail(res, pe.code, pe.message);
+    }
+  };
+  admin.get('/status', route(() => o.admin.status()));
+  admin.get('/versions', route(() => o.admin.versions()));
+  admin.post('/versions/:version/activate', route((req) => {
+    const v = Number(req.params.version);
+    if (!Number.isInteger(v) || v < 0) throw new ProtocolError('invalid_message', `not a version number: ${JSON.stringify(req.params.version)}`);
+    return o.admin.activate(v);
+  }));
+  admin.post('/adaptation/pause', route(() => o.admin.pause()));
+  admin.post('/adaptation/resume', route(() => o.admin.resume()));
+  admin.post('/adaptation/update', route(() => o.admin.updateNow()));
+  app.use('/admin', admin);
+
+  app.use((_req, res) => fail(res, 'not_found', 'no such route'));
+  // Body-parser errors: bad JSON, too large.
+  app.use((err: { type?: string; status?: number; message?: string }, _req: Request, res: Response, _next: NextFunction) => {
+    if (err.type === 'entity.too.large') return fail(res, 'payload_too_large', `the body is larger than ${o.limits.maxMessageBytes} bytes`);
+    if (err.type === 'entity.parse.failed') return fail(res, 'bad_json', `not JSON: ${err.message}`);
+    fail(res, 'internal', err.message ?? 'internal error');
+  });
+  return app;
+}

@@ -1,0 +1,31 @@
+// Prometheus metrics (GET /metrics), on a registry of the server's own so that several
+// servers in one process (tests) do not collide.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export function createMetrics() {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'ttrl_process_' });
+  const r = [registry];
+  return {
+    registry,
+    questions: new Counter({ name: 'ttrl_questions_total', help: 'questions received (well-formed asks)', labelNames: ['transport'] as const, registers: r }),
+    answered: new Counter({ name: 'ttrl_answers_total', help: 'questions answered', registers: r }),
+    failed: new Counter({ name: 'ttrl_failed_total', help: 'questions that were accepted but failed', registers: r }),
+    rejected: new Counter({ name: 'ttrl_rejected_total', help: 'messages refused with an error, by code', labelNames: ['code'] as const, registers: r }),
+    latency: new Histogram({
+      name: 'ttrl_answer_latency_seconds',
+      help: 'time from receiving a question to answering it',
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8],
+      registers: r,
+    }),
+    batchSize: new Histogram({ name: 'ttrl_batch_questions', help: 'questions per sampling run', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256], registers: r }),
+    queueDepth: new Gauge({ name: 'ttrl_queue_depth', help: 'questions waiting to be sampled', registers: r }),
+    majorityRatio: new Histogram({ name: 'ttrl_majority_ratio', help: 'share of votes for the majority answer', buckets: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1], registers: r }),
+    updates: new Counter({ name: 'ttrl_updates_total', help: 'TTRL updates by outcome', labelNames: ['outcome'] as const, registers: r }),
+    updateSeconds: new Histogram({ name: 'ttrl_update_seconds', help: 'duration of a TTRL update (training and guard)', buckets: [0.5, 1, 2, 4, 8, 16, 32, 64], registers: r }),
+    modelVersion: new Gauge({ name: 'ttrl_model_version', help: 'the model version serving now', registers: r }),
+    connections: new Gauge({ name: 'ttrl_ws_connections', help: 'open WebSocket connections', registers: r }),
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;

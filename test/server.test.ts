@@ -1,0 +1,262 @@
+// The server end to end, over real loopback sockets, on the shipped model, with a real
+// SQLite file: protocol errors, concurrent clients, the experience log, live updates that
+// swap the serving version, guard rejections, admin rollback, overload and shutdown.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import WebSocket from 'ws';
+import { resolveSettings, type Settings } from '../src/server/config.ts';
+import { startServer, type RunningServer } from '../src/server/server.ts';
+import { suite } from '../src/tasks/suites.ts';
+import { Store } from '../src/store/store.ts';
+
+const dirs: string[] = [];
+after(async () => {
+  for (const d of dirs) await rm(d, { recursive: true, force: true });
+});
+
+async function start(over: Partial<Record<keyof Settings, unknown>> = {}): Promise<RunningServer> {
+  const dir = await mkdtemp(join(tmpdir(), 'ttrl-server-'));
+  dirs.push(dir);
+  const settings = resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, trainThreads: 1, trainNice: 0, votes: 4, ...over }, {});
+  return startServer(settings);
+}
+
+/** A WebSocket client that collects messages and answers "next message with id X". */
+class Client {
+  messages: Record<string, unknown>[] = [];
+  private waiters: { match: (m: Record<string, unknown>) => boolean; resolve: (m: Record<string, unknown>) => void }[] = [];
+  closed: Promise<{ code: number }>;
+  private constructor(readonly ws: WebSocket) {
+    ws.on('message', (d) => {
+      const m = JSON.parse(String(d));
+      this.messages.push(m);
+      this.waiters = this.waiters.filter((w) => (w.match(m) ? (w.resolve(m), false) : true));
+    });
+    this.closed = new Promise((r) => ws.on('close', (code) => r({ code })));
+  }
+  static async open(url: string): Promise<Client> {
+    const ws = new WebSocket(url);
+    const c = new Client(ws);
+    await new Promise((res, rej) => (ws.once('open', res), ws.once('error', rej)));
+    await c.next((m) => m.type === 'hello');
+    return c;
+  }
+  next(match: (m: Record<string, unknown>) => boolean, timeoutMs = 30_000): Promise<Record<string, unknown>> {
+    const seen = this.messages.find(match);
+    if (seen) {
+      this.messages.splice(this.messages.indexOf(seen), 1);
+      return Promise.resolve(seen);
+    }
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('timed out waiting for a message')), timeoutMs);
+      this.waiters.push({ match, resolve: (m) => (clearTimeout(t), this.messages.splice(this.messages.indexOf(m), 1), resolve(m)) });
+    });
+  }
+  send(m: unknown): void {
+    this.ws.send(typeof m === 'string' ? m : JSON.stringify(m));
+  }
+  ask(id: string, question: string, extra: object = {}): Promise<Record<string, unknown>> {
+    this.send({ type: 'ask', id, question, ...extra });
+    return this.next((m) => m.id === id && (m.type === 'answer' || m.type === 'error'));
+  }
+  close(): void {
+    this.ws.close();
+  }
+}
+
+test('every bad input gets its error code and the connection stays usable', async () => {
+  const s = await start({ adapt: false, maxMessageBytes: 256 });
+  try {
+    const c = await Client.open(s.wsUrl);
+    const errorFor = async (raw: unknown, id?: string) => {
+      c.send(raw);
+      const m = await c.next((x) => x.type === 'error' && (id === undefined || x.id === id));
+      return m.code;
+    };
+    assert.equal(await errorFor('{not json'), 'bad_json');
+    assert.equal(await errorFor('[1,2]'), 'invalid_message');
+    assert.equal(await errorFor({ type: 'shout', id: 'a' }, 'a'), 'unknown_type');
+    assert.equal(await errorFor({ type: 'ask', question: '1+2=' }), 'invalid_message');
+    assert.equal(await errorFor({ type: 'ask', id: 'b', question: '1+2=', colour: 'red' }, 'b'), 'unknown_field');
+    assert.equal(await errorFor({ type: 'ask', id: 'c', question: '1'.repeat(60) + '=' }, 'c'), 'question_too_long');
+    assert.equal(await errorFor({ type: 'ask', id: 'd', question: '1*2=' }, 'd'), 'unreadable_question');
+    assert.equal(await errorFor({ type: 'ask', id: 'e', question: '1+2=', votes: 0 }, 'e'), 'bad_votes');
+    assert.equal(await errorFor({ type: 'ask', id: 'f', question: 1 }, 'f'), 'invalid_message');
+    assert.equal(await errorFor(JSON.stringify({ type: 'ask', id: 'g', question: '1+2=', pad: 'x'.repeat(300) })), 'payload_too_large');
+    c.ws.send(Buffer.from([1, 2, 3]), { binary: true });
+    assert.equal((await c.next((x) => x.type === 'error')).code, 'invalid_message');
+    // Still usable: a good question gets its answer.
+    const a = await c.ask('ok', '12+34-5=');
+    assert.equal(a.type, 'answer');
+    c.send({ type: 'ping', id: 'p' });
+    assert.equal((await c.next((x) => x.type === 'pong')).id, 'p');
+    // Past the hard limit (4x) the socket is closed with 1009.
+    c.send(JSON.stringify({ type: 'ask', id: 'h', question: 'x'.repeat(2000) }));
+    assert.equal((await c.closed).code, 1009);
+  } finally {
+    await s.close();
+  }
+});
+
+test('many concurrent clients get well-formed answers, and the log holds every one with its samples and version', async () => {
+  const s = await start({ adapt: false, votes: 6 });
+  try {
+    const qs = suite('4-operand', 24, 5);
+    const clients = await Promise.all(Array.from({ length: 8 }, () => Client.open(s.wsUrl)));
+    const answers = await Promise.all(qs.map((q, i) => clients[i % clients.length]!.ask(`q${i}`, q.question)));
+    for (const a of answers) {
+      assert.equal(a.type, 'answer');
+      assert.equal(a.model_version, 0);
+      const votes = a.votes as Record<string, number>;
+      assert.equal(Object.values(votes).reduce((x, y) => x + y, 0), 6);
+      assert.equal(a.confidence, a.answer === null ? 0 : votes[a.answer as string]! / 6);
+      assert.ok(typeof a.latency_ms === 'number' && a.latency_ms >= 0);
+    }
+    const rows = [...s.store.questions()];
+    assert.equal(rows.length, qs.length);
+    for (const r of rows) {
+      assert.equal(r.status, 'answered');
+      assert.equal(r.model_version, 0);
+      const samples = s.store.samplesOf(r.id);
+      assert.equal(samples.length, 6);
+      assert.ok(samples.every((x) => x.tokens > 0 && Number.isFinite(x.logprobSum)));
+      const served = answers[Number(r.client_id!.slice(1))]!;
+      assert.equal(r.answer, served.answer);
+      assert.equal(r.question, qs[Number(r.client_id!.slice(1))]!.question);
+    }
+    // The same ask over HTTP.
+    const res = await fetch(`${s.url}/v1/ask`, { method: 'POST', body: JSON.stringify({ question: '12+34=' }) });
+    assert.equal(res.status, 200);
+    assert.equal(((await res.json()) as { type: string }).type, 'answer');
+    const bad = await fetch(`${s.url}/v1/ask`, { method: 'POST', body: '{"question": 3}' });
+    assert.equal(bad.status, 400);
+    assert.equal(((await bad.json()) as { code: string }).code, 'invalid_message');
+    const unknown = await fetch(`${s.url}/v1/ask`, { method: 'POST', body: '{"question": "1=", "x": 1}' });
+    assert.equal(((await unknown.json()) as { code: string }).code, 'unknown_field');
+    const broken = await fetch(`${s.url}/v1/ask`, { method: 'POST', body: '{' });
+    assert.equal(((await broken.json()) as { code: string }).code, 'bad_json');
+    assert.equal((await fetch(`${s.url}/healthz`)).status, 200);
+    assert.equal((await fetch(`${s.url}/readyz`)).status, 200);
+    const metrics = await (await fetch(`${s.url}/metrics`)).text();
+    assert.match(metrics, /ttrl_answers_total 25/);
+    assert.match(metrics, /ttrl_answer_latency_seconds_bucket/);
+    for (const c of clients) c.close();
+  } finally {
+    await s.close();
+  }
+});
+
+test('past the queue bound questions are refused at once with overloaded', async () => {
+  const s = await start({ adapt: false, queueLimit: 3, batchQuestions: 1, batchWaitMs: 0 });
+  try {
+    const c = await Client.open(s.wsUrl);
+    const replies = await Promise.all(Array.from({ length: 20 }, (_, i) => c.ask(`o${i}`, '12+34-56+7=')));
+    const codes = replies.map((r) => (r.type === 'answer' ? 'answer' : r.code));
+    assert.ok(codes.includes('overloaded'), codes.join());
+    assert.ok(codes.filter((x) => x === 'answer').length >= 3, codes.join());
+    assert.ok(codes.every((x) => x === 'answer' || x === 'overloaded'), codes.join());
+  } finally {
+    await s.close();
+  }
+});
+
+test('live updates swap the version while clients keep getting answers; admin rolls back', async () => {
+  const token = 'test-admin-token';
+  const s = await start({ updateEvery: 16, questionsPerStep: 16, lr: 1e-4, probeQuestions: 8, probeVotes: 4, votes: 8, adminToken: token });
+  const admin = (path: string, method = 'GET') => fetch(`${s.url}/admin${path}`, { method, headers: { authorization: `Bearer ${token}` } });
+  try {
+    assert.equal((await fetch(`${s.url}/admin/versions`)).status, 401);
+    const c = await Client.open(s.wsUrl);
+    const modelEvent = c.next((m) => m.type === 'model' && (m.model_version as number) > 0, 120_000);
+    const qs = suite('4-operand', 64, 9);
+    const seen = new Set<number>();
+    let i = 0;
+    // Keep asking until a new version is announced, then a little longer.
+    let announced: Record<string, unknown> | undefined;
+    void modelEvent.then((m) => (announced = m));
+    while (!announced && i < 400) {
+      const a = await c.ask(`u${i}`, qs[i % qs.length]!.question);
+      assert.equal(a.type, 'answer', JSON.stringify(a));
+      seen.add(a.model_version as number);
+      i++;
+    }
+    assert.ok(announced, 'no new version within 400 questions');
+    const v = announced!.model_version as number;
+    const after = await c.ask('after', qs[0]!.question);
+    assert.equal(after.model_version, v);
+    const versions = (await (await admin('/versions')).json()) as { version: number; status: string; parent: number | null; stats: Record<string, unknown> }[];
+    const promoted = versions.find((x) => x.version === v)!;
+    assert.equal(promoted.status, 'active');
+    assert.ok(promoted.stats.steps as number >= 1);
+    // Every answer is logged with the version that produced it.
+    const logged = [...s.store.questions()].map((r) => r.model_version);
+    assert.ok(logged.includes(0) && logged.includes(v));
+
+    // Roll back to version 0: clients hear of it and the next answer comes from it.
+    await admin('/adaptation/pause', 'POST');
+    const back = c.next((m) => m.type === 'model' && m.model_version === 0);
+    const r = await admin('/versions/0/activate', 'POST');
+    assert.equal(r.status, 200);
+    await back;
+    assert.equal((await c.ask('rolled', qs[1]!.question)).model_version, 0);
+    const status = (await (await admin('/status')).json()) as { model_version: number; adaptation: string };
+    assert.deepEqual([status.model_version, status.adaptation], [0, 'paused']);
+    assert.equal((await admin('/versions/999/activate', 'POST')).status, 404);
+    c.close();
+  } finally {
+    await s.close();
+  }
+});
+
+test('the guard rejects a collapsed version and keeps the one serving; the reason is stored', async () => {
+  // An entropy floor no policy reaches: every update is rejected.
+  const s = await start({ updateEvery: 8, questionsPerStep: 8, entropyFloor: 9, probeQuestions: 0, votes: 8, adminToken: 'test-admin-token' });
+  try {
+    const c = await Client.open(s.wsUrl);
+    const qs = suite('4-operand', 8, 3);
+    await Promise.all(qs.map((q, i) => c.ask(`g${i}`, q.question)));
+    const outcome = (await (await fetch(`${s.url}/admin/adaptation/update`, { method: 'POST', headers: { authorization: 'Bearer test-admin-token' } })).json()) as { outcome: string; reason: string; version: number };
+    if (outcome.outcome === 'skipped') assert.match(outcome.reason, /no question passed the gate/);
+    else {
+      assert.equal(outcome.outcome, 'rejected');
+      assert.match(outcome.reason, /entropy collapsed/);
+      const row = s.store.version(outcome.version)!;
+      assert.equal(row.status, 'rejected');
+      assert.match(row.reason!, /entropy collapsed/);
+    }
+    assert.equal((await c.ask('still', qs[0]!.question)).model_version, 0);
+    c.close();
+  } finally {
+    await s.close();
+  }
+});
+
+test('shutdown answers the batch in flight, refuses new questions, and a restart continues the log', async () => {
+  const s = await start({ adapt: false });
+  const db = s.store.file;
+  const c = await Client.open(s.wsUrl);
+  const pending = c.ask('last', '12+34-56+7=');
+  await new Promise((r) => setTimeout(r, 5));
+  const closing = s.close();
+  const reply = await pending;
+  assert.ok(reply.type === 'answer' || reply.code === 'shutting_down', JSON.stringify(reply));
+  await closing;
+  // A candidate left by a crash mid-update is marked interrupted on the next start.
+  const store = Store.open(db);
+  store.addVersion({ parent: 0, status: 'candidate', weightsPath: null });
+  store.close();
+  const s2 = await startServer(resolveSettings({ port: 0, db, threads: 1, adapt: false, votes: 4 }, {}));
+  try {
+    const rows = s2.store.versions();
+    assert.equal(rows.at(-1)!.status, 'rejected');
+    assert.match(rows.at(-1)!.reason!, /interrupted/);
+    const c2 = await Client.open(s2.wsUrl);
+    assert.equal((await c2.ask('again', '1+2=')).type, 'answer');
+    c2.close();
+  } finally {
+    await s2.close();
+  }
+});
