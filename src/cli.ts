@@ -18,6 +18,11 @@ import { join } from 'node:path';
 import { envName, flagName, resolveSettings, SETTINGS } from './server/config.ts';
 import { startServer } from './server/server.ts';
 import { WS_PATH } from './server/gateway.ts';
+import { parseTime, readSource } from './replay/source.ts';
+import { replayLive } from './replay/live.ts';
+import { replayOffline } from './replay/offline.ts';
+import { buildReport, writeReport, type Outcome } from './replay/report.ts';
+import { Store, type VersionRow } from './store/store.ts';
 
 /** The settings the shipped model was trained with (models/arith-tiny/README.md). */
 const DEFAULT_PRETRAIN = { steps: 4000, batchSize: 64, lr: 1e-3, warmup: 200, anneal: 1000, aggregation: 'sequence-mean' as 'sequence-mean' | 'token-mean' };
@@ -331,6 +336,122 @@ serve.action(async (o: Record<string, unknown>, cmd: Command) => {
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
 });
+
+const OFFLINE_SETTINGS = ['model', 'votes', 'temperature', 'batchQuestions', 'seed', 'updateEvery', 'lr', 'gate', 'trainSamples', 'questionsPerStep', 'kl', 'entropyFloor', 'probeQuestions', 'probeVotes', 'threads', 'trainThreads'] as const;
+const replay = program
+  .command('replay')
+  .description('replay a logged stream (server SQLite file or JSONL) against a server, or offline through the same pipeline')
+  .requiredOption('--from <file>', 'a server database (.sqlite) or a JSONL question file ({"question","answer"?,"at"?})')
+  .option('--to <url>', 'a running server', 'ws://127.0.0.1:8080/v1/ws')
+  .option('--offline', 'run the stream in-process through batching, voting and updates, with a fixed seed')
+  .option('--speed <x>', 'time scale of the original inter-arrival times (1, 10, ...) or max', (v: string) => {
+    if (v === 'max') return 'max';
+    const n = Number(v);
+    if (!(n > 0) || !Number.isFinite(n)) throw new InvalidArgumentError('--speed must be a number > 0 or max');
+    return n;
+  }, 'max' as number | 'max')
+  .option('--since <t>', 'first arrival time to replay (ISO date-time or epoch ms; for JSONL, ms from the start)')
+  .option('--until <t>', 'replay arrivals before this time')
+  .option('--clients <n>', 'WebSocket connections', int('--clients', 1), 4)
+  .option('--window <n>', 'questions per window of the accuracy-over-time report', int('--window', 1), 100)
+  .option('--report <dir>', 'write report.csv and report.svg (accuracy and majority ratio over the stream) here')
+  .option('--db <file>', 'offline: keep the replay\'s experience log in this SQLite file')
+  .option('--no-adapt', 'offline: no updates (serve the model as it is)')
+  .option('--json', 'print one JSON line');
+for (const k of OFFLINE_SETTINGS) replay.option(`${flagName(k)} <value>`, `offline: ${SETTINGS[k].help}`);
+replay.action(async (o: Record<string, unknown>, cmd: Command) => {
+  const since = o.since === undefined ? undefined : parseTime(o.since as string, '--since');
+  const until = o.until === undefined ? undefined : parseTime(o.until as string, '--until');
+  const { kind, items } = await readSource(o.from as string, { since, until });
+  if (!items.length) throw new Error(`${o.from}: no questions${since !== undefined || until !== undefined ? ' in the --since/--until range' : ''}`);
+  const bar = new Progress(items.length, `replay (${o.offline ? 'offline' : o.to})`, 100);
+  let r: { outcomes: Outcome[]; sent: number; wallS: number; fatal?: string; versions?: VersionRow[] };
+  if (o.offline) {
+    const explicit = Object.fromEntries(OFFLINE_SETTINGS.filter((k) => cmd.getOptionValueSource(k) === 'cli').map((k) => [k, o[k]]));
+    // Flags only (no TTRL_* variables): the settings of a run are all on its command line.
+    const settings = resolveSettings({ ...explicit, adapt: o.adapt as boolean, ...(o.db ? { db: o.db } : {}) }, {});
+    r = await replayOffline(items, settings, { keepDb: Boolean(o.db), onProgress: (n) => bar.update(n) });
+  } else {
+    for (const k of OFFLINE_SETTINGS) if (cmd.getOptionValueSource(k) === 'cli') throw new InvalidArgumentError(`${flagName(k)} applies to --offline replays only`);
+    r = await replayLive(items, { to: o.to as string, speed: o.speed as number | 'max', clients: o.clients as number, onProgress: (n) => bar.update(n) });
+  }
+  const report = buildReport(r.outcomes, r.sent, r.wallS, o.window as number);
+  if (o.report) await writeReport(o.report as string, report, `replay of ${o.from}`);
+  const summary = {
+    source: kind,
+    questions: report.questions,
+    sent: report.sent,
+    answered: report.answered,
+    errors: report.errors,
+    error_codes: report.error_codes,
+    questions_per_s: report.questions_per_s,
+    p50_ms: report.p50_ms,
+    p99_ms: report.p99_ms,
+    accuracy: report.accuracy,
+    per_version: report.per_version,
+    versions: report.versions,
+    digest: report.digest,
+    wall_s: report.wall_s,
+    ...(r.versions ? { updates: r.versions.filter((v) => v.version > 0).map((v) => ({ version: v.version, status: v.status, reason: v.reason })) } : {}),
+    ...(r.fatal ? { error: r.fatal } : {}),
+  };
+  if (o.json) console.log(JSON.stringify(summary));
+  else {
+    console.log(`${report.questions} questions: ${report.sent} sent, ${report.answered} answered, ${report.errors} errors ${JSON.stringify(report.error_codes)}`);
+    console.log(`${report.questions_per_s} questions/s, latency p50 ${report.p50_ms} ms, p99 ${report.p99_ms} ms`);
+    if (report.accuracy !== null) {
+      console.log(`served accuracy ${report.accuracy}; per version ${JSON.stringify(report.per_version)}`);
+      console.log(`over time (windows of ${o.window}): ${report.windows.map((w) => w.accuracy).join(' ')}`);
+    }
+    console.log(`versions ${report.versions.join(', ')}; digest ${report.digest}`);
+  }
+  if (r.fatal) {
+    console.error(`ttrl: replay stopped early: ${r.fatal}`);
+    process.exitCode = 1;
+  }
+});
+
+program
+  .command('export')
+  .description('write the logged stream of a server database for other tools')
+  .requiredOption('--db <file>', 'server SQLite file')
+  .option('--format <f>', 'jsonl or csv', choice('--format', ['jsonl', 'csv']), 'jsonl')
+  .option('--since <t>', 'first arrival time (ISO date-time or epoch ms)')
+  .option('--until <t>', 'arrivals before this time')
+  .option('--samples', 'include every sample (jsonl only)')
+  .action((o) => {
+    const store = Store.open(o.db);
+    try {
+      // Read the rows first: a connection iterating one statement cannot run another (the samples).
+      const rows = [...store.questions({ since: o.since && parseTime(o.since, '--since'), until: o.until && parseTime(o.until, '--until') })];
+      const records = (function* () {
+        for (const r of rows)
+          yield {
+            id: r.id,
+            question: r.question,
+            answer: r.answer,
+            votes: r.votes,
+            majority_ratio: r.majority_ratio,
+            model_version: r.model_version,
+            status: r.status,
+            error: r.error,
+            received_at: new Date(r.received_at).toISOString(),
+            answered_at: r.answered_at === null ? null : new Date(r.answered_at).toISOString(),
+            latency_ms: r.latency_ms,
+            client_id: r.client_id,
+            connection: r.connection,
+            ...(o.samples ? { samples: store.samplesOf(r.id) } : {}),
+          };
+      })();
+      if (o.format === 'jsonl') for (const r of records) process.stdout.write(JSON.stringify(r) + '\n');
+      else {
+        const all = [...records].map((r) => ({ ...r, votes: JSON.stringify(r.votes) }));
+        process.stdout.write(all.length ? toCsv(all) : '');
+      }
+    } finally {
+      store.close();
+    }
+  });
 
 program.parseAsync().catch((e: Error) => {
   console.error(`ttrl: ${e.message}`);

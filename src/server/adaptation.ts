@@ -5,7 +5,7 @@
 // answers on a probe set of earlier questions), then promoted to the sampler or rejected.
 import { join } from 'node:path';
 import { mkdirSync } from 'node:fs';
-import { filter, interval, type Subscription } from 'rxjs';
+import { filter, interval, Subject, type Subscription } from 'rxjs';
 import { Rng } from '../engine/rng.ts';
 import { Sampler } from '../engine/sampler.ts';
 import { checkWeights, type GPTConfig, type Weights } from '../model/gpt.ts';
@@ -68,6 +68,8 @@ export class Adaptation {
   private closed = false;
   paused: boolean;
   lastOutcome: UpdateOutcome | null = null;
+  /** Start and end of every update (the benchmark times answers against them). */
+  readonly updates$ = new Subject<{ phase: 'start' } | { phase: 'end'; outcome: UpdateOutcome }>();
 
   constructor(
     private answerer: Answerer,
@@ -114,6 +116,7 @@ export class Adaptation {
     if (this.updating) return this.updating;
     if (this.closed) return Promise.resolve({ version: null, outcome: 'skipped', reason: 'shutting down' });
     if (this.paused && trigger !== 'admin') return Promise.resolve({ version: null, outcome: 'skipped', reason: 'paused' });
+    this.updates$.next({ phase: 'start' });
     this.updating = this.runUpdate(trigger)
       .catch((e): UpdateOutcome => {
         // A crashed trainer loses nothing: the serving version is untouched. Start a fresh worker next time.
@@ -126,6 +129,7 @@ export class Adaptation {
       })
       .then((r) => {
         this.lastOutcome = r;
+        this.updates$.next({ phase: 'end', outcome: r });
         return r;
       })
       .finally(() => (this.updating = null));
@@ -247,6 +251,11 @@ export class Adaptation {
     };
     if (version >= 0) this.probeCache.set(version, s);
     return s;
+  }
+
+  /** Resolves when no update is running (offline replay waits here between batches). */
+  async idle(): Promise<void> {
+    while (this.updating) await this.updating;
   }
 
   /** After an admin rollback the trainer continues from the activated weights. */

@@ -70,6 +70,19 @@ export class Answerer {
   }
 
   ask(req: AskRequest): Promise<Answer> {
+    const p = this.enqueue(req);
+    this.kick();
+    return p;
+  }
+
+  /** Enqueues all before any batch forms: the batches are then a function of the order alone (offline replay). */
+  askAll(reqs: AskRequest[]): Promise<Answer>[] {
+    const ps = reqs.map((r) => this.enqueue(r));
+    this.kick();
+    return ps;
+  }
+
+  private enqueue(req: AskRequest): Promise<Answer> {
     if (this.closing) return Promise.reject(new ProtocolError('shutting_down', 'the server is shutting down; no new questions are taken'));
     if (this.queue.length >= this.o.queueLimit) {
       this.metrics.rejected.inc({ code: 'overloaded' });
@@ -78,7 +91,6 @@ export class Answerer {
     return new Promise((resolve, reject) => {
       this.queue.push({ req, receivedAt: Date.now(), t0: performance.now(), resolve, reject });
       this.metrics.queueDepth.set(this.queue.length);
-      this.kick();
     });
   }
 

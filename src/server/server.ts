@@ -1,55 +1,22 @@
-// Wires the server together: model + store + sampler + answerer + adaptation + HTTP/WS.
+// The server: HTTP (express) and WebSocket (ws) in front of the serving pipeline.
 // startServer() is what `ttrl serve`, the tests and the benchmark call.
-import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
-import { dirname, join, resolve } from 'node:path';
-import { BehaviorSubject } from 'rxjs';
-import { Sampler } from '../engine/sampler.ts';
-import { loadModel, WEIGHTS_FILE } from '../model/checkpoint.ts';
-import type { Weights } from '../model/gpt.ts';
-import { Store } from '../store/store.ts';
-import { Adaptation, loadVersionWeights } from './adaptation.ts';
-import { Answerer } from './answerer.ts';
 import type { Settings } from './config.ts';
 import { Gateway, WS_PATH } from './gateway.ts';
 import { createApp } from './http.ts';
-import { createMetrics } from './metrics.ts';
-import { ProtocolError } from './protocol.ts';
+import { createPipeline, type Pipeline } from './pipeline.ts';
 
-export interface RunningServer {
+export interface RunningServer extends Pick<Pipeline, 'store' | 'adaptation' | 'versions$'> {
   url: string;
   wsUrl: string;
   port: number;
-  store: Store;
-  adaptation: Adaptation;
-  /** The serving version, as it changes. */
-  versions$: BehaviorSubject<number>;
   close(): Promise<void>;
 }
 
 export async function startServer(s: Settings, log: (line: string) => void = () => {}): Promise<RunningServer> {
-  const model = await loadModel(s.model);
-  const fingerprint = createHash('sha256').update(await readFile(join(s.model, WEIGHTS_FILE))).digest('hex').slice(0, 16);
-  const store = Store.open(s.db);
-  const cleanup: (() => Promise<unknown> | void)[] = [() => store.close()];
+  const p = await createPipeline(s, { log });
+  const { store, adaptation, answerer, metrics, model } = p;
   try {
-    const base = store.getMeta('base_model_sha256');
-    if (base && base !== fingerprint)
-      throw new Error(`${s.db} logs a different base model (weights ${base}, this one ${fingerprint}); use another --db or the model it was created with`);
-    store.setMeta('base_model_sha256', fingerprint);
-    if (!store.versions().length) store.activate(store.addVersion({ parent: null, status: 'candidate', weightsPath: resolve(s.model, WEIGHTS_FILE), stats: { base: s.model } }));
-    const stale = store.rejectStaleCandidates();
-    if (stale) log(`marked ${stale} unfinished candidate version(s) as interrupted`);
-    const activeRow = store.activeVersion()!;
-    let active = { version: activeRow.version, weights: activeRow.version === 0 || activeRow.weights_path === resolve(s.model, WEIGHTS_FILE) ? model.weights : await loadVersionWeights(activeRow.weights_path!, model.config) };
-
-    const metrics = createMetrics();
-    metrics.modelVersion.set(active.version);
-    const sampler = await Sampler.create({ config: model.config, weights: active.weights, version: active.version, threads: s.threads });
-    cleanup.unshift(() => sampler.close());
-    const answerer = new Answerer(sampler, model.tokenizer, store, { batchQuestions: s.batchQuestions, batchWaitMs: s.batchWaitMs, queueLimit: s.queueLimit, temperature: s.temperature, seed: s.seed }, metrics);
-    const versions$ = new BehaviorSubject(active.version);
     const limits = {
       maxMessageBytes: s.maxMessageBytes,
       maxQuestionLength: Math.min(s.maxQuestionLength, model.config.contextLength - 8),
@@ -57,46 +24,11 @@ export async function startServer(s: Settings, log: (line: string) => void = () 
       defaultVotes: s.votes,
       canRead: (t: string) => model.tokenizer.canEncode(t),
     };
-    const serve = async (version: number, weights: Weights) => {
-      await sampler.setWeights(weights, version);
-      active = { version, weights };
-      metrics.modelVersion.set(version);
-      versions$.next(version);
-    };
-    const adaptation = new Adaptation(
-      answerer,
-      store,
-      model.config,
-      model.tokenizer,
-      {
-        updateEvery: s.updateEvery,
-        updateIntervalS: s.updateIntervalS,
-        lr: s.lr,
-        gate: s.gate,
-        trainSamples: s.trainSamples,
-        questionsPerStep: s.questionsPerStep,
-        kl: s.kl,
-        entropyFloor: s.entropyFloor,
-        probeQuestions: s.probeQuestions,
-        probeVotes: s.probeVotes,
-        temperature: s.temperature,
-        seed: s.seed,
-        trainThreads: s.trainThreads,
-        trainNice: s.trainNice,
-        versionsDir: join(dirname(resolve(s.db)), 'versions'),
-        paused: !s.adapt,
-      },
-      metrics,
-      serve,
-      () => active,
-    );
-    cleanup.unshift(() => adaptation.close());
-
     let ready = false;
     const admin = {
-      versions: () => store.versions().map((v) => ({ ...v, serving: v.version === active.version })),
+      versions: () => store.versions().map((v) => ({ ...v, serving: v.version === p.active().version })),
       status: () => ({
-        model_version: active.version,
+        model_version: p.active().version,
         adaptation: adaptation.status,
         pending_experiences: adaptation.pendingExperiences,
         last_update: adaptation.lastOutcome,
@@ -105,14 +37,7 @@ export async function startServer(s: Settings, log: (line: string) => void = () 
         events: store.events(20),
       }),
       activate: async (version: number) => {
-        const row = store.version(version);
-        if (!row) throw new ProtocolError('not_found', `no model version ${version}`);
-        if (!row.weights_path) throw new ProtocolError('invalid_message', `version ${version} was ${row.status} and its weights were not kept`);
-        const weights = version === 0 ? model.weights : await loadVersionWeights(row.weights_path, model.config);
-        await adaptation.resetTo(weights);
-        store.activate(version);
-        store.event('version_activated', { version, by: 'admin' });
-        await serve(version, weights);
+        await p.activate(version, 'admin');
         return { model_version: version };
       },
       pause: () => {
@@ -127,9 +52,12 @@ export async function startServer(s: Settings, log: (line: string) => void = () 
       },
       updateNow: () => adaptation.updateNow('admin'),
     };
-    const app = createApp({ answerer, limits, metrics, ready: () => ({ ready, version: active.version }), admin, adminToken: s.adminToken });
-    const gateway = new Gateway(answerer, limits, metrics, () => ({ model_version: active.version, limits: { max_message_bytes: limits.maxMessageBytes, max_question_length: limits.maxQuestionLength, max_votes: limits.maxVotes, default_votes: limits.defaultVotes } }));
-    const sub = versions$.subscribe((v) => gateway.broadcast({ type: 'model', model_version: v }));
+    const app = createApp({ answerer, limits, metrics, ready: () => ({ ready, version: p.active().version }), admin, adminToken: s.adminToken });
+    const gateway = new Gateway(answerer, limits, metrics, () => ({
+      model_version: p.active().version,
+      limits: { max_message_bytes: limits.maxMessageBytes, max_question_length: limits.maxQuestionLength, max_votes: limits.maxVotes, default_votes: limits.defaultVotes },
+    }));
+    const sub = p.versions$.subscribe((v) => gateway.broadcast({ type: 'model', model_version: v }));
     const http: Server = createServer(app);
     http.on('upgrade', (req, socket, head) => gateway.handleUpgrade(req, socket, head));
     await new Promise<void>((res, rej) => {
@@ -138,31 +66,29 @@ export async function startServer(s: Settings, log: (line: string) => void = () 
     });
     const port = (http.address() as { port: number }).port;
     ready = true;
-    const hostForUrl = s.host.includes(':') ? `[${s.host}]` : s.host;
+    const host = s.host.includes(':') ? `[${s.host}]` : s.host;
     let closing: Promise<void> | null = null;
     return {
-      url: `http://${hostForUrl}:${port}`,
-      wsUrl: `ws://${hostForUrl}:${port}${WS_PATH}`,
+      url: `http://${host}:${port}`,
+      wsUrl: `ws://${host}:${port}${WS_PATH}`,
       port,
       store,
       adaptation,
-      versions$,
+      versions$: p.versions$,
       close: () =>
         (closing ??= (async () => {
           ready = false;
           sub.unsubscribe();
-          // Stop taking questions; answer what is being sampled; then close sockets and workers.
+          // New questions get shutting_down; the batch in flight is answered before sockets close.
           await answerer.close();
-          await adaptation.close();
           await gateway.close();
           await new Promise<void>((r) => http.close(() => r()));
           http.closeAllConnections();
-          await sampler.close();
-          store.close();
+          await p.close();
         })()),
     };
   } catch (e) {
-    for (const c of cleanup) await c();
+    await p.close();
     throw e;
   }
 }

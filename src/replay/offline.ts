@@ -1,0 +1,71 @@
+// Offline re-adaptation: a logged stream through the serving pipeline in-process, with no
+// socket and no clock in the loop. Questions enter in order, batch by batch; an update that
+// a batch triggers finishes before the next batch is sampled. With a fixed seed the same
+// inputs and settings give the same versions and answers, run to run.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Settings } from '../server/config.ts';
+import { checkAsk } from '../server/protocol.ts';
+import { createPipeline } from '../server/pipeline.ts';
+import type { VersionRow } from '../store/store.ts';
+import type { Outcome } from './report.ts';
+import type { ReplayItem } from './source.ts';
+
+export interface OfflineResult {
+  outcomes: Outcome[];
+  sent: number;
+  wallS: number;
+  versions: VersionRow[];
+}
+
+export async function replayOffline(items: ReplayItem[], s: Settings, o: { keepDb?: boolean; onProgress?: (done: number) => void } = {}): Promise<OfflineResult> {
+  const scratch = await mkdtemp(join(tmpdir(), 'ttrl-replay-'));
+  // No timers in the loop: updates are triggered by counts only.
+  const settings: Settings = { ...s, updateIntervalS: 0, queueLimit: Math.max(s.queueLimit, s.batchQuestions), db: o.keepDb ? s.db : join(scratch, 'replay.sqlite') };
+  const t0 = performance.now();
+  const p = await createPipeline(settings, { versionsDir: join(o.keepDb ? join(s.db, '..') : scratch, 'versions') });
+  const outcomes: Outcome[] = [];
+  const limits = {
+    maxMessageBytes: Infinity,
+    maxQuestionLength: Math.min(settings.maxQuestionLength, p.model.config.contextLength - 8),
+    maxVotes: settings.maxVotes,
+    defaultVotes: settings.votes,
+    canRead: (t: string) => p.model.tokenizer.canEncode(t),
+  };
+  try {
+    for (let i = 0; i < items.length; i += settings.batchQuestions) {
+      const chunk = items.slice(i, i + settings.batchQuestions);
+      // The checks the server makes at its door, so that a bad line fails alone; the good
+      // ones are enqueued together so that the batches depend on the order alone.
+      const checked = chunk.map((it): { votes: number } | { error: unknown } => {
+        try {
+          return { votes: checkAsk({ question: it.question, votes: it.votes }, limits).votes };
+        } catch (e) {
+          return { error: e };
+        }
+      });
+      const answers = p.answerer.askAll(
+        checked.flatMap((c, j) => ('votes' in c ? [{ question: chunk[j]!.question, votes: c.votes, clientId: null, connection: 'replay' }] : [])),
+      );
+      let k = 0;
+      const asks = checked.map((c) => ('votes' in c ? answers[k++]! : Promise.reject(c.error)));
+      const results = await Promise.allSettled(asks);
+      results.forEach((r, j) => {
+        const it = chunk[j]!;
+        outcomes.push(
+          r.status === 'fulfilled'
+            ? { question: it.question, truth: it.answer, answer: r.value.answer, version: r.value.model_version, confidence: r.value.confidence, latencyMs: r.value.latency_ms }
+            : { question: it.question, truth: it.answer, error: (r.reason as { code?: string }).code ?? 'internal' },
+        );
+      });
+      await p.adaptation.idle();
+      o.onProgress?.(outcomes.length);
+    }
+    const versions = p.store.versions();
+    return { outcomes, sent: items.length, wallS: (performance.now() - t0) / 1000, versions };
+  } finally {
+    await p.close();
+    await rm(scratch, { recursive: true, force: true });
+  }
+}
