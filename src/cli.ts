@@ -25,7 +25,7 @@ import { buildReport, writeReport, type Outcome } from './replay/report.ts';
 import { Store, type VersionRow } from './store/store.ts';
 
 /** The settings the shipped model was trained with (models/arith-tiny/README.md). */
-const DEFAULT_PRETRAIN = { steps: 4000, batchSize: 64, lr: 1e-3, warmup: 200, anneal: 1000, aggregation: 'sequence-mean' as 'sequence-mean' | 'token-mean' };
+const DEFAULT_PRETRAIN = { steps: 5800, batchSize: 64, lr: 1e-3, warmup: 200, anneal: 0, aggregation: 'sequence-mean' as 'sequence-mean' | 'token-mean' };
 
 export function int(name: string, min = 0) {
   return (v: string) => {
