@@ -21,8 +21,10 @@ export interface OfflineResult {
 
 export async function replayOffline(items: ReplayItem[], s: Settings, o: { keepDb?: boolean; onProgress?: (done: number) => void } = {}): Promise<OfflineResult> {
   const scratch = await mkdtemp(join(tmpdir(), 'ttrl-replay-'));
-  // No timers in the loop: updates are triggered by counts only.
-  const settings: Settings = { ...s, updateIntervalS: 0, queueLimit: Math.max(s.queueLimit, s.batchQuestions), db: o.keepDb ? s.db : join(scratch, 'replay.sqlite') };
+  // No timers in the loop: updates are triggered by counts only. One training thread:
+  // onnxruntime's multi-threaded training kernels do not add in a fixed order, and the
+  // last bits would make two runs drift apart.
+  const settings: Settings = { ...s, updateIntervalS: 0, trainThreads: 1, queueLimit: Math.max(s.queueLimit, s.batchQuestions), db: o.keepDb ? s.db : join(scratch, 'replay.sqlite') };
   const t0 = performance.now();
   const p = await createPipeline(settings, { versionsDir: join(o.keepDb ? join(s.db, '..') : scratch, 'versions') });
   const outcomes: Outcome[] = [];

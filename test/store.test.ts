@@ -1,0 +1,122 @@
+// The experience store and its migrations, on real SQLite files; settings validation.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { loadMigrations, migrate } from '../src/store/migrate.ts';
+import { Store } from '../src/store/store.ts';
+import { resolveSettings } from '../src/server/config.ts';
+import { parseClientMessage, ProtocolError } from '../src/server/protocol.ts';
+import { judgeProbe } from '../src/server/adaptation.ts';
+
+const dirs: string[] = [];
+after(async () => {
+  for (const d of dirs) await rm(d, { recursive: true, force: true });
+});
+const scratch = async () => {
+  const d = await mkdtemp(join(tmpdir(), 'ttrl-store-'));
+  dirs.push(d);
+  return d;
+};
+
+test('migrations apply once, in order, and a newer schema is refused', async () => {
+  const dir = await scratch();
+  const file = join(dir, 'm.sqlite');
+  const db = new Database(file);
+  assert.deepEqual(migrate(db), loadMigrations().map((m) => m.version));
+  assert.deepEqual(migrate(db), []);
+  db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, ?, 0)').run('future');
+  db.close();
+  assert.throws(() => Store.open(file), /schema is at version 99, newer than this ttrl-server knows/);
+
+  const mdir = join(dir, 'migrations');
+  await mkdir(mdir);
+  await writeFile(join(mdir, '001_a.sql'), 'CREATE TABLE a (x INTEGER);');
+  await writeFile(join(mdir, '003_c.sql'), 'CREATE TABLE c (x INTEGER);');
+  assert.throws(() => loadMigrations(mdir), /expected version 2, found 3/);
+  await writeFile(join(mdir, '002_b.sql'), 'CREATE TABLE b (x INTEGER); CREATE TABLE b (y INTEGER);');
+  const db2 = new Database(':memory:');
+  assert.throws(() => migrate(db2, loadMigrations(mdir)), /already exists/);
+  // The failed migration left nothing half-done: 001 is recorded, 002 is not, table b is absent.
+  assert.deepEqual(db2.prepare('SELECT version FROM schema_migrations').all(), [{ version: 1 }]);
+  assert.equal(db2.prepare(`SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'b'`).get().n, 0);
+});
+
+test('answered and failed questions are stored with samples; versions keep one active', async () => {
+  const dir = await scratch();
+  const store = Store.open(join(dir, 'sub', 's.sqlite'));
+  const v0 = store.addVersion({ parent: null, status: 'candidate', weightsPath: '/w0' });
+  store.activate(v0);
+  const v1 = store.addVersion({ parent: v0, status: 'candidate', weightsPath: (v) => `/w${v}`, stats: { loss: 1 } });
+  assert.equal(store.version(v1)!.weights_path, '/w1');
+  store.activate(v1);
+  assert.deepEqual(store.versions().map((v) => v.status), ['retired', 'active']);
+  store.reject(store.addVersion({ parent: v1, status: 'candidate', weightsPath: null }), 'entropy collapsed');
+  assert.equal(store.versions()[2]!.reason, 'entropy collapsed');
+  const ids = store.recordAnswered([
+    {
+      clientId: 'q1', connection: 'c1', question: '1+2=', votesRequested: 2, receivedAt: 1000, answeredAt: 1010, answer: '3', majorityRatio: 0.5,
+      votes: { '3': 1, '': 1 }, modelVersion: v1, latencyMs: 10,
+      samples: [{ text: '1+2=3#3', answer: '3', tokens: 8, logprobSum: -0.5, stopped: true }, { text: '1+2=', answer: null, tokens: 4, logprobSum: -3, stopped: false }],
+    },
+  ]);
+  store.recordFailed([{ clientId: 'q2', connection: 'c1', question: '5-1=', votesRequested: 2, receivedAt: 1020, error: 'sampling failed' }]);
+  const rows = [...store.questions()];
+  assert.deepEqual(rows.map((r) => [r.question, r.status, r.model_version]), [['1+2=', 'answered', 1], ['5-1=', 'failed', null]]);
+  assert.deepEqual(rows[0]!.votes, { '3': 1, '': 1 });
+  assert.equal(store.samplesOf(ids[0]!).length, 2);
+  assert.deepEqual(store.counts(), { answered: 1, failed: 1, samples: 2 });
+  assert.deepEqual([...store.questions({ since: 1015 })].map((r) => r.question), ['5-1=']);
+  assert.throws(() => store.activate(42), /no model version 42/);
+  store.close();
+});
+
+test('settings: defaults, environment, flags, and a clear message for bad values', () => {
+  const s = resolveSettings({}, {});
+  assert.equal(s.votes, 16);
+  assert.equal(s.host, '127.0.0.1');
+  assert.equal(resolveSettings({}, { TTRL_VOTES: '8', TTRL_ADAPT: 'false' }).votes, 8);
+  assert.equal(resolveSettings({}, { TTRL_ADAPT: 'off' }).adapt, false);
+  assert.equal(resolveSettings({ votes: '4' }, { TTRL_VOTES: '8' }).votes, 4);
+  assert.throws(() => resolveSettings({}, { TTRL_VOTES: 'many' }), /TTRL_VOTES: .*expected number/);
+  assert.throws(() => resolveSettings({ port: 70000 }, {}), /--port: Too big/);
+  assert.throws(() => resolveSettings({ lr: -1 }, {}), /--lr: Too small/);
+  assert.throws(() => resolveSettings({ votes: 100, maxVotes: 50 }, {}), /votes \(100\) cannot exceed maxVotes \(50\)/);
+  assert.throws(() => resolveSettings({ adminToken: 'short' }, {}), /--admin-token: must be at least 8 characters/);
+  assert.throws(() => resolveSettings({ colour: 'red' } as never, {}), /unknown setting colour/);
+});
+
+test('protocol: each malformed message maps to its code', () => {
+  const limits = { maxMessageBytes: 100, maxQuestionLength: 10, maxVotes: 8, defaultVotes: 4, canRead: (t: string) => /^[0-9+\-=]*$/.test(t) };
+  const code = (raw: string) => {
+    try {
+      parseClientMessage(raw, limits);
+      return 'ok';
+    } catch (e) {
+      return (e as ProtocolError).code;
+    }
+  };
+  assert.equal(code('{"type":"ask","id":"a","question":"1+2="}'), 'ok');
+  assert.equal(code('nope'), 'bad_json');
+  assert.equal(code('null'), 'invalid_message');
+  assert.equal(code('{"id":"a"}'), 'invalid_message');
+  assert.equal(code('{"type":"tell"}'), 'unknown_type');
+  assert.equal(code('{"type":"ask","id":"a","question":"1+2=","x":1}'), 'unknown_field');
+  assert.equal(code('{"type":"ask","id":"","question":"1+2="}'), 'invalid_message');
+  assert.equal(code('{"type":"ask","id":"a","question":""}'), 'invalid_message');
+  assert.equal(code('{"type":"ask","id":"a","question":"1+2+3+4+5+6="}'), 'question_too_long');
+  assert.equal(code('{"type":"ask","id":"a","question":"x="}'), 'unreadable_question');
+  assert.equal(code('{"type":"ask","id":"a","question":"1=","votes":9}'), 'bad_votes');
+  assert.equal(code('{"type":"ask","id":"a","question":"1=","votes":1.5}'), 'invalid_message');
+  assert.equal(code(JSON.stringify({ type: 'ask', id: 'a', question: '1=', pad: 'x'.repeat(100) })), 'payload_too_large');
+});
+
+test('the probe judge rejects collapsed, unparsable or runaway candidates', () => {
+  const parent = { questions: 32, distinct: 0.8, parsable: 0.98, meanLength: 33 };
+  assert.equal(judgeProbe(parent, { ...parent, distinct: 0.7 }), null);
+  assert.match(judgeProbe(parent, { ...parent, distinct: 0.1 })!, /probe answers collapsed: 3 distinct majority answers on 32 probe questions, against 26 before/);
+  assert.match(judgeProbe(parent, { ...parent, parsable: 0.5 })!, /stopped parsing/);
+  assert.match(judgeProbe(parent, { ...parent, meanLength: 60 })!, /ran long/);
+});
