@@ -41,7 +41,7 @@ test('migrations apply once, in order, and a newer schema is refused', async () 
   assert.throws(() => migrate(db2, loadMigrations(mdir)), /already exists/);
   // The failed migration left nothing half-done: 001 is recorded, 002 is not, table b is absent.
   assert.deepEqual(db2.prepare('SELECT version FROM schema_migrations').all(), [{ version: 1 }]);
-  assert.equal(db2.prepare(`SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'b'`).get().n, 0);
+  assert.equal((db2.prepare(`SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'b'`).get() as { n: number }).n, 0);
 });
 
 test('answered and failed questions are stored with samples; versions keep one active', async () => {
