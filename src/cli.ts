@@ -299,7 +299,7 @@ program
       await writeFileAtomic(
         join(o.out, 'metrics.svg'),
         linePlot(
-          [merge(series('pass@1', 'pass_at_1'), start[0]), merge(series(`maj@${o.votes}`, 'maj_at_n'), start[1]), series('label accuracy', 'label_accuracy'), series('majority ratio', 'majority_ratio'), series('entropy', 'entropy')],
+          [merge(series('pass@1', 'pass_at_1'), start[0]), merge(series(`maj@${o.votes}`, 'maj_at_n'), start[1]), series('label accuracy', 'label_accuracy'), series('majority ratio', 'majority_ratio'), series('anchor agreement', 'anchor_agreement'), series('entropy', 'entropy')],
           { title: `TTRL (${o.reward} rewards) on ${o.questions}`, xLabel: 'step', yMin: 0 },
         ),
       );

@@ -67,3 +67,20 @@ test('the guard trips on runaway length, lost answers and a falling majority, an
   assert.equal(smooth.observe({ ...base, meanLength: 45 }), null, 'one bad step is smoothed over');
   assert.match(smooth.observe({ ...base, meanLength: 45 })!, /runaway length/, 'two are not');
 });
+
+test('anchors are the confident questions; agreement counts the ones that kept their answer', async () => {
+  const { pickAnchors, anchorAgreement } = await import('../src/ttrl/guard.ts');
+  const initial = [
+    { question: 'a', vote: { label: '1', ratio: 0.95 } },
+    { question: 'b', vote: { label: '2', ratio: 0.5 } },
+    { question: 'c', vote: { label: null, ratio: 0 } },
+    { question: 'd', vote: { label: '4', ratio: 1 } },
+  ];
+  const anchors = pickAnchors(initial, { ...GUARD_DEFAULTS, anchorRatio: 0.9 });
+  assert.deepEqual(anchors, [{ question: 'a', label: '1' }, { question: 'd', label: '4' }]);
+  assert.equal(pickAnchors(initial, { ...GUARD_DEFAULTS, anchorMax: 1 }).length, 1);
+  assert.equal(anchorAgreement(anchors, [{ vote: { label: '1' } }, { vote: { label: '4' } }]), 1);
+  assert.equal(anchorAgreement(anchors, [{ vote: { label: '1' } }, { vote: { label: '5' } }]), 0.5);
+  assert.equal(anchorAgreement(anchors, [{ vote: { label: null } }, { vote: { label: '5' } }]), 0);
+  assert.equal(anchorAgreement([], []), 1);
+});

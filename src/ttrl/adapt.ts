@@ -6,7 +6,7 @@ import { Sampler } from '../engine/sampler.ts';
 import type { Model } from '../model/checkpoint.ts';
 import type { Weights } from '../model/gpt.ts';
 import type { QuestionRecord } from '../tasks/question-file.ts';
-import { CollapseGuard, GUARD_DEFAULTS, type GuardSettings } from './guard.ts';
+import { anchorAgreement, CollapseGuard, GUARD_DEFAULTS, pickAnchors, type GuardSettings } from './guard.ts';
 import { selectForTraining, type GroupSettings } from './grpo.ts';
 import { accuracy, rollout, type Accuracy } from './rollout.ts';
 import { TTRLUpdater, type UpdateSettings } from './updater.ts';
@@ -20,8 +20,6 @@ export interface AdaptSettings extends GroupSettings, UpdateSettings {
   evalEvery: number;
   /** null turns the collapse guard off. */
   guard: GuardSettings | null;
-  /** Steps between snapshots of healthy weights (rollback points). */
-  snapshotEvery: number;
   /** Learning rate multiplier after each rollback. */
   rollbackLrFactor: number;
   threads: number;
@@ -34,7 +32,7 @@ export const ADAPT_DEFAULTS: AdaptSettings = {
   votes: 16,
   trainSamples: 8,
   questionsPerStep: 16,
-  lr: 1e-4,
+  lr: 3e-5,
   gate: 0.5,
   klCoef: 0,
   entropyCoef: 0,
@@ -45,7 +43,6 @@ export const ADAPT_DEFAULTS: AdaptSettings = {
   seed: 0,
   evalEvery: 25,
   guard: GUARD_DEFAULTS,
-  snapshotEvery: 10,
   rollbackLrFactor: 0.5,
   threads: 2,
 };
@@ -63,6 +60,8 @@ export interface StepRow {
   trained: number;
   pass_at_1: number | null;
   maj_at_n: number | null;
+  /** Share of the guard's anchors that kept their initial answer (when checked). */
+  anchor_agreement: number | null;
   event: string;
 }
 
@@ -94,18 +93,22 @@ export async function adapt(
     updater = await TTRLUpdater.create({ config: model.config, tokenizer: tok, weights: model.weights, settings: s, threads: s.threads });
     // One fixed evaluation seed: every evaluation sees the same uniforms (common random numbers).
     const evalSeed = (s.seed ^ 0x5eed) >>> 0;
-    const evaluate = async () => {
-      if (!hasAnswers) return null;
-      const r = await rollout(sampler, tok, questions.map((q) => q.question), { votes: s.votes, temperature: s.temperature, seed: evalSeed });
-      return accuracy(r, truths as string[]);
-    };
-    const before = await evaluate();
+    const evalRollout = () => rollout(sampler, tok, questions.map((q) => q.question), { votes: s.votes, temperature: s.temperature, seed: evalSeed });
+    const evaluate = async () => (hasAnswers ? accuracy(await evalRollout(), truths as string[]) : null);
+    // The first look at the questions: the evaluation before (when answers are known) and the guard's anchors.
+    const initial = await evalRollout();
+    const before = hasAnswers ? accuracy(initial, truths as string[]) : null;
+    const anchors = s.guard ? pickAnchors(initial, s.guard) : [];
+    const anchorSeed = (s.seed ^ 0xa9c4) >>> 0;
+    const agreement = async () =>
+      anchorAgreement(anchors, anchors.length ? await rollout(sampler, tok, anchors.map((a) => a.question), { votes: s.votes, temperature: s.temperature, seed: anchorSeed }) : []);
     const rows: StepRow[] = [];
     let order: number[] = [];
     let lr = s.lr;
     let version = 0;
     let guard: CollapseGuard | undefined;
-    let snapshots: { step: number; weights: Weights }[] = [{ step: 0, weights: model.weights }];
+    // Rollback points: the initial weights, then every state that passed an anchor check.
+    const snapshots: { step: number; weights: Weights }[] = [{ step: 0, weights: model.weights }];
     let rollbacks = 0;
     for (let step = 1; step <= s.steps; step++) {
       // Questions for this step: walk a fresh shuffle of the set each epoch.
@@ -117,26 +120,30 @@ export async function adapt(
       const rollouts = await rollout(sampler, tok, batch.map((i) => questions[i]!.question), { votes: s.votes, temperature: s.temperature, seed: rng.nextU32() });
       const { selected, stats } = selectForTraining(rollouts, batch.map((i) => truths[i]), s, rng);
       let event = '';
+      const rollBack = async (reason: string) => {
+        const target = snapshots[snapshots.length - 1]!;
+        await updater!.setWeights(target.weights);
+        await sampler.setWeights(target.weights, ++version);
+        guard?.reset();
+        lr *= s.rollbackLrFactor;
+        rollbacks++;
+        event = `rollback to step ${target.step}: ${reason}`;
+      };
       const signals = { meanLength: stats.meanLength, parsable: stats.parsable, majorityRatio: stats.majorityRatio };
       if (s.guard) {
         guard ??= new CollapseGuard(s.guard, signals);
         const reason = guard.observe(signals);
-        if (reason) {
-          // Roll back past the most recent snapshot: the collapse may have begun before it showed.
-          const target = snapshots.length > 1 ? snapshots[snapshots.length - 2]! : snapshots[0]!;
-          snapshots = snapshots.slice(0, snapshots.indexOf(target) + 1);
-          await updater.setWeights(target.weights);
-          await sampler.setWeights(target.weights, ++version);
-          guard.reset();
-          lr *= s.rollbackLrFactor;
-          rollbacks++;
-          event = `rollback to step ${target.step}: ${reason}`;
-        }
+        if (reason) await rollBack(reason);
       }
       const u = event ? null : await updater.update(selected, lr);
       if (u?.updated) await sampler.setWeights(await updater.getWeights(), ++version);
       if (u && !u.updated) event = 'non-finite gradient: update skipped';
-      if (!event && s.snapshotEvery && step % s.snapshotEvery === 0) snapshots.push({ step, weights: await updater.getWeights() });
+      let checked: number | null = null;
+      if (!event && s.guard && step % s.guard.anchorEvery === 0) {
+        const a = (checked = await agreement());
+        if (a < s.guard.anchorAgreement) await rollBack(`${((1 - a) * 100).toFixed(0)}% of ${anchors.length} anchor answers changed`);
+        else snapshots.push({ step, weights: await updater.getWeights() });
+      }
       const ev = s.evalEvery && step % s.evalEvery === 0 && step !== s.steps ? await evaluate() : null;
       const row: StepRow = {
         step,
@@ -151,6 +158,7 @@ export async function adapt(
         trained: stats.trained,
         pass_at_1: ev?.pass_at_1 ?? null,
         maj_at_n: ev?.maj_at_n ?? null,
+        anchor_agreement: checked,
         event,
       };
       rows.push(row);

@@ -11,6 +11,14 @@ export interface Signals {
 }
 
 export interface GuardSettings {
+  /** Anchors: questions the initial model answers with at least this majority ratio. */
+  anchorRatio: number;
+  /** At most this many anchors (the first in question order). */
+  anchorMax: number;
+  /** Steps between anchor checks; a check that passes is a rollback point. */
+  anchorEvery: number;
+  /** Trip when fewer than this share of anchors keep their initial majority answer. */
+  anchorAgreement: number;
   /** Trip when the smoothed mean length exceeds the baseline by this factor. */
   lengthRatio: number;
   /** Trip when the smoothed parsable share falls this far below the baseline. */
@@ -21,7 +29,39 @@ export interface GuardSettings {
   smoothing: number;
 }
 
-export const GUARD_DEFAULTS: GuardSettings = { lengthRatio: 1.25, parsableDrop: 0.1, majorityDrop: 0.15, smoothing: 0.3 };
+export const GUARD_DEFAULTS: GuardSettings = {
+  anchorRatio: 0.9,
+  anchorMax: 64,
+  anchorEvery: 10,
+  anchorAgreement: 0.85,
+  lengthRatio: 1.25,
+  parsableDrop: 0.1,
+  majorityDrop: 0.15,
+  smoothing: 0.3,
+};
+
+/**
+ * The quiet collapse: a policy that grows confidently wrong keeps its length, parses and
+ * even raises its majority ratio. What it cannot keep is its answers to the questions it
+ * was surest of at the start (at a majority ratio >= 0.9 they are mostly right): when many
+ * of those flip, the model is unlearning, not adapting. No label is used.
+ */
+export interface Anchor {
+  question: string;
+  label: string;
+}
+
+export function pickAnchors(initial: { question: string; vote: { label: string | null; ratio: number } }[], s: GuardSettings): Anchor[] {
+  return initial
+    .filter((r) => r.vote.label !== null && r.vote.ratio >= s.anchorRatio)
+    .slice(0, s.anchorMax)
+    .map((r) => ({ question: r.question, label: r.vote.label! }));
+}
+
+/** Share of anchors whose majority answer is still the initial one. */
+export function anchorAgreement(anchors: Anchor[], now: { vote: { label: string | null } }[]): number {
+  return anchors.length ? anchors.filter((a, i) => now[i]!.vote.label === a.label).length / anchors.length : 1;
+}
 
 export class CollapseGuard {
   private ema: Signals;
