@@ -114,9 +114,14 @@ test('protocol: each malformed message maps to its code', () => {
 });
 
 test('the probe judge rejects collapsed, unparsable or runaway candidates', () => {
-  const parent = { questions: 32, distinct: 0.8, parsable: 0.98, meanLength: 33 };
+  const labels = Array.from({ length: 32 }, (_, i) => String(i));
+  const parent = { questions: 32, distinct: 0.8, parsable: 0.98, meanLength: 33, labels, ratios: labels.map((_, i) => (i < 10 ? 1 : 0.5)) };
   assert.equal(judgeProbe(parent, { ...parent, distinct: 0.7 }), null);
   assert.match(judgeProbe(parent, { ...parent, distinct: 0.1 })!, /probe answers collapsed: 3 distinct majority answers on 32 probe questions, against 26 before/);
   assert.match(judgeProbe(parent, { ...parent, parsable: 0.5 })!, /stopped parsing/);
   assert.match(judgeProbe(parent, { ...parent, meanLength: 60 })!, /ran long/);
+  // Anchors: the 10 questions the base answered with ratio 1; changing 1 is fine, 2 is not.
+  const changed = (n: number) => ({ ...parent, labels: labels.map((l, i) => (i < n ? 'x' : l)) });
+  assert.equal(judgeProbe(parent, changed(1), parent), null);
+  assert.match(judgeProbe(parent, changed(2), parent)!, /anchor answers changed: 2 of the 10/);
 });

@@ -38,6 +38,8 @@ export interface AdaptationOptions {
   versionsDir: string;
   /** Start paused (admin resumes). */
   paused?: boolean;
+  /** The shipped weights: the anchor check compares candidates with them. */
+  baseWeights: Weights;
 }
 
 /** Label-free health of a version on the probe questions. */
@@ -47,6 +49,9 @@ export interface ProbeStats {
   distinct: number;
   parsable: number;
   meanLength: number;
+  /** Majority answer and ratio per probe question (the anchor check compares them). */
+  labels: (string | null)[];
+  ratios: number[];
 }
 
 export interface UpdateOutcome {
@@ -63,7 +68,8 @@ export class Adaptation {
   private updater: TTRLUpdater | null = null;
   private prober: Sampler | null = null;
   private subs: Subscription[] = [];
-  private probeCache = new Map<number, ProbeStats>();
+  /** By version and probe-set size (the set grows until it is full). */
+  private probeCache = new Map<string, ProbeStats>();
   private rng: Rng;
   private closed = false;
   paused: boolean;
@@ -178,10 +184,11 @@ export class Adaptation {
     };
     let reason = this.judgeUpdate(steps, weights);
     if (!reason && this.o.probeQuestions > 0) {
-      const parentProbe = await this.probe(parent.version, parent.weights);
+      const baseProbe = await this.probe(0, this.o.baseWeights);
+      const parentProbe = baseProbe && (await this.probe(parent.version, parent.weights));
       const probe = parentProbe && (await this.probe(-1, weights));
-      if (probe) Object.assign(stats, { probe, parent_probe: parentProbe });
-      reason = parentProbe && probe ? judgeProbe(parentProbe, probe) : null;
+      if (probe) Object.assign(stats, { probe: summary(probe), parent_probe: summary(parentProbe!) });
+      reason = baseProbe && parentProbe && probe ? judgeProbe(parentProbe, probe, baseProbe) : null;
     }
     stats.seconds = (performance.now() - t0) / 1000;
     if (this.closed) throw new Error('shutting down');
@@ -198,7 +205,6 @@ export class Adaptation {
       this.metrics.updates.inc({ outcome: 'rejected' });
       return { version, outcome: 'rejected', reason, stats };
     }
-    if (stats.probe) this.probeCache.set(version, stats.probe as ProbeStats);
     this.store.activate(version);
     this.store.event('version_promoted', { version, parent: parent.version });
     await this.promote(version, weights);
@@ -233,9 +239,10 @@ export class Adaptation {
 
   /** Probe stats of a version (cached by version; -1: uncached candidate). Null until the probe set has 8 questions. */
   private async probe(version: number, weights: Weights): Promise<ProbeStats | null> {
-    const cached = this.probeCache.get(version);
-    if (cached) return cached;
     const questions = this.probeSet();
+    const key = `${version}:${questions.length}`;
+    const cached = this.probeCache.get(key);
+    if (cached) return cached;
     if (questions.length < Math.min(8, this.o.probeQuestions)) return null;
     this.prober ??= await Sampler.create({ config: this.config, weights, threads: this.o.trainThreads, nice: this.o.trainNice });
     await this.prober.setWeights(weights, version);
@@ -248,8 +255,10 @@ export class Adaptation {
       distinct: new Set(labels).size / questions.length,
       parsable: samples.filter((x) => x.answer !== null).length / samples.length,
       meanLength: samples.reduce((a, x) => a + x.tokens.length, 0) / samples.length,
+      labels: rollouts.map((r) => r.vote.label),
+      ratios: rollouts.map((r) => r.vote.ratio),
     };
-    if (version >= 0) this.probeCache.set(version, s);
+    if (version >= 0) this.probeCache.set(key, s);
     return s;
   }
 
@@ -275,8 +284,25 @@ export class Adaptation {
   }
 }
 
-/** A candidate whose probe answers collapsed, stopped parsing or ran long against its parent's. */
-export function judgeProbe(parent: ProbeStats, cand: ProbeStats): string | null {
+const summary = (p: ProbeStats) => ({ questions: p.questions, distinct: p.distinct, parsable: p.parsable, meanLength: p.meanLength });
+
+/** Anchors: probe questions the shipped model answered with a majority ratio of at least this. */
+export const ANCHOR_RATIO = 0.9;
+/** A candidate must keep the shipped model's answer on at least this share of anchors. */
+export const ANCHOR_AGREEMENT = 0.85;
+
+/**
+ * A candidate whose probe answers collapsed, stopped parsing or ran long against its
+ * parent's, or that changed too many of the answers the shipped model was surest of (the
+ * quiet collapse: confidently wrong, same length, same format; see ttrl/guard.ts).
+ */
+export function judgeProbe(parent: ProbeStats, cand: ProbeStats, base?: ProbeStats): string | null {
+  if (base) {
+    const anchors = base.ratios.map((r, i) => i).filter((i) => base.ratios[i]! >= ANCHOR_RATIO && base.labels[i] !== null && i < cand.labels.length);
+    const kept = anchors.filter((i) => cand.labels[i] === base.labels[i]).length;
+    if (anchors.length >= 5 && kept / anchors.length < ANCHOR_AGREEMENT)
+      return `anchor answers changed: ${anchors.length - kept} of the ${anchors.length} probe answers the shipped model was surest of`;
+  }
   if (cand.distinct < 0.5 * parent.distinct)
     return `probe answers collapsed: ${(cand.distinct * cand.questions).toFixed(0)} distinct majority answers on ${cand.questions} probe questions, against ${(parent.distinct * parent.questions).toFixed(0)} before`;
   if (cand.parsable < parent.parsable - 0.2) return `probe answers stopped parsing: ${cand.parsable.toFixed(3)} parsable, against ${parent.parsable.toFixed(3)} before`;

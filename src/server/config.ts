@@ -43,7 +43,7 @@ export const SETTINGS = {
   questionsPerStep: { schema: int(1, 4096), default: 16, help: 'questions per optimizer step within an update' },
   kl: { schema: real(0, 100), default: 0, help: 'KL coefficient to the shipped model' },
   entropyFloor: { schema: real(0, 10), default: 0.005, help: 'guard: reject a version whose mean token entropy falls below this' },
-  probeQuestions: { schema: int(0, 4096), default: 32, help: 'guard: earlier questions a candidate must still answer sensibly (0: no probe)' },
+  probeQuestions: { schema: int(0, 4096), default: 64, help: 'guard: earlier questions a candidate must still answer sensibly (0: no probe)' },
   probeVotes: { schema: int(1, 256), default: 8, help: 'guard: samples per probe question' },
   adminToken: { schema: z.string().min(8, 'must be at least 8 characters').optional(), default: undefined, help: 'bearer token of the /admin routes (unset: admin routes off)' },
 } satisfies Record<string, Setting>;

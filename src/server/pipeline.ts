@@ -82,6 +82,7 @@ export async function createPipeline(s: Settings, o: { versionsDir?: string; log
         trainNice: s.trainNice,
         versionsDir: o.versionsDir ?? join(dirname(resolve(s.db)), 'versions'),
         paused: !s.adapt,
+        baseWeights: model.weights,
       },
       metrics,
       serve,
