@@ -146,7 +146,11 @@ const summary: Record<string, unknown> = {};
 for (const kind of o.streams.split(',')) {
   const pick = (mode: string) => runs.filter((r) => r.stream === kind && r.mode === mode);
   const off = pick('off');
-  const margins = (mode: string) => pick(mode).map((r) => +(r.accuracy_tail - off.find((x) => x.seed === r.seed)!.accuracy_tail).toFixed(4));
+  const margins = (mode: string) =>
+    pick(mode).flatMap((r) => {
+      const base = off.find((x) => x.seed === r.seed);
+      return base ? [+(r.accuracy_tail - base.accuracy_tail).toFixed(4)] : [];
+    });
   const mean = (xs: number[]) => (xs.length ? +(xs.reduce((a, b) => a + b, 0) / xs.length).toFixed(4) : null);
   summary[kind] = {
     accuracy_tail_off: mean(off.map((r) => r.accuracy_tail)),
