@@ -22,6 +22,7 @@ import { resolveSettings, SETTINGS } from '../src/server/config.ts';
 import { startServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';
 import type { Question } from '../src/tasks/arithmetic.ts';
+import { quantile } from '../src/util/stats.ts';
 
 const o = new Command()
   .option('--json', 'print only the JSON line on stdout')
@@ -54,11 +55,6 @@ function stream(kind: string, seed: number): Question[] {
   return new Rng(seed).shuffle(all).slice(0, N);
 }
 
-const quantile = (xs: number[], q: number) => {
-  if (!xs.length) return null;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
-};
 
 async function run(kind: string, seed: number, mode: string) {
   const questions = stream(kind, seed);
@@ -99,7 +95,7 @@ async function run(kind: string, seed: number, mode: string) {
   };
   await Promise.all(Array.from({ length: C }, client));
   const wall = (performance.now() - t0) / 1000;
-  await server.adaptation.updateNow('timer').catch(() => {}); // let a started update finish before closing
+  await server.adaptation.idle(); // let an update in flight finish before closing
   const versions = server.store.versions();
   await server.close();
   await rm(dir, { recursive: true, force: true });

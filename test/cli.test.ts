@@ -1,19 +1,11 @@
 // The CLI as a user runs it: --json prints one JSON object as the last stdout line; errors exit non-zero.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { ttrl, lastJson } from './helpers/cli.ts';
 
-const bin = fileURLToPath(new URL('../bin/ttrl.js', import.meta.url));
-function ttrl(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) =>
-    execFile(process.execPath, [bin, ...args], (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr })),
-  );
-}
-const lastJson = (out: string) => JSON.parse(out.trim().split('\n').at(-1)!);
 
 test('ttrl init, info and sample, with --json', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'ttrl-cli-'));

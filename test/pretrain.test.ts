@@ -2,24 +2,17 @@
 // exactly the weights of an uninterrupted one, and `ttrl eval` scores the result.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { pretrain, pretrainLr, type PretrainOptions } from '../src/train/pretrain.ts';
 import { loadModel } from '../src/model/checkpoint.ts';
 import { suite } from '../src/tasks/suites.ts';
+import { ttrl } from './helpers/cli.ts';
 
 const arch = { contextLength: 64, dModel: 32, nLayers: 1, nHeads: 2, tiedHead: false };
 const base = (out: string, steps: number): PretrainOptions => ({ out, steps, seed: 3, batchSize: 16, lr: 3e-3, warmup: 5, anneal: 0, aggregation: 'sequence-mean', checkpointEvery: 10, threads: 1, arch });
 
-const bin = fileURLToPath(new URL('../bin/ttrl.js', import.meta.url));
-function ttrl(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) =>
-    execFile(process.execPath, [bin, ...args], (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr })),
-  );
-}
 
 test('the learning-rate schedule warms up, then decays without knowing the total', () => {
   assert.equal(pretrainLr(1e-3, 100, 50), 5e-4);

@@ -2,11 +2,9 @@
 // time ranges and speed, a server that goes away, and export.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { resolveSettings, type Settings } from '../src/server/config.ts';
 import { startServer } from '../src/server/server.ts';
 import { readSource } from '../src/replay/source.ts';
@@ -14,6 +12,7 @@ import { replayLive } from '../src/replay/live.ts';
 import { replayOffline } from '../src/replay/offline.ts';
 import { buildReport } from '../src/replay/report.ts';
 import { suite } from '../src/tasks/suites.ts';
+import { ttrl } from './helpers/cli.ts';
 
 const dirs: string[] = [];
 after(async () => {
@@ -27,12 +26,6 @@ const scratch = async () => {
 const settings = (dir: string, over: Partial<Record<keyof Settings, unknown>> = {}) =>
   resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, trainThreads: 1, trainNice: 0, votes: 4, ...over }, {});
 
-const bin = fileURLToPath(new URL('../bin/ttrl.js', import.meta.url));
-function ttrl(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) =>
-    execFile(process.execPath, [bin, ...args], (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr })),
-  );
-}
 
 test('a recorded stream replays against a live server, and the log exports', async () => {
   const dir = await scratch();

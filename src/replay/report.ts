@@ -7,6 +7,7 @@ import { mkdir } from 'node:fs/promises';
 import { writeFileAtomic } from '../util/atomic-write.ts';
 import { linePlot, toCsv } from '../util/svg-plot.ts';
 import { normalizeAnswer } from '../ttrl/vote.ts';
+import { quantile } from '../util/stats.ts';
 
 export interface Outcome {
   question: string;
@@ -37,7 +38,6 @@ export interface Report {
   digest: string;
 }
 
-const quantile = (xs: number[], q: number) => (xs.length ? [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))]! : null);
 const round = (x: number | null, d = 4) => (x === null ? null : +x.toFixed(d));
 
 /** A hash of the ordered (question, answer, version) sequence: equal digests, equal runs. */

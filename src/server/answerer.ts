@@ -163,27 +163,25 @@ export class Answerer {
   }
 
   private fail(batch: Pending[], error: string): void {
+    this.logFailed(batch, error);
+    this.metrics.failed.inc(batch.length);
+    for (const p of batch) p.reject(new ProtocolError('internal', error));
+  }
+
+  private logFailed(batch: Pending[], error: string): void {
     try {
       this.store.recordFailed(batch.map((p) => ({ clientId: p.req.clientId, connection: p.req.connection, question: p.req.question, votesRequested: p.req.votes, receivedAt: p.receivedAt, error })));
     } catch {
-      // The database itself is failing; the clients still get their error below.
+      // The database itself is failing; the clients still hear of it.
     }
-    this.metrics.failed.inc(batch.length);
-    for (const p of batch) p.reject(new ProtocolError('internal', error));
   }
 
   /** Refuses new questions, fails the waiting ones with shutting_down, and lets the running batch finish. */
   async close(): Promise<void> {
     this.closing = true;
     const waiting = this.queue.splice(0);
-    if (waiting.length) {
-      try {
-        this.store.recordFailed(waiting.map((p) => ({ clientId: p.req.clientId, connection: p.req.connection, question: p.req.question, votesRequested: p.req.votes, receivedAt: p.receivedAt, error: 'shutting_down' })));
-      } catch {
-        // see fail()
-      }
-      for (const p of waiting) p.reject(new ProtocolError('shutting_down', 'the server shut down before this question was sampled'));
-    }
+    this.logFailed(waiting, 'shutting_down');
+    for (const p of waiting) p.reject(new ProtocolError('shutting_down', 'the server shut down before this question was sampled'));
     await this.running;
     this.experiences$.complete();
   }
