@@ -70,6 +70,8 @@ export class Adaptation {
   private subs: Subscription[] = [];
   /** By version and probe-set size (the set grows until it is full). */
   private probeCache = new Map<string, ProbeStats>();
+  /** The probe questions, loaded from the store once. */
+  private probeList: string[] | null = null;
   private rng: Rng;
   private closed = false;
   paused: boolean;
@@ -225,12 +227,15 @@ export class Adaptation {
   // ---------- the probe set: earlier questions, kept across restarts ----------
 
   private probeSet(): string[] {
-    const raw = this.store.getMeta('probe_questions');
-    return raw ? (JSON.parse(raw) as string[]) : [];
+    if (!this.probeList) {
+      const raw = this.store.getMeta('probe_questions');
+      this.probeList = raw ? (JSON.parse(raw) as string[]) : [];
+    }
+    return this.probeList;
   }
 
+  /** Called for every answered question: cheap once the set is full, written only when it grows. */
   private rememberProbe(question: string): void {
-    if (this.o.probeQuestions <= 0) return;
     const set = this.probeSet();
     if (set.length >= this.o.probeQuestions || set.includes(question)) return;
     set.push(question);
@@ -239,7 +244,7 @@ export class Adaptation {
 
   /** Probe stats of a version (cached by version; -1: uncached candidate). Null until the probe set has 8 questions. */
   private async probe(version: number, weights: Weights): Promise<ProbeStats | null> {
-    const questions = this.probeSet();
+    const questions = [...this.probeSet()];
     const key = `${version}:${questions.length}`;
     const cached = this.probeCache.get(key);
     if (cached) return cached;
