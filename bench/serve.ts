@@ -154,7 +154,12 @@ for (const kind of o.streams.split(',')) {
     margin_on: margins('on'),
     margin_on_mean: mean(margins('on')),
     margin_on3x: margins('on3x'),
-    p99_ratio_update_in_flight: pick('on').map((r) => (r.p99_update_in_flight_ms && r.p99_no_update_ms ? +(r.p99_update_in_flight_ms / r.p99_no_update_ms).toFixed(2) : null)),
+    // p99 of answers that overlapped an update, over the p99 of the same stream with adaptation off
+    // (within an "on" run updates are in flight nearly all the time, so its own "no update" set is tiny).
+    p99_ratio_update_in_flight: pick('on').map((r) => {
+      const base = off.find((x) => x.seed === r.seed);
+      return r.p99_update_in_flight_ms && base ? +(r.p99_update_in_flight_ms / base.p99_ms).toFixed(2) : null;
+    }),
   };
 }
 const peer = o.peer ? runPeer() : { error: 'skipped (--no-peer)' };
