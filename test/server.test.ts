@@ -127,6 +127,22 @@ test('many concurrent clients get well-formed answers, and the log holds every o
       assert.equal(r.answer, served.answer);
       assert.equal(r.question, qs[Number(r.client_id!.slice(1))]!.question);
     }
+    // Votes streamed before the answer when asked for.
+    const streamer = clients[0]!;
+    streamer.send({ type: 'ask', id: 's1', question: qs[0]!.question, stream: true });
+    const answer = await streamer.next((m) => m.id === 's1' && m.type === 'answer');
+    const votes = streamer.messages.filter((m) => m.id === 's1' && m.type === 'vote');
+    assert.equal(votes.length, 6);
+    assert.deepEqual(votes.map((v) => v.index), [0, 1, 2, 3, 4, 5]);
+    const tally: Record<string, number> = {};
+    for (const v of votes) tally[(v.answer as string | null) ?? ''] = (tally[(v.answer as string | null) ?? ''] ?? 0) + 1;
+    assert.deepEqual(tally, answer.votes);
+    // The event loop stays free while the sampler works: health checks answer during a batch.
+    const busy = Promise.all(qs.map((q, i) => clients[i % clients.length]!.ask(`b${i}`, q.question, { votes: 32 })));
+    const t0 = performance.now();
+    assert.equal((await fetch(`${s.url}/healthz`)).status, 200);
+    assert.ok(performance.now() - t0 < 250, `healthz took ${performance.now() - t0} ms during a batch`);
+    await busy;
     // The same ask over HTTP.
     const res = await fetch(`${s.url}/v1/ask`, { method: 'POST', body: JSON.stringify({ question: '12+34=' }) });
     assert.equal(res.status, 200);
@@ -141,7 +157,7 @@ test('many concurrent clients get well-formed answers, and the log holds every o
     assert.equal((await fetch(`${s.url}/healthz`)).status, 200);
     assert.equal((await fetch(`${s.url}/readyz`)).status, 200);
     const metrics = await (await fetch(`${s.url}/metrics`)).text();
-    assert.match(metrics, /ttrl_answers_total 25/);
+    assert.match(metrics, /ttrl_answers_total 50/);
     assert.match(metrics, /ttrl_answer_latency_seconds_bucket/);
     for (const c of clients) c.close();
   } finally {

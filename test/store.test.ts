@@ -120,7 +120,7 @@ test('the probe judge rejects collapsed, unparsable or runaway candidates', () =
   assert.match(judgeProbe(parent, { ...parent, distinct: 0.1 })!, /probe answers collapsed: 3 distinct majority answers on 32 probe questions, against 26 before/);
   assert.match(judgeProbe(parent, { ...parent, parsable: 0.5 })!, /stopped parsing/);
   assert.match(judgeProbe(parent, { ...parent, meanLength: 60 })!, /ran long/);
-  // Anchors: the 10 questions the base answered with ratio 1; changing 1 is fine, 2 is not.
+  // Anchors: the 10 questions the base answered with ratio 1; changing 1 is fine, 2 are not.
   const changed = (n: number) => ({ ...parent, labels: labels.map((l, i) => (i < n ? 'x' : l)) });
   assert.equal(judgeProbe(parent, changed(1), parent), null);
   assert.match(judgeProbe(parent, changed(2), parent)!, /anchor answers changed: 2 of the 10/);

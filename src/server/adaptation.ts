@@ -146,7 +146,10 @@ export class Adaptation {
 
   private async runUpdate(trigger: string): Promise<UpdateOutcome> {
     const t0 = performance.now();
-    const taken = this.buffer.slice(-Math.max(this.fresh, 1));
+    // The newest `updateEvery` experiences: an update's size (and so its drift and its time)
+    // stays bounded however many questions arrived while the last one ran.
+    const taken = this.buffer.slice(-Math.min(Math.max(this.fresh, 1), this.o.updateEvery));
+    const dropped = Math.max(0, this.fresh - this.o.updateEvery);
     this.fresh = 0;
     if (!taken.length) return { version: null, outcome: 'skipped', reason: 'no experiences yet' };
     const parent = this.active();
@@ -176,6 +179,7 @@ export class Adaptation {
     const stats: Record<string, unknown> = {
       trigger,
       experiences: taken.length,
+      not_trained_on: dropped,
       ...groupStats,
       steps: steps.length,
       skipped_steps: steps.reduce((a, s) => a + s.skipped, 0),
@@ -294,7 +298,7 @@ const summary = (p: ProbeStats) => ({ questions: p.questions, distinct: p.distin
 /** Anchors: probe questions the shipped model answered with a majority ratio of at least this. */
 export const ANCHOR_RATIO = 0.9;
 /** A candidate must keep the shipped model's answer on at least this share of anchors. */
-export const ANCHOR_AGREEMENT = 0.85;
+export const ANCHOR_AGREEMENT = 0.9;
 
 /**
  * A candidate whose probe answers collapsed, stopped parsing or ran long against its

@@ -32,7 +32,7 @@ export const SETTINGS = {
   queueLimit: { schema: int(1, 1_000_000), default: 512, help: 'questions waiting at most; beyond it clients get "overloaded" at once' },
   threads: { schema: int(1, 256), default: 2, help: 'compute threads of the sampler' },
   trainThreads: { schema: int(1, 256), default: 2, help: 'compute threads of the trainer and the guard\'s prober' },
-  trainNice: { schema: int(0, 19), default: 5, help: 'Linux nice value of training threads: higher keeps answer latency steady, lower finishes updates sooner' },
+  trainNice: { schema: int(0, 19), default: 10, help: 'Linux nice value of training threads: higher keeps answer latency steady, lower finishes updates sooner' },
   seed: { schema: int(0, 2 ** 32 - 1), default: 0, help: 'random seed of sampling and updates' },
   adapt: { schema: bool, default: true, help: 'run live TTRL updates' },
   updateEvery: { schema: int(1, 1_000_000), default: 64, help: 'voted questions between updates' },
