@@ -1,9 +1,8 @@
 // Replay: a recorded stream against a live server, deterministic offline re-adaptation,
 // time ranges and speed, a server that goes away, and export.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { resolveSettings, type Settings } from '../src/server/config.ts';
 import { startServer } from '../src/server/server.ts';
@@ -13,16 +12,8 @@ import { replayOffline } from '../src/replay/offline.ts';
 import { buildReport } from '../src/replay/report.ts';
 import { suite } from '../src/tasks/suites.ts';
 import { ttrl } from './helpers/cli.ts';
+import { scratch } from './helpers/scratch.ts';
 
-const dirs: string[] = [];
-after(async () => {
-  for (const d of dirs) await rm(d, { recursive: true, force: true });
-});
-const scratch = async () => {
-  const d = await mkdtemp(join(tmpdir(), 'ttrl-replay-test-'));
-  dirs.push(d);
-  return d;
-};
 const settings = (dir: string, over: Partial<Record<keyof Settings, unknown>> = {}) =>
   resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, trainThreads: 1, trainNice: 0, votes: 4, ...over }, {});
 

@@ -1,25 +1,19 @@
 // The server end to end, over real loopback sockets, on the shipped model, with a real
 // SQLite file: protocol errors, concurrent clients, the experience log, live updates that
 // swap the serving version, guard rejections, admin rollback, overload and shutdown.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { resolveSettings, type Settings } from '../src/server/config.ts';
 import { startServer, type RunningServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';
 import { Store } from '../src/store/store.ts';
+import { scratch } from './helpers/scratch.ts';
 
-const dirs: string[] = [];
-after(async () => {
-  for (const d of dirs) await rm(d, { recursive: true, force: true });
-});
 
 async function start(over: Partial<Record<keyof Settings, unknown>> = {}): Promise<RunningServer> {
-  const dir = await mkdtemp(join(tmpdir(), 'ttrl-server-'));
-  dirs.push(dir);
+  const dir = await scratch('ttrl-server-');
   const settings = resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, trainThreads: 1, trainNice: 0, votes: 4, ...over }, {});
   return startServer(settings);
 }

@@ -1,8 +1,7 @@
 // The experience store and its migrations, on real SQLite files; settings validation.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { loadMigrations, migrate } from '../src/store/migrate.ts';
@@ -10,16 +9,8 @@ import { Store } from '../src/store/store.ts';
 import { resolveSettings } from '../src/server/config.ts';
 import { parseClientMessage, ProtocolError } from '../src/server/protocol.ts';
 import { judgeProbe } from '../src/server/adaptation.ts';
+import { scratch } from './helpers/scratch.ts';
 
-const dirs: string[] = [];
-after(async () => {
-  for (const d of dirs) await rm(d, { recursive: true, force: true });
-});
-const scratch = async () => {
-  const d = await mkdtemp(join(tmpdir(), 'ttrl-store-'));
-  dirs.push(d);
-  return d;
-};
 
 test('migrations apply once, in order, and a newer schema is refused', async () => {
   const dir = await scratch();

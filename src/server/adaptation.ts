@@ -80,7 +80,7 @@ export class Adaptation {
   readonly updates$ = new Subject<{ phase: 'start' } | { phase: 'end'; outcome: UpdateOutcome }>();
 
   constructor(
-    private answerer: Answerer,
+    answerer: Answerer,
     private store: Store,
     private config: GPTConfig,
     private tok: Tokenizer,
@@ -307,7 +307,7 @@ export const ANCHOR_AGREEMENT = 0.9;
  */
 export function judgeProbe(parent: ProbeStats, cand: ProbeStats, base?: ProbeStats): string | null {
   if (base) {
-    const anchors = base.ratios.map((r, i) => i).filter((i) => base.ratios[i]! >= ANCHOR_RATIO && base.labels[i] !== null && i < cand.labels.length);
+    const anchors = base.ratios.flatMap((ratio, i) => (ratio >= ANCHOR_RATIO && base.labels[i] !== null && i < cand.labels.length ? [i] : []));
     const kept = anchors.filter((i) => cand.labels[i] === base.labels[i]).length;
     if (anchors.length >= 5 && kept / anchors.length < ANCHOR_AGREEMENT)
       return `anchor answers changed: ${anchors.length - kept} of the ${anchors.length} probe answers the shipped model was surest of`;
