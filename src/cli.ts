@@ -293,13 +293,22 @@ program
       const metadata = { ...model.metadata, adapted_from: o.model, adapt_reward: o.reward, adapt_steps: String(o.steps), adapt_seed: String(o.seed), adapt_lr: String(o.lr) };
       await saveModel(o.out, { ...model, weights: r.weights, metadata });
       await writeFileAtomic(join(o.out, 'metrics.csv'), toCsv(r.rows as unknown as Record<string, unknown>[]));
-      const series = (name: string, key: keyof StepRow) => ({ name, points: r.rows.filter((x) => typeof x[key] === 'number').map((x) => [x.step, x[key] as number] as [number, number]) });
-      const start = r.before ? [{ name: 'pass@1', points: [[0, r.before.pass_at_1]] }, { name: `maj@${o.votes}`, points: [[0, r.before.maj_at_n]] }] : [];
-      const merge = (a: { name: string; points: [number, number][] }, extra?: { points: number[][] }) => ({ ...a, points: [...((extra?.points ?? []) as [number, number][]), ...a.points] });
+      // A metric over steps; the evaluated ones start at step 0 with the evaluation before.
+      const series = (name: string, key: keyof StepRow, before?: number) => ({
+        name,
+        points: [...(before === undefined ? [] : [[0, before]]), ...r.rows.filter((x) => typeof x[key] === 'number').map((x) => [x.step, x[key] as number])] as [number, number][],
+      });
       await writeFileAtomic(
         join(o.out, 'metrics.svg'),
         linePlot(
-          [merge(series('pass@1', 'pass_at_1'), start[0]), merge(series(`maj@${o.votes}`, 'maj_at_n'), start[1]), series('label accuracy', 'label_accuracy'), series('majority ratio', 'majority_ratio'), series('anchor agreement', 'anchor_agreement'), series('entropy', 'entropy')],
+          [
+            series('pass@1', 'pass_at_1', r.before?.pass_at_1),
+            series(`maj@${o.votes}`, 'maj_at_n', r.before?.maj_at_n),
+            series('label accuracy', 'label_accuracy'),
+            series('majority ratio', 'majority_ratio'),
+            series('anchor agreement', 'anchor_agreement'),
+            series('entropy', 'entropy'),
+          ],
           { title: `TTRL (${o.reward} rewards) on ${o.questions}`, xLabel: 'step', yMin: 0 },
         ),
       );
