@@ -98,7 +98,8 @@ async function run(kind: string, seed: number, mode: string) {
   await server.adaptation.idle(); // let an update in flight finish before closing
   const versions = server.store.versions();
   await server.close();
-  await rm(dir, { recursive: true, force: true });
+  if (process.env.BENCH_KEEP) log(`kept ${dir}`);
+  else await rm(dir, { recursive: true, force: true });
   const lat = served.map((s) => s.got - s.sent);
   const during = served.filter((s) => updates.some((u) => s.sent < (u.end ?? Infinity) && s.got > u.start)).map((s) => s.got - s.sent);
   const outside = served.filter((s) => !updates.some((u) => s.sent < (u.end ?? Infinity) && s.got > u.start)).map((s) => s.got - s.sent);
@@ -120,9 +121,17 @@ async function run(kind: string, seed: number, mode: string) {
     promoted: versions.filter((v) => v.version > 0 && v.status !== 'rejected').length,
     rejected: versions.filter((v) => v.status === 'rejected').length,
     final_version: served.at(-1)!.version,
+    ...updateCosts(versions),
   };
   log(JSON.stringify(r));
   return r;
+}
+
+/** What the updates did: optimizer steps in all, and mean seconds per update (training, and with the guard's probe). */
+function updateCosts(versions: { version: number; stats: unknown }[]) {
+  const stats = versions.filter((v) => v.version > 0).map((v) => (typeof v.stats === 'string' ? JSON.parse(v.stats) : v.stats) as Record<string, number>);
+  const mean = (k: string) => (stats.length ? +(stats.reduce((a, s) => a + (s[k] ?? 0), 0) / stats.length).toFixed(2) : null);
+  return { optimizer_steps: stats.reduce((a, s) => a + (s.steps ?? 0), 0), update_s: mean('seconds'), update_train_s: mean('train_seconds') };
 }
 
 function runPeer(): { questions_per_s: number; sample_tok_s: number; peer: string } | { error: string } {

@@ -346,7 +346,7 @@ serve.action(async (o: Record<string, unknown>, cmd: Command) => {
   process.on('SIGTERM', () => void stop('SIGTERM'));
 });
 
-const OFFLINE_SETTINGS = ['model', 'votes', 'temperature', 'batchQuestions', 'seed', 'updateEvery', 'lr', 'gate', 'trainSamples', 'questionsPerStep', 'kl', 'entropyFloor', 'probeQuestions', 'probeVotes', 'threads'] as const;
+const OFFLINE_SETTINGS = ['model', 'votes', 'temperature', 'batchQuestions', 'seed', 'updateEvery', 'lr', 'gate', 'trainSamples', 'questionsPerStep', 'kl', 'entropyFloor', 'probeQuestions', 'anchors', 'anchorSlack', 'threads'] as const;
 const replay = program
   .command('replay')
   .description('replay a logged stream (server SQLite file or JSONL) against a server, or offline through the same pipeline')

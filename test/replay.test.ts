@@ -64,7 +64,7 @@ test('a recorded stream replays against a live server, and the log exports', asy
 test('offline replay with one seed gives the same answers and versions twice', async () => {
   const dir = await scratch();
   const items = suite('4-operand', 48, 6).map((q) => ({ ...q, at: 0 }));
-  const s = settings(dir, { updateEvery: 16, questionsPerStep: 8, trainSamples: 4, votes: 8, batchQuestions: 8, probeQuestions: 8, probeVotes: 4, lr: 1e-4, seed: 3 });
+  const s = settings(dir, { updateEvery: 16, questionsPerStep: 8, trainSamples: 4, votes: 8, batchQuestions: 8, probeQuestions: 8, lr: 1e-4, seed: 3 });
   const one = await replayOffline(items, s);
   const two = await replayOffline(items, s);
   const r1 = buildReport(one.outcomes, one.sent, one.wallS);

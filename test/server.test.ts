@@ -175,7 +175,7 @@ test('past the queue bound questions are refused at once with overloaded', async
 
 test('live updates swap the version while clients keep getting answers; admin rolls back', async () => {
   const token = 'test-admin-token';
-  const s = await start({ updateEvery: 16, questionsPerStep: 16, lr: 1e-4, probeQuestions: 8, probeVotes: 4, votes: 8, adminToken: token });
+  const s = await start({ updateEvery: 16, questionsPerStep: 16, lr: 1e-4, probeQuestions: 8, anchors: 0, votes: 8, adminToken: token });
   const admin = (path: string, method = 'GET') => fetch(`${s.url}/admin${path}`, { method, headers: { authorization: `Bearer ${token}` } });
   try {
     assert.equal((await fetch(`${s.url}/admin/versions`)).status, 401);
@@ -242,6 +242,35 @@ test('the guard rejects a collapsed version and keeps the one serving; the reaso
   } finally {
     await s.close();
   }
+});
+
+test('the anchor check: an update that changes nothing passes it exactly, one that wrecks the model is rejected', async () => {
+  // Near-unanimous in-distribution answers make the anchors; four-operand ones give the update its signal.
+  const qs = [...suite('in-distribution', 24, 11), ...suite('4-operand', 24, 12)];
+  const token = 'test-admin-token';
+  const run = async (lr: number) => {
+    const s = await start({ updateEvery: 1000, questionsPerStep: 16, probeQuestions: 8, votes: 8, lr, adminToken: token });
+    try {
+      const c = await Client.open(s.wsUrl);
+      await Promise.all(qs.map((q, i) => c.ask(`a${i}`, q.question)));
+      c.close();
+      const anchors = JSON.parse(s.store.getMeta('anchors')!) as { ref: number | null }[];
+      assert.ok(anchors.length >= 8, `only ${anchors.length} anchors`);
+      const r = (await (await fetch(`${s.url}/admin/adaptation/update`, { method: 'POST', headers: { authorization: `Bearer ${token}` } })).json()) as { outcome: string; reason?: string; version: number; stats: Record<string, number> };
+      // Anchors got the shipped model's log-probs, and survive in the store.
+      assert.ok((JSON.parse(s.store.getMeta('anchors')!) as { ref: number | null }[]).every((a) => Number.isFinite(a.ref)));
+      return r;
+    } finally {
+      await s.close();
+    }
+  };
+  const still = await run(0);
+  assert.equal(still.outcome, 'promoted', JSON.stringify(still));
+  assert.equal(still.stats.anchor_shift, 0);
+  const wrecked = await run(3e-3);
+  assert.equal(wrecked.outcome, 'rejected', JSON.stringify(wrecked));
+  assert.match(wrecked.reason!, /less sure of the shipped model's surest answers/);
+  assert.ok(wrecked.stats.anchor_shift < 0);
 });
 
 test('shutdown answers the batch in flight, refuses new questions, and a restart continues the log', async () => {

@@ -8,6 +8,12 @@ export { ort };
 export interface SessionOptions {
   /** Threads for one op (intra-op). Default: 1. */
   threads?: number;
+  /**
+   * Whether idle compute threads spin (ORT's default) or sleep. Spinning is faster for a
+   * session that has the cores to itself; with the sampler and the trainer sharing them, a
+   * spinning thread burns the cycles the other could use.
+   */
+  spin?: boolean;
 }
 
 export async function createSession(graph: Graph, o: SessionOptions = {}): Promise<ort.InferenceSession> {
@@ -17,6 +23,7 @@ export async function createSession(graph: Graph, o: SessionOptions = {}): Promi
     executionMode: 'sequential',
     graphOptimizationLevel: 'all',
     logSeverityLevel: 3, // ORT warns about constants our gradient rules leave unused; it removes them itself
+    extra: { session: { intra_op: { allow_spinning: o.spin === false ? '0' : '1' } } },
   });
 }
 

@@ -38,6 +38,8 @@ export interface SamplerInit {
   threads?: number;
   /** Linux nice value of the worker's threads. */
   nice?: number;
+  /** Let idle compute threads spin (default true; false when sharing cores with a trainer). */
+  spin?: boolean;
 }
 
 export class Sampler {
@@ -50,7 +52,7 @@ export class Sampler {
     const client = new WorkerClient(new URL(`./sampler.worker${extOf(import.meta.url)}`, import.meta.url), 'sampler');
     const s = new Sampler(client, o.config);
     try {
-      await client.request('init', { config: o.config, weights: o.weights, version: o.version ?? 0, threads: o.threads ?? 1, nice: o.nice });
+      await client.request('init', { config: o.config, weights: o.weights, version: o.version ?? 0, threads: o.threads ?? 1, nice: o.nice, spin: o.spin });
     } catch (e) {
       await client.close();
       throw e;

@@ -19,11 +19,11 @@ function setWeights(w: Weights, v: number): void {
 }
 
 serveRequests({
-  async init(p: { config: GPTConfig; weights: Weights; version: number; threads: number; nice?: number }) {
+  async init(p: { config: GPTConfig; weights: Weights; version: number; threads: number; nice?: number; spin?: boolean }) {
     if (p.nice) niceThisThread(p.nice);
     config = p.config;
     setWeights(p.weights, p.version);
-    session = await createSession(buildGenerate(config), { threads: p.threads });
+    session = await createSession(buildGenerate(config), { threads: p.threads, spin: p.spin });
     return { value: null };
   },
   setWeights(p: { weights: Weights; version: number }) {

@@ -44,6 +44,8 @@ export interface TrainerInit {
   threads?: number;
   /** Linux nice value of the worker's threads (e.g. 19: train only on cycles serving leaves). */
   nice?: number;
+  /** Let idle compute threads spin (default true; false when sharing cores with a sampler). */
+  spin?: boolean;
 }
 
 export class Trainer {

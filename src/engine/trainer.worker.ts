@@ -10,6 +10,7 @@ import type { OptimizerState, StepHyper } from './trainer.ts';
 let config: GPTConfig;
 let loss: LossOptions;
 let threads = 1;
+let spin = true;
 let adamwConfig: AdamWConfig;
 /** One train-step session per batch layout, built on first use. */
 const trainSessions = new Map<BatchLayout, Promise<ort.InferenceSession>>();
@@ -44,18 +45,19 @@ function batchFeeds(b: PackedBatch): Record<string, ort.Tensor> {
 
 function trainSession(layout: BatchLayout): Promise<ort.InferenceSession> {
   let s = trainSessions.get(layout);
-  if (!s) trainSessions.set(layout, (s = createSession(buildTrainStep(config, loss, adamwConfig, 'float32', layout), { threads })));
+  if (!s) trainSessions.set(layout, (s = createSession(buildTrainStep(config, loss, adamwConfig, 'float32', layout), { threads, spin })));
   return s;
 }
 
 const scalar = (x: number) => f32(Float32Array.of(x), []);
 
 serveRequests({
-  async init(p: { config: GPTConfig; weights: Weights; loss: LossOptions; adamw?: AdamWConfig; threads?: number; nice?: number }) {
+  async init(p: { config: GPTConfig; weights: Weights; loss: LossOptions; adamw?: AdamWConfig; threads?: number; nice?: number; spin?: boolean }) {
     if (p.nice) niceThisThread(p.nice);
     config = p.config;
     loss = p.loss;
     threads = p.threads ?? 1;
+    spin = p.spin ?? true;
     adamwConfig = p.adamw ?? ADAMW_DEFAULTS;
     setParams(p.weights, true);
     await trainSession('flat');
@@ -105,7 +107,7 @@ serveRequests({
   },
   async score(p: { batch: PackedBatch }) {
     if (p.batch.prompts) throw new Error('score: takes the flat layout (packBatch)');
-    scoreSession ??= await createSession(buildScore(config), { threads });
+    scoreSession ??= await createSession(buildScore(config), { threads, spin });
     const feeds: Record<string, ort.Tensor> = batchFeeds(p.batch);
     for (const s of specs()) feeds[s.name] = f32(params.get(s.name)!, s.shape);
     const out = await scoreSession.run(feeds);

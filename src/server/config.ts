@@ -31,7 +31,7 @@ export const SETTINGS = {
   batchWaitMs: { schema: int(0, 1000), default: 5, help: 'how long a batch waits for more questions once one is queued' },
   queueLimit: { schema: int(1, 1_000_000), default: 512, help: 'questions waiting at most; beyond it clients get "overloaded" at once' },
   threads: { schema: int(1, 256), default: 2, help: 'compute threads of the sampler' },
-  trainThreads: { schema: int(1, 256), default: 2, help: 'compute threads of the trainer and the guard\'s prober' },
+  trainThreads: { schema: int(1, 256), default: 2, help: 'compute threads of the trainer and the guard\'s prober and scorer' },
   trainNice: { schema: int(0, 19), default: 10, help: 'Linux nice value of training threads: higher keeps answer latency steady, lower finishes updates sooner' },
   seed: { schema: int(0, 2 ** 32 - 1), default: 0, help: 'random seed of sampling and updates' },
   adapt: { schema: bool, default: true, help: 'run live TTRL updates' },
@@ -43,8 +43,9 @@ export const SETTINGS = {
   questionsPerStep: { schema: int(1, 4096), default: 16, help: 'questions per optimizer step within an update' },
   kl: { schema: real(0, 100), default: 0, help: 'KL coefficient to the shipped model' },
   entropyFloor: { schema: real(0, 10), default: 0.005, help: 'guard: reject a version whose mean token entropy falls below this' },
-  probeQuestions: { schema: int(0, 4096), default: 64, help: 'guard: earlier questions a candidate must still answer sensibly (0: no probe)' },
-  probeVotes: { schema: int(1, 256), default: 8, help: 'guard: samples per probe question' },
+  probeQuestions: { schema: int(0, 4096), default: 64, help: 'guard: earlier questions a candidate must still answer sensibly, greedily (0: no probe)' },
+  anchors: { schema: int(0, 4096), default: 128, help: 'guard: most anchors, served questions the shipped model answered with at least 90% of the votes; a candidate must stay as sure of their answers (0: no anchor check)' },
+  anchorSlack: { schema: real(0, 100), default: 0, help: 'guard: mean log-prob (nats) per anchor answer a candidate may lose against the shipped model' },
   adminToken: { schema: z.string().min(8, 'must be at least 8 characters').optional(), default: undefined, help: 'bearer token of the /admin routes (unset: admin routes off)' },
 } satisfies Record<string, Setting>;
 

@@ -50,7 +50,7 @@ export async function createPipeline(s: Settings, o: { versionsDir?: string; log
 
     const metrics = createMetrics();
     metrics.modelVersion.set(active.version);
-    const sampler = await Sampler.create({ config: model.config, weights: active.weights, version: active.version, threads: s.threads });
+    const sampler = await Sampler.create({ config: model.config, weights: active.weights, version: active.version, threads: s.threads, spin: !s.adapt });
     cleanup.unshift(() => sampler.close());
     const answerer = new Answerer(sampler, model.tokenizer, store, { batchQuestions: s.batchQuestions, batchWaitMs: s.batchWaitMs, queueLimit: s.queueLimit, temperature: s.temperature, seed: s.seed }, metrics);
     const versions$ = new BehaviorSubject(active.version);
@@ -75,7 +75,8 @@ export async function createPipeline(s: Settings, o: { versionsDir?: string; log
         kl: s.kl,
         entropyFloor: s.entropyFloor,
         probeQuestions: s.probeQuestions,
-        probeVotes: s.probeVotes,
+        anchors: s.anchors,
+        anchorSlack: s.anchorSlack,
         temperature: s.temperature,
         seed: s.seed,
         trainThreads: s.trainThreads,

@@ -26,6 +26,8 @@ export interface Rollout {
 export interface RolloutOptions {
   votes: number;
   temperature: number;
+  /** Nucleus mass kept (default 1: plain sampling; 1e-9: greedy). */
+  topP?: number;
   seed: number;
   /** Questions per sampling run. */
   questionsPerBatch?: number;
@@ -58,6 +60,7 @@ export async function rolloutBatch(sampler: Sampler, tok: Tokenizer, questions: 
     maxNewTokens,
     seed: o.seed,
     temperature: o.temperature,
+    topP: o.topP,
     stopToken: tok.eosId,
     padToken: tok.padId,
   });

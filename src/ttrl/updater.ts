@@ -1,7 +1,7 @@
 // One TTRL policy update from already-sampled, voted rollouts: the GRPO step in the trainer
 // worker, with optional PPO epochs, KL to the initial weights and an entropy bonus. Used by
 // offline adaptation and by the server's live loop alike.
-import { packBatch, packGroups } from '../engine/batch.ts';
+import { packBatch, packGroups, type TrainSequence } from '../engine/batch.ts';
 import { Trainer, type StepStats } from '../engine/trainer.ts';
 import type { GPTConfig, Weights } from '../model/gpt.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
@@ -42,11 +42,11 @@ export class TTRLUpdater {
     readonly settings: UpdateSettings,
   ) {}
 
-  static async create(o: { config: GPTConfig; tokenizer: Tokenizer; weights: Weights; settings: UpdateSettings; threads?: number; nice?: number }): Promise<TTRLUpdater> {
+  static async create(o: { config: GPTConfig; tokenizer: Tokenizer; weights: Weights; settings: UpdateSettings; threads?: number; nice?: number; spin?: boolean }): Promise<TTRLUpdater> {
     const s = o.settings;
     const loss = { objective: 'grpo' as const, aggregation: 'token-mean' as const, kl: s.klCoef > 0, ppoClip: true, entropyBonus: s.entropyCoef > 0 };
-    const trainer = await Trainer.create({ config: o.config, weights: o.weights, loss, threads: o.threads, nice: o.nice });
-    const reference = s.klCoef > 0 ? await Trainer.create({ config: o.config, weights: o.weights, loss: { ...loss, objective: 'sft', kl: false, ppoClip: false, entropyBonus: false }, threads: o.threads, nice: o.nice }).catch(async (e) => {
+    const trainer = await Trainer.create({ config: o.config, weights: o.weights, loss, threads: o.threads, nice: o.nice, spin: o.spin });
+    const reference = s.klCoef > 0 ? await Trainer.create({ config: o.config, weights: o.weights, loss: { ...loss, objective: 'sft', kl: false, ppoClip: false, entropyBonus: false }, threads: o.threads, nice: o.nice, spin: o.spin }).catch(async (e) => {
       await trainer.close();
       throw e;
     }) : null;
@@ -58,14 +58,9 @@ export class TTRLUpdater {
     const t0 = performance.now();
     const groups = toGroups(selected);
     const flat = groups.flatMap((g) => g.completions.map((c) => ({ tokens: [...g.prompt, ...c.tokens], promptLength: g.prompt.length })));
-    const completionLogprobs = async (scorer: Trainer) => {
-      const b = packBatch(flat, this.tok.padId, this.config.contextLength);
-      const { tokenLogprobs } = await scorer.score(b);
-      return flat.map((s, i) => Array.from(tokenLogprobs.subarray(i * b.T + s.promptLength, i * b.T + s.tokens.length)));
-    };
     // The sampler's log-probs are of the temperature-scaled policy; rescore when that is not the policy.
-    const old = this.settings.temperature === 1 ? null : await completionLogprobs(this.trainer);
-    const ref = this.reference ? await completionLogprobs(this.reference) : null;
+    const old = this.settings.temperature === 1 ? null : await completionLogprobs(this.trainer, flat, this.tok.padId, this.config.contextLength);
+    const ref = this.reference ? await completionLogprobs(this.reference, flat, this.tok.padId, this.config.contextLength) : null;
     let i = 0;
     for (const g of groups)
       for (const c of g.completions) {
@@ -93,6 +88,11 @@ export class TTRLUpdater {
     };
   }
 
+  /** Log-prob of each sequence's completion under the weights being trained (the candidate's). */
+  async sequenceLogprobs(seqs: TrainSequence[]): Promise<number[]> {
+    return (await completionLogprobs(this.trainer, seqs, this.tok.padId, this.config.contextLength)).map(sum);
+  }
+
   getWeights(): Promise<Weights> {
     return this.trainer.getWeights();
   }
@@ -106,3 +106,12 @@ export class TTRLUpdater {
     await Promise.all([this.trainer.close(), this.reference?.close()]);
   }
 }
+
+/** Token log-probs of each sequence's completion (from promptLength on) under the scorer's weights. */
+export async function completionLogprobs(scorer: Trainer, seqs: TrainSequence[], padId: number, contextLength: number): Promise<number[][]> {
+  const b = packBatch(seqs, padId, contextLength);
+  const { tokenLogprobs } = await scorer.score(b);
+  return seqs.map((s, i) => Array.from(tokenLogprobs.subarray(i * b.T + s.promptLength, i * b.T + s.tokens.length)));
+}
+
+export const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
