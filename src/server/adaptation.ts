@@ -181,22 +181,15 @@ export class Adaptation {
       this.metrics.updates.inc({ outcome: 'skipped' });
       return { version: null, outcome: 'skipped', reason: 'no question passed the gate with a learning signal', stats: { ...groupStats } };
     }
-    this.updater ??= await TTRLUpdater.create({
-      config: this.config,
-      tokenizer: this.tok,
-      weights: parent.weights,
-      threads: this.o.trainThreads,
-      nice: this.o.trainNice,
-      spin: false,
-      settings: { lr: this.o.lr, klCoef: this.o.kl, entropyCoef: 0, epochs: 1, clipEps: 0.2, maxGradNorm: 1, temperature: this.o.temperature },
-    });
+    await this.start();
+    const updater = this.updater!;
     const steps: UpdateResult[] = [];
     for (let i = 0; i < selected.length; i += this.o.questionsPerStep) {
       if (this.closed) throw new Error('shutting down');
-      const r = await this.updater.update(selected.slice(i, i + this.o.questionsPerStep));
+      const r = await updater.update(selected.slice(i, i + this.o.questionsPerStep));
       if (r) steps.push(r);
     }
-    const weights = await this.updater.getWeights();
+    const weights = await updater.getWeights();
     const mean = (k: 'loss' | 'entropy' | 'gradNorm') => steps.reduce((a, s) => a + s[k], 0) / steps.length;
     const stats: Record<string, unknown> = {
       trigger,
@@ -236,7 +229,7 @@ export class Adaptation {
       this.store.reject(version, reason);
       this.store.event('version_rejected', { version, parent: parent.version, reason });
       // Back to the serving weights, with fresh optimizer moments.
-      await this.updater.setWeights(parent.weights);
+      await updater.setWeights(parent.weights);
       this.metrics.updates.inc({ outcome: 'rejected' });
       return { version, outcome: 'rejected', reason, stats };
     }
@@ -245,6 +238,25 @@ export class Adaptation {
     await this.promote(version, weights);
     this.metrics.updates.inc({ outcome: 'promoted' });
     return { version, outcome: 'promoted', stats };
+  }
+
+  /**
+   * Starts the trainer, the prober and the anchor scorer (each once; the trainer again after
+   * a crash). The server calls it before serving: worker start-up is CPU-heavy for a moment,
+   * and then it does not fall on answers.
+   */
+  async start(): Promise<void> {
+    const threads = { threads: this.o.trainThreads, nice: this.o.trainNice, spin: false };
+    this.updater ??= await TTRLUpdater.create({
+      config: this.config,
+      tokenizer: this.tok,
+      weights: this.active().weights,
+      ...threads,
+      settings: { lr: this.o.lr, klCoef: this.o.kl, entropyCoef: 0, epochs: 1, clipEps: 0.2, maxGradNorm: 1, temperature: this.o.temperature },
+    });
+    if (this.o.probeQuestions > 0) this.prober ??= await Sampler.create({ config: this.config, weights: this.o.baseWeights, ...threads });
+    if (this.o.anchors > 0)
+      this.reference ??= await Trainer.create({ config: this.config, weights: this.o.baseWeights, loss: { objective: 'sft', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false }, ...threads });
   }
 
   /** Why the update itself is unfit, or null. */
@@ -285,10 +297,10 @@ export class Adaptation {
     const cached = this.probeCache.get(key);
     if (cached) return cached;
     if (questions.length < Math.min(8, this.o.probeQuestions)) return null;
-    this.prober ??= await Sampler.create({ config: this.config, weights, threads: this.o.trainThreads, nice: this.o.trainNice, spin: false });
-    await this.prober.setWeights(weights, version);
+    const prober = this.prober!;
+    await prober.setWeights(weights, version);
     // Same seed for every version: differences come from the weights, not the dice.
-    const rollouts: Rollout[] = await rolloutBatch(this.prober, this.tok, questions, { votes: 1, temperature: 1, topP: GREEDY_TOP_P, seed: this.o.seed ^ 0x9b0be });
+    const rollouts: Rollout[] = await rolloutBatch(prober, this.tok, questions, { votes: 1, temperature: 1, topP: GREEDY_TOP_P, seed: this.o.seed ^ 0x9b0be });
     const labels = rollouts.map((r) => r.vote.label).filter((l) => l !== null);
     const samples = rollouts.flatMap((r) => r.samples);
     const s: ProbeStats = {
@@ -330,15 +342,7 @@ export class Adaptation {
     if (anchors.length < MIN_ANCHORS) return null;
     const unscored = anchors.filter((a) => a.ref === null);
     if (unscored.length) {
-      this.reference ??= await Trainer.create({
-        config: this.config,
-        weights: this.o.baseWeights,
-        loss: { objective: 'sft', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false },
-        threads: this.o.trainThreads,
-        nice: this.o.trainNice,
-        spin: false,
-      });
-      const refs = await completionLogprobs(this.reference, unscored, this.tok.padId, this.config.contextLength);
+      const refs = await completionLogprobs(this.reference!, unscored, this.tok.padId, this.config.contextLength);
       unscored.forEach((a, i) => (a.ref = sum(refs[i]!)));
       this.store.setMeta('anchors', JSON.stringify(anchors));
     }

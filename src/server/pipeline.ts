@@ -90,6 +90,7 @@ export async function createPipeline(s: Settings, o: { versionsDir?: string; log
       () => active,
     );
     cleanup.unshift(() => adaptation.close());
+    if (s.adapt) await adaptation.start();
     let closing: Promise<void> | null = null;
     return {
       model,
