@@ -42,6 +42,20 @@ test('sampling is reproducible from the seed, stops at the stop token, and respe
   }
 });
 
+test('with one seed per prompt, a prompt\'s samples do not depend on the batch it shares', async () => {
+  const s = await Sampler.create({ config: c, weights: weights(1, 3) });
+  try {
+    const a = await s.generate([[1, 2, 3], [4, 5, 6]], { ...base, seed: 0, seeds: [11, 22] });
+    const b = await s.generate([[7, 8, 9], [9, 8, 7], [1, 2, 3]], { ...base, seed: 5, seeds: [33, 44, 11] });
+    const d = await s.generate([[1, 2, 3]], { ...base, seed: 0, seeds: [12] });
+    assert.deepEqual(b.completions[2], a.completions[0]);
+    assert.notDeepEqual(d.completions[0], a.completions[0]);
+    await assert.rejects(async () => s.generate([[1, 2, 3]], { ...base, seed: 0, seeds: [1, 2] }), /one 32-bit unsigned integer per prompt/);
+  } finally {
+    await s.close();
+  }
+});
+
 test('near-greedy sampling of a prompt is the same alone and left-padded next to a longer one', async () => {
   const s = await Sampler.create({ config: c, weights: weights(2, 20) });
   try {

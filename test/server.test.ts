@@ -173,6 +173,29 @@ test('past the queue bound questions are refused at once with overloaded', async
   }
 });
 
+test('the k-th ask of a question draws the same samples however it is batched; a repeat draws new ones', async () => {
+  const qs = suite('4-operand', 6, 21).map((q) => q.question);
+  const stream = [...qs, qs[0]!, qs[1]!];
+  const serve = async (together: boolean) => {
+    const s = await start({ adapt: false, votes: 8, seed: 5 });
+    try {
+      const c = await Client.open(s.wsUrl);
+      const ask = (q: string, i: number) => c.ask(`k${i}`, q).then((m) => JSON.stringify(m.votes));
+      const first = together ? await Promise.all(qs.map(ask)) : await qs.reduce(async (acc, q, i) => [...(await acc), await ask(q, i)], Promise.resolve([] as string[]));
+      const repeats = [await ask(stream[6]!, 6), await ask(stream[7]!, 7)];
+      c.close();
+      return [...first, ...repeats];
+    } finally {
+      await s.close();
+    }
+  };
+  const batched = await serve(true);
+  const oneByOne = await serve(false);
+  assert.deepEqual(batched, oneByOne);
+  // The second ask of a question is a new draw (8 samples of a 4-operand chain: equal tallies would be a fluke).
+  assert.ok(batched[6] !== batched[0] || batched[7] !== batched[1], 'repeats drew the same samples');
+});
+
 test('live updates swap the version while clients keep getting answers; admin rolls back', async () => {
   const token = 'test-admin-token';
   const s = await start({ updateEvery: 16, questionsPerStep: 16, lr: 1e-4, probeQuestions: 8, anchors: 0, votes: 8, adminToken: token });

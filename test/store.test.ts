@@ -1,12 +1,12 @@
 // The experience store and its migrations, on real SQLite files; settings validation.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFile, mkdir } from 'node:fs/promises';
+import { readFile, writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { loadMigrations, migrate } from '../src/store/migrate.ts';
 import { Store } from '../src/store/store.ts';
-import { resolveSettings } from '../src/server/config.ts';
+import { PROJECT_ROOT, resolveSettings, settingsTable } from '../src/server/config.ts';
 import { parseClientMessage, ProtocolError } from '../src/server/protocol.ts';
 import { judgeAnchors, judgeProbe } from '../src/server/adaptation.ts';
 import { scratch } from './helpers/scratch.ts';
@@ -102,6 +102,11 @@ test('protocol: each malformed message maps to its code', () => {
   assert.equal(code('{"type":"ask","id":"a","question":"1=","votes":9}'), 'bad_votes');
   assert.equal(code('{"type":"ask","id":"a","question":"1=","votes":1.5}'), 'invalid_message');
   assert.equal(code(JSON.stringify({ type: 'ask', id: 'a', question: '1=', pad: 'x'.repeat(100) })), 'payload_too_large');
+});
+
+test('the README\'s configuration table is the settings table', async () => {
+  const readme = await readFile(join(PROJECT_ROOT, 'README.md'), 'utf8');
+  assert.ok(readme.includes(settingsTable()), 'README.md is stale: regenerate its table from settingsTable() in src/server/config.ts');
 });
 
 test('the anchor judge rejects a candidate less sure of the shipped model\'s surest answers, within the slack', () => {

@@ -59,3 +59,16 @@ export class Rng {
 function rotl(x: number, k: number): number {
   return ((x << k) | (x >>> (32 - k))) >>> 0;
 }
+
+/** A 32-bit seed from numbers and strings (FNV-1a over their UTF-16 code units, then mixed). */
+export function seedOf(...parts: (number | string)[]): number {
+  let h = 0x811c9dc5;
+  const eat = (x: number) => (h = Math.imul(h ^ (x & 0xffff), 0x01000193) >>> 0);
+  for (const p of parts) {
+    if (typeof p === 'number') for (let i = 0; i < 2; i++) eat(p >>> (16 * i));
+    else for (let i = 0; i < p.length; i++) eat(p.charCodeAt(i));
+    eat(0xfffe); // separator: ("ab", "c") and ("a", "bc") differ
+  }
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b) >>> 0;
+  return (h ^ (h >>> 13)) >>> 0;
+}

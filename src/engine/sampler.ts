@@ -9,6 +9,12 @@ export interface SampleOptions {
   samplesPerPrompt: number;
   maxNewTokens: number;
   seed: number;
+  /**
+   * One seed per prompt instead: a prompt's samples then depend on its own seed only, not
+   * on the batch it shares (the server keys them by question, so runs that differ only in
+   * their model versions draw the same dice).
+   */
+  seeds?: number[];
   stopToken: number;
   padToken: number;
   temperature?: number;
@@ -87,6 +93,8 @@ export function validate(c: GPTConfig, prompts: number[][], o: SampleOptions): v
     throw new Error(`generate: prompt of ${longest} tokens + ${o.maxNewTokens} new tokens exceeds the context length ${c.contextLength}`);
   const t = o.temperature ?? 1;
   if (!(t > 0) || !Number.isFinite(t)) throw new Error(`generate: temperature must be > 0, got ${t}`);
+  if (o.seeds && (o.seeds.length !== prompts.length || !o.seeds.every((s) => Number.isInteger(s) && s >= 0 && s < 2 ** 32)))
+    throw new Error(`generate: seeds must hold one 32-bit unsigned integer per prompt (${prompts.length})`);
   const p = o.topP ?? 1;
   if (!(p > 0 && p <= 1)) throw new Error(`generate: topP must be in (0, 1], got ${p}`);
 }

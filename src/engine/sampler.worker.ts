@@ -36,7 +36,7 @@ serveRequests({
     const G = o.samplesPerPrompt;
     const { P, L, ids, mask } = leftPad(prompts, o.padToken);
     const B = P * G;
-    const uniforms = new Rng(o.seed).fillUniform(new Float32Array(o.maxNewTokens * B)) as Float32Array;
+    const uniforms = o.seeds ? perPromptUniforms(o.seeds, G, o.maxNewTokens) : (new Rng(o.seed).fillUniform(new Float32Array(o.maxNewTokens * B)) as Float32Array);
     const out = await session.run({
       ...weightFeeds,
       input_ids: i64(ids, [P, L]),
@@ -69,3 +69,14 @@ serveRequests({
     return { value: { completions, version, ms: performance.now() - t0 } };
   },
 });
+
+/** Uniforms [maxNewTokens, P*G] where prompt p's G columns come from its own seed, token by token. */
+function perPromptUniforms(seeds: number[], G: number, maxNewTokens: number): Float32Array {
+  const B = seeds.length * G;
+  const u = new Float32Array(maxNewTokens * B);
+  seeds.forEach((seed, p) => {
+    const rng = new Rng(seed);
+    for (let s = 0; s < maxNewTokens; s++) for (let g = 0; g < G; g++) u[s * B + p * G + g] = rng.next();
+  });
+  return u;
+}

@@ -205,6 +205,7 @@ export class Adaptation {
     };
     stats.train_seconds = (performance.now() - t0) / 1000;
     let reason = this.judgeUpdate(steps, weights);
+    let probe: ProbeStats | null = null;
     if (!reason && this.o.anchors > 0) {
       const shift = await this.anchorShift();
       if (shift) {
@@ -214,7 +215,7 @@ export class Adaptation {
     }
     if (!reason && this.o.probeQuestions > 0) {
       const parentProbe = await this.probe(parent.version, parent.weights);
-      const probe = parentProbe && (await this.probe(-1, weights));
+      probe = parentProbe && (await this.probe(-1, weights));
       if (probe) Object.assign(stats, { probe: summary(probe), parent_probe: summary(parentProbe!) });
       reason = parentProbe && probe ? judgeProbe(parentProbe, probe) : null;
     }
@@ -233,6 +234,8 @@ export class Adaptation {
       this.metrics.updates.inc({ outcome: 'rejected' });
       return { version, outcome: 'rejected', reason, stats };
     }
+    // The candidate's probe is the next update's parent probe.
+    if (probe) this.probeCache.set(`${version}:${probe.questions}`, probe);
     this.store.activate(version);
     this.store.event('version_promoted', { version, parent: parent.version });
     await this.promote(version, weights);

@@ -4,6 +4,7 @@
 // answered. Beyond the queue bound a question is refused at once with "overloaded".
 import { Subject } from 'rxjs';
 import type { Sampler } from '../engine/sampler.ts';
+import { seedOf } from '../engine/rng.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import type { Store } from '../store/store.ts';
 import { rolloutBatch, type Rollout } from '../ttrl/rollout.ts';
@@ -55,7 +56,6 @@ export class Answerer {
   private queue: Pending[] = [];
   private running: Promise<void> | null = null;
   private closing = false;
-  private batchNo = 0;
 
   constructor(
     private sampler: Sampler,
@@ -120,8 +120,16 @@ export class Answerer {
     this.metrics.batchSize.observe(batch.length);
     let rollouts: Rollout[];
     try {
-      const seed = (this.o.seed + Math.imul(++this.batchNo, 0x9e3779b1)) >>> 0;
-      rollouts = await rolloutBatch(this.sampler, this.tok, batch.map((p) => p.req.question), { votes, temperature: this.o.temperature, seed });
+      // The k-th ask of a question draws seed (server seed, question, k), whatever batch it
+      // lands in: the same stream served twice gets the same dice, so two runs differ only
+      // where their model versions do, and a repeated question still gets fresh samples.
+      const asked = this.store.askCounts(batch.map((p) => p.req.question));
+      const seeds = batch.map(({ req: { question } }) => {
+        const k = asked.get(question)!;
+        asked.set(question, k + 1);
+        return seedOf(this.o.seed, question, k);
+      });
+      rollouts = await rolloutBatch(this.sampler, this.tok, batch.map((p) => p.req.question), { votes, temperature: this.o.temperature, seed: this.o.seed, seeds });
     } catch (e) {
       return this.fail(batch, `sampling failed: ${(e as Error).message}`);
     }

@@ -75,3 +75,14 @@ export function resolveSettings(explicit: Partial<Record<SettingName, unknown>> 
   if (problems.length) throw new Error(`invalid settings:\n  ${problems.join('\n  ')}`);
   return s;
 }
+
+/** The README's configuration table (a test keeps the two equal). */
+export function settingsTable(): string {
+  const rows = Object.entries(SETTINGS).map(([k, s]) => {
+    const d = s.default;
+    const flag = d === true ? `--no-${flagName(k).slice(2)}` : `${flagName(k)} X`;
+    const shown = d === undefined ? '(unset)' : typeof d === 'string' && d.startsWith(PROJECT_ROOT) ? d.slice(PROJECT_ROOT.length) : String(d);
+    return `| \`${flag}\` | \`${envName(k)}\` | ${shown} | ${s.help} |`;
+  });
+  return ['| flag | environment | default | meaning |', '|---|---|---|---|', ...rows].join('\n');
+}

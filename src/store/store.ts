@@ -86,6 +86,12 @@ export class Store {
     return new Store(db, file);
   }
 
+  /** How often each question was asked before (answered or failed). */
+  askCounts(questions: string[]): Map<string, number> {
+    const q = this.db.prepare('SELECT COUNT(*) AS n FROM questions WHERE question = ?');
+    return new Map([...new Set(questions)].map((text) => [text, (q.get(text) as { n: number }).n]));
+  }
+
   recordAnswered(batch: AnsweredRecord[]): number[] {
     const q = this.db.prepare(
       `INSERT INTO questions (client_id, connection, question, votes_requested, received_at, answered_at, status, answer, majority_ratio, votes, model_version, latency_ms)

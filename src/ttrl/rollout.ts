@@ -29,6 +29,8 @@ export interface RolloutOptions {
   /** Nucleus mass kept (default 1: plain sampling; 1e-9: greedy). */
   topP?: number;
   seed: number;
+  /** One seed per question (see SampleOptions.seeds). */
+  seeds?: number[];
   /** Questions per sampling run. */
   questionsPerBatch?: number;
   /** Cap on completion length (also capped by the context length). */
@@ -59,6 +61,7 @@ export async function rolloutBatch(sampler: Sampler, tok: Tokenizer, questions: 
     samplesPerPrompt: o.votes,
     maxNewTokens,
     seed: o.seed,
+    seeds: o.seeds,
     temperature: o.temperature,
     topP: o.topP,
     stopToken: tok.eosId,
