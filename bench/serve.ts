@@ -8,7 +8,8 @@
 // answers. Then the PyTorch peer's raw sampling speed at the same shape, for the ratio.
 //
 //   npm run bench:serve -- [--json] [--clients 16] [--questions 2000] [--seeds 3] [--streams recurring,fresh]
-//                          [--modes off,on,on3x] [--no-peer]
+//                          [--modes off,on,on3x] [--lr X] [--set key=value ...] [--no-peer]
+//   BENCH_KEEP=1 keeps each run's database and versions (bench/guard-study.ts reads them).
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
