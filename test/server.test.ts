@@ -282,6 +282,8 @@ test('the anchor check: an update that changes nothing passes it exactly, one th
       const r = (await (await fetch(`${s.url}/admin/adaptation/update`, { method: 'POST', headers: { authorization: `Bearer ${token}` } })).json()) as { outcome: string; reason?: string; version: number; stats: Record<string, number> };
       // Anchors got the shipped model's log-probs, and survive in the store.
       assert.ok((JSON.parse(s.store.getMeta('anchors')!) as { ref: number | null }[]).every((a) => Number.isFinite(a.ref)));
+      const metric = /^ttrl_anchor_shift_nats (\S+)$/m.exec(await (await fetch(`${s.url}/metrics`)).text());
+      assert.equal(Number(metric?.[1]), r.stats.anchor_shift, 'the shift is exported');
       return r;
     } finally {
       await s.close();

@@ -210,6 +210,8 @@ export class Adaptation {
       const shift = await this.anchorShift();
       if (shift) {
         Object.assign(stats, { anchors: shift.anchors, anchor_shift: shift.mean, anchors_up: shift.up });
+        this.metrics.anchorShift.set(shift.mean);
+        this.metrics.anchors.set(shift.anchors);
         reason = judgeAnchors(shift, this.o.anchorSlack);
       }
     }

@@ -23,6 +23,8 @@ export function createMetrics() {
     majorityRatio: new Histogram({ name: 'ttrl_majority_ratio', help: 'share of votes for the majority answer', buckets: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1], registers: r }),
     updates: new Counter({ name: 'ttrl_updates_total', help: 'TTRL updates by outcome', labelNames: ['outcome'] as const, registers: r }),
     updateSeconds: new Histogram({ name: 'ttrl_update_seconds', help: 'duration of a TTRL update (training and guard)', buckets: [0.5, 1, 2, 4, 8, 16, 32, 64], registers: r }),
+    anchorShift: new Gauge({ name: 'ttrl_anchor_shift_nats', help: 'the last candidate\'s mean log-prob change on the anchors against the shipped model (the guard rejects below -anchorSlack)', registers: r }),
+    anchors: new Gauge({ name: 'ttrl_anchors', help: 'anchors the guard checks candidates on', registers: r }),
     modelVersion: new Gauge({ name: 'ttrl_model_version', help: 'the model version serving now', registers: r }),
     connections: new Gauge({ name: 'ttrl_ws_connections', help: 'open WebSocket connections', registers: r }),
   };
