@@ -400,8 +400,8 @@ export interface AnchorShift {
  * The quiet collapse (confidently wrong, same length, same format; see ttrl/guard.ts) shows
  * first as a model less sure of what it knew: a healthy TTRL update sharpens the shipped
  * model's surest answers, a harmful one makes them less likely. Measured: at the default lr
- * the anchors' mean log-prob rises with every version; at 3x it falls within two updates,
- * while served accuracy falls 5 to 13 points (bench/RESULTS.md).
+ * the anchors' mean log-prob rises with every version; at 3x it falls from the third update
+ * on, while served accuracy falls 5 to 13 points (bench/RESULTS.md, the guard study).
  */
 export function judgeAnchors(s: AnchorShift, slack: number): string | null {
   if (s.mean >= -slack) return null;
