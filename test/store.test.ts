@@ -117,8 +117,7 @@ test('the anchor judge rejects a candidate less sure of the shipped model\'s sur
 });
 
 test('the probe judge rejects collapsed, unparsable or runaway candidates', () => {
-  const labels = Array.from({ length: 32 }, (_, i) => String(i));
-  const parent = { questions: 32, distinct: 0.8, parsable: 0.98, meanLength: 33, labels, ratios: labels.map((_, i) => (i < 10 ? 1 : 0.5)) };
+  const parent = { questions: 32, distinct: 0.8, parsable: 0.98, meanLength: 33 };
   assert.equal(judgeProbe(parent, { ...parent, distinct: 0.7 }), null);
   assert.match(judgeProbe(parent, { ...parent, distinct: 0.1 })!, /probe answers collapsed: 3 distinct majority answers on 32 probe questions, against 26 before/);
   assert.match(judgeProbe(parent, { ...parent, parsable: 0.5 })!, /stopped parsing/);

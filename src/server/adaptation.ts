@@ -66,9 +66,6 @@ export interface ProbeStats {
   distinct: number;
   parsable: number;
   meanLength: number;
-  /** Majority answer and ratio per probe question (the anchor check compares them). */
-  labels: (string | null)[];
-  ratios: number[];
 }
 
 export interface UpdateOutcome {
@@ -87,9 +84,8 @@ export class Adaptation {
   private subs: Subscription[] = [];
   /** By version and probe-set size (the set grows until it is full). */
   private probeCache = new Map<string, ProbeStats>();
-  /** The probe questions, loaded from the store once. */
-  private probeList: string[] | null = null;
-  private anchorList: Anchor[] | null = null;
+  private probeSet: MetaList<string>;
+  private anchorSet: MetaList<Anchor>;
   /** Scores anchors under the shipped weights (created on first need). */
   private reference: Trainer | null = null;
   private rng: Rng;
@@ -111,6 +107,8 @@ export class Adaptation {
     private active: () => { version: number; weights: Weights },
   ) {
     this.paused = o.paused ?? false;
+    this.probeSet = new MetaList(store, 'probe_questions');
+    this.anchorSet = new MetaList(store, 'anchors');
     this.rng = new Rng(o.seed ^ 0xada97);
     mkdirSync(o.versionsDir, { recursive: true });
     this.subs.push(
@@ -276,20 +274,12 @@ export class Adaptation {
 
   // ---------- the probe set: earlier questions, kept across restarts ----------
 
-  private probeSet(): string[] {
-    if (!this.probeList) {
-      const raw = this.store.getMeta('probe_questions');
-      this.probeList = raw ? (JSON.parse(raw) as string[]) : [];
-    }
-    return this.probeList;
-  }
-
   /** Called for every answered question: cheap once the set is full, written only when it grows. */
   private rememberProbe(question: string): void {
-    const set = this.probeSet();
+    const set = this.probeSet.items();
     if (set.length >= this.o.probeQuestions || set.includes(question)) return;
     set.push(question);
-    this.store.setMeta('probe_questions', JSON.stringify(set));
+    this.probeSet.save();
   }
 
   /**
@@ -297,7 +287,7 @@ export class Adaptation {
    * one completion per question, the version's most likely answer. Null until the set has 8 questions.
    */
   private async probe(version: number, weights: Weights): Promise<ProbeStats | null> {
-    const questions = [...this.probeSet()];
+    const questions = [...this.probeSet.items()];
     const key = `${version}:${questions.length}`;
     const cached = this.probeCache.get(key);
     if (cached) return cached;
@@ -313,8 +303,6 @@ export class Adaptation {
       distinct: new Set(labels).size / questions.length,
       parsable: samples.filter((x) => x.answer !== null).length / samples.length,
       meanLength: samples.reduce((a, x) => a + x.tokens.length, 0) / samples.length,
-      labels: rollouts.map((r) => r.vote.label),
-      ratios: rollouts.map((r) => r.vote.ratio),
     };
     if (version >= 0) this.probeCache.set(key, s);
     return s;
@@ -322,34 +310,26 @@ export class Adaptation {
 
   // ---------- anchors: the shipped model's surest answers, kept across restarts ----------
 
-  private anchorSet(): Anchor[] {
-    if (!this.anchorList) {
-      const raw = this.store.getMeta('anchors');
-      this.anchorList = raw ? (JSON.parse(raw) as Anchor[]) : [];
-    }
-    return this.anchorList;
-  }
-
   /** A question the shipped model answered with near-unanimous votes becomes an anchor. */
   private rememberAnchor(e: Experience): void {
-    const set = this.anchorSet();
+    const set = this.anchorSet.items();
     const { rollout: r } = e;
     if (set.length >= this.o.anchors || r.version !== 0 || r.samples.length < 8 || r.vote.label === null || r.vote.ratio < ANCHOR_RATIO) return;
     if (set.some((a) => a.question === r.question)) return;
     const sample = r.samples.find((s) => s.answer === r.vote.label)!;
     set.push({ question: r.question, tokens: [...r.prompt, ...sample.tokens], promptLength: r.prompt.length, ref: null });
-    this.store.setMeta('anchors', JSON.stringify(set));
+    this.anchorSet.save();
   }
 
   /** How the candidate's log-probs of the anchor completions moved from the shipped model's. */
   private async anchorShift(): Promise<AnchorShift | null> {
-    const anchors = this.anchorSet();
+    const anchors = this.anchorSet.items();
     if (anchors.length < MIN_ANCHORS) return null;
     const unscored = anchors.filter((a) => a.ref === null);
     if (unscored.length) {
       const refs = await completionLogprobs(this.reference!, unscored, this.tok.padId, this.config.contextLength);
       unscored.forEach((a, i) => (a.ref = sum(refs[i]!)));
-      this.store.setMeta('anchors', JSON.stringify(anchors));
+      this.anchorSet.save();
     }
     const cand = await this.updater!.sequenceLogprobs(anchors);
     const shifts = cand.map((c, i) => c - anchors[i]!.ref!);
@@ -415,6 +395,21 @@ export function judgeProbe(parent: ProbeStats, cand: ProbeStats): string | null 
   if (cand.parsable < parent.parsable - 0.2) return `probe answers stopped parsing: ${cand.parsable.toFixed(3)} parsable, against ${parent.parsable.toFixed(3)} before`;
   if (cand.meanLength > 1.5 * parent.meanLength) return `probe completions ran long: ${cand.meanLength.toFixed(1)} tokens, against ${parent.meanLength.toFixed(1)} before`;
   return null;
+}
+
+/** A JSON list in the store's meta table (probe questions, anchors): read once, written whole when it changes. */
+class MetaList<T> {
+  private list: T[] | null = null;
+  constructor(
+    private store: Store,
+    private key: string,
+  ) {}
+  items(): T[] {
+    return (this.list ??= JSON.parse(this.store.getMeta(this.key) ?? '[]') as T[]);
+  }
+  save(): void {
+    this.store.setMeta(this.key, JSON.stringify(this.items()));
+  }
 }
 
 export async function loadVersionWeights(path: string, config: GPTConfig): Promise<Weights> {
