@@ -38,7 +38,7 @@ export interface AdaptationOptions {
   temperature: number;
   seed: number;
   trainThreads: number;
-  /** Nice value of the trainer and prober threads: training takes the cycles serving leaves. */
+  /** Nice value of the trainer, prober and anchor scorer threads: they take the cycles serving leaves. */
   trainNice: number;
   versionsDir: string;
   /** Start paused (admin resumes). */
@@ -62,7 +62,7 @@ export interface Anchor {
 /** Label-free health of a version on the probe questions. */
 export interface ProbeStats {
   questions: number;
-  /** Distinct majority answers / probe questions: near 0 means everything gets the same answer. */
+  /** Distinct greedy answers / probe questions: near 0 means everything gets the same answer. */
   distinct: number;
   parsable: number;
   meanLength: number;
@@ -86,7 +86,7 @@ export class Adaptation {
   private probeCache = new Map<string, ProbeStats>();
   private probeSet: MetaList<string>;
   private anchorSet: MetaList<Anchor>;
-  /** Scores anchors under the shipped weights (created on first need). */
+  /** Scores anchors under the shipped weights (see start()). */
   private reference: Trainer | null = null;
   private rng: Rng;
   private closed = false;
