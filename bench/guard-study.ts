@@ -8,7 +8,7 @@
 //
 //   npx tsx bench/guard-study.ts DIR VERSION... [--seed 0]
 import { Command } from 'commander';
-import { packBatch } from '../src/engine/batch.ts';
+import { DEFAULT_LOSS } from '../src/engine/graphs.ts';
 import { Sampler } from '../src/engine/sampler.ts';
 import { Trainer } from '../src/engine/trainer.ts';
 import { loadModel } from '../src/model/checkpoint.ts';
@@ -16,7 +16,8 @@ import type { Weights } from '../src/model/gpt.ts';
 import { DEFAULT_MODEL_DIR } from '../src/server/config.ts';
 import { ANCHOR_RATIO, loadVersionWeights } from '../src/server/adaptation.ts';
 import { suite } from '../src/tasks/suites.ts';
-import { rollout, type Rollout } from '../src/ttrl/rollout.ts';
+import { GREEDY_TOP_P, rollout, type Rollout } from '../src/ttrl/rollout.ts';
+import { completionLogprobs, sum } from '../src/ttrl/updater.ts';
 
 const cmd = new Command().argument('<dir>').argument('<versions...>').option('--seed <n>', 'the run\'s seed (its pool)', '0').parse();
 const [dir, versions] = cmd.processedArgs as [string, string[]];
@@ -24,17 +25,15 @@ const m = await loadModel(DEFAULT_MODEL_DIR);
 const pool = suite('4-operand', 256, 10_000 + Number(cmd.opts().seed)); // the bench's recurring pool
 const questions = pool.map((q) => q.question);
 const sampler = await Sampler.create({ config: m.config, weights: m.weights, threads: 2 });
-const scorer = await Trainer.create({ config: m.config, weights: m.weights, loss: { objective: 'sft', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false }, threads: 2 });
+const scorer = await Trainer.create({ config: m.config, weights: m.weights, loss: DEFAULT_LOSS, threads: 2 });
 const sample = (votes: number, topP?: number) => rollout(sampler, m.tokenizer, questions, { votes, temperature: 1, topP, seed: 7 });
 
 const reference = await sample(32);
 const anchors = reference.flatMap((r, i) => (r.vote.ratio >= ANCHOR_RATIO && r.vote.label !== null ? [{ i, r }] : []));
 const seqs = anchors.map(({ r }) => ({ tokens: [...r.prompt, ...r.samples.find((s) => s.answer === r.vote.label)!.tokens], promptLength: r.prompt.length }));
-const batch = packBatch(seqs, m.tokenizer.padId, m.config.contextLength);
 const anchorLogprobs = async (w: Weights) => {
   await scorer.setWeights(w, true);
-  const { tokenLogprobs } = await scorer.score(batch);
-  return seqs.map((s, k) => tokenLogprobs.slice(k * batch.T + s.promptLength, k * batch.T + s.tokens.length).reduce((a, b) => a + b, 0));
+  return (await completionLogprobs(scorer, seqs, m.tokenizer.padId, m.config.contextLength)).map(sum);
 };
 const base = await anchorLogprobs(m.weights);
 const accuracy = (rs: Rollout[]) => rs.filter((r, i) => r.vote.label === pool[i]!.answer).length / rs.length;
@@ -46,11 +45,11 @@ for (const v of versions.map(Number)) {
   const w = v === 0 ? m.weights : await loadVersionWeights(`${dir}/versions/v${v}.safetensors`, m.config);
   await sampler.setWeights(w, v);
   const voted = await sample(16);
-  const greedy = await sample(1, 1e-9);
+  const greedy = await sample(1, GREEDY_TOP_P);
   const pass1 = voted.reduce((a, r, i) => a + r.samples.filter((s) => s.answer === pool[i]!.answer).length / r.samples.length, 0) / voted.length;
   const kept = anchors.filter(({ i, r }) => greedy[i]!.vote.label === r.vote.label).length / anchors.length;
   const shifts = (await anchorLogprobs(w)).map((x, k) => x - base[k]!);
-  const mean = shifts.reduce((a, b) => a + b, 0) / shifts.length;
+  const mean = sum(shifts) / shifts.length;
   console.log(`| v${v} | ${accuracy(voted).toFixed(3)} | ${pass1.toFixed(3)} | ${kept.toFixed(3)} | ${mean >= 0 ? '+' : ''}${mean.toFixed(3)} | ${(shifts.filter((d) => d > 0).length / shifts.length).toFixed(2)} |`);
 }
 await Promise.all([sampler.close(), scorer.close()]);

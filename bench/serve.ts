@@ -130,7 +130,7 @@ async function run(kind: string, seed: number, mode: string) {
 
 /** What the updates did: optimizer steps in all, and mean seconds per update (training, and with the guard's probe). */
 function updateCosts(versions: { version: number; stats: unknown }[]) {
-  const stats = versions.filter((v) => v.version > 0).map((v) => (typeof v.stats === 'string' ? JSON.parse(v.stats) : v.stats) as Record<string, number>);
+  const stats = versions.filter((v) => v.version > 0).map((v) => (v.stats ?? {}) as Record<string, number>);
   const mean = (k: string) => (stats.length ? +(stats.reduce((a, s) => a + (s[k] ?? 0), 0) / stats.length).toFixed(2) : null);
   return { optimizer_steps: stats.reduce((a, s) => a + (s.steps ?? 0), 0), update_s: mean('seconds'), update_train_s: mean('train_seconds') };
 }

@@ -9,6 +9,7 @@ import { mkdirSync } from 'node:fs';
 import { filter, interval, Subject, type Subscription } from 'rxjs';
 import { Rng } from '../engine/rng.ts';
 import { Sampler } from '../engine/sampler.ts';
+import { DEFAULT_LOSS } from '../engine/graphs.ts';
 import { Trainer } from '../engine/trainer.ts';
 import { checkWeights, type GPTConfig, type Weights } from '../model/gpt.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
@@ -16,7 +17,7 @@ import { weightsToTensors } from '../model/checkpoint.ts';
 import { readSafetensors, writeSafetensors } from '../model/safetensors.ts';
 import type { Store } from '../store/store.ts';
 import { selectForTraining } from '../ttrl/grpo.ts';
-import { rolloutBatch, type Rollout } from '../ttrl/rollout.ts';
+import { GREEDY_TOP_P, rolloutBatch, type Rollout } from '../ttrl/rollout.ts';
 import { completionLogprobs, sum, TTRLUpdater, type UpdateResult } from '../ttrl/updater.ts';
 import type { Answerer, Experience } from './answerer.ts';
 import type { Metrics } from './metrics.ts';
@@ -259,7 +260,7 @@ export class Adaptation {
     });
     if (this.o.probeQuestions > 0) this.prober ??= await Sampler.create({ config: this.config, weights: this.o.baseWeights, ...threads });
     if (this.o.anchors > 0)
-      this.reference ??= await Trainer.create({ config: this.config, weights: this.o.baseWeights, loss: { objective: 'sft', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false }, ...threads });
+      this.reference ??= await Trainer.create({ config: this.config, weights: this.o.baseWeights, loss: DEFAULT_LOSS, ...threads });
   }
 
   /** Why the update itself is unfit, or null. */
@@ -359,9 +360,6 @@ export class Adaptation {
 }
 
 const summary = (p: ProbeStats) => ({ questions: p.questions, distinct: p.distinct, parsable: p.parsable, meanLength: p.meanLength });
-
-/** Nucleus mass that keeps only the most likely token: greedy decoding. */
-const GREEDY_TOP_P = 1e-9;
 
 /** Anchors: served questions the shipped model answered with a majority ratio of at least this. */
 export const ANCHOR_RATIO = 0.9;

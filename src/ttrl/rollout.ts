@@ -23,10 +23,13 @@ export interface Rollout {
   version: number;
 }
 
+/** Nucleus mass that keeps only the most likely token: greedy decoding. */
+export const GREEDY_TOP_P = 1e-9;
+
 export interface RolloutOptions {
   votes: number;
   temperature: number;
-  /** Nucleus mass kept (default 1: plain sampling; 1e-9: greedy). */
+  /** Nucleus mass kept (default 1: plain sampling; GREEDY_TOP_P: greedy). */
   topP?: number;
   seed: number;
   /** One seed per question (see SampleOptions.seeds). */
