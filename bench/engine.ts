@@ -13,8 +13,10 @@ import { Trainer } from '../src/engine/trainer.ts';
 import { packBatch, packGroups } from '../src/engine/batch.ts';
 import { buildDecoder } from '../src/engine/graphs.ts';
 import { createSession, f32, i64, type ort } from '../src/engine/ort.ts';
-import { initWeights, paramCount, paramSpecs, type GPTConfig, type Weights } from '../src/model/gpt.ts';
-import { Rng } from '../src/engine/rng.ts';
+import { initWeights, paramCount, type Weights } from '../src/model/family.ts';
+import { paramSpecsOf } from '../src/model/families.ts';
+import type { GPTConfig } from '../src/model/gpt.ts';
+import { Rng } from '../src/util/rng.ts';
 
 const opts = new Command()
   .option('--json', 'print only the JSON line on stdout')
@@ -28,7 +30,7 @@ const opts = new Command()
 const threads = Number(opts.threads);
 const reps = Number(opts.reps);
 const P = 16, G = 16, PLEN = 12, T = 48, V = 17, PAD = 16;
-const config: GPTConfig = { vocabSize: V, contextLength: 96, dModel: 128, nLayers: 4, nHeads: 4, tiedHead: false, padTokenId: PAD };
+const config: GPTConfig = { family: 'gpt', vocabSize: V, contextLength: 96, dModel: 128, nLayers: 4, nHeads: 4, tiedHead: false, padTokenId: PAD };
 const log = (...a: unknown[]) => console.error(...a);
 
 async function median(fn: () => Promise<unknown>): Promise<number> {
@@ -48,7 +50,7 @@ async function stepwiseSampler(weights: Weights, prompts: number[][]) {
   const session = await createSession(buildDecoder(config, true), { threads });
   const prefill = await createSession(buildDecoder(config, false), { threads });
   const wf: Record<string, ort.Tensor> = {};
-  for (const s of paramSpecs(config)) wf[s.name] = f32(weights.get(s.name)!, s.shape);
+  for (const s of paramSpecsOf(config)) wf[s.name] = f32(weights.get(s.name)!, s.shape);
   const B = P * G;
   const rng = new Rng(1);
   return async () => {
@@ -91,20 +93,20 @@ function runPeer(): Record<string, number | string> | { error: string } {
 }
 
 const rng = new Rng(0);
-const weights = initWeights(config, rng);
+const weights = initWeights(paramSpecsOf(config), rng);
 const prompts = Array.from({ length: P }, () => Array.from({ length: PLEN }, () => rng.int(0, PAD - 1)));
 
-log(`engine bench: ${paramCount(config)} params, ${P}x${G} sequences, prompt ${PLEN}, ${T} new tokens, ${threads} threads, median of ${reps}`);
+log(`engine bench: ${paramCount(paramSpecsOf(config))} params, ${P}x${G} sequences, prompt ${PLEN}, ${T} new tokens, ${threads} threads, median of ${reps}`);
 const sampler = await Sampler.create({ config, weights, threads });
 let seed = 0;
 let completions: number[][] = [];
 const sampleS = await median(async () => {
-  const r = await sampler.generate(prompts, { samplesPerPrompt: G, maxNewTokens: T, seed: seed++, stopToken: -1, padToken: PAD });
+  const r = await sampler.generate(prompts, { samplesPerPrompt: G, maxNewTokens: T, seed: seed++, stopTokens: [], padToken: PAD });
   completions = r.completions.flatMap((row) => row.map((c) => c.tokens));
 });
 // Left padding's cost: the same batch with prompt lengths spread over 6..18 (mean 12).
 const mixed = prompts.map((p, i) => (i % 2 ? p.slice(0, 6 + (i % 7)) : [...p, ...p].slice(0, 18 - (i % 7))));
-const sampleMixedS = await median(() => sampler.generate(mixed, { samplesPerPrompt: G, maxNewTokens: T, seed: seed++, stopToken: -1, padToken: PAD }));
+const sampleMixedS = await median(() => sampler.generate(mixed, { samplesPerPrompt: G, maxNewTokens: T, seed: seed++, stopTokens: [], padToken: PAD }));
 await sampler.close();
 if (completions.some((c) => c.length !== T)) throw new Error('expected exactly T new tokens per sequence');
 const peakRssMb = process.resourceUsage().maxRSS / 1024;
@@ -158,7 +160,7 @@ const result = {
   train_step_s: +trainS.toFixed(4),
   peak_rss_mb: Math.round(peakRssMb),
   threads,
-  params: paramCount(config),
+  params: paramCount(paramSpecsOf(config)),
   peer: ok ? peer.peer : peer.error,
 };
 console.log(JSON.stringify(result));

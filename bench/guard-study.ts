@@ -12,7 +12,7 @@ import { DEFAULT_LOSS } from '../src/engine/graphs.ts';
 import { Sampler } from '../src/engine/sampler.ts';
 import { Trainer } from '../src/engine/trainer.ts';
 import { loadModel } from '../src/model/checkpoint.ts';
-import type { Weights } from '../src/model/gpt.ts';
+import type { WeightSource } from '../src/model/weight-file.ts';
 import { DEFAULT_MODEL_DIR } from '../src/server/config.ts';
 import { ANCHOR_RATIO, loadVersionWeights } from '../src/server/adaptation.ts';
 import { suite } from '../src/tasks/suites.ts';
@@ -31,7 +31,7 @@ const sample = (votes: number, topP?: number) => rollout(sampler, m.tokenizer, q
 const reference = await sample(32);
 const anchors = reference.flatMap((r, i) => (r.vote.ratio >= ANCHOR_RATIO && r.vote.label !== null ? [{ i, r }] : []));
 const seqs = anchors.map(({ r }) => ({ tokens: [...r.prompt, ...r.samples.find((s) => s.answer === r.vote.label)!.tokens], promptLength: r.prompt.length }));
-const anchorLogprobs = async (w: Weights) => {
+const anchorLogprobs = async (w: WeightSource) => {
   await scorer.setWeights(w, true);
   return (await completionLogprobs(scorer, seqs, m.tokenizer.padId, m.config.contextLength)).map(sum);
 };

@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import WebSocket from 'ws';
-import { Rng } from '../src/engine/rng.ts';
+import { Rng } from '../src/util/rng.ts';
 import { resolveSettings, SETTINGS } from '../src/server/config.ts';
 import { startServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';

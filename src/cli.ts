@@ -1,11 +1,14 @@
 // One CLI for everything: `ttrl <subcommand>`. With --json a subcommand prints exactly one
 // JSON object as the last line of stdout; progress and logs go to stderr.
 import { Command, InvalidArgumentError } from 'commander';
-import { loadModel, saveModel } from './model/checkpoint.ts';
-import { initWeights, paramCount, type GPTConfig } from './model/gpt.ts';
+import { describe, loadModel, saveModel } from './model/checkpoint.ts';
+import { initWeights, paramCount } from './model/family.ts';
+import { paramSpecsOf } from './model/families.ts';
+import type { GPTConfig } from './model/gpt.ts';
+import { isWeightFile } from './model/weight-file.ts';
 import { ARITHMETIC_CHARS, CharTokenizer } from './model/tokenizer.ts';
-import { Sampler } from './engine/sampler.ts';
-import { Rng } from './engine/rng.ts';
+import { Sampler, validate } from './engine/sampler.ts';
+import { Rng } from './util/rng.ts';
 import { suite, SUITE_NAMES, SUITES } from './tasks/suites.ts';
 import { pretrain } from './train/pretrain.ts';
 import { readQuestions } from './tasks/question-file.ts';
@@ -65,6 +68,7 @@ program
   .action(async (o) => {
     const tokenizer = new CharTokenizer(ARITHMETIC_CHARS);
     const config: GPTConfig = {
+      family: 'gpt',
       vocabSize: tokenizer.vocabSize,
       contextLength: o.context,
       dModel: o.dModel,
@@ -74,31 +78,43 @@ program
       padTokenId: tokenizer.padId,
     };
     if (config.dModel % config.nHeads) throw new InvalidArgumentError('--d-model must be divisible by --heads');
-    await saveModel(o.out, { config, tokenizer, weights: initWeights(config, new Rng(o.seed)), metadata: { init_seed: String(o.seed) } });
-    const summary = { out: o.out, params: paramCount(config), config };
+    const specs = paramSpecsOf(config);
+    await saveModel(o.out, { config, tokenizer, weights: initWeights(specs, new Rng(o.seed)), metadata: { init_seed: String(o.seed) } });
+    const summary = { out: o.out, params: paramCount(specs), config };
     console.error(`wrote ${o.out}: ${summary.params} parameters`);
     if (o.json) console.log(JSON.stringify(summary));
   });
 
 program
   .command('info')
-  .description('describe a model directory')
-  .requiredOption('--model <dir>', 'model directory')
+  .description('describe a model: a directory (ours or Hugging Face) or a .gguf file')
+  .requiredOption('--model <path>', 'model directory or GGUF file')
   .option('--json', 'print JSON')
   .action(async (o) => {
     const m = await loadModel(o.model);
-    const info = { model: o.model, params: paramCount(m.config), config: m.config, metadata: m.metadata };
+    const { params, ...dims } = describe(m.config);
+    const info = {
+      model: o.model,
+      family: m.config.family,
+      params,
+      dims,
+      config: m.config,
+      tokenizer: { vocab: m.tokenizer.vocabSize, eos: m.tokenizer.eosId, stop: m.tokenizer.stopIds, pad: m.tokenizer.padId },
+      weights: isWeightFile(m.weights) ? { mapped_from: m.weights.dir } : { in_memory: true },
+      metadata: m.metadata,
+    };
     console.log(o.json ? JSON.stringify(info) : JSON.stringify(info, null, 2));
   });
 
 program
   .command('sample')
   .description('sample completions of a prompt')
-  .requiredOption('--model <dir>', 'model directory')
+  .requiredOption('--model <path>', 'model directory (ours or Hugging Face) or GGUF file')
   .requiredOption('--prompt <text>', 'the prompt, e.g. 12+34-56+7=')
   .option('--samples <n>', 'completions to draw', int('--samples', 1), 4)
-  .option('--max-new-tokens <n>', 'tokens per completion at most', int('--max-new-tokens', 1), 64)
-  .option('--temperature <t>', 'sampling temperature', num('--temperature', (n) => n > 0, 'a number > 0'), 1)
+  .option('--max-new-tokens <n>', 'tokens per completion at most (prompt + these must fit the context)', int('--max-new-tokens', 1), 64)
+  .option('--temperature <t>', 'sampling temperature (0: greedy)', num('--temperature', (n) => n >= 0, 'a number >= 0'), 1)
+  .option('--top-k <k>', 'sample among the k most likely tokens (0: no limit)', int('--top-k'), 0)
   .option('--top-p <p>', 'nucleus sampling mass', num('--top-p', (n) => n > 0 && n <= 1, 'in (0, 1]'), 1)
   .option('--seed <n>', 'random seed', int('--seed'), 0)
   .option('--threads <n>', 'compute threads', int('--threads', 1), 2)
@@ -106,19 +122,20 @@ program
   .action(async (o) => {
     const m = await loadModel(o.model);
     const prompt = m.tokenizer.encode(o.prompt);
-    const maxNew = Math.min(o.maxNewTokens, m.config.contextLength - prompt.length);
-    if (maxNew < 1) throw new InvalidArgumentError(`the prompt fills the context length ${m.config.contextLength}`);
+    const options = {
+      samplesPerPrompt: o.samples,
+      maxNewTokens: o.maxNewTokens,
+      temperature: o.temperature,
+      topK: o.topK,
+      topP: o.topP,
+      seed: o.seed,
+      stopTokens: m.tokenizer.stopIds,
+      padToken: m.tokenizer.padId,
+    };
+    validate(m.config, [prompt], options); // before starting a worker: a too-long prompt is an input error
     const sampler = await Sampler.create({ config: m.config, weights: m.weights, threads: o.threads });
     try {
-      const r = await sampler.generate([prompt], {
-        samplesPerPrompt: o.samples,
-        maxNewTokens: maxNew,
-        temperature: o.temperature,
-        topP: o.topP,
-        seed: o.seed,
-        stopToken: m.tokenizer.eosId,
-        padToken: m.tokenizer.padId,
-      });
+      const r = await sampler.generate([prompt], options);
       const completions = r.completions[0]!.map((c) => ({
         text: m.tokenizer.decode(c.tokens),
         tokens: c.tokens.length,

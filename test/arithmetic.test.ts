@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { evaluate, extractAnswer, makeQuestion, parseChain, workedSolution } from '../src/tasks/arithmetic.ts';
-import { Rng } from '../src/engine/rng.ts';
+import { Rng } from '../src/util/rng.ts';
 
 test('generated questions carry their true value, and the worked solution reaches it', () => {
   const rng = new Rng(1);

@@ -30,6 +30,8 @@ const cases: [string, InputSpec[], (...xs: Tensor[]) => Tensor][] = [
   ['Log', [pos(4)], (x) => op.log(x)],
   ['Sqrt', [pos(4)], (x) => op.sqrt(x)],
   ['Tanh', [s(4)], (x) => op.tanh(x)],
+  ['Cos', [s(5)], (x) => op.cos(x)],
+  ['Sin', [s(5)], (x) => op.sin(x)],
   ['Sigmoid', [s(4)], (x) => op.sigmoid(x)],
   ['Abs', [s(5)], (x) => op.abs(x)],
   ['Relu', [s(5)], (x) => op.relu(x)],

@@ -4,25 +4,27 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadModel, saveModel, validateConfig, weightsToTensors } from '../src/model/checkpoint.ts';
-import { initWeights, type GPTConfig } from '../src/model/gpt.ts';
+import { inMemory, loadModel, saveModel, validateConfig, weightsToTensors } from '../src/model/checkpoint.ts';
+import { initWeights } from '../src/model/family.ts';
+import { paramSpecsOf } from '../src/model/families.ts';
+import type { GPTConfig } from '../src/model/gpt.ts';
 import { ARITHMETIC_CHARS, CharTokenizer } from '../src/model/tokenizer.ts';
 import { writeSafetensors } from '../src/model/safetensors.ts';
-import { Rng } from '../src/engine/rng.ts';
+import { Rng } from '../src/util/rng.ts';
 
 const tokenizer = new CharTokenizer(ARITHMETIC_CHARS);
-const config: GPTConfig = { vocabSize: 17, contextLength: 16, dModel: 8, nLayers: 1, nHeads: 2, tiedHead: false, padTokenId: 16 };
+const config: GPTConfig = { family: 'gpt', vocabSize: 17, contextLength: 16, dModel: 8, nLayers: 1, nHeads: 2, tiedHead: false, padTokenId: 16 };
 
 test('a saved model loads back identically', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'ttrl-ckpt-'));
   try {
-    const weights = initWeights(config, new Rng(1));
+    const weights = initWeights(paramSpecsOf(config), new Rng(1));
     await saveModel(dir, { config, tokenizer, weights, metadata: { step: '7' } });
     const m = await loadModel(dir);
     assert.deepEqual(m.config, config);
     assert.deepEqual(m.metadata, { step: '7' });
     assert.equal(m.tokenizer.decode(m.tokenizer.encode('12+3=')), '12+3=');
-    for (const [k, v] of weights) assert.deepEqual(m.weights.get(k), v);
+    for (const [k, v] of weights) assert.deepEqual((await inMemory(m.weights)).get(k), v);
   } finally {
     await rm(dir, { recursive: true });
   }
@@ -32,7 +34,7 @@ test('bad model directories are refused with a message that says what is wrong',
   const dir = await mkdtemp(join(tmpdir(), 'ttrl-ckpt-'));
   try {
     await assert.rejects(loadModel(dir), /cannot read model config/);
-    const weights = initWeights(config, new Rng(1));
+    const weights = initWeights(paramSpecsOf(config), new Rng(1));
     await saveModel(dir, { config, tokenizer, weights, metadata: {} });
     const cfgPath = join(dir, 'config.json');
     const good = await readFile(cfgPath, 'utf8');

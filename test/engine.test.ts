@@ -6,14 +6,16 @@ import assert from 'node:assert/strict';
 import { Sampler, type Completion } from '../src/engine/sampler.ts';
 import { Trainer } from '../src/engine/trainer.ts';
 import { packBatch, packGroups } from '../src/engine/batch.ts';
-import { initWeights, type GPTConfig, type Weights } from '../src/model/gpt.ts';
-import { Rng } from '../src/engine/rng.ts';
+import { initWeights, type Weights } from '../src/model/family.ts';
+import { paramSpecsOf } from '../src/model/families.ts';
+import type { GPTConfig } from '../src/model/gpt.ts';
+import { Rng } from '../src/util/rng.ts';
 
-const c: GPTConfig = { vocabSize: 12, contextLength: 24, dModel: 32, nLayers: 2, nHeads: 4, tiedHead: true, padTokenId: 11 };
+const c: GPTConfig = { family: 'gpt', vocabSize: 12, contextLength: 24, dModel: 32, nLayers: 2, nHeads: 4, tiedHead: true, padTokenId: 11 };
 const EOS = 10;
 const PAD = 11;
-const weights = (seed: number, scale = 1): Weights => new Map([...initWeights(c, new Rng(seed))].map(([k, v]) => [k, v.map((x) => x * scale)]));
-const base = { samplesPerPrompt: 4, maxNewTokens: 8, stopToken: EOS, padToken: PAD };
+const weights = (seed: number, scale = 1): Weights => new Map([...initWeights(paramSpecsOf(c), new Rng(seed))].map(([k, v]) => [k, v.map((x) => x * scale)]));
+const base = { samplesPerPrompt: 4, maxNewTokens: 8, stopTokens: [EOS], padToken: PAD };
 
 test('sampling is reproducible from the seed, stops at the stop token, and respects the batch layout', async () => {
   const s = await Sampler.create({ config: c, weights: weights(1, 3), version: 3 });
@@ -56,15 +58,61 @@ test('with one seed per prompt, a prompt\'s samples do not depend on the batch i
   }
 });
 
-test('near-greedy sampling of a prompt is the same alone and left-padded next to a longer one', async () => {
+test('greedy sampling (temperature 0) of a prompt is the same alone and left-padded next to a longer one', async () => {
   const s = await Sampler.create({ config: c, weights: weights(2, 20) });
   try {
-    const greedy = { ...base, samplesPerPrompt: 2, seed: 1, topP: 1e-6 };
+    const greedy = { ...base, samplesPerPrompt: 2, seed: 1, temperature: 0 };
     const alone = await s.generate([[1, 2]], greedy);
     const padded = await s.generate([[1, 2], [3, 4, 5, 6, 7, 8, 9]], greedy);
     assert.deepEqual(padded.completions[0]!.map((x) => x.tokens), alone.completions[0]!.map((x) => x.tokens));
-    // with top-p that small, both samples of a prompt are the argmax path
+    // both samples of a prompt are the argmax path, whatever the seed; a nucleus of one token is the same path
     assert.deepEqual(alone.completions[0]![0]!.tokens, alone.completions[0]![1]!.tokens);
+    assert.deepEqual((await s.generate([[1, 2]], { ...greedy, seed: 9 })).completions, alone.completions);
+    const nucleus = await s.generate([[1, 2]], { ...base, samplesPerPrompt: 2, seed: 1, topP: 1e-6 });
+    assert.deepEqual(nucleus.completions[0]!.map((x) => x.tokens), alone.completions[0]!.map((x) => x.tokens));
+  } finally {
+    await s.close();
+  }
+});
+
+test('top-k keeps samples among the k most likely tokens; top-k 1 is greedy', async () => {
+  const w = weights(7, 4);
+  const s = await Sampler.create({ config: c, weights: w });
+  const t = await Trainer.create({ config: c, weights: w, loss: { objective: 'sft', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false } });
+  try {
+    const prompt = [1, 2, 3];
+    const k1 = await s.generate([prompt], { ...base, samplesPerPrompt: 8, seed: 3, topK: 1 });
+    const greedy = await s.generate([prompt], { ...base, samplesPerPrompt: 8, seed: 3, temperature: 0 });
+    assert.deepEqual(k1.completions[0]!.map((x) => x.tokens), greedy.completions[0]!.map((x) => x.tokens));
+    // every first token drawn with top-k 3 is among the 3 most likely first tokens (scored by the trainer's forward)
+    const r = await s.generate([prompt], { ...base, samplesPerPrompt: 64, seed: 4, topK: 3, maxNewTokens: 1 });
+    const firsts = new Set(r.completions[0]!.map((x) => x.tokens[0]!));
+    const logprobOf = async (tok: number) => (await t.score(packBatch([{ tokens: [...prompt, tok], promptLength: 3 }], PAD, c.contextLength))).tokenLogprobs[3]!;
+    const ranked = (await Promise.all(Array.from({ length: EOS + 1 }, async (_, tok) => [tok, await logprobOf(tok)] as const))).sort((a, b) => b[1] - a[1]);
+    const top3 = new Set(ranked.slice(0, 3).map(([tok]) => tok));
+    assert.ok([...firsts].every((x) => top3.has(x)), `drawn ${[...firsts]} outside the top 3 ${[...top3]}`);
+    assert.ok(firsts.size >= 2, 'top-k 3 samples more than one token');
+  } finally {
+    await s.close();
+    await t.close();
+  }
+});
+
+test('any of several stop tokens ends a completion; with none, every completion runs to maxNewTokens', async () => {
+  const s = await Sampler.create({ config: c, weights: weights(1, 3) });
+  try {
+    const prompts = [[1, 2, 3], [4, 5]];
+    const stops = [EOS, 7, 8];
+    const r = await s.generate(prompts, { ...base, samplesPerPrompt: 16, seed: 2, stopTokens: stops });
+    let stoppedByOthers = 0;
+    for (const comp of r.completions.flat()) {
+      assert.equal(comp.stopped, stops.includes(comp.tokens.at(-1)!));
+      assert.ok(!comp.tokens.slice(0, -1).some((x) => stops.includes(x)), 'nothing after a stop token');
+      if (comp.stopped && comp.tokens.at(-1) !== EOS) stoppedByOthers++;
+    }
+    assert.ok(stoppedByOthers > 0, 'the extra stop tokens were drawn and ended completions');
+    const none = await s.generate(prompts, { ...base, seed: 2, stopTokens: [] });
+    for (const comp of none.completions.flat()) assert.equal(comp.tokens.length, base.maxNewTokens);
   } finally {
     await s.close();
   }
@@ -140,7 +188,9 @@ test('a NaN in training changes nothing; bad inputs get clear errors', async () 
     assert.throws(() => packBatch([{ tokens: Array(30).fill(1), promptLength: 1 }], PAD, c.contextLength), /exceeds the context length/);
     assert.throws(() => s.generate([[1, 99]], { ...base, seed: 1 }), /outside the vocabulary/);
     assert.throws(() => s.generate([Array(20).fill(1)], { ...base, seed: 1 }), /exceeds the context length/);
-    assert.throws(() => s.generate([[1]], { ...base, seed: 1, temperature: 0 }), /temperature/);
+    assert.throws(() => s.generate([[1]], { ...base, seed: 1, temperature: -1 }), /temperature must be a finite number >= 0/);
+    assert.throws(() => s.generate([[1]], { ...base, seed: 1, topK: 1.5 }), /topK must be an integer >= 0/);
+    assert.throws(() => s.generate([[1]], { ...base, seed: 1, stopTokens: [12] }), /stopTokens must be token ids of the vocabulary/);
     assert.throws(() => s.generate([], { ...base, seed: 1 }), /no prompts/);
     await assert.rejects(s.setWeights(new Map([['wte', new Float32Array(3)]]), 2), /missing or of the wrong size/);
     // the sampler still serves after a rejected swap

@@ -4,7 +4,7 @@ import { groupAdvantages, rewards, selectForTraining, toGroups } from '../src/tt
 import { majorityVote } from '../src/ttrl/vote.ts';
 import { CollapseGuard, GUARD_DEFAULTS } from '../src/ttrl/guard.ts';
 import type { Rollout } from '../src/ttrl/rollout.ts';
-import { Rng } from '../src/engine/rng.ts';
+import { Rng } from '../src/util/rng.ts';
 
 function fakeRollout(question: string, answers: (string | null)[]): Rollout {
   const samples = answers.map((answer, i) => ({ tokens: [1, 2, 3].slice(0, 1 + (i % 3)), logprobs: [-0.1, -0.2, -0.3].slice(0, 1 + (i % 3)), stopped: answer !== null, text: '', answer }));

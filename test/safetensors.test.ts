@@ -7,9 +7,12 @@ import {
   decodeSafetensors,
   encodeSafetensors,
   readSafetensors,
+  readSafetensorsIndex,
   writeSafetensors,
+  writeSafetensorsStreaming,
   type NamedTensor,
 } from '../src/model/safetensors.ts';
+import { f16ToF32, widenToFloat32 } from '../src/model/float16.ts';
 
 /** Builds a file by hand so malformed headers can be tested. */
 function rawFile(header: unknown, data: Uint8Array = new Uint8Array(0)): Buffer {
@@ -28,6 +31,8 @@ function everyDtype(): Map<string, NamedTensor> {
     ['i32', { dtype: 'I32', shape: [1, 2, 2], data: new Int32Array([-1, 2 ** 31 - 1, -(2 ** 31), 42]) }],
     ['u8', { dtype: 'U8', shape: [5], data: new Uint8Array([0, 1, 127, 128, 255]) }],
     ['bool', { dtype: 'BOOL', shape: [3], data: new Uint8Array([1, 0, 1]) }],
+    ['f16', { dtype: 'F16', shape: [2], data: new Uint16Array([0x3c00, 0xfc00]) }],
+    ['bf16', { dtype: 'BF16', shape: [2], data: new Uint16Array([0x3f80, 0x4049]) }],
   ]);
 }
 
@@ -169,8 +174,8 @@ test('rejects a header that is not JSON or not an object', () => {
 });
 
 test('rejects an unknown dtype', () => {
-  const file = rawFile({ a: { dtype: 'F16', shape: [1], data_offsets: [0, 2] } }, new Uint8Array(2));
-  assert.throws(() => decodeSafetensors(file), /tensor "a": unknown dtype "F16"/);
+  const file = rawFile({ a: { dtype: 'F8_E4M3', shape: [1], data_offsets: [0, 1] } }, new Uint8Array(1));
+  assert.throws(() => decodeSafetensors(file), /tensor "a": unknown dtype "F8_E4M3"/);
 });
 
 test('rejects a bad shape or bad data_offsets', () => {
@@ -228,7 +233,8 @@ test('encode rejects data of the wrong array type, unknown dtypes and bad shapes
   const one = (tensor: unknown) => encodeSafetensors(new Map([['t', tensor as NamedTensor]]));
   assert.throws(() => one({ dtype: 'F32', shape: [1], data: new Float64Array(1) }), /dtype F32 needs a Float32Array, got Float64Array/);
   assert.throws(() => one({ dtype: 'I64', shape: [1], data: new Int32Array(2) }), /dtype I64 needs a BigInt64Array/);
-  assert.throws(() => one({ dtype: 'BF16', shape: [1], data: new Uint8Array(2) }), /unknown dtype "BF16"/);
+  assert.throws(() => one({ dtype: 'F8_E4M3', shape: [1], data: new Uint8Array(1) }), /unknown dtype "F8_E4M3"/);
+  assert.throws(() => one({ dtype: 'BF16', shape: [1], data: new Uint8Array(2) }), /dtype BF16 needs a Uint16Array, got Uint8Array/);
   assert.throws(() => one({ dtype: 'U8', shape: [-1], data: new Uint8Array(0) }), /shape must be an array of non-negative integers/);
 });
 
@@ -240,4 +246,63 @@ test('encode rejects non-string metadata and the reserved name', () => {
   );
   const reserved = new Map([['__metadata__', { dtype: 'U8', shape: [0], data: new Uint8Array(0) } as NamedTensor]]);
   assert.throws(() => encodeSafetensors(reserved), /"__metadata__" is reserved/);
+});
+
+// ---------------------------------------------------------------------------------------
+// 16-bit floats, the index of a file, streaming writes
+
+test('F16 and BF16 bit patterns widen to the float32 values they stand for', () => {
+  // Hand-decoded: 1, -2, the largest half, the smallest subnormal, the smallest normal, -0, +-inf, NaN.
+  const half = [0x3c00, 0xc000, 0x7bff, 0x0001, 0x0400, 0x8000, 0x7c00, 0xfc00, 0x7e00];
+  const expected = [1, -2, 65504, 2 ** -24, 2 ** -14, -0, Infinity, -Infinity, NaN];
+  assert.deepEqual(half.map(f16ToF32), expected);
+  assert.deepEqual(Array.from(widenToFloat32(Uint16Array.from(half), 'F16')), expected);
+  // bfloat16 is the top half of a float32: 1, pi truncated to 8 bits of mantissa, -inf, the smallest subnormal.
+  const bf = Uint16Array.of(0x3f80, 0x4049, 0xff80, 0x0001);
+  assert.deepEqual(Array.from(widenToFloat32(bf, 'BF16')), [1, 3.140625, -Infinity, 2 ** -133]);
+});
+
+test('the index of a file gives each tensor\'s absolute byte range without reading the data', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'ttrl-st-index-'));
+  try {
+    const path = join(dir, 'm.safetensors');
+    const tensors = everyDtype();
+    await writeSafetensors(path, tensors, { format: 'pt' });
+    const bytes = await readFile(path);
+    const index = await readSafetensorsIndex(path);
+    assert.deepEqual(index.metadata, { format: 'pt' });
+    for (const [name, t] of tensors) {
+      const at = index.tensors.get(name)!;
+      assert.equal(at.dtype, t.dtype);
+      assert.deepEqual(at.shape, t.shape);
+      assert.deepEqual(new Uint8Array(bytes.subarray(at.offset, at.offset + at.length)), new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), name);
+    }
+    await writeFile(path, bytes.subarray(0, bytes.length - 3));
+    await assert.rejects(readSafetensorsIndex(path), (e: Error) => e.message.startsWith(`${path}: safetensors: tensor`) && /out of range/.test(e.message));
+    await writeFile(path, bytes.subarray(0, 5));
+    await assert.rejects(readSafetensorsIndex(path), /too short for the 8-byte header length/);
+  } finally {
+    await rm(dir, { recursive: true });
+  }
+});
+
+test('a streamed write produces the same bytes as encoding everything at once', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'ttrl-st-stream-'));
+  try {
+    const tensors = everyDtype();
+    const path = join(dir, 's.safetensors');
+    const produced: string[] = [];
+    const locations = await writeSafetensorsStreaming(path, tensors, (name) => (produced.push(name), tensors.get(name)!.data), { step: '3' });
+    assert.deepEqual(await readFile(path), encodeSafetensors(tensors, { step: '3' }));
+    assert.deepEqual(produced, [...tensors.keys()].sort(), 'one tensor at a time, in file order');
+    assert.deepEqual(locations, (await readSafetensorsIndex(path)).tensors);
+    // a producer that returns the wrong size fails the write and leaves no file behind
+    await assert.rejects(
+      writeSafetensorsStreaming(join(dir, 'bad.safetensors'), tensors, () => new Float32Array(1)),
+      /needs a|holds/,
+    );
+    assert.deepEqual((await readdir(dir)).sort(), ['s.safetensors']);
+  } finally {
+    await rm(dir, { recursive: true });
+  }
 });

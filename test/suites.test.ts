@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { suite, SUITE_NAMES, PRETRAIN_MIXTURE, drawFrom } from '../src/tasks/suites.ts';
 import { parseChain } from '../src/tasks/arithmetic.ts';
 import { parseQuestions } from '../src/tasks/question-file.ts';
-import { Rng } from '../src/engine/rng.ts';
+import { Rng } from '../src/util/rng.ts';
 
 const jsValue = (q: string) => Function(`return ${q.slice(0, -1)}`)() as number;
 

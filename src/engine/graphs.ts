@@ -1,4 +1,4 @@
-// The graphs the engine runs, all built from the one model definition (model/gpt.ts):
+// The graphs the engine runs, all built from a model family (model/family.ts):
 //  - prefill / decode: transformers.js-style names, for export and step-by-step use
 //  - generate: prefill + the whole sampling loop inside one ONNX Loop (the fast path)
 //  - score: per-token log-probs and entropies of given sequences
@@ -7,32 +7,71 @@ import { Graph, type DType, type Tensor } from '../graph/ir.ts';
 import * as op from '../graph/ops.ts';
 import { grad } from '../graph/autodiff.ts';
 import { adamw, ADAMW_DEFAULTS, type AdamWConfig } from '../graph/optim.ts';
-import { attentionBias, declareParams, forward, head, paramSpecs, positionsFromMask, type GPTConfig, type KV, type Params } from '../model/gpt.ts';
+import { declareParams, type KV, type ModelDims, type Params } from '../model/family.ts';
+import { familyOf, type ModelConfig } from '../model/families.ts';
+import type { WeightFile } from '../model/weight-file.ts';
+
+export const MASKED = -1e9;
+
+/**
+ * Additive attention bias for T new queries over keys with mask keyMask [B, K]
+ * (1 = real token, 0 = padding); the new queries are the last T of the K keys.
+ */
+export function attentionBias(keyMask: Tensor, queries: Tensor, dtype: DType): Tensor {
+  const g = keyMask.graph;
+  const keys = op.dimOf(keyMask, 1);
+  const causal = op.causalMask(g, queries, keys, 'T', 'K'); // [T, K]
+  const real = op.unsqueeze(op.equal(keyMask, op.int64(g, 1)), [1, 2]); // [B, 1, 1, K]
+  const allowed = op.and(op.unsqueeze(causal, [0, 1]), real);
+  return op.where(allowed, op.constant(g, dtype, 0), op.constant(g, dtype, MASKED));
+}
+
+/** Positions from a left-padded mask: the first real token is position 0. */
+export function positionsFromMask(mask: Tensor): Tensor {
+  const pos = op.sub(op.cumsum(mask, 1), op.int64(mask.graph, 1));
+  return op.max(pos, op.int64(mask.graph, 0));
+}
+
+/** A model's family functions and sizes, looked up once per graph. */
+function model(c: ModelConfig) {
+  const family = familyOf(c);
+  const dims = family.dims(c);
+  return { family, dims, specs: family.paramSpecs(c) };
+}
+
+/** Logits [rows, V] from hidden states [rows, d]; a token the model must never predict gets MASKED. */
+function logitsOf(c: ModelConfig, p: Params, hidden: Tensor): Tensor {
+  const { family, dims } = model(c);
+  const logits = family.head(c, p, hidden);
+  if (dims.neverPredict === undefined) return logits;
+  const mask = new Float32Array(dims.vocabSize);
+  mask[dims.neverPredict] = MASKED;
+  return op.add(logits, op.constant(hidden.graph, hidden.dtype, Array.from(mask)));
+}
+
+const cacheShape = (d: ModelDims, seq: string, keysTransposed = false) =>
+  keysTransposed ? ['B', d.kvHeads, d.headDim, seq] : ['batch', d.kvHeads, seq, d.headDim];
 
 // ---------- prefill / decode ----------
 
 /** One forward step over new tokens, with (decode) or without (prefill) a past KV cache. */
-export function buildDecoder(c: GPTConfig, withPast: boolean, dtype: DType = 'float32'): Graph {
+export function buildDecoder(c: ModelConfig, withPast: boolean, dtype: DType = 'float32', weights?: WeightFile): Graph {
+  const { family, dims, specs } = model(c);
   const g = new Graph(withPast ? 'decode' : 'prefill');
-  const p = declareParams(g, c, dtype);
+  const p = declareParams(g, specs, dtype, '', weights);
   const ids = g.input('input_ids', 'int64', ['batch', 'sequence']);
   const mask = g.input('attention_mask', 'int64', ['batch', 'total_sequence']);
   const positions = g.input('position_ids', 'int64', ['batch', 'sequence']);
-  const dh = c.dModel / c.nHeads;
   const past: KV[] | undefined = withPast
-    ? Array.from({ length: c.nLayers }, (_, i) => ({
-        k: g.input(`past_key_values.${i}.key`, dtype, ['batch', c.nHeads, 'past_sequence', dh]),
-        v: g.input(`past_key_values.${i}.value`, dtype, ['batch', c.nHeads, 'past_sequence', dh]),
+    ? Array.from({ length: dims.layers }, (_, i) => ({
+        k: g.input(`past_key_values.${i}.key`, dtype, cacheShape(dims, 'past_sequence')),
+        v: g.input(`past_key_values.${i}.value`, dtype, cacheShape(dims, 'past_sequence')),
       }))
     : undefined;
   const bias = attentionBias(mask, op.dimOf(ids, 1), dtype);
-  const { hidden, present } = forward(c, p, { ids, positions, bias, past });
-  const logits = op.reshape(head(c, p, hidden), op.concat([op.shapeOf(ids), op.int64s(g, [c.vocabSize])], 0), [
-    'batch',
-    'sequence',
-    c.vocabSize,
-  ]);
-  g.output('logits', logits);
+  const { hidden, present } = family.forward(c, p, { ids, positions, bias, past });
+  const shape = op.concat([op.shapeOf(ids), op.int64s(g, [dims.vocabSize])], 0);
+  g.output('logits', op.reshape(logitsOf(c, p, hidden), shape, ['batch', 'sequence', dims.vocabSize]));
   present.forEach((kv, i) => {
     g.output(`present.${i}.key`, kv.k);
     g.output(`present.${i}.value`, kv.v);
@@ -45,36 +84,40 @@ export function buildDecoder(c: GPTConfig, withPast: boolean, dtype: DType = 'fl
 /**
  * Inputs: weights; input_ids/attention_mask [P, L] (left-padded prompts); num_samples (G);
  * max_new_tokens; uniforms [max_new_tokens, P*G] (from a seeded JS RNG, so runs are
- * reproducible); temperature; top_p; stop_token; pad_token.
- * Outputs: tokens and logprobs [steps, P*G] (row i*G+j is sample j of prompt i; steps
- * <= max_new_tokens: the loop ends early once every sequence has stopped). Log-probs are
- * under the temperature-scaled distribution, before top-p truncation; 0 after the stop.
+ * reproducible); temperature (0: greedy); top_k (0: no limit); top_p; stop_tokens [S];
+ * pad_token. Outputs: tokens and logprobs [steps, P*G] (row i*G+j is sample j of prompt i;
+ * steps <= max_new_tokens: the loop ends early once every sequence has stopped). Log-probs
+ * are under the temperature-scaled distribution (unscaled when greedy), before top-k/top-p
+ * truncation; 0 after the stop.
  */
-export function buildGenerate(c: GPTConfig): Graph {
+export function buildGenerate(c: ModelConfig, weights?: WeightFile): Graph {
+  const { family, dims, specs } = model(c);
   const dtype: DType = 'float32';
   const g = new Graph('generate');
-  const p = declareParams(g, c, dtype);
+  const p = declareParams(g, specs, dtype, '', weights);
   const ids = g.input('input_ids', 'int64', ['prompts', 'prompt_len']);
   const mask = g.input('attention_mask', 'int64', ['prompts', 'prompt_len']);
   const numSamples = g.input('num_samples', 'int64', []);
   const maxNew = g.input('max_new_tokens', 'int64', []);
   const uniforms = g.input('uniforms', dtype, ['max_new_tokens', 'B']);
-  const temperature = g.input('temperature', dtype, []);
-  const topP = g.input('top_p', dtype, []);
-  const stop = g.input('stop_token', 'int64', []);
+  const sampling: Sampling = {
+    temperature: g.input('temperature', dtype, []),
+    topK: g.input('top_k', 'int64', []),
+    topP: g.input('top_p', dtype, []),
+  };
+  const stops = g.input('stop_tokens', 'int64', ['stops']);
   const padTok = g.input('pad_token', 'int64', []);
-  const H = c.nHeads;
-  const dh = c.dModel / H;
 
   // Prefill each distinct prompt once, then repeat its cache for the G samples.
   const bias = attentionBias(mask, op.dimOf(ids, 1), dtype);
-  const pre = forward(c, p, { ids, positions: positionsFromMask(mask), bias, keysTransposed: true });
+  const pre = family.forward(c, p, { ids, positions: positionsFromMask(mask), bias, keysTransposed: true });
   const P = op.reshape(op.dimOf(ids, 0), [1]);
   const G = op.reshape(numSamples, [1]);
   const repeat = (t: Tensor, name: string) => repeatRows(t, P, G, name);
-  const byPrompt = op.reshape(pre.hidden, op.concat([op.shapeOf(ids), op.int64s(g, [c.dModel])], 0), ['P', 'L', c.dModel]);
+  const d = dims.hiddenSize;
+  const byPrompt = op.reshape(pre.hidden, op.concat([op.shapeOf(ids), op.int64s(g, [d])], 0), ['P', 'L', d]);
   const lastHidden = op.squeeze(op.slice(byPrompt, [-1], [2 ** 62], [1]), [1]); // left padding: every prompt ends here
-  const firstLogits = repeat(head(c, p, lastHidden), 'B');
+  const firstLogits = repeat(logitsOf(c, p, lastHidden), 'B');
   const caches = pre.present.flatMap((kv) => [repeat(kv.k, 'B'), repeat(kv.v, 'B')]);
   const keyMask = repeat(mask, 'B');
   const nextPos = op.reduceSum(keyMask, [1]); // real prompt length = next position
@@ -85,34 +128,33 @@ export function buildGenerate(c: GPTConfig): Graph {
   const body = new Graph('sample_step', g);
   const iter = body.input('iter', 'int64', []);
   body.input('cond_in', 'bool', []);
-  const logits = body.input('logits_in', dtype, ['B', c.vocabSize]);
+  const logits = body.input('logits_in', dtype, ['B', dims.vocabSize]);
   const pos = body.input('pos_in', 'int64', ['B']);
   const kmask = body.input('mask_in', 'int64', ['B', 'K']);
   const finished = body.input('finished_in', 'bool', ['B']);
-  const past: KV[] = Array.from({ length: c.nLayers }, (_, i) => ({
-    k: body.input(`k_in${i}`, dtype, ['B', H, dh, 'K']),
-    v: body.input(`v_in${i}`, dtype, ['B', H, 'K', dh]),
+  const past: KV[] = Array.from({ length: dims.layers }, (_, i) => ({
+    k: body.input(`k_in${i}`, dtype, cacheShape(dims, 'K', true)),
+    v: body.input(`v_in${i}`, dtype, ['B', dims.kvHeads, 'K', dims.headDim]),
   }));
 
-  const u = op.gather(uniforms, iter); // [B]
-  const { token: sampled, logprob: sampledLp } = sampleToken(logits, u, temperature, topP);
+  const { token: sampled, logprob: sampledLp } = sampleToken(logits, op.gather(uniforms, iter), sampling);
   const token = op.where(finished, padTok, sampled);
   const logprob = op.where(finished, op.constant(body, dtype, 0), sampledLp);
-  const nowFinished = op.or(finished, op.equal(token, stop));
+  const isStop = op.greater(op.reduceMax(op.cast(op.equal(op.unsqueeze(token, [1]), op.unsqueeze(stops, [0])), 'int64'), [1]), op.int64(body, 0));
+  const nowFinished = op.or(finished, isStop);
 
   const ones = op.constantOfShape(op.concat([op.reshape(op.dimOf(kmask, 0), [1]), op.int64s(body, [1])], 0), 'int64', 1, ['B', 1]);
   const newMask = op.concat([kmask, ones], 1);
-  const step = forward(c, p, {
+  const step = family.forward(c, p, {
     ids: op.unsqueeze(token, [1]),
     positions: op.unsqueeze(pos, [1]),
     bias: attentionBias(newMask, op.int64(body, 1), dtype),
     past,
     keysTransposed: true,
   });
-  const newLogits = head(c, p, step.hidden);
   const anyLeft = op.greater(op.reduceSum(op.cast(op.not(nowFinished), 'int64'), [0]), op.int64(body, 0));
   body.output('cond_out', anyLeft);
-  body.output('logits_out', newLogits);
+  body.output('logits_out', logitsOf(c, p, step.hidden));
   body.output('pos_out', op.add(pos, op.int64(body, 1)));
   body.output('mask_out', newMask);
   body.output('finished_out', nowFinished);
@@ -139,23 +181,62 @@ function repeatRows(t: Tensor, P: Tensor, G: Tensor, name = 'B'): Tensor {
   return op.reshape(expanded, op.concat([op.int64s(g, [-1]), rest], 0), [name, ...t.shape.slice(1)]);
 }
 
+/** Scalar sampling settings, as graph values: temperature (0: greedy), top_k (0: all tokens), top_p. */
+export interface Sampling {
+  temperature: Tensor;
+  topK: Tensor;
+  topP: Tensor;
+}
+
 /**
- * Inverse-CDF sampling of one token per row from logits [B, V] with temperature and
- * top-p (nucleus): u in [0, 1) per row selects within the kept, renormalised mass.
+ * One token per row from logits [B, V], and its log-prob. Greedy (argmax) when the temperature
+ * is 0; otherwise inverse-CDF sampling with u in [0, 1) per row. Without truncation the CDF
+ * runs over the vocabulary in id order (no sort: vocabularies reach 150K); with top_k or
+ * top_p < 1 over the k most likely (all when top_k is 0), cut to the nucleus top_p.
  */
-export function sampleToken(logits: Tensor, u: Tensor, temperature: Tensor, topP: Tensor): { token: Tensor; logprob: Tensor } {
+export function sampleToken(logits: Tensor, u: Tensor, s: Sampling): { token: Tensor; logprob: Tensor } {
+  const outer = logits.graph;
   const V = logits.shape[1] as number;
-  const lp = op.logSoftmax(op.div(logits, temperature), -1);
-  const [sortedP, order] = op.topk(op.exp(lp), V);
-  const before = op.cumsum(sortedP, 1, { exclusive: true });
-  const keep = op.less(before, topP); // the most likely token is always kept
+  const pick = (lp: Tensor, token: Tensor) => op.squeeze(op.gatherElements(lp, op.unsqueeze(token, [1]), 1), [1]);
+
+  const greedy = new Graph('greedy', outer);
+  const gLogits = op.capture(greedy, logits);
+  const gToken = op.argmax(gLogits, 1);
+  greedy.output('greedy_token', gToken);
+  greedy.output('greedy_logprob', pick(op.logSoftmax(gLogits, -1), gToken));
+
+  const sample = new Graph('sample', outer);
+  const lp = op.logSoftmax(op.div(op.capture(sample, logits), s.temperature), -1);
+  const truncate = op.or(op.greater(s.topK, op.int64(sample, 0)), op.less(s.topP, op.constant(sample, 'float32', 1)));
+
+  const nucleus = new Graph('nucleus', sample);
+  const nLp = op.capture(nucleus, lp);
+  const k = op.where(op.greater(s.topK, op.int64(nucleus, 0)), op.min(s.topK, op.int64(nucleus, V)), op.int64(nucleus, V));
+  const [sortedLp, order] = op.topk(nLp, op.reshape(k, [1]));
+  const sortedP = op.exp(sortedLp);
+  const keep = op.less(op.cumsum(sortedP, 1, { exclusive: true }), s.topP); // the most likely token is always kept
   const kept = op.where(keep, sortedP, 0);
-  const threshold = op.mul(op.unsqueeze(u, [1]), op.reduceSum(kept, [1], true));
-  const below = op.cast(op.lessOrEqual(op.cumsum(kept, 1), threshold), 'int64');
-  const lastKept = op.sub(op.reduceSum(op.cast(keep, 'int64'), [1], true), op.int64(logits.graph, 1));
-  const rank = op.min(op.reduceSum(below, [1], true), lastKept); // guards u*total rounding up to total
-  const token = op.gatherElements(order, rank, 1);
-  return { token: op.squeeze(token, [1]), logprob: op.squeeze(op.gatherElements(lp, token, 1), [1]) };
+  // On a rounding miss the sorted fallback, index 0, is the most likely token.
+  const rank = firstAbove(op.cumsum(kept, 1), op.mul(op.unsqueeze(u, [1]), op.reduceSum(kept, [1], true)), op.int64(nucleus, 0));
+  nucleus.output('nucleus_token', op.squeeze(op.gatherElements(order, op.unsqueeze(rank, [1]), 1), [1]));
+
+  const full = new Graph('full', sample);
+  const fLp = op.capture(full, lp);
+  const cdf = op.cumsum(op.exp(fLp), 1);
+  full.output('full_token', firstAbove(cdf, op.mul(op.unsqueeze(u, [1]), op.slice(cdf, [-1], [2 ** 62], [1])), op.argmax(fLp, 1)));
+
+  const [sToken] = op.ifElse(sample, truncate, nucleus, full);
+  sample.output('sample_token', sToken!);
+  sample.output('sample_logprob', pick(lp, sToken!));
+
+  const [token, logprob] = op.ifElse(outer, op.lessOrEqual(s.temperature, op.constant(outer, 'float32', 0)), greedy, sample);
+  return { token: token!, logprob: logprob! };
+}
+
+/** Per row of cdf [B, N], the first index whose value exceeds threshold [B, 1]; `fallback` [B] where none does (rounding). */
+function firstAbove(cdf: Tensor, threshold: Tensor, fallback: Tensor): Tensor {
+  const above = op.cast(op.greater(cdf, threshold), 'float32');
+  return op.where(op.greater(op.reduceMax(above, [1]), op.constant(cdf.graph, 'float32', 0)), op.argmax(above, 1), fallback);
 }
 
 // ---------- losses ----------
@@ -182,17 +263,18 @@ function tokenStats(logits: Tensor, targets: Tensor) {
 }
 
 /** Logits [B, T, V] from hidden states [B*T, d], with B and T taken from `like` [B, T]. */
-function logitsLike(c: GPTConfig, p: Params, hidden: Tensor, like: Tensor): Tensor {
-  const shape = op.concat([op.shapeOf(like), op.int64s(like.graph, [c.vocabSize])], 0);
-  return op.reshape(head(c, p, hidden), shape, ['B', 'T', c.vocabSize]);
+function logitsLike(c: ModelConfig, p: Params, hidden: Tensor, like: Tensor): Tensor {
+  const V = model(c).dims.vocabSize;
+  const shape = op.concat([op.shapeOf(like), op.int64s(like.graph, [V])], 0);
+  return op.reshape(logitsOf(c, p, hidden), shape, ['B', 'T', V]);
 }
 
 /** Token log-probs and entropies of sequences [B, T]: result column t scores token t+1. */
-function scoreTokens(c: GPTConfig, p: Params, ids: Tensor, mask: Tensor, dtype: DType) {
+function scoreTokens(c: ModelConfig, p: Params, ids: Tensor, mask: Tensor, dtype: DType) {
   const inputs = op.slice(ids, [0], [-1], [1]);
   const inMask = op.slice(mask, [0], [-1], [1]);
   const bias = attentionBias(inMask, op.dimOf(inputs, 1), dtype);
-  const { hidden } = forward(c, p, { ids: inputs, positions: positionsFromMask(inMask), bias });
+  const { hidden } = familyOf(c).forward(c, p, { ids: inputs, positions: positionsFromMask(inMask), bias });
   return tokenStats(logitsLike(c, p, hidden, inputs), op.slice(ids, [1], [2 ** 62], [1]));
 }
 
@@ -202,12 +284,13 @@ function scoreTokens(c: GPTConfig, p: Params, ids: Tensor, mask: Tensor, dtype: 
  * (right-padded, rows i*G.. of prompt i), which attend to it. Column t scores completion
  * token t. Saves the prompt's share of the work G-1 times over.
  */
-function scoreGrouped(c: GPTConfig, p: Params, promptIds: Tensor, promptMask: Tensor, ids: Tensor, mask: Tensor, dtype: DType) {
+function scoreGrouped(c: ModelConfig, p: Params, promptIds: Tensor, promptMask: Tensor, ids: Tensor, mask: Tensor, dtype: DType) {
   const g = ids.graph;
   const P = op.reshape(op.dimOf(promptIds, 0), [1]);
   const G = op.div(op.reshape(op.dimOf(ids, 0), [1]), P);
   const repeat = (t: Tensor) => repeatRows(t, P, G);
-  const pre = forward(c, p, {
+  const { family, dims } = model(c);
+  const pre = family.forward(c, p, {
     ids: promptIds,
     positions: positionsFromMask(promptMask),
     bias: attentionBias(promptMask, op.dimOf(promptIds, 1), dtype),
@@ -216,9 +299,9 @@ function scoreGrouped(c: GPTConfig, p: Params, promptIds: Tensor, promptMask: Te
   const promptLen = op.unsqueeze(repeat(op.reduceSum(promptMask, [1])), [1]);
   const positions = op.add(promptLen, op.max(op.sub(op.cumsum(mask, 1), op.int64(g, 1)), op.int64(g, 0)));
   const bias = attentionBias(op.concat([repeat(promptMask), mask], 1), op.dimOf(ids, 1), dtype);
-  const { hidden } = forward(c, p, { ids, positions, bias, past });
+  const { hidden } = family.forward(c, p, { ids, positions, bias, past });
   // Completion token t is predicted by the prompt's last position (t = 0) or completion position t-1.
-  const d = c.dModel;
+  const d = dims.hiddenSize;
   const byRow = (h: Tensor, like: Tensor) => op.reshape(h, op.concat([op.shapeOf(like), op.int64s(g, [d])], 0), ['B', 'T', d]);
   const lastPrompt = repeat(op.slice(byRow(pre.hidden, promptIds), [-1], [2 ** 62], [1]));
   const predictors = op.concat([lastPrompt, op.slice(byRow(hidden, ids), [0], [-1], [1])], 1);
@@ -232,7 +315,7 @@ export type BatchLayout = 'flat' | 'grouped';
  * flat: input_ids, attention_mask, loss_mask (and old/ref log-probs) [B, T], position t for token t.
  * grouped: prompt_ids, prompt_mask [P, Lp]; input_ids, attention_mask, loss_mask (...) [P*G, Lc] of the completions.
  */
-function buildLoss(g: Graph, c: GPTConfig, p: Params, o: LossOptions, dtype: DType, layout: BatchLayout) {
+function buildLoss(g: Graph, c: ModelConfig, p: Params, o: LossOptions, dtype: DType, layout: BatchLayout) {
   const ids = g.input('input_ids', 'int64', ['B', 'T']);
   const mask = g.input('attention_mask', 'int64', ['B', 'T']);
   const lossMask = g.input('loss_mask', dtype, ['B', 'T']);
@@ -283,20 +366,20 @@ function masked(x: Tensor, w: Tensor, how: LossOptions['aggregation']): Tensor {
 }
 
 /** params -> loss and gradients (float64 for gradient checks). */
-export function buildLossAndGrad(c: GPTConfig, o: LossOptions, dtype: DType = 'float64', layout: BatchLayout = 'flat'): Graph {
+export function buildLossAndGrad(c: ModelConfig, o: LossOptions, dtype: DType = 'float64', layout: BatchLayout = 'flat'): Graph {
+  const { specs } = model(c);
   const g = new Graph('loss');
-  const p = declareParams(g, c, dtype);
+  const p = declareParams(g, specs, dtype);
   const { loss } = buildLoss(g, c, p, o, dtype, layout);
   g.output('loss', loss);
-  const specs = paramSpecs(c);
   grad(loss, specs.map((s) => p[s.name]!)).forEach((gr, i) => g.output(`grad.${specs[i]!.name}`, gr));
   return g;
 }
 
 /** Token log-probs and entropies [B, T-1] of given sequences (e.g. reference log-probs for KL). */
-export function buildScore(c: GPTConfig, dtype: DType = 'float32'): Graph {
+export function buildScore(c: ModelConfig, dtype: DType = 'float32', weights?: WeightFile): Graph {
   const g = new Graph('score');
-  const p = declareParams(g, c, dtype);
+  const p = declareParams(g, model(c).specs, dtype, '', weights);
   const ids = g.input('input_ids', 'int64', ['B', 'T']);
   const mask = g.input('attention_mask', 'int64', ['B', 'T']);
   const { tokenLp, entropy } = scoreTokens(c, p, ids, mask, dtype);
@@ -311,17 +394,17 @@ export function buildScore(c: GPTConfig, dtype: DType = 'float32'): Graph {
  * entropy (mean over loss tokens), updated (false when the gradient was not finite) and kl.
  */
 export function buildTrainStep(
-  c: GPTConfig,
+  c: ModelConfig,
   o: LossOptions = DEFAULT_LOSS,
   opt: AdamWConfig = ADAMW_DEFAULTS,
   dtype: DType = 'float32',
   layout: BatchLayout = 'flat',
 ): Graph {
+  const { specs } = model(c);
   const g = new Graph('train_step');
-  const p = declareParams(g, c, dtype);
-  const specs = paramSpecs(c);
-  const m = declareParams(g, c, dtype, 'm.');
-  const v = declareParams(g, c, dtype, 'v.');
+  const p = declareParams(g, specs, dtype);
+  const m = declareParams(g, specs, dtype, 'm.');
+  const v = declareParams(g, specs, dtype, 'v.');
   const step = g.input('step', dtype, []);
   const lr = g.input('lr', dtype, []);
   const maxGradNorm = g.input('max_grad_norm', dtype, []);

@@ -14,16 +14,28 @@ export interface SessionOptions {
    * spinning thread burns the cycles the other could use.
    */
   spin?: boolean;
+  /** The folder of the graph's external-data weight files (see Graph.external). */
+  externalDir?: string;
+  /**
+   * Let ORT repack constant weights for its GEMM kernels (ORT's default). Faster, but each
+   * session then keeps its own packed copy instead of reading the shared file mapping.
+   */
+  prepack?: boolean;
 }
 
 export async function createSession(graph: Graph, o: SessionOptions = {}): Promise<ort.InferenceSession> {
+  const session: Record<string, unknown> = { intra_op: { allow_spinning: o.spin === false ? '0' : '1' } };
+  if (o.externalDir) session.model_external_initializers_file_folder_path = o.externalDir;
+  if (o.prepack === false) session.disable_prepacking = '1';
   return ort.InferenceSession.create(toOnnx(graph), {
     intraOpNumThreads: o.threads ?? 1,
     interOpNumThreads: 1,
     executionMode: 'sequential',
-    graphOptimizationLevel: 'all',
+    // ORT's fused kernels (e.g. QuickGelu for x * sigmoid(x)) exist for float32 only; float64
+    // graphs are our gradient checks, which want exact primitives anyway.
+    graphOptimizationLevel: graph.inputs.some((t) => t.dtype === 'float64') ? 'basic' : 'all',
     logSeverityLevel: 3, // ORT warns about constants our gradient rules leave unused; it removes them itself
-    extra: { session: { intra_op: { allow_spinning: o.spin === false ? '0' : '1' } } },
+    extra: { session },
   });
 }
 

@@ -2,7 +2,8 @@
 // lengths are left-padded into one run; each prompt is prefilled once and its cache
 // shared by its samples. Results are reproducible from the seed: the uniforms that
 // drive sampling come from a seeded JS RNG.
-import type { GPTConfig, Weights } from '../model/gpt.ts';
+import type { WeightSource } from '../model/weight-file.ts';
+import { dimsOf, type ModelConfig } from '../model/families.ts';
 import { WorkerClient } from './worker-host.ts';
 
 export interface SampleOptions {
@@ -15,9 +16,14 @@ export interface SampleOptions {
    * their model versions draw the same dice).
    */
   seeds?: number[];
-  stopToken: number;
+  /** Token ids that end a completion (e.g. every id of generation_config's eos_token_id); none: run to maxNewTokens. */
+  stopTokens: number[];
   padToken: number;
+  /** 0: greedy (argmax). Default 1. */
   temperature?: number;
+  /** Sample among the k most likely tokens only; 0 (default): no limit. */
+  topK?: number;
+  /** Nucleus: the smallest set of most likely tokens holding this much mass. Default 1. */
   topP?: number;
 }
 
@@ -38,27 +44,30 @@ export interface SampleResult {
 }
 
 export interface SamplerInit {
-  config: GPTConfig;
-  weights: Weights;
+  config: ModelConfig;
+  /** In memory (fed as inputs: swaps are cheap), or a weight file the session maps (shared by every worker). */
+  weights: WeightSource;
   version?: number;
   threads?: number;
   /** Linux nice value of the worker's threads. */
   nice?: number;
   /** Let idle compute threads spin (default true; false when sharing cores with a trainer). */
   spin?: boolean;
+  /** Let ORT repack mapped weights for speed, at the cost of a private copy (see SessionOptions.prepack). */
+  prepack?: boolean;
 }
 
 export class Sampler {
   private constructor(
     private client: WorkerClient,
-    readonly config: GPTConfig,
+    readonly config: ModelConfig,
   ) {}
 
   static async create(o: SamplerInit): Promise<Sampler> {
     const client = new WorkerClient(new URL(`./sampler.worker${extOf(import.meta.url)}`, import.meta.url), 'sampler');
     const s = new Sampler(client, o.config);
     try {
-      await client.request('init', { config: o.config, weights: o.weights, version: o.version ?? 0, threads: o.threads ?? 1, nice: o.nice, spin: o.spin });
+      await client.request('init', { config: o.config, weights: o.weights, version: o.version ?? 0, threads: o.threads ?? 1, nice: o.nice, spin: o.spin, prepack: o.prepack });
     } catch (e) {
       await client.close();
       throw e;
@@ -67,7 +76,7 @@ export class Sampler {
   }
 
   /** Takes effect for the next generate() call: a batch never mixes versions. */
-  setWeights(weights: Weights, version: number): Promise<void> {
+  setWeights(weights: WeightSource, version: number): Promise<void> {
     return this.client.request('setWeights', { weights, version });
   }
 
@@ -81,22 +90,27 @@ export class Sampler {
   }
 }
 
-export function validate(c: GPTConfig, prompts: number[][], o: SampleOptions): void {
+export function validate(c: ModelConfig, prompts: number[][], o: SampleOptions): void {
+  const { vocabSize, contextLength } = dimsOf(c);
+  const isToken = (t: number) => Number.isInteger(t) && t >= 0 && t < vocabSize;
   if (!prompts.length) throw new Error('generate: no prompts');
-  const longest = Math.max(...prompts.map((p) => p.length));
   if (prompts.some((p) => p.length === 0)) throw new Error('generate: empty prompt');
-  for (const p of prompts)
-    for (const t of p) if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`generate: token id ${t} outside the vocabulary (0..${c.vocabSize - 1})`);
+  for (const p of prompts) for (const t of p) if (!isToken(t)) throw new Error(`generate: token id ${t} outside the vocabulary (0..${vocabSize - 1})`);
   if (!Number.isInteger(o.samplesPerPrompt) || o.samplesPerPrompt < 1) throw new Error('generate: samplesPerPrompt must be a positive integer');
   if (!Number.isInteger(o.maxNewTokens) || o.maxNewTokens < 1) throw new Error('generate: maxNewTokens must be a positive integer');
-  if (longest + o.maxNewTokens > c.contextLength)
-    throw new Error(`generate: prompt of ${longest} tokens + ${o.maxNewTokens} new tokens exceeds the context length ${c.contextLength}`);
+  const longest = Math.max(...prompts.map((p) => p.length));
+  if (longest + o.maxNewTokens > contextLength)
+    throw new Error(`generate: prompt of ${longest} tokens + ${o.maxNewTokens} new tokens exceeds the context length ${contextLength}`);
+  if (!o.stopTokens.every(isToken)) throw new Error(`generate: stopTokens must be token ids of the vocabulary, got [${o.stopTokens}]`);
+  if (!isToken(o.padToken)) throw new Error(`generate: padToken ${o.padToken} outside the vocabulary`);
   const t = o.temperature ?? 1;
-  if (!(t > 0) || !Number.isFinite(t)) throw new Error(`generate: temperature must be > 0, got ${t}`);
-  if (o.seeds && (o.seeds.length !== prompts.length || !o.seeds.every((s) => Number.isInteger(s) && s >= 0 && s < 2 ** 32)))
-    throw new Error(`generate: seeds must hold one 32-bit unsigned integer per prompt (${prompts.length})`);
+  if (!(t >= 0) || !Number.isFinite(t)) throw new Error(`generate: temperature must be a finite number >= 0 (0: greedy), got ${t}`);
+  const k = o.topK ?? 0;
+  if (!Number.isInteger(k) || k < 0) throw new Error(`generate: topK must be an integer >= 0 (0: no limit), got ${k}`);
   const p = o.topP ?? 1;
   if (!(p > 0 && p <= 1)) throw new Error(`generate: topP must be in (0, 1], got ${p}`);
+  if (o.seeds && (o.seeds.length !== prompts.length || !o.seeds.every((s) => Number.isInteger(s) && s >= 0 && s < 2 ** 32)))
+    throw new Error(`generate: seeds must hold one 32-bit unsigned integer per prompt (${prompts.length})`);
 }
 
 export function extOf(url: string): string {

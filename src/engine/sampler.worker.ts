@@ -1,33 +1,61 @@
-// Sampler worker: owns the generate-graph session and the current weight version.
+// Sampler worker: owns the generate-graph session and the current weight version. Weights in
+// memory are fed as inputs (a swap is new arrays); a weight file is mapped by the session
+// itself (a swap builds a session for the new file).
 import { buildGenerate } from './graphs.ts';
 import { createSession, f32, i64, type ort } from './ort.ts';
 import { niceThisThread, serveRequests } from './worker-host.ts';
-import { Rng } from './rng.ts';
-import { checkWeights, paramSpecs, type GPTConfig, type Weights } from '../model/gpt.ts';
+import { Rng } from '../util/rng.ts';
+import { checkWeights, type ParamSpec } from '../model/family.ts';
+import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
+import { checkWeightFile, isWeightFile, type WeightSource } from '../model/weight-file.ts';
 import type { Completion, SampleOptions } from './sampler.ts';
 import { leftPad } from './batch.ts';
 
-let config: GPTConfig;
-let session: ort.InferenceSession;
-let weightFeeds: Record<string, ort.Tensor> = {};
-let version = 0;
+interface Init {
+  config: ModelConfig;
+  weights: WeightSource;
+  version: number;
+  threads: number;
+  nice?: number;
+  spin?: boolean;
+  prepack?: boolean;
+}
 
-function setWeights(w: Weights, v: number): void {
-  checkWeights(config, w);
-  weightFeeds = Object.fromEntries(paramSpecs(config).map((s) => [s.name, f32(w.get(s.name)!, s.shape)]));
-  version = v;
+let init: Init;
+let specs: ParamSpec[];
+/** The session for weights fed as inputs, built on first use. */
+let inputsSession: Promise<ort.InferenceSession> | undefined;
+/** The session serving now, and the inputs it needs beyond the batch (the weights, unless mapped). */
+let active: { session: ort.InferenceSession; weightFeeds: Record<string, ort.Tensor>; version: number };
+
+async function sessionFor(w: WeightSource): Promise<{ session: ort.InferenceSession; weightFeeds: Record<string, ort.Tensor> }> {
+  const o = { threads: init.threads, spin: init.spin, prepack: init.prepack };
+  if (isWeightFile(w)) {
+    checkWeightFile(specs, w);
+    return { session: await createSession(buildGenerate(init.config, w), { ...o, externalDir: w.dir }), weightFeeds: {} };
+  }
+  checkWeights(specs, w);
+  const weightFeeds = Object.fromEntries(specs.map((s) => [s.name, f32(w.get(s.name)!, s.shape)]));
+  return { session: await (inputsSession ??= createSession(buildGenerate(init.config), o)), weightFeeds };
+}
+
+async function setWeights(w: WeightSource, version: number): Promise<void> {
+  const previous = active?.session;
+  active = { ...(await sessionFor(w)), version };
+  // A file-mapped session serves one version only: let it go once another took over.
+  if (previous && previous !== active.session && previous !== (await inputsSession)) await previous.release();
 }
 
 serveRequests({
-  async init(p: { config: GPTConfig; weights: Weights; version: number; threads: number; nice?: number; spin?: boolean }) {
+  async init(p: Init) {
     if (p.nice) niceThisThread(p.nice);
-    config = p.config;
-    setWeights(p.weights, p.version);
-    session = await createSession(buildGenerate(config), { threads: p.threads, spin: p.spin });
+    init = p;
+    specs = paramSpecsOf(p.config);
+    await setWeights(p.weights, p.version);
     return { value: null };
   },
-  setWeights(p: { weights: Weights; version: number }) {
-    setWeights(p.weights, p.version);
+  async setWeights(p: { weights: WeightSource; version: number }) {
+    await setWeights(p.weights, p.version);
     return { value: null };
   },
   async generate(p: { prompts: number[][]; options: SampleOptions }) {
@@ -37,6 +65,7 @@ serveRequests({
     const { P, L, ids, mask } = leftPad(prompts, o.padToken);
     const B = P * G;
     const uniforms = o.seeds ? perPromptUniforms(o.seeds, G, o.maxNewTokens) : (new Rng(o.seed).fillUniform(new Float32Array(o.maxNewTokens * B)) as Float32Array);
+    const { session, weightFeeds, version } = active;
     const out = await session.run({
       ...weightFeeds,
       input_ids: i64(ids, [P, L]),
@@ -45,13 +74,16 @@ serveRequests({
       max_new_tokens: i64([o.maxNewTokens], []),
       uniforms: f32(uniforms, [o.maxNewTokens, B]),
       temperature: f32(Float32Array.of(o.temperature ?? 1), []),
+      top_k: i64([o.topK ?? 0], []),
       top_p: f32(Float32Array.of(o.topP ?? 1), []),
-      stop_token: i64([o.stopToken], []),
+      // No stop token: -1 matches no sampled id, so every sequence runs to max_new_tokens.
+      stop_tokens: o.stopTokens.length ? i64(o.stopTokens, [o.stopTokens.length]) : i64([-1], [1]),
       pad_token: i64([o.padToken], []),
     });
     const tokens = out.tokens!.data as BigInt64Array;
     const logprobs = out.logprobs!.data as Float32Array;
     const steps = out.tokens!.dims[0]!;
+    const stops = new Set(o.stopTokens);
     const completions: Completion[][] = prompts.map(() => []);
     for (let b = 0; b < B; b++) {
       const c: Completion = { tokens: [], logprobs: [], stopped: false };
@@ -59,7 +91,7 @@ serveRequests({
         const t = Number(tokens[s * B + b]);
         c.tokens.push(t);
         c.logprobs.push(logprobs[s * B + b]!);
-        if (t === o.stopToken) {
+        if (stops.has(t)) {
           c.stopped = true;
           break;
         }
@@ -80,3 +112,4 @@ function perPromptUniforms(seeds: number[], G: number, maxNewTokens: number): Fl
   });
   return u;
 }
+

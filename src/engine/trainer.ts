@@ -1,7 +1,9 @@
 // The trainer: parameters and AdamW state live in a worker; each step() is one run of
 // the train-step graph (forward, backward, clip, AdamW). A step whose gradient is not
 // finite changes nothing and reports updated: false.
-import type { GPTConfig, Weights } from '../model/gpt.ts';
+import type { Weights } from '../model/family.ts';
+import type { ModelConfig } from '../model/families.ts';
+import type { WeightSource } from '../model/weight-file.ts';
 import type { AdamWConfig } from '../graph/optim.ts';
 import type { LossOptions } from './graphs.ts';
 import type { PackedBatch } from './batch.ts';
@@ -37,8 +39,9 @@ export interface OptimizerState {
 }
 
 export interface TrainerInit {
-  config: GPTConfig;
-  weights: Weights;
+  config: ModelConfig;
+  /** Initial weights; the trainer keeps its own copy either way. */
+  weights: WeightSource;
   loss: LossOptions;
   adamw?: AdamWConfig;
   threads?: number;
@@ -85,7 +88,7 @@ export class Trainer {
   }
 
   /** Replaces the weights (e.g. a rollback); the optimizer state is reset unless told otherwise. */
-  setWeights(weights: Weights, resetOptimizer = true): Promise<void> {
+  setWeights(weights: WeightSource, resetOptimizer = true): Promise<void> {
     return this.client.request('setWeights', { weights, resetOptimizer });
   }
 

@@ -3,11 +3,14 @@ import { buildScore, buildTrainStep, type BatchLayout, type LossOptions } from '
 import { createSession, f32, i64, type ort } from './ort.ts';
 import { niceThisThread, serveRequests } from './worker-host.ts';
 import { ADAMW_DEFAULTS, type AdamWConfig } from '../graph/optim.ts';
-import { checkWeights, paramSpecs, type GPTConfig, type Weights } from '../model/gpt.ts';
+import { checkWeights, type ParamSpec, type Weights } from '../model/family.ts';
+import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
 import type { PackedBatch } from './batch.ts';
+import { isWeightFile, readWeights, type WeightSource } from '../model/weight-file.ts';
 import type { OptimizerState, StepHyper } from './trainer.ts';
 
-let config: GPTConfig;
+let config: ModelConfig;
+let specs: ParamSpec[];
 let loss: LossOptions;
 let threads = 1;
 let spin = true;
@@ -20,12 +23,13 @@ let m: Weights;
 let v: Weights;
 let steps = 0;
 
-const specs = () => paramSpecs(config);
-const zeros = (): Weights => new Map(specs().map((s) => [s.name, new Float32Array(s.shape.reduce((a, b) => a * b, 1))]));
+const zeros = (): Weights => new Map(specs.map((s) => [s.name, new Float32Array(s.shape.reduce((a, b) => a * b, 1))]));
 
-function setParams(w: Weights, reset: boolean): void {
-  checkWeights(config, w);
-  params = new Map(specs().map((s) => [s.name, Float32Array.from(w.get(s.name)!)]));
+async function setParams(source: WeightSource, reset: boolean): Promise<void> {
+  // Trained weights change at every step: the trainer keeps its own copy, even of a shared file.
+  const w = isWeightFile(source) ? await readWeights(source, specs.map((s) => s.name)) : source;
+  checkWeights(specs, w);
+  params = new Map(specs.map((s) => [s.name, Float32Array.from(w.get(s.name)!)]));
   if (reset) {
     m = zeros();
     v = zeros();
@@ -52,14 +56,15 @@ function trainSession(layout: BatchLayout): Promise<ort.InferenceSession> {
 const scalar = (x: number) => f32(Float32Array.of(x), []);
 
 serveRequests({
-  async init(p: { config: GPTConfig; weights: Weights; loss: LossOptions; adamw?: AdamWConfig; threads?: number; nice?: number; spin?: boolean }) {
+  async init(p: { config: ModelConfig; weights: WeightSource; loss: LossOptions; adamw?: AdamWConfig; threads?: number; nice?: number; spin?: boolean }) {
     if (p.nice) niceThisThread(p.nice);
     config = p.config;
+    specs = paramSpecsOf(config);
     loss = p.loss;
     threads = p.threads ?? 1;
     spin = p.spin ?? true;
     adamwConfig = p.adamw ?? ADAMW_DEFAULTS;
-    setParams(p.weights, true);
+    await setParams(p.weights, true);
     await trainSession('flat');
     return { value: null };
   },
@@ -84,7 +89,7 @@ serveRequests({
     if (loss.ppoClip) feeds.clip_eps = scalar(h.clipEps ?? 0.2);
     if (loss.kl) feeds.kl_coef = scalar(h.klCoef ?? 0);
     if (loss.entropyBonus) feeds.entropy_coef = scalar(h.entropyCoef ?? 0);
-    for (const s of specs()) {
+    for (const s of specs) {
       feeds[s.name] = f32(params.get(s.name)!, s.shape);
       feeds[`m.${s.name}`] = f32(m.get(s.name)!, s.shape);
       feeds[`v.${s.name}`] = f32(v.get(s.name)!, s.shape);
@@ -94,7 +99,7 @@ serveRequests({
     const updated = (out.updated!.data as Uint8Array)[0] === 1;
     if (updated) {
       steps++;
-      for (const s of specs()) {
+      for (const s of specs) {
         params.set(s.name, out[`new.${s.name}`]!.data as Float32Array);
         m.set(s.name, out[`new_m.${s.name}`]!.data as Float32Array);
         v.set(s.name, out[`new_v.${s.name}`]!.data as Float32Array);
@@ -109,7 +114,7 @@ serveRequests({
     if (p.batch.prompts) throw new Error('score: takes the flat layout (packBatch)');
     scoreSession ??= await createSession(buildScore(config), { threads, spin });
     const feeds: Record<string, ort.Tensor> = batchFeeds(p.batch);
-    for (const s of specs()) feeds[s.name] = f32(params.get(s.name)!, s.shape);
+    for (const s of specs) feeds[s.name] = f32(params.get(s.name)!, s.shape);
     const out = await scoreSession.run(feeds);
     // Shift right by one so position t holds the log-prob of token t, as the batch is laid out.
     const { B, T } = p.batch;
@@ -127,16 +132,16 @@ serveRequests({
     return { value: { m, v, step: steps } };
   },
   setOptimizerState(p: OptimizerState) {
-    checkWeights(config, p.m);
-    checkWeights(config, p.v);
+    checkWeights(specs, p.m);
+    checkWeights(specs, p.v);
     if (!Number.isInteger(p.step) || p.step < 0) throw new Error(`optimizer state: step must be an integer >= 0, got ${p.step}`);
     m = new Map(p.m);
     v = new Map(p.v);
     steps = p.step;
     return { value: null };
   },
-  setWeights(p: { weights: Weights; resetOptimizer: boolean }) {
-    setParams(p.weights, p.resetOptimizer);
+  async setWeights(p: { weights: WeightSource; resetOptimizer: boolean }) {
+    await setParams(p.weights, p.resetOptimizer);
     return { value: null };
   },
 });

@@ -78,6 +78,8 @@ export const VJP: Record<string, Rule> = {
   Exp: (g, n) => [op.mul(g, out(n))],
   Log: (g, n) => [op.div(g, inp(n, 0))],
   Sqrt: (g, n) => [op.div(g, op.mul(out(n), 2))],
+  Cos: (g, n) => [op.neg(op.mul(g, op.sin(inp(n, 0))))],
+  Sin: (g, n) => [op.mul(g, op.cos(inp(n, 0)))],
   Tanh: (g, n) => [op.mul(g, op.sub(1, op.mul(out(n), out(n))))],
   Sigmoid: (g, n) => [op.mul(g, op.mul(out(n), op.sub(1, out(n))))],
   Abs: (g, n) => [op.where(op.less(inp(n, 0), 0), op.neg(g), g)],
@@ -226,7 +228,7 @@ function minMax(g: Tensor, n: Node, k: boolean[], pick: (a: Tensor, b: Tensor) =
 /** Ops whose outputs carry no gradient (integer, boolean or index results). */
 const NO_GRADIENT = new Set([
   'Shape', 'Constant', 'ConstantOfShape', 'Range', 'Equal', 'Less', 'LessOrEqual', 'Greater', 'GreaterOrEqual',
-  'And', 'Or', 'Not', 'IsNaN', 'IsInf', 'ArgMax', 'TopK', 'CumSum', 'Loop',
+  'And', 'Or', 'Not', 'IsNaN', 'IsInf', 'ArgMax', 'TopK', 'CumSum', 'Loop', 'If',
 ]);
 
 /**

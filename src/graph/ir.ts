@@ -65,10 +65,19 @@ export interface Node {
   attrs: Record<string, Attr>;
 }
 
+/** Where an initializer's bytes live: a file in the session's external-data folder, mapped by ORT. */
+export interface ExternalData {
+  location: string;
+  offset: number;
+  length: number;
+}
+
 export class Graph {
   readonly nodes: Node[] = [];
   readonly inputs: Tensor[] = [];
   readonly outputs: Tensor[] = [];
+  /** Initializers whose data stays in a file (ONNX external data): weights shared through the page cache. */
+  readonly externals: { tensor: Tensor; data: ExternalData }[] = [];
   readonly depth: number;
   constructor(
     readonly name = 'graph',
@@ -80,6 +89,13 @@ export class Graph {
   input(name: string, dtype: DType, shape: Shape): Tensor {
     const t = new Tensor(this, dtype, shape, name);
     this.inputs.push(t);
+    return t;
+  }
+
+  /** A value read from a file when the session is created, instead of fed at every run. */
+  external(name: string, dtype: DType, shape: number[], data: ExternalData): Tensor {
+    const t = new Tensor(this, dtype, shape, name);
+    this.externals.push({ tensor: t, data });
     return t;
   }
 

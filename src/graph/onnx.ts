@@ -4,7 +4,7 @@
 // an old protobufjs, while a 60-line schema parsed at load time has no codegen step
 // and every field number is visible here, checked against onnx.proto.
 import protobuf from 'protobufjs';
-import { type Attr, type ConstValue, type Graph, type Shape, type Tensor } from './ir.ts';
+import { type Attr, type ConstValue, type ExternalData, type Graph, type Shape, type Tensor } from './ir.ts';
 import { ONNX_DTYPE } from './ops.ts';
 
 const SCHEMA = `
@@ -27,7 +27,11 @@ message GraphProto {
   repeated NodeProto node = 1; string name = 2; repeated TensorProto initializer = 5;
   repeated ValueInfoProto input = 11; repeated ValueInfoProto output = 12;
 }
-message TensorProto { repeated int64 dims = 1; int32 data_type = 2; string name = 8; bytes raw_data = 9; }
+message StringStringEntryProto { string key = 1; string value = 2; }
+message TensorProto {
+  repeated int64 dims = 1; int32 data_type = 2; string name = 8; bytes raw_data = 9;
+  repeated StringStringEntryProto external_data = 13; int32 data_location = 14;
+}
 message TensorShapeProto {
   message Dimension { oneof value { int64 dim_value = 1; string dim_param = 2; } }
   repeated Dimension dim = 1;
@@ -59,6 +63,19 @@ function tensorProto(v: ConstValue, name = '') {
 }
 
 type Message = Record<string, unknown>;
+
+const EXTERNAL = 1; // TensorProto.DataLocation
+
+function externalTensorProto(t: Tensor, d: ExternalData): Message {
+  const entries = { location: d.location, offset: String(d.offset), length: String(d.length) };
+  return {
+    name: t.name,
+    dims: t.shape,
+    data_type: ONNX_DTYPE[t.dtype],
+    data_location: EXTERNAL,
+    external_data: Object.entries(entries).map(([key, value]) => ({ key, value })),
+  };
+}
 
 function attributeProto(name: string, a: Attr): Message {
   const base = { name, type: ATTR_TYPE[a.type] };
@@ -103,6 +120,7 @@ function graphProto(g: Graph): Message {
     })),
     input: g.inputs.map((t) => valueInfo(t)),
     output: g.outputs.map((t) => valueInfo(t, top)),
+    initializer: g.externals.map((e) => externalTensorProto(e.tensor, e.data)),
   };
 }
 
@@ -128,6 +146,7 @@ function checkNames(g: Graph, seen = new Set<string>()): void {
     seen.add(name);
   };
   g.inputs.forEach((t) => claim(t.name));
+  g.externals.forEach((e) => claim(e.tensor.name));
   for (const n of g.nodes) {
     n.outputs.forEach((t) => claim(t.name));
     for (const a of Object.values(n.attrs)) if (a.type === 'graph') checkNames(a.value, seen);

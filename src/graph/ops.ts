@@ -56,6 +56,8 @@ export const exp = (x: Tensor) => unary('Exp', x);
 export const log = (x: Tensor) => unary('Log', x);
 export const sqrt = (x: Tensor) => unary('Sqrt', x);
 export const tanh = (x: Tensor) => unary('Tanh', x);
+export const cos = (x: Tensor) => unary('Cos', x);
+export const sin = (x: Tensor) => unary('Sin', x);
 export const sigmoid = (x: Tensor) => unary('Sigmoid', x);
 export const abs = (x: Tensor) => unary('Abs', x);
 export const relu = (x: Tensor) => unary('Relu', x);
@@ -215,14 +217,22 @@ export function cumsum(x: Tensor, axis: number, o: { exclusive?: boolean } = {})
   });
 }
 
-/** Largest k values along the last axis, sorted descending: [values, indices]. */
-export function topk(x: Tensor, k: number): [Tensor, Tensor] {
-  const shape = [...x.shape.slice(0, -1), k];
-  const [v, i] = x.graph.node('TopK', [x, int64s(x.graph, [k])], { axis: attr.int(-1), largest: attr.int(1), sorted: attr.int(1) }, [
+/** Largest k values along the last axis, sorted descending: [values, indices]. k: a number or an int64 [1] tensor. */
+export function topk(x: Tensor, k: number | Tensor): [Tensor, Tensor] {
+  const shape = [...x.shape.slice(0, -1), typeof k === 'number' ? k : 'k'];
+  const kT = typeof k === 'number' ? int64s(x.graph, [k]) : k;
+  const [v, i] = graphOf(x, kT).node('TopK', [x, kT], { axis: attr.int(-1), largest: attr.int(1), sorted: attr.int(1) }, [
     { dtype: x.dtype, shape },
     { dtype: 'int64', shape },
   ]);
   return [v!, i!];
+}
+
+/** Index of the largest value along `axis` (the first one on ties), as int64. */
+export function argmax(x: Tensor, axis = -1, keepdims = false): Tensor {
+  const ax = normAxis(axis, x.rank);
+  const shape = keepdims ? x.shape.map((d, i) => (i === ax ? 1 : d)) : x.shape.filter((_, i) => i !== ax);
+  return one(x.graph, 'ArgMax', [x], 'int64', shape, { axis: attr.int(ax), keepdims: attr.int(keepdims ? 1 : 0) });
 }
 
 // ---------- reductions and normalisers ----------
@@ -359,4 +369,22 @@ export function loop(g: Graph, maxTrips: Tensor | null, cond: Tensor | null, car
     ...scans.map((t) => ({ dtype: t.dtype, shape: ['iterations', ...t.shape] as Shape })),
   ];
   return g.node('Loop', [maxTrips, cond, ...carried], { body: attr.graph(body) }, outs);
+}
+
+/**
+ * ONNX If. Each branch is a Graph whose parent is the caller's graph, with no inputs and the
+ * same number and dtypes of outputs; branches read outer values through capture(). Returns
+ * the chosen branch's outputs (their shapes may differ between branches, so dims are named).
+ */
+export function ifElse(g: Graph, cond: Tensor, then: Graph, otherwise: Graph): Tensor[] {
+  if (then.parent !== g || otherwise.parent !== g) throw new Error('ifElse: both branches must be subgraphs of the If\'s graph');
+  if (then.outputs.length !== otherwise.outputs.length || then.outputs.some((t, i) => t.dtype !== otherwise.outputs[i]!.dtype))
+    throw new Error('ifElse: the branches must have outputs of the same number and dtypes');
+  const outs = then.outputs.map((t, i) => ({ dtype: t.dtype, shape: t.shape.map((_, j) => `if_out${i}_${j}`) as Shape }));
+  return g.node('If', [cond], { then_branch: attr.graph(then), else_branch: attr.graph(otherwise) }, outs);
+}
+
+/** An outer value as a value of `branch` (an If branch has no inputs, so its first ops need one). */
+export function capture(branch: Graph, t: Tensor): Tensor {
+  return one(branch, 'Identity', [t], t.dtype, t.shape);
 }

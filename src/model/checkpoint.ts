@@ -1,23 +1,36 @@
-// A model directory: config.json (architecture + GPTConfig), tokenizer.json and
-// model.safetensors (float32 weights by GPT-2 name). Loading validates every weight.
-import { mkdir, readFile } from 'node:fs/promises';
+// Models on disk, in three forms, one entry point:
+//  - our own directory (config.json with architecture "gpt", tokenizer.json, float32
+//    model.safetensors by GPT-2 name): the shipped model; read into memory, it is small;
+//  - a Hugging Face directory of the Llama family (hf.ts);
+//  - a GGUF file of llama architecture (gguf-llama.ts), converted once into the cache.
+// Llama-family weights stay in files every worker maps (weight-file.ts).
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { paramSpecs, type GPTConfig, type Weights } from './gpt.ts';
+import { checkWeights, paramCount, type Weights } from './family.ts';
+import { dimsOf, paramSpecsOf, type ModelConfig } from './families.ts';
+import type { GPTConfig } from './gpt.ts';
+import { llama } from './llama.ts';
 import { loadTokenizer, saveTokenizer, type Tokenizer } from './tokenizer.ts';
 import { readSafetensors, writeSafetensors, type NamedTensor } from './safetensors.ts';
+import { fromHFFiles, llamaConfigFromHF, loadHFDirectory, saveHFDirectory, type HFFiles } from './hf.ts';
+import { readGGUFLlama } from './gguf-llama.ts';
+import { convertedWeightFile, isWeightFile, readWeights, type WeightSource } from './weight-file.ts';
 import { writeFileAtomic } from '../util/atomic-write.ts';
 
 export interface Model {
-  config: GPTConfig;
+  config: ModelConfig;
   tokenizer: Tokenizer;
-  weights: Weights;
+  weights: WeightSource;
   /** Free-form provenance stored in the safetensors metadata (e.g. training step). */
   metadata: Record<string, string>;
+  /** Llama family: the Hugging Face files besides the weights, written back on save. */
+  hf?: HFFiles;
 }
 
 export const CONFIG_FILE = 'config.json';
 export const WEIGHTS_FILE = 'model.safetensors';
 
+/** Our own config.json (architecture "gpt"). */
 export function validateConfig(raw: unknown): GPTConfig {
   const c = raw as Record<string, unknown>;
   if (!c || typeof c !== 'object') throw new Error('config.json: not an object');
@@ -28,6 +41,7 @@ export function validateConfig(raw: unknown): GPTConfig {
     return v as number;
   };
   const config: GPTConfig = {
+    family: 'gpt',
     vocabSize: int('vocabSize'),
     contextLength: int('contextLength'),
     dModel: int('dModel'),
@@ -44,20 +58,36 @@ export function validateConfig(raw: unknown): GPTConfig {
   return config;
 }
 
-export async function loadModel(dir: string): Promise<Model> {
-  let raw: unknown;
+/** A model directory (ours or Hugging Face's) or a .gguf file. */
+export async function loadModel(path: string): Promise<Model> {
+  let isFile: boolean;
   try {
-    raw = JSON.parse(await readFile(join(dir, CONFIG_FILE), 'utf8'));
+    isFile = (await stat(path)).isFile();
   } catch (e) {
-    throw new Error(`cannot read model config ${join(dir, CONFIG_FILE)}: ${(e as Error).message}`);
+    throw new Error(`cannot read model ${path}: ${(e as Error).message}`);
   }
-  const config = validateConfig(raw);
+  if (isFile) return loadGGUF(path);
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(await readFile(join(path, CONFIG_FILE), 'utf8'));
+  } catch (e) {
+    throw new Error(`cannot read model config ${join(path, CONFIG_FILE)}: ${(e as Error).message}`);
+  }
+  // Hugging Face configs name a model_type; ours name architecture "gpt".
+  if (raw && typeof raw === 'object' && 'model_type' in raw && !('architecture' in raw)) {
+    const m = await loadHFDirectory(path);
+    return { ...m, metadata: {} };
+  }
+  return loadGPT(path, validateConfig(raw));
+}
+
+async function loadGPT(dir: string, config: GPTConfig): Promise<Model> {
   const tokenizer = await loadTokenizer(dir);
   if (tokenizer.vocabSize !== config.vocabSize)
     throw new Error(`${dir}: tokenizer has ${tokenizer.vocabSize} tokens but config.vocabSize is ${config.vocabSize}`);
   const { tensors, metadata } = await readSafetensors(join(dir, WEIGHTS_FILE));
   const weights: Weights = new Map();
-  for (const s of paramSpecs(config)) {
+  for (const s of paramSpecsOf(config)) {
     const t = tensors.get(s.name);
     if (!t) throw new Error(`${dir}/${WEIGHTS_FILE}: missing weight ${s.name}`);
     if (t.dtype !== 'F32') throw new Error(`${dir}/${WEIGHTS_FILE}: ${s.name} is ${t.dtype}, expected F32`);
@@ -67,13 +97,51 @@ export async function loadModel(dir: string): Promise<Model> {
   return { config, tokenizer, weights, metadata };
 }
 
-export async function saveModel(dir: string, m: Model): Promise<void> {
-  await mkdir(dir, { recursive: true });
-  await writeFileAtomic(join(dir, CONFIG_FILE), JSON.stringify({ architecture: 'gpt', ...m.config }, null, 2) + '\n');
-  await saveTokenizer(dir, m.tokenizer);
-  await writeSafetensors(join(dir, WEIGHTS_FILE), weightsToTensors(m.config, m.weights), m.metadata);
+/** A llama-architecture GGUF file: its tokenizer and config as Hugging Face files, its weights converted once into the cache. */
+async function loadGGUF(path: string): Promise<Model> {
+  const g = readGGUFLlama(path);
+  try {
+    const hf: HFFiles = { config: g.config, generationConfig: g.generationConfig, tokenizerJson: g.tokenizerJson, tokenizerConfig: g.tokenizerConfig };
+    const m = fromHFFiles(hf, path, llamaConfigFromHF(g.config, `${path} (as config.json)`));
+    const specs = llama.paramSpecs(m.config);
+    const layout = new Map(specs.map((s) => [s.name, { shape: s.shape }]));
+    for (const s of specs) {
+      const shape = g.tensorNames.includes(s.name) ? g.tensorShape(s.name) : undefined;
+      if (!shape) throw new Error(`${path}: no tensor for ${s.name}`);
+      if (shape.join() !== s.shape.join()) throw new Error(`${path}: ${s.name} has shape [${shape}], the metadata implies [${s.shape}]`);
+    }
+    const weights = await convertedWeightFile([path], 'gguf-f32-1', layout, async (name) => g.readTensor(name).data);
+    return { ...m, weights, metadata: {} };
+  } finally {
+    g.close();
+  }
 }
 
-export function weightsToTensors(c: GPTConfig, w: Weights): Map<string, NamedTensor> {
-  return new Map(paramSpecs(c).map((s) => [s.name, { dtype: 'F32', shape: s.shape, data: w.get(s.name)! }]));
+export async function saveModel(dir: string, m: Model): Promise<void> {
+  if (m.config.family === 'llama') {
+    if (!m.hf) throw new Error('saveModel: a Llama-family model needs its Hugging Face files (tokenizer, config)');
+    return saveHFDirectory(dir, m.config, m.hf, m.weights, m.metadata);
+  }
+  await mkdir(dir, { recursive: true });
+  await writeFileAtomic(join(dir, CONFIG_FILE), JSON.stringify({ architecture: 'gpt', ...withoutFamily(m.config) }, null, 2) + '\n');
+  await saveTokenizer(dir, m.tokenizer);
+  await writeSafetensors(join(dir, WEIGHTS_FILE), weightsToTensors(m.config, await inMemory(m.weights)), m.metadata);
+}
+
+const withoutFamily = ({ family: _, ...rest }: GPTConfig) => rest;
+
+export function weightsToTensors(c: ModelConfig, w: Weights): Map<string, NamedTensor> {
+  const specs = paramSpecsOf(c);
+  checkWeights(specs, w);
+  return new Map(specs.map((s) => [s.name, { dtype: 'F32', shape: s.shape, data: w.get(s.name)! }]));
+}
+
+/** The weights as arrays in memory (read from their file when mapped). */
+export async function inMemory(w: WeightSource): Promise<Weights> {
+  return isWeightFile(w) ? readWeights(w) : w;
+}
+
+/** Parameters and the sizes the graphs see. */
+export function describe(c: ModelConfig) {
+  return { params: paramCount(paramSpecsOf(c)), ...dimsOf(c) };
 }

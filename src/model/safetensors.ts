@@ -6,12 +6,13 @@
 // must be covered exactly by the tensors (no overlaps, no holes, no trailing bytes), so a
 // file that decodes here means the same thing to every other reader.
 
-import { readFile } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
 import { endianness } from 'node:os';
 import { writeFileAtomic } from '../util/atomic-write.ts';
 
-export type TensorData = Float32Array | Float64Array | BigInt64Array | Int32Array | Uint8Array;
-export type DType = 'F32' | 'F64' | 'I64' | 'I32' | 'U8' | 'BOOL';
+export type TensorData = Float32Array | Float64Array | BigInt64Array | Int32Array | Uint16Array | Uint8Array;
+/** F16 and BF16 are held as their raw 16-bit patterns (Uint16Array); float16.ts widens them. */
+export type DType = 'F32' | 'F64' | 'F16' | 'BF16' | 'I64' | 'I32' | 'U8' | 'BOOL';
 
 export interface NamedTensor {
   dtype: DType;
@@ -37,6 +38,8 @@ interface DTypeSpec {
 const DTYPE_SPECS: Record<DType, DTypeSpec> = {
   F32: { bytesPerElement: 4, arrayType: Float32Array },
   F64: { bytesPerElement: 8, arrayType: Float64Array },
+  F16: { bytesPerElement: 2, arrayType: Uint16Array },
+  BF16: { bytesPerElement: 2, arrayType: Uint16Array },
   I64: { bytesPerElement: 8, arrayType: BigInt64Array },
   I32: { bytesPerElement: 4, arrayType: Int32Array },
   U8: { bytesPerElement: 1, arrayType: Uint8Array },
@@ -100,35 +103,69 @@ function validateTensorForEncoding(name: string, tensor: NamedTensor): void {
   }
 }
 
-/** Serialise tensors (in sorted name order, so equal inputs give identical bytes). */
-export function encodeSafetensors(tensors: Map<string, NamedTensor>, metadata: Record<string, string> = {}): Buffer {
-  const names = [...tensors.keys()].sort();
+type TensorLayout = Pick<NamedTensor, 'dtype' | 'shape'>;
+
+/**
+ * The header bytes (length prefix, JSON, padding) for tensors stored in sorted name order,
+ * so equal inputs give identical bytes, and where each tensor's data starts in the file.
+ */
+function encodeHeader(layout: Map<string, TensorLayout>, metadata: Record<string, string>) {
+  const names = [...layout.keys()].sort();
   // Null prototype so a tensor named "__proto__" is stored as an ordinary key.
   const header: Record<string, unknown> = Object.create(null);
   if (Object.keys(metadata).length > 0) header[METADATA_KEY] = validateMetadata(metadata, 'safetensors');
-
   let dataLength = 0;
+  const begins: number[] = [];
   for (const name of names) {
-    const tensor = tensors.get(name)!;
-    validateTensorForEncoding(name, tensor);
-    const begin = dataLength;
-    dataLength += tensor.data.byteLength;
-    header[name] = { dtype: tensor.dtype, shape: [...tensor.shape], data_offsets: [begin, dataLength] };
+    const { dtype, shape } = layout.get(name)!;
+    if (name === METADATA_KEY) throw new Error(`safetensors: "${METADATA_KEY}" is reserved and cannot name a tensor`);
+    if (!isDType(dtype)) throw new Error(`safetensors: tensor "${name}": unknown dtype ${JSON.stringify(dtype)}`);
+    begins.push(dataLength);
+    dataLength += elementCount(shape, `safetensors: tensor "${name}"`) * DTYPE_SPECS[dtype].bytesPerElement;
+    header[name] = { dtype, shape: [...shape], data_offsets: [begins.at(-1)!, dataLength] };
   }
-
   const json = Buffer.from(JSON.stringify(header), 'utf8');
   const paddedLength = Math.ceil(json.length / HEADER_ALIGNMENT) * HEADER_ALIGNMENT;
-  const out = Buffer.alloc(8 + paddedLength + dataLength, 0x20); // spaces pad the header
-  out.writeBigUInt64LE(BigInt(paddedLength), 0);
-  json.copy(out, 8);
+  const bytes = Buffer.alloc(8 + paddedLength, 0x20); // spaces pad the header
+  bytes.writeBigUInt64LE(BigInt(paddedLength), 0);
+  json.copy(bytes, 8);
+  return { bytes, names, starts: begins.map((b) => 8 + paddedLength + b), dataLength };
+}
 
-  let position = 8 + paddedLength;
-  for (const name of names) {
-    const bytes = bytesOf(tensors.get(name)!.data);
-    out.set(bytes, position);
-    position += bytes.length;
-  }
+/** Serialise tensors (in sorted name order, so equal inputs give identical bytes). */
+export function encodeSafetensors(tensors: Map<string, NamedTensor>, metadata: Record<string, string> = {}): Buffer {
+  for (const [name, tensor] of tensors) validateTensorForEncoding(name, tensor);
+  const { bytes, names, starts, dataLength } = encodeHeader(tensors, metadata);
+  const out = Buffer.alloc(bytes.length + dataLength);
+  out.set(bytes, 0);
+  names.forEach((name, i) => out.set(bytesOf(tensors.get(name)!.data), starts[i]!));
   return out;
+}
+
+/**
+ * Writes a safetensors file (atomically) whose tensors are produced one at a time, so a
+ * model far larger than memory can be converted: only one tensor is held at once.
+ */
+export async function writeSafetensorsStreaming(
+  path: string,
+  layout: Map<string, TensorLayout>,
+  produce: (name: string) => Promise<TensorData> | TensorData,
+  metadata: Record<string, string> = {},
+): Promise<Map<string, TensorLocation>> {
+  const { bytes, names, starts } = encodeHeader(layout, metadata);
+  await writeFileAtomic(path, async (handle) => {
+    await handle.write(bytes, 0, bytes.length, 0);
+    for (const [i, name] of names.entries()) {
+      const data = await produce(name);
+      validateTensorForEncoding(name, { ...layout.get(name)!, data });
+      const b = bytesOf(data);
+      await handle.write(b, 0, b.length, starts[i]!);
+    }
+  });
+  return new Map(names.map((name, i) => {
+    const { dtype, shape } = layout.get(name)!;
+    return [name, { dtype, shape, offset: starts[i]!, length: elementCount(shape, name) * DTYPE_SPECS[dtype].bytesPerElement }];
+  }));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -161,11 +198,12 @@ function parseHeaderEntry(name: string, raw: unknown): HeaderEntry {
   return { name, dtype, shape: shape as number[], begin, end };
 }
 
-function readHeader(buf: Uint8Array): { entries: HeaderEntry[]; metadata: Record<string, string>; dataStart: number } {
-  if (buf.length < 8) throw new Error(`safetensors: file is ${buf.length} bytes, too short for the 8-byte header length`);
+/** `buf` holds at least the header; `fileSize` is the whole file's (when only the header was read). */
+function readHeader(buf: Uint8Array, fileSize = buf.length): { entries: HeaderEntry[]; metadata: Record<string, string>; dataStart: number } {
+  if (fileSize < 8) throw new Error(`safetensors: file is ${fileSize} bytes, too short for the 8-byte header length`);
   const headerLength = new DataView(buf.buffer, buf.byteOffset, 8).getBigUint64(0, true);
-  if (headerLength > BigInt(buf.length - 8)) {
-    throw new Error(`safetensors: header length ${headerLength} goes beyond the end of the file (${buf.length} bytes)`);
+  if (headerLength > BigInt(fileSize - 8)) {
+    throw new Error(`safetensors: header length ${headerLength} goes beyond the end of the file (${fileSize} bytes)`);
   }
   if (headerLength > BigInt(MAX_HEADER_BYTES)) {
     throw new Error(`safetensors: header length ${headerLength} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
@@ -247,4 +285,39 @@ export async function writeSafetensors(
 
 export async function readSafetensors(path: string): Promise<SafetensorsContents> {
   return decodeSafetensors(await readFile(path));
+}
+
+/** A tensor's place in its file: what a reader needs to fetch (or map) just its bytes. */
+export interface TensorLocation {
+  dtype: DType;
+  shape: number[];
+  /** Byte offset of the tensor's data from the start of the file. */
+  offset: number;
+  length: number;
+}
+
+/**
+ * The header of a safetensors file, read without reading its data: every tensor's dtype,
+ * shape and absolute byte range, checked as strictly as decodeSafetensors checks them.
+ * Errors name the file.
+ */
+export async function readSafetensorsIndex(path: string): Promise<{ tensors: Map<string, TensorLocation>; metadata: Record<string, string> }> {
+  const fh = await open(path, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    const lengthBytes = Buffer.alloc(8);
+    await fh.read(lengthBytes, 0, 8, 0);
+    const headerLength = size < 8 ? 0 : Number(lengthBytes.readBigUInt64LE(0));
+    // Read just the header (the length is validated by readHeader against the real file size).
+    const headerBytes = Buffer.alloc(8 + Math.min(Math.max(0, size - 8), headerLength, MAX_HEADER_BYTES + 1));
+    await fh.read(headerBytes, 0, headerBytes.length, 0);
+    const { entries, metadata, dataStart } = readHeader(headerBytes, size);
+    checkDataLayout(entries, size - dataStart);
+    const tensors = new Map(entries.map((e) => [e.name, { dtype: e.dtype, shape: e.shape, offset: dataStart + e.begin, length: e.end - e.begin }]));
+    return { tensors, metadata };
+  } catch (e) {
+    throw new Error(`${path}: ${(e as Error).message}`);
+  } finally {
+    await fh.close();
+  }
 }

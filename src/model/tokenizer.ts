@@ -1,6 +1,7 @@
-// Tokenizers, stored on disk as a Hugging Face tokenizer.json so that other tools can
-// read the same file. Only a character-level WordLevel tokenizer exists today; other
-// model types (e.g. BPE) belong as further branches of tokenizerFromJSON.
+// Tokenizers. Our own models use a character-level WordLevel tokenizer, stored as a Hugging
+// Face tokenizer.json so that other tools read the same file; it is checked strictly here.
+// Every other tokenizer.json (BPE, byte-level or with byte fallback) goes through
+// @huggingface/tokenizers: see hf-tokenizer.ts.
 
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -8,11 +9,15 @@ import { writeFileAtomic } from '../util/atomic-write.ts';
 
 export interface Tokenizer {
   readonly vocabSize: number;
+  /** The end token a training sequence ends with. */
   readonly eosId: number;
+  /** Every token that ends a completion (eosId among them; generation_config may list several). */
+  readonly stopIds: number[];
+  /** Fills unused places of a batch; attention never reads it. */
   readonly padId: number;
-  /** Throws an Error naming the first character that is not in the vocabulary. */
+  /** With the model's own special tokens (e.g. a leading BOS). Throws an Error naming what it cannot encode. */
   encode(text: string): number[];
-  /** Stops at the first eos and skips pad. */
+  /** Stops at the first stop token; skips padding and other special tokens. */
   decode(ids: ArrayLike<number>): string;
   canEncode(text: string): boolean;
   /** The tokenizer.json content. */
@@ -43,6 +48,7 @@ export class CharTokenizer implements Tokenizer {
   readonly vocabSize: number;
   readonly eosId: number;
   readonly padId: number;
+  readonly stopIds: number[];
   private readonly chars: string[];
   private readonly idByChar = new Map<string, number>();
 
@@ -55,6 +61,7 @@ export class CharTokenizer implements Tokenizer {
     });
     this.eosId = this.chars.length;
     this.padId = this.chars.length + 1;
+    this.stopIds = [this.eosId];
     this.vocabSize = this.chars.length + 2;
   }
 

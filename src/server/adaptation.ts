@@ -7,11 +7,12 @@
 import { join } from 'node:path';
 import { mkdirSync } from 'node:fs';
 import { filter, interval, Subject, type Subscription } from 'rxjs';
-import { Rng } from '../engine/rng.ts';
+import { Rng } from '../util/rng.ts';
 import { Sampler } from '../engine/sampler.ts';
 import { DEFAULT_LOSS } from '../engine/graphs.ts';
 import { Trainer } from '../engine/trainer.ts';
-import { checkWeights, type GPTConfig, type Weights } from '../model/gpt.ts';
+import { checkWeights, type Weights } from '../model/family.ts';
+import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import { weightsToTensors } from '../model/checkpoint.ts';
 import { readSafetensors, writeSafetensors } from '../model/safetensors.ts';
@@ -99,7 +100,7 @@ export class Adaptation {
   constructor(
     answerer: Answerer,
     private store: Store,
-    private config: GPTConfig,
+    private config: ModelConfig,
     private tok: Tokenizer,
     private o: AdaptationOptions,
     private metrics: Metrics,
@@ -410,10 +411,10 @@ class MetaList<T> {
   }
 }
 
-export async function loadVersionWeights(path: string, config: GPTConfig): Promise<Weights> {
+export async function loadVersionWeights(path: string, config: ModelConfig): Promise<Weights> {
   const { tensors } = await readSafetensors(path);
   const w: Weights = new Map();
   for (const [k, t] of tensors) w.set(k, t.data as Float32Array);
-  checkWeights(config, w);
+  checkWeights(paramSpecsOf(config), w);
   return w;
 }

@@ -4,7 +4,7 @@
 // answered. Beyond the queue bound a question is refused at once with "overloaded".
 import { Subject } from 'rxjs';
 import type { Sampler } from '../engine/sampler.ts';
-import { seedOf } from '../engine/rng.ts';
+import { seedOf } from '../util/rng.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import type { Store } from '../store/store.ts';
 import { rolloutBatch, type Rollout } from '../ttrl/rollout.ts';

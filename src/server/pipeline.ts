@@ -6,8 +6,8 @@ import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { BehaviorSubject } from 'rxjs';
 import { Sampler } from '../engine/sampler.ts';
-import { loadModel, WEIGHTS_FILE, type Model } from '../model/checkpoint.ts';
-import type { Weights } from '../model/gpt.ts';
+import { inMemory, loadModel, WEIGHTS_FILE, type Model } from '../model/checkpoint.ts';
+import type { Weights } from '../model/family.ts';
 import { Store } from '../store/store.ts';
 import { Adaptation, loadVersionWeights } from './adaptation.ts';
 import { Answerer } from './answerer.ts';
@@ -44,7 +44,8 @@ export async function createPipeline(s: Settings, o: { versionsDir?: string; log
     if (!store.versions().length) store.activate(store.addVersion({ parent: null, status: 'candidate', weightsPath: basePath, stats: { base: s.model } }));
     const stale = store.rejectStaleCandidates();
     if (stale) log(`marked ${stale} unfinished candidate version(s) as interrupted`);
-    const weightsOf = async (version: number, path: string) => (version === 0 || path === basePath ? model.weights : loadVersionWeights(path, model.config));
+    const baseWeights = await inMemory(model.weights);
+    const weightsOf = async (version: number, path: string) => (version === 0 || path === basePath ? baseWeights : loadVersionWeights(path, model.config));
     const row = store.activeVersion()!;
     let active = { version: row.version, weights: await weightsOf(row.version, row.weights_path!) };
 
@@ -83,7 +84,7 @@ export async function createPipeline(s: Settings, o: { versionsDir?: string; log
         trainNice: s.trainNice,
         versionsDir: o.versionsDir ?? join(dirname(resolve(s.db)), 'versions'),
         paused: !s.adapt,
-        baseWeights: model.weights,
+        baseWeights,
       },
       metrics,
       serve,

@@ -1,6 +1,6 @@
 // The default task: arithmetic chains such as `12+34-56+7=`, answered by a worked chain of
 // steps and a final answer after '#': `12+34=46;46-56=-10;-10+7=-3#-3`, then the end token.
-import type { Rng } from '../engine/rng.ts';
+import type { Rng } from '../util/rng.ts';
 
 export const ANSWER_MARKER = '#';
 

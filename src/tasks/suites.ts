@@ -1,6 +1,6 @@
 // Named question sets of the arithmetic task, and the pretraining mixture. A suite is a
 // distribution of chain shapes; `suite(name, n, seed)` draws n questions reproducibly.
-import { Rng } from '../engine/rng.ts';
+import { Rng } from '../util/rng.ts';
 import { makeQuestion, type ChainShape, type Question } from './arithmetic.ts';
 
 /** Chain shapes with their weights; a question picks a shape, then its numbers. */

@@ -6,9 +6,11 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Trainer } from '../engine/trainer.ts';
 import { packBatch, type TrainSequence } from '../engine/batch.ts';
-import { Rng } from '../engine/rng.ts';
+import { Rng } from '../util/rng.ts';
 import { loadModel, saveModel, weightsToTensors, type Model } from '../model/checkpoint.ts';
-import { initWeights, type GPTConfig } from '../model/gpt.ts';
+import { initWeights } from '../model/family.ts';
+import { paramSpecsOf } from '../model/families.ts';
+import type { GPTConfig } from '../model/gpt.ts';
 import { readSafetensors, writeSafetensors } from '../model/safetensors.ts';
 import { ARITHMETIC_CHARS, CharTokenizer, type Tokenizer } from '../model/tokenizer.ts';
 import { workedSolution } from '../tasks/arithmetic.ts';
@@ -84,8 +86,8 @@ export async function pretrain(o: PretrainOptions): Promise<PretrainResult> {
     throw new Error(`${o.out} holds a model but no ${TRAIN_STATE_FILE} to resume from; choose another --out`);
   } else {
     const tokenizer = new CharTokenizer(ARITHMETIC_CHARS);
-    const config: GPTConfig = { vocabSize: tokenizer.vocabSize, padTokenId: tokenizer.padId, ...o.arch };
-    model = { config, tokenizer, weights: initWeights(config, new Rng(o.seed)), metadata: {} };
+    const config: GPTConfig = { family: 'gpt', vocabSize: tokenizer.vocabSize, padTokenId: tokenizer.padId, ...o.arch };
+    model = { config, tokenizer, weights: initWeights(paramSpecsOf(config), new Rng(o.seed)), metadata: {} };
   }
   const { config, tokenizer } = model;
   const trainer = await Trainer.create({ config, weights: model.weights, loss: { objective: 'sft', aggregation: o.aggregation, kl: false, ppoClip: false, entropyBonus: false }, threads: o.threads });

@@ -1,10 +1,10 @@
 // Offline TTRL on a fixed set of unlabeled questions: sample N votes per question, label by
 // majority, GRPO-update on M of them, hand the new weights to the sampler, repeat; evaluate
 // every K steps; roll back to the last healthy weights when the guard sees a collapse.
-import { Rng } from '../engine/rng.ts';
+import { Rng } from '../util/rng.ts';
 import { Sampler } from '../engine/sampler.ts';
-import type { Model } from '../model/checkpoint.ts';
-import type { Weights } from '../model/gpt.ts';
+import { inMemory, type Model } from '../model/checkpoint.ts';
+import type { Weights } from '../model/family.ts';
 import type { QuestionRecord } from '../tasks/question-file.ts';
 import { anchorAgreement, CollapseGuard, GUARD_DEFAULTS, pickAnchors, type GuardSettings } from './guard.ts';
 import { selectForTraining, type GroupSettings } from './grpo.ts';
@@ -87,10 +87,11 @@ export async function adapt(
   const hasAnswers = truths.every((a) => a !== undefined);
   if (s.reward === 'ground-truth' && !hasAnswers) throw new Error('ground-truth rewards need an answer for every question');
   const rng = new Rng(s.seed);
-  const sampler = await Sampler.create({ config: model.config, weights: model.weights, threads: s.threads });
+  const initialWeights = await inMemory(model.weights);
+  const sampler = await Sampler.create({ config: model.config, weights: initialWeights, threads: s.threads });
   let updater: TTRLUpdater | undefined;
   try {
-    updater = await TTRLUpdater.create({ config: model.config, tokenizer: tok, weights: model.weights, settings: s, threads: s.threads });
+    updater = await TTRLUpdater.create({ config: model.config, tokenizer: tok, weights: initialWeights, settings: s, threads: s.threads });
     // One fixed evaluation seed: every evaluation sees the same uniforms (common random numbers).
     const evalSeed = (s.seed ^ 0x5eed) >>> 0;
     const evalRollout = () => rollout(sampler, tok, questions.map((q) => q.question), { votes: s.votes, temperature: s.temperature, seed: evalSeed });
@@ -108,7 +109,7 @@ export async function adapt(
     let version = 0;
     let guard: CollapseGuard | undefined;
     // Rollback points: the initial weights, then every state that passed an anchor check.
-    const snapshots: { step: number; weights: Weights }[] = [{ step: 0, weights: model.weights }];
+    const snapshots: { step: number; weights: Weights }[] = [{ step: 0, weights: initialWeights }];
     let rollbacks = 0;
     for (let step = 1; step <= s.steps; step++) {
       // Questions for this step: walk a fresh shuffle of the set each epoch.

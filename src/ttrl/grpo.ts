@@ -2,7 +2,7 @@
 // on the majority ratio, reward the samples that agree with the label, normalise rewards
 // within the question's group, and keep M of the N samples for training.
 import type { TrainGroup } from '../engine/batch.ts';
-import type { Rng } from '../engine/rng.ts';
+import type { Rng } from '../util/rng.ts';
 import type { Rollout } from './rollout.ts';
 import { normalizeAnswer } from './vote.ts';
 

@@ -67,7 +67,7 @@ export async function rolloutBatch(sampler: Sampler, tok: Tokenizer, questions: 
     seeds: o.seeds,
     temperature: o.temperature,
     topP: o.topP,
-    stopToken: tok.eosId,
+    stopTokens: tok.stopIds,
     padToken: tok.padId,
   });
   return questions.map((question, i) => {

@@ -3,7 +3,8 @@
 // offline adaptation and by the server's live loop alike.
 import { packBatch, packGroups, type TrainSequence } from '../engine/batch.ts';
 import { Trainer, type StepStats } from '../engine/trainer.ts';
-import type { GPTConfig, Weights } from '../model/gpt.ts';
+import type { Weights } from '../model/family.ts';
+import type { ModelConfig } from '../model/families.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import { toGroups, type Selected } from './grpo.ts';
 
@@ -37,12 +38,12 @@ export class TTRLUpdater {
   private constructor(
     private trainer: Trainer,
     private reference: Trainer | null,
-    private config: GPTConfig,
+    private config: ModelConfig,
     private tok: Tokenizer,
     readonly settings: UpdateSettings,
   ) {}
 
-  static async create(o: { config: GPTConfig; tokenizer: Tokenizer; weights: Weights; settings: UpdateSettings; threads?: number; nice?: number; spin?: boolean }): Promise<TTRLUpdater> {
+  static async create(o: { config: ModelConfig; tokenizer: Tokenizer; weights: Weights; settings: UpdateSettings; threads?: number; nice?: number; spin?: boolean }): Promise<TTRLUpdater> {
     const s = o.settings;
     const loss = { objective: 'grpo' as const, aggregation: 'token-mean' as const, kl: s.klCoef > 0, ppoClip: true, entropyBonus: s.entropyCoef > 0 };
     const trainer = await Trainer.create({ config: o.config, weights: o.weights, loss, threads: o.threads, nice: o.nice, spin: o.spin });

@@ -3,7 +3,7 @@ import { Graph, type Tensor } from '../../src/graph/ir.ts';
 import * as op from '../../src/graph/ops.ts';
 import { grad } from '../../src/graph/autodiff.ts';
 import { createSession, f64, type ort } from '../../src/engine/ort.ts';
-import { Rng } from '../../src/engine/rng.ts';
+import { Rng } from '../../src/util/rng.ts';
 
 export interface InputSpec {
   shape: number[];
