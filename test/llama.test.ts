@@ -13,8 +13,8 @@ import { fileURLToPath } from 'node:url';
 import { Sampler } from '../src/engine/sampler.ts';
 import { Trainer } from '../src/engine/trainer.ts';
 import { packBatch } from '../src/engine/batch.ts';
-import { buildDecoder, DEFAULT_LOSS } from '../src/engine/graphs.ts';
-import { createSession, i64 } from '../src/engine/ort.ts';
+import { buildDecoder, buildGenerate, DEFAULT_LOSS } from '../src/engine/graphs.ts';
+import { createSession, f32, i64, type ort } from '../src/engine/ort.ts';
 import { inMemory, loadModel, saveModel, type Model } from '../src/model/checkpoint.ts';
 import { paramSpecsOf } from '../src/model/families.ts';
 import { HFTokenizer } from '../src/model/hf-tokenizer.ts';
@@ -71,7 +71,7 @@ test('stories260K: greedy decoding of "Once upon a time" reproduces llama2.c\'s 
 /** Logits [B, T, V] of the prefill graph, run on a model's mapped weight file. */
 async function prefillLogits(m: Model, rows: number[][]): Promise<Float32Array> {
   const file = m.weights as WeightFile;
-  const session = await createSession(buildDecoder(m.config, false, 'float32', file), { externalDir: file.dir });
+  const session = await createSession(buildDecoder(m.config, false, 'float32', { weights: file }), { externalDir: file.dir });
   const [B, T] = [rows.length, rows[0]!.length];
   const out = await session.run({
     input_ids: i64(rows.flat(), [B, T]),
@@ -88,6 +88,48 @@ test('stories260K: the HF directory and the GGUF file give identical logits', as
   const [a, b] = [await prefillLogits(hf, rows), await prefillLogits(gguf, rows)];
   assert.equal(a.length, 3 * 24 * 512);
   assert.deepEqual(a, b);
+});
+
+test('the fused inference path (onnxruntime\'s RotaryEmbedding kernel, fused RMSNorm) gives the standard path\'s logits and greedy tokens', async () => {
+  // stories260K, and a tiny Qwen3 shape (q/k norm, Llama 3 rope scaling): left-padded prefill, then the generate loop.
+  const file = hf.weights as WeightFile;
+  const rows = [[1, 403, 407, 261, 378], [0, 0, 1, 403, 407]];
+  const mask = [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]];
+  const logits = async (fused: boolean) => {
+    const session = await createSession(buildDecoder(hf.config, false, 'float32', { weights: file, fused }), { externalDir: file.dir });
+    const out = await session.run({ input_ids: i64(rows.flat(), [2, 5]), attention_mask: i64(mask.flat(), [2, 5]), position_ids: i64([0, 1, 2, 3, 4, 0, 0, 0, 1, 2], [2, 5]) });
+    await session.release();
+    return out.logits!.data as Float32Array;
+  };
+  const [fused, standard] = [await logits(true), await logits(false)];
+  const V = hf.config.vocabSize;
+  for (let r = 0; r < 10; r++) {
+    if (r === 5 || r === 6) continue; // padding rows
+    for (let v = 0; v < V; v++) assert.ok(Math.abs(fused[r * V + v]! - standard[r * V + v]!) < 1e-4, `row ${r} token ${v}: ${fused[r * V + v]} vs ${standard[r * V + v]}`);
+  }
+  const generate = async (fused: boolean) => {
+    const session = await createSession(buildGenerate(hf.config, { weights: file, fused }), { externalDir: file.dir });
+    const N = 40;
+    const out = await session.run({
+      input_ids: i64(rows.flat(), [2, 5]), attention_mask: i64(mask.flat(), [2, 5]), num_samples: i64([1], []), max_new_tokens: i64([N], []),
+      uniforms: f32(new Float32Array(N * 2), [N, 2]), temperature: f32(Float32Array.of(0), []), top_k: i64([0], []), top_p: f32(Float32Array.of(1), []),
+      stop_tokens: i64([-1], [1]), pad_token: i64([0], []),
+    });
+    await session.release();
+    return { tokens: Array.from(out.tokens!.data as BigInt64Array), logprobs: out.logprobs!.data as Float32Array };
+  };
+  const [a, b] = [await generate(true), await generate(false)];
+  assert.deepEqual(a.tokens, b.tokens);
+  a.logprobs.forEach((lp, i) => assert.ok(Math.abs(lp - b.logprobs[i]!) < 1e-4));
+
+  // The Qwen3 shape, weights as inputs: the same prefill logits both ways.
+  const c = { ...qwen3Tiny, mlpBias: false };
+  const w = testWeights(c, new Rng(8), 5);
+  const feeds: Record<string, ort.Tensor> = { input_ids: i64([1, 2, 3, 4, 0, 5, 6, 1], [2, 4]), attention_mask: i64([1, 1, 1, 1, 0, 1, 1, 1], [2, 4]), position_ids: i64([0, 1, 2, 3, 0, 0, 1, 2], [2, 4]) };
+  for (const sp of paramSpecsOf(c)) feeds[sp.name] = f32(Float32Array.from(w.get(sp.name)!), sp.shape);
+  const qwen = async (fused: boolean) => (await (await createSession(buildDecoder(c, false, 'float32', { fused }))).run(feeds)).logits!.data as Float32Array;
+  const [qf, qs] = [await qwen(true), await qwen(false)];
+  qf.forEach((x, i) => i >= 4 * c.vocabSize && i < 5 * c.vocabSize ? undefined : assert.ok(Math.abs(x - qs[i]!) < 1e-4, `logit ${i}: ${x} vs ${qs[i]}`));
 });
 
 test('stories260K: decoding with the cache (the sampling loop) equals a full recompute of each sequence', async () => {

@@ -49,27 +49,36 @@ function logitsOf(c: ModelConfig, p: Params, hidden: Tensor): Tensor {
   return op.add(logits, op.constant(hidden.graph, hidden.dtype, Array.from(mask)));
 }
 
-const cacheShape = (d: ModelDims, seq: string, keysTransposed = false) =>
-  keysTransposed ? ['B', d.kvHeads, d.headDim, seq] : ['batch', d.kvHeads, seq, d.headDim];
+const cacheShape = (d: ModelDims, batch: string, seq: string, keysTransposed = false) =>
+  keysTransposed ? [batch, d.kvHeads, d.headDim, seq] : [batch, d.kvHeads, seq, d.headDim];
+
+/** Options of the inference graphs. */
+export interface InferenceOptions {
+  /** Read the weights from this file (mapped, shared by every worker) instead of taking them as inputs. */
+  weights?: WeightFile;
+  /** Use onnxruntime's fused kernels where the family has them (model/fused.ts). Default: on. */
+  fused?: boolean;
+}
 
 // ---------- prefill / decode ----------
 
 /** One forward step over new tokens, with (decode) or without (prefill) a past KV cache. */
-export function buildDecoder(c: ModelConfig, withPast: boolean, dtype: DType = 'float32', weights?: WeightFile): Graph {
+export function buildDecoder(c: ModelConfig, withPast: boolean, dtype: DType = 'float32', o: InferenceOptions = {}): Graph {
   const { family, dims, specs } = model(c);
+  const fused = dtype === 'float32' && (o.fused ?? true) && family.fusable;
   const g = new Graph(withPast ? 'decode' : 'prefill');
-  const p = declareParams(g, specs, dtype, '', weights);
+  const p = declareParams(g, specs, dtype, '', o.weights);
   const ids = g.input('input_ids', 'int64', ['batch', 'sequence']);
   const mask = g.input('attention_mask', 'int64', ['batch', 'total_sequence']);
   const positions = g.input('position_ids', 'int64', ['batch', 'sequence']);
   const past: KV[] | undefined = withPast
     ? Array.from({ length: dims.layers }, (_, i) => ({
-        k: g.input(`past_key_values.${i}.key`, dtype, cacheShape(dims, 'past_sequence')),
-        v: g.input(`past_key_values.${i}.value`, dtype, cacheShape(dims, 'past_sequence')),
+        k: g.input(`past_key_values.${i}.key`, dtype, cacheShape(dims, 'batch', 'past_sequence')),
+        v: g.input(`past_key_values.${i}.value`, dtype, cacheShape(dims, 'batch', 'past_sequence')),
       }))
     : undefined;
   const bias = attentionBias(mask, op.dimOf(ids, 1), dtype);
-  const { hidden, present } = family.forward(c, p, { ids, positions, bias, past });
+  const { hidden, present } = family.forward(c, p, { ids, positions, bias, past, fused });
   const shape = op.concat([op.shapeOf(ids), op.int64s(g, [dims.vocabSize])], 0);
   g.output('logits', op.reshape(logitsOf(c, p, hidden), shape, ['batch', 'sequence', dims.vocabSize]));
   present.forEach((kv, i) => {
@@ -90,11 +99,13 @@ export function buildDecoder(c: ModelConfig, withPast: boolean, dtype: DType = '
  * are under the temperature-scaled distribution (unscaled when greedy), before top-k/top-p
  * truncation; 0 after the stop.
  */
-export function buildGenerate(c: ModelConfig, weights?: WeightFile): Graph {
+export function buildGenerate(c: ModelConfig, o: InferenceOptions = {}): Graph {
   const { family, dims, specs } = model(c);
   const dtype: DType = 'float32';
+  const fused = (o.fused ?? true) && family.fusable;
+  const keysTransposed = true; // so decoding never re-transposes the growing cache
   const g = new Graph('generate');
-  const p = declareParams(g, specs, dtype, '', weights);
+  const p = declareParams(g, specs, dtype, '', o.weights);
   const ids = g.input('input_ids', 'int64', ['prompts', 'prompt_len']);
   const mask = g.input('attention_mask', 'int64', ['prompts', 'prompt_len']);
   const numSamples = g.input('num_samples', 'int64', []);
@@ -110,7 +121,7 @@ export function buildGenerate(c: ModelConfig, weights?: WeightFile): Graph {
 
   // Prefill each distinct prompt once, then repeat its cache for the G samples.
   const bias = attentionBias(mask, op.dimOf(ids, 1), dtype);
-  const pre = family.forward(c, p, { ids, positions: positionsFromMask(mask), bias, keysTransposed: true });
+  const pre = family.forward(c, p, { ids, positions: positionsFromMask(mask), bias, keysTransposed, fused });
   const P = op.reshape(op.dimOf(ids, 0), [1]);
   const G = op.reshape(numSamples, [1]);
   const repeat = (t: Tensor, name: string) => repeatRows(t, P, G, name);
@@ -121,57 +132,66 @@ export function buildGenerate(c: ModelConfig, weights?: WeightFile): Graph {
   const caches = pre.present.flatMap((kv) => [repeat(kv.k, 'B'), repeat(kv.v, 'B')]);
   const keyMask = repeat(mask, 'B');
   const nextPos = op.reduceSum(keyMask, [1]); // real prompt length = next position
-  const B = op.dimOf(firstLogits, 0);
-  const finished0 = op.constantOfShape(op.reshape(B, [1]), 'bool', 0, ['B']);
+  // The first token comes from the prefill's logits; each loop step then runs the model on
+  // the last token and samples the next, so N new tokens cost exactly N - 1 model steps.
+  const first = pickToken(firstLogits, op.gather(uniforms, op.int64(g, 0)), sampling, stops, null, padTok, 'first');
 
-  // Loop body: sample from the current logits, then run the model one step on that token.
   const body = new Graph('sample_step', g);
   const iter = body.input('iter', 'int64', []);
   body.input('cond_in', 'bool', []);
-  const logits = body.input('logits_in', dtype, ['B', dims.vocabSize]);
+  const prev = body.input('token_in', 'int64', ['B']);
   const pos = body.input('pos_in', 'int64', ['B']);
   const kmask = body.input('mask_in', 'int64', ['B', 'K']);
   const finished = body.input('finished_in', 'bool', ['B']);
   const past: KV[] = Array.from({ length: dims.layers }, (_, i) => ({
-    k: body.input(`k_in${i}`, dtype, cacheShape(dims, 'K', true)),
-    v: body.input(`v_in${i}`, dtype, ['B', dims.kvHeads, 'K', dims.headDim]),
+    k: body.input(`k_in${i}`, dtype, cacheShape(dims, 'B', 'K', keysTransposed)),
+    v: body.input(`v_in${i}`, dtype, cacheShape(dims, 'B', 'K')),
   }));
-
-  const { token: sampled, logprob: sampledLp } = sampleToken(logits, op.gather(uniforms, iter), sampling);
-  const token = op.where(finished, padTok, sampled);
-  const logprob = op.where(finished, op.constant(body, dtype, 0), sampledLp);
-  const isStop = op.greater(op.reduceMax(op.cast(op.equal(op.unsqueeze(token, [1]), op.unsqueeze(stops, [0])), 'int64'), [1]), op.int64(body, 0));
-  const nowFinished = op.or(finished, isStop);
-
   const ones = op.constantOfShape(op.concat([op.reshape(op.dimOf(kmask, 0), [1]), op.int64s(body, [1])], 0), 'int64', 1, ['B', 1]);
   const newMask = op.concat([kmask, ones], 1);
   const step = family.forward(c, p, {
-    ids: op.unsqueeze(token, [1]),
+    ids: op.unsqueeze(prev, [1]),
     positions: op.unsqueeze(pos, [1]),
     bias: attentionBias(newMask, op.int64(body, 1), dtype),
     past,
-    keysTransposed: true,
+    keysTransposed,
+    fused,
   });
-  const anyLeft = op.greater(op.reduceSum(op.cast(op.not(nowFinished), 'int64'), [0]), op.int64(body, 0));
-  body.output('cond_out', anyLeft);
-  body.output('logits_out', logitsOf(c, p, step.hidden));
+  const next = pickToken(logitsOf(c, p, step.hidden), op.gather(uniforms, op.add(iter, op.int64(body, 1))), sampling, stops, finished, padTok, 'step');
+  body.output('cond_out', anyUnfinished(next.finished));
+  body.output('token_out', next.token);
   body.output('pos_out', op.add(pos, op.int64(body, 1)));
   body.output('mask_out', newMask);
-  body.output('finished_out', nowFinished);
+  body.output('finished_out', next.finished);
   step.present.forEach((kv, i) => {
     body.output(`k_out${i}`, kv.k);
     body.output(`v_out${i}`, kv.v);
   });
-  body.output('token_out', token);
-  body.output('logprob_out', logprob);
+  body.output('token_scan', next.token);
+  body.output('logprob_scan', next.logprob);
 
-  const trueT = op.constant(g, 'bool', 1);
-  const outs = op.loop(g, maxNew, trueT, [firstLogits, nextPos, keyMask, finished0, ...caches], body);
+  const steps = op.sub(maxNew, op.int64(g, 1));
+  const outs = op.loop(g, steps, anyUnfinished(first.finished), [first.token, nextPos, keyMask, first.finished, ...caches], body);
   const nCarried = 4 + caches.length;
-  g.output('tokens', outs[nCarried]!);
-  g.output('logprobs', outs[nCarried + 1]!);
+  g.output('tokens', op.concat([op.unsqueeze(first.token, [0]), outs[nCarried]!], 0));
+  g.output('logprobs', op.concat([op.unsqueeze(first.logprob, [0]), outs[nCarried + 1]!], 0));
   return g;
 }
+
+/**
+ * Samples a token per row, then: rows already finished get the pad token (log-prob 0), and a
+ * row finishes when its token is one of `stops` [S].
+ */
+function pickToken(logits: Tensor, u: Tensor, s: Sampling, stops: Tensor, finished: Tensor | null, padTok: Tensor, tag: string) {
+  const g = logits.graph;
+  const sampled = sampleToken(logits, u, s, tag);
+  const token = finished ? op.where(finished, padTok, sampled.token) : sampled.token;
+  const logprob = finished ? op.where(finished, op.constant(g, 'float32', 0), sampled.logprob) : sampled.logprob;
+  const isStop = op.greater(op.reduceMax(op.cast(op.equal(op.unsqueeze(token, [1]), op.unsqueeze(stops, [0])), 'int64'), [1]), op.int64(g, 0));
+  return { token, logprob, finished: finished ? op.or(finished, isStop) : isStop };
+}
+
+const anyUnfinished = (finished: Tensor) => op.greater(op.reduceSum(op.cast(op.not(finished), 'int64'), [0]), op.int64(finished.graph, 0));
 
 /** [P, ...rest] -> [P*G, ...rest]: row i repeated G times (P, G: int64 [1] tensors). */
 function repeatRows(t: Tensor, P: Tensor, G: Tensor, name = 'B'): Tensor {
@@ -194,22 +214,22 @@ export interface Sampling {
  * runs over the vocabulary in id order (no sort: vocabularies reach 150K); with top_k or
  * top_p < 1 over the k most likely (all when top_k is 0), cut to the nucleus top_p.
  */
-export function sampleToken(logits: Tensor, u: Tensor, s: Sampling): { token: Tensor; logprob: Tensor } {
+export function sampleToken(logits: Tensor, u: Tensor, s: Sampling, tag = 'sample'): { token: Tensor; logprob: Tensor } {
   const outer = logits.graph;
   const V = logits.shape[1] as number;
   const pick = (lp: Tensor, token: Tensor) => op.squeeze(op.gatherElements(lp, op.unsqueeze(token, [1]), 1), [1]);
 
-  const greedy = new Graph('greedy', outer);
+  const greedy = new Graph(`${tag}_greedy`, outer);
   const gLogits = op.capture(greedy, logits);
   const gToken = op.argmax(gLogits, 1);
-  greedy.output('greedy_token', gToken);
-  greedy.output('greedy_logprob', pick(op.logSoftmax(gLogits, -1), gToken));
+  greedy.output(`${tag}_greedy_token`, gToken);
+  greedy.output(`${tag}_greedy_logprob`, pick(op.logSoftmax(gLogits, -1), gToken));
 
-  const sample = new Graph('sample', outer);
+  const sample = new Graph(`${tag}_sample`, outer);
   const lp = op.logSoftmax(op.div(op.capture(sample, logits), s.temperature), -1);
   const truncate = op.or(op.greater(s.topK, op.int64(sample, 0)), op.less(s.topP, op.constant(sample, 'float32', 1)));
 
-  const nucleus = new Graph('nucleus', sample);
+  const nucleus = new Graph(`${tag}_nucleus`, sample);
   const nLp = op.capture(nucleus, lp);
   const k = op.where(op.greater(s.topK, op.int64(nucleus, 0)), op.min(s.topK, op.int64(nucleus, V)), op.int64(nucleus, V));
   const [sortedLp, order] = op.topk(nLp, op.reshape(k, [1]));
@@ -218,16 +238,16 @@ export function sampleToken(logits: Tensor, u: Tensor, s: Sampling): { token: Te
   const kept = op.where(keep, sortedP, 0);
   // On a rounding miss the sorted fallback, index 0, is the most likely token.
   const rank = firstAbove(op.cumsum(kept, 1), op.mul(op.unsqueeze(u, [1]), op.reduceSum(kept, [1], true)), op.int64(nucleus, 0));
-  nucleus.output('nucleus_token', op.squeeze(op.gatherElements(order, op.unsqueeze(rank, [1]), 1), [1]));
+  nucleus.output(`${tag}_nucleus_token`, op.squeeze(op.gatherElements(order, op.unsqueeze(rank, [1]), 1), [1]));
 
-  const full = new Graph('full', sample);
+  const full = new Graph(`${tag}_full`, sample);
   const fLp = op.capture(full, lp);
   const cdf = op.cumsum(op.exp(fLp), 1);
-  full.output('full_token', firstAbove(cdf, op.mul(op.unsqueeze(u, [1]), op.slice(cdf, [-1], [2 ** 62], [1])), op.argmax(fLp, 1)));
+  full.output(`${tag}_full_token`, firstAbove(cdf, op.mul(op.unsqueeze(u, [1]), op.slice(cdf, [-1], [2 ** 62], [1])), op.argmax(fLp, 1)));
 
   const [sToken] = op.ifElse(sample, truncate, nucleus, full);
-  sample.output('sample_token', sToken!);
-  sample.output('sample_logprob', pick(lp, sToken!));
+  sample.output(`${tag}_sample_token`, sToken!);
+  sample.output(`${tag}_sample_logprob`, pick(lp, sToken!));
 
   const [token, logprob] = op.ifElse(outer, op.lessOrEqual(s.temperature, op.constant(outer, 'float32', 0)), greedy, sample);
   return { token: token!, logprob: logprob! };

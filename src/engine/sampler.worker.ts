@@ -29,10 +29,10 @@ let inputsSession: Promise<ort.InferenceSession> | undefined;
 let active: { session: ort.InferenceSession; weightFeeds: Record<string, ort.Tensor>; version: number };
 
 async function sessionFor(w: WeightSource): Promise<{ session: ort.InferenceSession; weightFeeds: Record<string, ort.Tensor> }> {
-  const o = { threads: init.threads, spin: init.spin, prepack: init.prepack };
+  const o = { threads: init.threads, spin: init.spin, prepack: init.prepack ?? true };
   if (isWeightFile(w)) {
     checkWeightFile(specs, w);
-    return { session: await createSession(buildGenerate(init.config, w), { ...o, externalDir: w.dir }), weightFeeds: {} };
+    return { session: await createSession(buildGenerate(init.config, { weights: w }), { ...o, externalDir: w.dir }), weightFeeds: {} };
   }
   checkWeights(specs, w);
   const weightFeeds = Object.fromEntries(specs.map((s) => [s.name, f32(w.get(s.name)!, s.shape)]));

@@ -49,7 +49,7 @@ function batchFeeds(b: PackedBatch): Record<string, ort.Tensor> {
 
 function trainSession(layout: BatchLayout): Promise<ort.InferenceSession> {
   let s = trainSessions.get(layout);
-  if (!s) trainSessions.set(layout, (s = createSession(buildTrainStep(config, loss, adamwConfig, 'float32', layout), { threads, spin })));
+  if (!s) trainSessions.set(layout, (s = createSession(buildTrainStep(config, loss, adamwConfig, 'float32', layout), { threads, spin, memPattern: false })));
   return s;
 }
 
@@ -112,7 +112,7 @@ serveRequests({
   },
   async score(p: { batch: PackedBatch }) {
     if (p.batch.prompts) throw new Error('score: takes the flat layout (packBatch)');
-    scoreSession ??= await createSession(buildScore(config), { threads, spin });
+    scoreSession ??= await createSession(buildScore(config), { threads, spin, memPattern: false });
     const feeds: Record<string, ort.Tensor> = batchFeeds(p.batch);
     for (const s of specs) feeds[s.name] = f32(params.get(s.name)!, s.shape);
     const out = await scoreSession.run(feeds);

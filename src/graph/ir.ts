@@ -2,12 +2,12 @@
 // A Graph is built by calling op builders (ops.ts); autodiff.ts walks it backwards;
 // onnx.ts serialises it. Subgraphs (Loop bodies) are Graphs with a parent.
 
-export type DType = 'float32' | 'float64' | 'int64' | 'bool';
+export type DType = 'float32' | 'float64' | 'int64' | 'int32' | 'bool';
 /** A dimension: a known size, or a symbolic name ("batch", "sequence"). */
 export type Dim = number | string;
 export type Shape = Dim[];
 
-export type TypedArray = Float32Array | Float64Array | BigInt64Array | Uint8Array;
+export type TypedArray = Float32Array | Float64Array | BigInt64Array | Int32Array | Uint8Array;
 
 /** A constant tensor value, embedded in the graph. */
 export interface ConstValue {
@@ -39,14 +39,19 @@ let nextId = 0;
 
 export class Tensor {
   readonly id = nextId++;
+  /** The name it gets when none is given (a value no one has named). */
+  readonly autoName = `t${this.id}`;
   /** The node that produced this value; undefined for graph inputs. */
   producer?: Node;
+  name: string;
   constructor(
     readonly graph: Graph,
     readonly dtype: DType,
     readonly shape: Shape,
-    public name: string = `t${nextId}`,
-  ) {}
+    name?: string,
+  ) {
+    this.name = name ?? this.autoName;
+  }
   get rank(): number {
     return this.shape.length;
   }
@@ -59,6 +64,8 @@ export class Tensor {
 
 export interface Node {
   op: string;
+  /** Operator set: '' is standard ONNX; 'com.microsoft' is onnxruntime's fused CPU kernels (inference graphs only). */
+  domain?: string;
   /** null stands for an omitted optional input. */
   inputs: (Tensor | null)[];
   outputs: Tensor[];
@@ -101,15 +108,18 @@ export class Graph {
 
   /** Declares a graph output under `name` (through an Identity, so any value can be named). */
   output(name: string, t: Tensor): Tensor {
-    const [out] = this.node('Identity', [t], {}, [{ dtype: t.dtype, shape: t.shape }]);
-    out!.name = name;
-    this.outputs.push(out!);
-    return out!;
+    // A value this graph computes, not yet named by anyone, simply takes the name: an Identity
+    // is a real copy inside a Loop body (the whole KV cache, every step).
+    const renamable = t.graph === this && t.producer && t.name === t.autoName && !this.outputs.includes(t);
+    const out = renamable ? t : this.node('Identity', [t], {}, [{ dtype: t.dtype, shape: t.shape }])[0]!;
+    out.name = name;
+    this.outputs.push(out);
+    return out;
   }
 
-  node(op: string, inputs: (Tensor | null)[], attrs: Record<string, Attr>, outs: { dtype: DType; shape: Shape }[]): Tensor[] {
+  node(op: string, inputs: (Tensor | null)[], attrs: Record<string, Attr>, outs: { dtype: DType; shape: Shape }[], domain?: string): Tensor[] {
     const outputs = outs.map((o) => new Tensor(this, o.dtype, o.shape));
-    const node: Node = { op, inputs, outputs, attrs };
+    const node: Node = { op, inputs, outputs, attrs, ...(domain ? { domain } : {}) };
     for (const t of outputs) t.producer = node;
     this.nodes.push(node);
     return outputs;
@@ -140,6 +150,8 @@ export function makeArray(dtype: DType, values: ArrayLike<number> | number[]): T
       return Float64Array.from(values);
     case 'int64':
       return BigInt64Array.from(Array.from(values, (v) => BigInt(Math.trunc(v))));
+    case 'int32':
+      return Int32Array.from(values, (v) => Math.trunc(v));
     case 'bool':
       return Uint8Array.from(values, (v) => (v ? 1 : 0));
   }

@@ -47,6 +47,7 @@ const root = protobuf.parse(SCHEMA, { keepCase: true }).root;
 const ModelProto = root.lookupType('onnx.ModelProto');
 
 export const OPSET = 20;
+export const MS_DOMAIN = 'com.microsoft';
 const IR_VERSION = 9; // the IR version that goes with opset 20
 
 // AttributeProto.AttributeType
@@ -114,6 +115,7 @@ function graphProto(g: Graph): Message {
     node: g.nodes.map((n, i): Message => ({
       name: `${g.name}/${n.op}_${i}`,
       op_type: n.op,
+      domain: n.domain ?? '',
       input: n.inputs.map((t) => (t ? t.name : '')),
       output: n.outputs.map((t) => t.name),
       attribute: Object.entries(n.attrs).map(([k, a]): Message => attributeProto(k, a)),
@@ -131,7 +133,7 @@ export function toOnnx(g: Graph): Uint8Array {
     ir_version: IR_VERSION,
     producer_name: 'ttrl-server',
     producer_version: '0.1.0',
-    opset_import: [{ domain: '', version: OPSET }],
+    opset_import: [{ domain: '', version: OPSET }, { domain: MS_DOMAIN, version: 1 }],
     graph: graphProto(g),
   };
   const err = ModelProto.verify(model);

@@ -245,6 +245,8 @@ function reduce(op: string, x: Tensor, axes: number[], keepdims: boolean): Tenso
 export const reduceSum = (x: Tensor, axes: number[], keepdims = false) => reduce('ReduceSum', x, axes, keepdims);
 export const reduceMean = (x: Tensor, axes: number[], keepdims = false) => reduce('ReduceMean', x, axes, keepdims);
 export const reduceMax = (x: Tensor, axes: number[], keepdims = false) => reduce('ReduceMax', x, axes, keepdims);
+/** Sum of squares of every element, to a scalar (one pass; no gradient rule: optimizer-side only). */
+export const reduceSumSquare = (x: Tensor) => reduce('ReduceSumSquare', x, x.shape.map((_, i) => i), false);
 /** Sum over every element, to a scalar. */
 export const sumAll = (x: Tensor) => reduceSum(x, x.shape.map((_, i) => i));
 
@@ -266,7 +268,7 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps = 
 }
 
 export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
-  const ms = reduceMean(mul(x, x), [-1], true);
+  const ms = reduceMean(pow(x, 2), [-1], true);
   return mul(div(x, sqrt(add(ms, eps))), weight);
 }
 
@@ -292,7 +294,7 @@ export function causalMask(g: Graph, queries: Tensor, keys: Tensor, qDim: Dim, k
 
 // ---------- helpers ----------
 
-export const ONNX_DTYPE: Record<DType, number> = { float32: 1, bool: 9, int64: 7, float64: 11 };
+export const ONNX_DTYPE: Record<DType, number> = { float32: 1, bool: 9, int32: 6, int64: 7, float64: 11 };
 
 export function normAxis(axis: number, rank: number): number {
   const a = axis < 0 ? axis + rank : axis;

@@ -48,6 +48,8 @@ export interface ForwardInput {
   past?: KV[];
   /** Keys stored transposed so decoding never re-transposes the growing cache. */
   keysTransposed?: boolean;
+  /** Use onnxruntime's fused kernels where the family has them (fused.ts; inference graphs only). */
+  fused?: boolean;
 }
 
 export interface ModelFamily<C> {
@@ -57,6 +59,8 @@ export interface ModelFamily<C> {
   forward(c: C, p: Params, x: ForwardInput): { hidden: Tensor; present: KV[] };
   /** Logits [rows, vocabSize] from hidden states [rows, hiddenSize]. */
   head(c: C, p: Params, hidden: Tensor): Tensor;
+  /** Whether forward honours ForwardInput.fused. */
+  fusable: boolean;
 }
 
 const elements = (shape: number[]) => shape.reduce((a, b) => a * b, 1);

@@ -93,4 +93,5 @@ export const gpt: ModelFamily<GPTConfig> = {
   paramSpecs,
   forward,
   head,
+  fusable: false,
 };

@@ -3,9 +3,10 @@
 // in Hugging Face's rotate_half layout (rope_theta, Llama 3's rope_scaling), grouped-query
 // attention, SwiGLU MLP, tied or untied head. Weights keep Hugging Face's names and
 // [out, in] layout (x @ W^T as one Gemm), so checkpoints load and save without reshuffling.
-import type { Tensor } from '../graph/ir.ts';
+import type { DType, Tensor } from '../graph/ir.ts';
 import * as op from '../graph/ops.ts';
 import { attend, splitHeads } from './attention.ts';
+import { rotaryCache, rotaryEmbedding } from './fused.ts';
 import type { ForwardInput, KV, ModelFamily, ParamSpec, Params } from './family.ts';
 
 export type RopeScaling =
@@ -82,18 +83,31 @@ export function inverseFrequencies(c: LlamaConfig): Float32Array {
 }
 
 /** cos and sin [B, 1, T, headDim] of the rotation angles at `positions` [B, T] (the halves repeat, as rotate_half expects). */
-function rotaryAngles(c: LlamaConfig, positions: Tensor, like: Tensor): { cos: Tensor; sin: Tensor } {
+function rotaryAngles(c: LlamaConfig, positions: Tensor, dtype: DType): { cos: Tensor; sin: Tensor } {
   const g = positions.graph;
-  const freqs = op.constant(g, like.dtype, Array.from(inverseFrequencies(c)));
-  const angles = op.mul(op.unsqueeze(op.cast(positions, like.dtype), [2]), freqs); // [B, T, hd/2]
+  const freqs = op.constant(g, dtype, Array.from(inverseFrequencies(c)));
+  const angles = op.mul(op.unsqueeze(op.cast(positions, dtype), [2]), freqs); // [B, T, hd/2]
   const full = op.unsqueeze(op.concat([angles, angles], 2), [1]);
   return { cos: op.cos(full), sin: op.sin(full) };
 }
 
 /** x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1] for x = [x1, x2] split in halves. */
-function rotate(x: Tensor, r: { cos: Tensor; sin: Tensor }, hd: number): Tensor {
+function rotateHalf(x: Tensor, r: { cos: Tensor; sin: Tensor }, hd: number): Tensor {
   const [x1, x2] = op.split(x, [hd / 2, hd / 2], -1);
   return op.add(op.mul(x, r.cos), op.mul(op.concat([op.neg(x2!), x1!], -1), r.sin));
+}
+
+/**
+ * The rotation of heads [B, n, T, hd] at x.positions, its angles computed once for all layers:
+ * fused, onnxruntime's RotaryEmbedding kernel (one op instead of six); else from primitives.
+ */
+function rotation(c: LlamaConfig, x: ForwardInput, dtype: DType): (t: Tensor) => Tensor {
+  if (x.fused) {
+    const cache = rotaryCache(x.positions, inverseFrequencies(c));
+    return (t) => rotaryEmbedding(t, cache);
+  }
+  const angles = rotaryAngles(c, x.positions, dtype);
+  return (t) => rotateHalf(t, angles, c.headDim);
 }
 
 function forward(c: LlamaConfig, p: Params, x: ForwardInput): { hidden: Tensor; present: KV[] } {
@@ -101,7 +115,7 @@ function forward(c: LlamaConfig, p: Params, x: ForwardInput): { hidden: Tensor; 
   const linear = (t: Tensor, name: string) => op.gemm(t, p[`${name}.weight`]!, { transB: true, c: p[`${name}.bias`] });
   const norm = (t: Tensor, name: string) => op.rmsNorm(t, p[`${name}.weight`]!, c.rmsNormEps);
   let h = op.reshape(op.gather(p['model.embed_tokens.weight']!, x.ids), [-1, d]);
-  const rotary = rotaryAngles(c, x.positions, h);
+  const rotate = rotation(c, x, h.dtype);
   const present: KV[] = [];
   for (let i = 0; i < c.layers; i++) {
     const L = layer(i);
@@ -113,8 +127,8 @@ function forward(c: LlamaConfig, p: Params, x: ForwardInput): { hidden: Tensor; 
       q = norm(q, `${L}.self_attn.q_norm`);
       k = norm(k, `${L}.self_attn.k_norm`);
     }
-    q = op.mul(rotate(q, rotary, hd), 1 / Math.sqrt(hd));
-    k = rotate(k, rotary, hd);
+    q = op.mul(rotate(q), 1 / Math.sqrt(hd));
+    k = rotate(k);
     if (x.keysTransposed) k = op.transpose(k, [0, 1, 3, 2]);
     const past = x.past?.[i];
     if (past) {
@@ -147,4 +161,5 @@ export const llama: ModelFamily<LlamaConfig> = {
   paramSpecs,
   forward,
   head,
+  fusable: true,
 };

@@ -1,0 +1,225 @@
+// Real-size Llama-family benchmark: our engine against ../shared/peers/torch_llama_peer.py at
+// its presets (random weights at the real sizes; the same batch, prompt length and new tokens),
+// one after the other in the same run (never both at once: 2 cores). Per preset:
+//  - load: a sharded BF16 checkpoint the bench writes, loaded (converted once into the float32
+//    cache that workers map), and loaded again (the cache hit);
+//  - sample: tokens/s of the generate graph (prefill + in-graph decode loop), exactly N new
+//    tokens per sequence, temperature 1, no truncation; the decode step alone from N and 1;
+//  - train: one full-parameter GRPO step (forward, backward, AdamW) on the sampled sequences,
+//    tokens/s counting prompt + completion of every sequence, as the peer counts them;
+//  - memory: peak RSS, and the bandwidth this machine streams memory at (a large ReduceSum in
+//    ORT), to say what share of the bandwidth limit decoding reaches.
+// Prints one JSON line last.
+//
+//   npm run bench:llama -- [--json] [--presets smollm2-135m,qwen2.5-0.5b] [--threads 2] [--reps 3] [--no-peer] [--no-train] [--no-prepack]
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Command } from 'commander';
+import { Sampler } from '../src/engine/sampler.ts';
+import { Trainer } from '../src/engine/trainer.ts';
+import { packBatch, packGroups } from '../src/engine/batch.ts';
+import { createSession, f32 } from '../src/engine/ort.ts';
+import { Graph } from '../src/graph/ir.ts';
+import * as op from '../src/graph/ops.ts';
+import { loadModel, type Model } from '../src/model/checkpoint.ts';
+import { paramCount } from '../src/model/family.ts';
+import { paramSpecsOf } from '../src/model/families.ts';
+import { llamaConfigFromHF } from '../src/model/hf.ts';
+import { writeSafetensorsStreaming } from '../src/model/safetensors.ts';
+import { Rng } from '../src/util/rng.ts';
+
+/** The peer's presets (torch_llama_peer.py PRESETS), as the config.json of such a checkpoint. */
+const PRESETS: Record<string, { config: Record<string, unknown>; prompts: number; samples: number; newTokens: number }> = {
+  'smollm2-135m': {
+    config: { architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: 576, intermediate_size: 1536, num_hidden_layers: 30, num_attention_heads: 9, num_key_value_heads: 3, vocab_size: 49152, tie_word_embeddings: true, rope_theta: 100000.0, rms_norm_eps: 1e-5, max_position_embeddings: 8192, hidden_act: 'silu' },
+    prompts: 4,
+    samples: 4,
+    newTokens: 64,
+  },
+  'qwen2.5-0.5b': {
+    config: { architectures: ['Qwen2ForCausalLM'], model_type: 'qwen2', hidden_size: 896, intermediate_size: 4864, num_hidden_layers: 24, num_attention_heads: 14, num_key_value_heads: 2, vocab_size: 151936, tie_word_embeddings: true, rope_theta: 1000000.0, rms_norm_eps: 1e-6, max_position_embeddings: 32768, hidden_act: 'silu' },
+    prompts: 2,
+    samples: 4,
+    newTokens: 32,
+  },
+};
+const PROMPT_LEN = 32;
+
+const opts = new Command()
+  .option('--json', 'print only the JSON line on stdout')
+  .option('--presets <list>', 'comma-separated presets', Object.keys(PRESETS).join(','))
+  .option('--threads <n>', 'threads on both sides', '2')
+  .option('--reps <n>', 'timed repetitions (median reported), after one warm-up', '3')
+  .option('--no-peer', 'skip the PyTorch peer')
+  .option('--no-train', 'skip the train steps')
+  .option('--no-prepack', 'the sampler reads the shared mapping instead of a repacked private copy')
+  .parse()
+  .opts<{ json?: boolean; presets: string; threads: string; reps: string; peer: boolean; train: boolean; prepack: boolean }>();
+const threads = Number(opts.threads);
+const reps = Number(opts.reps);
+const log = (...a: unknown[]) => console.error(...a);
+const round = (x: number, d = 1) => +x.toFixed(d);
+
+async function median(fn: () => Promise<unknown>): Promise<number> {
+  await fn();
+  const ts: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t = performance.now();
+    await fn();
+    ts.push((performance.now() - t) / 1000);
+  }
+  ts.sort((a, b) => a - b);
+  return ts[Math.floor(ts.length / 2)]!;
+}
+
+/** A random checkpoint in BF16, in two shards with an index, as transformers saves one (std 0.02, norms 1). */
+async function writeCheckpoint(dir: string, config: Record<string, unknown>): Promise<void> {
+  const specs = paramSpecsOf(llamaConfigFromHF(config, 'preset'));
+  const rng = new Rng(0);
+  const toBf16 = (x: number) => {
+    const u = new Uint32Array(Float32Array.of(x).buffer)[0]!;
+    return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+  };
+  const shards = [specs.filter((_, i) => i % 2 === 0), specs.filter((_, i) => i % 2 === 1)];
+  const weightMap: Record<string, string> = {};
+  for (const [i, shard] of shards.entries()) {
+    const file = `model-0000${i + 1}-of-00002.safetensors`;
+    const layout = new Map(shard.map((s) => [s.name, { dtype: 'BF16' as const, shape: s.shape }]));
+    await writeSafetensorsStreaming(join(dir, file), layout, (name) => {
+      const s = shard.find((x) => x.name === name)!;
+      const n = s.shape.reduce((a, b) => a * b, 1);
+      return Uint16Array.from({ length: n }, () => toBf16(s.init === 'ones' ? 1 : s.init === 'zeros' ? 0 : rng.normal() * 0.02));
+    }, { format: 'pt' });
+    for (const s of shard) weightMap[s.name] = file;
+  }
+  await writeFile(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+  await writeFile(join(dir, 'config.json'), JSON.stringify({ ...config, torch_dtype: 'bfloat16' }));
+  // A byte-level tokenizer is not needed to time the engine; a tiny one keeps the directory loadable.
+  const vocab = Object.fromEntries(['<unk>', 'a', '</s>'].map((w, i) => [w, i]));
+  await writeFile(join(dir, 'tokenizer.json'), JSON.stringify({ version: '1.0', added_tokens: [], normalizer: null, pre_tokenizer: { type: 'Whitespace' }, post_processor: null, decoder: null, model: { type: 'WordLevel', vocab, unk_token: '<unk>' } }));
+  await writeFile(join(dir, 'tokenizer_config.json'), JSON.stringify({ eos_token: '</s>', unk_token: '<unk>' }));
+}
+
+/** GB/s at which ORT streams a 1 GiB float32 tensor through a ReduceSum on `threads` threads. */
+async function memoryBandwidth(): Promise<number> {
+  const n = 256 * 1024 * 1024;
+  const g = new Graph('bandwidth');
+  const x = g.input('x', 'float32', [n / 1024, 1024]);
+  g.output('s', op.reduceSum(x, [1]));
+  const session = await createSession(g, { threads });
+  const data = new Float32Array(n).fill(1);
+  const feeds = { x: f32(data, [n / 1024, 1024]) };
+  let best = Infinity;
+  for (let i = 0; i < 6; i++) {
+    const t = performance.now();
+    await session.run(feeds);
+    best = Math.min(best, (performance.now() - t) / 1000);
+  }
+  await session.release();
+  return (n * 4) / best / 1e9;
+}
+
+function runPeer(preset: string, p: (typeof PRESETS)[string]): Record<string, unknown> {
+  const script = fileURLToPath(new URL('../../shared/peers/torch_llama_peer.py', import.meta.url));
+  if (!existsSync(script)) return { error: `peer not found at ${script}` };
+  const args = [script, '--preset', preset, '--threads', String(threads), '--prompts', String(p.prompts), '--samples', String(p.samples), '--prompt-len', String(PROMPT_LEN), '--new-tokens', String(p.newTokens), '--repeats', String(reps), '--json', ...(opts.train ? ['--full'] : [])];
+  const r = spawnSync('/usr/bin/python3', args, { encoding: 'utf8', maxBuffer: 1 << 24 });
+  if (r.status !== 0) return { error: `peer failed (${r.status}): ${(r.stderr || r.error?.message || '').trim().split('\n').at(-1)} -- apt-get install -y python3-torch libopenblas0-pthread` };
+  return JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+}
+
+const rssMb = () => process.resourceUsage().maxRSS / 1024;
+
+async function benchPreset(name: string) {
+  const p = PRESETS[name];
+  if (!p) throw new Error(`unknown preset ${name}; one of ${Object.keys(PRESETS).join(', ')}`);
+  const dir = await mkdtemp(join(tmpdir(), `ttrl-bench-${name}-`));
+  process.env.TTRL_CACHE_DIR = join(dir, 'cache');
+  try {
+    log(`${name}: writing a random BF16 checkpoint in 2 shards`);
+    await writeCheckpoint(dir, p.config);
+    let t = performance.now();
+    const model: Model = await loadModel(dir);
+    const loadS = (performance.now() - t) / 1000;
+    t = performance.now();
+    await loadModel(dir);
+    const reloadS = (performance.now() - t) / 1000;
+    const specs = paramSpecsOf(model.config);
+    const params = paramCount(specs);
+    const weightBytes = params * 4;
+    log(`${name}: ${(params / 1e6).toFixed(1)}M params; load (BF16 -> float32 cache) ${loadS.toFixed(2)} s, again (cache hit) ${reloadS.toFixed(2)} s`);
+
+    const B = p.prompts * p.samples;
+    const N = p.newTokens;
+    const rng = new Rng(1);
+    const prompts = Array.from({ length: p.prompts }, () => Array.from({ length: PROMPT_LEN }, () => rng.int(3, model.config.vocabSize - 1)));
+    const sampleOpts = (maxNewTokens: number, seed: number) => ({ samplesPerPrompt: p.samples, maxNewTokens, seed, temperature: 1, stopTokens: [], padToken: 0 });
+    const sampler = await Sampler.create({ config: model.config, weights: model.weights, threads, prepack: opts.prepack });
+    let seed = 0;
+    let completions: number[][] = [];
+    const sampleS = await median(async () => {
+      const r = await sampler.generate(prompts, sampleOpts(N, seed++));
+      completions = r.completions.flatMap((row) => row.map((c) => c.tokens));
+    });
+    const firstTokenS = await median(() => sampler.generate(prompts, sampleOpts(1, seed++)));
+    await sampler.close();
+    if (completions.some((c) => c.length !== N)) throw new Error('expected exactly N new tokens per sequence');
+    const decodeStepS = (sampleS - firstTokenS) / (N - 1);
+    const sampleRss = rssMb();
+    const sampleTok = (B * N) / sampleS;
+    log(`${name}: sample ${sampleS.toFixed(2)} s for ${B}x${N} tokens = ${sampleTok.toFixed(1)} tokens/s; prefill + first token ${(firstTokenS * 1000).toFixed(0)} ms, decode step ${(decodeStepS * 1000).toFixed(1)} ms (${(weightBytes / decodeStepS / 1e9).toFixed(1)} GB/s of weights); peak RSS ${sampleRss.toFixed(0)} MB`);
+
+    let train: Record<string, number> | null = null;
+    if (opts.train) {
+      const trainer = await Trainer.create({ config: model.config, weights: model.weights, threads, loss: { objective: 'grpo', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false } });
+      const advantages = completions.map(() => rng.normal());
+      const grouped = packGroups(prompts.map((prompt, i) => ({ prompt, completions: completions.slice(i * p.samples, (i + 1) * p.samples).map((tokens, j) => ({ tokens, advantage: advantages[i * p.samples + j]! })) })), 0, model.config.contextLength);
+      const flat = packBatch(completions.map((c, i) => ({ tokens: [...prompts[Math.floor(i / p.samples)]!, ...c], promptLength: PROMPT_LEN, advantage: advantages[i]! })), 0, model.config.contextLength);
+      const tokens = B * (PROMPT_LEN + N);
+      const groupedS = await median(() => trainer.step(grouped, { lr: 1e-5, maxGradNorm: 1 }));
+      log(`${name}: GRPO full train step, grouped: ${groupedS.toFixed(2)} s = ${(tokens / groupedS).toFixed(1)} tokens/s`);
+      const flatS = await median(() => trainer.step(flat, { lr: 1e-5, maxGradNorm: 1 }));
+      log(`${name}: GRPO full train step, flat: ${flatS.toFixed(2)} s = ${(tokens / flatS).toFixed(1)} tokens/s; peak RSS ${rssMb().toFixed(0)} MB`);
+      await trainer.close();
+      train = { grouped_tok_s: round(tokens / groupedS), flat_tok_s: round(tokens / flatS), grouped_s: round(groupedS, 3), flat_s: round(flatS, 3), peak_rss_mb: Math.round(rssMb()) };
+    }
+
+    const peer = opts.peer ? runPeer(name, p) : { error: 'skipped (--no-peer)' };
+    if ('error' in peer) log(`peer: ${peer.error}`);
+    else log(`peer ${peer.peer}: sample ${peer.sample_tok_s} tokens/s, full train ${peer.full_train_tok_s} tokens/s, LoRA train ${peer.lora_train_tok_s} tokens/s, peak RSS ${peer.peak_rss_mb} MB`);
+    const ok = !('error' in peer);
+    const ratio = (ours: number | undefined, theirs: unknown) => (ok && ours && typeof theirs === 'number' ? round(ours / theirs, 2) : null);
+    return {
+      preset: name,
+      params,
+      batch: B,
+      prompt_len: PROMPT_LEN,
+      new_tokens: N,
+      load_bf16_s: round(loadS, 2),
+      load_cached_s: round(reloadS, 2),
+      sample_tok_s: round(sampleTok),
+      prefill_first_token_ms: Math.round(firstTokenS * 1000),
+      decode_step_ms: round(decodeStepS * 1000),
+      decode_weight_gb_s: round(weightBytes / decodeStepS / 1e9),
+      sample_peak_rss_mb: Math.round(sampleRss),
+      train,
+      peer: ok ? peer : { error: peer.error },
+      sample_ratio: ratio(sampleTok, peer.sample_tok_s),
+      train_ratio_grouped: ratio(train?.grouped_tok_s, peer.full_train_tok_s),
+      train_ratio_flat: ratio(train?.flat_tok_s, peer.full_train_tok_s),
+    };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const bandwidth = await memoryBandwidth();
+log(`memory: ORT streams ${bandwidth.toFixed(1)} GB/s through a ReduceSum on ${threads} threads`);
+const results = [];
+for (const name of opts.presets.split(',')) results.push(await benchPreset(name.trim()));
+for (const r of results) (r as Record<string, unknown>).decode_bandwidth_share = round(r.decode_weight_gb_s / bandwidth, 2);
+console.log(JSON.stringify({ date: new Date().toISOString().slice(0, 10), threads, reps, prepack: opts.prepack, memory_gb_s: round(bandwidth), results }));
