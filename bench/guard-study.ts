@@ -8,9 +8,8 @@
 //
 //   npx tsx bench/guard-study.ts DIR VERSION... [--seed 0]
 import { Command } from 'commander';
-import { DEFAULT_LOSS } from '../src/engine/graphs.ts';
 import { Sampler } from '../src/engine/sampler.ts';
-import { Trainer } from '../src/engine/trainer.ts';
+import { Scorer } from '../src/engine/scorer.ts';
 import { loadModel } from '../src/model/checkpoint.ts';
 import type { WeightSource } from '../src/model/weight-file.ts';
 import { DEFAULT_MODEL_DIR } from '../src/server/config.ts';
@@ -25,14 +24,14 @@ const m = await loadModel(DEFAULT_MODEL_DIR);
 const pool = suite('4-operand', 256, 10_000 + Number(cmd.opts().seed)); // the bench's recurring pool
 const questions = pool.map((q) => q.question);
 const sampler = await Sampler.create({ config: m.config, weights: m.weights, threads: 2 });
-const scorer = await Trainer.create({ config: m.config, weights: m.weights, loss: DEFAULT_LOSS, threads: 2 });
+const scorer = await Scorer.create({ config: m.config, weights: m.weights, threads: 2 });
 const sample = (votes: number, topP?: number) => rollout(sampler, m.tokenizer, questions, { votes, temperature: 1, topP, seed: 7 });
 
 const reference = await sample(32);
 const anchors = reference.flatMap((r, i) => (r.vote.ratio >= ANCHOR_RATIO && r.vote.label !== null ? [{ i, r }] : []));
 const seqs = anchors.map(({ r }) => ({ tokens: [...r.prompt, ...r.samples.find((s) => s.answer === r.vote.label)!.tokens], promptLength: r.prompt.length }));
 const anchorLogprobs = async (w: WeightSource) => {
-  await scorer.setWeights(w, true);
+  await scorer.setWeights(w);
   return (await completionLogprobs(scorer, seqs, m.tokenizer.padId, m.config.contextLength)).map(sum);
 };
 const base = await anchorLogprobs(m.weights);

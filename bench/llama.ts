@@ -13,7 +13,7 @@
 //
 //   npm run bench:llama -- [--json] [--presets smollm2-135m,qwen2.5-0.5b] [--threads 2] [--reps 3] [--no-peer] [--no-train] [--no-prepack]
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,6 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { Sampler } from '../src/engine/sampler.ts';
 import { Trainer } from '../src/engine/trainer.ts';
+import { Scorer } from '../src/engine/scorer.ts';
 import { packBatch, packGroups } from '../src/engine/batch.ts';
 import { createSession, f32 } from '../src/engine/ort.ts';
 import { Graph } from '../src/graph/ir.ts';
@@ -133,6 +134,15 @@ function runPeer(preset: string, p: (typeof PRESETS)[string]): Record<string, un
 }
 
 const rssMb = () => process.resourceUsage().maxRSS / 1024;
+/** Proportional set size now: mapped file pages count once however many mappings share them (Linux). */
+function pssMb(): number | null {
+  try {
+    const line = readFileSync('/proc/self/smaps_rollup', 'utf8').split('\n').find((l) => l.startsWith('Pss:'));
+    return line ? Math.round(Number(line.split(/\s+/)[1]) / 1024) : null;
+  } catch {
+    return null;
+  }
+}
 
 async function benchPreset(name: string) {
   const p = PRESETS[name];
@@ -166,11 +176,18 @@ async function benchPreset(name: string) {
       completions = r.completions.flatMap((row) => row.map((c) => c.tokens));
     });
     const firstTokenS = await median(() => sampler.generate(prompts, sampleOpts(1, seed++)));
+    const samplePss = pssMb();
+    // A scorer of the same weights beside the sampler: with the mapping shared, the weights do not count twice.
+    const scorer = await Scorer.create({ config: model.config, weights: model.weights, threads });
+    await scorer.score(packBatch(completions.slice(0, 4).map((c, i) => ({ tokens: [...prompts[Math.floor(i / p.samples)]!, ...c], promptLength: PROMPT_LEN })), 0, model.config.contextLength));
+    const withScorerPss = pssMb();
+    await scorer.close();
     await sampler.close();
     if (completions.some((c) => c.length !== N)) throw new Error('expected exactly N new tokens per sequence');
     const decodeStepS = (sampleS - firstTokenS) / (N - 1);
     const sampleRss = rssMb();
     const sampleTok = (B * N) / sampleS;
+    log(`${name}: memory (PSS) with the sampler ${samplePss} MB, with a scorer of the same weights beside it ${withScorerPss} MB (weights ${Math.round(weightBytes / 1048576)} MB)`);
     log(`${name}: sample ${sampleS.toFixed(2)} s for ${B}x${N} tokens = ${sampleTok.toFixed(1)} tokens/s; prefill + first token ${(firstTokenS * 1000).toFixed(0)} ms, decode step ${(decodeStepS * 1000).toFixed(1)} ms (${(weightBytes / decodeStepS / 1e9).toFixed(1)} GB/s of weights); peak RSS ${sampleRss.toFixed(0)} MB`);
 
     let train: Record<string, number> | null = null;
@@ -181,11 +198,12 @@ async function benchPreset(name: string) {
       const flat = packBatch(completions.map((c, i) => ({ tokens: [...prompts[Math.floor(i / p.samples)]!, ...c], promptLength: PROMPT_LEN, advantage: advantages[i]! })), 0, model.config.contextLength);
       const tokens = B * (PROMPT_LEN + N);
       const groupedS = await median(() => trainer.step(grouped, { lr: 1e-5, maxGradNorm: 1 }));
-      log(`${name}: GRPO full train step, grouped: ${groupedS.toFixed(2)} s = ${(tokens / groupedS).toFixed(1)} tokens/s`);
+      const groupedRss = rssMb();
+      log(`${name}: GRPO full train step, grouped: ${groupedS.toFixed(2)} s = ${(tokens / groupedS).toFixed(1)} tokens/s; peak RSS ${groupedRss.toFixed(0)} MB`);
       const flatS = await median(() => trainer.step(flat, { lr: 1e-5, maxGradNorm: 1 }));
-      log(`${name}: GRPO full train step, flat: ${flatS.toFixed(2)} s = ${(tokens / flatS).toFixed(1)} tokens/s; peak RSS ${rssMb().toFixed(0)} MB`);
+      log(`${name}: GRPO full train step, flat: ${flatS.toFixed(2)} s = ${(tokens / flatS).toFixed(1)} tokens/s; peak RSS ${rssMb().toFixed(0)} MB (both layouts' sessions alive)`);
       await trainer.close();
-      train = { grouped_tok_s: round(tokens / groupedS), flat_tok_s: round(tokens / flatS), grouped_s: round(groupedS, 3), flat_s: round(flatS, 3), peak_rss_mb: Math.round(rssMb()) };
+      train = { grouped_tok_s: round(tokens / groupedS), flat_tok_s: round(tokens / flatS), grouped_s: round(groupedS, 3), flat_s: round(flatS, 3), grouped_peak_rss_mb: Math.round(groupedRss), peak_rss_mb: Math.round(rssMb()) };
     }
 
     const peer = opts.peer ? runPeer(name, p) : { error: 'skipped (--no-peer)' };
@@ -206,6 +224,9 @@ async function benchPreset(name: string) {
       decode_step_ms: round(decodeStepS * 1000),
       decode_weight_gb_s: round(weightBytes / decodeStepS / 1e9),
       sample_peak_rss_mb: Math.round(sampleRss),
+      sample_pss_mb: samplePss,
+      sample_and_scorer_pss_mb: withScorerPss,
+      weights_mb: Math.round(weightBytes / 1048576),
       train,
       peer: ok ? peer : { error: peer.error },
       sample_ratio: ratio(sampleTok, peer.sample_tok_s),

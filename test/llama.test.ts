@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Sampler } from '../src/engine/sampler.ts';
 import { Trainer } from '../src/engine/trainer.ts';
+import { Scorer } from '../src/engine/scorer.ts';
 import { packBatch } from '../src/engine/batch.ts';
 import { buildDecoder, buildGenerate, DEFAULT_LOSS } from '../src/engine/graphs.ts';
 import { createSession, f32, i64, type ort } from '../src/engine/ort.ts';
@@ -149,6 +150,28 @@ test('stories260K: decoding with the cache (the sampling loop) equals a full rec
     );
   } finally {
     await Promise.all([s.close(), t.close()]);
+  }
+});
+
+test('a scorer maps the shared weight file and scores as the trainer does; it takes new weights in memory', async () => {
+  const scorer = await Scorer.create({ config: hf.config, weights: hf.weights });
+  const t = await Trainer.create({ config: hf.config, weights: hf.weights, loss: DEFAULT_LOSS });
+  try {
+    const seqs = ['Once upon a time, there was a dog.', 'Lily and Ben'].map((x) => ({ tokens: hf.tokenizer.encode(x), promptLength: 2 }));
+    const batch = packBatch(seqs, hf.tokenizer.padId, hf.config.contextLength);
+    const [a, b] = [await scorer.score(batch), await t.score(batch)];
+    a.tokenLogprobs.forEach((x, i) => assert.ok(Math.abs(x - b.tokenLogprobs[i]!) < 1e-5));
+    a.entropy.forEach((x, i) => assert.ok(Math.abs(x - b.entropy[i]!) < 1e-5));
+    // a trained step's weights, in memory: the scorer follows them
+    assert.equal((await t.step(batch, { lr: 1e-2 })).updated, true);
+    await scorer.setWeights(await t.getWeights());
+    const [c, d] = [await scorer.score(batch), await t.score(batch)];
+    c.tokenLogprobs.forEach((x, i) => assert.ok(Math.abs(x - d.tokenLogprobs[i]!) < 1e-5));
+    assert.ok(c.tokenLogprobs.some((x, i) => Math.abs(x - a.tokenLogprobs[i]!) > 1e-3), 'the scores moved with the weights');
+    await assert.rejects(scorer.setWeights(new Map([['model.norm.weight', new Float32Array(3)]])), /missing or of the wrong size/);
+    assert.ok((await scorer.score(batch)).tokenLogprobs.every((x, i) => x === c.tokenLogprobs[i]), 'a rejected swap keeps the weights');
+  } finally {
+    await Promise.all([scorer.close(), t.close()]);
   }
 });
 

@@ -1,11 +1,12 @@
 // Trainer worker: owns parameters, AdamW moments and the train-step / score sessions.
 import { buildScore, buildTrainStep, type BatchLayout, type LossOptions } from './graphs.ts';
-import { createSession, f32, i64, type ort } from './ort.ts';
+import { createSession, f32, type ort } from './ort.ts';
 import { niceThisThread, serveRequests } from './worker-host.ts';
 import { ADAMW_DEFAULTS, type AdamWConfig } from '../graph/optim.ts';
 import { checkWeights, type ParamSpec, type Weights } from '../model/family.ts';
 import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
 import type { PackedBatch } from './batch.ts';
+import { batchFeeds, scoreBatch, weightFeedsOf } from './scoring.ts';
 import { isWeightFile, readWeights, type WeightSource } from '../model/weight-file.ts';
 import type { OptimizerState, StepHyper } from './trainer.ts';
 
@@ -35,16 +36,6 @@ async function setParams(source: WeightSource, reset: boolean): Promise<void> {
     v = zeros();
     steps = 0;
   }
-}
-
-function batchFeeds(b: PackedBatch): Record<string, ort.Tensor> {
-  const feeds: Record<string, ort.Tensor> = { input_ids: i64(b.inputIds, [b.B, b.T]), attention_mask: i64(b.attentionMask, [b.B, b.T]) };
-  if (b.prompts) {
-    if (b.B % b.prompts.P) throw new Error(`train step: ${b.B} completions do not divide into ${b.prompts.P} prompts`);
-    feeds.prompt_ids = i64(b.prompts.ids, [b.prompts.P, b.prompts.L]);
-    feeds.prompt_mask = i64(b.prompts.mask, [b.prompts.P, b.prompts.L]);
-  }
-  return feeds;
 }
 
 function trainSession(layout: BatchLayout): Promise<ort.InferenceSession> {
@@ -111,19 +102,9 @@ serveRequests({
     };
   },
   async score(p: { batch: PackedBatch }) {
-    if (p.batch.prompts) throw new Error('score: takes the flat layout (packBatch)');
+    // The trainer's own current weights (the candidate's): a scorer holds fixed ones.
     scoreSession ??= await createSession(buildScore(config), { threads, spin, memPattern: false });
-    const feeds: Record<string, ort.Tensor> = batchFeeds(p.batch);
-    for (const s of specs) feeds[s.name] = f32(params.get(s.name)!, s.shape);
-    const out = await scoreSession.run(feeds);
-    // Shift right by one so position t holds the log-prob of token t, as the batch is laid out.
-    const { B, T } = p.batch;
-    const shift = (src: Float32Array) => {
-      const dst = new Float32Array(B * T);
-      for (let b = 0; b < B; b++) dst.set(src.subarray(b * (T - 1), (b + 1) * (T - 1)), b * T + 1);
-      return dst;
-    };
-    return { value: { tokenLogprobs: shift(out.token_logprobs!.data as Float32Array), entropy: shift(out.entropy!.data as Float32Array) } };
+    return { value: await scoreBatch(scoreSession, weightFeedsOf(specs, params), p.batch) };
   },
   getWeights() {
     return { value: params };

@@ -9,8 +9,7 @@ import { mkdirSync } from 'node:fs';
 import { filter, interval, Subject, type Subscription } from 'rxjs';
 import { Rng } from '../util/rng.ts';
 import { Sampler } from '../engine/sampler.ts';
-import { DEFAULT_LOSS } from '../engine/graphs.ts';
-import { Trainer } from '../engine/trainer.ts';
+import { Scorer } from '../engine/scorer.ts';
 import { checkWeights, type Weights } from '../model/family.ts';
 import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
@@ -89,7 +88,7 @@ export class Adaptation {
   private probeSet: MetaList<string>;
   private anchorSet: MetaList<Anchor>;
   /** Scores anchors under the shipped weights (see start()). */
-  private reference: Trainer | null = null;
+  private reference: Scorer | null = null;
   private rng: Rng;
   private closed = false;
   paused: boolean;
@@ -261,7 +260,7 @@ export class Adaptation {
     });
     if (this.o.probeQuestions > 0) this.prober ??= await Sampler.create({ config: this.config, weights: this.o.baseWeights, ...threads });
     if (this.o.anchors > 0)
-      this.reference ??= await Trainer.create({ config: this.config, weights: this.o.baseWeights, loss: DEFAULT_LOSS, ...threads });
+      this.reference ??= await Scorer.create({ config: this.config, weights: this.o.baseWeights, ...threads });
   }
 
   /** Why the update itself is unfit, or null. */

@@ -3,6 +3,7 @@
 // offline adaptation and by the server's live loop alike.
 import { packBatch, packGroups, type TrainSequence } from '../engine/batch.ts';
 import { Trainer, type StepStats } from '../engine/trainer.ts';
+import { Scorer } from '../engine/scorer.ts';
 import type { Weights } from '../model/family.ts';
 import type { ModelConfig } from '../model/families.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
@@ -37,7 +38,7 @@ export interface UpdateResult {
 export class TTRLUpdater {
   private constructor(
     private trainer: Trainer,
-    private reference: Trainer | null,
+    private reference: Scorer | null,
     private config: ModelConfig,
     private tok: Tokenizer,
     readonly settings: UpdateSettings,
@@ -47,7 +48,7 @@ export class TTRLUpdater {
     const s = o.settings;
     const loss = { objective: 'grpo' as const, aggregation: 'token-mean' as const, kl: s.klCoef > 0, ppoClip: true, entropyBonus: s.entropyCoef > 0 };
     const trainer = await Trainer.create({ config: o.config, weights: o.weights, loss, threads: o.threads, nice: o.nice, spin: o.spin });
-    const reference = s.klCoef > 0 ? await Trainer.create({ config: o.config, weights: o.weights, loss: { ...loss, objective: 'sft', kl: false, ppoClip: false, entropyBonus: false }, threads: o.threads, nice: o.nice, spin: o.spin }).catch(async (e) => {
+    const reference = s.klCoef > 0 ? await Scorer.create({ config: o.config, weights: o.weights, threads: o.threads, nice: o.nice, spin: o.spin }).catch(async (e) => {
       await trainer.close();
       throw e;
     }) : null;
@@ -109,7 +110,7 @@ export class TTRLUpdater {
 }
 
 /** Token log-probs of each sequence's completion (from promptLength on) under the scorer's weights. */
-export async function completionLogprobs(scorer: Trainer, seqs: TrainSequence[], padId: number, contextLength: number): Promise<number[][]> {
+export async function completionLogprobs(scorer: Pick<Scorer, 'score'>, seqs: TrainSequence[], padId: number, contextLength: number): Promise<number[][]> {
   const b = packBatch(seqs, padId, contextLength);
   const { tokenLogprobs } = await scorer.score(b);
   return seqs.map((s, i) => Array.from(tokenLogprobs.subarray(i * b.T + s.promptLength, i * b.T + s.tokens.length)));

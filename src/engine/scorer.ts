@@ -1,0 +1,45 @@
+// Forward-only scoring in a worker: token log-probs and entropies of given sequences under one
+// set of weights (the shipped model, for KL references and the guard's anchors). No optimizer
+// state, and weights from a file are mapped, shared with every other worker of the model.
+import type { ModelConfig } from '../model/families.ts';
+import type { WeightSource } from '../model/weight-file.ts';
+import type { PackedBatch } from './batch.ts';
+import type { TokenScores } from './scoring.ts';
+import { extOf } from './sampler.ts';
+import { WorkerClient } from './worker-host.ts';
+
+export interface ScorerInit {
+  config: ModelConfig;
+  weights: WeightSource;
+  threads?: number;
+  nice?: number;
+  spin?: boolean;
+}
+
+export class Scorer {
+  private constructor(private client: WorkerClient) {}
+
+  static async create(o: ScorerInit): Promise<Scorer> {
+    const client = new WorkerClient(new URL(`./scorer.worker${extOf(import.meta.url)}`, import.meta.url), 'scorer');
+    try {
+      await client.request('init', o);
+    } catch (e) {
+      await client.close();
+      throw e;
+    }
+    return new Scorer(client);
+  }
+
+  /** Token log-probs and entropies [B, T] (position 0 is 0) of a flat batch (packBatch). */
+  score(batch: PackedBatch): Promise<TokenScores> {
+    return this.client.request('score', { batch });
+  }
+
+  setWeights(weights: WeightSource): Promise<void> {
+    return this.client.request('setWeights', { weights });
+  }
+
+  close(): Promise<void> {
+    return this.client.close();
+  }
+}
