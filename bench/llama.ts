@@ -192,7 +192,7 @@ async function benchPreset(name: string) {
 
     let train: Record<string, number> | null = null;
     if (opts.train) {
-      const trainer = await Trainer.create({ config: model.config, weights: model.weights, threads, loss: { objective: 'grpo', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false } });
+      const trainer = await Trainer.create({ config: model.config, weights: model.weights, threads, layout: 'grouped', loss: { objective: 'grpo', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false } });
       const advantages = completions.map(() => rng.normal());
       const grouped = packGroups(prompts.map((prompt, i) => ({ prompt, completions: completions.slice(i * p.samples, (i + 1) * p.samples).map((tokens, j) => ({ tokens, advantage: advantages[i * p.samples + j]! })) })), 0, model.config.contextLength);
       const flat = packBatch(completions.map((c, i) => ({ tokens: [...prompts[Math.floor(i / p.samples)]!, ...c], promptLength: PROMPT_LEN, advantage: advantages[i]! })), 0, model.config.contextLength);

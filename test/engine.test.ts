@@ -10,6 +10,9 @@ import { initWeights, type Weights } from '../src/model/family.ts';
 import { paramSpecsOf } from '../src/model/families.ts';
 import type { GPTConfig } from '../src/model/gpt.ts';
 import { Rng } from '../src/util/rng.ts';
+import { buildTrainStep } from '../src/engine/graphs.ts';
+import { createSession, f32, i64, type ort } from '../src/engine/ort.ts';
+import { ADAMW_DEFAULTS } from '../src/graph/optim.ts';
 
 const c: GPTConfig = { family: 'gpt', vocabSize: 12, contextLength: 24, dModel: 32, nLayers: 2, nHeads: 4, tiedHead: true, padTokenId: 11 };
 const EOS = 10;
@@ -238,4 +241,32 @@ test('a grouped GRPO step (prompt computed once per group) equals the flat step 
     assert.ok(maxDiff < 0.2 * hyper.lr, `${k} differs by ${maxDiff}`);
   }
   assert.throws(() => packGroups([{ prompt: [1], completions: [{ tokens: [2] }] }, { prompt: [1], completions: [] }], PAD, c.contextLength), /same number/);
+});
+
+test('the trainer updates parameters and moments in place, exactly as a run with fresh outputs does', async () => {
+  const w = weights(8, 3);
+  const loss = { objective: 'grpo', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false } as const;
+  const batch = packGroups([{ prompt: [1, 2, 3], completions: [{ tokens: [4, 5, EOS], advantage: 0.8 }, { tokens: [6, EOS], advantage: -0.8 }] }], PAD, c.contextLength);
+  const t = await Trainer.create({ config: c, weights: w, loss });
+  for (let i = 0; i < 2; i++) await t.step(batch, { lr: 1e-2 });
+  const inPlace = await t.getWeights();
+  await t.close();
+  // The same two steps through a session of the same graph that returns fresh outputs.
+  const specs = paramSpecsOf(c);
+  const session = await createSession(buildTrainStep(c, loss, ADAMW_DEFAULTS, 'float32', 'grouped'));
+  let p: Weights = w;
+  let m: Weights = new Map(specs.map((s) => [s.name, new Float32Array(w.get(s.name)!.length)]));
+  let v: Weights = new Map(m);
+  for (let step = 1; step <= 2; step++) {
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: i64(batch.inputIds, [batch.B, batch.T]), attention_mask: i64(batch.attentionMask, [batch.B, batch.T]), loss_mask: f32(batch.lossMask, [batch.B, batch.T]),
+      prompt_ids: i64(batch.prompts!.ids, [1, 3]), prompt_mask: i64(batch.prompts!.mask, [1, 3]), advantages: f32(batch.advantages!, [batch.B]),
+      step: f32(Float32Array.of(step), []), lr: f32(Float32Array.of(1e-2), []), max_grad_norm: f32(Float32Array.of(1), []),
+    };
+    for (const s of specs) Object.assign(feeds, { [s.name]: f32(p.get(s.name)!, s.shape), [`m.${s.name}`]: f32(m.get(s.name)!, s.shape), [`v.${s.name}`]: f32(v.get(s.name)!, s.shape) });
+    const out = await session.run(feeds);
+    const take = (prefix: string) => new Map(specs.map((s) => [s.name, out[`${prefix}${s.name}`]!.data as Float32Array]));
+    [p, m, v] = [take('new.'), take('new_m.'), take('new_v.')];
+  }
+  for (const s of specs) assert.deepEqual(inPlace.get(s.name), p.get(s.name), s.name);
 });

@@ -5,7 +5,7 @@ import type { Weights } from '../model/family.ts';
 import type { ModelConfig } from '../model/families.ts';
 import type { WeightSource } from '../model/weight-file.ts';
 import type { AdamWConfig } from '../graph/optim.ts';
-import type { LossOptions } from './graphs.ts';
+import type { BatchLayout, LossOptions } from './graphs.ts';
 import type { PackedBatch } from './batch.ts';
 import { WorkerClient } from './worker-host.ts';
 import { extOf } from './sampler.ts';
@@ -49,6 +49,12 @@ export interface TrainerInit {
   nice?: number;
   /** Let idle compute threads spin (default true; false when sharing cores with a sampler). */
   spin?: boolean;
+  /**
+   * The batch layout whose train-step session is built at start (default flat; GRPO batches
+   * are grouped). Building one takes seconds for a real model (about 23 s for a 0.5B one), so
+   * the first step should not pay it.
+   */
+  layout?: BatchLayout;
 }
 
 export class Trainer {

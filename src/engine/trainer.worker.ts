@@ -8,7 +8,7 @@ import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
 import type { PackedBatch } from './batch.ts';
 import { batchFeeds, scoreBatch, weightFeedsOf } from './scoring.ts';
 import { isWeightFile, readWeights, type WeightSource } from '../model/weight-file.ts';
-import type { OptimizerState, StepHyper } from './trainer.ts';
+import type { OptimizerState, StepHyper, TrainerInit } from './trainer.ts';
 
 let config: ModelConfig;
 let specs: ParamSpec[];
@@ -47,7 +47,7 @@ function trainSession(layout: BatchLayout): Promise<ort.InferenceSession> {
 const scalar = (x: number) => f32(Float32Array.of(x), []);
 
 serveRequests({
-  async init(p: { config: ModelConfig; weights: WeightSource; loss: LossOptions; adamw?: AdamWConfig; threads?: number; nice?: number; spin?: boolean }) {
+  async init(p: TrainerInit) {
     if (p.nice) niceThisThread(p.nice);
     config = p.config;
     specs = paramSpecsOf(config);
@@ -56,7 +56,7 @@ serveRequests({
     spin = p.spin ?? true;
     adamwConfig = p.adamw ?? ADAMW_DEFAULTS;
     await setParams(p.weights, true);
-    await trainSession('flat');
+    await trainSession(p.layout ?? 'flat');
     return { value: null };
   },
   async step(p: { batch: PackedBatch; hyper: StepHyper }) {
@@ -86,16 +86,19 @@ serveRequests({
       feeds[`v.${s.name}`] = f32(v.get(s.name)!, s.shape);
     }
     const session = await trainSession(b.prompts ? 'grouped' : 'flat');
-    const out = await session.run(feeds);
-    const updated = (out.updated!.data as Uint8Array)[0] === 1;
-    if (updated) {
-      steps++;
-      for (const s of specs) {
-        params.set(s.name, out[`new.${s.name}`]!.data as Float32Array);
-        m.set(s.name, out[`new_m.${s.name}`]!.data as Float32Array);
-        v.set(s.name, out[`new_v.${s.name}`]!.data as Float32Array);
-      }
+    // The new parameters and moments are written over the old ones: onnxruntime fills
+    // preallocated outputs, and every reader of the old values runs before the AdamW update
+    // (it needs the whole gradient). Fresh outputs would hold a second copy of parameters and
+    // both moments at the peak (a 0.5B model's full step did not fit in 24 GB that way).
+    const fetches: Record<string, ort.Tensor | null> = Object.fromEntries(session.outputNames.map((n) => [n, null]));
+    for (const s of specs) {
+      fetches[`new.${s.name}`] = feeds[s.name]!;
+      fetches[`new_m.${s.name}`] = feeds[`m.${s.name}`]!;
+      fetches[`new_v.${s.name}`] = feeds[`v.${s.name}`]!;
     }
+    const out = await session.run(feeds, fetches);
+    const updated = (out.updated!.data as Uint8Array)[0] === 1;
+    if (updated) steps++;
     const num = (k: string) => (out[k] ? (out[k]!.data as Float32Array)[0]! : undefined);
     return {
       value: { loss: num('loss')!, gradNorm: num('grad_norm')!, entropy: num('entropy')!, kl: num('kl'), updated, step: steps, ms: performance.now() - t0 },

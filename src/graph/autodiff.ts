@@ -237,6 +237,17 @@ const NO_GRADIENT = new Set([
 ]);
 
 /**
+ * prev + gi. Gather's gradient is a scatter-add into zeros of the whole table: added to a
+ * running sum it scatters into that sum instead (a tied embedding gets its head gradient and
+ * one gather gradient per forward: no zero table and no pass over it per extra term).
+ */
+function accumulate(prev: Tensor, gi: Tensor): Tensor {
+  const p = gi.producer;
+  const intoZeros = p?.op === 'ScatterND' && p.inputs[0]?.producer?.op === 'ConstantOfShape' && p.inputs[0].shape.join() === prev.shape.join();
+  return intoZeros ? op.scatterNDAdd(prev, p.inputs[1]!, p.inputs[2]!) : op.add(prev, gi);
+}
+
+/**
  * Gradients of a scalar `loss` with respect to `wrt`, appended to loss's graph.
  * Nodes are stored in creation order, which is a topological order, so one reverse pass suffices.
  */
@@ -264,7 +275,7 @@ export function grad(loss: Tensor, wrt: Tensor[]): Tensor[] {
       const t = node.inputs[j];
       if (!gi || !t || !needs[j]) return;
       const prev = grads.get(t.id);
-      grads.set(t.id, prev ? op.add(prev, gi) : gi);
+      grads.set(t.id, prev ? accumulate(prev, gi) : gi);
     });
   }
   return wrt.map((t) => grads.get(t.id) ?? op.zerosLike(t));

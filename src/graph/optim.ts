@@ -1,7 +1,7 @@
 // AdamW in the graph: global-norm gradient clipping, bias correction, decoupled
 // weight decay. Hyperparameters that schedules change (learning rate, clip norm)
 // are graph inputs; a non-finite gradient leaves parameters and state untouched.
-import { Graph, type Tensor } from './ir.ts';
+import type { Tensor } from './ir.ts';
 import * as op from './ops.ts';
 
 export interface AdamWConfig {
@@ -38,32 +38,27 @@ export function adamw(slots: AdamWSlot[], h: AdamWInputs, c: AdamWConfig = ADAMW
   const scale = op.where(clipOn, op.min(op.div(h.maxGradNorm, op.add(gradNorm, 1e-6)), 1), 1);
   const bc1 = op.sub(1, op.pow(c.beta1, h.step));
   const bc2 = op.sub(1, op.pow(c.beta2, h.step));
-  // A step whose gradient is not finite changes nothing: the update runs in one branch of an If,
-  // the other hands back parameters and moments as they were. Everything that is one number
-  // per step (clipping, bias correction, the learning rate) folds into scalars, so each element
-  // sees about 12 passes: the update streams every parameter, both moments and the gradient.
-  const g = h.lr.graph;
-  const update = new Graph('adamw_update', g);
-  const local = (x: Tensor) => op.capture(update, x); // scalars inside the branch pull the per-element work in with them
-  const c1 = local(op.mul(scale, 1 - c.beta1));
-  const c2 = local(op.mul(op.mul(scale, scale), 1 - c.beta2));
-  const b1 = op.constant(update, h.lr.dtype, c.beta1);
-  const b2 = op.constant(update, h.lr.dtype, c.beta2);
-  const invSqrtBc2 = local(op.div(1, op.sqrt(bc2)));
-  const stepSize = local(op.div(h.lr, bc1));
-  const decay = local(op.sub(1, op.mul(h.lr, c.weightDecay)));
-  const keep = new Graph('adamw_skip', g);
-  slots.forEach((s, i) => {
-    const m = op.add(op.mul(s.m, b1), op.mul(s.grad, c1));
-    const v = op.add(op.mul(s.v, b2), op.mul(op.mul(s.grad, s.grad), c2));
+  // Everything that is one number per step (clipping, bias correction, the learning rate, and
+  // the skip of a non-finite step) folds into scalars: coefficients that, when the gradient is
+  // not finite, keep m, v and the parameters exactly as they were. Each element then sees
+  // about 13 passes instead of 25: the update streams every parameter, both moments and the
+  // gradient, and writes its results straight into the outputs (the trainer's own buffers).
+  const scalar = (x: Tensor | number) => (typeof x === 'number' ? op.constant(h.lr.graph, h.lr.dtype, x) : x);
+  const ifFinite = (x: Tensor | number, otherwise: number) => op.where(finite, scalar(x), otherwise);
+  const b1 = ifFinite(c.beta1, 1);
+  const b2 = ifFinite(c.beta2, 1);
+  const c1 = ifFinite(op.mul(scale, 1 - c.beta1), 0);
+  const c2 = ifFinite(op.mul(op.mul(scale, scale), 1 - c.beta2), 0);
+  const invSqrtBc2 = op.div(1, op.sqrt(bc2));
+  const stepSize = ifFinite(op.div(h.lr, bc1), 0);
+  const decay = ifFinite(op.sub(1, op.mul(h.lr, c.weightDecay)), 1);
+  const updated = slots.map((s) => {
+    const g = op.where(finite, s.grad, 0); // 0 * NaN would be NaN: drop a non-finite gradient first
+    const m = op.add(op.mul(s.m, b1), op.mul(g, c1));
+    const v = op.add(op.mul(s.v, b2), op.mul(op.mul(g, g), c2));
     const denom = op.add(op.mul(op.sqrt(v), invSqrtBc2), c.eps);
     const decayed = s.decay && c.weightDecay > 0 ? op.mul(s.param, decay) : s.param;
-    update.output(`adamw_p${i}`, op.sub(decayed, op.mul(op.div(m, denom), stepSize)));
-    update.output(`adamw_m${i}`, m);
-    update.output(`adamw_v${i}`, v);
-    for (const [name, t] of [['p', s.param], ['m', s.m], ['v', s.v]] as const) keep.output(`kept_${name}${i}`, op.capture(keep, t));
+    return { param: op.sub(decayed, op.mul(op.div(m, denom), stepSize)), m, v };
   });
-  const outs = op.ifElse(g, finite, update, keep);
-  const updated = slots.map((_, i) => ({ param: outs[3 * i]!, m: outs[3 * i + 1]!, v: outs[3 * i + 2]! }));
   return { updated, gradNorm, finite };
 }

@@ -47,7 +47,7 @@ export class TTRLUpdater {
   static async create(o: { config: ModelConfig; tokenizer: Tokenizer; weights: Weights; settings: UpdateSettings; threads?: number; nice?: number; spin?: boolean }): Promise<TTRLUpdater> {
     const s = o.settings;
     const loss = { objective: 'grpo' as const, aggregation: 'token-mean' as const, kl: s.klCoef > 0, ppoClip: true, entropyBonus: s.entropyCoef > 0 };
-    const trainer = await Trainer.create({ config: o.config, weights: o.weights, loss, threads: o.threads, nice: o.nice, spin: o.spin });
+    const trainer = await Trainer.create({ config: o.config, weights: o.weights, loss, threads: o.threads, nice: o.nice, spin: o.spin, layout: 'grouped' });
     const reference = s.klCoef > 0 ? await Scorer.create({ config: o.config, weights: o.weights, threads: o.threads, nice: o.nice, spin: o.spin }).catch(async (e) => {
       await trainer.close();
       throw e;
