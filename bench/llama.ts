@@ -58,8 +58,9 @@ const opts = new Command()
   .option('--no-peer', 'skip the PyTorch peer')
   .option('--no-train', 'skip the train steps')
   .option('--no-prepack', 'the sampler reads the shared mapping instead of a repacked private copy')
+  .option('--child <preset>', '(internal) measure our engine on one preset in this process and print its JSON')
   .parse()
-  .opts<{ json?: boolean; presets: string; threads: string; reps: string; peer: boolean; train: boolean; prepack: boolean }>();
+  .opts<{ json?: boolean; presets: string; threads: string; reps: string; peer: boolean; train: boolean; prepack: boolean; child?: string }>();
 const threads = Number(opts.threads);
 const reps = Number(opts.reps);
 const log = (...a: unknown[]) => console.error(...a);
@@ -192,25 +193,26 @@ async function benchPreset(name: string) {
 
     let train: Record<string, number> | null = null;
     if (opts.train) {
-      const trainer = await Trainer.create({ config: model.config, weights: model.weights, threads, layout: 'grouped', loss: { objective: 'grpo', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false } });
       const advantages = completions.map(() => rng.normal());
       const grouped = packGroups(prompts.map((prompt, i) => ({ prompt, completions: completions.slice(i * p.samples, (i + 1) * p.samples).map((tokens, j) => ({ tokens, advantage: advantages[i * p.samples + j]! })) })), 0, model.config.contextLength);
       const flat = packBatch(completions.map((c, i) => ({ tokens: [...prompts[Math.floor(i / p.samples)]!, ...c], promptLength: PROMPT_LEN, advantage: advantages[i]! })), 0, model.config.contextLength);
       const tokens = B * (PROMPT_LEN + N);
-      const groupedS = await median(() => trainer.step(grouped, { lr: 1e-5, maxGradNorm: 1 }));
+      // One trainer per layout, as the server has (GRPO is grouped), the first closed before the second starts.
+      const stepTime = async (layout: 'grouped' | 'flat', batch: typeof flat) => {
+        const trainer = await Trainer.create({ config: model.config, weights: model.weights, threads, layout, loss: { objective: 'grpo', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false } });
+        try {
+          return await median(() => trainer.step(batch, { lr: 1e-5, maxGradNorm: 1 }));
+        } finally {
+          await trainer.close();
+        }
+      };
+      const groupedS = await stepTime('grouped', grouped);
       const groupedRss = rssMb();
       log(`${name}: GRPO full train step, grouped: ${groupedS.toFixed(2)} s = ${(tokens / groupedS).toFixed(1)} tokens/s; peak RSS ${groupedRss.toFixed(0)} MB`);
-      const flatS = await median(() => trainer.step(flat, { lr: 1e-5, maxGradNorm: 1 }));
-      log(`${name}: GRPO full train step, flat: ${flatS.toFixed(2)} s = ${(tokens / flatS).toFixed(1)} tokens/s; peak RSS ${rssMb().toFixed(0)} MB (both layouts' sessions alive)`);
-      await trainer.close();
+      const flatS = await stepTime('flat', flat);
+      log(`${name}: GRPO full train step, flat: ${flatS.toFixed(2)} s = ${(tokens / flatS).toFixed(1)} tokens/s; peak RSS ${rssMb().toFixed(0)} MB`);
       train = { grouped_tok_s: round(tokens / groupedS), flat_tok_s: round(tokens / flatS), grouped_s: round(groupedS, 3), flat_s: round(flatS, 3), grouped_peak_rss_mb: Math.round(groupedRss), peak_rss_mb: Math.round(rssMb()) };
     }
-
-    const peer = opts.peer ? runPeer(name, p) : { error: 'skipped (--no-peer)' };
-    if ('error' in peer) log(`peer: ${peer.error}`);
-    else log(`peer ${peer.peer}: sample ${peer.sample_tok_s} tokens/s, full train ${peer.full_train_tok_s} tokens/s, LoRA train ${peer.lora_train_tok_s} tokens/s, peak RSS ${peer.peak_rss_mb} MB`);
-    const ok = !('error' in peer);
-    const ratio = (ours: number | undefined, theirs: unknown) => (ok && ours && typeof theirs === 'number' ? round(ours / theirs, 2) : null);
     return {
       preset: name,
       params,
@@ -228,19 +230,41 @@ async function benchPreset(name: string) {
       sample_and_scorer_pss_mb: withScorerPss,
       weights_mb: Math.round(weightBytes / 1048576),
       train,
-      peer: ok ? peer : { error: peer.error },
-      sample_ratio: ratio(sampleTok, peer.sample_tok_s),
-      train_ratio_grouped: ratio(train?.grouped_tok_s, peer.full_train_tok_s),
-      train_ratio_flat: ratio(train?.flat_tok_s, peer.full_train_tok_s),
     };
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
 }
 
-const bandwidth = await memoryBandwidth();
-log(`memory: ORT streams ${bandwidth.toFixed(1)} GB/s through a ReduceSum on ${threads} threads`);
-const results = [];
-for (const name of opts.presets.split(',')) results.push(await benchPreset(name.trim()));
-for (const r of results) (r as Record<string, unknown>).decode_bandwidth_share = round(r.decode_weight_gb_s / bandwidth, 2);
-console.log(JSON.stringify({ date: new Date().toISOString().slice(0, 10), threads, reps, prepack: opts.prepack, memory_gb_s: round(bandwidth), results }));
+/** Our side of one preset in a child process: its peak memory is the preset's alone. */
+function runOurs(preset: string): ReturnType<typeof benchPreset> extends Promise<infer R> ? R : never {
+  const flags = ['--threads', String(threads), '--reps', String(reps), ...(opts.train ? [] : ['--no-train']), ...(opts.prepack ? [] : ['--no-prepack'])];
+  const r = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--child', preset, ...flags], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 24 });
+  if (r.status !== 0) throw new Error(`${preset}: our run failed (exit ${r.status}${r.signal ? `, ${r.signal}` : ''})`);
+  return JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+}
+
+if (opts.child) {
+  console.log(JSON.stringify(await benchPreset(opts.child)));
+} else {
+  const bandwidth = await memoryBandwidth();
+  log(`memory: ORT streams ${bandwidth.toFixed(1)} GB/s through a ReduceSum on ${threads} threads`);
+  const results = [];
+  for (const name of opts.presets.split(',').map((x) => x.trim())) {
+    const ours = runOurs(name);
+    const peer = opts.peer ? runPeer(name, PRESETS[name]!) : { error: 'skipped (--no-peer)' };
+    if ('error' in peer) log(`peer: ${peer.error}`);
+    else log(`peer ${peer.peer}: sample ${peer.sample_tok_s} tokens/s, full train ${peer.full_train_tok_s} tokens/s, LoRA train ${peer.lora_train_tok_s} tokens/s, peak RSS ${peer.peak_rss_mb} MB`);
+    const ok = !('error' in peer);
+    const ratio = (x: number | undefined, theirs: unknown) => (ok && x && typeof theirs === 'number' ? round(x / theirs, 2) : null);
+    results.push({
+      ...ours,
+      decode_bandwidth_share: round(ours.decode_weight_gb_s / bandwidth, 2),
+      peer: ok ? peer : { error: peer.error },
+      sample_ratio: ratio(ours.sample_tok_s, peer.sample_tok_s),
+      train_ratio_grouped: ratio(ours.train?.grouped_tok_s, peer.full_train_tok_s),
+      train_ratio_flat: ratio(ours.train?.flat_tok_s, peer.full_train_tok_s),
+    });
+  }
+  console.log(JSON.stringify({ date: new Date().toISOString().slice(0, 10), threads, reps, prepack: opts.prepack, memory_gb_s: round(bandwidth), results }));
+}

@@ -10,9 +10,9 @@ import { initWeights, type Weights } from '../src/model/family.ts';
 import { paramSpecsOf } from '../src/model/families.ts';
 import type { GPTConfig } from '../src/model/gpt.ts';
 import { Rng } from '../src/util/rng.ts';
-import { buildTrainStep } from '../src/engine/graphs.ts';
+import { buildLossAndGrad } from '../src/engine/graphs.ts';
 import { createSession, f32, i64, type ort } from '../src/engine/ort.ts';
-import { ADAMW_DEFAULTS } from '../src/graph/optim.ts';
+import { ADAMW_DEFAULTS } from '../src/engine/adamw.ts';
 
 const c: GPTConfig = { family: 'gpt', vocabSize: 12, contextLength: 24, dModel: 32, nLayers: 2, nHeads: 4, tiedHead: true, padTokenId: 11 };
 const EOS = 10;
@@ -188,6 +188,9 @@ test('a NaN in training changes nothing; bad inputs get clear errors', async () 
     await assert.rejects(t.step(batch, { lr: NaN }), /lr must be a finite number/);
     const noAdv = packBatch([{ tokens: [1, 2, 3], promptLength: 1 }], PAD, c.contextLength);
     await assert.rejects(t.step(noAdv, { lr: 1e-3 }), /needs advantages/);
+    const foreign = packBatch([{ tokens: [1, 2, 12], promptLength: 1, advantage: 1 }], PAD, c.contextLength);
+    await assert.rejects(t.step(foreign, { lr: 1e-3 }), /token id 12 outside the vocabulary \(0\.\.11\)/);
+    await assert.rejects(t.score(foreign), /token id 12 outside the vocabulary/);
     assert.throws(() => packBatch([{ tokens: Array(30).fill(1), promptLength: 1 }], PAD, c.contextLength), /exceeds the context length/);
     assert.throws(() => s.generate([[1, 99]], { ...base, seed: 1 }), /outside the vocabulary/);
     assert.throws(() => s.generate([Array(20).fill(1)], { ...base, seed: 1 }), /exceeds the context length/);
@@ -243,30 +246,36 @@ test('a grouped GRPO step (prompt computed once per group) equals the flat step 
   assert.throws(() => packGroups([{ prompt: [1], completions: [{ tokens: [2] }] }, { prompt: [1], completions: [] }], PAD, c.contextLength), /same number/);
 });
 
-test('the trainer updates parameters and moments in place, exactly as a run with fresh outputs does', async () => {
+test('a trainer step is the graph\'s gradient followed by textbook AdamW', async () => {
   const w = weights(8, 3);
   const loss = { objective: 'grpo', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false } as const;
   const batch = packGroups([{ prompt: [1, 2, 3], completions: [{ tokens: [4, 5, EOS], advantage: 0.8 }, { tokens: [6, EOS], advantage: -0.8 }] }], PAD, c.contextLength);
-  const t = await Trainer.create({ config: c, weights: w, loss });
-  for (let i = 0; i < 2; i++) await t.step(batch, { lr: 1e-2 });
-  const inPlace = await t.getWeights();
+  const t = await Trainer.create({ config: c, weights: w, loss, layout: 'grouped' });
+  const st = await t.step(batch, { lr: 1e-2, maxGradNorm: 0.5 });
+  const after = await t.getWeights();
   await t.close();
-  // The same two steps through a session of the same graph that returns fresh outputs.
+  // The gradient from the same graph, then AdamW's first step written out by hand (m = (1-b1) g', v = (1-b2) g'^2, bias-corrected).
   const specs = paramSpecsOf(c);
-  const session = await createSession(buildTrainStep(c, loss, ADAMW_DEFAULTS, 'float32', 'grouped'));
-  let p: Weights = w;
-  let m: Weights = new Map(specs.map((s) => [s.name, new Float32Array(w.get(s.name)!.length)]));
-  let v: Weights = new Map(m);
-  for (let step = 1; step <= 2; step++) {
-    const feeds: Record<string, ort.Tensor> = {
-      input_ids: i64(batch.inputIds, [batch.B, batch.T]), attention_mask: i64(batch.attentionMask, [batch.B, batch.T]), loss_mask: f32(batch.lossMask, [batch.B, batch.T]),
-      prompt_ids: i64(batch.prompts!.ids, [1, 3]), prompt_mask: i64(batch.prompts!.mask, [1, 3]), advantages: f32(batch.advantages!, [batch.B]),
-      step: f32(Float32Array.of(step), []), lr: f32(Float32Array.of(1e-2), []), max_grad_norm: f32(Float32Array.of(1), []),
-    };
-    for (const s of specs) Object.assign(feeds, { [s.name]: f32(p.get(s.name)!, s.shape), [`m.${s.name}`]: f32(m.get(s.name)!, s.shape), [`v.${s.name}`]: f32(v.get(s.name)!, s.shape) });
-    const out = await session.run(feeds);
-    const take = (prefix: string) => new Map(specs.map((s) => [s.name, out[`${prefix}${s.name}`]!.data as Float32Array]));
-    [p, m, v] = [take('new.'), take('new_m.'), take('new_v.')];
+  const session = await createSession(buildLossAndGrad(c, loss, 'float32', 'grouped'));
+  const feeds: Record<string, ort.Tensor> = {
+    input_ids: i64(batch.inputIds, [batch.B, batch.T]), attention_mask: i64(batch.attentionMask, [batch.B, batch.T]), loss_mask: f32(batch.lossMask, [batch.B, batch.T]),
+    prompt_ids: i64(batch.prompts!.ids, [1, 3]), prompt_mask: i64(batch.prompts!.mask, [1, 3]), advantages: f32(batch.advantages!, [batch.B]),
+  };
+  for (const sp of specs) feeds[sp.name] = f32(w.get(sp.name)!, sp.shape);
+  const out = await session.run(feeds);
+  const norm = (out.grad_norm!.data as Float32Array)[0]!;
+  assert.ok(Math.abs(norm - st.gradNorm) < 1e-6 * norm);
+  const { beta1: b1, beta2: b2, eps, weightDecay } = ADAMW_DEFAULTS;
+  const scale = Math.min(1, 0.5 / (norm + 1e-6));
+  for (const sp of specs) {
+    const g = out[`grad.${sp.name}`]!.data as Float32Array;
+    const p0 = w.get(sp.name)!;
+    after.get(sp.name)!.forEach((got, i) => {
+      const gs = g[i]! * scale;
+      const mh = ((1 - b1) * gs) / (1 - b1);
+      const vh = ((1 - b2) * gs * gs) / (1 - b2);
+      const want = p0[i]! * (sp.decay ? 1 - 1e-2 * weightDecay : 1) - (1e-2 * mh) / (Math.sqrt(vh) + eps);
+      assert.ok(Math.abs(got - want) < 1e-6 + 1e-5 * Math.abs(want), `${sp.name}[${i}]: ${got} vs ${want}`);
+    });
   }
-  for (const s of specs) assert.deepEqual(inPlace.get(s.name), p.get(s.name), s.name);
 });

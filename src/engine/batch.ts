@@ -90,6 +90,12 @@ export function packGroups(groups: TrainGroup[], padId: number, contextLength: n
   return { ...packRows(completions, padId), prompts };
 }
 
+/** Throws unless every token id of the batch is in the vocabulary (onnxruntime's own error would name a graph node). */
+export function checkTokenIds(b: PackedBatch, vocabSize: number): void {
+  for (const ids of [b.inputIds, b.prompts?.ids ?? new BigInt64Array(0)])
+    for (const t of ids) if (t < 0n || t >= BigInt(vocabSize)) throw new Error(`batch: token id ${t} outside the vocabulary (0..${vocabSize - 1})`);
+}
+
 /** Prompts [P, L], left-padded so that every prompt ends in the last column. */
 export function leftPad(prompts: number[][], padId: number): { P: number; L: number; ids: BigInt64Array; mask: BigInt64Array } {
   const P = prompts.length;

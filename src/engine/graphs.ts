@@ -2,11 +2,11 @@
 //  - prefill / decode: transformers.js-style names, for export and step-by-step use
 //  - generate: prefill + the whole sampling loop inside one ONNX Loop (the fast path)
 //  - score: per-token log-probs and entropies of given sequences
-//  - trainStep: loss (supervised or GRPO), backward, AdamW, in one run()
+//  - loss and gradients: loss (supervised or GRPO) and backward in one run(); the trainer
+//    applies AdamW to its own arrays (engine/adamw.ts)
 import { Graph, type DType, type Tensor } from '../graph/ir.ts';
 import * as op from '../graph/ops.ts';
 import { grad } from '../graph/autodiff.ts';
-import { adamw, ADAMW_DEFAULTS, type AdamWConfig } from '../graph/optim.ts';
 import { declareParams, type KV, type ModelDims, type Params } from '../model/family.ts';
 import { familyOf, type ModelConfig } from '../model/families.ts';
 import type { WeightFile } from '../model/weight-file.ts';
@@ -385,14 +385,21 @@ function masked(x: Tensor, w: Tensor, how: LossOptions['aggregation']): Tensor {
   return op.div(op.sumAll(op.mul(perSeq, hasTokens)), op.max(op.sumAll(hasTokens), 1));
 }
 
-/** params -> loss and gradients (float64 for gradient checks). */
+/**
+ * params and a batch -> the loss, its statistics (entropy; kl when on) and the gradient of
+ * every parameter (grad.<name>), with their global L2 norm (grad_norm): what a train step
+ * runs; the update itself is engine/adamw.ts. float64 for the gradient checks.
+ */
 export function buildLossAndGrad(c: ModelConfig, o: LossOptions, dtype: DType = 'float64', layout: BatchLayout = 'flat'): Graph {
   const { specs } = model(c);
   const g = new Graph('loss');
   const p = declareParams(g, specs, dtype);
-  const { loss } = buildLoss(g, c, p, o, dtype, layout);
+  const { loss, stats } = buildLoss(g, c, p, o, dtype, layout);
   g.output('loss', loss);
-  grad(loss, specs.map((s) => p[s.name]!)).forEach((gr, i) => g.output(`grad.${specs[i]!.name}`, gr));
+  for (const [name, t] of Object.entries(stats)) g.output(name, t);
+  const grads = grad(loss, specs.map((s) => p[s.name]!));
+  g.output('grad_norm', op.sqrt(grads.map((gr) => op.reduceSumSquare(gr)).reduce((a, b) => op.add(a, b))));
+  grads.forEach((gr, i) => g.output(`grad.${specs[i]!.name}`, gr));
   return g;
 }
 
@@ -405,41 +412,5 @@ export function buildScore(c: ModelConfig, dtype: DType = 'float32', weights?: W
   const { tokenLp, entropy } = scoreTokens(c, p, ids, mask, dtype);
   g.output('token_logprobs', tokenLp);
   g.output('entropy', entropy);
-  return g;
-}
-
-/**
- * One optimisation step: inputs weights, m.<name>, v.<name>, step, lr, max_grad_norm and the
- * loss's batch inputs; outputs new.<name>, new_m.<name>, new_v.<name>, loss, grad_norm,
- * entropy (mean over loss tokens), updated (false when the gradient was not finite) and kl.
- */
-export function buildTrainStep(
-  c: ModelConfig,
-  o: LossOptions = DEFAULT_LOSS,
-  opt: AdamWConfig = ADAMW_DEFAULTS,
-  dtype: DType = 'float32',
-  layout: BatchLayout = 'flat',
-): Graph {
-  const { specs } = model(c);
-  const g = new Graph('train_step');
-  const p = declareParams(g, specs, dtype);
-  const m = declareParams(g, specs, dtype, 'm.');
-  const v = declareParams(g, specs, dtype, 'v.');
-  const step = g.input('step', dtype, []);
-  const lr = g.input('lr', dtype, []);
-  const maxGradNorm = g.input('max_grad_norm', dtype, []);
-  const { loss, stats } = buildLoss(g, c, p, o, dtype, layout);
-  const grads = grad(loss, specs.map((s) => p[s.name]!));
-  const slots = specs.map((s, i) => ({ param: p[s.name]!, grad: grads[i]!, m: m[s.name]!, v: v[s.name]!, decay: s.decay }));
-  const { updated, gradNorm, finite } = adamw(slots, { lr, step, maxGradNorm }, opt);
-  specs.forEach((s, i) => {
-    g.output(`new.${s.name}`, updated[i]!.param);
-    g.output(`new_m.${s.name}`, updated[i]!.m);
-    g.output(`new_v.${s.name}`, updated[i]!.v);
-  });
-  g.output('loss', loss);
-  g.output('grad_norm', gradNorm);
-  g.output('updated', finite);
-  for (const [name, t] of Object.entries(stats)) g.output(name, t);
   return g;
 }

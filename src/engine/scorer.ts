@@ -1,9 +1,9 @@
 // Forward-only scoring in a worker: token log-probs and entropies of given sequences under one
 // set of weights (the shipped model, for KL references and the guard's anchors). No optimizer
 // state, and weights from a file are mapped, shared with every other worker of the model.
-import type { ModelConfig } from '../model/families.ts';
+import { dimsOf, type ModelConfig } from '../model/families.ts';
 import type { WeightSource } from '../model/weight-file.ts';
-import type { PackedBatch } from './batch.ts';
+import { checkTokenIds, type PackedBatch } from './batch.ts';
 import type { TokenScores } from './scoring.ts';
 import { extOf } from './sampler.ts';
 import { WorkerClient } from './worker-host.ts';
@@ -17,7 +17,10 @@ export interface ScorerInit {
 }
 
 export class Scorer {
-  private constructor(private client: WorkerClient) {}
+  private constructor(
+    private client: WorkerClient,
+    private vocabSize: number,
+  ) {}
 
   static async create(o: ScorerInit): Promise<Scorer> {
     const client = new WorkerClient(new URL(`./scorer.worker${extOf(import.meta.url)}`, import.meta.url), 'scorer');
@@ -27,11 +30,16 @@ export class Scorer {
       await client.close();
       throw e;
     }
-    return new Scorer(client);
+    return new Scorer(client, dimsOf(o.config).vocabSize);
   }
 
   /** Token log-probs and entropies [B, T] (position 0 is 0) of a flat batch (packBatch). */
   score(batch: PackedBatch): Promise<TokenScores> {
+    try {
+      checkTokenIds(batch, this.vocabSize);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     return this.client.request('score', { batch });
   }
 

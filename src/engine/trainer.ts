@@ -2,11 +2,11 @@
 // the train-step graph (forward, backward, clip, AdamW). A step whose gradient is not
 // finite changes nothing and reports updated: false.
 import type { Weights } from '../model/family.ts';
-import type { ModelConfig } from '../model/families.ts';
+import { dimsOf, type ModelConfig } from '../model/families.ts';
 import type { WeightSource } from '../model/weight-file.ts';
-import type { AdamWConfig } from '../graph/optim.ts';
+import type { AdamWConfig } from './adamw.ts';
 import type { BatchLayout, LossOptions } from './graphs.ts';
-import type { PackedBatch } from './batch.ts';
+import { checkTokenIds, type PackedBatch } from './batch.ts';
 import { WorkerClient } from './worker-host.ts';
 import { extOf } from './sampler.ts';
 
@@ -58,7 +58,10 @@ export interface TrainerInit {
 }
 
 export class Trainer {
-  private constructor(private client: WorkerClient) {}
+  private constructor(
+    private client: WorkerClient,
+    private vocabSize: number,
+  ) {}
 
   static async create(o: TrainerInit): Promise<Trainer> {
     const client = new WorkerClient(new URL(`./trainer.worker${extOf(import.meta.url)}`, import.meta.url), 'trainer');
@@ -68,16 +71,26 @@ export class Trainer {
       await client.close();
       throw e;
     }
-    return new Trainer(client);
+    return new Trainer(client, dimsOf(o.config).vocabSize);
   }
 
   step(batch: PackedBatch, h: StepHyper): Promise<StepStats> {
     if (!(h.lr >= 0) || !Number.isFinite(h.lr)) return Promise.reject(new Error(`train step: lr must be a finite number >= 0, got ${h.lr}`));
+    try {
+      checkTokenIds(batch, this.vocabSize);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     return this.client.request('step', { batch, hyper: h });
   }
 
   /** Token log-probs and entropies [B, T] (position 0 is 0) of the batch under the current weights. */
   score(batch: PackedBatch): Promise<{ tokenLogprobs: Float32Array; entropy: Float32Array }> {
+    try {
+      checkTokenIds(batch, this.vocabSize);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     return this.client.request('score', { batch });
   }
 

@@ -1,8 +1,9 @@
-// Trainer worker: owns parameters, AdamW moments and the train-step / score sessions.
-import { buildScore, buildTrainStep, type BatchLayout, type LossOptions } from './graphs.ts';
+// Trainer worker: owns parameters and AdamW moments; a step runs the loss-and-gradient session
+// for the batch's layout, then AdamW over its own arrays in place.
+import { buildLossAndGrad, buildScore, type BatchLayout, type LossOptions } from './graphs.ts';
 import { createSession, f32, type ort } from './ort.ts';
 import { niceThisThread, serveRequests } from './worker-host.ts';
-import { ADAMW_DEFAULTS, type AdamWConfig } from '../graph/optim.ts';
+import { ADAMW_DEFAULTS, adamwUpdate, type AdamWConfig } from './adamw.ts';
 import { checkWeights, type ParamSpec, type Weights } from '../model/family.ts';
 import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
 import type { PackedBatch } from './batch.ts';
@@ -16,7 +17,7 @@ let loss: LossOptions;
 let threads = 1;
 let spin = true;
 let adamwConfig: AdamWConfig;
-/** One train-step session per batch layout, built on first use. */
+/** One loss-and-gradient session per batch layout, built on first use. */
 const trainSessions = new Map<BatchLayout, Promise<ort.InferenceSession>>();
 let scoreSession: ort.InferenceSession | undefined;
 let params: Weights;
@@ -40,7 +41,7 @@ async function setParams(source: WeightSource, reset: boolean): Promise<void> {
 
 function trainSession(layout: BatchLayout): Promise<ort.InferenceSession> {
   let s = trainSessions.get(layout);
-  if (!s) trainSessions.set(layout, (s = createSession(buildTrainStep(config, loss, adamwConfig, 'float32', layout), { threads, spin, memPattern: false })));
+  if (!s) trainSessions.set(layout, (s = createSession(buildLossAndGrad(config, loss, 'float32', layout), { threads, spin, memPattern: false })));
   return s;
 }
 
@@ -62,13 +63,7 @@ serveRequests({
   async step(p: { batch: PackedBatch; hyper: StepHyper }) {
     const t0 = performance.now();
     const { batch: b, hyper: h } = p;
-    const feeds: Record<string, ort.Tensor> = {
-      ...batchFeeds(b),
-      loss_mask: f32(b.lossMask, [b.B, b.T]),
-      step: scalar(steps + 1),
-      lr: scalar(h.lr),
-      max_grad_norm: scalar(h.maxGradNorm ?? 1),
-    };
+    const feeds: Record<string, ort.Tensor> = { ...batchFeeds(b), loss_mask: f32(b.lossMask, [b.B, b.T]), ...weightFeedsOf(specs, params) };
     const need = (cond: boolean, name: string, arr: Float32Array | undefined, dims: number[]) => {
       if (!cond) return;
       if (!arr) throw new Error(`train step: this loss needs ${name}`);
@@ -80,28 +75,19 @@ serveRequests({
     if (loss.ppoClip) feeds.clip_eps = scalar(h.clipEps ?? 0.2);
     if (loss.kl) feeds.kl_coef = scalar(h.klCoef ?? 0);
     if (loss.entropyBonus) feeds.entropy_coef = scalar(h.entropyCoef ?? 0);
-    for (const s of specs) {
-      feeds[s.name] = f32(params.get(s.name)!, s.shape);
-      feeds[`m.${s.name}`] = f32(m.get(s.name)!, s.shape);
-      feeds[`v.${s.name}`] = f32(v.get(s.name)!, s.shape);
-    }
     const session = await trainSession(b.prompts ? 'grouped' : 'flat');
-    // The new parameters and moments are written over the old ones: onnxruntime fills
-    // preallocated outputs, and every reader of the old values runs before the AdamW update
-    // (it needs the whole gradient). Fresh outputs would hold a second copy of parameters and
-    // both moments at the peak (a 0.5B model's full step did not fit in 24 GB that way).
-    const fetches: Record<string, ort.Tensor | null> = Object.fromEntries(session.outputNames.map((n) => [n, null]));
-    for (const s of specs) {
-      fetches[`new.${s.name}`] = feeds[s.name]!;
-      fetches[`new_m.${s.name}`] = feeds[`m.${s.name}`]!;
-      fetches[`new_v.${s.name}`] = feeds[`v.${s.name}`]!;
-    }
-    const out = await session.run(feeds, fetches);
-    const updated = (out.updated!.data as Uint8Array)[0] === 1;
-    if (updated) steps++;
+    const out = await session.run(feeds);
     const num = (k: string) => (out[k] ? (out[k]!.data as Float32Array)[0]! : undefined);
+    const gradNorm = num('grad_norm')!;
+    // A non-finite gradient changes nothing: not the weights, not the moments, not the step count.
+    const updated = Number.isFinite(gradNorm);
+    if (updated) {
+      steps++;
+      const slots = specs.map((s) => ({ param: params.get(s.name)!, grad: out[`grad.${s.name}`]!.data as Float32Array, m: m.get(s.name)!, v: v.get(s.name)!, decay: s.decay }));
+      adamwUpdate(slots, { lr: h.lr, step: steps, gradNorm, maxGradNorm: h.maxGradNorm ?? 1 }, adamwConfig);
+    }
     return {
-      value: { loss: num('loss')!, gradNorm: num('grad_norm')!, entropy: num('entropy')!, kl: num('kl'), updated, step: steps, ms: performance.now() - t0 },
+      value: { loss: num('loss')!, gradNorm, entropy: num('entropy')!, kl: num('kl'), updated, step: steps, ms: performance.now() - t0 },
     };
   },
   async score(p: { batch: PackedBatch }) {
