@@ -8,7 +8,7 @@ import { loadMigrations, migrate } from '../src/store/migrate.ts';
 import { Store } from '../src/store/store.ts';
 import { PROJECT_ROOT, resolveSettings, settingsTable } from '../src/server/config.ts';
 import { parseClientMessage, ProtocolError } from '../src/server/protocol.ts';
-import { judgeAnchors, judgeProbe } from '../src/server/adaptation.ts';
+import { judgeAnchors, judgeProbe } from '../src/ttrl/guard.ts';
 import { scratch } from './helpers/scratch.ts';
 
 

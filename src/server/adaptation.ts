@@ -18,6 +18,7 @@ import { readSafetensors, writeSafetensors } from '../model/safetensors.ts';
 import type { Store } from '../store/store.ts';
 import { selectForTraining } from '../ttrl/grpo.ts';
 import { GREEDY_TOP_P, rolloutBatch, type Rollout } from '../ttrl/rollout.ts';
+import { anchorShiftOf, completionAnchorOf, judgeAnchors, judgeProbe, judgeUpdate, MIN_ANCHORS, MIN_PROBE_QUESTIONS, probeStatsOf, type AnchorShift, type CompletionAnchor, type ProbeStats } from '../ttrl/guard.ts';
 import { completionLogprobs, sum, TTRLUpdater, type UpdateResult } from '../ttrl/updater.ts';
 import type { Answerer, Experience } from './answerer.ts';
 import type { Metrics } from './metrics.ts';
@@ -48,27 +49,6 @@ export interface AdaptationOptions {
   baseWeights: Weights;
 }
 
-/**
- * An answer the shipped model was surest of in served traffic (majority ratio >= ANCHOR_RATIO),
- * as one of its own completions, with the shipped model's log-prob of that completion.
- */
-export interface Anchor {
-  question: string;
-  tokens: number[];
-  promptLength: number;
-  /** Filled in by the reference scorer (the shipped weights) before the anchor is first used. */
-  ref: number | null;
-}
-
-/** Label-free health of a version on the probe questions. */
-export interface ProbeStats {
-  questions: number;
-  /** Distinct greedy answers / probe questions: near 0 means everything gets the same answer. */
-  distinct: number;
-  parsable: number;
-  meanLength: number;
-}
-
 export interface UpdateOutcome {
   version: number | null;
   outcome: 'promoted' | 'rejected' | 'skipped' | 'failed';
@@ -86,7 +66,7 @@ export class Adaptation {
   /** By version and probe-set size (the set grows until it is full). */
   private probeCache = new Map<string, ProbeStats>();
   private probeSet: MetaList<string>;
-  private anchorSet: MetaList<Anchor>;
+  private anchorSet: MetaList<CompletionAnchor>;
   /** Scores anchors under the shipped weights (see start()). */
   private reference: Scorer | null = null;
   private rng: Rng;
@@ -203,7 +183,7 @@ export class Adaptation {
       lr: this.o.lr,
     };
     stats.train_seconds = (performance.now() - t0) / 1000;
-    let reason = this.judgeUpdate(steps, weights);
+    let reason = judgeUpdate(steps, weights, this.o.entropyFloor);
     let probe: ProbeStats | null = null;
     if (!reason && this.o.anchors > 0) {
       const shift = await this.anchorShift();
@@ -263,16 +243,6 @@ export class Adaptation {
       this.reference ??= await Scorer.create({ config: this.config, weights: this.o.baseWeights, ...threads });
   }
 
-  /** Why the update itself is unfit, or null. */
-  private judgeUpdate(steps: UpdateResult[], weights: Weights): string | null {
-    if (steps.some((s) => !s.updated || s.skipped > 0)) return 'non-finite gradient in the update';
-    for (const [name, w] of weights) for (let i = 0; i < w.length; i++) if (!Number.isFinite(w[i])) return `non-finite weight in ${name}`;
-    if (steps.some((s) => !Number.isFinite(s.loss))) return 'non-finite loss';
-    const entropy = steps.reduce((a, s) => a + s.entropy, 0) / steps.length;
-    if (entropy < this.o.entropyFloor) return `entropy collapsed: ${entropy.toFixed(4)} nats per token, below the floor ${this.o.entropyFloor}`;
-    return null;
-  }
-
   // ---------- the probe set: earlier questions, kept across restarts ----------
 
   /** Called for every answered question: cheap once the set is full, written only when it grows. */
@@ -292,19 +262,12 @@ export class Adaptation {
     const key = `${version}:${questions.length}`;
     const cached = this.probeCache.get(key);
     if (cached) return cached;
-    if (questions.length < Math.min(8, this.o.probeQuestions)) return null;
+    if (questions.length < Math.min(MIN_PROBE_QUESTIONS, this.o.probeQuestions)) return null;
     const prober = this.prober!;
     await prober.setWeights(weights, version);
     // Same seed for every version: differences come from the weights, not the dice.
     const rollouts: Rollout[] = await rolloutBatch(prober, this.tok, questions, { votes: 1, temperature: 1, topP: GREEDY_TOP_P, seed: this.o.seed ^ 0x9b0be });
-    const labels = rollouts.map((r) => r.vote.label).filter((l) => l !== null);
-    const samples = rollouts.flatMap((r) => r.samples);
-    const s: ProbeStats = {
-      questions: questions.length,
-      distinct: new Set(labels).size / questions.length,
-      parsable: samples.filter((x) => x.answer !== null).length / samples.length,
-      meanLength: samples.reduce((a, x) => a + x.tokens.length, 0) / samples.length,
-    };
+    const s = probeStatsOf(rollouts);
     if (version >= 0) this.probeCache.set(key, s);
     return s;
   }
@@ -314,11 +277,10 @@ export class Adaptation {
   /** A question the shipped model answered with near-unanimous votes becomes an anchor. */
   private rememberAnchor(e: Experience): void {
     const set = this.anchorSet.items();
-    const { rollout: r } = e;
-    if (set.length >= this.o.anchors || r.version !== 0 || r.samples.length < 8 || r.vote.label === null || r.vote.ratio < ANCHOR_RATIO) return;
-    if (set.some((a) => a.question === r.question)) return;
-    const sample = r.samples.find((s) => s.answer === r.vote.label)!;
-    set.push({ question: r.question, tokens: [...r.prompt, ...sample.tokens], promptLength: r.prompt.length, ref: null });
+    if (set.length >= this.o.anchors) return;
+    const anchor = completionAnchorOf(e.rollout);
+    if (!anchor || set.some((a) => a.question === anchor.question)) return;
+    set.push(anchor);
     this.anchorSet.save();
   }
 
@@ -332,9 +294,7 @@ export class Adaptation {
       unscored.forEach((a, i) => (a.ref = sum(refs[i]!)));
       this.anchorSet.save();
     }
-    const cand = await this.updater!.sequenceLogprobs(anchors);
-    const shifts = cand.map((c, i) => c - anchors[i]!.ref!);
-    return { anchors: anchors.length, mean: sum(shifts) / shifts.length, up: shifts.filter((d) => d > 0).length / shifts.length };
+    return anchorShiftOf(anchors, await this.updater!.sequenceLogprobs(anchors));
   }
 
   /** Resolves when no update is running (offline replay waits here between batches). */
@@ -360,40 +320,6 @@ export class Adaptation {
 }
 
 const summary = (p: ProbeStats) => ({ questions: p.questions, distinct: p.distinct, parsable: p.parsable, meanLength: p.meanLength });
-
-/** Anchors: served questions the shipped model answered with a majority ratio of at least this. */
-export const ANCHOR_RATIO = 0.9;
-/** Fewer anchors than this: no anchor check yet. */
-export const MIN_ANCHORS = 8;
-
-export interface AnchorShift {
-  anchors: number;
-  /** Mean change of the anchor completions' log-probs, candidate minus shipped model (nats). */
-  mean: number;
-  /** Share of anchors whose log-prob rose. */
-  up: number;
-}
-
-/**
- * The quiet collapse (confidently wrong, same length, same format; see ttrl/guard.ts) shows
- * first as a model less sure of what it knew: a healthy TTRL update sharpens the shipped
- * model's surest answers, a harmful one makes them less likely. Measured: at the default lr
- * the anchors' mean log-prob rises with every version; at 3x it falls from the third update
- * on, while served accuracy falls 5 to 13 points (bench/RESULTS.md, the guard study).
- */
-export function judgeAnchors(s: AnchorShift, slack: number): string | null {
-  if (s.mean >= -slack) return null;
-  return `less sure of the shipped model's surest answers: their log-prob fell by ${(-s.mean).toFixed(4)} nats on average over ${s.anchors} anchors (${Math.round(100 * (1 - s.up))}% fell; slack ${slack})`;
-}
-
-/** A candidate whose greedy probe answers collapsed, stopped parsing or ran long against its parent's. */
-export function judgeProbe(parent: ProbeStats, cand: ProbeStats): string | null {
-  if (cand.distinct < 0.5 * parent.distinct)
-    return `probe answers collapsed: ${(cand.distinct * cand.questions).toFixed(0)} distinct majority answers on ${cand.questions} probe questions, against ${(parent.distinct * parent.questions).toFixed(0)} before`;
-  if (cand.parsable < parent.parsable - 0.2) return `probe answers stopped parsing: ${cand.parsable.toFixed(3)} parsable, against ${parent.parsable.toFixed(3)} before`;
-  if (cand.meanLength > 1.5 * parent.meanLength) return `probe completions ran long: ${cand.meanLength.toFixed(1)} tokens, against ${parent.meanLength.toFixed(1)} before`;
-  return null;
-}
 
 /** A JSON list in the store's meta table (probe questions, anchors): read once, written whole when it changes. */
 class MetaList<T> {
