@@ -12,6 +12,7 @@ import { Sampler } from '../src/engine/sampler.ts';
 import { Trainer } from '../src/engine/trainer.ts';
 import { packBatch, packGroups } from '../src/engine/batch.ts';
 import { buildDecoder } from '../src/engine/graphs.ts';
+import { grpo } from '../src/ttrl/objective.ts';
 import { createSession, f32, i64, type ort } from '../src/engine/ort.ts';
 import { initWeights, paramCount, type Weights } from '../src/model/family.ts';
 import { paramSpecsOf } from '../src/model/families.ts';
@@ -119,7 +120,7 @@ if (opts.stepwise) {
   log(`per-token run() decode: ${stepwiseS.toFixed(3)} s, ${Math.round((P * G * T) / stepwiseS)} tokens/s`);
 }
 
-const trainer = await Trainer.create({ config, weights, threads, loss: { objective: 'grpo', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false } });
+const trainer = await Trainer.create({ config, weights, threads, loss: grpo({ aggregation: 'token-mean', ppoClip: false, kl: false, entropyBonus: false }) });
 // GRPO batches are groups: the 16 samples of a prompt share it, so the grouped layout runs each
 // prompt once (the default for GRPO). The flat layout, every row a whole sequence, is timed too.
 const advantages = completions.map(() => rng.normal());

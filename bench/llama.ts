@@ -6,7 +6,9 @@
 //  - sample: tokens/s of the generate graph (prefill + in-graph decode loop), exactly N new
 //    tokens per sequence, temperature 1, no truncation; the decode step alone from N and 1;
 //  - train: one full-parameter GRPO step (forward, backward, AdamW) on the sampled sequences,
-//    tokens/s counting prompt + completion of every sequence, as the peer counts them;
+//    tokens/s counting prompt + completion of every sequence, as the peer counts them; and one
+//    LoRA step (rank 16, alpha 32 on q,k,v,o,gate,up,down, the base frozen and mapped: the
+//    peer's lora_train), with the size of a stored version (its adapter file);
 //  - memory: peak RSS, and the bandwidth this machine streams memory at (a large ReduceSum in
 //    ORT), to say what share of the bandwidth limit decoding reaches.
 // Prints one JSON line last.
@@ -32,6 +34,9 @@ import { paramSpecsOf } from '../src/model/families.ts';
 import { llamaConfigFromHF } from '../src/model/hf.ts';
 import { writeSafetensorsStreaming } from '../src/model/safetensors.ts';
 import { Rng } from '../src/util/rng.ts';
+import { stat } from 'node:fs/promises';
+import { grpo } from '../src/ttrl/objective.ts';
+import { initAdapters, loraConfigFor, writeAdapterFile } from '../src/model/lora.ts';
 
 /** The peer's presets (torch_llama_peer.py PRESETS), as the config.json of such a checkpoint. */
 const PRESETS: Record<string, { config: Record<string, unknown>; prompts: number; samples: number; newTokens: number }> = {
@@ -198,20 +203,36 @@ async function benchPreset(name: string) {
       const flat = packBatch(completions.map((c, i) => ({ tokens: [...prompts[Math.floor(i / p.samples)]!, ...c], promptLength: PROMPT_LEN, advantage: advantages[i]! })), 0, model.config.contextLength);
       const tokens = B * (PROMPT_LEN + N);
       // One trainer per layout, as the server has (GRPO is grouped), the first closed before the second starts.
-      const stepTime = async (layout: 'grouped' | 'flat', batch: typeof flat) => {
-        const trainer = await Trainer.create({ config: model.config, weights: model.weights, threads, layout, loss: { objective: 'grpo', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false } });
+      // The peer's step: the bare policy gradient (no PPO clip, KL or entropy terms).
+      const loss = grpo({ aggregation: 'token-mean', ppoClip: false, kl: false, entropyBonus: false });
+      const lora = loraConfigFor(model.config, { rank: 16, alpha: 32, targets: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] });
+      const stepTime = async (layout: 'grouped' | 'flat', batch: typeof flat, withLora = false) => {
+        const trainer = await Trainer.create({ config: model.config, weights: model.weights, threads, layout, loss, lora: withLora ? lora : undefined });
         try {
           return await median(() => trainer.step(batch, { lr: 1e-5, maxGradNorm: 1 }));
         } finally {
           await trainer.close();
         }
       };
+      // LoRA first: peak RSS only grows, so measured before the full steps it is LoRA's own (beside what sampling left).
+      const loraS = await stepTime('grouped', grouped, true);
+      const loraRss = rssMb();
+      log(`${name}: GRPO LoRA train step (rank 16), grouped: ${loraS.toFixed(2)} s = ${(tokens / loraS).toFixed(1)} tokens/s; peak RSS ${loraRss.toFixed(0)} MB`);
+      const loraFlatS = await stepTime('flat', flat, true);
+      log(`${name}: GRPO LoRA train step (rank 16), flat: ${loraFlatS.toFixed(2)} s = ${(tokens / loraFlatS).toFixed(1)} tokens/s`);
+      const adapterPath = join(dir, 'adapters.safetensors');
+      await writeAdapterFile(adapterPath, model.config, { lora, baseModel: name, adapters: initAdapters(model.config, lora, new Rng(0)) });
+      const adapterMb = (await stat(adapterPath)).size / 1048576;
+      log(`${name}: a stored LoRA version (adapter file) is ${adapterMb.toFixed(2)} MB`);
       const groupedS = await stepTime('grouped', grouped);
       const groupedRss = rssMb();
       log(`${name}: GRPO full train step, grouped: ${groupedS.toFixed(2)} s = ${(tokens / groupedS).toFixed(1)} tokens/s; peak RSS ${groupedRss.toFixed(0)} MB`);
       const flatS = await stepTime('flat', flat);
       log(`${name}: GRPO full train step, flat: ${flatS.toFixed(2)} s = ${(tokens / flatS).toFixed(1)} tokens/s; peak RSS ${rssMb().toFixed(0)} MB`);
-      train = { grouped_tok_s: round(tokens / groupedS), flat_tok_s: round(tokens / flatS), grouped_s: round(groupedS, 3), flat_s: round(flatS, 3), grouped_peak_rss_mb: Math.round(groupedRss), peak_rss_mb: Math.round(rssMb()) };
+      train = {
+        grouped_tok_s: round(tokens / groupedS), flat_tok_s: round(tokens / flatS), grouped_s: round(groupedS, 3), flat_s: round(flatS, 3), grouped_peak_rss_mb: Math.round(groupedRss), peak_rss_mb: Math.round(rssMb()),
+        lora_train_tok_s: round(tokens / loraS), lora_train_flat_tok_s: round(tokens / loraFlatS), lora_train_s: round(loraS, 3), lora_peak_rss_mb: Math.round(loraRss), adapter_file_mb: round(adapterMb, 2),
+      };
     }
     return {
       preset: name,
@@ -264,6 +285,8 @@ if (opts.child) {
       sample_ratio: ratio(ours.sample_tok_s, peer.sample_tok_s),
       train_ratio_grouped: ratio(ours.train?.grouped_tok_s, peer.full_train_tok_s),
       train_ratio_flat: ratio(ours.train?.flat_tok_s, peer.full_train_tok_s),
+      lora_train_ratio: ratio(ours.train?.lora_train_tok_s, peer.lora_train_tok_s),
+      lora_train_ratio_flat: ratio(ours.train?.lora_train_flat_tok_s, peer.lora_train_tok_s),
     });
   }
   console.log(JSON.stringify({ date: new Date().toISOString().slice(0, 10), threads, reps, prepack: opts.prepack, memory_gb_s: round(bandwidth), results }));

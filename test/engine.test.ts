@@ -13,11 +13,15 @@ import { Rng } from '../src/util/rng.ts';
 import { buildLossAndGrad } from '../src/engine/graphs.ts';
 import { createSession, f32, i64, type ort } from '../src/engine/ort.ts';
 import { ADAMW_DEFAULTS } from '../src/engine/adamw.ts';
+import { sft } from '../src/engine/sft.ts';
+import { grpo, grpoOptionsFor, grpoScalars, objective as grpoObjective, type GrpoOptions } from '../src/ttrl/objective.ts';
 
 const c: GPTConfig = { family: 'gpt', vocabSize: 12, contextLength: 24, dModel: 32, nLayers: 2, nHeads: 4, tiedHead: true, padTokenId: 11 };
 const EOS = 10;
 const PAD = 11;
 const weights = (seed: number, scale = 1): Weights => new Map([...initWeights(paramSpecsOf(c), new Rng(seed))].map(([k, v]) => [k, v.map((x) => x * scale)]));
+/** The bare policy gradient: no PPO clipping, KL or entropy terms. */
+const plainGrpo: GrpoOptions = { aggregation: 'token-mean', ppoClip: false, kl: false, entropyBonus: false };
 const base = { samplesPerPrompt: 4, maxNewTokens: 8, stopTokens: [EOS], padToken: PAD };
 
 test('sampling is reproducible from the seed, stops at the stop token, and respects the batch layout', async () => {
@@ -81,7 +85,7 @@ test('greedy sampling (temperature 0) of a prompt is the same alone and left-pad
 test('top-k keeps samples among the k most likely tokens; top-k 1 is greedy', async () => {
   const w = weights(7, 4);
   const s = await Sampler.create({ config: c, weights: w });
-  const t = await Trainer.create({ config: c, weights: w, loss: { objective: 'sft', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false } });
+  const t = await Trainer.create({ config: c, weights: w, loss: sft() });
   try {
     const prompt = [1, 2, 3];
     const k1 = await s.generate([prompt], { ...base, samplesPerPrompt: 8, seed: 3, topK: 1 });
@@ -124,7 +128,7 @@ test('any of several stop tokens ends a completion; with none, every completion 
 test('log-probs from the sampling loop (KV cache) equal the scoring forward of the same sequences', async () => {
   const w = weights(3, 20);
   const s = await Sampler.create({ config: c, weights: w });
-  const t = await Trainer.create({ config: c, weights: w, loss: { objective: 'sft', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false } });
+  const t = await Trainer.create({ config: c, weights: w, loss: sft() });
   try {
     const prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]];
     const r = await s.generate(prompts, { ...base, seed: 11 });
@@ -145,7 +149,7 @@ test('log-probs from the sampling loop (KV cache) equal the scoring forward of t
 
 test('the supervised train step drives a tiny model to near-zero loss on a toy sequence task', async () => {
   // Task: after a start digit d, count up: d, d+1, ..., then EOS. Fully determined by the first token.
-  const t = await Trainer.create({ config: c, weights: weights(4), loss: { objective: 'sft', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false } });
+  const t = await Trainer.create({ config: c, weights: weights(4), loss: sft() });
   try {
     const seqs = Array.from({ length: 8 }, (_, d) => ({ tokens: [...Array.from({ length: 10 - d }, (_, i) => d + i), EOS], promptLength: 1 }));
     const batch = packBatch(seqs, PAD, c.contextLength);
@@ -171,7 +175,7 @@ test('the supervised train step drives a tiny model to near-zero loss on a toy s
 
 test('a NaN in training changes nothing; bad inputs get clear errors', async () => {
   const w = weights(5);
-  const t = await Trainer.create({ config: c, weights: w, loss: { objective: 'grpo', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false } });
+  const t = await Trainer.create({ config: c, weights: w, loss: grpo(plainGrpo) });
   const s = await Sampler.create({ config: c, weights: w });
   try {
     const batch = packBatch([{ tokens: [1, 2, 3, 4], promptLength: 2, advantage: NaN }, { tokens: [1, 5, 6], promptLength: 2, advantage: 1 }], PAD, c.contextLength);
@@ -210,7 +214,7 @@ test('a NaN in training changes nothing; bad inputs get clear errors', async () 
 
 test('a grouped GRPO step (prompt computed once per group) equals the flat step on the same sequences', async () => {
   const w = weights(6, 3);
-  const grpo = { objective: 'grpo', aggregation: 'token-mean', kl: true, ppoClip: true, entropyBonus: false } as const;
+  const loss = grpoOptionsFor({ klCoef: 0.1 });
   const rng = new Rng(9);
   const groups = [[1, 2, 3], [4, 5]].map((prompt) => ({
     prompt,
@@ -224,9 +228,9 @@ test('a grouped GRPO step (prompt computed once per group) equals the flat step 
   const flat = packBatch(groups.flatMap((g) => g.completions.map((c) => ({ ...c, tokens: [...g.prompt, ...c.tokens], promptLength: g.prompt.length }))), PAD, c.contextLength);
   const grouped = packGroups(groups, PAD, c.contextLength);
   const results = [];
-  const hyper = { lr: 1e-3, klCoef: 0.1, clipEps: 0.2 };
+  const hyper = { lr: 1e-3, scalars: grpoScalars(loss, { klCoef: 0.1, clipEps: 0.2 }) };
   for (const batch of [flat, grouped]) {
-    const t = await Trainer.create({ config: c, weights: w, loss: grpo });
+    const t = await Trainer.create({ config: c, weights: w, loss: grpo(loss) });
     const stats = [await t.step(batch, hyper), await t.step(batch, hyper)];
     results.push({ stats, weights: await t.getWeights() });
     await t.close();
@@ -248,15 +252,14 @@ test('a grouped GRPO step (prompt computed once per group) equals the flat step 
 
 test('a trainer step is the graph\'s gradient followed by textbook AdamW', async () => {
   const w = weights(8, 3);
-  const loss = { objective: 'grpo', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false } as const;
   const batch = packGroups([{ prompt: [1, 2, 3], completions: [{ tokens: [4, 5, EOS], advantage: 0.8 }, { tokens: [6, EOS], advantage: -0.8 }] }], PAD, c.contextLength);
-  const t = await Trainer.create({ config: c, weights: w, loss, layout: 'grouped' });
+  const t = await Trainer.create({ config: c, weights: w, loss: grpo(plainGrpo), layout: 'grouped' });
   const st = await t.step(batch, { lr: 1e-2, maxGradNorm: 0.5 });
   const after = await t.getWeights();
   await t.close();
   // The gradient from the same graph, then AdamW's first step written out by hand (m = (1-b1) g', v = (1-b2) g'^2, bias-corrected).
   const specs = paramSpecsOf(c);
-  const session = await createSession(buildLossAndGrad(c, loss, 'float32', 'grouped'));
+  const session = await createSession(buildLossAndGrad(c, grpoObjective(plainGrpo), 'float32', 'grouped'));
   const feeds: Record<string, ort.Tensor> = {
     input_ids: i64(batch.inputIds, [batch.B, batch.T]), attention_mask: i64(batch.attentionMask, [batch.B, batch.T]), loss_mask: f32(batch.lossMask, [batch.B, batch.T]),
     prompt_ids: i64(batch.prompts!.ids, [1, 3]), prompt_mask: i64(batch.prompts!.mask, [1, 3]), advantages: f32(batch.advantages!, [batch.B]),
@@ -278,4 +281,39 @@ test('a trainer step is the graph\'s gradient followed by textbook AdamW', async
       assert.ok(Math.abs(got - want) < 1e-6 + 1e-5 * Math.abs(want), `${sp.name}[${i}]: ${got} vs ${want}`);
     });
   }
+});
+
+test('the GRPO objective reaches the trainer by module URL: its loss is the textbook clipped surrogate, and what it needs is named', async () => {
+  const w = weights(9, 3);
+  const loss = grpoOptionsFor({ klCoef: 0 }); // PPO clipping on, no KL or entropy terms
+  const rng = new Rng(4);
+  const seqs = [[1, 2, 3, 4, EOS], [1, 5, 6, EOS]].map((tokens, i) => ({ tokens, promptLength: 2, advantage: i ? -0.7 : 1.2 }));
+  const t = await Trainer.create({ config: c, weights: w, loss: grpo(loss) });
+  try {
+    const batch = packBatch(seqs, PAD, c.contextLength);
+    const { tokenLogprobs } = await t.score(batch);
+    // Old log-probs off the current ones by up to +-0.5, so some ratios fall outside 1 +- eps.
+    const old = seqs.map((s, b) => s.tokens.slice(s.promptLength).map((_, j) => tokenLogprobs[b * batch.T + s.promptLength + j]! + (rng.next() - 0.5)));
+    const withOld = packBatch(seqs.map((s, b) => ({ ...s, oldLogprobs: old[b]! })), PAD, c.contextLength);
+    // Written out: token-mean of -min(r A, clip(r, 1-eps, 1+eps) A) over the completion tokens.
+    const eps = 0.2;
+    let sum = 0;
+    let n = 0;
+    seqs.forEach((s, b) =>
+      old[b]!.forEach((o, j) => {
+        const r = Math.exp(tokenLogprobs[b * batch.T + s.promptLength + j]! - o);
+        sum += -Math.min(r * s.advantage, Math.min(Math.max(r, 1 - eps), 1 + eps) * s.advantage);
+        n++;
+      }),
+    );
+    const st = await t.step(withOld, { lr: 1e-3, scalars: grpoScalars(loss, { clipEps: eps }) });
+    assert.ok(Math.abs(st.loss - sum / n) < 1e-5, `loss ${st.loss} vs ${sum / n}`);
+    assert.deepEqual(Object.keys(st.stats), ['entropy']);
+    await assert.rejects(t.step(withOld, { lr: 1e-3 }), /this loss needs the scalar clip_eps \(StepHyper\.scalars\)/);
+    await assert.rejects(t.step(batch, { lr: 1e-3, scalars: { clip_eps: 0.2 } }), /this loss needs old_logprobs/);
+    await assert.rejects(t.step(withOld, { lr: 1e-3, scalars: { clip_eps: NaN } }), /scalar clip_eps must be finite/);
+  } finally {
+    await t.close();
+  }
+  await assert.rejects(Trainer.create({ config: c, weights: w, loss: { module: new URL('../src/engine/adamw.ts', import.meta.url).href } }), /exports no objective\(options\) function/);
 });

@@ -14,7 +14,9 @@ import { Sampler } from '../src/engine/sampler.ts';
 import { Trainer } from '../src/engine/trainer.ts';
 import { Scorer } from '../src/engine/scorer.ts';
 import { packBatch } from '../src/engine/batch.ts';
-import { buildDecoder, buildGenerate, DEFAULT_LOSS } from '../src/engine/graphs.ts';
+import { buildDecoder, buildGenerate } from '../src/engine/graphs.ts';
+import { sft } from '../src/engine/sft.ts';
+import { objective as grpoObjective } from '../src/ttrl/objective.ts';
 import { createSession, f32, i64, type ort } from '../src/engine/ort.ts';
 import { inMemory, loadModel, saveModel, type Model } from '../src/model/checkpoint.ts';
 import { paramSpecsOf } from '../src/model/families.ts';
@@ -136,7 +138,7 @@ test('the fused inference path (onnxruntime\'s RotaryEmbedding kernel, fused RMS
 test('stories260K: decoding with the cache (the sampling loop) equals a full recompute of each sequence', async () => {
   const prompts = ['Once upon a time', 'The little dog'].map((p) => hf.tokenizer.encode(p));
   const s = await Sampler.create({ config: hf.config, weights: hf.weights });
-  const t = await Trainer.create({ config: hf.config, weights: hf.weights, loss: DEFAULT_LOSS });
+  const t = await Trainer.create({ config: hf.config, weights: hf.weights, loss: sft() });
   try {
     const r = await s.generate(prompts, { ...greedy(hf, 40), stopTokens: [] });
     const seqs = r.completions.map((row, i) => ({ tokens: [...prompts[i]!, ...row[0]!.tokens], promptLength: prompts[i]!.length, lp: row[0]!.logprobs }));
@@ -155,7 +157,7 @@ test('stories260K: decoding with the cache (the sampling loop) equals a full rec
 
 test('a scorer maps the shared weight file and scores as the trainer does; it takes new weights in memory', async () => {
   const scorer = await Scorer.create({ config: hf.config, weights: hf.weights });
-  const t = await Trainer.create({ config: hf.config, weights: hf.weights, loss: DEFAULT_LOSS });
+  const t = await Trainer.create({ config: hf.config, weights: hf.weights, loss: sft() });
   try {
     const seqs = ['Once upon a time, there was a dog.', 'Lily and Ben'].map((x) => ({ tokens: hf.tokenizer.encode(x), promptLength: 2 }));
     const batch = packBatch(seqs, hf.tokenizer.padId, hf.config.contextLength);
@@ -288,7 +290,7 @@ for (const [name, config, modelType] of tinyCheckpoints)
     const loaded = await inMemory(m.weights);
     for (const s of specs) assert.deepEqual(loaded.get(s.name), roundToBfloat16(f32.get(s.name)!.data), `${s.name} is the BF16 rounding of what was written`);
     const w64 = new Map([...loaded].map(([k, v]) => [k, Float64Array.from(v)]));
-    const err = await modelGradError(m.config, w64, { objective: 'grpo', aggregation: 'token-mean', kl: true, ppoClip: true, entropyBonus: true });
+    const err = await modelGradError(m.config, w64, grpoObjective({ aggregation: 'token-mean', kl: true, ppoClip: true, entropyBonus: true }));
     assert.ok(err < 1e-6, `relative gradient error ${err}`);
     // A second load reuses the conversion instead of writing it again.
     const again = await loadModel(dir);
@@ -301,7 +303,7 @@ test('an adapted Llama-family model is saved as a Hugging Face directory (transf
   const w = testWeights(qwen2Tiny, new Rng(2), 10);
   await writeHFDirectory(src, hfConfigOf(qwen2Tiny, 'qwen2'), new Map(specs.map((s) => [s.name, { shape: s.shape, data: Float32Array.from(w.get(s.name)!) }])), { dtype: 'F32', shards: 1, tokenizer: wordTokenizer(TINY_WORDS) });
   const m = await loadModel(src);
-  const t = await Trainer.create({ config: m.config, weights: m.weights, loss: DEFAULT_LOSS });
+  const t = await Trainer.create({ config: m.config, weights: m.weights, loss: sft() });
   const batch = packBatch([{ tokens: [1, 2, 3, 4, 6], promptLength: 2 }], m.tokenizer.padId, m.config.contextLength);
   assert.equal((await t.step(batch, { lr: 1e-2 })).updated, true);
   const adapted = await t.getWeights();

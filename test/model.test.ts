@@ -3,22 +3,26 @@
 // full forward (the KV cache, grouped-query heads and rotary positions included).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildDecoder, type BatchLayout, type LossOptions } from '../src/engine/graphs.ts';
+import { buildDecoder, type BatchLayout } from '../src/engine/graphs.ts';
+import type { Objective } from '../src/engine/objective.ts';
+import { objective as sftLoss } from '../src/engine/sft.ts';
+import { objective as grpoLoss } from '../src/ttrl/objective.ts';
 import { createSession, f64, i64, type ort } from '../src/engine/ort.ts';
 import { dimsOf, paramSpecsOf, type ModelConfig } from '../src/model/families.ts';
 import { Rng } from '../src/util/rng.ts';
 import { llamaBase, modelGradError, qwen2Tiny, qwen3Tiny, testWeights, tiny } from './helpers/model-check.ts';
 
-const grpoAll: LossOptions = { objective: 'grpo', aggregation: 'token-mean', kl: true, ppoClip: true, entropyBonus: true };
-const variants: [string, ModelConfig, LossOptions, BatchLayout?][] = [
-  ['supervised cross-entropy, untied head', tiny, { objective: 'sft', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false }],
-  ['GRPO with KL, PPO clipping and entropy bonus, tied head', { ...tiny, tiedHead: true }, { objective: 'grpo', aggregation: 'token-mean', kl: true, ppoClip: true, entropyBonus: true }],
-  ['GRPO, sequence-mean aggregation', tiny, { objective: 'grpo', aggregation: 'sequence-mean', kl: false, ppoClip: false, entropyBonus: false }],
-  ['GRPO with KL and PPO clipping, grouped layout (shared prompt cache)', tiny, { objective: 'grpo', aggregation: 'token-mean', kl: true, ppoClip: true, entropyBonus: false }, 'grouped'],
-  ['Llama, supervised cross-entropy, untied head', llamaBase, { objective: 'sft', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false }],
+const sft = sftLoss({ aggregation: 'token-mean' });
+const grpoAll = grpoLoss({ aggregation: 'token-mean', kl: true, ppoClip: true, entropyBonus: true });
+const variants: [string, ModelConfig, Objective, BatchLayout?][] = [
+  ['supervised cross-entropy, untied head', tiny, sft],
+  ['GRPO with KL, PPO clipping and entropy bonus, tied head', { ...tiny, tiedHead: true }, grpoLoss({ aggregation: 'token-mean', kl: true, ppoClip: true, entropyBonus: true })],
+  ['GRPO, sequence-mean aggregation', tiny, grpoLoss({ aggregation: 'sequence-mean', kl: false, ppoClip: false, entropyBonus: false })],
+  ['GRPO with KL and PPO clipping, grouped layout (shared prompt cache)', tiny, grpoLoss({ aggregation: 'token-mean', kl: true, ppoClip: true, entropyBonus: false }), 'grouped'],
+  ['Llama, supervised cross-entropy, untied head', llamaBase, sft],
   ['Qwen2 shape (q/k/v biases, GQA, tied head), GRPO with KL, PPO clipping and entropy bonus', qwen2Tiny, grpoAll],
   ['Qwen3 shape (q/k norm, wide heads, GQA, every bias, Llama 3 rope scaling), GRPO with KL, PPO clipping and entropy bonus', qwen3Tiny, grpoAll],
-  ['Qwen2 shape, grouped layout (shared prompt cache)', qwen2Tiny, { objective: 'grpo', aggregation: 'sequence-mean', kl: true, ppoClip: true, entropyBonus: false }, 'grouped'],
+  ['Qwen2 shape, grouped layout (shared prompt cache)', qwen2Tiny, grpoLoss({ aggregation: 'sequence-mean', kl: true, ppoClip: true, entropyBonus: false }), 'grouped'],
 ];
 for (const [name, c, o, layout] of variants) {
   test(`whole-transformer gradient, ${name}, matches finite differences`, async () => {

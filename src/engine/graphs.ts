@@ -2,14 +2,17 @@
 //  - prefill / decode: transformers.js-style names, for export and step-by-step use
 //  - generate: prefill + the whole sampling loop inside one ONNX Loop (the fast path)
 //  - score: per-token log-probs and entropies of given sequences
-//  - loss and gradients: loss (supervised or GRPO) and backward in one run(); the trainer
-//    applies AdamW to its own arrays (engine/adamw.ts)
+//  - loss and gradients: an objective's loss (objective.ts: supervised here, GRPO in ttrl/)
+//    and its backward in one run(); the trainer applies AdamW to its own arrays (adamw.ts)
+// Every graph takes optional LoRA adapters (model/lora.ts) beside the base weights.
 import { Graph, type DType, type Tensor } from '../graph/ir.ts';
 import * as op from '../graph/ops.ts';
 import { grad } from '../graph/autodiff.ts';
-import { declareParams, type KV, type ModelDims, type Params } from '../model/family.ts';
+import { declareParams, type ForwardInput, type KV, type ModelDims, type Params } from '../model/family.ts';
 import { familyOf, type ModelConfig } from '../model/families.ts';
+import { loraScale, loraSpecs, type LoraConfig } from '../model/lora.ts';
 import type { WeightFile } from '../model/weight-file.ts';
+import type { LossTerms, Objective, SequenceInput, TokenInput } from './objective.ts';
 
 export const MASKED = -1e9;
 
@@ -39,6 +42,23 @@ function model(c: ModelConfig) {
   return { family, dims, specs: family.paramSpecs(c) };
 }
 
+/** Where a graph's weights come from: the base (inputs, or mapped from a file) and optional LoRA adapters (always inputs: a swap hands only them). */
+export interface WeightOptions {
+  weights?: WeightFile;
+  lora?: LoraConfig;
+}
+
+/** The model's values in graph `g`, and its forward with the adapters' scale bound in. */
+function declareModel(g: Graph, c: ModelConfig, dtype: DType, o: WeightOptions) {
+  const { family, specs } = model(c);
+  const adapterSpecs = o.lora ? loraSpecs(c, o.lora) : [];
+  const p: Params = { ...declareParams(g, specs, dtype, '', o.weights), ...declareParams(g, adapterSpecs, dtype) };
+  const scale = o.lora ? loraScale(o.lora) : undefined;
+  const forward = (x: ForwardInput) => family.forward(c, p, { ...x, loraScale: scale });
+  return { p, forward, specs, adapterSpecs };
+}
+type Forward = ReturnType<typeof declareModel>['forward'];
+
 /** Logits [rows, V] from hidden states [rows, d]; a token the model must never predict gets MASKED. */
 function logitsOf(c: ModelConfig, p: Params, hidden: Tensor): Tensor {
   const { family, dims } = model(c);
@@ -52,10 +72,8 @@ function logitsOf(c: ModelConfig, p: Params, hidden: Tensor): Tensor {
 const cacheShape = (d: ModelDims, batch: string, seq: string, keysTransposed = false) =>
   keysTransposed ? [batch, d.kvHeads, d.headDim, seq] : [batch, d.kvHeads, seq, d.headDim];
 
-/** Options of the inference graphs. */
-export interface InferenceOptions {
-  /** Read the weights from this file (mapped, shared by every worker) instead of taking them as inputs. */
-  weights?: WeightFile;
+/** Options of the inference graphs. weights: read the base from this file (mapped, shared by every worker) instead of taking it as inputs. */
+export interface InferenceOptions extends WeightOptions {
   /** Use onnxruntime's fused kernels where the family has them (model/fused.ts). Default: on. */
   fused?: boolean;
 }
@@ -64,10 +82,10 @@ export interface InferenceOptions {
 
 /** One forward step over new tokens, with (decode) or without (prefill) a past KV cache. */
 export function buildDecoder(c: ModelConfig, withPast: boolean, dtype: DType = 'float32', o: InferenceOptions = {}): Graph {
-  const { family, dims, specs } = model(c);
+  const { family, dims } = model(c);
   const fused = dtype === 'float32' && (o.fused ?? true) && family.fusable;
   const g = new Graph(withPast ? 'decode' : 'prefill');
-  const p = declareParams(g, specs, dtype, '', o.weights);
+  const { p, forward } = declareModel(g, c, dtype, o);
   const ids = g.input('input_ids', 'int64', ['batch', 'sequence']);
   const mask = g.input('attention_mask', 'int64', ['batch', 'total_sequence']);
   const positions = g.input('position_ids', 'int64', ['batch', 'sequence']);
@@ -78,7 +96,7 @@ export function buildDecoder(c: ModelConfig, withPast: boolean, dtype: DType = '
       }))
     : undefined;
   const bias = attentionBias(mask, op.dimOf(ids, 1), dtype);
-  const { hidden, present } = family.forward(c, p, { ids, positions, bias, past, fused });
+  const { hidden, present } = forward({ ids, positions, bias, past, fused });
   const shape = op.concat([op.shapeOf(ids), op.int64s(g, [dims.vocabSize])], 0);
   g.output('logits', op.reshape(logitsOf(c, p, hidden), shape, ['batch', 'sequence', dims.vocabSize]));
   present.forEach((kv, i) => {
@@ -100,12 +118,12 @@ export function buildDecoder(c: ModelConfig, withPast: boolean, dtype: DType = '
  * truncation; 0 after the stop.
  */
 export function buildGenerate(c: ModelConfig, o: InferenceOptions = {}): Graph {
-  const { family, dims, specs } = model(c);
+  const { family, dims } = model(c);
   const dtype: DType = 'float32';
   const fused = (o.fused ?? true) && family.fusable;
   const keysTransposed = true; // so decoding never re-transposes the growing cache
   const g = new Graph('generate');
-  const p = declareParams(g, specs, dtype, '', o.weights);
+  const { p, forward } = declareModel(g, c, dtype, o);
   const ids = g.input('input_ids', 'int64', ['prompts', 'prompt_len']);
   const mask = g.input('attention_mask', 'int64', ['prompts', 'prompt_len']);
   const numSamples = g.input('num_samples', 'int64', []);
@@ -121,7 +139,7 @@ export function buildGenerate(c: ModelConfig, o: InferenceOptions = {}): Graph {
 
   // Prefill each distinct prompt once, then repeat its cache for the G samples.
   const bias = attentionBias(mask, op.dimOf(ids, 1), dtype);
-  const pre = family.forward(c, p, { ids, positions: positionsFromMask(mask), bias, keysTransposed, fused });
+  const pre = forward({ ids, positions: positionsFromMask(mask), bias, keysTransposed, fused });
   const P = op.reshape(op.dimOf(ids, 0), [1]);
   const G = op.reshape(numSamples, [1]);
   const repeat = (t: Tensor, name: string) => repeatRows(t, P, G, name);
@@ -149,7 +167,7 @@ export function buildGenerate(c: ModelConfig, o: InferenceOptions = {}): Graph {
   }));
   const ones = op.constantOfShape(op.concat([op.reshape(op.dimOf(kmask, 0), [1]), op.int64s(body, [1])], 0), 'int64', 1, ['B', 1]);
   const newMask = op.concat([kmask, ones], 1);
-  const step = family.forward(c, p, {
+  const step = forward({
     ids: op.unsqueeze(prev, [1]),
     positions: op.unsqueeze(pos, [1]),
     bias: attentionBias(newMask, op.int64(body, 1), dtype),
@@ -261,19 +279,6 @@ function firstAbove(cdf: Tensor, threshold: Tensor, fallback: Tensor): Tensor {
 
 // ---------- losses ----------
 
-export interface LossOptions {
-  /** 'sft': next-token cross-entropy; 'grpo': policy gradient with per-sequence advantages. */
-  objective: 'sft' | 'grpo';
-  aggregation: 'token-mean' | 'sequence-mean';
-  /** k3 KL penalty to reference log-probs (inputs ref_logprobs, kl_coef). */
-  kl: boolean;
-  /** PPO-style ratio clipping against old log-probs (inputs old_logprobs, clip_eps). */
-  ppoClip: boolean;
-  /** Subtract entropy_coef * entropy from the loss (input entropy_coef). */
-  entropyBonus: boolean;
-}
-export const DEFAULT_LOSS: LossOptions = { objective: 'sft', aggregation: 'token-mean', kl: false, ppoClip: false, entropyBonus: false };
-
 /** Log-probs of `targets` and entropies from logits [B, T, V]. */
 function tokenStats(logits: Tensor, targets: Tensor) {
   const lp = op.logSoftmax(logits, -1);
@@ -290,11 +295,11 @@ function logitsLike(c: ModelConfig, p: Params, hidden: Tensor, like: Tensor): Te
 }
 
 /** Token log-probs and entropies of sequences [B, T]: result column t scores token t+1. */
-function scoreTokens(c: ModelConfig, p: Params, ids: Tensor, mask: Tensor, dtype: DType) {
+function scoreTokens(c: ModelConfig, p: Params, forward: Forward, ids: Tensor, mask: Tensor, dtype: DType) {
   const inputs = op.slice(ids, [0], [-1], [1]);
   const inMask = op.slice(mask, [0], [-1], [1]);
   const bias = attentionBias(inMask, op.dimOf(inputs, 1), dtype);
-  const { hidden } = familyOf(c).forward(c, p, { ids: inputs, positions: positionsFromMask(inMask), bias });
+  const { hidden } = forward({ ids: inputs, positions: positionsFromMask(inMask), bias });
   return tokenStats(logitsLike(c, p, hidden, inputs), op.slice(ids, [1], [2 ** 62], [1]));
 }
 
@@ -304,13 +309,13 @@ function scoreTokens(c: ModelConfig, p: Params, ids: Tensor, mask: Tensor, dtype
  * (right-padded, rows i*G.. of prompt i), which attend to it. Column t scores completion
  * token t. Saves the prompt's share of the work G-1 times over.
  */
-function scoreGrouped(c: ModelConfig, p: Params, promptIds: Tensor, promptMask: Tensor, ids: Tensor, mask: Tensor, dtype: DType) {
+function scoreGrouped(c: ModelConfig, p: Params, forward: Forward, promptIds: Tensor, promptMask: Tensor, ids: Tensor, mask: Tensor, dtype: DType) {
   const g = ids.graph;
   const P = op.reshape(op.dimOf(promptIds, 0), [1]);
   const G = op.div(op.reshape(op.dimOf(ids, 0), [1]), P);
   const repeat = (t: Tensor) => repeatRows(t, P, G);
-  const { family, dims } = model(c);
-  const pre = family.forward(c, p, {
+  const { dims } = model(c);
+  const pre = forward({
     ids: promptIds,
     positions: positionsFromMask(promptMask),
     bias: attentionBias(promptMask, op.dimOf(promptIds, 1), dtype),
@@ -319,7 +324,7 @@ function scoreGrouped(c: ModelConfig, p: Params, promptIds: Tensor, promptMask: 
   const promptLen = op.unsqueeze(repeat(op.reduceSum(promptMask, [1])), [1]);
   const positions = op.add(promptLen, op.max(op.sub(op.cumsum(mask, 1), op.int64(g, 1)), op.int64(g, 0)));
   const bias = attentionBias(op.concat([repeat(promptMask), mask], 1), op.dimOf(ids, 1), dtype);
-  const { hidden } = family.forward(c, p, { ids, positions, bias, past });
+  const { hidden } = forward({ ids, positions, bias, past });
   // Completion token t is predicted by the prompt's last position (t = 0) or completion position t-1.
   const d = dims.hiddenSize;
   const byRow = (h: Tensor, like: Tensor) => op.reshape(h, op.concat([op.shapeOf(like), op.int64s(g, [d])], 0), ['B', 'T', d]);
@@ -331,11 +336,11 @@ function scoreGrouped(c: ModelConfig, p: Params, promptIds: Tensor, promptMask: 
 export type BatchLayout = 'flat' | 'grouped';
 
 /**
- * Declares the batch inputs of a loss and returns the scalar loss and its statistics.
- * flat: input_ids, attention_mask, loss_mask (and old/ref log-probs) [B, T], position t for token t.
+ * Declares the batch inputs, scores the trained tokens and hands them to the objective.
+ * flat: input_ids, attention_mask, loss_mask (and per-token inputs) [B, T], position t for token t.
  * grouped: prompt_ids, prompt_mask [P, Lp]; input_ids, attention_mask, loss_mask (...) [P*G, Lc] of the completions.
  */
-function buildLoss(g: Graph, c: ModelConfig, p: Params, o: LossOptions, dtype: DType, layout: BatchLayout) {
+function buildLoss(g: Graph, c: ModelConfig, p: Params, forward: Forward, objective: Objective, dtype: DType, layout: BatchLayout) {
   const ids = g.input('input_ids', 'int64', ['B', 'T']);
   const mask = g.input('attention_mask', 'int64', ['B', 'T']);
   const lossMask = g.input('loss_mask', dtype, ['B', 'T']);
@@ -343,73 +348,51 @@ function buildLoss(g: Graph, c: ModelConfig, p: Params, o: LossOptions, dtype: D
   const aligned = (t: Tensor) => (layout === 'flat' ? op.slice(t, [1], [2 ** 62], [1]) : t);
   const { tokenLp, entropy } =
     layout === 'flat'
-      ? scoreTokens(c, p, ids, mask, dtype)
-      : scoreGrouped(c, p, g.input('prompt_ids', 'int64', ['P', 'Lp']), g.input('prompt_mask', 'int64', ['P', 'Lp']), ids, mask, dtype);
-  const w = aligned(lossMask);
-  // exp() of a log-ratio at a padded position (pad targets score -1e9) would be Inf, and Inf * 0 = NaN:
-  // zero the log-ratios there before exp, so neither the loss nor its gradient sees them.
-  const active = op.greater(w, 0);
-  const onlyActive = (t: Tensor) => op.where(active, t, 0);
-
-  let perToken: Tensor;
-  const stats: Record<string, Tensor> = {};
-  if (o.objective === 'sft') perToken = op.neg(tokenLp);
-  else {
-    const adv = op.unsqueeze(g.input('advantages', dtype, ['B']), [1]);
-    if (o.ppoClip) {
-      const old = aligned(g.input('old_logprobs', dtype, ['B', 'T']));
-      const eps = g.input('clip_eps', dtype, []);
-      const ratio = op.exp(onlyActive(op.sub(tokenLp, old)));
-      const clipped = op.max(op.min(ratio, op.add(eps, 1)), op.sub(1, eps));
-      perToken = op.neg(op.min(op.mul(ratio, adv), op.mul(clipped, adv)));
-    } else perToken = op.neg(op.mul(tokenLp, adv));
-  }
-  if (o.kl) {
-    const ref = aligned(g.input('ref_logprobs', dtype, ['B', 'T']));
-    const coef = g.input('kl_coef', dtype, []);
-    const d = onlyActive(op.sub(ref, tokenLp));
-    const k3 = op.sub(op.sub(op.exp(d), d), 1); // low-variance, non-negative KL estimator
-    stats.kl = masked(k3, w, 'token-mean');
-    perToken = op.add(perToken, op.mul(k3, coef));
-  }
-  if (o.entropyBonus) perToken = op.sub(perToken, op.mul(entropy, g.input('entropy_coef', dtype, [])));
-  stats.entropy = masked(entropy, w, 'token-mean');
-  return { loss: masked(perToken, w, o.aggregation), stats };
+      ? scoreTokens(c, p, forward, ids, mask, dtype)
+      : scoreGrouped(c, p, forward, g.input('prompt_ids', 'int64', ['P', 'Lp']), g.input('prompt_mask', 'int64', ['P', 'Lp']), ids, mask, dtype);
+  const terms: LossTerms = {
+    graph: g,
+    dtype,
+    tokenLogprobs: tokenLp,
+    entropy,
+    weights: aligned(lossMask),
+    token: (name: TokenInput) => aligned(g.input(name, dtype, ['B', 'T'])),
+    sequence: (name: SequenceInput) => g.input(name, dtype, ['B']),
+    scalar: (name: string) => g.input(name, dtype, []),
+  };
+  return objective.build(terms);
 }
 
-/** Weighted mean of x [B, T] under weights w: over all tokens, or per sequence then over sequences. */
-function masked(x: Tensor, w: Tensor, how: LossOptions['aggregation']): Tensor {
-  if (how === 'token-mean') return op.div(op.sumAll(op.mul(x, w)), op.max(op.sumAll(w), 1e-8));
-  const perSeq = op.div(op.reduceSum(op.mul(x, w), [1]), op.max(op.reduceSum(w, [1]), 1e-8));
-  const hasTokens = op.cast(op.greater(op.reduceSum(w, [1]), 0), perSeq.dtype);
-  return op.div(op.sumAll(op.mul(perSeq, hasTokens)), op.max(op.sumAll(hasTokens), 1));
-}
+/** Options of the train-step graph: with lora, the base is frozen (inputs, or mapped from `weights`) and only the adapters get gradients. */
+export type TrainGraphOptions = WeightOptions;
 
 /**
- * params and a batch -> the loss, its statistics (entropy; kl when on) and the gradient of
- * every parameter (grad.<name>), with their global L2 norm (grad_norm): what a train step
- * runs; the update itself is engine/adamw.ts. float64 for the gradient checks.
+ * params and a batch -> the loss, its statistics and the gradient of every trained tensor
+ * (grad.<name>: every weight, or with LoRA the adapters only), with their global L2 norm
+ * (grad_norm): what a train step runs; the update itself is engine/adamw.ts. float64 for the
+ * gradient checks.
  */
-export function buildLossAndGrad(c: ModelConfig, o: LossOptions, dtype: DType = 'float64', layout: BatchLayout = 'flat'): Graph {
-  const { specs } = model(c);
+export function buildLossAndGrad(c: ModelConfig, objective: Objective, dtype: DType = 'float64', layout: BatchLayout = 'flat', o: TrainGraphOptions = {}): Graph {
+  if (o.weights && !o.lora) throw new Error('buildLossAndGrad: a mapped base is frozen, so it needs LoRA adapters to train');
   const g = new Graph('loss');
-  const p = declareParams(g, specs, dtype);
-  const { loss, stats } = buildLoss(g, c, p, o, dtype, layout);
+  const { p, forward, specs, adapterSpecs } = declareModel(g, c, dtype, o);
+  const { loss, stats } = buildLoss(g, c, p, forward, objective, dtype, layout);
   g.output('loss', loss);
   for (const [name, t] of Object.entries(stats)) g.output(name, t);
-  const grads = grad(loss, specs.map((s) => p[s.name]!));
+  const trained = o.lora ? adapterSpecs : specs;
+  const grads = grad(loss, trained.map((s) => p[s.name]!));
   g.output('grad_norm', op.sqrt(grads.map((gr) => op.reduceSumSquare(gr)).reduce((a, b) => op.add(a, b))));
-  grads.forEach((gr, i) => g.output(`grad.${specs[i]!.name}`, gr));
+  grads.forEach((gr, i) => g.output(`grad.${trained[i]!.name}`, gr));
   return g;
 }
 
 /** Token log-probs and entropies [B, T-1] of given sequences (e.g. reference log-probs for KL). */
-export function buildScore(c: ModelConfig, dtype: DType = 'float32', weights?: WeightFile): Graph {
+export function buildScore(c: ModelConfig, dtype: DType = 'float32', o: WeightOptions = {}): Graph {
   const g = new Graph('score');
-  const p = declareParams(g, model(c).specs, dtype, '', weights);
+  const { p, forward } = declareModel(g, c, dtype, o);
   const ids = g.input('input_ids', 'int64', ['B', 'T']);
   const mask = g.input('attention_mask', 'int64', ['B', 'T']);
-  const { tokenLp, entropy } = scoreTokens(c, p, ids, mask, dtype);
+  const { tokenLp, entropy } = scoreTokens(c, p, forward, ids, mask, dtype);
   g.output('token_logprobs', tokenLp);
   g.output('entropy', entropy);
   return g;

@@ -3,7 +3,9 @@
 // shared by its samples. Results are reproducible from the seed: the uniforms that
 // drive sampling come from a seeded JS RNG.
 import type { WeightSource } from '../model/weight-file.ts';
+import type { Weights } from '../model/family.ts';
 import { dimsOf, type ModelConfig } from '../model/families.ts';
+import type { LoraConfig } from '../model/lora.ts';
 import { WorkerClient } from './worker-host.ts';
 
 export interface SampleOptions {
@@ -59,6 +61,16 @@ export interface SamplerInit {
    * shared mapping (see SessionOptions.prepack; bench/RESULTS.md has both).
    */
   prepack?: boolean;
+  /** Serve LoRA adapters on the frozen base `weights`: swaps then hand adapters (setAdapters). */
+  lora?: LoraConfig;
+  /** The adapters to serve first (default: fresh ones, which change nothing). */
+  adapters?: Weights;
+  /**
+   * 'graph' (default): adapters applied in the graph, the base kept as it is (mapped, prepacked);
+   * a swap hands the adapter tensors only. 'merge': each swap merges them into full weights,
+   * fed as inputs (the base is then held in memory; no prepacking). See bench/RESULTS.md.
+   */
+  applyAdapters?: 'graph' | 'merge';
 }
 
 export class Sampler {
@@ -71,7 +83,10 @@ export class Sampler {
     const client = new WorkerClient(new URL(`./sampler.worker${extOf(import.meta.url)}`, import.meta.url), 'sampler');
     const s = new Sampler(client, o.config);
     try {
-      await client.request('init', { config: o.config, weights: o.weights, version: o.version ?? 0, threads: o.threads ?? 1, nice: o.nice, spin: o.spin, prepack: o.prepack });
+      await client.request('init', {
+        config: o.config, weights: o.weights, version: o.version ?? 0, threads: o.threads ?? 1, nice: o.nice, spin: o.spin, prepack: o.prepack,
+        lora: o.lora, adapters: o.adapters, applyAdapters: o.applyAdapters,
+      });
     } catch (e) {
       await client.close();
       throw e;
@@ -82,6 +97,11 @@ export class Sampler {
   /** Takes effect for the next generate() call: a batch never mixes versions. */
   setWeights(weights: WeightSource, version: number): Promise<void> {
     return this.client.request('setWeights', { weights, version });
+  }
+
+  /** LoRA: serve these adapters from the next generate() call on. */
+  setAdapters(adapters: Weights, version: number): Promise<void> {
+    return this.client.request('setAdapters', { adapters, version });
   }
 
   generate(prompts: number[][], o: SampleOptions): Promise<SampleResult> {

@@ -1,15 +1,19 @@
 // Sampler worker: owns the generate-graph session and the current weight version. Weights in
 // memory are fed as inputs (a swap is new arrays); a weight file is mapped by the session
-// itself (a swap builds a session for the new file).
+// itself (a swap builds a session for the new file). With LoRA the base stays put and a swap
+// hands adapters: applied in the graph (one session; the base keeps its shared, prepacked
+// form) or merged into full weights fed as inputs (SamplerInit.applyAdapters).
 import { buildGenerate } from './graphs.ts';
 import { createSession, f32, i64, type ort } from './ort.ts';
 import { niceThisThread, serveRequests } from './worker-host.ts';
 import { Rng } from '../util/rng.ts';
-import { checkWeights, type ParamSpec } from '../model/family.ts';
+import { checkWeights, type ParamSpec, type Weights } from '../model/family.ts';
 import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
-import { checkWeightFile, isWeightFile, type WeightSource } from '../model/weight-file.ts';
+import { checkAdapters, initAdapters, loraSpecs, mergeAdapters, type LoraConfig } from '../model/lora.ts';
+import { checkWeightFile, isWeightFile, readWeights, type WeightSource } from '../model/weight-file.ts';
 import type { Completion, SampleOptions } from './sampler.ts';
 import { leftPad } from './batch.ts';
+import { weightFeedsOf } from './scoring.ts';
 
 interface Init {
   config: ModelConfig;
@@ -19,6 +23,9 @@ interface Init {
   nice?: number;
   spin?: boolean;
   prepack?: boolean;
+  lora?: LoraConfig;
+  adapters?: Weights;
+  applyAdapters?: 'graph' | 'merge';
 }
 
 let init: Init;
@@ -27,6 +34,9 @@ let specs: ParamSpec[];
 let inputsSession: Promise<ort.InferenceSession> | undefined;
 /** The session serving now, and the inputs it needs beyond the batch (the weights, unless mapped). */
 let active: { session: ort.InferenceSession; weightFeeds: Record<string, ort.Tensor>; version: number };
+/** LoRA: the session with adapter inputs (graph mode), built once; the base in memory (merge mode), read once. */
+let adaptedSession: Promise<{ session: ort.InferenceSession; baseFeeds: Record<string, ort.Tensor> }> | undefined;
+let baseInMemory: Promise<Weights> | undefined;
 
 async function sessionFor(w: WeightSource): Promise<{ session: ort.InferenceSession; weightFeeds: Record<string, ort.Tensor> }> {
   const o = { threads: init.threads, spin: init.spin, prepack: init.prepack ?? true };
@@ -35,15 +45,41 @@ async function sessionFor(w: WeightSource): Promise<{ session: ort.InferenceSess
     return { session: await createSession(buildGenerate(init.config, { weights: w }), { ...o, externalDir: w.dir }), weightFeeds: {} };
   }
   checkWeights(specs, w);
-  const weightFeeds = Object.fromEntries(specs.map((s) => [s.name, f32(w.get(s.name)!, s.shape)]));
+  const weightFeeds = weightFeedsOf(specs, w);
   return { session: await (inputsSession ??= createSession(buildGenerate(init.config), o)), weightFeeds };
 }
 
+async function adaptedSessionFor(adapters: Weights): Promise<{ session: ort.InferenceSession; weightFeeds: Record<string, ort.Tensor> }> {
+  const lora = init.lora!;
+  checkAdapters(init.config, lora, adapters);
+  const base = init.weights;
+  if (init.applyAdapters === 'merge') {
+    baseInMemory ??= isWeightFile(base) ? (checkWeightFile(specs, base), readWeights(base, specs.map((s) => s.name))) : Promise.resolve(base);
+    return sessionFor(mergeAdapters(init.config, lora, await baseInMemory, adapters));
+  }
+  adaptedSession ??= (async () => {
+    const o = { threads: init.threads, spin: init.spin, prepack: init.prepack ?? true };
+    if (isWeightFile(base)) {
+      checkWeightFile(specs, base);
+      return { session: await createSession(buildGenerate(init.config, { weights: base, lora }), { ...o, externalDir: base.dir }), baseFeeds: {} };
+    }
+    checkWeights(specs, base);
+    return { session: await createSession(buildGenerate(init.config, { lora }), o), baseFeeds: weightFeedsOf(specs, base) };
+  })();
+  const { session, baseFeeds } = await adaptedSession;
+  return { session, weightFeeds: { ...baseFeeds, ...weightFeedsOf(loraSpecs(init.config, lora), adapters) } };
+}
+
 async function setWeights(w: WeightSource, version: number): Promise<void> {
+  if (init.lora) throw new Error('sampler: with LoRA the base is fixed at start; swap adapters with setAdapters()');
+  await activate(await sessionFor(w), version);
+}
+
+async function activate(next: { session: ort.InferenceSession; weightFeeds: Record<string, ort.Tensor> }, version: number): Promise<void> {
   const previous = active?.session;
-  active = { ...(await sessionFor(w)), version };
+  active = { ...next, version };
   // A file-mapped session serves one version only: let it go once another took over.
-  if (previous && previous !== active.session && previous !== (await inputsSession)) await previous.release();
+  if (previous && previous !== active.session && previous !== (await inputsSession) && previous !== (await adaptedSession)?.session) await previous.release();
 }
 
 serveRequests({
@@ -51,11 +87,17 @@ serveRequests({
     if (p.nice) niceThisThread(p.nice);
     init = p;
     specs = paramSpecsOf(p.config);
-    await setWeights(p.weights, p.version);
+    if (p.lora) await activate(await adaptedSessionFor(p.adapters ?? initAdapters(p.config, p.lora, new Rng(0))), p.version);
+    else await setWeights(p.weights, p.version);
     return { value: null };
   },
   async setWeights(p: { weights: WeightSource; version: number }) {
     await setWeights(p.weights, p.version);
+    return { value: null };
+  },
+  async setAdapters(p: { adapters: Weights; version: number }) {
+    if (!init.lora) throw new Error('sampler: started without a lora config, so it takes full weights (setWeights)');
+    await activate(await adaptedSessionFor(p.adapters), p.version);
     return { value: null };
   },
   async generate(p: { prompts: number[][]; options: SampleOptions }) {

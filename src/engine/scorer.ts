@@ -3,6 +3,8 @@
 // state, and weights from a file are mapped, shared with every other worker of the model.
 import { dimsOf, type ModelConfig } from '../model/families.ts';
 import type { WeightSource } from '../model/weight-file.ts';
+import type { Weights } from '../model/family.ts';
+import type { LoraConfig } from '../model/lora.ts';
 import { checkTokenIds, type PackedBatch } from './batch.ts';
 import type { TokenScores } from './scoring.ts';
 import { extOf } from './sampler.ts';
@@ -14,6 +16,10 @@ export interface ScorerInit {
   threads?: number;
   nice?: number;
   spin?: boolean;
+  /** Score with LoRA adapters on the frozen base `weights` (default: none; a KL reference is the base alone). */
+  lora?: LoraConfig;
+  /** The adapters to score with first (default: fresh ones, which change nothing). */
+  adapters?: Weights;
 }
 
 export class Scorer {
@@ -45,6 +51,11 @@ export class Scorer {
 
   setWeights(weights: WeightSource): Promise<void> {
     return this.client.request('setWeights', { weights });
+  }
+
+  /** LoRA: score with these adapters from now on. */
+  setAdapters(adapters: Weights): Promise<void> {
+    return this.client.request('setAdapters', { adapters });
   }
 
   close(): Promise<void> {

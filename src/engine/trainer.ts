@@ -1,11 +1,15 @@
 // The trainer: parameters and AdamW state live in a worker; each step() is one run of
-// the train-step graph (forward, backward, clip, AdamW). A step whose gradient is not
-// finite changes nothing and reports updated: false.
+// the train-step graph (loss and gradients), then AdamW in place. A step whose gradient is
+// not finite changes nothing and reports updated: false. With LoRA the base weights are
+// frozen and shared (mapped from their file, or fed from the one copy the worker was given):
+// the trainer's own arrays are the adapters and their moments only.
 import type { Weights } from '../model/family.ts';
 import { dimsOf, type ModelConfig } from '../model/families.ts';
 import type { WeightSource } from '../model/weight-file.ts';
 import type { AdamWConfig } from './adamw.ts';
-import type { BatchLayout, LossOptions } from './graphs.ts';
+import type { BatchLayout } from './graphs.ts';
+import type { ObjectiveRef } from './objective.ts';
+import type { LoraConfig } from '../model/lora.ts';
 import { checkTokenIds, type PackedBatch } from './batch.ts';
 import { WorkerClient } from './worker-host.ts';
 import { extOf } from './sampler.ts';
@@ -14,9 +18,8 @@ export interface StepHyper {
   lr: number;
   /** Global gradient-norm clip; 0 disables. Default 1. */
   maxGradNorm?: number;
-  klCoef?: number;
-  clipEps?: number;
-  entropyCoef?: number;
+  /** The objective's scalar inputs by name (e.g. ttrl/objective.ts's grpoScalars): every one its graph declares is needed. */
+  scalars?: Record<string, number>;
 }
 
 export interface StepStats {
@@ -24,6 +27,8 @@ export interface StepStats {
   gradNorm: number;
   entropy: number;
   kl?: number;
+  /** Every scalar statistic the objective reports (entropy, kl, ...), by name. */
+  stats: Record<string, number>;
   /** False when the gradient was NaN/Inf: parameters and optimizer state were kept. */
   updated: boolean;
   /** Optimizer steps taken so far. */
@@ -40,9 +45,19 @@ export interface OptimizerState {
 
 export interface TrainerInit {
   config: ModelConfig;
-  /** Initial weights; the trainer keeps its own copy either way. */
+  /**
+   * Initial weights; the trainer keeps its own copy either way. With lora: the frozen base,
+   * never copied (a file is mapped by the session; arrays are fed as they are).
+   */
   weights: WeightSource;
-  loss: LossOptions;
+  /** The loss: engine/sft.ts's sft(), or an objective of ttrl/objective.ts. */
+  loss: ObjectiveRef;
+  /** Train LoRA adapters on the frozen base instead of every weight. */
+  lora?: LoraConfig;
+  /** The adapters to start from (default: fresh ones, PEFT's init, from `seed`). */
+  adapters?: Weights;
+  /** Seed of fresh adapters (default 0). */
+  seed?: number;
   adamw?: AdamWConfig;
   threads?: number;
   /** Linux nice value of the worker's threads (e.g. 19: train only on cycles serving leaves). */
@@ -94,8 +109,19 @@ export class Trainer {
     return this.client.request('score', { batch });
   }
 
+  /** The trained weights (full fine-tuning; with LoRA this throws: use getAdapters). */
   getWeights(): Promise<Weights> {
     return this.client.request('getWeights');
+  }
+
+  /** The current adapters (LoRA only). */
+  getAdapters(): Promise<Weights> {
+    return this.client.request('getAdapters');
+  }
+
+  /** Replaces the adapters (LoRA only; e.g. a rollback); the optimizer state is reset unless told otherwise. */
+  setAdapters(adapters: Weights, resetOptimizer = true): Promise<void> {
+    return this.client.request('setAdapters', { adapters, resetOptimizer });
   }
 
   getOptimizerState(): Promise<OptimizerState> {
@@ -106,7 +132,7 @@ export class Trainer {
     return this.client.request('setOptimizerState', state);
   }
 
-  /** Replaces the weights (e.g. a rollback); the optimizer state is reset unless told otherwise. */
+  /** Replaces the weights (full fine-tuning; e.g. a rollback); the optimizer state is reset unless told otherwise. */
   setWeights(weights: WeightSource, resetOptimizer = true): Promise<void> {
     return this.client.request('setWeights', { weights, resetOptimizer });
   }

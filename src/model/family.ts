@@ -12,8 +12,10 @@ export interface ParamSpec {
   shape: number[];
   /** Weight decay applies to matrices, not to biases, norms or embeddings. */
   decay: boolean;
-  init: 'normal' | 'zeros' | 'ones';
+  init: 'normal' | 'zeros' | 'ones' | 'uniform';
   std?: number;
+  /** 'uniform' draws from [-bound, bound] (LoRA's A, as PEFT's kaiming-uniform init). */
+  bound?: number;
 }
 
 /** What the graphs need to know of any model: sizes, and the cache it keeps per layer. */
@@ -50,6 +52,8 @@ export interface ForwardInput {
   keysTransposed?: boolean;
   /** Use onnxruntime's fused kernels where the family has them (fused.ts; inference graphs only). */
   fused?: boolean;
+  /** alpha / rank of the LoRA adapters among the params (model/lora.ts); without adapters, unused. */
+  loraScale?: number;
 }
 
 export interface ModelFamily<C> {
@@ -61,6 +65,12 @@ export interface ModelFamily<C> {
   head(c: C, p: Params, hidden: Tensor): Tensor;
   /** Whether forward honours ForwardInput.fused. */
   fusable: boolean;
+  /** How linear weights are stored: [in, out] (GPT-2's Conv1D: PEFT's fan_in_fan_out) or [out, in] (nn.Linear). */
+  weightLayout: 'in-out' | 'out-in';
+  /** Module-name suffixes whose forward goes through model/lora.ts's loraLinear: what LoRA can adapt. */
+  linearModules: string[];
+  /** The LoRA targets when none are given: attention and MLP projections. */
+  loraTargets: string[];
 }
 
 const elements = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
@@ -89,6 +99,7 @@ export function initWeights(specs: ParamSpec[], rng: Rng): Weights {
     const a = new Float32Array(elements(s.shape));
     if (s.init === 'ones') a.fill(1);
     else if (s.init === 'normal') for (let i = 0; i < a.length; i++) a[i] = rng.normal() * s.std!;
+    else if (s.init === 'uniform') for (let i = 0; i < a.length; i++) a[i] = (2 * rng.next() - 1) * s.bound!;
     out.set(s.name, a);
   }
   return out;

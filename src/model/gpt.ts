@@ -4,6 +4,7 @@
 import type { Tensor } from '../graph/ir.ts';
 import * as op from '../graph/ops.ts';
 import { attend, splitHeads } from './attention.ts';
+import { loraLinear } from './lora-linear.ts';
 import type { ForwardInput, KV, ModelFamily, ParamSpec, Params } from './family.ts';
 
 export interface GPTConfig {
@@ -52,7 +53,7 @@ function forward(c: GPTConfig, p: Params, x: ForwardInput): { hidden: Tensor; pr
   const [d, H] = [c.dModel, c.nHeads];
   const dh = d / H;
   const heads = (t: Tensor) => splitHeads(t, x.ids, H, dh);
-  const linear = (t: Tensor, name: string) => op.add(op.matmul(t, p[`${name}.weight`]!), p[`${name}.bias`]!);
+  const linear = (t: Tensor, name: string) => loraLinear(p, t, name, op.add(op.matmul(t, p[`${name}.weight`]!), p[`${name}.bias`]!), x.loraScale);
   const norm = (t: Tensor, name: string) => op.layerNorm(t, p[`${name}.weight`]!, p[`${name}.bias`]!);
 
   let h = op.reshape(op.add(op.gather(p.wte!, x.ids), op.gather(p.wpe!, x.positions)), [-1, d]);
@@ -94,4 +95,7 @@ export const gpt: ModelFamily<GPTConfig> = {
   forward,
   head,
   fusable: false,
+  weightLayout: 'in-out',
+  linearModules: ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'],
+  loraTargets: ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'],
 };

@@ -7,6 +7,7 @@ import type { DType, Tensor } from '../graph/ir.ts';
 import * as op from '../graph/ops.ts';
 import { attend, splitHeads } from './attention.ts';
 import { rotaryCache, rotaryEmbedding } from './fused.ts';
+import { loraLinear } from './lora-linear.ts';
 import type { ForwardInput, KV, ModelFamily, ParamSpec, Params } from './family.ts';
 
 export type RopeScaling =
@@ -36,6 +37,8 @@ export interface LlamaConfig {
 }
 
 const layer = (i: number) => `model.layers.${i}`;
+const PROJECTIONS = ['q_proj', 'k_proj', 'v_proj', 'o_proj'];
+const MLP = ['gate_proj', 'up_proj', 'down_proj'];
 
 function paramSpecs(c: LlamaConfig): ParamSpec[] {
   const [d, hd] = [c.hiddenSize, c.headDim];
@@ -112,7 +115,7 @@ function rotation(c: LlamaConfig, x: ForwardInput, dtype: DType): (t: Tensor) =>
 
 function forward(c: LlamaConfig, p: Params, x: ForwardInput): { hidden: Tensor; present: KV[] } {
   const [d, hd] = [c.hiddenSize, c.headDim];
-  const linear = (t: Tensor, name: string) => op.gemm(t, p[`${name}.weight`]!, { transB: true, c: p[`${name}.bias`] });
+  const linear = (t: Tensor, name: string) => loraLinear(p, t, name, op.gemm(t, p[`${name}.weight`]!, { transB: true, c: p[`${name}.bias`] }), x.loraScale);
   const norm = (t: Tensor, name: string) => op.rmsNorm(t, p[`${name}.weight`]!, c.rmsNormEps);
   let h = op.reshape(op.gather(p['model.embed_tokens.weight']!, x.ids), [-1, d]);
   const rotate = rotation(c, x, h.dtype);
@@ -162,4 +165,7 @@ export const llama: ModelFamily<LlamaConfig> = {
   forward,
   head,
   fusable: true,
+  weightLayout: 'out-in',
+  linearModules: [...PROJECTIONS.map((m) => `self_attn.${m}`), ...MLP.map((m) => `mlp.${m}`)],
+  loraTargets: [...PROJECTIONS, ...MLP],
 };

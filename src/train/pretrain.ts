@@ -5,6 +5,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Trainer } from '../engine/trainer.ts';
+import { sft } from '../engine/sft.ts';
 import { packBatch, type TrainSequence } from '../engine/batch.ts';
 import { Rng } from '../util/rng.ts';
 import { loadModel, saveModel, weightsToTensors, type Model } from '../model/checkpoint.ts';
@@ -90,7 +91,7 @@ export async function pretrain(o: PretrainOptions): Promise<PretrainResult> {
     model = { config, tokenizer, weights: initWeights(paramSpecsOf(config), new Rng(o.seed)), metadata: {} };
   }
   const { config, tokenizer } = model;
-  const trainer = await Trainer.create({ config, weights: model.weights, loss: { objective: 'sft', aggregation: o.aggregation, kl: false, ppoClip: false, entropyBonus: false }, threads: o.threads });
+  const trainer = await Trainer.create({ config, weights: model.weights, loss: sft(o.aggregation), threads: o.threads });
   let step = resumedFrom;
   let loss = NaN;
   try {

@@ -1,17 +1,21 @@
 // One TTRL policy update from already-sampled, voted rollouts: the GRPO step in the trainer
-// worker, with optional PPO epochs, KL to the initial weights and an entropy bonus. Used by
+// worker, with optional PPO epochs, KL to the initial weights and an entropy bonus (the loss
+// itself is objective.ts). Full fine-tuning, or LoRA adapters on the frozen base. Used by
 // offline adaptation and by the server's live loop alike.
 import { packBatch, packGroups, type TrainSequence } from '../engine/batch.ts';
 import { Trainer, type StepStats } from '../engine/trainer.ts';
 import { Scorer } from '../engine/scorer.ts';
 import type { Weights } from '../model/family.ts';
 import type { ModelConfig } from '../model/families.ts';
+import type { LoraConfig } from '../model/lora.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
+import type { WeightSource } from '../model/weight-file.ts';
 import { toGroups, type Selected } from './grpo.ts';
+import { grpo, grpoOptionsFor, grpoScalars, type GrpoOptions } from './objective.ts';
 
 export interface UpdateSettings {
   lr: number;
-  /** k3 KL penalty to the initial weights; 0 leaves it out of the graph. */
+  /** k3 KL penalty to the initial weights (the base, without adapters); 0 leaves it out of the graph. */
   klCoef: number;
   entropyCoef: number;
   /** Optimizer steps per batch (PPO epochs; the clipped ratio keeps later ones close). */
@@ -42,17 +46,34 @@ export class TTRLUpdater {
     private config: ModelConfig,
     private tok: Tokenizer,
     readonly settings: UpdateSettings,
+    private loss: GrpoOptions,
   ) {}
 
-  static async create(o: { config: ModelConfig; tokenizer: Tokenizer; weights: Weights; settings: UpdateSettings; threads?: number; nice?: number; spin?: boolean }): Promise<TTRLUpdater> {
+  /**
+   * `weights`: the initial weights (full fine-tuning), or with `lora` the frozen base; the
+   * adapters start from `adapters`, else fresh (which change nothing).
+   */
+  static async create(o: {
+    config: ModelConfig;
+    tokenizer: Tokenizer;
+    weights: WeightSource;
+    settings: UpdateSettings;
+    threads?: number;
+    nice?: number;
+    spin?: boolean;
+    lora?: LoraConfig;
+    adapters?: Weights;
+  }): Promise<TTRLUpdater> {
     const s = o.settings;
-    const loss = { objective: 'grpo' as const, aggregation: 'token-mean' as const, kl: s.klCoef > 0, ppoClip: true, entropyBonus: s.entropyCoef > 0 };
-    const trainer = await Trainer.create({ config: o.config, weights: o.weights, loss, threads: o.threads, nice: o.nice, spin: o.spin, layout: 'grouped' });
+    const loss = grpoOptionsFor(s);
+    const trainer = await Trainer.create({
+      config: o.config, weights: o.weights, loss: grpo(loss), threads: o.threads, nice: o.nice, spin: o.spin, layout: 'grouped', lora: o.lora, adapters: o.adapters,
+    });
     const reference = s.klCoef > 0 ? await Scorer.create({ config: o.config, weights: o.weights, threads: o.threads, nice: o.nice, spin: o.spin }).catch(async (e) => {
       await trainer.close();
       throw e;
     }) : null;
-    return new TTRLUpdater(trainer, reference, o.config, o.tokenizer, s);
+    return new TTRLUpdater(trainer, reference, o.config, o.tokenizer, s, loss);
   }
 
   async update(selected: Selected[], lr = this.settings.lr): Promise<UpdateResult | null> {
@@ -74,7 +95,7 @@ export class TTRLUpdater {
     let first: StepStats | undefined;
     let skipped = 0;
     for (let e = 0; e < this.settings.epochs; e++) {
-      const r = await this.trainer.step(batch, { lr, maxGradNorm: this.settings.maxGradNorm, klCoef: this.settings.klCoef, clipEps: this.settings.clipEps, entropyCoef: this.settings.entropyCoef });
+      const r = await this.trainer.step(batch, { lr, maxGradNorm: this.settings.maxGradNorm, scalars: grpoScalars(this.loss, this.settings) });
       if (!r.updated) skipped++;
       first ??= r;
     }
@@ -95,13 +116,24 @@ export class TTRLUpdater {
     return (await completionLogprobs(this.trainer, seqs, this.tok.padId, this.config.contextLength)).map(sum);
   }
 
+  /** The trained weights (full fine-tuning only; with LoRA use getAdapters). */
   getWeights(): Promise<Weights> {
     return this.trainer.getWeights();
   }
 
-  /** Rollback: new weights, fresh optimizer moments. */
+  /** Rollback: new weights, fresh optimizer moments (full fine-tuning only). */
   setWeights(w: Weights): Promise<void> {
     return this.trainer.setWeights(w, true);
+  }
+
+  /** LoRA: the current adapters (a version to store). */
+  getAdapters(): Promise<Weights> {
+    return this.trainer.getAdapters();
+  }
+
+  /** LoRA rollback: these adapters, fresh optimizer moments. */
+  setAdapters(a: Weights): Promise<void> {
+    return this.trainer.setAdapters(a, true);
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,8 @@
 // Whole-model checks shared by the model and checkpoint tests: tiny configs of each family,
 // weights far from init, and the float64 finite-difference check of a whole loss.
-import { buildLossAndGrad, type BatchLayout, type LossOptions } from '../../src/engine/graphs.ts';
+import { buildLossAndGrad, type BatchLayout } from '../../src/engine/graphs.ts';
+import type { Objective } from '../../src/engine/objective.ts';
+import { loraSpecs, type LoraConfig } from '../../src/model/lora.ts';
 import { createSession, f64, i64, type ort } from '../../src/engine/ort.ts';
 import { initWeights } from '../../src/model/family.ts';
 import { paramSpecsOf, type ModelConfig } from '../../src/model/families.ts';
@@ -65,24 +67,35 @@ export function testWeights(c: ModelConfig, rng: Rng, scale = 10): Map<string, F
 
 /**
  * Relative error ||analytic - numeric|| / (||analytic|| + ||numeric||) of the loss gradient
- * w.r.t. every weight, in float64, numeric by central differences over every coordinate.
+ * w.r.t. every trained tensor (every weight; with `lora`, the adapters only, on the frozen
+ * base `weights`), in float64, numeric by central differences over every coordinate.
  */
-export async function modelGradError(c: ModelConfig, weights: Map<string, Float64Array>, o: LossOptions, layout: BatchLayout = 'flat'): Promise<number> {
+export async function modelGradError(
+  c: ModelConfig,
+  weights: Map<string, Float64Array>,
+  o: Objective,
+  layout: BatchLayout = 'flat',
+  lora?: { config: LoraConfig; adapters: Map<string, Float64Array> },
+): Promise<number> {
   const rng = new Rng(3);
   const specs = paramSpecsOf(c);
-  const session = await createSession(buildLossAndGrad(c, o, 'float64', layout));
+  const adapterSpecs = lora ? loraSpecs(c, lora.config) : [];
+  const graph = buildLossAndGrad(c, o, 'float64', layout, { lora: lora?.config });
+  const session = await createSession(graph);
   const data = layout === 'flat' ? batchFeeds(rng) : groupedFeeds(rng);
+  const all = [...specs, ...adapterSpecs];
+  const values = new Map([...weights, ...(lora?.adapters ?? [])]);
   const feeds = (): Record<string, ort.Tensor> => {
     const f: Record<string, ort.Tensor> = {};
-    for (const name of session.inputNames) f[name] = (data as Record<string, ort.Tensor>)[name] ?? f64(weights.get(name)!, specs.find((s) => s.name === name)!.shape);
+    for (const name of session.inputNames) f[name] = (data as Record<string, ort.Tensor>)[name] ?? f64(values.get(name)!, all.find((s) => s.name === name)!.shape);
     return f;
   };
   const base = await session.run(feeds());
   let diff = 0;
   let norm = 0;
   const h = 1e-6;
-  for (const s of specs) {
-    const w = weights.get(s.name)!;
+  for (const s of lora ? adapterSpecs : specs) {
+    const w = values.get(s.name)!;
     const analytic = base[`grad.${s.name}`]!.data as Float64Array;
     for (let j = 0; j < w.length; j++) {
       const orig = w[j]!;
@@ -98,4 +111,3 @@ export async function modelGradError(c: ModelConfig, weights: Map<string, Float6
   }
   return Math.sqrt(diff) / Math.sqrt(norm);
 }
-

@@ -1,0 +1,78 @@
+// The RL loss of a TTRL update, in one place: its options, its defaults and its graph. GRPO's
+// policy gradient on per-sequence advantages (grpo.ts computes them), with optional PPO ratio
+// clipping against the sampling log-probs, a k3 KL penalty to reference log-probs and an
+// entropy bonus. The engine runs it through its Objective seam (engine/objective.ts): the
+// trainer worker imports this module by URL and calls objective(options).
+import * as op from '../graph/ops.ts';
+import type { Tensor } from '../graph/ir.ts';
+import { weightedMean, type Aggregation, type Objective, type ObjectiveRef } from '../engine/objective.ts';
+
+/** What shapes the loss graph: each term on or off. */
+export interface GrpoOptions {
+  aggregation: Aggregation;
+  /** PPO-style ratio clipping against old log-probs (batch old_logprobs, scalar clip_eps). */
+  ppoClip: boolean;
+  /** k3 KL penalty to reference log-probs (batch ref_logprobs, scalar kl_coef). */
+  kl: boolean;
+  /** Subtract entropy_coef * entropy from the loss (scalar entropy_coef). */
+  entropyBonus: boolean;
+}
+
+/** The coefficients fed at every step. */
+export interface GrpoCoefficients {
+  clipEps: number;
+  klCoef: number;
+  entropyCoef: number;
+}
+
+export const GRPO_DEFAULTS: GrpoOptions & GrpoCoefficients = { aggregation: 'token-mean', ppoClip: true, kl: false, entropyBonus: false, clipEps: 0.2, klCoef: 0, entropyCoef: 0 };
+
+/** The loss options of a TTRL update: a term whose coefficient is 0 is left out of the graph. */
+export function grpoOptionsFor(c: Partial<GrpoCoefficients>, o: Partial<GrpoOptions> = {}): GrpoOptions {
+  const klCoef = c.klCoef ?? GRPO_DEFAULTS.klCoef;
+  const entropyCoef = c.entropyCoef ?? GRPO_DEFAULTS.entropyCoef;
+  return { aggregation: o.aggregation ?? GRPO_DEFAULTS.aggregation, ppoClip: o.ppoClip ?? GRPO_DEFAULTS.ppoClip, kl: o.kl ?? klCoef > 0, entropyBonus: o.entropyBonus ?? entropyCoef > 0 };
+}
+
+/** The trainer's handle on this loss (plain data, for the worker). */
+export const grpo = (o: GrpoOptions): ObjectiveRef => ({ module: import.meta.url, options: o });
+
+/** The step's scalar inputs for the loss `o` (only those its graph declares). */
+export function grpoScalars(o: GrpoOptions, c: Partial<GrpoCoefficients> = {}): Record<string, number> {
+  const s: Record<string, number> = {};
+  if (o.ppoClip) s.clip_eps = c.clipEps ?? GRPO_DEFAULTS.clipEps;
+  if (o.kl) s.kl_coef = c.klCoef ?? GRPO_DEFAULTS.klCoef;
+  if (o.entropyBonus) s.entropy_coef = c.entropyCoef ?? GRPO_DEFAULTS.entropyCoef;
+  return s;
+}
+
+export function objective(o: GrpoOptions): Objective {
+  return {
+    build(t) {
+      const w = t.weights;
+      const adv = op.unsqueeze(t.sequence('advantages'), [1]);
+      // exp() of a log-ratio at a padded position (pad targets score -1e9) would be Inf, and Inf * 0 = NaN:
+      // zero the log-ratios there before exp, so neither the loss nor its gradient sees them.
+      const active = op.greater(w, 0);
+      const onlyActive = (x: Tensor) => op.where(active, x, 0);
+      const lp = t.tokenLogprobs;
+      let perToken: Tensor;
+      const stats: Record<string, Tensor> = {};
+      if (o.ppoClip) {
+        const eps = t.scalar('clip_eps');
+        const ratio = op.exp(onlyActive(op.sub(lp, t.token('old_logprobs'))));
+        const clipped = op.max(op.min(ratio, op.add(eps, 1)), op.sub(1, eps));
+        perToken = op.neg(op.min(op.mul(ratio, adv), op.mul(clipped, adv)));
+      } else perToken = op.neg(op.mul(lp, adv));
+      if (o.kl) {
+        const d = onlyActive(op.sub(t.token('ref_logprobs'), lp));
+        const k3 = op.sub(op.sub(op.exp(d), d), 1); // low-variance, non-negative KL estimator
+        stats.kl = weightedMean(k3, w, 'token-mean');
+        perToken = op.add(perToken, op.mul(k3, t.scalar('kl_coef')));
+      }
+      if (o.entropyBonus) perToken = op.sub(perToken, op.mul(t.entropy, t.scalar('entropy_coef')));
+      stats.entropy = weightedMean(t.entropy, w, 'token-mean');
+      return { loss: weightedMean(perToken, w, o.aggregation), stats };
+    },
+  };
+}
