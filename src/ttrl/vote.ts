@@ -1,18 +1,10 @@
 // Majority voting over extracted answers: TTRL's label estimate. Answers are normalised
-// first so that "+5", "05" and "5.0" are one vote; the winner is independent of the order
-// the samples came in (ties go to the smaller normalised answer, compared as text).
+// first (src/tasks/normalize.ts) so that "+5", "05", "5.0" and "\frac{10}{2}" are one vote; the
+// winner is independent of the order the samples came in (ties go to the smaller normalised
+// answer, compared as text).
+import { normalizeAnswer } from '../tasks/normalize.ts';
 
-/** Canonical form of an answer, or null for none. Numbers compare by value. */
-export function normalizeAnswer(answer: string | null | undefined): string | null {
-  if (answer === null || answer === undefined) return null;
-  const s = answer.trim().replace(/\s+/g, ' ');
-  if (!s) return null;
-  if (/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(s)) {
-    const n = Number(s);
-    if (Number.isFinite(n)) return n === 0 ? '0' : String(n);
-  }
-  return s;
-}
+export { normalizeAnswer };
 
 export interface VoteResult {
   /** The majority answer, or null when no sample had a parsable answer. */
