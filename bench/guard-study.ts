@@ -13,7 +13,7 @@ import { Scorer } from '../src/engine/scorer.ts';
 import { loadModel } from '../src/model/checkpoint.ts';
 import type { WeightSource } from '../src/model/weight-file.ts';
 import { DEFAULT_MODEL_DIR } from '../src/server/config.ts';
-import { loadVersionWeights } from '../src/server/adaptation.ts';
+import { loadVersionWeights } from '../src/loop/versions.ts';
 import { ANCHOR_RATIO } from '../src/ttrl/guard.ts';
 import { suite } from '../src/tasks/suites.ts';
 import { GREEDY_TOP_P, rollout, type Rollout } from '../src/ttrl/rollout.ts';

@@ -7,7 +7,8 @@ import Database from 'better-sqlite3';
 import { loadMigrations, migrate } from '../src/store/migrate.ts';
 import { Store } from '../src/store/store.ts';
 import { PROJECT_ROOT, resolveSettings, settingsTable } from '../src/server/config.ts';
-import { parseClientMessage, ProtocolError } from '../src/server/protocol.ts';
+import { parseClientMessage } from '../src/server/protocol.ts';
+import type { ProtocolError } from '../src/loop/errors.ts';
 import { judgeAnchors, judgeProbe } from '../src/ttrl/guard.ts';
 import { scratch } from './helpers/scratch.ts';
 

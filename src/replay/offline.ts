@@ -5,9 +5,8 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Settings } from '../server/config.ts';
-import { checkAsk } from '../server/protocol.ts';
-import { createPipeline } from '../server/pipeline.ts';
+import { checkAsk } from '../loop/admission.ts';
+import { createPipeline, type PipelineSettings } from '../loop/pipeline.ts';
 import type { VersionRow } from '../store/store.ts';
 import type { Outcome } from './report.ts';
 import type { ReplayItem } from './source.ts';
@@ -19,22 +18,15 @@ export interface OfflineResult {
   versions: VersionRow[];
 }
 
-export async function replayOffline(items: ReplayItem[], s: Settings, o: { keepDb?: boolean; onProgress?: (done: number) => void } = {}): Promise<OfflineResult> {
+export async function replayOffline(items: ReplayItem[], s: PipelineSettings, o: { keepDb?: boolean; onProgress?: (done: number) => void } = {}): Promise<OfflineResult> {
   const scratch = await mkdtemp(join(tmpdir(), 'ttrl-replay-'));
   // No timers in the loop: updates are triggered by counts only. One training thread:
   // onnxruntime's multi-threaded training kernels do not add in a fixed order, and the
   // last bits would make two runs drift apart.
-  const settings: Settings = { ...s, updateIntervalS: 0, trainThreads: 1, queueLimit: Math.max(s.queueLimit, s.batchQuestions), db: o.keepDb ? s.db : join(scratch, 'replay.sqlite') };
+  const settings: PipelineSettings = { ...s, updateIntervalS: 0, trainThreads: 1, queueLimit: Math.max(s.queueLimit, s.batchQuestions), db: o.keepDb ? s.db : join(scratch, 'replay.sqlite') };
   const t0 = performance.now();
   const p = await createPipeline(settings, { versionsDir: join(o.keepDb ? join(s.db, '..') : scratch, 'versions') });
   const outcomes: Outcome[] = [];
-  const limits = {
-    maxMessageBytes: Infinity,
-    maxQuestionLength: Math.min(settings.maxQuestionLength, p.model.config.contextLength - 8),
-    maxVotes: settings.maxVotes,
-    defaultVotes: settings.votes,
-    canRead: (t: string) => p.model.tokenizer.canEncode(t),
-  };
   try {
     for (let i = 0; i < items.length; i += settings.batchQuestions) {
       const chunk = items.slice(i, i + settings.batchQuestions);
@@ -42,7 +34,7 @@ export async function replayOffline(items: ReplayItem[], s: Settings, o: { keepD
       // ones are enqueued together so that the batches depend on the order alone.
       const checked = chunk.map((it): { votes: number } | { error: unknown } => {
         try {
-          return { votes: checkAsk({ question: it.question, votes: it.votes }, limits).votes };
+          return { votes: checkAsk({ question: it.question, votes: it.votes }, p.limits).votes };
         } catch (e) {
           return { error: e };
         }

@@ -4,9 +4,10 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
-import type { Answerer } from './answerer.ts';
-import type { Metrics } from './metrics.ts';
-import { errorMessage, parseClientMessage, ProtocolError, PROTOCOL_VERSION, type AskMessage, type Limits } from './protocol.ts';
+import type { Answerer } from '../loop/answerer.ts';
+import { ProtocolError } from '../loop/errors.ts';
+import type { Metrics } from '../loop/metrics.ts';
+import { errorMessage, parseClientMessage, PROTOCOL_VERSION, type AskMessage, type Limits } from './protocol.ts';
 
 export const WS_PATH = '/v1/ws';
 /** A client this far behind in reading its answers is cut off rather than buffered for. */

@@ -3,9 +3,11 @@
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
-import type { Answerer } from './answerer.ts';
-import type { Metrics } from './metrics.ts';
-import { checkAsk, errorMessage, ProtocolError, type ErrorCode, type Limits } from './protocol.ts';
+import { checkAsk } from '../loop/admission.ts';
+import type { Answerer } from '../loop/answerer.ts';
+import { ProtocolError, type ErrorCode } from '../loop/errors.ts';
+import type { Metrics } from '../loop/metrics.ts';
+import { errorMessage, type Limits } from './protocol.ts';
 
 export interface Admin {
   versions(): unknown[];

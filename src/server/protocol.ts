@@ -1,36 +1,10 @@
 // The wire protocol (WebSocket /v1/ws and POST /v1/ask): JSON messages checked strictly.
-// Every failure maps to one error code; a bad message never closes the connection.
+// Every failure maps to one error code (loop/errors.ts); a bad message never closes the connection.
 import { z } from 'zod';
+import { checkAsk, type AskLimits } from '../loop/admission.ts';
+import { ProtocolError, type ErrorCode } from '../loop/errors.ts';
 
 export const PROTOCOL_VERSION = 1;
-
-export const ERROR_CODES = {
-  bad_json: 'the message is not valid JSON',
-  payload_too_large: 'the message is larger than the server accepts',
-  invalid_message: 'a field is missing or has the wrong type',
-  unknown_type: 'the message type is not one the server knows',
-  unknown_field: 'the message has a field the server does not know',
-  question_too_long: 'the question is longer than the server accepts',
-  unreadable_question: 'the question has characters the model cannot read',
-  bad_votes: 'votes is out of range',
-  duplicate_id: 'a question with this id is still being answered on this connection',
-  overloaded: 'the queue is full; retry later',
-  shutting_down: 'the server is shutting down',
-  internal: 'the server failed to answer this question',
-  unauthorized: 'admin routes need the admin token',
-  not_found: 'no such resource',
-} as const;
-export type ErrorCode = keyof typeof ERROR_CODES;
-
-export class ProtocolError extends Error {
-  constructor(
-    readonly code: ErrorCode,
-    message: string,
-    readonly id?: string,
-  ) {
-    super(message);
-  }
-}
 
 const ask = z.strictObject({
   type: z.literal('ask'),
@@ -44,23 +18,9 @@ const ping = z.strictObject({ type: z.literal('ping'), id: z.string().max(128).o
 export type AskMessage = z.output<typeof ask>;
 export type ClientMessage = AskMessage | z.output<typeof ping>;
 
-export interface Limits {
+/** The admission limits, and the size of a message (the question's limits are checked by checkAsk). */
+export interface Limits extends AskLimits {
   maxMessageBytes: number;
-  maxQuestionLength: number;
-  maxVotes: number;
-  defaultVotes: number;
-  canRead: (text: string) => boolean;
-}
-
-/** The body of an ask, checked against the limits (shared by WebSocket and HTTP). */
-export function checkAsk(m: { id?: string; question: string; votes?: number }, l: Limits): { votes: number } {
-  if (!m.question) throw new ProtocolError('invalid_message', 'question must be a non-empty string', m.id);
-  if (m.question.length > l.maxQuestionLength)
-    throw new ProtocolError('question_too_long', `the question has ${m.question.length} characters; at most ${l.maxQuestionLength} are accepted`, m.id);
-  if (!l.canRead(m.question)) throw new ProtocolError('unreadable_question', `the question has characters the model cannot read: ${JSON.stringify(m.question)}`, m.id);
-  const votes = m.votes ?? l.defaultVotes;
-  if (votes < 1 || votes > l.maxVotes) throw new ProtocolError('bad_votes', `votes must be between 1 and ${l.maxVotes}, got ${votes}`, m.id);
-  return { votes };
 }
 
 /** Parses one client message; throws ProtocolError with the right code. */

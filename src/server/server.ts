@@ -1,12 +1,15 @@
-// The server: HTTP (express) and WebSocket (ws) in front of the serving pipeline.
+// The server: HTTP (express) and WebSocket (ws) in front of the serving loop (loop/pipeline.ts).
 // startServer() is what `ttrl serve`, the tests and the benchmark call.
 import { createServer, type Server } from 'node:http';
 import type { Settings } from './config.ts';
 import { Gateway, WS_PATH } from './gateway.ts';
 import { createApp } from './http.ts';
-import { createPipeline, type Pipeline } from './pipeline.ts';
+import { createPipeline, type Pipeline } from '../loop/pipeline.ts';
+import type { Versions } from '../loop/versions.ts';
 
-export interface RunningServer extends Pick<Pipeline, 'store' | 'adaptation' | 'versions$'> {
+export interface RunningServer extends Pick<Pipeline, 'store' | 'adaptation'> {
+  /** The serving version, as it changes. */
+  versions$: Versions['versions$'];
   url: string;
   wsUrl: string;
   port: number;
@@ -15,20 +18,14 @@ export interface RunningServer extends Pick<Pipeline, 'store' | 'adaptation' | '
 
 export async function startServer(s: Settings, log: (line: string) => void = () => {}): Promise<RunningServer> {
   const p = await createPipeline(s, { log });
-  const { store, adaptation, answerer, metrics, model } = p;
+  const { store, adaptation, answerer, metrics, versions } = p;
   try {
-    const limits = {
-      maxMessageBytes: s.maxMessageBytes,
-      maxQuestionLength: Math.min(s.maxQuestionLength, model.config.contextLength - 8),
-      maxVotes: s.maxVotes,
-      defaultVotes: s.votes,
-      canRead: (t: string) => model.tokenizer.canEncode(t),
-    };
+    const limits = { ...p.limits, maxMessageBytes: s.maxMessageBytes };
     let ready = false;
     const admin = {
-      versions: () => store.versions().map((v) => ({ ...v, serving: v.version === p.active().version })),
+      versions: () => versions.list(),
       status: () => ({
-        model_version: p.active().version,
+        model_version: versions.active.version,
         adaptation: adaptation.status,
         pending_experiences: adaptation.pendingExperiences,
         last_update: adaptation.lastOutcome,
@@ -41,23 +38,21 @@ export async function startServer(s: Settings, log: (line: string) => void = () 
         return { model_version: version };
       },
       pause: () => {
-        adaptation.paused = true;
-        store.event('adaptation_paused', { by: 'admin' });
+        adaptation.pause('admin');
         return { adaptation: adaptation.status };
       },
       resume: () => {
-        adaptation.paused = false;
-        store.event('adaptation_resumed', { by: 'admin' });
+        adaptation.resume('admin');
         return { adaptation: adaptation.status };
       },
       updateNow: () => adaptation.updateNow('admin'),
     };
-    const app = createApp({ answerer, limits, metrics, ready: () => ({ ready, version: p.active().version }), admin, adminToken: s.adminToken });
+    const app = createApp({ answerer, limits, metrics, ready: () => ({ ready, version: versions.active.version }), admin, adminToken: s.adminToken });
     const gateway = new Gateway(answerer, limits, metrics, () => ({
-      model_version: p.active().version,
+      model_version: versions.active.version,
       limits: { max_message_bytes: limits.maxMessageBytes, max_question_length: limits.maxQuestionLength, max_votes: limits.maxVotes, default_votes: limits.defaultVotes },
     }));
-    const sub = p.versions$.subscribe((v) => gateway.broadcast({ type: 'model', model_version: v }));
+    const sub = versions.versions$.subscribe((v) => gateway.broadcast({ type: 'model', model_version: v }));
     const http: Server = createServer(app);
     http.on('upgrade', (req, socket, head) => gateway.handleUpgrade(req, socket, head));
     await new Promise<void>((res, rej) => {
@@ -74,7 +69,7 @@ export async function startServer(s: Settings, log: (line: string) => void = () 
       port,
       store,
       adaptation,
-      versions$: p.versions$,
+      versions$: versions.versions$,
       close: () =>
         (closing ??= (async () => {
           ready = false;

@@ -8,7 +8,7 @@ import { seedOf } from '../util/rng.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import type { Store } from '../store/store.ts';
 import { rolloutBatch, type Rollout } from '../ttrl/rollout.ts';
-import { ProtocolError } from './protocol.ts';
+import { ProtocolError } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 
 export interface AskRequest {

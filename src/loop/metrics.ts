@@ -1,5 +1,6 @@
-// Prometheus metrics (GET /metrics), on a registry of the server's own so that several
-// servers in one process (tests) do not collide.
+// Prometheus metrics, recorded by the loop's stages and by the transports and served at
+// GET /metrics (server/http.ts), on a registry of the pipeline's own so that several
+// pipelines in one process (tests) do not collide.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 export function createMetrics() {

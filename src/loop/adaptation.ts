@@ -1,0 +1,243 @@
+// Live TTRL: when, update, judge, hand over. Voted experiences stream in from the answerer;
+// every `updateEvery` of them (or every `updateIntervalS` seconds with new ones) a GRPO update
+// runs in the trainer worker on the completions already sampled for voting. The result is a
+// candidate that the judge (the guard's checks) passes or fails; versions then serve it or
+// record its rejection.
+import { filter, interval, Subject, type Observable, type Subscription } from 'rxjs';
+import { Rng } from '../util/rng.ts';
+import { inMemory } from '../model/checkpoint.ts';
+import type { ModelConfig } from '../model/families.ts';
+import type { Tokenizer } from '../model/tokenizer.ts';
+import type { Store } from '../store/store.ts';
+import { selectForTraining } from '../ttrl/grpo.ts';
+import { TTRLUpdater, type UpdateResult } from '../ttrl/updater.ts';
+import type { Experience } from './answerer.ts';
+import type { CandidateJudge } from './judge.ts';
+import type { Metrics } from './metrics.ts';
+import type { Versions } from './versions.ts';
+
+export interface AdaptationOptions {
+  updateEvery: number;
+  updateIntervalS: number;
+  lr: number;
+  gate: number;
+  trainSamples: number;
+  questionsPerStep: number;
+  kl: number;
+  temperature: number;
+  seed: number;
+  trainThreads: number;
+  /** Nice value of the trainer's threads: it takes the cycles serving leaves. */
+  trainNice: number;
+  /** Start paused (admin resumes). */
+  paused?: boolean;
+}
+
+export interface UpdateOutcome {
+  version: number | null;
+  outcome: 'promoted' | 'rejected' | 'skipped' | 'failed';
+  reason?: string;
+  stats?: Record<string, unknown>;
+}
+
+export class Adaptation {
+  private buffer: Experience[] = [];
+  private fresh = 0;
+  private updating: Promise<UpdateOutcome> | null = null;
+  /** A change of the serving version from outside (admin) in progress: no update starts meanwhile. */
+  private changing: Promise<unknown> | null = null;
+  private updater: TTRLUpdater | null = null;
+  private subs: Subscription[] = [];
+  private rng: Rng;
+  private closed = false;
+  private paused: boolean;
+  lastOutcome: UpdateOutcome | null = null;
+  /** Start and end of every update (the benchmark times answers against them). */
+  readonly updates$ = new Subject<{ phase: 'start' } | { phase: 'end'; outcome: UpdateOutcome }>();
+
+  constructor(
+    experiences$: Observable<Experience>,
+    private versions: Versions,
+    private judge: CandidateJudge,
+    private store: Store,
+    private config: ModelConfig,
+    private tok: Tokenizer,
+    private o: AdaptationOptions,
+    private metrics: Metrics,
+  ) {
+    this.paused = o.paused ?? false;
+    this.rng = new Rng(o.seed ^ 0xada97);
+    this.subs.push(
+      experiences$.subscribe((e) => {
+        this.buffer.push(e);
+        this.fresh++;
+        // The guard's probe set and anchors see the answer before an update it triggers.
+        this.judge.observe(e.rollout);
+        // Keep a bounded window of recent experiences.
+        if (this.buffer.length > 4 * this.o.updateEvery) this.buffer.splice(0, this.buffer.length - 4 * this.o.updateEvery);
+        if (this.fresh >= this.o.updateEvery) void this.updateNow('count');
+      }),
+    );
+    if (o.updateIntervalS > 0)
+      this.subs.push(
+        interval(o.updateIntervalS * 1000)
+          .pipe(filter(() => this.fresh > 0))
+          .subscribe(() => void this.updateNow('timer')),
+      );
+  }
+
+  get status(): 'updating' | 'paused' | 'idle' {
+    return this.updating ? 'updating' : this.paused ? 'paused' : 'idle';
+  }
+
+  get pendingExperiences(): number {
+    return this.fresh;
+  }
+
+  pause(by: string): void {
+    this.paused = true;
+    this.store.event('adaptation_paused', { by });
+  }
+
+  resume(by: string): void {
+    this.paused = false;
+    this.store.event('adaptation_resumed', { by });
+  }
+
+  /** Starts an update unless one is running, adaptation is paused (unless forced) or nothing is new. */
+  updateNow(trigger: 'count' | 'timer' | 'admin'): Promise<UpdateOutcome> {
+    if (this.updating) return this.updating;
+    if (this.closed) return Promise.resolve({ version: null, outcome: 'skipped', reason: 'shutting down' });
+    if (this.changing) return Promise.resolve({ version: null, outcome: 'skipped', reason: 'the serving version is being changed' });
+    if (this.paused && trigger !== 'admin') return Promise.resolve({ version: null, outcome: 'skipped', reason: 'paused' });
+    this.updates$.next({ phase: 'start' });
+    this.updating = this.runUpdate(trigger)
+      .catch((e): UpdateOutcome => {
+        // A crashed trainer loses nothing: the serving version is untouched. Start a fresh worker next time.
+        const reason = `update failed: ${(e as Error).message}`;
+        void this.updater?.close().catch(() => {});
+        this.updater = null;
+        if (!this.closed) this.store.event('update_failed', { reason });
+        this.metrics.updates.inc({ outcome: 'failed' });
+        return { version: null, outcome: 'failed', reason };
+      })
+      .then((r) => {
+        this.lastOutcome = r;
+        this.updates$.next({ phase: 'end', outcome: r });
+        return r;
+      })
+      .finally(() => (this.updating = null));
+    return this.updating;
+  }
+
+  private async runUpdate(trigger: string): Promise<UpdateOutcome> {
+    const t0 = performance.now();
+    // The newest `updateEvery` experiences: an update's size (and so its drift and its time)
+    // stays bounded however many questions arrived while the last one ran.
+    const taken = this.buffer.slice(-Math.min(Math.max(this.fresh, 1), this.o.updateEvery));
+    const dropped = Math.max(0, this.fresh - this.o.updateEvery);
+    this.fresh = 0;
+    if (!taken.length) return { version: null, outcome: 'skipped', reason: 'no experiences yet' };
+    const parent = this.versions.active;
+    // The grouped batch needs the same number of samples per question.
+    const trainable = taken.filter((e) => e.rollout.samples.length >= this.o.trainSamples);
+    const { selected, stats: groupStats } = selectForTraining(trainable.map((e) => e.rollout), [], { reward: 'majority', trainSamples: this.o.trainSamples, gate: this.o.gate }, this.rng);
+    if (!selected.length) {
+      this.metrics.updates.inc({ outcome: 'skipped' });
+      return { version: null, outcome: 'skipped', reason: 'no question passed the gate with a learning signal', stats: { ...groupStats } };
+    }
+    await this.start();
+    const updater = this.updater!;
+    const steps: UpdateResult[] = [];
+    for (let i = 0; i < selected.length; i += this.o.questionsPerStep) {
+      if (this.closed) throw new Error('shutting down');
+      const r = await updater.update(selected.slice(i, i + this.o.questionsPerStep));
+      if (r) steps.push(r);
+    }
+    const weights = await updater.getWeights();
+    const mean = (k: 'loss' | 'entropy' | 'gradNorm') => steps.reduce((a, s) => a + s[k], 0) / steps.length;
+    const stats: Record<string, unknown> = {
+      trigger,
+      experiences: taken.length,
+      not_trained_on: dropped,
+      ...groupStats,
+      steps: steps.length,
+      skipped_steps: steps.reduce((a, s) => a + s.skipped, 0),
+      loss: mean('loss'),
+      entropy: mean('entropy'),
+      grad_norm: mean('gradNorm'),
+      lr: this.o.lr,
+    };
+    stats.train_seconds = (performance.now() - t0) / 1000;
+    const verdict = await this.judge.judge({ steps, weights, sequenceLogprobs: (seqs) => updater.sequenceLogprobs(seqs) }, parent);
+    Object.assign(stats, verdict.stats);
+    stats.seconds = (performance.now() - t0) / 1000;
+    if (this.closed) throw new Error('shutting down');
+    this.metrics.updateSeconds.observe(stats.seconds as number);
+    if (verdict.reason) {
+      const version = this.versions.reject({ parent: parent.version, stats, reason: verdict.reason });
+      // Back to the serving weights, with fresh optimizer moments.
+      await updater.setWeights(await inMemory(parent.weights));
+      this.metrics.updates.inc({ outcome: 'rejected' });
+      return { version, outcome: 'rejected', reason: verdict.reason, stats };
+    }
+    const version = await this.versions.promote({ parent: parent.version, weights, stats });
+    this.judge.promoted(version);
+    this.metrics.updates.inc({ outcome: 'promoted' });
+    return { version, outcome: 'promoted', stats };
+  }
+
+  /**
+   * Starts the trainer (once; again after a crash) and the judge's workers. The pipeline calls
+   * it before serving: worker start-up is CPU-heavy for a moment, and then it does not fall
+   * on answers.
+   */
+  async start(): Promise<void> {
+    this.updater ??= await TTRLUpdater.create({
+      config: this.config,
+      tokenizer: this.tok,
+      weights: await inMemory(this.versions.active.weights),
+      threads: this.o.trainThreads,
+      nice: this.o.trainNice,
+      spin: false,
+      settings: { lr: this.o.lr, klCoef: this.o.kl, entropyCoef: 0, epochs: 1, clipEps: 0.2, maxGradNorm: 1, temperature: this.o.temperature },
+    });
+    await this.judge.start();
+  }
+
+  /** Resolves when no update is running (offline replay waits here between batches). */
+  async idle(): Promise<void> {
+    while (this.updating) await this.updating;
+  }
+
+  /**
+   * Runs `change` (an admin activation) between updates: after the one in flight, with none
+   * starting meanwhile. The trainer then continues from the weights serving, and the
+   * experiences of the version before are not trained on.
+   */
+  async betweenUpdates<T>(change: () => Promise<T>): Promise<T> {
+    while (this.changing) await this.changing.catch(() => {});
+    const run = (async () => {
+      await this.idle();
+      const r = await change();
+      await this.updater?.setWeights(await inMemory(this.versions.active.weights));
+      this.buffer = [];
+      this.fresh = 0;
+      return r;
+    })();
+    this.changing = run;
+    try {
+      return await run;
+    } finally {
+      if (this.changing === run) this.changing = null;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const s of this.subs) s.unsubscribe();
+    // An update in flight stops after its current step; its candidate is never promoted.
+    await this.updating?.catch(() => {});
+    await Promise.allSettled([this.updater?.close(), this.judge.close()]);
+  }
+}

@@ -1,0 +1,31 @@
+// The errors a question can end in, by code: raised where they happen (the answerer's queue,
+// the admission checks, version changes) and sent by the transports as they are (the
+// WebSocket error message, HTTP statuses).
+
+export const ERROR_CODES = {
+  bad_json: 'the message is not valid JSON',
+  payload_too_large: 'the message is larger than the server accepts',
+  invalid_message: 'a field is missing or has the wrong type',
+  unknown_type: 'the message type is not one the server knows',
+  unknown_field: 'the message has a field the server does not know',
+  question_too_long: 'the question is longer than the server accepts',
+  unreadable_question: 'the question has characters the model cannot read',
+  bad_votes: 'votes is out of range',
+  duplicate_id: 'a question with this id is still being answered on this connection',
+  overloaded: 'the queue is full; retry later',
+  shutting_down: 'the server is shutting down',
+  internal: 'the server failed to answer this question',
+  unauthorized: 'admin routes need the admin token',
+  not_found: 'no such resource',
+} as const;
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class ProtocolError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly id?: string,
+  ) {
+    super(message);
+  }
+}

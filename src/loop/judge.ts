@@ -1,0 +1,162 @@
+// Judging a candidate version before it may serve. The decisions are the guard's
+// (ttrl/guard.ts); this stage gathers what they are made on, and runs the workers that
+// measure it: a prober sampler (greedy answers of a version on the probe questions) and a
+// scorer holding the shipped weights (the anchors' reference log-probs). It sees every served
+// rollout first, to fill the probe set and the anchors.
+import { Sampler } from '../engine/sampler.ts';
+import { Scorer } from '../engine/scorer.ts';
+import type { Weights } from '../model/family.ts';
+import type { ModelConfig } from '../model/families.ts';
+import type { Tokenizer } from '../model/tokenizer.ts';
+import type { WeightSource } from '../model/weight-file.ts';
+import type { TrainSequence } from '../engine/batch.ts';
+import type { Store } from '../store/store.ts';
+import {
+  anchorShiftOf,
+  judgeAnchors,
+  judgeProbe,
+  judgeUpdate,
+  MIN_ANCHORS,
+  MIN_PROBE_QUESTIONS,
+  probeStatsOf,
+  type AnchorShift,
+  type ProbeStats,
+  type StepHealth,
+} from '../ttrl/guard.ts';
+import { GREEDY_TOP_P, rolloutBatch, type Rollout } from '../ttrl/rollout.ts';
+import { completionLogprobs, sum } from '../ttrl/updater.ts';
+import { CompletionAnchors, ProbeQuestions } from './guard-sets.ts';
+import type { Metrics } from './metrics.ts';
+
+export interface JudgeOptions {
+  /** Mean token entropy an update must keep (nats). */
+  entropyFloor: number;
+  /** Probe questions kept (0: no probe check). */
+  probeQuestions: number;
+  /** Most anchors kept (0: no anchor check). */
+  anchors: number;
+  /** Nats of log-prob per anchor completion a candidate may lose on average. */
+  anchorSlack: number;
+  seed: number;
+  /** The workers' compute threads and nice value: they take the cycles serving leaves. */
+  threads: number;
+  nice: number;
+}
+
+/** A candidate as the judge sees it: the update's steps, its weights, and its own log-probs of given completions. */
+export interface Candidate {
+  steps: StepHealth[];
+  weights: Weights;
+  sequenceLogprobs(seqs: TrainSequence[]): Promise<number[]>;
+}
+
+export interface Verdict {
+  /** Why the candidate may not serve; null: it may. */
+  reason: string | null;
+  /** What was measured (anchor shift, probe signals), for the version's statistics. */
+  stats: Record<string, unknown>;
+}
+
+export class CandidateJudge {
+  private probeSet: ProbeQuestions;
+  private anchorSet: CompletionAnchors;
+  /** By version and probe-set size (the set grows until it is full). */
+  private probeCache = new Map<string, ProbeStats>();
+  /** The last candidate's probe: its next parent's, once it is promoted. */
+  private candidateProbe: ProbeStats | null = null;
+  private prober: Sampler | null = null;
+  /** Scores anchors under the shipped weights. */
+  private reference: Scorer | null = null;
+
+  constructor(
+    store: Store,
+    private config: ModelConfig,
+    private tok: Tokenizer,
+    /** The shipped weights: anchors are compared with them. */
+    private base: WeightSource,
+    private o: JudgeOptions,
+    private metrics: Metrics,
+  ) {
+    this.probeSet = new ProbeQuestions(store, o.probeQuestions);
+    this.anchorSet = new CompletionAnchors(store, o.anchors);
+  }
+
+  /** Every served rollout, before an update it triggers. */
+  observe(r: Rollout): void {
+    this.probeSet.remember(r.question);
+    this.anchorSet.remember(r);
+  }
+
+  /** Starts the prober and the reference scorer (each once), when their checks are on. */
+  async start(): Promise<void> {
+    const threads = { threads: this.o.threads, nice: this.o.nice, spin: false };
+    if (this.o.probeQuestions > 0) this.prober ??= await Sampler.create({ config: this.config, weights: this.base, ...threads });
+    if (this.o.anchors > 0) this.reference ??= await Scorer.create({ config: this.config, weights: this.base, ...threads });
+  }
+
+  /** The checks in order of cost; the first that fails is the reason. */
+  async judge(c: Candidate, parent: { version: number; weights: WeightSource }): Promise<Verdict> {
+    const stats: Record<string, unknown> = {};
+    this.candidateProbe = null;
+    let reason = judgeUpdate(c.steps, c.weights, this.o.entropyFloor);
+    if (!reason && this.o.anchors > 0) {
+      const shift = await this.anchorShift(c);
+      if (shift) {
+        Object.assign(stats, { anchors: shift.anchors, anchor_shift: shift.mean, anchors_up: shift.up });
+        this.metrics.anchorShift.set(shift.mean);
+        this.metrics.anchors.set(shift.anchors);
+        reason = judgeAnchors(shift, this.o.anchorSlack);
+      }
+    }
+    if (!reason && this.o.probeQuestions > 0) {
+      const parentProbe = await this.probe(parent.version, parent.weights);
+      const probe = parentProbe && (await this.probe(-1, c.weights));
+      if (probe) Object.assign(stats, { probe: { ...probe }, parent_probe: { ...parentProbe! } });
+      reason = parentProbe && probe ? judgeProbe(parentProbe, probe) : null;
+      this.candidateProbe = probe;
+    }
+    return { reason, stats };
+  }
+
+  /** The judged candidate now serves as `version`: its probe is the next update's parent probe. */
+  promoted(version: number): void {
+    if (this.candidateProbe) this.probeCache.set(`${version}:${this.candidateProbe.questions}`, this.candidateProbe);
+    this.candidateProbe = null;
+  }
+
+  /**
+   * Greedy answers of a version on the probe set (cached by version; -1: an uncached
+   * candidate): one completion per question, the version's most likely answer. Null until
+   * the set has enough questions.
+   */
+  private async probe(version: number, weights: WeightSource): Promise<ProbeStats | null> {
+    const questions = this.probeSet.items();
+    const key = `${version}:${questions.length}`;
+    const cached = this.probeCache.get(key);
+    if (cached) return cached;
+    if (questions.length < Math.min(MIN_PROBE_QUESTIONS, this.o.probeQuestions)) return null;
+    const prober = this.prober!;
+    await prober.setWeights(weights, version);
+    // Same seed for every version: differences come from the weights, not the dice.
+    const s = probeStatsOf(await rolloutBatch(prober, this.tok, questions, { votes: 1, temperature: 1, topP: GREEDY_TOP_P, seed: this.o.seed ^ 0x9b0be }));
+    if (version >= 0) this.probeCache.set(key, s);
+    return s;
+  }
+
+  /** How the candidate's log-probs of the anchor completions moved from the shipped model's; null below MIN_ANCHORS. */
+  private async anchorShift(c: Candidate): Promise<AnchorShift | null> {
+    const anchors = this.anchorSet.items();
+    if (anchors.length < MIN_ANCHORS) return null;
+    const unscored = anchors.filter((a) => a.ref === null);
+    if (unscored.length) {
+      const refs = await completionLogprobs(this.reference!, unscored, this.tok.padId, this.config.contextLength);
+      unscored.forEach((a, i) => (a.ref = sum(refs[i]!)));
+      this.anchorSet.save();
+    }
+    return anchorShiftOf(anchors, await c.sequenceLogprobs(anchors));
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled([this.prober?.close(), this.reference?.close()]);
+  }
+}

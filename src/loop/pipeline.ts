@@ -1,0 +1,138 @@
+// The serving loop without any transport, wired: question -> batch -> sample -> vote ->
+// store (answerer) -> adapt -> judge (adaptation, judge) -> swap (versions). The server puts
+// HTTP and WebSocket in front of it; offline replay drives it directly.
+import { dirname, join, resolve } from 'node:path';
+import { loadModel, type Model } from '../model/checkpoint.ts';
+import { Store } from '../store/store.ts';
+import type { AskLimits } from './admission.ts';
+import { Adaptation } from './adaptation.ts';
+import { Answerer } from './answerer.ts';
+import { CandidateJudge } from './judge.ts';
+import { createMetrics, type Metrics } from './metrics.ts';
+import { Versions } from './versions.ts';
+
+/** What the pipeline reads of the server's settings (server/config.ts has them all, by these names). */
+export interface PipelineSettings {
+  model: string;
+  db: string;
+  votes: number;
+  maxVotes: number;
+  temperature: number;
+  maxQuestionLength: number;
+  batchQuestions: number;
+  batchWaitMs: number;
+  queueLimit: number;
+  threads: number;
+  trainThreads: number;
+  trainNice: number;
+  seed: number;
+  adapt: boolean;
+  updateEvery: number;
+  updateIntervalS: number;
+  lr: number;
+  gate: number;
+  trainSamples: number;
+  questionsPerStep: number;
+  kl: number;
+  entropyFloor: number;
+  probeQuestions: number;
+  anchors: number;
+  anchorSlack: number;
+}
+
+export interface Pipeline {
+  model: Model;
+  store: Store;
+  metrics: Metrics;
+  /** What a question must be to be asked of this model (the transports check it at their door). */
+  limits: AskLimits;
+  answerer: Answerer;
+  adaptation: Adaptation;
+  versions: Versions;
+  /** Rollback / roll forward to a stored version (admin), between updates. */
+  activate(version: number, by: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function createPipeline(s: PipelineSettings, o: { versionsDir?: string; log?: (line: string) => void } = {}): Promise<Pipeline> {
+  const model = await loadModel(s.model);
+  const store = Store.open(s.db);
+  const cleanup: (() => Promise<unknown> | void)[] = [() => store.close()];
+  try {
+    const metrics = createMetrics();
+    const versions = await Versions.open({
+      store,
+      model,
+      modelPath: s.model,
+      versionsDir: o.versionsDir ?? join(dirname(resolve(s.db)), 'versions'),
+      metrics,
+      // Idle compute threads spin only when no trainer shares the cores.
+      sampler: { threads: s.threads, spin: !s.adapt },
+      log: o.log,
+    });
+    cleanup.unshift(() => versions.close());
+    const answerer = new Answerer(versions.sampler, model.tokenizer, store, { batchQuestions: s.batchQuestions, batchWaitMs: s.batchWaitMs, queueLimit: s.queueLimit, temperature: s.temperature, seed: s.seed }, metrics);
+    const judge = new CandidateJudge(
+      store,
+      model.config,
+      model.tokenizer,
+      versions.base,
+      { entropyFloor: s.entropyFloor, probeQuestions: s.probeQuestions, anchors: s.anchors, anchorSlack: s.anchorSlack, seed: s.seed, threads: s.trainThreads, nice: s.trainNice },
+      metrics,
+    );
+    const adaptation = new Adaptation(
+      answerer.experiences$,
+      versions,
+      judge,
+      store,
+      model.config,
+      model.tokenizer,
+      {
+        updateEvery: s.updateEvery,
+        updateIntervalS: s.updateIntervalS,
+        lr: s.lr,
+        gate: s.gate,
+        trainSamples: s.trainSamples,
+        questionsPerStep: s.questionsPerStep,
+        kl: s.kl,
+        temperature: s.temperature,
+        seed: s.seed,
+        trainThreads: s.trainThreads,
+        trainNice: s.trainNice,
+        paused: !s.adapt,
+      },
+      metrics,
+    );
+    cleanup.unshift(() => adaptation.close());
+    if (s.adapt) await adaptation.start();
+    const limits: AskLimits = {
+      // Room for the answer: a question never fills the context.
+      maxQuestionLength: Math.min(s.maxQuestionLength, model.config.contextLength - 8),
+      maxVotes: s.maxVotes,
+      defaultVotes: s.votes,
+      canRead: (t: string) => model.tokenizer.canEncode(t),
+    };
+    let closing: Promise<void> | null = null;
+    return {
+      model,
+      store,
+      metrics,
+      limits,
+      answerer,
+      adaptation,
+      versions,
+      activate: (version, by) => adaptation.betweenUpdates(() => versions.activate(version, by)),
+      close: () =>
+        (closing ??= (async () => {
+          // Stop taking questions and answer what is being sampled, then stop updates and workers.
+          await answerer.close();
+          await adaptation.close();
+          await versions.close();
+          store.close();
+        })()),
+    };
+  } catch (e) {
+    for (const c of cleanup) await c();
+    throw e;
+  }
+}

@@ -1,0 +1,174 @@
+// Model versions: the one owner of the version rows in the store, the version weight files
+// on disk, the serving sampler's weights, and which version serves (versions$). Version 0 is
+// the base model as loaded (its own weight source: arrays, or a mapped file); every later
+// version is a promoted candidate of live adaptation, written as vN.safetensors. Start-up
+// serves the database's active version, after marking candidates a crash left unjudged.
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { BehaviorSubject } from 'rxjs';
+import { Sampler } from '../engine/sampler.ts';
+import { weightsToTensors, type Model } from '../model/checkpoint.ts';
+import { checkWeights, type Weights } from '../model/family.ts';
+import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
+import { readSafetensors, writeSafetensors } from '../model/safetensors.ts';
+import type { WeightSource } from '../model/weight-file.ts';
+import type { Store, VersionRow } from '../store/store.ts';
+import { claimBaseModel } from './base-model.ts';
+import { ProtocolError } from './errors.ts';
+import type { Metrics } from './metrics.ts';
+
+export interface ServingVersion {
+  version: number;
+  weights: WeightSource;
+}
+
+export interface VersionsOptions {
+  store: Store;
+  /** The base model (version 0) and where it was loaded from (a directory or a GGUF file). */
+  model: Pick<Model, 'config' | 'weights'>;
+  modelPath: string;
+  /** Where promoted versions' weights are written. */
+  versionsDir: string;
+  metrics: Metrics;
+  /** The serving sampler's compute threads, and whether idle ones spin (not when a trainer shares the cores). */
+  sampler: { threads: number; spin: boolean };
+  log?: (line: string) => void;
+}
+
+/** A candidate that passed the guard. */
+export interface Promotion {
+  parent: number;
+  weights: Weights;
+  stats: Record<string, unknown>;
+}
+
+/** A candidate that failed it: recorded, its weights not kept. */
+export interface Rejection {
+  parent: number;
+  stats: Record<string, unknown>;
+  reason: string;
+}
+
+export class Versions {
+  /** The serving version, as it changes. */
+  readonly versions$: BehaviorSubject<number>;
+
+  private constructor(
+    private store: Store,
+    private config: ModelConfig,
+    /** Version 0's weights. */
+    readonly base: WeightSource,
+    private versionsDir: string,
+    private metrics: Metrics,
+    /** Samples for the answerer; only Versions changes its weights. */
+    readonly sampler: Sampler,
+    private serving: ServingVersion,
+  ) {
+    this.versions$ = new BehaviorSubject(serving.version);
+    metrics.modelVersion.set(serving.version);
+  }
+
+  /**
+   * Claims the store for this base model (refusing a store that logs another), adds version 0
+   * to a new store, marks unjudged candidates interrupted, and starts the sampler on the
+   * active version.
+   */
+  static async open(o: VersionsOptions): Promise<Versions> {
+    const { store } = o;
+    const { files } = await claimBaseModel(store, o.modelPath);
+    if (!store.versions().length) {
+      const weightsPath = files.length === 1 ? files[0]! : o.modelPath;
+      // One transaction: a crash here must not leave version 0 an unjudged candidate.
+      store.db.transaction(() => store.activate(store.addVersion({ parent: null, status: 'candidate', weightsPath, stats: { base: o.modelPath } })))();
+    }
+    const stale = store.rejectStaleCandidates();
+    if (stale) o.log?.(`marked ${stale} unfinished candidate version(s) as interrupted`);
+    const row = store.activeVersion();
+    if (!row) throw new Error(`${store.file}: no active model version (every version is retired or rejected); activate one in model_versions`);
+    mkdirSync(o.versionsDir, { recursive: true });
+    const weights = await weightsOfRow(row, o.model.weights, o.model.config);
+    const sampler = await Sampler.create({ config: o.model.config, weights, version: row.version, threads: o.sampler.threads, spin: o.sampler.spin });
+    return new Versions(store, o.model.config, o.model.weights, o.versionsDir, o.metrics, sampler, { version: row.version, weights });
+  }
+
+  get active(): ServingVersion {
+    return this.serving;
+  }
+
+  /** Every version, with the one serving marked. */
+  list(): (VersionRow & { serving: boolean })[] {
+    return this.store.versions().map((v) => ({ ...v, serving: v.version === this.serving.version }));
+  }
+
+  /**
+   * Reserves the number, writes the weights (atomically), then serves them: a crash in
+   * between leaves a candidate row that the next start marks interrupted, and the old version
+   * serving. Weights that cannot be written leave the row rejected with the reason, and throw.
+   */
+  async promote(c: Promotion): Promise<number> {
+    const version = this.store.addVersion({ parent: c.parent, status: 'candidate', stats: c.stats, weightsPath: (v) => join(this.versionsDir, `v${v}.safetensors`) });
+    const path = this.store.version(version)!.weights_path!;
+    try {
+      await writeSafetensors(path, weightsToTensors(this.config, c.weights), { version: String(version), parent: String(c.parent) });
+    } catch (e) {
+      const reason = `the weights could not be written to ${path}: ${(e as Error).message}`;
+      this.store.reject(version, reason);
+      this.store.event('version_rejected', { version, parent: c.parent, reason });
+      throw new Error(reason);
+    }
+    this.store.activate(version);
+    this.store.event('version_promoted', { version, parent: c.parent });
+    await this.serve(version, c.weights);
+    return version;
+  }
+
+  /** Records a rejected candidate (weights not kept); the serving version stays. */
+  reject(c: Rejection): number {
+    const version = this.store.addVersion({ parent: c.parent, status: 'rejected', stats: c.stats, reason: c.reason, weightsPath: null });
+    this.store.event('version_rejected', { version, parent: c.parent, reason: c.reason });
+    return version;
+  }
+
+  /** Serves a stored version (admin rollback or roll forward). */
+  async activate(version: number, by: string): Promise<void> {
+    const row = this.store.version(version);
+    if (!row) throw new ProtocolError('not_found', `no model version ${version}`);
+    if (!row.weights_path) throw new ProtocolError('invalid_message', `version ${version} was ${row.status} and its weights were not kept`);
+    const weights = await weightsOfRow(row, this.base, this.config);
+    this.store.activate(version);
+    this.store.event('version_activated', { version, by });
+    await this.serve(version, weights);
+  }
+
+  /** The sampler takes the weights between batches (a batch never mixes versions); then everyone hears of it. */
+  private async serve(version: number, weights: WeightSource): Promise<void> {
+    await this.sampler.setWeights(weights, version);
+    this.serving = { version, weights };
+    this.metrics.modelVersion.set(version);
+    this.versions$.next(version);
+  }
+
+  async close(): Promise<void> {
+    await this.sampler.close();
+    this.versions$.complete();
+  }
+}
+
+/** A version's weights: the base model's own for version 0, else its file, checked against the model. */
+async function weightsOfRow(row: VersionRow, base: WeightSource, config: ModelConfig): Promise<WeightSource> {
+  if (row.version === 0) return base;
+  try {
+    return await loadVersionWeights(row.weights_path!, config);
+  } catch (e) {
+    throw new Error(`model version ${row.version}: cannot load its weights from ${row.weights_path}: ${(e as Error).message}`);
+  }
+}
+
+/** A stored version's weights, read into memory and checked against the model's parameters. */
+export async function loadVersionWeights(path: string, config: ModelConfig): Promise<Weights> {
+  const { tensors } = await readSafetensors(path);
+  const w: Weights = new Map();
+  for (const [k, t] of tensors) w.set(k, t.data as Float32Array);
+  checkWeights(paramSpecsOf(config), w);
+  return w;
+}
