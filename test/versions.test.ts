@@ -1,0 +1,205 @@
+// Model versions on a real SQLite store, real weight files and a real sampler worker: the
+// base model's identity, promotion, rejection, admin activation and rollback, a restart that
+// serves the active version, stale candidates, and weights that cannot be written.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { loadModel, saveModel, WEIGHTS_FILE, type Model } from '../src/model/checkpoint.ts';
+import { initWeights, type Weights } from '../src/model/family.ts';
+import { paramSpecsOf } from '../src/model/families.ts';
+import type { GPTConfig } from '../src/model/gpt.ts';
+import { ARITHMETIC_CHARS, CharTokenizer } from '../src/model/tokenizer.ts';
+import { Store } from '../src/store/store.ts';
+import { Rng } from '../src/util/rng.ts';
+import { claimBaseModel, contentFingerprint, FINGERPRINT_KEY, weightFilesOf } from '../src/loop/base-model.ts';
+import { ProtocolError } from '../src/loop/errors.ts';
+import { createMetrics } from '../src/loop/metrics.ts';
+import { loadVersionWeights, Versions } from '../src/loop/versions.ts';
+import { scratch } from './helpers/scratch.ts';
+
+const tokenizer = new CharTokenizer(ARITHMETIC_CHARS);
+const config: GPTConfig = { family: 'gpt', vocabSize: 17, contextLength: 16, dModel: 8, nLayers: 1, nHeads: 2, tiedHead: false, padTokenId: 16 };
+
+/** A tiny random GPT saved as our model directory, loaded back as the server would. */
+async function tinyModel(dir: string): Promise<Model> {
+  await saveModel(dir, { config, tokenizer, weights: initWeights(paramSpecsOf(config), new Rng(3)), metadata: {} });
+  return loadModel(dir);
+}
+
+const sha16 = async (path: string) => createHash('sha256').update(await readFile(path)).digest('hex').slice(0, 16);
+
+/** The base weights with one value moved: a different, valid version. */
+function changed(w: Weights, by: number): Weights {
+  const out = new Map([...w].map(([k, v]) => [k, Float32Array.from(v)]));
+  out.get('lm_head.weight')![0]! += by;
+  return out;
+}
+
+async function open(dir: string, modelDir: string, model: Model, log: string[] = []) {
+  const store = Store.open(join(dir, 'ttrl.sqlite'));
+  const metrics = createMetrics();
+  try {
+    const versions = await Versions.open({ store, model, modelPath: modelDir, versionsDir: join(dir, 'versions'), metrics, sampler: { threads: 1, spin: false }, log: (l) => log.push(l) });
+    return { store, metrics, versions };
+  } catch (e) {
+    store.close();
+    throw e;
+  }
+}
+
+/** The version the sampler serves now: every generate() reports it. */
+const samplerVersion = async (v: Versions) =>
+  (await v.sampler.generate([[1, 2, 3]], { samplesPerPrompt: 1, maxNewTokens: 2, seed: 1, stopTokens: [tokenizer.eosId], padToken: tokenizer.padId })).version;
+
+test('promote, reject, activate and roll back: one owner of rows, files, the sampler and versions$; a restart serves the active version', async () => {
+  const dir = await scratch('ttrl-versions-');
+  const modelDir = join(dir, 'model');
+  const model = await tinyModel(modelDir);
+  const base = model.weights as Weights;
+  let { store, versions } = await open(dir, modelDir, model);
+  try {
+    // A new store: version 0 is the base model, active, and the store knows its fingerprint
+    // (the sha256 of model.safetensors, as databases written before hold it).
+    assert.deepEqual(store.versions().map((r) => [r.version, r.status, r.weights_path]), [[0, 'active', resolve(modelDir, WEIGHTS_FILE)]]);
+    assert.equal(store.getMeta(FINGERPRINT_KEY), await sha16(join(modelDir, WEIGHTS_FILE)));
+    assert.equal(versions.active.version, 0);
+    assert.equal(await samplerVersion(versions), 0);
+    const seen: number[] = [];
+    versions.versions$.subscribe((v) => seen.push(v));
+
+    const w1 = changed(base, 0.5);
+    const v1 = await versions.promote({ parent: 0, weights: w1, stats: { steps: 1 } });
+    assert.equal(v1, 1);
+    const row1 = store.version(1)!;
+    assert.deepEqual([row1.status, row1.parent, row1.stats], ['active', 0, { steps: 1 }]);
+    assert.equal(store.version(0)!.status, 'retired');
+    assert.deepEqual(await loadVersionWeights(row1.weights_path!, config), w1);
+    assert.equal(versions.active.version, 1);
+    assert.equal(await samplerVersion(versions), 1);
+
+    const v2 = versions.reject({ parent: 1, stats: { steps: 1 }, reason: 'entropy collapsed' });
+    const row2 = store.version(v2)!;
+    assert.deepEqual([v2, row2.status, row2.reason, row2.weights_path, row2.parent], [2, 'rejected', 'entropy collapsed', null, 1]);
+    assert.equal(versions.active.version, 1);
+
+    // Admin: back to the base model, then errors that change nothing, then forward again.
+    await versions.activate(0, 'test');
+    assert.equal(versions.active.version, 0);
+    assert.equal(versions.active.weights, base, 'version 0 serves the base model\'s own weights');
+    assert.equal(await samplerVersion(versions), 0);
+    await assert.rejects(versions.activate(2, 'test'), (e: ProtocolError) => e.code === 'invalid_message' && /version 2 was rejected and its weights were not kept/.test(e.message));
+    await assert.rejects(versions.activate(9, 'test'), (e: ProtocolError) => e.code === 'not_found' && /no model version 9/.test(e.message));
+    assert.equal(versions.active.version, 0);
+    assert.equal(store.activeVersion()!.version, 0);
+    await versions.activate(1, 'test');
+    assert.deepEqual(versions.active.weights, w1);
+    assert.deepEqual(seen, [0, 1, 0, 1]);
+    assert.deepEqual(versions.list().map((r) => [r.version, r.status, r.serving]), [[0, 'retired', false], [1, 'active', true], [2, 'rejected', false]]);
+    const kinds = store.events().map((e) => e.kind).reverse();
+    assert.deepEqual(kinds, ['version_promoted', 'version_rejected', 'version_activated', 'version_activated']);
+    await versions.close();
+    store.close();
+
+    // A crash mid-update left a candidate; the restart marks it interrupted and serves version 1 from its file.
+    const crashed = Store.open(join(dir, 'ttrl.sqlite'));
+    crashed.addVersion({ parent: 1, status: 'candidate', weightsPath: join(dir, 'versions', 'v3.safetensors') });
+    crashed.close();
+    const log: string[] = [];
+    ({ store, versions } = await open(dir, modelDir, model, log));
+    assert.equal(versions.active.version, 1);
+    assert.deepEqual(versions.active.weights, w1);
+    assert.equal(await samplerVersion(versions), 1);
+    const stale = store.version(3)!;
+    assert.equal(stale.status, 'rejected');
+    assert.match(stale.reason!, /interrupted/);
+    assert.deepEqual(log, ['marked 1 unfinished candidate version(s) as interrupted']);
+  } finally {
+    await versions.close();
+    store.close();
+  }
+});
+
+test('weights that cannot be written leave the candidate rejected with the reason; the serving version stays', async () => {
+  const dir = await scratch('ttrl-versions-');
+  const modelDir = join(dir, 'model');
+  const model = await tinyModel(modelDir);
+  const { store, versions } = await open(dir, modelDir, model);
+  try {
+    // A file where the versions folder should be.
+    await rm(join(dir, 'versions'), { recursive: true });
+    await writeFile(join(dir, 'versions'), 'not a folder');
+    await assert.rejects(versions.promote({ parent: 0, weights: changed(model.weights as Weights, 1), stats: {} }), /the weights could not be written to .*v1\.safetensors/);
+    const row = store.version(1)!;
+    assert.equal(row.status, 'rejected');
+    assert.match(row.reason!, /the weights could not be written to .*v1\.safetensors/);
+    assert.equal(versions.active.version, 0);
+    assert.equal(store.activeVersion()!.version, 0);
+    assert.equal(await samplerVersion(versions), 0);
+  } finally {
+    await versions.close();
+    store.close();
+  }
+});
+
+test('a corrupt version file stops the start with a message naming the version and the file', async () => {
+  const dir = await scratch('ttrl-versions-');
+  const modelDir = join(dir, 'model');
+  const model = await tinyModel(modelDir);
+  const first = await open(dir, modelDir, model);
+  await first.versions.promote({ parent: 0, weights: changed(model.weights as Weights, 1), stats: {} });
+  const path = first.store.version(1)!.weights_path!;
+  await first.versions.close();
+  first.store.close();
+  await writeFile(path, 'truncated');
+  await assert.rejects(open(dir, modelDir, model), (e: Error) => e.message.startsWith('model version 1: cannot load its weights') && e.message.includes(path));
+});
+
+test('the base model\'s identity: the fingerprint is remembered while the files are unchanged, and another model is refused', async () => {
+  const dir = await scratch('ttrl-versions-');
+  const modelDir = join(dir, 'model');
+  const model = await tinyModel(modelDir);
+  const file = join(modelDir, WEIGHTS_FILE);
+  const real = await sha16(file);
+  const store = Store.open(join(dir, 'ttrl.sqlite'));
+  try {
+    assert.deepEqual(await claimBaseModel(store, modelDir), { fingerprint: real, files: [resolve(file)] });
+    // Files unchanged (path, size, mtime): the remembered fingerprint stands, nothing is hashed.
+    store.setMeta(FINGERPRINT_KEY, 'remembered');
+    assert.equal((await claimBaseModel(store, modelDir)).fingerprint, 'remembered');
+    // Touched: hashed again, and found to differ from what the store logs.
+    await utimes(file, new Date(), new Date(Date.now() + 5000));
+    await assert.rejects(claimBaseModel(store, modelDir), new RegExp(`logs a different base model \\(weights remembered, this one ${real}, from ${file.replace(/[.]/g, '\\.')}\\)`));
+    store.setMeta(FINGERPRINT_KEY, real);
+    assert.equal((await claimBaseModel(store, modelDir)).fingerprint, real);
+    // Another model's weights (same shapes, other values) on this store: refused before anything is served.
+    const otherDir = join(dir, 'other');
+    await saveModel(otherDir, { config, tokenizer, weights: changed(model.weights as Weights, 1), metadata: {} });
+    await assert.rejects(claimBaseModel(store, otherDir), /logs a different base model/);
+    assert.equal(store.getMeta(FINGERPRINT_KEY), real);
+  } finally {
+    store.close();
+  }
+});
+
+test('weight files of each format: a single file, a GGUF file, shards by the index; the fingerprint spans them in order', async () => {
+  const dir = await scratch('ttrl-versions-');
+  const sharded = join(dir, 'sharded');
+  await mkdir(sharded);
+  await writeFile(join(sharded, 'model-00002-of-00002.safetensors'), 'second');
+  await writeFile(join(sharded, 'model-00001-of-00002.safetensors'), 'first');
+  await writeFile(join(sharded, 'model.safetensors.index.json'), JSON.stringify({ weight_map: { b: 'model-00002-of-00002.safetensors', a: 'model-00001-of-00002.safetensors', c: 'model-00002-of-00002.safetensors' } }));
+  const shards = [join(sharded, 'model-00001-of-00002.safetensors'), join(sharded, 'model-00002-of-00002.safetensors')];
+  assert.deepEqual(await weightFilesOf(sharded), shards);
+  assert.equal(await contentFingerprint(shards), createHash('sha256').update('firstsecond').digest('hex').slice(0, 16));
+  const gguf = join(dir, 'm.gguf');
+  await writeFile(gguf, 'GGUF');
+  assert.deepEqual(await weightFilesOf(gguf), [gguf]);
+  const single = join(dir, 'single');
+  await mkdir(single);
+  assert.deepEqual(await weightFilesOf(single), [join(single, WEIGHTS_FILE)]);
+  await writeFile(join(sharded, 'model.safetensors.index.json'), '{"metadata": {}}');
+  await assert.rejects(weightFilesOf(sharded), /model\.safetensors\.index\.json: no weight_map object/);
+  await assert.rejects(weightFilesOf(join(dir, 'nothing')), /ENOENT/);
+});
