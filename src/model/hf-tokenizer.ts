@@ -58,8 +58,8 @@ export class HFTokenizer implements Tokenizer {
     this.unkId = idOf('unk_token');
   }
 
-  encode(text: string): number[] {
-    const ids = this.hf.encode(text).ids;
+  encode(text: string, o: { specialTokens?: boolean } = {}): number[] {
+    const ids = this.hf.encode(text, { add_special_tokens: o.specialTokens ?? true }).ids;
     if (this.unkId !== undefined && ids.includes(this.unkId))
       throw new Error(`cannot encode ${JSON.stringify(text.length > 40 ? text.slice(0, 40) + '…' : text)}: part of it has no token but the unknown token`);
     return ids;

@@ -15,8 +15,11 @@ export interface Tokenizer {
   readonly stopIds: number[];
   /** Fills unused places of a batch; attention never reads it. */
   readonly padId: number;
-  /** With the model's own special tokens (e.g. a leading BOS). Throws an Error naming what it cannot encode. */
-  encode(text: string): number[];
+  /**
+   * With the model's own special tokens (e.g. a leading BOS) unless `specialTokens` is false
+   * (a rendered chat template already holds them). Throws an Error naming what it cannot encode.
+   */
+  encode(text: string, o?: { specialTokens?: boolean }): number[];
   /** Stops at the first stop token; skips padding and other special tokens. */
   decode(ids: ArrayLike<number>): string;
   canEncode(text: string): boolean;

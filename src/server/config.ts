@@ -3,6 +3,8 @@
 // come from here; a bad value fails start-up with a message that names the setting.
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
+import { EXTRACTOR_NAMES, extractor } from '../tasks/extractors.ts';
+import { TASK_NAMES, type TaskName } from '../tasks/task.ts';
 
 export const PROJECT_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/arith-tiny', import.meta.url));
@@ -10,6 +12,14 @@ export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/arith-tiny'
 const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
 const real = (min: number, max: number) => z.coerce.number().min(min).max(max);
 const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no', 'on', 'off']).transform((v) => ['true', '1', 'yes', 'on'].includes(v))]);
+// Checked when the settings are read, so a bad pattern stops start-up before a model loads.
+const extractorName = z.string().superRefine((name, ctx) => {
+  try {
+    extractor(name);
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message });
+  }
+});
 
 interface Setting {
   schema: z.ZodType;
@@ -25,6 +35,11 @@ export const SETTINGS = {
   votes: { schema: int(1, 256), default: 16, help: 'samples per question when the client does not say' },
   maxVotes: { schema: int(1, 1024), default: 64, help: 'most samples a client may ask for per question' },
   temperature: { schema: real(0.01, 10), default: 1, help: 'sampling temperature' },
+  task: { schema: z.enum(TASK_NAMES as [TaskName, ...TaskName[]]), default: 'arithmetic', help: `what is asked: ${TASK_NAMES.join(', ')} (a prompt format, an answer extractor and a length; the four settings below override its parts)` },
+  extractor: { schema: extractorName.optional(), default: undefined, help: `how answers are read: ${EXTRACTOR_NAMES.join(', ')} (unset: the task's)` },
+  chatTemplate: { schema: bool.optional(), default: undefined, help: "on: prompts are the model's chat template (tokenizer_config.json); off: the raw question (unset: the task's)" },
+  system: { schema: z.string().optional(), default: undefined, help: "system prompt of the chat template, '' for none (unset: the task's)" },
+  maxNewTokens: { schema: int(1, 1 << 20).optional(), default: undefined, help: "most tokens per completion, also capped by the model's context (unset: the task's)" },
   maxQuestionLength: { schema: int(1, 4096), default: 48, help: 'longest question accepted, in characters' },
   maxMessageBytes: { schema: int(64, 1 << 20), default: 8192, help: 'largest client message answered with an error; 4x this closes the connection' },
   batchQuestions: { schema: int(1, 4096), default: 32, help: 'most questions sampled in one run' },

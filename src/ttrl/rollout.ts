@@ -2,7 +2,7 @@
 // what evaluation, offline TTRL and the server all start from.
 import type { Sampler } from '../engine/sampler.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
-import { extractAnswer } from '../tasks/arithmetic.ts';
+import { ARITHMETIC_TASK, type Task } from '../tasks/task.ts';
 import { majorityVote, normalizeAnswer, type VoteResult } from './vote.ts';
 
 export interface Sample {
@@ -36,12 +36,15 @@ export interface RolloutOptions {
   seeds?: number[];
   /** Questions per sampling run. */
   questionsPerBatch?: number;
-  /** Cap on completion length (also capped by the context length). */
+  /** How questions become prompts and answers are read (default: the arithmetic task). */
+  task?: Task;
+  /** Cap on completion length (default: the task's; also capped by the context length). */
   maxNewTokens?: number;
   onBatch?: (done: number) => void;
 }
 
-export const DEFAULT_MAX_NEW_TOKENS = 72;
+/** The arithmetic task's cap (kept for callers that read it). */
+export const DEFAULT_MAX_NEW_TOKENS = ARITHMETIC_TASK.maxNewTokens;
 
 export async function rollout(sampler: Sampler, tok: Tokenizer, questions: string[], o: RolloutOptions): Promise<Rollout[]> {
   const perBatch = o.questionsPerBatch ?? Math.max(1, Math.floor(512 / o.votes));
@@ -56,9 +59,10 @@ export async function rollout(sampler: Sampler, tok: Tokenizer, questions: strin
 
 /** One sampling run over a batch of questions. */
 export async function rolloutBatch(sampler: Sampler, tok: Tokenizer, questions: string[], o: RolloutOptions): Promise<Rollout[]> {
-  const prompts = questions.map((q) => tok.encode(q));
+  const task = o.task ?? ARITHMETIC_TASK;
+  const prompts = questions.map((q) => task.encode(tok, q));
   const longest = Math.max(...prompts.map((p) => p.length));
-  const maxNewTokens = Math.min(o.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS, sampler.config.contextLength - longest);
+  const maxNewTokens = Math.min(o.maxNewTokens ?? task.maxNewTokens, sampler.config.contextLength - longest);
   if (maxNewTokens < 1) throw new Error(`a question of ${longest} tokens leaves no room in the context length ${sampler.config.contextLength}`);
   const r = await sampler.generate(prompts, {
     samplesPerPrompt: o.votes,
@@ -73,7 +77,7 @@ export async function rolloutBatch(sampler: Sampler, tok: Tokenizer, questions: 
   return questions.map((question, i) => {
     const samples = r.completions[i]!.map((c) => {
       const text = tok.decode(c.tokens);
-      return { ...c, text, answer: c.stopped ? normalizeAnswer(extractAnswer(text)) : null };
+      return { ...c, text, answer: c.stopped ? task.answer(text) : null };
     });
     return { question, prompt: prompts[i]!, samples, vote: majorityVote(samples.map((s) => s.answer)), version: r.version };
   });
