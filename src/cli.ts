@@ -26,6 +26,9 @@ import { replayLive } from './replay/live.ts';
 import { replayOffline } from './replay/offline.ts';
 import { buildReport, writeReport, type Outcome } from './replay/report.ts';
 import { Store, type VersionRow } from './store/store.ts';
+import { EXTRACTOR_NAMES, extractor } from './tasks/extractors.ts';
+import { describeVote, voteLine } from './tasks/vote-lines.ts';
+import { createInterface } from 'node:readline';
 
 /** The settings the shipped model was trained with (models/arith-tiny/README.md). */
 const DEFAULT_PRETRAIN = { steps: 5800, batchSize: 64, lr: 1e-3, warmup: 200, anneal: 0, aggregation: 'sequence-mean' as 'sequence-mean' | 'token-mean' };
@@ -476,6 +479,33 @@ program
       }
     } finally {
       store.close();
+    }
+  });
+
+program
+  .command('vote')
+  .description('majority-vote completions from stdin, one JSON line {"completions": [...]} each, with an answer extractor: what it reads in your own logs')
+  .requiredOption('--extractor <name>', `answer extractor: ${EXTRACTOR_NAMES.join(', ')}`)
+  .option('--json', 'one JSON line {"answer","votes","confidence","answers"} per input line; a bad line gets {"line","error"}')
+  .action(async (o) => {
+    const ex = extractor(o.extractor);
+    // Output line k answers input record k (blank lines are not records); a bad line is
+    // reported on stderr, gets an error line, and the exit code is 1 once all are read.
+    let line = 0;
+    let bad = 0;
+    for await (const text of createInterface({ input: process.stdin, crlfDelay: Infinity })) {
+      line++;
+      if (!text.trim()) continue;
+      const r = voteLine(text, line, ex);
+      if ('error' in r) {
+        bad++;
+        console.error(`ttrl: ${r.error}`);
+      }
+      process.stdout.write((o.json ? JSON.stringify('error' in r ? { line: r.line, error: r.error } : r.vote) : describeVote(r)) + '\n');
+    }
+    if (bad) {
+      console.error(`ttrl: ${bad} line${bad === 1 ? '' : 's'} could not be read`);
+      process.exitCode = 1;
     }
   });
 
