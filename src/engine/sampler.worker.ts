@@ -38,8 +38,10 @@ let active: { session: ort.InferenceSession; weightFeeds: Record<string, ort.Ten
 let adaptedSession: Promise<{ session: ort.InferenceSession; baseFeeds: Record<string, ort.Tensor> }> | undefined;
 let baseInMemory: Promise<Weights> | undefined;
 
+const sessionOptions = () => ({ threads: init.threads, spin: init.spin, prepack: init.prepack ?? true });
+
 async function sessionFor(w: WeightSource): Promise<{ session: ort.InferenceSession; weightFeeds: Record<string, ort.Tensor> }> {
-  const o = { threads: init.threads, spin: init.spin, prepack: init.prepack ?? true };
+  const o = sessionOptions();
   if (isWeightFile(w)) {
     checkWeightFile(specs, w);
     return { session: await createSession(buildGenerate(init.config, { weights: w }), { ...o, externalDir: w.dir }), weightFeeds: {} };
@@ -58,7 +60,7 @@ async function adaptedSessionFor(adapters: Weights): Promise<{ session: ort.Infe
     return sessionFor(mergeAdapters(init.config, lora, await baseInMemory, adapters));
   }
   adaptedSession ??= (async () => {
-    const o = { threads: init.threads, spin: init.spin, prepack: init.prepack ?? true };
+    const o = sessionOptions();
     if (isWeightFile(base)) {
       checkWeightFile(specs, base);
       return { session: await createSession(buildGenerate(init.config, { weights: base, lora }), { ...o, externalDir: base.dir }), baseFeeds: {} };

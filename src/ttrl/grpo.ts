@@ -1,6 +1,7 @@
 // From voted rollouts to a GRPO batch: label each question (majority or true answer), gate
 // on the majority ratio, reward the samples that agree with the label, normalise rewards
 // within the question's group, and keep M of the N samples for training.
+// The loss that consumes the advantages is objective.ts.
 import type { TrainGroup } from '../engine/batch.ts';
 import type { Rng } from '../util/rng.ts';
 import type { Rollout } from './rollout.ts';
