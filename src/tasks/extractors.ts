@@ -53,8 +53,9 @@ const NUMBER = /(?<![\w.])[-\u2212]?(?:(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)(?:\.\d
 const GSM8K_MARKER = /####\s*\$?\s*([-\u2212]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?)(?![\w])/g;
 
 function isListMarker(text: string, m: RegExpExecArray): boolean {
-  const lineStart = text.lastIndexOf('\n', m.index) + 1;
-  return /^\s*$/.test(text.slice(lineStart, m.index)) && /^[.)][ \t]+\S/.test(text.slice(m.index + m[0].length));
+  let i = m.index - 1;
+  while (i >= 0 && (text[i] === ' ' || text[i] === '\t' || text[i] === '\r')) i--;
+  return (i < 0 || text[i] === '\n') && /^[.)][ \t]+\S/.test(text.slice(m.index + m[0].length, m.index + m[0].length + 64));
 }
 
 function number(text: string): string | null {

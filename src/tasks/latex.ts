@@ -22,6 +22,23 @@ export function bracedGroup(text: string, open: number): { content: string; end:
 }
 
 /**
+ * For each '{' of the text, the index of its matching '}' (-1 when it never closes), in one
+ * pass: what bracedGroup finds for every group at once, so nested or unclosed groups cost
+ * no rescans.
+ */
+export function braceMatches(text: string): Int32Array {
+  const close = new Int32Array(text.length).fill(-1);
+  const open: number[] = [];
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '\\') i++;
+    else if (c === '{') open.push(i);
+    else if (c === '}' && open.length) close[open.pop()!] = i;
+  }
+  return close;
+}
+
+/**
  * One argument of a command at `at`, spaces skipped: a braced group, or else the single
  * character LaTeX would take (`\frac12` is \frac{1}{2}). Null at the end of the text.
  */

@@ -13,28 +13,39 @@
 //   do units (`mL`, `Ml`), so case folding is not applied to them.
 // Everything else stays text, compared exactly. normalizeAnswer(normalizeAnswer(a)) is
 // normalizeAnswer(a), so answers may be normalised more than once on their way.
-import { bracedGroup, commandArgument } from './latex.ts';
+import { braceMatches, commandArgument } from './latex.ts';
 
 type Rewrite = { name: string; apply: (s: string) => string };
 
-/** Repeats a rewrite until it changes nothing (nested wrappers, `$\text{$5$}$`). */
+/** Repeats a rewrite until it changes nothing (`$$5$$`, `$\(5\)$`). */
 const fixpoint = (f: (s: string) => string) => (s: string) => {
   for (let prev = ''; prev !== s; ) [prev, s] = [s, f(s)];
   return s;
 };
 
-/** Replaces `\name{X}` (any of the names) by what `keep` makes of X; an unclosed group is left alone. */
-function unwrap(s: string, names: string[], keep: (content: string, before: string, after: string) => string): string {
-  const re = new RegExp(String.raw`\\(?:${names.join('|')})(?![A-Za-z])\s*`, 'g');
-  let out = '';
-  let from = 0;
+/**
+ * `\text{X}` and its kind become X, nested ones too, in one pass; a unit in \text after a
+ * value at the end is not part of the value and goes whole (5\text{ cm} is 5). A group
+ * that never closes is left as written.
+ */
+function unwrapTextCommands(s: string): string {
+  const close = braceMatches(s);
+  const drop = new Uint8Array(s.length);
+  const lastText = s.trimEnd().length - 1;
+  const re = new RegExp(String.raw`\\(?:${TEXT_COMMANDS.join('|')})(?![A-Za-z])\s*`, 'g');
   for (let m = re.exec(s); m; m = re.exec(s)) {
-    const group = bracedGroup(s, m.index + m[0].length);
-    if (!group) continue;
-    out += s.slice(from, m.index) + keep(group.content, s.slice(0, m.index), s.slice(group.end));
-    from = re.lastIndex = group.end;
+    const open = m.index + m[0].length;
+    const end = s[open] === '{' ? close[open]! : -1;
+    if (end < 0) continue;
+    let before = m.index - 1;
+    while (before >= 0 && s[before] === ' ') before--;
+    const unit = end === lastText && before >= 0 && /\d/.test(s[before]!) && /^\s*[A-Za-z ]+$/.test(s.slice(open + 1, end));
+    drop.fill(1, m.index, unit ? end + 1 : open + 1);
+    drop[end] = 1;
   }
-  return out + s.slice(from);
+  let out = '';
+  for (let i = 0; i < s.length; i++) if (!drop[i]) out += s[i];
+  return out;
 }
 
 /** `\frac` and `\sqrt` with their arguments braced, whatever LaTeX's shorthand was. */
@@ -74,12 +85,7 @@ const REWRITES: Rewrite[] = [
     }),
   },
   { name: 'trailing period', apply: (s) => s.replace(/(?<!\\)\s*\.+$/, '') },
-  {
-    // A unit in \text after a value is not part of the value (5\text{ cm} is 5); elsewhere
-    // \text{X} and its kind are X.
-    name: 'text commands',
-    apply: fixpoint((s) => unwrap(s, TEXT_COMMANDS, (content, before, after) => (/\d\s*$/.test(before) && !after.trim() && /^\s*[A-Za-z ]+$/.test(content) ? '' : content))),
-  },
+  { name: 'text commands', apply: unwrapTextCommands },
   { name: 'minus sign', apply: (s) => s.replace(/\u2212/g, '-') },
   // Thin spaces go (1\,000 is a number); word spaces stay spaces.
   { name: 'layout commands', apply: (s) => s.replace(/\\(?:displaystyle|left|right)(?![A-Za-z])|\\[!,;:]/g, '').replace(/\\q?quad(?![A-Za-z])|\\ |~/g, ' ') },
