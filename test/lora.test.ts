@@ -315,6 +315,14 @@ test('stories260K: the LoRA trainer runs on the mapped weight file (no copy of t
     for (let i = 0; i < 8; i++) losses.push((await t.step(batch, { lr: 5e-3 })).loss);
     assert.ok(losses.at(-1)! < losses[0]!, `loss ${losses[0]} -> ${losses.at(-1)}`);
     const adapters = await t.getAdapters();
+    // A scorer on the same mapping with the trained adapters scores as the trainer does.
+    const scorer = await Scorer.create({ config: m.config, weights: file, lora, adapters });
+    try {
+      const [mine, theirs] = [await t.score(batch), await scorer.score(batch)];
+      assert.ok(maxDiff(mine.tokenLogprobs, theirs.tokenLogprobs) < 1e-5);
+    } finally {
+      await scorer.close();
+    }
     const opts = { samplesPerPrompt: 1, maxNewTokens: 12, seed: 0, temperature: 0, stopTokens: tok.stopIds, padToken: tok.padId };
     const prompt = tok.encode('Once upon a time');
     const results = [];
