@@ -111,7 +111,7 @@ test('no extractor throws on arbitrary text, and each returns a string or null',
 });
 
 test('long and deeply nested text is read in linear time (it was quadratic: seconds per completion)', () => {
-  const texts = ['1,'.repeat(100_000), '\n1. a'.repeat(40_000), '\\boxed{'.repeat(30_000), '\\text{'.repeat(20_000) + '5' + '}'.repeat(20_000), 'answer is '.repeat(20_000), '(A) '.repeat(50_000)];
+  const texts = ['1,'.repeat(100_000), '\n1. a'.repeat(40_000), '\\boxed{'.repeat(30_000), '\\text{'.repeat(20_000) + '5' + '}'.repeat(20_000), 'answer is '.repeat(20_000), '(A) '.repeat(50_000), `A${' '.repeat(100_000)}b`, `#### ${' '.repeat(100_000)}x`];
   const all = [...Object.keys(EXTRACTORS), 'choice:A-J'].map(extractor);
   const t0 = performance.now();
   for (const t of texts) {

@@ -50,7 +50,7 @@ function boxed(text: string): string | null {
 // worked answer that ends in a numbered list is not read as its last item's number.
 
 const NUMBER = /(?<![\w.])[-\u2212]?(?:(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)(?:\.\d+)?|\.\d+)(?![\w])/g;
-const GSM8K_MARKER = /####\s*\$?\s*([-\u2212]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?)(?![\w])/g;
+const GSM8K_MARKER = /####\s*(?:\$\s*)?([-\u2212]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?)(?![\w])/g;
 
 function isListMarker(text: string, m: RegExpExecArray): boolean {
   let i = m.index - 1;
@@ -111,7 +111,7 @@ function choiceExtractor(last: string): (text: string) => string | null {
     const e = explicitLetter(text);
     if (e) return e.letter;
     const s = lastMatch(strong, text);
-    const lastLine = /(?:^|\n)[ \t*_#>]*\(?([A-Z])\)?[.)]?[ \t*_]*\s*$/.exec(text);
+    const lastLine = /(?:^|\n)[ \t*_#>]*\(?([A-Z])\)?[.)]?[\s*_]*$/.exec(text);
     const fromLine = lastLine && letterOk(lastLine[1]!) ? { letter: lastLine[1]!, at: lastLine.index } : null;
     const fromStrong = s ? { letter: (s[1] ?? s[2] ?? s[3])!, at: s.index } : null;
     const best = fromLine && fromStrong ? (fromLine.at >= fromStrong.at ? fromLine : fromStrong) : (fromLine ?? fromStrong);
