@@ -196,7 +196,8 @@ export class Adaptation {
     this.updater ??= await TTRLUpdater.create({
       config: this.config,
       tokenizer: this.tok,
-      weights: await inMemory(this.versions.active.weights),
+      // A mapped base stays mapped here: the trainer reads its own copy in its worker.
+      weights: this.versions.active.weights,
       threads: this.o.trainThreads,
       nice: this.o.trainNice,
       spin: false,
