@@ -1,6 +1,7 @@
 // How a LoRA sampler applies its adapters, timed: in the graph (the base stays mapped and
 // prepacked; a swap hands only the adapter tensors) against merged on swap (full weights fed
-// as inputs). On stories260K (test fixture) and a random Llama of a given shape. Prints one
+// as inputs). On the shipped model (weights in memory, so no prepacking either way),
+// stories260K (test fixture) and a random Llama of a given shape, both mapped. Prints one
 // JSON line last. A quick measure, not the real-model benchmark (that is bench/llama.ts).
 //
 //   node --import tsx bench/lora-apply.ts [--hidden 256] [--layers 4] [--reps 3]
@@ -65,6 +66,8 @@ async function time(c: ModelConfig, weights: WeightSource, how: 'graph' | 'merge
 }
 
 const results: Record<string, unknown>[] = [];
+const shipped = await loadModel(fileURLToPath(new URL('../models/arith-tiny', import.meta.url)));
+for (const how of ['graph', 'merge'] as const) results.push({ model: 'arith-tiny (in memory)', ...(await time(shipped.config, shipped.weights, how, 16)) });
 const stories = await loadModel(fileURLToPath(new URL('../test/fixtures/stories260K/hf', import.meta.url)));
 for (const how of ['graph', 'merge'] as const) results.push({ model: 'stories260K', ...(await time(stories.config, stories.weights, how, 16)) });
 const d = Number(o.hidden);
