@@ -29,6 +29,10 @@ import { Store, type VersionRow } from './store/store.ts';
 import { EXTRACTOR_NAMES, extractor } from './tasks/extractors.ts';
 import { describeVote, voteLine } from './tasks/vote-lines.ts';
 import { createInterface } from 'node:readline';
+import type { Model } from './model/checkpoint.ts';
+import { taskFromSettings, type Task } from './tasks/task.ts';
+import { askLimits, checkPrompt } from './loop/admission.ts';
+import type { QuestionRecord } from './tasks/question-file.ts';
 
 /** The settings the shipped model was trained with (models/arith-tiny/README.md). */
 const DEFAULT_PRETRAIN = { steps: 5800, batchSize: 64, lr: 1e-3, warmup: 200, anneal: 0, aggregation: 'sequence-mean' as 'sequence-mean' | 'token-mean' };
@@ -53,6 +57,33 @@ export function choice(name: string, allowed: string[]) {
     if (!allowed.includes(v)) throw new InvalidArgumentError(`${name} must be one of: ${allowed.join(', ')}`);
     return v;
   };
+}
+
+/** The task settings of `ttrl serve`, taken by eval, adapt and offline replays too: same flags, help and checks. */
+const TASK_SETTINGS = ['task', 'extractor', 'chatTemplate', 'system', 'maxNewTokens'] as const;
+
+function withTaskOptions(cmd: Command): Command {
+  for (const k of TASK_SETTINGS) cmd.option(`${flagName(k)} <value>`, `${SETTINGS[k].help}${SETTINGS[k].default === undefined ? '' : ` [default ${SETTINGS[k].default}]`}`);
+  return cmd;
+}
+
+/**
+ * The task the flags ask of a model, and every question checked as the server checks it at
+ * its door (it encodes; its prompt leaves the task's new tokens room in the context).
+ */
+function taskOf(o: Record<string, unknown>, cmd: Command, model: Model, modelPath: string, questions: QuestionRecord[], file: string): Task {
+  const explicit = Object.fromEntries(TASK_SETTINGS.filter((k) => cmd.getOptionValueSource(k) === 'cli').map((k) => [k, o[k]]));
+  // Flags only (no TTRL_* variables), as offline replays: a run's settings are on its command line.
+  const task = taskFromSettings(resolveSettings(explicit, {}), model.tokenizer, modelPath);
+  const limits = askLimits(task, model.tokenizer, model.config.contextLength, { maxVotes: 1, votes: 1 }, modelPath);
+  questions.forEach((q, i) => {
+    try {
+      checkPrompt(q.question, limits);
+    } catch (e) {
+      throw new Error(`${file}: question ${i + 1}: ${(e as Error).message}`);
+    }
+  });
+  return task;
 }
 
 const program = new Command('ttrl').description('Test-time reinforcement learning server and tools').showHelpAfterError();
@@ -216,7 +247,7 @@ program
     if (interrupted) process.exitCode = 130;
   });
 
-program
+withTaskOptions(program
   .command('eval')
   .description('sample N answers per question and report pass@1, maj@N, parsable share and length')
   .requiredOption('--model <dir>', 'model directory')
@@ -226,17 +257,18 @@ program
   .option('--seed <n>', 'random seed', int('--seed'), 0)
   .option('--threads <n>', 'compute threads', int('--threads', 1), 2)
   .option('--json', 'print one JSON line')
-  .action(async (o) => {
+  .action(async (o, cmd: Command) => {
     const t0 = performance.now();
     const questions = await readQuestions(o.questions);
     const missing = questions.findIndex((q) => q.answer === undefined);
     if (missing >= 0) throw new Error(`${o.questions}: question ${missing + 1} has no answer to score against`);
     const m = await loadModel(o.model);
-    for (const q of questions) m.tokenizer.encode(q.question);
+    const task = taskOf(o, cmd, m, o.model, questions, o.questions);
     const sampler = await Sampler.create({ config: m.config, weights: m.weights, threads: o.threads });
     try {
       const bar = new Progress(questions.length, 'eval', 1e9);
       const rollouts = await rollout(sampler, m.tokenizer, questions.map((q) => q.question), {
+        task,
         votes: o.votes,
         temperature: o.temperature,
         seed: o.seed,
@@ -253,9 +285,9 @@ program
     } finally {
       await sampler.close();
     }
-  });
+  }));
 
-program
+withTaskOptions(program
   .command('adapt')
   .description('TTRL on a question file: evaluate, adapt without labels (majority votes), evaluate again, save')
   .requiredOption('--model <dir>', 'model directory')
@@ -277,12 +309,14 @@ program
   .option('--threads <n>', 'compute threads', int('--threads', 1), A.threads)
   .option('--out <dir>', 'write the adapted model, metrics.csv and metrics.svg here')
   .option('--json', 'print one JSON line')
-  .action(async (o) => {
+  .action(async (o, cmd: Command) => {
     if (o.trainSamples > o.votes) throw new InvalidArgumentError('--train-samples cannot exceed --votes');
     const questions = await readQuestions(o.questions);
     const model = await loadModel(o.model);
+    const task = taskOf(o, cmd, model, o.model, questions, o.questions);
     const settings: AdaptSettings = {
       ...A,
+      task,
       reward: o.reward,
       steps: o.steps,
       votes: o.votes,
@@ -310,7 +344,7 @@ program
       }),
     );
     if (o.out) {
-      const metadata = { ...model.metadata, adapted_from: o.model, adapt_reward: o.reward, adapt_steps: String(o.steps), adapt_seed: String(o.seed), adapt_lr: String(o.lr) };
+      const metadata = { ...model.metadata, adapted_from: o.model, adapt_reward: o.reward, adapt_steps: String(o.steps), adapt_seed: String(o.seed), adapt_lr: String(o.lr), adapt_task: task.name };
       await saveModel(o.out, { ...model, weights: r.weights, metadata });
       await writeFileAtomic(join(o.out, 'metrics.csv'), toCsv(r.rows as unknown as Record<string, unknown>[]));
       // A metric over steps; the evaluated ones start at step 0 with the evaluation before.
@@ -337,7 +371,7 @@ program
     const summary = { before: round(r.before), after: round(r.after), steps: o.steps, rollbacks: r.rollbacks, wall_s: +r.wallS.toFixed(1), reward: o.reward };
     if (o.json) console.log(JSON.stringify(summary));
     else console.log(`before ${JSON.stringify(summary.before)}  after ${JSON.stringify(summary.after)}  rollbacks ${r.rollbacks}  (${summary.wall_s} s)`);
-  });
+  }));
 
 const serve = program
   .command('serve')
@@ -366,7 +400,9 @@ serve.action(async (o: Record<string, unknown>, cmd: Command) => {
   process.on('SIGTERM', () => void stop('SIGTERM'));
 });
 
-const OFFLINE_SETTINGS = ['model', 'votes', 'temperature', 'batchQuestions', 'seed', 'updateEvery', 'lr', 'gate', 'trainSamples', 'questionsPerStep', 'kl', 'entropyFloor', 'probeQuestions', 'anchors', 'anchorSlack', 'threads'] as const;
+const OFFLINE_SETTINGS = [
+  'model', 'votes', 'temperature', ...TASK_SETTINGS, 'maxPromptTokens', 'batchQuestions', 'seed', 'updateEvery', 'lr', 'gate', 'trainSamples', 'questionsPerStep', 'kl', 'entropyFloor', 'probeQuestions', 'anchors', 'anchorSlack', 'threads',
+] as const;
 const replay = program
   .command('replay')
   .description('replay a logged stream (server SQLite file or JSONL) against a server, or offline through the same pipeline')

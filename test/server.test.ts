@@ -62,8 +62,14 @@ class Client {
 }
 
 test('every bad input gets its error code and the connection stays usable', async () => {
-  const s = await start({ adapt: false, maxMessageBytes: 256 });
+  const s = await start({ adapt: false, maxMessageBytes: 256, maxPromptTokens: 16 });
   try {
+    const hello = new Promise<Record<string, unknown>>((resolve) => {
+      const ws = new WebSocket(s.wsUrl);
+      ws.once('message', (d) => (resolve(JSON.parse(String(d))), ws.close()));
+    });
+    // The shipped model: a context of 96 tokens, 72 of them kept for the answer.
+    assert.deepEqual((await hello).limits, { max_message_bytes: 256, max_prompt_tokens: 16, max_new_tokens: 72, context_length: 96, max_votes: 64, default_votes: 4 });
     const c = await Client.open(s.wsUrl);
     const errorFor = async (raw: unknown, id?: string) => {
       c.send(raw);
@@ -75,7 +81,8 @@ test('every bad input gets its error code and the connection stays usable', asyn
     assert.equal(await errorFor({ type: 'shout', id: 'a' }, 'a'), 'unknown_type');
     assert.equal(await errorFor({ type: 'ask', question: '1+2=' }), 'invalid_message');
     assert.equal(await errorFor({ type: 'ask', id: 'b', question: '1+2=', colour: 'red' }, 'b'), 'unknown_field');
-    assert.equal(await errorFor({ type: 'ask', id: 'c', question: '1'.repeat(60) + '=' }, 'c'), 'question_too_long');
+    assert.equal(await errorFor({ type: 'ask', id: 'c', question: '12+34+56+78+90+1+2=' }, 'c'), 'question_too_long', '19 tokens, over --max-prompt-tokens');
+    assert.equal(await errorFor({ type: 'ask', id: 'c2', question: '1'.repeat(60) + '=' }, 'c2'), 'context_length_exceeded', '61 + 72 new tokens do not fit in 96');
     assert.equal(await errorFor({ type: 'ask', id: 'd', question: '1*2=' }, 'd'), 'unreadable_question');
     assert.equal(await errorFor({ type: 'ask', id: 'e', question: '1+2=', votes: 0 }, 'e'), 'bad_votes');
     assert.equal(await errorFor({ type: 'ask', id: 'f', question: 1 }, 'f'), 'invalid_message');

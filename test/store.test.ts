@@ -9,6 +9,9 @@ import { Store } from '../src/store/store.ts';
 import { PROJECT_ROOT, resolveSettings, settingsTable } from '../src/server/config.ts';
 import { parseClientMessage } from '../src/server/protocol.ts';
 import type { ProtocolError } from '../src/loop/errors.ts';
+import { askLimits } from '../src/loop/admission.ts';
+import { ARITHMETIC_CHARS, CharTokenizer } from '../src/model/tokenizer.ts';
+import { ARITHMETIC_TASK } from '../src/tasks/task.ts';
 import { judgeAnchors, judgeProbe } from '../src/ttrl/guard.ts';
 import { scratch } from './helpers/scratch.ts';
 
@@ -78,13 +81,26 @@ test('settings: defaults, environment, flags, and a clear message for bad values
   assert.throws(() => resolveSettings({ votes: 100, maxVotes: 50 }, {}), /votes \(100\) cannot exceed maxVotes \(50\)/);
   assert.throws(() => resolveSettings({ adminToken: 'short' }, {}), /--admin-token: must be at least 8 characters/);
   assert.throws(() => resolveSettings({ colour: 'red' } as never, {}), /unknown setting colour/);
+  // The character limit is gone; setting it must not pass unnoticed.
+  assert.throws(() => resolveSettings({}, { TTRL_MAX_QUESTION_LENGTH: '48' }), /TTRL_MAX_QUESTION_LENGTH is no longer read: question limits are in tokens now: --max-prompt-tokens/);
+  assert.throws(() => resolveSettings({ maxQuestionLength: 48 } as never, {}), /unknown setting maxQuestionLength: question limits are in tokens now/);
+  assert.equal(resolveSettings({}, { TTRL_MAX_PROMPT_TOKENS: '20' }).maxPromptTokens, 20);
+  assert.throws(() => resolveSettings({ maxPromptTokens: 0 }, {}), /--max-prompt-tokens: Too small/);
 });
 
 test('protocol: each malformed message maps to its code', () => {
-  const limits = { maxMessageBytes: 100, maxQuestionLength: 10, maxVotes: 8, defaultVotes: 4, canRead: (t: string) => /^[0-9+\-=]*$/.test(t) };
-  const code = (raw: string) => {
+  // The shipped model's tokenizer and task, in a context of 82 tokens: the task's 72 new
+  // tokens leave prompts 10; the operator allows 8.
+  const tok = new CharTokenizer(ARITHMETIC_CHARS);
+  const limits = { maxMessageBytes: 100, ...askLimits(ARITHMETIC_TASK, tok, 82, { maxPromptTokens: 8, maxVotes: 8, votes: 4 }) };
+  const roomOnly = { maxMessageBytes: 100, ...askLimits(ARITHMETIC_TASK, tok, 82, { maxVotes: 8, votes: 4 }) };
+  assert.equal(limits.maxPromptTokens, 8);
+  assert.equal(roomOnly.maxPromptTokens, 10, 'unset: the room the context leaves');
+  assert.equal(askLimits(ARITHMETIC_TASK, tok, 82, { maxPromptTokens: 50, maxVotes: 8, votes: 4 }).maxPromptTokens, 10, 'never more than the room');
+  assert.throws(() => askLimits(ARITHMETIC_TASK, tok, 72, { maxVotes: 8, votes: 4 }, 'models/x'), /answers of up to 72 new tokens leave no room for a prompt in the context of models\/x \(72 tokens\); set --max-new-tokens below 72/);
+  const code = (raw: string, l = limits) => {
     try {
-      parseClientMessage(raw, limits);
+      parseClientMessage(raw, l);
       return 'ok';
     } catch (e) {
       return (e as ProtocolError).code;
@@ -98,8 +114,13 @@ test('protocol: each malformed message maps to its code', () => {
   assert.equal(code('{"type":"ask","id":"a","question":"1+2=","x":1}'), 'unknown_field');
   assert.equal(code('{"type":"ask","id":"","question":"1+2="}'), 'invalid_message');
   assert.equal(code('{"type":"ask","id":"a","question":""}'), 'invalid_message');
-  assert.equal(code('{"type":"ask","id":"a","question":"1+2+3+4+5+6="}'), 'question_too_long');
+  assert.equal(code('{"type":"ask","id":"a","question":"12+34-5="}'), 'ok', '8 tokens: at the limit');
+  assert.equal(code('{"type":"ask","id":"a","question":"12+34-56="}'), 'question_too_long');
+  assert.equal(code('{"type":"ask","id":"a","question":"12+34-56="}', roomOnly), 'ok');
+  assert.equal(code('{"type":"ask","id":"a","question":"1+2+3+4+5+6="}', roomOnly), 'context_length_exceeded');
   assert.equal(code('{"type":"ask","id":"a","question":"x="}'), 'unreadable_question');
+  assert.throws(() => parseClientMessage('{"type":"ask","id":"a","question":"1+2+3+4+5+6="}', roomOnly), /the prompt has 12 tokens and answers may take 72 more: 84 do not fit in the model's context of 82 tokens \(at most 10 prompt tokens\)/);
+  assert.throws(() => parseClientMessage('{"type":"ask","id":"a","question":"1*2="}', limits), /the model's tokenizer cannot encode the question: .*"\*"/);
   assert.equal(code('{"type":"ask","id":"a","question":"1=","votes":9}'), 'bad_votes');
   assert.equal(code('{"type":"ask","id":"a","question":"1=","votes":1.5}'), 'invalid_message');
   assert.equal(code(JSON.stringify({ type: 'ask', id: 'a', question: '1=', pad: 'x'.repeat(100) })), 'payload_too_large');

@@ -7,6 +7,7 @@ import type { Sampler } from '../engine/sampler.ts';
 import { seedOf } from '../util/rng.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import type { Store } from '../store/store.ts';
+import type { Task } from '../tasks/task.ts';
 import { rolloutBatch, type Rollout } from '../ttrl/rollout.ts';
 import { ProtocolError } from './errors.ts';
 import type { Metrics } from './metrics.ts';
@@ -44,6 +45,8 @@ interface Pending {
 }
 
 export interface AnswererOptions {
+  /** How questions become prompts and answers are read out of the samples. */
+  task: Task;
   batchQuestions: number;
   batchWaitMs: number;
   queueLimit: number;
@@ -129,7 +132,7 @@ export class Answerer {
         asked.set(question, k + 1);
         return seedOf(this.o.seed, question, k);
       });
-      rollouts = await rolloutBatch(this.sampler, this.tok, batch.map((p) => p.req.question), { votes, temperature: this.o.temperature, seed: this.o.seed, seeds });
+      rollouts = await rolloutBatch(this.sampler, this.tok, batch.map((p) => p.req.question), { task: this.o.task, votes, temperature: this.o.temperature, seed: this.o.seed, seeds });
     } catch (e) {
       return this.fail(batch, `sampling failed: ${(e as Error).message}`);
     }

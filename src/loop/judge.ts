@@ -11,6 +11,7 @@ import type { Tokenizer } from '../model/tokenizer.ts';
 import type { WeightSource } from '../model/weight-file.ts';
 import type { TrainSequence } from '../engine/batch.ts';
 import type { Store } from '../store/store.ts';
+import type { Task } from '../tasks/task.ts';
 import {
   anchorShiftOf,
   judgeAnchors,
@@ -29,6 +30,8 @@ import { CompletionAnchors, ProbeQuestions } from './guard-sets.ts';
 import type { Metrics } from './metrics.ts';
 
 export interface JudgeOptions {
+  /** The served task: probe questions are asked as the server asks them. */
+  task: Task;
   /** Mean token entropy an update must keep (nats). */
   entropyFloor: number;
   /** Probe questions kept (0: no probe check). */
@@ -138,7 +141,7 @@ export class CandidateJudge {
     const prober = this.prober!;
     await prober.setWeights(weights, version);
     // Same seed for every version: differences come from the weights, not the dice.
-    const s = probeStatsOf(await rolloutBatch(prober, this.tok, questions, { votes: 1, temperature: 1, topP: GREEDY_TOP_P, seed: this.o.seed ^ 0x9b0be }));
+    const s = probeStatsOf(await rolloutBatch(prober, this.tok, questions, { task: this.o.task, votes: 1, temperature: 1, topP: GREEDY_TOP_P, seed: this.o.seed ^ 0x9b0be }));
     if (version >= 0) this.probeCache.set(key, s);
     return s;
   }

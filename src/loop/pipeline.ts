@@ -4,7 +4,8 @@
 import { dirname, join, resolve } from 'node:path';
 import { loadModel, type Model } from '../model/checkpoint.ts';
 import { Store } from '../store/store.ts';
-import type { AskLimits } from './admission.ts';
+import { taskFromSettings, type Task, type TaskSettings } from '../tasks/task.ts';
+import { askLimits, type AskLimits } from './admission.ts';
 import { Adaptation } from './adaptation.ts';
 import { Answerer } from './answerer.ts';
 import { CandidateJudge } from './judge.ts';
@@ -12,13 +13,14 @@ import { createMetrics, type Metrics } from './metrics.ts';
 import { Versions } from './versions.ts';
 
 /** What the pipeline reads of the server's settings (server/config.ts has them all, by these names). */
-export interface PipelineSettings {
+export interface PipelineSettings extends TaskSettings {
   model: string;
   db: string;
   votes: number;
   maxVotes: number;
   temperature: number;
-  maxQuestionLength: number;
+  /** Longest prompt in tokens (unset: what the context leaves beside the task's new tokens). */
+  maxPromptTokens?: number;
   batchQuestions: number;
   batchWaitMs: number;
   queueLimit: number;
@@ -42,6 +44,8 @@ export interface PipelineSettings {
 
 export interface Pipeline {
   model: Model;
+  /** What is asked of the model: prompts, answers, new tokens (one for the pipeline's life). */
+  task: Task;
   store: Store;
   metrics: Metrics;
   /** What a question must be to be asked of this model (the transports check it at their door). */
@@ -56,6 +60,10 @@ export interface Pipeline {
 
 export async function createPipeline(s: PipelineSettings, o: { versionsDir?: string; log?: (line: string) => void } = {}): Promise<Pipeline> {
   const model = await loadModel(s.model);
+  // The task and its limits before anything is opened: a template the model lacks, or new
+  // tokens that fill its context, stop start-up here.
+  const task = taskFromSettings(s, model.tokenizer, s.model);
+  const limits = askLimits(task, model.tokenizer, model.config.contextLength, s, s.model);
   const store = Store.open(s.db);
   const cleanup: (() => Promise<unknown> | void)[] = [() => store.close()];
   try {
@@ -71,13 +79,13 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
       log: o.log,
     });
     cleanup.unshift(() => versions.close());
-    const answerer = new Answerer(versions.sampler, model.tokenizer, store, { batchQuestions: s.batchQuestions, batchWaitMs: s.batchWaitMs, queueLimit: s.queueLimit, temperature: s.temperature, seed: s.seed }, metrics);
+    const answerer = new Answerer(versions.sampler, model.tokenizer, store, { task, batchQuestions: s.batchQuestions, batchWaitMs: s.batchWaitMs, queueLimit: s.queueLimit, temperature: s.temperature, seed: s.seed }, metrics);
     const judge = new CandidateJudge(
       store,
       model.config,
       model.tokenizer,
       versions.base,
-      { entropyFloor: s.entropyFloor, probeQuestions: s.probeQuestions, anchors: s.anchors, anchorSlack: s.anchorSlack, seed: s.seed, threads: s.trainThreads, nice: s.trainNice },
+      { task, entropyFloor: s.entropyFloor, probeQuestions: s.probeQuestions, anchors: s.anchors, anchorSlack: s.anchorSlack, seed: s.seed, threads: s.trainThreads, nice: s.trainNice },
       metrics,
     );
     const adaptation = new Adaptation(
@@ -105,16 +113,10 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
     );
     cleanup.unshift(() => adaptation.close());
     if (s.adapt) await adaptation.start();
-    const limits: AskLimits = {
-      // Room for the answer: a question never fills the context.
-      maxQuestionLength: Math.min(s.maxQuestionLength, model.config.contextLength - 8),
-      maxVotes: s.maxVotes,
-      defaultVotes: s.votes,
-      canRead: (t: string) => model.tokenizer.canEncode(t),
-    };
     let closing: Promise<void> | null = null;
     return {
       model,
+      task,
       store,
       metrics,
       limits,

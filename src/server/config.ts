@@ -39,8 +39,12 @@ export const SETTINGS = {
   extractor: { schema: extractorName.optional(), default: undefined, help: `how answers are read: ${EXTRACTOR_NAMES.join(', ')} (unset: the task's)` },
   chatTemplate: { schema: bool.optional(), default: undefined, help: "on: prompts are the model's chat template (tokenizer_config.json); off: the raw question (unset: the task's)" },
   system: { schema: z.string().optional(), default: undefined, help: "system prompt of the chat template, '' for none (unset: the task's)" },
-  maxNewTokens: { schema: int(1, 1 << 20).optional(), default: undefined, help: "most tokens per completion, also capped by the model's context (unset: the task's)" },
-  maxQuestionLength: { schema: int(1, 4096), default: 48, help: 'longest question accepted, in characters' },
+  maxNewTokens: { schema: int(1, 1 << 20).optional(), default: undefined, help: "most tokens per completion; every prompt must leave them room in the model's context (unset: the task's)" },
+  maxPromptTokens: {
+    schema: int(1, 1 << 20).optional(),
+    default: undefined,
+    help: "longest prompt accepted, in tokens: the question as the model reads it, chat template and system prompt included (unset: all that the model's context leaves beside --max-new-tokens)",
+  },
   maxMessageBytes: { schema: int(64, 1 << 20), default: 8192, help: 'largest client message answered with an error; 4x this closes the connection' },
   batchQuestions: { schema: int(1, 4096), default: 32, help: 'most questions sampled in one run' },
   batchWaitMs: { schema: int(0, 1000), default: 5, help: 'how long a batch waits for more questions once one is queued' },
@@ -64,6 +68,11 @@ export const SETTINGS = {
   adminToken: { schema: z.string().min(8, 'must be at least 8 characters').optional(), default: undefined, help: 'bearer token of the /admin routes (unset: admin routes off)' },
 } satisfies Record<string, Setting>;
 
+/** Settings that were removed, and what replaced them. */
+const RETIRED: Record<string, string> = {
+  maxQuestionLength: 'question limits are in tokens now: --max-prompt-tokens (TTRL_MAX_PROMPT_TOKENS)',
+};
+
 export type Settings = { [K in keyof typeof SETTINGS]: z.output<(typeof SETTINGS)[K]['schema']> };
 export type SettingName = keyof typeof SETTINGS;
 
@@ -83,8 +92,10 @@ export function resolveSettings(explicit: Partial<Record<SettingName, unknown>> 
     if (r.success) out[k] = r.data;
     else problems.push(`${from === 'default' ? k : from}: ${r.error.issues.map((i) => i.message).join('; ')} (got ${JSON.stringify(raw)})`);
   }
+  // A setting that is gone must not be ignored quietly: the limit it set would vanish.
+  for (const [k, instead] of Object.entries(RETIRED)) if (env[envName(k)] !== undefined && env[envName(k)] !== '') problems.push(`${envName(k)} is no longer read: ${instead}`);
   const unknown = Object.keys(explicit).filter((k) => !(k in SETTINGS));
-  for (const k of unknown) problems.push(`unknown setting ${k}`);
+  for (const k of unknown) problems.push(`unknown setting ${k}${RETIRED[k] ? `: ${RETIRED[k]}` : ''}`);
   const s = out as Settings;
   if (!problems.length && s.votes > s.maxVotes) problems.push(`votes (${s.votes}) cannot exceed maxVotes (${s.maxVotes})`);
   if (problems.length) throw new Error(`invalid settings:\n  ${problems.join('\n  ')}`);

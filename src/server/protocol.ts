@@ -50,6 +50,18 @@ export function parseClientMessage(raw: string, l: Limits): ClientMessage {
   return msg;
 }
 
+/** The limits as the hello message states them, so that a client can size its questions. */
+export function helloLimits(l: Limits): Record<string, number> {
+  return {
+    max_message_bytes: l.maxMessageBytes,
+    max_prompt_tokens: l.maxPromptTokens,
+    max_new_tokens: l.maxNewTokens,
+    context_length: l.contextLength,
+    max_votes: l.maxVotes,
+    default_votes: l.defaultVotes,
+  };
+}
+
 export function errorMessage(code: ErrorCode, message: string, id?: string): Record<string, unknown> {
   return id === undefined ? { type: 'error', code, message } : { type: 'error', id, code, message };
 }

@@ -4,6 +4,7 @@ import { createServer, type Server } from 'node:http';
 import type { Settings } from './config.ts';
 import { Gateway, WS_PATH } from './gateway.ts';
 import { createApp } from './http.ts';
+import { helloLimits } from './protocol.ts';
 import { createPipeline, type Pipeline } from '../loop/pipeline.ts';
 import type { Versions } from '../loop/versions.ts';
 
@@ -50,7 +51,7 @@ export async function startServer(s: Settings, log: (line: string) => void = () 
     const app = createApp({ answerer, limits, metrics, ready: () => ({ ready, version: versions.active.version }), admin, adminToken: s.adminToken });
     const gateway = new Gateway(answerer, limits, metrics, () => ({
       model_version: versions.active.version,
-      limits: { max_message_bytes: limits.maxMessageBytes, max_question_length: limits.maxQuestionLength, max_votes: limits.maxVotes, default_votes: limits.defaultVotes },
+      limits: helloLimits(limits),
     }));
     const sub = versions.versions$.subscribe((v) => gateway.broadcast({ type: 'model', model_version: v }));
     const http: Server = createServer(app);

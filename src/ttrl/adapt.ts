@@ -6,6 +6,7 @@ import { Sampler } from '../engine/sampler.ts';
 import { inMemory, type Model } from '../model/checkpoint.ts';
 import type { Weights } from '../model/family.ts';
 import type { QuestionRecord } from '../tasks/question-file.ts';
+import { ARITHMETIC_TASK, type Task } from '../tasks/task.ts';
 import { anchorAgreement, CollapseGuard, GUARD_DEFAULTS, pickAnchors, type GuardSettings } from './guard.ts';
 import { selectForTraining, type GroupSettings } from './grpo.ts';
 import { accuracy, rollout, type Accuracy } from './rollout.ts';
@@ -23,6 +24,8 @@ export interface AdaptSettings extends GroupSettings, UpdateSettings {
   /** Learning rate multiplier after each rollback. */
   rollbackLrFactor: number;
   threads: number;
+  /** How questions become prompts and answers are read (default: the arithmetic task). */
+  task?: Task;
 }
 
 /** The recommended settings: what `ttrl adapt` runs without flags (bench/RESULTS.md). */
@@ -82,7 +85,9 @@ export async function adapt(
 ): Promise<AdaptResult> {
   const t0 = performance.now();
   const tok = model.tokenizer;
-  for (const q of questions) tok.encode(q.question);
+  const task = s.task ?? ARITHMETIC_TASK;
+  // Every prompt must encode before any worker starts (`ttrl adapt` checks their lengths too).
+  for (const q of questions) task.encode(tok, q.question);
   const truths = questions.map((q) => q.answer);
   const hasAnswers = truths.every((a) => a !== undefined);
   if (s.reward === 'ground-truth' && !hasAnswers) throw new Error('ground-truth rewards need an answer for every question');
@@ -94,7 +99,7 @@ export async function adapt(
     updater = await TTRLUpdater.create({ config: model.config, tokenizer: tok, weights: initialWeights, settings: s, threads: s.threads });
     // One fixed evaluation seed: every evaluation sees the same uniforms (common random numbers).
     const evalSeed = (s.seed ^ 0x5eed) >>> 0;
-    const evalRollout = () => rollout(sampler, tok, questions.map((q) => q.question), { votes: s.votes, temperature: s.temperature, seed: evalSeed });
+    const evalRollout = () => rollout(sampler, tok, questions.map((q) => q.question), { task, votes: s.votes, temperature: s.temperature, seed: evalSeed });
     const evaluate = async () => (hasAnswers ? accuracy(await evalRollout(), truths as string[]) : null);
     // The first look at the questions: the evaluation before (when answers are known) and the guard's anchors.
     const initial = await evalRollout();
@@ -102,7 +107,7 @@ export async function adapt(
     const anchors = s.guard ? pickAnchors(initial, s.guard) : [];
     const anchorSeed = (s.seed ^ 0xa9c4) >>> 0;
     const agreement = async () =>
-      anchorAgreement(anchors, anchors.length ? await rollout(sampler, tok, anchors.map((a) => a.question), { votes: s.votes, temperature: s.temperature, seed: anchorSeed }) : []);
+      anchorAgreement(anchors, anchors.length ? await rollout(sampler, tok, anchors.map((a) => a.question), { task, votes: s.votes, temperature: s.temperature, seed: anchorSeed }) : []);
     const rows: StepRow[] = [];
     let order: number[] = [];
     let lr = s.lr;
@@ -118,7 +123,7 @@ export async function adapt(
         if (!order.length) order = rng.shuffle(questions.map((_, i) => i));
         batch.push(order.pop()!);
       }
-      const rollouts = await rollout(sampler, tok, batch.map((i) => questions[i]!.question), { votes: s.votes, temperature: s.temperature, seed: rng.nextU32() });
+      const rollouts = await rollout(sampler, tok, batch.map((i) => questions[i]!.question), { task, votes: s.votes, temperature: s.temperature, seed: rng.nextU32() });
       const { selected, stats } = selectForTraining(rollouts, batch.map((i) => truths[i]), s, rng);
       let event = '';
       const rollBack = async (reason: string) => {
