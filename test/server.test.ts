@@ -116,6 +116,7 @@ test('many concurrent clients get well-formed answers, and the log holds every o
       assert.equal(a.confidence, a.answer === null ? 0 : votes[a.answer as string]! / 6);
       assert.ok(typeof a.latency_ms === 'number' && a.latency_ms >= 0);
     }
+    answers.forEach((a, i) => assert.equal(a.prompt_tokens, qs[i]!.question.length, 'the shipped model reads one token per character'));
     const rows = [...s.store.questions()];
     assert.equal(rows.length, qs.length);
     for (const r of rows) {

@@ -26,6 +26,8 @@ export interface Answer {
   votes: Record<string, number>;
   confidence: number;
   model_version: number;
+  /** Tokens of the prompt the model read (the question in the task's template), as OpenAI's usage.prompt_tokens. */
+  prompt_tokens: number;
   latency_ms: number;
 }
 
@@ -168,7 +170,7 @@ export class Answerer {
       this.metrics.answered.inc();
       this.metrics.latency.observe(rec.latencyMs / 1000);
       this.metrics.majorityRatio.observe(r.vote.ratio);
-      p.resolve({ answer: r.vote.label, votes: r.vote.counts, confidence: r.vote.ratio, model_version: r.version, latency_ms: Math.round(rec.latencyMs) });
+      p.resolve({ answer: r.vote.label, votes: r.vote.counts, confidence: r.vote.ratio, model_version: r.version, prompt_tokens: r.prompt.length, latency_ms: Math.round(rec.latencyMs) });
       this.experiences$.next({ questionId: ids[i]!, rollout: r, at: answeredAt });
     });
   }

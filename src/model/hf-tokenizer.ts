@@ -68,7 +68,8 @@ export class HFTokenizer implements Tokenizer {
   decode(ids: ArrayLike<number>): string {
     const kept: number[] = [];
     for (let i = 0; i < ids.length && !this.stopIds.includes(ids[i]!); i++) kept.push(ids[i]!);
-    return this.hf.decode(kept, { skip_special_tokens: true });
+    // A completion that is its end token alone is the empty text (the library throws on no ids).
+    return kept.length ? this.hf.decode(kept, { skip_special_tokens: true }) : '';
   }
 
   /** Byte-level and byte-fallback tokenizers encode every string; others fail where they would need the unknown token. */
