@@ -23,7 +23,7 @@ import { BOXED_SYSTEM_PROMPT } from '../src/tasks/task.ts';
 import { Rng, seedOf } from '../src/util/rng.ts';
 import { writeHFDirectory } from './helpers/hf-writer.ts';
 import { scratch } from './helpers/scratch.ts';
-import { ttrl } from './helpers/cli.ts';
+import { lastJson, ttrl } from './helpers/cli.ts';
 import { replayOffline } from '../src/replay/offline.ts';
 
 const STORIES = fileURLToPath(new URL('./fixtures/stories260K/hf/', import.meta.url));
@@ -318,4 +318,21 @@ test('--chat-template on for a model without a template, or new tokens that fill
   const noTemplate = await ttrl('eval', '--model', STORIES, '--questions', questions, '--task', 'math');
   assert.equal(noTemplate.code, 1);
   assert.match(noTemplate.stderr, /task math: .* has no chat template/);
+  assert.match((await ttrl('eval', '--model', STORIES, '--questions', questions, '--chat-template', 'maybe')).stderr, /--chat-template: /);
+});
+
+test('ttrl eval and ttrl adapt score and adapt stories260K with a regex extractor: the task flags reach their rollouts', async () => {
+  const dir = await storiesOneSentence();
+  const questions = join(await scratch('ttrl-eval-stories-'), 'q.jsonl');
+  await writeFile(questions, JSON.stringify({ question: 'Tim and Sue went to the', answer: 'park' }) + '\n' + JSON.stringify({ question: 'One day, Tom saw a', answer: 'big' }) + '\n');
+  const flags = ['--model', dir, '--questions', questions, '--extractor', `regex:${FIRST_WORD}`, '--max-new-tokens', '48', '--threads', '1', '--json'];
+  const ev = await ttrl('eval', ...flags, '--votes', '8');
+  assert.equal(ev.code, 0, ev.stderr);
+  const e = lastJson(ev.stdout);
+  // The arithmetic extractor would read nothing here: parsable 0, pass@1 0.
+  assert.ok(e.parsable > 0.9 && e.pass_at_1 > 0.2, ev.stdout);
+  const ad = await ttrl('adapt', ...flags, '--votes', '4', '--train-samples', '4', '--questions-per-step', '2', '--steps', '2', '--eval-every', '0', '--no-guard');
+  assert.equal(ad.code, 0, ad.stderr);
+  const a = lastJson(ad.stdout);
+  assert.ok(a.before.pass_at_1 > 0.2 && a.after.pass_at_1 > 0, ad.stdout);
 });
