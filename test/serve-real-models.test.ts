@@ -291,6 +291,10 @@ test('a tiny random Qwen2-shaped checkpoint with the real Qwen3 tokenizer, serve
     const overflow = (await c.ask('huge', huge)).reply;
     assert.equal(overflow.code, 'context_length_exceeded');
     assert.match(overflow.message as string, new RegExp(`the prompt has ${hugeTokens} tokens and answers may take 24 more: ${hugeTokens + 24} do not fit in the model's context of 160 tokens`));
+    // HTTP refuses it the same way, with 400.
+    const res = await fetch(`${s.url}/v1/ask`, { method: 'POST', body: JSON.stringify({ question: huge }) });
+    assert.equal(res.status, 400);
+    assert.equal(((await res.json()) as Message).code, 'context_length_exceeded');
     // Byte-level BPE encodes everything: no question is unreadable.
     assert.equal((await c.ask('odd', 'Évaluez ∑ 日本 ✓ \u0000?')).reply.type, 'answer');
     // Refused questions are not logged as asked; the connection stays usable.
