@@ -20,6 +20,7 @@ import { Command } from 'commander';
 import WebSocket from 'ws';
 import { Rng } from '../src/util/rng.ts';
 import { resolveSettings, SETTINGS } from '../src/server/config.ts';
+import { liveLr } from '../src/loop/adaptation.ts';
 import { startServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';
 import type { Question } from '../src/tasks/arithmetic.ts';
@@ -41,8 +42,8 @@ const o = new Command()
 const log = (...a: unknown[]) => console.error(...a);
 const N = Number(o.questions);
 const C = Number(o.clients);
-const baseLr = o.lr ? Number(o.lr) : (SETTINGS.lr.default as number);
 const extra = Object.fromEntries((o.set ?? []).map((kv) => kv.split('=') as [string, string]));
+const baseLr = o.lr ? Number(o.lr) : liveLr({ loraRank: Number(extra.loraRank ?? 0) });
 const tail = { from: Math.floor(N * 0.75), to: N }; // questions 1,501-2,000 of 2,000
 
 function stream(kind: string, seed: number): Question[] {

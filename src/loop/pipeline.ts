@@ -6,7 +6,8 @@ import { loadModel, type Model } from '../model/checkpoint.ts';
 import { Store } from '../store/store.ts';
 import { taskFromSettings, type Task, type TaskSettings } from '../tasks/task.ts';
 import { askLimits, type AskLimits } from './admission.ts';
-import { Adaptation } from './adaptation.ts';
+import { Adaptation, liveLr } from './adaptation.ts';
+import { loraConfigFor } from '../model/lora.ts';
 import { Answerer } from './answerer.ts';
 import { CandidateJudge } from './judge.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
@@ -31,7 +32,14 @@ export interface PipelineSettings extends TaskSettings {
   adapt: boolean;
   updateEvery: number;
   updateIntervalS: number;
-  lr: number;
+  /** Unset: the default of full fine-tuning or of LoRA (liveLr). */
+  lr?: number;
+  /** LoRA adapters of this rank on the frozen base (0: full fine-tuning). */
+  loraRank: number;
+  /** Unset: twice the rank. */
+  loraAlpha?: number;
+  /** Unset: the family's attention and MLP projections. */
+  loraTargets?: string[];
   gate: number;
   trainSamples: number;
   questionsPerStep: number;
@@ -64,6 +72,7 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
   // tokens that fill its context, stop start-up here.
   const task = taskFromSettings(s, model.tokenizer, s.model);
   const limits = askLimits(task, model.tokenizer, model.config.contextLength, s, s.model);
+  const lora = s.loraRank > 0 ? loraConfigFor(model.config, { rank: s.loraRank, alpha: s.loraAlpha, targets: s.loraTargets }) : undefined;
   const store = Store.open(s.db);
   const cleanup: (() => Promise<unknown> | void)[] = [() => store.close()];
   try {
@@ -76,6 +85,7 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
       metrics,
       // Idle compute threads spin only when no trainer shares the cores.
       sampler: { threads: s.threads, spin: !s.adapt },
+      lora,
       log: o.log,
     });
     cleanup.unshift(() => versions.close());
@@ -87,6 +97,7 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
       versions.base,
       { task, entropyFloor: s.entropyFloor, probeQuestions: s.probeQuestions, anchors: s.anchors, anchorSlack: s.anchorSlack, seed: s.seed, threads: s.trainThreads, nice: s.trainNice },
       metrics,
+      lora,
     );
     const adaptation = new Adaptation(
       answerer.experiences$,
@@ -98,7 +109,8 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
       {
         updateEvery: s.updateEvery,
         updateIntervalS: s.updateIntervalS,
-        lr: s.lr,
+        lr: liveLr(s),
+        lora,
         gate: s.gate,
         trainSamples: s.trainSamples,
         questionsPerStep: s.questionsPerStep,

@@ -1,8 +1,10 @@
 // Model versions: the one owner of the version rows in the store, the version weight files
 // on disk, the serving sampler's weights, and which version serves (versions$). Version 0 is
 // the base model as loaded (its own weight source: arrays, or a mapped file); every later
-// version is a promoted candidate of live adaptation, written as vN.safetensors. Start-up
-// serves the database's active version, after marking candidates a crash left unjudged.
+// version is a promoted candidate of live adaptation: full weights (vN.safetensors), or with
+// LoRA its adapters alone (vN.adapter.safetensors, which names the base model's fingerprint
+// and is refused on any other base). Start-up serves the database's active version, after
+// marking candidates a crash left unjudged.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { BehaviorSubject } from 'rxjs';
@@ -10,8 +12,10 @@ import { Sampler } from '../engine/sampler.ts';
 import { weightsToTensors, type Model } from '../model/checkpoint.ts';
 import { checkWeights, type Weights } from '../model/family.ts';
 import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
-import { readSafetensors, writeSafetensors } from '../model/safetensors.ts';
+import { readSafetensors, readSafetensorsIndex, writeSafetensors } from '../model/safetensors.ts';
 import type { WeightSource } from '../model/weight-file.ts';
+import { ADAPTER_FORMAT, initAdapters, readAdapterFile, writeAdapterFile, type LoraConfig } from '../model/lora.ts';
+import { Rng } from '../util/rng.ts';
 import type { Store, VersionRow } from '../store/store.ts';
 import { claimBaseModel } from './base-model.ts';
 import { ProtocolError } from './errors.ts';
@@ -19,7 +23,10 @@ import type { Metrics } from './metrics.ts';
 
 export interface ServingVersion {
   version: number;
+  /** Full weights; with LoRA, the frozen base (every version's). */
   weights: WeightSource;
+  /** LoRA: this version's adapters on the base. */
+  adapters?: Weights;
 }
 
 export interface VersionsOptions {
@@ -32,12 +39,15 @@ export interface VersionsOptions {
   metrics: Metrics;
   /** The serving sampler's compute threads, and whether idle ones spin (not when a trainer shares the cores). */
   sampler: { threads: number; spin: boolean };
+  /** Versions are LoRA adapters of this shape on the frozen base (unset: full weights). */
+  lora?: LoraConfig;
   log?: (line: string) => void;
 }
 
 /** A candidate that passed the guard. */
 export interface Promotion {
   parent: number;
+  /** Full weights, or with LoRA the candidate's adapters. */
   weights: Weights;
   stats: Record<string, unknown>;
 }
@@ -63,6 +73,9 @@ export class Versions {
     /** Samples for the answerer; only Versions changes its weights. */
     readonly sampler: Sampler,
     private serving: ServingVersion,
+    /** The base model's fingerprint: adapter files name it. */
+    readonly fingerprint: string,
+    readonly lora?: LoraConfig,
   ) {
     this.versions$ = new BehaviorSubject(serving.version);
     metrics.modelVersion.set(serving.version);
@@ -75,7 +88,7 @@ export class Versions {
    */
   static async open(o: VersionsOptions): Promise<Versions> {
     const { store } = o;
-    const { files } = await claimBaseModel(store, o.modelPath);
+    const { files, fingerprint } = await claimBaseModel(store, o.modelPath);
     if (!store.versions().length) {
       const weightsPath = files.length === 1 ? files[0]! : o.modelPath;
       // One transaction: a crash here must not leave version 0 an unjudged candidate.
@@ -86,9 +99,9 @@ export class Versions {
     const row = store.activeVersion();
     if (!row) throw new Error(`${store.file}: no active model version (every version is retired or rejected); activate one in model_versions`);
     mkdirSync(o.versionsDir, { recursive: true });
-    const weights = await weightsOfRow(row, o.model.weights, o.model.config);
-    const sampler = await Sampler.create({ config: o.model.config, weights, version: row.version, threads: o.sampler.threads, spin: o.sampler.spin });
-    return new Versions(store, o.model.config, o.model.weights, o.versionsDir, o.metrics, sampler, { version: row.version, weights });
+    const serving = await servingOfRow(row, { base: o.model.weights, config: o.model.config, lora: o.lora, fingerprint });
+    const sampler = await Sampler.create({ config: o.model.config, weights: serving.weights, adapters: serving.adapters, lora: o.lora, version: row.version, threads: o.sampler.threads, spin: o.sampler.spin });
+    return new Versions(store, o.model.config, o.model.weights, o.versionsDir, o.metrics, sampler, serving, fingerprint, o.lora);
   }
 
   get active(): ServingVersion {
@@ -106,10 +119,13 @@ export class Versions {
    * serving. Weights that cannot be written leave the row rejected with the reason, and throw.
    */
   async promote(c: Promotion): Promise<number> {
-    const version = this.store.addVersion({ parent: c.parent, status: 'candidate', stats: c.stats, weightsPath: (v) => join(this.versionsDir, `v${v}.safetensors`) });
+    const lora = this.lora;
+    const file = (v: number) => join(this.versionsDir, lora ? `v${v}.adapter.safetensors` : `v${v}.safetensors`);
+    const version = this.store.addVersion({ parent: c.parent, status: 'candidate', stats: c.stats, weightsPath: file });
     const path = this.store.version(version)!.weights_path!;
     try {
-      await writeSafetensors(path, weightsToTensors(this.config, c.weights), { version: String(version), parent: String(c.parent) });
+      if (lora) await writeAdapterFile(path, this.config, { lora, baseModel: this.fingerprint, adapters: c.weights });
+      else await writeSafetensors(path, weightsToTensors(this.config, c.weights), { version: String(version), parent: String(c.parent) });
     } catch (e) {
       const reason = `the weights could not be written to ${path}: ${(e as Error).message}`;
       this.store.reject(version, reason);
@@ -118,7 +134,7 @@ export class Versions {
     }
     this.store.activate(version);
     this.store.event('version_promoted', { version, parent: c.parent });
-    await this.serve(version, c.weights);
+    await this.serve(lora ? { version, weights: this.base, adapters: c.weights } : { version, weights: c.weights });
     return version;
   }
 
@@ -134,18 +150,19 @@ export class Versions {
     const row = this.store.version(version);
     if (!row) throw new ProtocolError('not_found', `no model version ${version}`);
     if (!row.weights_path) throw new ProtocolError('invalid_message', `version ${version} was ${row.status} and its weights were not kept`);
-    const weights = await weightsOfRow(row, this.base, this.config);
+    const serving = await servingOfRow(row, { base: this.base, config: this.config, lora: this.lora, fingerprint: this.fingerprint });
     this.store.activate(version);
     this.store.event('version_activated', { version, by });
-    await this.serve(version, weights);
+    await this.serve(serving);
   }
 
   /** The sampler takes the weights between batches (a batch never mixes versions); then everyone hears of it. */
-  private async serve(version: number, weights: WeightSource): Promise<void> {
-    await this.sampler.setWeights(weights, version);
-    this.serving = { version, weights };
-    this.metrics.modelVersion.set(version);
-    this.versions$.next(version);
+  private async serve(v: ServingVersion): Promise<void> {
+    if (v.adapters) await this.sampler.setAdapters(v.adapters, v.version);
+    else await this.sampler.setWeights(v.weights, v.version);
+    this.serving = v;
+    this.metrics.modelVersion.set(v.version);
+    this.versions$.next(v.version);
   }
 
   async close(): Promise<void> {
@@ -154,13 +171,35 @@ export class Versions {
   }
 }
 
-/** A version's weights: the base model's own for version 0, else its file, checked against the model. */
-async function weightsOfRow(row: VersionRow, base: WeightSource, config: ModelConfig): Promise<WeightSource> {
-  if (row.version === 0) return base;
+interface Serving {
+  base: WeightSource;
+  config: ModelConfig;
+  lora?: LoraConfig;
+  fingerprint: string;
+}
+
+/**
+ * What serving a version takes: the base model's own weights for version 0 (with LoRA, fresh
+ * adapters, which change nothing), else its file, checked against the model. A file of the
+ * other kind (adapters for a full fine-tuning server, full weights or another rank for a LoRA
+ * one) or adapters of another base model are refused, naming the file.
+ */
+async function servingOfRow(row: VersionRow, o: Serving): Promise<ServingVersion> {
+  const { version } = row;
+  if (version === 0) return o.lora ? { version, weights: o.base, adapters: initAdapters(o.config, o.lora, new Rng(0)) } : { version, weights: o.base };
+  const path = row.weights_path!;
   try {
-    return await loadVersionWeights(row.weights_path!, config);
+    const isAdapter = (await readSafetensorsIndex(path)).metadata.format === ADAPTER_FORMAT;
+    if (!o.lora) {
+      if (isAdapter) throw new Error('it holds LoRA adapters: serve it with the --lora-rank, --lora-alpha and --lora-targets it was trained with');
+      return { version, weights: await loadVersionWeights(path, o.config) };
+    }
+    if (!isAdapter) throw new Error('it holds full weights: serve it with --lora-rank 0');
+    const f = await readAdapterFile(path, o.config, o.lora);
+    if (f.baseModel !== o.fingerprint) throw new Error(`its adapters were trained on base model ${f.baseModel}, not on this one (${o.fingerprint})`);
+    return { version, weights: o.base, adapters: f.adapters };
   } catch (e) {
-    throw new Error(`model version ${row.version}: cannot load its weights from ${row.weights_path}: ${(e as Error).message}`);
+    throw new Error(`model version ${version}: cannot load its weights from ${path}: ${(e as Error).message}`);
   }
 }
 

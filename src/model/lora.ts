@@ -147,7 +147,8 @@ export interface AdapterFile {
   adapters: Weights;
 }
 
-const FORMAT = 'ttrl-lora/1';
+/** The metadata format of our adapter files (a version's adapters). */
+export const ADAPTER_FORMAT = 'ttrl-lora/1';
 
 function tensorsOf(c: ModelConfig, l: LoraConfig, a: Weights, prefix = ''): Map<string, NamedTensor> {
   checkAdapters(c, l, a);
@@ -156,7 +157,7 @@ function tensorsOf(c: ModelConfig, l: LoraConfig, a: Weights, prefix = ''): Map<
 
 /** Our adapter file: a safetensors file of the adapters, the config and the base identity in its metadata. */
 export async function writeAdapterFile(path: string, c: ModelConfig, f: AdapterFile): Promise<void> {
-  const meta = { format: FORMAT, rank: String(f.lora.rank), alpha: String(f.lora.alpha), targets: JSON.stringify(f.lora.targets), base_model: f.baseModel };
+  const meta = { format: ADAPTER_FORMAT, rank: String(f.lora.rank), alpha: String(f.lora.alpha), targets: JSON.stringify(f.lora.targets), base_model: f.baseModel };
   await writeSafetensors(path, tensorsOf(c, f.lora, f.adapters), meta);
 }
 
@@ -165,7 +166,7 @@ export async function readAdapterFile(path: string, c: ModelConfig, expect?: Lor
   const { tensors, metadata: m } = await readSafetensors(path).catch((e) => {
     throw new Error(`adapter file ${path}: ${(e as Error).message}`);
   });
-  if (m.format !== FORMAT) throw new Error(`adapter file ${path}: metadata format is ${JSON.stringify(m.format)}, expected "${FORMAT}"`);
+  if (m.format !== ADAPTER_FORMAT) throw new Error(`adapter file ${path}: metadata format is ${JSON.stringify(m.format)}, expected "${ADAPTER_FORMAT}"`);
   let targets: unknown;
   try {
     targets = JSON.parse(m.targets ?? '');

@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { EXTRACTOR_NAMES, extractor } from '../tasks/extractors.ts';
 import { TASK_NAMES, type TaskName } from '../tasks/task.ts';
+import { FULL_LR, LORA_LR } from '../loop/adaptation.ts';
 
 export const PROJECT_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/arith-tiny', import.meta.url));
@@ -56,7 +57,14 @@ export const SETTINGS = {
   adapt: { schema: bool, default: true, help: 'run live TTRL updates' },
   updateEvery: { schema: int(1, 1_000_000), default: 64, help: 'voted questions between updates' },
   updateIntervalS: { schema: real(0, 86400), default: 0, help: 'also update after this many seconds with new questions (0: off)' },
-  lr: { schema: real(0, 1), default: 3e-5, help: 'learning rate of live updates' },
+  lr: { schema: real(0, 1).optional(), default: undefined, help: `learning rate of live updates (unset: ${FULL_LR} for full fine-tuning, ${LORA_LR} with --lora-rank)` },
+  loraRank: { schema: int(0, 4096), default: 0, help: 'rank of the LoRA adapters live updates train on the frozen base; versions then store adapters only (0: full fine-tuning, every weight)' },
+  loraAlpha: { schema: real(0, 1e6).refine((a) => a > 0, 'must be > 0').optional(), default: undefined, help: 'LoRA alpha: adapters are scaled by alpha / rank (unset: twice the rank)' },
+  loraTargets: {
+    schema: z.string().transform((t) => t.split(',').map((x) => x.trim()).filter(Boolean)).optional(),
+    default: undefined,
+    help: 'comma-separated modules (or their last names, e.g. q_proj,v_proj) that get adapters (unset: every attention and MLP projection)',
+  },
   gate: { schema: real(0, 1), default: 0.5, help: 'train only on questions whose majority ratio is at least this' },
   trainSamples: { schema: int(1, 1024), default: 8, help: 'samples per question trained on (questions asked with fewer votes are not trained on)' },
   questionsPerStep: { schema: int(1, 4096), default: 16, help: 'questions per optimizer step within an update' },
