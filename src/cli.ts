@@ -32,6 +32,7 @@ import { createInterface } from 'node:readline';
 import type { Model } from './model/checkpoint.ts';
 import { taskFromSettings, type Task } from './tasks/task.ts';
 import { askLimits, checkPrompt } from './loop/admission.ts';
+import { exportVersion } from './loop/versions.ts';
 import type { QuestionRecord } from './tasks/question-file.ts';
 
 /** The settings the shipped model was trained with (models/arith-tiny/README.md). */
@@ -478,13 +479,29 @@ replay.action(async (o: Record<string, unknown>, cmd: Command) => {
 
 program
   .command('export')
-  .description('write the logged stream of a server database for other tools')
+  .description('write the logged stream of a server database for other tools, or with --version a model version')
   .requiredOption('--db <file>', 'server SQLite file')
   .option('--format <f>', 'jsonl or csv', choice('--format', ['jsonl', 'csv']), 'jsonl')
   .option('--since <t>', 'first arrival time (ISO date-time or epoch ms)')
   .option('--until <t>', 'arrivals before this time')
   .option('--samples', 'include every sample (jsonl only)')
-  .action((o) => {
+  .option('--version <n>', 'write this model version to --out instead: merged, as a model directory (Hugging Face layout for Llama-family models)', int('--version', 0))
+  .option('--out <dir>', 'where --version is written')
+  .option('--adapter', "with --version: the version's LoRA adapters in PEFT's layout (adapter_config.json, adapter_model.safetensors)")
+  .option('--model <path>', 'with --version: the base model (default: the one the database was created with)')
+  .action(async (o) => {
+    if (o.version !== undefined) {
+      if (!o.out) throw new Error('--version needs --out DIR');
+      const store = Store.open(o.db);
+      try {
+        const r = await exportVersion(store, o.version, { out: o.out, adapter: o.adapter, model: o.model });
+        console.log(`wrote version ${o.version} of ${r.model} (${o.adapter ? 'its adapters, PEFT layout' : r.kind === 'lora' ? 'adapters merged' : 'full weights'}) to ${o.out}`);
+      } finally {
+        store.close();
+      }
+      return;
+    }
+    if (o.out || o.adapter || o.model) throw new Error('--out, --adapter and --model go with --version');
     const store = Store.open(o.db);
     try {
       // Read the rows first: a connection iterating one statement cannot run another (the samples).

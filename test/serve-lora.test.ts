@@ -6,16 +6,19 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { resolveSettings, type Settings } from '../src/server/config.ts';
 import { startServer, type RunningServer } from '../src/server/server.ts';
 import { Sampler } from '../src/engine/sampler.ts';
-import { loadModel } from '../src/model/checkpoint.ts';
-import { loraConfigFor, readAdapterFile, type LoraConfig } from '../src/model/lora.ts';
+import { inMemory, loadModel } from '../src/model/checkpoint.ts';
+import { loadVersionWeights } from '../src/loop/versions.ts';
+import { loraConfigFor, readAdapterFile, readPeftAdapter, type LoraConfig } from '../src/model/lora.ts';
+import { readSafetensors } from '../src/model/safetensors.ts';
 import type { Weights } from '../src/model/family.ts';
 import { FINGERPRINT_KEY } from '../src/loop/base-model.ts';
 import { seedOf } from '../src/util/rng.ts';
 import { scratch } from './helpers/scratch.ts';
+import { ttrl } from './helpers/cli.ts';
 import { connect, FIRST_WORD, STORY_PROMPTS, storiesOneSentence } from './helpers/stories.ts';
 
 const TOKEN = 'test-admin-token';
@@ -115,6 +118,43 @@ test('stories260K with LoRA rank 4: an update trains adapters only, is promoted 
     await s.close();
   }
 
+  // Exported for other tools: merged into a Hugging Face directory, and as a PEFT adapter.
+  const out = await scratch('ttrl-lora-export-');
+  const merged = join(out, 'merged');
+  const e1 = await ttrl('export', '--db', db, '--version', '1', '--out', merged);
+  assert.equal(e1.code, 0, e1.stderr);
+  const m = await loadModel(merged);
+  assert.equal(m.config.family, 'llama');
+  const names = [...(await readSafetensors(join(merged, 'model.safetensors'))).tensors.keys()];
+  assert.ok(names.includes('model.layers.0.self_attn.q_proj.weight') && !names.some((n) => n.includes('lora')), 'transformers\' tensor names, adapters folded in');
+  const q = 'Lily and her mom';
+  const inGraph = await engineSamples(dir, q, { config: lora, adapters });
+  const fromMerged = await engineSamples(merged, q);
+  inGraph.forEach((a, k) => {
+    assert.equal(fromMerged[k]!.text, a.text);
+    assert.ok(Math.abs(fromMerged[k]!.logprob - a.logprob) < 1e-3, 'the merged weights sample as base + adapters');
+  });
+  const peft = join(out, 'peft');
+  const e2 = await ttrl('export', '--db', db, '--version', '1', '--out', peft, '--adapter');
+  assert.equal(e2.code, 0, e2.stderr);
+  const cfg = JSON.parse(await readFile(join(peft, 'adapter_config.json'), 'utf8'));
+  assert.equal(cfg.peft_type, 'LORA');
+  assert.equal(cfg.r, 4);
+  assert.equal(cfg.lora_alpha, 8);
+  assert.deepEqual(cfg.target_modules, lora.targets);
+  assert.equal(cfg.base_model_name_or_path, dir.replace(/\/$/, ''));
+  const back = await readPeftAdapter(peft, m.config, lora);
+  assert.deepEqual(back.adapters, adapters);
+  const bad = await ttrl('export', '--db', db, '--version', '0', '--out', join(out, 'x'), '--adapter');
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /version 0 is the base model: it has no LoRA adapters to export/);
+  const missing = await ttrl('export', '--db', db, '--version', '7', '--out', join(out, 'y'));
+  assert.match(missing.stderr, /no model version 7/);
+  const noOut = await ttrl('export', '--db', db, '--version', '1');
+  assert.match(noOut.stderr, /--version needs --out DIR/);
+  const wrongBase = await ttrl('export', '--db', db, '--version', '1', '--out', join(out, 'z'), '--model', 'test/fixtures/stories260K/stories260K.gguf');
+  assert.match(wrongBase.stderr, /is not the base model of/);
+
   // A server of another kind must not serve these adapters as something else.
   await assert.rejects(serve(dir, db, { loraRank: 0 }), /model version 1: cannot load its weights from .*v1\.adapter\.safetensors: it holds LoRA adapters/);
   await assert.rejects(serve(dir, db, { loraRank: 8 }), /v1\.adapter\.safetensors.*rank mismatch: the file has rank 4, expected 8/);
@@ -133,6 +173,13 @@ test('a LoRA server refuses a version of full weights, naming the file; bad LoRA
     await s.close();
   }
   await assert.rejects(serve(dir, db), /model version 1: cannot load its weights from .*v1\.safetensors: it holds full weights: serve it with --lora-rank 0/);
+  // A full fine-tuning version exports as its weights, and has no adapters.
+  const out = join(await scratch('ttrl-full-export-'), 'v1');
+  const e = await ttrl('export', '--db', db, '--version', '1', '--out', out);
+  assert.equal(e.code, 0, e.stderr);
+  const m = await loadModel(dir);
+  assert.deepEqual(await inMemory((await loadModel(out)).weights), await loadVersionWeights(join(dirname(db), 'versions', 'v1.safetensors'), m.config));
+  assert.match((await ttrl('export', '--db', db, '--version', '1', '--out', `${out}-a`, '--adapter')).stderr, /holds full weights .*no LoRA adapters to export/);
   const other = join(await scratch('ttrl-lora-bad-'), 'x.sqlite');
   await assert.rejects(serve(dir, other, { loraTargets: 'q_proj,c_attn' }), /target "c_attn" matches no linear module of this llama model/);
   assert.throws(() => resolveSettings({ loraRank: -1 }, {}), /--lora-rank/);

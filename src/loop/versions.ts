@@ -6,18 +6,18 @@
 // and is refused on any other base). Start-up serves the database's active version, after
 // marking candidates a crash left unjudged.
 import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { BehaviorSubject } from 'rxjs';
 import { Sampler } from '../engine/sampler.ts';
-import { weightsToTensors, type Model } from '../model/checkpoint.ts';
+import { inMemory, loadModel, saveModel, weightsToTensors, type Model } from '../model/checkpoint.ts';
 import { checkWeights, type Weights } from '../model/family.ts';
 import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
 import { readSafetensors, readSafetensorsIndex, writeSafetensors } from '../model/safetensors.ts';
 import type { WeightSource } from '../model/weight-file.ts';
-import { ADAPTER_FORMAT, initAdapters, readAdapterFile, writeAdapterFile, type LoraConfig } from '../model/lora.ts';
+import { ADAPTER_FORMAT, initAdapters, mergeAdapters, readAdapterFile, writeAdapterFile, writePeftAdapter, type LoraConfig } from '../model/lora.ts';
 import { Rng } from '../util/rng.ts';
 import type { Store, VersionRow } from '../store/store.ts';
-import { claimBaseModel } from './base-model.ts';
+import { claimBaseModel, contentFingerprint, FINGERPRINT_KEY, weightFilesOf } from './base-model.ts';
 import { ProtocolError } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 
@@ -210,4 +210,38 @@ export async function loadVersionWeights(path: string, config: ModelConfig): Pro
   for (const [k, t] of tensors) w.set(k, t.data as Float32Array);
   checkWeights(paramSpecsOf(config), w);
   return w;
+}
+
+/**
+ * Writes a stored version for other tools: merged, as a model directory of the base's kind (a
+ * Hugging Face directory for the Llama family: transformers and vLLM load it), or with
+ * `adapter` its LoRA adapters in PEFT's layout. The base must be the store's own (checked by
+ * fingerprint); its path defaults to the one version 0 was created from.
+ */
+export async function exportVersion(store: Store, version: number, o: { out: string; adapter?: boolean; model?: string }): Promise<{ model: string; kind: 'full' | 'lora' }> {
+  const row = store.version(version);
+  if (!row) throw new Error(`${store.file}: no model version ${version}`);
+  if (!row.weights_path) throw new Error(`${store.file}: version ${version} was ${row.status} and its weights were not kept`);
+  const modelPath = o.model ?? (store.version(0)?.stats as { base?: string } | null)?.base;
+  if (!modelPath) throw new Error(`${store.file}: version 0 does not say which base model it is; give --model`);
+  const expected = store.getMeta(FINGERPRINT_KEY);
+  const actual = await contentFingerprint(await weightFilesOf(modelPath));
+  if (expected && expected !== actual) throw new Error(`${modelPath} is not the base model of ${store.file} (weights ${actual}, the store's ${expected})`);
+  const model = await loadModel(modelPath);
+  const isAdapter = version > 0 && (await readSafetensorsIndex(row.weights_path)).metadata.format === ADAPTER_FORMAT;
+  const metadata = { ...model.metadata, ttrl_version: String(version), ttrl_parent: String(row.parent ?? ''), ttrl_base: actual };
+  if (o.adapter) {
+    if (!isAdapter) throw new Error(`version ${version} ${version === 0 ? 'is the base model' : `holds full weights (${row.weights_path})`}: it has no LoRA adapters to export; leave out --adapter`);
+    const f = await readAdapterFile(row.weights_path, model.config);
+    await writePeftAdapter(o.out, model.config, { ...f, baseModel: resolve(modelPath) });
+    return { model: modelPath, kind: 'lora' };
+  }
+  let weights: Weights;
+  if (version === 0) weights = await inMemory(model.weights);
+  else if (isAdapter) {
+    const f = await readAdapterFile(row.weights_path, model.config);
+    weights = mergeAdapters(model.config, f.lora, await inMemory(model.weights), f.adapters);
+  } else weights = await loadVersionWeights(row.weights_path, model.config);
+  await saveModel(o.out, { ...model, weights, metadata });
+  return { model: modelPath, kind: isAdapter ? 'lora' : 'full' };
 }
