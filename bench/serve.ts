@@ -7,7 +7,7 @@
 // the served accuracy of the last quarter of the stream, scored afterwards with the suite's
 // answers. Then the PyTorch peer's raw sampling speed at the same shape, for the ratio.
 //
-//   npm run bench:serve -- [--json] [--clients 16] [--questions 2000] [--seeds 3] [--streams recurring,fresh]
+//   npm run bench:serve -- [--json] [--clients 16] [--questions 2000] [--seeds 3] [--first-seed 0] [--streams recurring,fresh]
 //                          [--modes off,on,on3x] [--lr X] [--set key=value ...] [--no-peer]
 //   BENCH_KEEP=1 keeps each run's database and versions (bench/guard-study.ts reads them).
 import { spawnSync } from 'node:child_process';
@@ -30,14 +30,15 @@ const o = new Command()
   .option('--json', 'print only the JSON line on stdout')
   .option('--clients <n>', 'concurrent WebSocket clients', '16')
   .option('--questions <n>', 'questions per stream', '2000')
-  .option('--seeds <n>', 'seeds (0..n-1)', '3')
+  .option('--seeds <n>', 'seeds (first..first+n-1)', '3')
+  .option('--first-seed <k>', 'the first seed (settings are chosen on seeds the recorded runs do not use)', '0')
   .option('--streams <list>', 'recurring and/or fresh', 'recurring,fresh')
   .option('--modes <list>', 'off, on (default lr), on3x (3x lr)', 'off,on,on3x')
   .option('--lr <x>', 'learning rate of "on" (default: the server default)')
   .option('--set <k=v...>', 'other server settings for every run, e.g. --set updateEvery=32')
   .option('--no-peer', 'skip the PyTorch peer')
   .parse()
-  .opts<{ json?: boolean; clients: string; questions: string; seeds: string; streams: string; modes: string; lr?: string; set?: string[]; peer: boolean }>();
+  .opts<{ json?: boolean; clients: string; questions: string; seeds: string; firstSeed: string; streams: string; modes: string; lr?: string; set?: string[]; peer: boolean }>();
 
 const log = (...a: unknown[]) => console.error(...a);
 const N = Number(o.questions);
@@ -147,7 +148,7 @@ function runPeer(): { questions_per_s: number; sample_tok_s: number; peer: strin
 }
 
 const runs: Awaited<ReturnType<typeof run>>[] = [];
-for (let seed = 0; seed < Number(o.seeds); seed++) for (const kind of o.streams.split(',')) for (const mode of o.modes.split(',')) runs.push(await run(kind, seed, mode));
+for (let seed = Number(o.firstSeed); seed < Number(o.firstSeed) + Number(o.seeds); seed++) for (const kind of o.streams.split(',')) for (const mode of o.modes.split(',')) runs.push(await run(kind, seed, mode));
 
 const summary: Record<string, unknown> = {};
 for (const kind of o.streams.split(',')) {
