@@ -12,6 +12,7 @@ import type { Tokenizer } from '../model/tokenizer.ts';
 import type { Store } from '../store/store.ts';
 import { selectForTraining } from '../ttrl/grpo.ts';
 import { TTRLUpdater, type UpdateResult } from '../ttrl/updater.ts';
+import { GRPO_DEFAULTS } from '../ttrl/objective.ts';
 import type { Experience } from './answerer.ts';
 import type { CandidateJudge } from './judge.ts';
 import type { Metrics } from './metrics.ts';
@@ -215,7 +216,7 @@ export class Adaptation {
       threads: this.o.trainThreads,
       nice: this.o.trainNice,
       spin: false,
-      settings: { lr: this.o.lr, klCoef: this.o.kl, entropyCoef: 0, epochs: 1, clipEps: 0.2, maxGradNorm: 1, temperature: this.o.temperature },
+      settings: { lr: this.o.lr, klCoef: this.o.kl, entropyCoef: GRPO_DEFAULTS.entropyCoef, epochs: 1, clipEps: GRPO_DEFAULTS.clipEps, maxGradNorm: 1, temperature: this.o.temperature },
     });
     await this.judge.start();
   }

@@ -11,6 +11,7 @@ import { anchorAgreement, CollapseGuard, GUARD_DEFAULTS, pickAnchors, type Guard
 import { selectForTraining, type GroupSettings } from './grpo.ts';
 import { accuracy, rollout, type Accuracy } from './rollout.ts';
 import { TTRLUpdater, type UpdateSettings } from './updater.ts';
+import { GRPO_DEFAULTS } from './objective.ts';
 
 export interface AdaptSettings extends GroupSettings, UpdateSettings {
   steps: number;
@@ -37,10 +38,10 @@ export const ADAPT_DEFAULTS: AdaptSettings = {
   questionsPerStep: 16,
   lr: 3e-5,
   gate: 0.5,
-  klCoef: 0,
-  entropyCoef: 0,
+  klCoef: GRPO_DEFAULTS.klCoef,
+  entropyCoef: GRPO_DEFAULTS.entropyCoef,
   epochs: 1,
-  clipEps: 0.2,
+  clipEps: GRPO_DEFAULTS.clipEps,
   maxGradNorm: 1,
   temperature: 1,
   seed: 0,
