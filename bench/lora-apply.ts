@@ -4,7 +4,7 @@
 // stories260K (test fixture) and a random Llama of a given shape, both mapped. Prints one
 // JSON line last. A quick measure, not the real-model benchmark (that is bench/llama.ts).
 //
-//   node --import tsx bench/lora-apply.ts [--hidden 256] [--layers 4] [--reps 3]
+//   npm run bench:lora-apply -- [--hidden 256] [--layers 4] [--reps 3] [--threads 1]
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
