@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, stat } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { resolveSettings, type Settings } from '../src/server/config.ts';
 import { startServer, type RunningServer } from '../src/server/server.ts';
 import { Sampler } from '../src/engine/sampler.ts';
@@ -178,7 +178,7 @@ test('a LoRA server refuses a version of full weights, naming the file; bad LoRA
   const e = await ttrl('export', '--db', db, '--version', '1', '--out', out);
   assert.equal(e.code, 0, e.stderr);
   const m = await loadModel(dir);
-  assert.deepEqual(await inMemory((await loadModel(out)).weights), await loadVersionWeights(join(dirname(db), 'versions', 'v1.safetensors'), m.config));
+  assert.deepEqual(await inMemory((await loadModel(out)).weights), await loadVersionWeights(join(`${db}.versions`, 'v1.safetensors'), m.config));
   assert.match((await ttrl('export', '--db', db, '--version', '1', '--out', `${out}-a`, '--adapter')).stderr, /holds full weights .*no LoRA adapters to export/);
   const other = join(await scratch('ttrl-lora-bad-'), 'x.sqlite');
   await assert.rejects(serve(dir, other, { loraTargets: 'q_proj,c_attn' }), /target "c_attn" matches no linear module of this llama model/);

@@ -1,6 +1,7 @@
 // Model versions on a real SQLite store, real weight files and a real sampler worker: the
 // base model's identity, promotion, rejection, admin activation and rollback, a restart that
-// serves the active version, stale candidates, and weights that cannot be written.
+// serves the active version, stale candidates, weights that cannot be written, and a corrupt
+// version file (test/verified-weights.test.ts has the rest of verification).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -143,7 +144,7 @@ test('weights that cannot be written leave the candidate rejected with the reaso
   }
 });
 
-test('a corrupt version file stops the start with a message naming the version and the file', async () => {
+test('a corrupt active version file: the start serves its parent (here the base model), the row is corrupt with a reason naming the file', async () => {
   const dir = await scratch('ttrl-versions-');
   const modelDir = join(dir, 'model');
   const model = await tinyModel(modelDir);
@@ -153,7 +154,20 @@ test('a corrupt version file stops the start with a message naming the version a
   await first.versions.close();
   first.store.close();
   await writeFile(path, 'truncated');
-  await assert.rejects(open(dir, modelDir, model), (e: Error) => e.message.startsWith('model version 1: cannot load its weights') && e.message.includes(path));
+  const log: string[] = [];
+  const { store, versions } = await open(dir, modelDir, model, log);
+  try {
+    const row = store.version(1)!;
+    assert.equal(row.status, 'corrupt');
+    assert.ok(row.reason!.startsWith(`model version 1: cannot load its weights from ${path}: ${path} (9 bytes) has sha256`), row.reason!);
+    assert.equal(versions.active.version, 0);
+    assert.equal(store.activeVersion()!.version, 0);
+    assert.equal(await samplerVersion(versions), 0);
+    assert.deepEqual(log.map((l) => l.split(':')[0]), ['model version 1 is corrupt', 'serving model version 0, the newest good ancestor of corrupt version 1 (corrupt']);
+  } finally {
+    await versions.close();
+    store.close();
+  }
 });
 
 test('the base model\'s identity: the fingerprint is remembered while the files are unchanged, and another model is refused', async () => {

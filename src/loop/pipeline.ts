@@ -1,7 +1,7 @@
 // The serving loop without any transport, wired: question -> batch -> sample -> vote ->
 // store (answerer) -> adapt -> judge (adaptation, judge) -> swap (versions). The server puts
 // HTTP and WebSocket in front of it; offline replay drives it directly.
-import { dirname, join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { loadModel, type Model } from '../model/checkpoint.ts';
 import { Store } from '../store/store.ts';
 import { taskFromSettings, type Task, type TaskSettings } from '../tasks/task.ts';
@@ -81,7 +81,9 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
       store,
       model,
       modelPath: s.model,
-      versionsDir: o.versionsDir ?? join(dirname(resolve(s.db)), 'versions'),
+      // A folder per database (beside it, named after it): two databases in one folder never
+      // share a version file. Older databases' rows keep the paths they were written to.
+      versionsDir: o.versionsDir ?? `${resolve(s.db)}.versions`,
       metrics,
       // Idle compute threads spin only when no trainer shares the cores.
       sampler: { threads: s.threads, spin: !s.adapt },

@@ -5,16 +5,27 @@
 // LoRA its adapters alone (vN.adapter.safetensors, which names the base model's fingerprint
 // and is refused on any other base). Start-up serves the database's active version, after
 // marking candidates a crash left unjudged.
-import { mkdirSync } from 'node:fs';
+//
+// Every version file is verified on every load: the sha256 of the bytes written is stored
+// with its row, and the file carries the database's id in its metadata (two databases never
+// serve each other's files). A file that is unreadable, damaged or another database's marks
+// its row `corrupt`; at start-up the newest good ancestor serves instead (version 0, the base
+// model, at worst), and an admin activation of it is refused. Rows written before
+// verification have no sha256: their first load checks what it can (the file parses, fits the
+// model, and names no other database) and records the hash, from then on checked.
+import { createHash } from 'node:crypto';
+import { mkdirSync, readdirSync, unlinkSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { BehaviorSubject } from 'rxjs';
 import { Sampler } from '../engine/sampler.ts';
 import { inMemory, loadModel, saveModel, weightsToTensors, type Model } from '../model/checkpoint.ts';
 import { checkWeights, type Weights } from '../model/family.ts';
 import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
-import { readSafetensors, readSafetensorsIndex, writeSafetensors } from '../model/safetensors.ts';
+import { decodeSafetensors, encodeSafetensors, readSafetensors, readSafetensorsIndex, type NamedTensor } from '../model/safetensors.ts';
+import { writeFileAtomic } from '../util/atomic-write.ts';
 import type { WeightSource } from '../model/weight-file.ts';
-import { ADAPTER_FORMAT, initAdapters, mergeAdapters, readAdapterFile, writeAdapterFile, writePeftAdapter, type LoraConfig } from '../model/lora.ts';
+import { ADAPTER_FORMAT, checkAdapters, initAdapters, loraSpecs, mergeAdapters, readAdapterFile, writePeftAdapter, type LoraConfig } from '../model/lora.ts';
 import { Rng } from '../util/rng.ts';
 import type { Store, VersionRow } from '../store/store.ts';
 import { claimBaseModel, contentFingerprint, FINGERPRINT_KEY, weightFilesOf } from './base-model.ts';
@@ -75,6 +86,9 @@ export class Versions {
     private serving: ServingVersion,
     /** The base model's fingerprint: adapter files name it. */
     readonly fingerprint: string,
+    /** This database's id: written into every version file, checked on load. */
+    private databaseId: string,
+    private log: (line: string) => void,
     readonly lora?: LoraConfig,
   ) {
     this.versions$ = new BehaviorSubject(serving.version);
@@ -97,11 +111,14 @@ export class Versions {
     const stale = store.rejectStaleCandidates();
     if (stale) o.log?.(`marked ${stale} unfinished candidate version(s) as interrupted`);
     const row = store.activeVersion();
-    if (!row) throw new Error(`${store.file}: no active model version (every version is retired or rejected); activate one in model_versions`);
+    if (!row) throw new Error(`${store.file}: no active model version (every version is retired, rejected or corrupt); activate one in model_versions`);
+    const log = o.log ?? (() => {});
     mkdirSync(o.versionsDir, { recursive: true });
-    const serving = await servingOfRow(row, { base: o.model.weights, config: o.model.config, lora: o.lora, fingerprint });
-    const sampler = await Sampler.create({ config: o.model.config, weights: serving.weights, adapters: serving.adapters, lora: o.lora, version: row.version, threads: o.sampler.threads, spin: o.sampler.spin });
-    return new Versions(store, o.model.config, o.model.weights, o.versionsDir, o.metrics, sampler, serving, fingerprint, o.lora);
+    removeUnfinishedWrites(o.versionsDir, log);
+    const ctx: Serving = { base: o.model.weights, config: o.model.config, lora: o.lora, fingerprint, databaseId: store.databaseId() };
+    const serving = await servingAtStart(store, row, ctx, log);
+    const sampler = await Sampler.create({ config: o.model.config, weights: serving.weights, adapters: serving.adapters, lora: o.lora, version: serving.version, threads: o.sampler.threads, spin: o.sampler.spin });
+    return new Versions(store, o.model.config, o.model.weights, o.versionsDir, o.metrics, sampler, serving, fingerprint, ctx.databaseId, log, o.lora);
   }
 
   get active(): ServingVersion {
@@ -124,8 +141,10 @@ export class Versions {
     const version = this.store.addVersion({ parent: c.parent, status: 'candidate', stats: c.stats, weightsPath: file });
     const path = this.store.version(version)!.weights_path!;
     try {
-      if (lora) await writeAdapterFile(path, this.config, { lora, baseModel: this.fingerprint, adapters: c.weights });
-      else await writeSafetensors(path, weightsToTensors(this.config, c.weights), { version: String(version), parent: String(c.parent) });
+      // The hash is of the very bytes handed to the write, not of a re-read.
+      const bytes = this.fileBytes(version, c);
+      await writeFileAtomic(path, bytes);
+      this.store.setWeightsSha256(version, sha256Of(bytes));
     } catch (e) {
       const reason = `the weights could not be written to ${path}: ${(e as Error).message}`;
       this.store.reject(version, reason);
@@ -136,6 +155,20 @@ export class Versions {
     this.store.event('version_promoted', { version, parent: c.parent });
     await this.serve(lora ? { version, weights: this.base, adapters: c.weights } : { version, weights: c.weights });
     return version;
+  }
+
+  /**
+   * A version file's bytes: full weights, or with LoRA the adapter file's layout (as
+   * writeAdapterFile writes it, which readAdapterFile reads), each with this database's id.
+   */
+  private fileBytes(version: number, c: Promotion): Buffer {
+    const owner = { [DATABASE_META]: this.databaseId, version: String(version), parent: String(c.parent) };
+    const lora = this.lora;
+    if (!lora) return encodeSafetensors(weightsToTensors(this.config, c.weights), owner);
+    checkAdapters(this.config, lora, c.weights);
+    const tensors = new Map<string, NamedTensor>(loraSpecs(this.config, lora).map((s) => [s.name, { dtype: 'F32', shape: s.shape, data: c.weights.get(s.name)! }]));
+    const meta = { format: ADAPTER_FORMAT, rank: String(lora.rank), alpha: String(lora.alpha), targets: JSON.stringify(lora.targets), base_model: this.fingerprint };
+    return encodeSafetensors(tensors, { ...meta, ...owner });
   }
 
   /** Records a rejected candidate (weights not kept); the serving version stays. */
@@ -150,7 +183,15 @@ export class Versions {
     const row = this.store.version(version);
     if (!row) throw new ProtocolError('not_found', `no model version ${version}`);
     if (!row.weights_path) throw new ProtocolError('invalid_message', `version ${version} was ${row.status} and its weights were not kept`);
-    const serving = await servingOfRow(row, { base: this.base, config: this.config, lora: this.lora, fingerprint: this.fingerprint });
+    const ctx: Serving = { base: this.base, config: this.config, lora: this.lora, fingerprint: this.fingerprint, databaseId: this.databaseId };
+    let serving: ServingVersion;
+    try {
+      serving = await loadVerified(this.store, row, ctx, this.log);
+    } catch (e) {
+      // Marked corrupt by loadVerified; the serving version stays.
+      if (e instanceof CorruptWeights) throw new ProtocolError('invalid_message', `${e.message}; version ${version} is marked corrupt and was not activated`);
+      throw e;
+    }
     this.store.activate(version);
     this.store.event('version_activated', { version, by });
     await this.serve(serving);
@@ -176,6 +217,116 @@ interface Serving {
   config: ModelConfig;
   lora?: LoraConfig;
   fingerprint: string;
+  databaseId: string;
+}
+
+/** The metadata key of a version file that names the database it was written for. */
+export const DATABASE_META = 'ttrl_database';
+
+/** A version's weight file failed verification: unreadable, damaged, or another database's. */
+export class CorruptWeights extends Error {}
+
+const sha256Of = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
+
+/**
+ * The active version's weights, verified; if its file is corrupt, its newest good ancestor
+ * (walking the parent chain; version 0, the base model, always loads), which becomes the
+ * active version, said in the log and in a `version_fallback` event. Errors that are not
+ * corruption (a LoRA file on a full fine-tuning server, say) still stop the start.
+ */
+async function servingAtStart(store: Store, active: VersionRow, ctx: Serving, log: (line: string) => void): Promise<ServingVersion> {
+  const corrupt: number[] = [];
+  for (let row: VersionRow | undefined = active; row; row = row.parent === null ? undefined : store.version(row.parent)) {
+    try {
+      const serving = await loadVerified(store, row, ctx, log);
+      if (corrupt.length) {
+        store.activate(row.version);
+        store.event('version_fallback', { from: active.version, to: row.version, corrupt });
+        log(`serving model version ${row.version}, the newest good ancestor of corrupt version ${active.version} (corrupt: ${corrupt.join(', ')})`);
+      }
+      return serving;
+    } catch (e) {
+      if (!(e instanceof CorruptWeights)) throw e;
+      corrupt.push(row.version);
+    }
+  }
+  throw new Error(`${store.file}: model version ${active.version} and every ancestor are corrupt (${corrupt.join(', ')}); nothing verified to serve`);
+}
+
+/**
+ * Loads a version verified. A corrupt file marks the row corrupt (reason naming the file),
+ * logged and recorded as a `version_corrupt` event, and throws CorruptWeights; a legacy row's
+ * first good load records its hash.
+ */
+async function loadVerified(store: Store, row: VersionRow, ctx: Serving, log: (line: string) => void): Promise<ServingVersion> {
+  try {
+    const { serving, sha256 } = await servingOfRow(row, ctx);
+    if (sha256 && !row.weights_sha256) {
+      store.setWeightsSha256(row.version, sha256);
+      log(`model version ${row.version}: ${row.weights_path} had no recorded sha256 (written before verification); recorded ${sha256} on this first load`);
+    }
+    return serving;
+  } catch (e) {
+    if (e instanceof CorruptWeights) {
+      store.markCorrupt(row.version, e.message);
+      store.event('version_corrupt', { version: row.version, path: row.weights_path, reason: e.message });
+      log(`model version ${row.version} is corrupt: ${e.message}`);
+    }
+    throw e;
+  }
+}
+
+/**
+ * A version file's bytes, read once and verified against its row: the recorded sha256 (when
+ * there is one), a readable safetensors layout, and no other database's id.
+ */
+async function readVerified(row: VersionRow, databaseId: string): Promise<{ bytes: Buffer; sha256: string; metadata: Record<string, string>; tensors: Map<string, NamedTensor> }> {
+  const path = row.weights_path!;
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(path);
+  } catch (e) {
+    throw new CorruptWeights(`${path} cannot be read: ${(e as Error).message}`);
+  }
+  const sha256 = sha256Of(bytes);
+  if (row.weights_sha256 && row.weights_sha256 !== sha256)
+    throw new CorruptWeights(`${path} (${bytes.length} bytes) has sha256 ${sha256}, not the ${row.weights_sha256} recorded when it was written: it was damaged, truncated or replaced`);
+  let contents: { metadata: Record<string, string>; tensors: Map<string, NamedTensor> };
+  try {
+    contents = decodeSafetensors(bytes);
+  } catch (e) {
+    throw new CorruptWeights(`${path} is not a readable safetensors file: ${(e as Error).message}`);
+  }
+  const owner = contents.metadata[DATABASE_META];
+  if (owner !== undefined && owner !== databaseId) throw new CorruptWeights(`${path} was written for another database (id ${owner}), not this one (${databaseId})`);
+  return { bytes, sha256, ...contents };
+}
+
+// atomic-write.ts names its temp files `.<name>.<pid>.<ms>.<random>.tmp` beside the target.
+const UNFINISHED_WRITE = /^\.v\d+(?:\.adapter)?\.safetensors\.(\d+)\.\d+\.[a-z0-9]*\.tmp$/;
+
+/**
+ * Removes the temp files of version writes that a killed process never finished (they would
+ * stay for ever). One whose writer is still alive (another server sharing an old-style
+ * folder) is left to it.
+ */
+export function removeUnfinishedWrites(dir: string, log: (line: string) => void): void {
+  for (const name of readdirSync(dir)) {
+    const m = UNFINISHED_WRITE.exec(name);
+    if (!m || processAlive(Number(m[1]))) continue;
+    unlinkSync(join(dir, name));
+    log(`removed ${join(dir, name)}: the unfinished write of a version file (process ${m[1]} stopped before finishing it)`);
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    // EPERM: it exists, under another user.
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /**
@@ -184,32 +335,41 @@ interface Serving {
  * other kind (adapters for a full fine-tuning server, full weights or another rank for a LoRA
  * one) or adapters of another base model are refused, naming the file.
  */
-async function servingOfRow(row: VersionRow, o: Serving): Promise<ServingVersion> {
+async function servingOfRow(row: VersionRow, o: Serving): Promise<{ serving: ServingVersion; sha256?: string }> {
   const { version } = row;
-  if (version === 0) return o.lora ? { version, weights: o.base, adapters: initAdapters(o.config, o.lora, new Rng(0)) } : { version, weights: o.base };
-  const path = row.weights_path!;
+  if (version === 0) return { serving: o.lora ? { version, weights: o.base, adapters: initAdapters(o.config, o.lora, new Rng(0)) } : { version, weights: o.base } };
+  const path = row.weights_path;
   try {
-    const isAdapter = (await readSafetensorsIndex(path)).metadata.format === ADAPTER_FORMAT;
+    if (!path) throw new CorruptWeights('its weights were not kept');
+    const file = await readVerified(row, o.databaseId);
+    const isAdapter = file.metadata.format === ADAPTER_FORMAT;
     if (!o.lora) {
       if (isAdapter) throw new Error('it holds LoRA adapters: serve it with the --lora-rank, --lora-alpha and --lora-targets it was trained with');
-      return { version, weights: await loadVersionWeights(path, o.config) };
+      return { serving: { version, weights: weightsOf(file.tensors, o.config) }, sha256: file.sha256 };
     }
     if (!isAdapter) throw new Error('it holds full weights: serve it with --lora-rank 0');
+    // readAdapterFile reads the file again (adapter files are small); the verified bytes were
+    // read just before, from this database's own folder.
     const f = await readAdapterFile(path, o.config, o.lora);
     if (f.baseModel !== o.fingerprint) throw new Error(`its adapters were trained on base model ${f.baseModel}, not on this one (${o.fingerprint})`);
-    return { version, weights: o.base, adapters: f.adapters };
+    return { serving: { version, weights: o.base, adapters: f.adapters }, sha256: file.sha256 };
   } catch (e) {
-    throw new Error(`model version ${version}: cannot load its weights from ${path}: ${(e as Error).message}`);
+    const message = `model version ${version}: cannot load its weights from ${path}: ${(e as Error).message}`;
+    throw e instanceof CorruptWeights ? new CorruptWeights(message) : new Error(message);
   }
 }
 
-/** A stored version's weights, read into memory and checked against the model's parameters. */
-export async function loadVersionWeights(path: string, config: ModelConfig): Promise<Weights> {
-  const { tensors } = await readSafetensors(path);
+/** Tensors read from a version file, checked against the model's parameters. */
+function weightsOf(tensors: Map<string, NamedTensor>, config: ModelConfig): Weights {
   const w: Weights = new Map();
   for (const [k, t] of tensors) w.set(k, t.data as Float32Array);
   checkWeights(paramSpecsOf(config), w);
   return w;
+}
+
+/** A stored version's weights, read into memory and checked against the model's parameters. */
+export async function loadVersionWeights(path: string, config: ModelConfig): Promise<Weights> {
+  return weightsOf((await readSafetensors(path)).tensors, config);
 }
 
 /**

@@ -36,12 +36,23 @@ export function migrate(db: Database.Database, migrations = loadMigrations()): n
   if (current > known)
     throw new Error(`the database schema is at version ${current}, newer than this ttrl-server knows (${known}); upgrade ttrl-server or use another --db`);
   const applied: number[] = [];
-  for (const m of migrations.slice(current)) {
-    db.transaction(() => {
-      db.exec(m.sql);
-      db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(m.version, m.name, Date.now());
-    })();
-    applied.push(m.version);
+  // Foreign keys off while a migration runs: a migration that rebuilds a table (SQLite's way
+  // to change a constraint) drops the table others refer to. They can only be switched
+  // outside a transaction; every key is checked before the migration commits.
+  const foreignKeys = db.pragma('foreign_keys', { simple: true }) as number;
+  db.pragma('foreign_keys = OFF');
+  try {
+    for (const m of migrations.slice(current)) {
+      db.transaction(() => {
+        db.exec(m.sql);
+        const broken = db.pragma('foreign_key_check') as { table: string; rowid: number; parent: string }[];
+        if (broken.length) throw new Error(`migration ${m.version} (${m.name}) breaks ${broken.length} foreign key(s), first ${broken[0]!.table} row ${broken[0]!.rowid} -> ${broken[0]!.parent}`);
+        db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(m.version, m.name, Date.now());
+      })();
+      applied.push(m.version);
+    }
+  } finally {
+    db.pragma(`foreign_keys = ${foreignKeys ? 'ON' : 'OFF'}`);
   }
   return applied;
 }

@@ -1,6 +1,7 @@
 // The experience store: one SQLite file (WAL). Every answered question is written with its
 // samples and vote in one transaction per batch, before any answer of the batch is sent.
 import Database from 'better-sqlite3';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { migrate } from './migrate.ts';
@@ -31,7 +32,7 @@ export interface AnsweredRecord extends QuestionMeta {
   samples: SampleRecord[];
 }
 
-export type VersionStatus = 'candidate' | 'active' | 'retired' | 'rejected';
+export type VersionStatus = 'candidate' | 'active' | 'retired' | 'rejected' | 'corrupt';
 
 export interface VersionRow {
   version: number;
@@ -42,6 +43,8 @@ export interface VersionRow {
   activated_at: number | null;
   stats: unknown;
   reason: string | null;
+  /** Hex sha256 of the weight file as written (null: version 0, or a row older than verification). */
+  weights_sha256: string | null;
 }
 
 export interface QuestionRow {
@@ -60,6 +63,8 @@ export interface QuestionRow {
   model_version: number | null;
   latency_ms: number | null;
 }
+
+export const DATABASE_ID_KEY = 'database_id';
 
 export class Store {
   private constructor(readonly db: Database.Database, readonly file: string) {}
@@ -147,6 +152,16 @@ export class Store {
     })();
   }
 
+  /** Records the sha256 of a version's weight file (the bytes written, or a legacy file's first verified load). */
+  setWeightsSha256(version: number, sha256: string): void {
+    this.db.prepare('UPDATE model_versions SET weights_sha256 = ? WHERE version = ?').run(sha256, version);
+  }
+
+  /** A version whose weight file failed verification: never served again until it verifies. */
+  markCorrupt(version: number, reason: string): void {
+    this.db.prepare(`UPDATE model_versions SET status = 'corrupt', reason = ? WHERE version = ?`).run(reason, version);
+  }
+
   reject(version: number, reason: string, stats?: unknown): void {
     this.db
       .prepare(`UPDATE model_versions SET status = 'rejected', reason = ?, stats = COALESCE(?, stats) WHERE version = ?`)
@@ -179,6 +194,18 @@ export class Store {
 
   setMeta(key: string, value: string): void {
     this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
+  }
+
+  /**
+   * This database's random id, made on first use: every version file it writes carries it,
+   * so a file written for another database (same folder, same name) is refused on load.
+   */
+  databaseId(): string {
+    const known = this.getMeta(DATABASE_ID_KEY);
+    if (known) return known;
+    const id = randomBytes(8).toString('hex');
+    this.setMeta(DATABASE_ID_KEY, id);
+    return id;
   }
 
   event(kind: string, detail: unknown): void {
