@@ -15,6 +15,8 @@ export const ERROR_CODES = {
   duplicate_id: 'a question with this id is still being answered on this connection',
   overloaded: 'the queue is full; retry later',
   shutting_down: 'the server is shutting down',
+  unsupported_encoding: "the HTTP body's Content-Encoding or charset is not one the server reads",
+  bad_encoding: 'the HTTP body does not decode as its Content-Encoding says',
   internal: 'the server failed to answer this question',
   unauthorized: 'admin routes need the admin token',
   not_found: 'no such resource',

@@ -12,11 +12,22 @@ import { errorMessage, parseClientMessage, PROTOCOL_VERSION, type AskMessage, ty
 export const WS_PATH = '/v1/ws';
 /** A client this far behind in reading its answers is cut off rather than buffered for. */
 const MAX_BUFFERED_BYTES = 8 << 20;
+/**
+ * At shutdown, connections close only once no message has come in for this long (or after
+ * SHUTDOWN_GRACE_MS in all): an ask already on the wire when the close frame leaves could
+ * never be answered (no data frame may follow a close frame), so the server first answers
+ * every arrival with shutting_down and gives the clients, who stop asking on that code,
+ * time to fall quiet.
+ */
+export const SHUTDOWN_QUIET_MS = 100;
+export const SHUTDOWN_GRACE_MS = 2_000;
 
 export class Gateway {
   private wss: WebSocketServer;
   private nextConnection = 1;
   private inflight = new Map<WebSocket, Set<string>>();
+  private closing = false;
+  private lastMessageAt = 0;
 
   constructor(
     private answerer: Answerer,
@@ -33,6 +44,12 @@ export class Gateway {
     const path = new URL(req.url ?? '/', 'http://x').pathname;
     if (path !== WS_PATH) {
       socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\nWebSocket endpoint is ' + WS_PATH + '\n');
+      return;
+    }
+    if (this.closing) {
+      // A connection opened now would be closed before it could be answered: refuse it plainly.
+      const body = JSON.stringify(errorMessage('shutting_down', 'the server is shutting down; no new connections are taken'));
+      socket.end(`HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
       return;
     }
     this.wss.handleUpgrade(req, socket, head, (ws) => this.wss.emit('connection', ws, req));
@@ -65,6 +82,7 @@ export class Gateway {
   }
 
   private onMessage(ws: WebSocket, connection: string, data: RawData, isBinary: boolean): void {
+    this.lastMessageAt = Date.now();
     let msg;
     try {
       if (isBinary) throw new ProtocolError('invalid_message', 'messages must be text frames holding JSON');
@@ -107,8 +125,25 @@ export class Gateway {
     this.send(ws, errorMessage(pe.code, pe.message, pe.id ?? id));
   }
 
-  /** Closes every connection (1001: going away). */
+  /** Refuses new connections from now on (503); open ones stay, and their asks get shutting_down from the answerer. */
+  beginClose(): void {
+    this.closing = true;
+  }
+
+  /**
+   * Closes every connection (1001: going away), once the clients have fallen quiet (see
+   * SHUTDOWN_QUIET_MS): call it after the answerer has closed, so that what arrives in the
+   * meantime is answered with shutting_down.
+   */
   async close(): Promise<void> {
+    this.beginClose();
+    const since = Date.now();
+    this.lastMessageAt = Math.max(this.lastMessageAt, since);
+    while (this.wss.clients.size && Date.now() - since < SHUTDOWN_GRACE_MS) {
+      const wait = this.lastMessageAt + SHUTDOWN_QUIET_MS - Date.now();
+      if (wait <= 0) break;
+      await new Promise((r) => setTimeout(r, Math.min(wait, since + SHUTDOWN_GRACE_MS - Date.now())));
+    }
     for (const ws of this.wss.clients) ws.close(1001, 'server shutting down');
     await new Promise<void>((resolve) => this.wss.close(() => resolve()));
     for (const ws of this.wss.clients) ws.terminate();

@@ -18,7 +18,7 @@ export interface Admin {
   status(): unknown;
 }
 
-const STATUS: Partial<Record<ErrorCode, number>> = { overloaded: 503, shutting_down: 503, internal: 500, payload_too_large: 413, unauthorized: 401, not_found: 404 };
+const STATUS: Partial<Record<ErrorCode, number>> = { overloaded: 503, shutting_down: 503, internal: 500, payload_too_large: 413, unsupported_encoding: 415, unauthorized: 401, not_found: 404 };
 
 const httpAsk = z.strictObject({ id: z.string().min(1).max(128).optional(), question: z.string(), votes: z.number().int().optional() });
 
@@ -88,10 +88,18 @@ export function createApp(o: { answerer: Answerer; limits: Limits; metrics: Metr
   app.use('/admin', admin);
 
   app.use((_req, res) => fail(res, 'not_found', 'no such route'));
-  // Body-parser errors: bad JSON, too large.
-  app.use((err: { type?: string; status?: number; message?: string }, _req: Request, res: Response, _next: NextFunction) => {
+  // Body-parser errors: bad JSON, too large, a body that does not decode. The reader marks
+  // the client's faults with a 4xx status; those must not read as our failure (500 internal).
+  app.use((err: { type?: string; status?: number; message?: string }, req: Request, res: Response, _next: NextFunction) => {
     if (err.type === 'entity.too.large') return fail(res, 'payload_too_large', `the body is larger than ${o.limits.maxMessageBytes} bytes`);
     if (err.type === 'entity.parse.failed') return fail(res, 'bad_json', `not JSON: ${err.message}`);
+    if (err.type === 'encoding.unsupported' || err.type === 'charset.unsupported') return fail(res, 'unsupported_encoding', `${err.message}; the server reads identity, gzip, deflate and br bodies in utf-8`);
+    const encoding = req.get('content-encoding') ?? 'identity';
+    if (err.status !== undefined && err.status >= 400 && err.status < 500) {
+      // zlib's errors (a gzip header that is not one, a truncated stream) come without a type.
+      if (encoding.toLowerCase() !== 'identity') return fail(res, 'bad_encoding', `the body does not decode as ${encoding}: ${err.message}`);
+      return fail(res, 'invalid_message', `the body could not be read: ${err.message}`);
+    }
     fail(res, 'internal', err.message ?? 'internal error');
   });
   return app;

@@ -75,7 +75,9 @@ export async function startServer(s: Settings, log: (line: string) => void = () 
         (closing ??= (async () => {
           ready = false;
           sub.unsubscribe();
-          // New questions get shutting_down; the batch in flight is answered before sockets close.
+          // New questions get shutting_down (new WebSocket connections 503); the batch in flight
+          // is answered, and the clients have fallen quiet, before sockets close.
+          gateway.beginClose();
           await answerer.close();
           await gateway.close();
           await new Promise<void>((r) => http.close(() => r()));
