@@ -20,7 +20,7 @@ const MAX_BUFFERED_BYTES = 8 << 20;
  * time to fall quiet.
  */
 export const SHUTDOWN_QUIET_MS = 100;
-export const SHUTDOWN_GRACE_MS = 2_000;
+export const SHUTDOWN_GRACE_MS = 500;
 
 export class Gateway {
   private wss: WebSocketServer;
