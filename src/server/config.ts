@@ -32,7 +32,7 @@ export const SETTINGS = {
   host: { schema: z.string().min(1), default: '127.0.0.1', help: 'address to listen on' },
   port: { schema: int(0, 65535), default: 8080, help: 'TCP port (0: any free port)' },
   model: { schema: z.string().min(1), default: DEFAULT_MODEL_DIR, help: 'model directory to serve (default: the shipped models/arith-tiny)' },
-  db: { schema: z.string().min(1), default: 'data/ttrl.sqlite', help: 'SQLite experience log; model versions are written next to it' },
+  db: { schema: z.string().min(1), default: 'data/ttrl.sqlite', help: 'SQLite experience log; its model versions go in the folder DB.versions beside it' },
   votes: { schema: int(1, 256), default: 16, help: 'samples per question when the client does not say' },
   maxVotes: { schema: int(1, 1024), default: 64, help: 'most samples a client may ask for per question' },
   temperature: { schema: real(0.01, 10), default: 1, help: 'sampling temperature' },
@@ -73,7 +73,7 @@ export const SETTINGS = {
   probeQuestions: { schema: int(0, 4096), default: 64, help: 'guard: earlier questions a candidate must still answer sensibly, greedily (0: no probe)' },
   anchors: { schema: int(0, 4096), default: 128, help: 'guard: most anchors, served questions the shipped model answered with at least 90% of the votes; a candidate must stay as sure of their answers (0: no anchor check)' },
   anchorSlack: { schema: real(0, 100), default: 0, help: 'guard: mean log-prob (nats) per anchor answer a candidate may lose against the shipped model' },
-  adminToken: { schema: z.string().min(8, 'must be at least 8 characters').optional(), default: undefined, help: 'bearer token of the /admin routes (unset: admin routes off)' },
+  adminToken: { schema: z.string().min(8, 'must be at least 8 characters').optional(), default: undefined, help: 'bearer token of the /admin routes, at least 8 characters (unset: admin routes off)' },
 } satisfies Record<string, Setting>;
 
 /** Settings that were removed, and what replaced them. */
