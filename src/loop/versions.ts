@@ -25,7 +25,7 @@ import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
 import { decodeSafetensors, encodeSafetensors, readSafetensors, readSafetensorsIndex, type NamedTensor } from '../model/safetensors.ts';
 import { writeFileAtomic } from '../util/atomic-write.ts';
 import type { WeightSource } from '../model/weight-file.ts';
-import { ADAPTER_FORMAT, checkAdapters, initAdapters, loraSpecs, mergeAdapters, readAdapterFile, writePeftAdapter, type LoraConfig } from '../model/lora.ts';
+import { ADAPTER_FORMAT, adapterFileOf, encodeAdapterFile, initAdapters, mergeAdapters, readAdapterFile, writePeftAdapter, type LoraConfig } from '../model/lora.ts';
 import { Rng } from '../util/rng.ts';
 import type { Store, VersionRow } from '../store/store.ts';
 import { claimBaseModel, contentFingerprint, FINGERPRINT_KEY, weightFilesOf } from './base-model.ts';
@@ -158,17 +158,14 @@ export class Versions {
   }
 
   /**
-   * A version file's bytes: full weights, or with LoRA the adapter file's layout (as
-   * writeAdapterFile writes it, which readAdapterFile reads), each with this database's id.
+   * A version file's bytes: full weights, or with LoRA an adapter file, each with this
+   * database's id.
    */
   private fileBytes(version: number, c: Promotion): Buffer {
     const owner = { [DATABASE_META]: this.databaseId, version: String(version), parent: String(c.parent) };
     const lora = this.lora;
     if (!lora) return encodeSafetensors(weightsToTensors(this.config, c.weights), owner);
-    checkAdapters(this.config, lora, c.weights);
-    const tensors = new Map<string, NamedTensor>(loraSpecs(this.config, lora).map((s) => [s.name, { dtype: 'F32', shape: s.shape, data: c.weights.get(s.name)! }]));
-    const meta = { format: ADAPTER_FORMAT, rank: String(lora.rank), alpha: String(lora.alpha), targets: JSON.stringify(lora.targets), base_model: this.fingerprint };
-    return encodeSafetensors(tensors, { ...meta, ...owner });
+    return encodeAdapterFile(this.config, { lora, baseModel: this.fingerprint, adapters: c.weights }, owner);
   }
 
   /** Records a rejected candidate (weights not kept); the serving version stays. */
@@ -348,9 +345,7 @@ async function servingOfRow(row: VersionRow, o: Serving): Promise<{ serving: Ser
       return { serving: { version, weights: weightsOf(file.tensors, o.config) }, sha256: file.sha256 };
     }
     if (!isAdapter) throw new Error('it holds full weights: serve it with --lora-rank 0');
-    // readAdapterFile reads the file again (adapter files are small); the verified bytes were
-    // read just before, from this database's own folder.
-    const f = await readAdapterFile(path, o.config, o.lora);
+    const f = adapterFileOf(path, file, o.config, o.lora);
     if (f.baseModel !== o.fingerprint) throw new Error(`its adapters were trained on base model ${f.baseModel}, not on this one (${o.fingerprint})`);
     return { serving: { version, weights: o.base, adapters: f.adapters }, sha256: file.sha256 };
   } catch (e) {

@@ -14,7 +14,7 @@ import { initWeights, type ParamSpec, type Weights } from './family.ts';
 import { familyOf, paramSpecsOf, type ModelConfig } from './families.ts';
 import { widenToFloat32 } from './float16.ts';
 import { loraA, loraB } from './lora-linear.ts';
-import { readSafetensors, writeSafetensors, type NamedTensor } from './safetensors.ts';
+import { encodeSafetensors, readSafetensors, writeSafetensors, type NamedTensor, type SafetensorsContents } from './safetensors.ts';
 
 export { loraA, loraB };
 
@@ -155,17 +155,26 @@ function tensorsOf(c: ModelConfig, l: LoraConfig, a: Weights, prefix = ''): Map<
   return new Map(loraSpecs(c, l).map((s) => [prefix + s.name, { dtype: 'F32', shape: s.shape, data: a.get(s.name)! }]));
 }
 
-/** Our adapter file: a safetensors file of the adapters, the config and the base identity in its metadata. */
-export async function writeAdapterFile(path: string, c: ModelConfig, f: AdapterFile): Promise<void> {
+/** Our adapter file: a safetensors file of the adapters, the config and the base identity in its metadata (plus `extra` metadata). */
+export function encodeAdapterFile(c: ModelConfig, f: AdapterFile, extra: Record<string, string> = {}): Buffer {
   const meta = { format: ADAPTER_FORMAT, rank: String(f.lora.rank), alpha: String(f.lora.alpha), targets: JSON.stringify(f.lora.targets), base_model: f.baseModel };
-  await writeSafetensors(path, tensorsOf(c, f.lora, f.adapters), meta);
+  return encodeSafetensors(tensorsOf(c, f.lora, f.adapters), { ...meta, ...extra });
+}
+
+export async function writeAdapterFile(path: string, c: ModelConfig, f: AdapterFile): Promise<void> {
+  await writeFileAtomic(path, encodeAdapterFile(c, f));
 }
 
 /** Reads an adapter file for model `c`; `expect` (when given) must match its rank, alpha and targets. */
 export async function readAdapterFile(path: string, c: ModelConfig, expect?: LoraConfig): Promise<AdapterFile> {
-  const { tensors, metadata: m } = await readSafetensors(path).catch((e) => {
+  const contents = await readSafetensors(path).catch((e) => {
     throw new Error(`adapter file ${path}: ${(e as Error).message}`);
   });
+  return adapterFileOf(path, contents, c, expect);
+}
+
+/** An adapter file's contents already read (e.g. bytes verified by their hash); `path` names it in errors. */
+export function adapterFileOf(path: string, { tensors, metadata: m }: SafetensorsContents, c: ModelConfig, expect?: LoraConfig): AdapterFile {
   if (m.format !== ADAPTER_FORMAT) throw new Error(`adapter file ${path}: metadata format is ${JSON.stringify(m.format)}, expected "${ADAPTER_FORMAT}"`);
   let targets: unknown;
   try {
