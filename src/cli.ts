@@ -379,10 +379,12 @@ const serve = program
   .description(`serve the model: WebSocket ${WS_PATH}, HTTP /v1/ask, /healthz, /readyz, /metrics, /admin; every setting also reads TTRL_<NAME>`);
 for (const [k, setting] of Object.entries(SETTINGS)) {
   if (k === 'adapt') serve.option('--no-adapt', 'serve without live TTRL updates (TTRL_ADAPT=false)');
+  else if (k === 'apiKeys') serve.option('--api-key <key>', `${setting.help} [${envName(k)}]`, (v: string, all: string[] = []) => [...all, v]);
   else serve.option(`${flagName(k)} <value>`, `${setting.help} [${envName(k)}${setting.default === undefined ? '' : `, default ${k === 'model' ? 'models/arith-tiny' : setting.default}`}]`);
 }
 serve.action(async (o: Record<string, unknown>, cmd: Command) => {
-  const explicit = Object.fromEntries(Object.keys(SETTINGS).filter((k) => cmd.getOptionValueSource(k) === 'cli').map((k) => [k, o[k]]));
+  const explicit: Record<string, unknown> = Object.fromEntries(Object.keys(SETTINGS).filter((k) => cmd.getOptionValueSource(k) === 'cli').map((k) => [k, o[k]]));
+  if (cmd.getOptionValueSource('apiKey') === 'cli') explicit.apiKeys = o.apiKey;
   const settings = resolveSettings(explicit);
   const log = (line: string) => console.error(`[${new Date().toISOString()}] ${line}`);
   const server = await startServer(settings, log);

@@ -14,11 +14,13 @@ export const ERROR_CODES = {
   bad_votes: 'votes is out of range',
   duplicate_id: 'a question with this id is still being answered on this connection',
   overloaded: 'the queue is full; retry later',
+  too_many_in_flight: 'this connection already has as many questions in flight as the server allows; wait for an answer',
+  too_many_connections: 'the server, or this address, has as many connections open as it allows',
   shutting_down: 'the server is shutting down',
   unsupported_encoding: "the HTTP body's Content-Encoding or charset is not one the server reads",
   bad_encoding: 'the HTTP body does not decode as its Content-Encoding says',
   internal: 'the server failed to answer this question',
-  unauthorized: 'admin routes need the admin token',
+  unauthorized: 'a missing or wrong API key (/v1 routes) or admin token (/admin routes)',
   not_found: 'no such resource',
 } as const;
 export type ErrorCode = keyof typeof ERROR_CODES;

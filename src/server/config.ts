@@ -50,6 +50,19 @@ export const SETTINGS = {
   batchQuestions: { schema: int(1, 4096), default: 32, help: 'most questions sampled in one run' },
   batchWaitMs: { schema: int(0, 1000), default: 5, help: 'how long a batch waits for more questions once one is queued' },
   queueLimit: { schema: int(1, 1_000_000), default: 512, help: 'questions waiting at most; beyond it clients get "overloaded" at once' },
+  maxConnections: { schema: int(1, 1_000_000), default: 1024, help: 'open connections in total (HTTP and WebSocket); beyond it new ones get 503 too_many_connections' },
+  maxConnectionsPerAddress: { schema: int(1, 1_000_000), default: 64, help: 'open connections from one client address; beyond it new ones get 429 too_many_connections' },
+  maxInFlight: { schema: int(1, 1_000_000), default: 64, help: 'questions one WebSocket connection may have waiting or being answered; beyond it asks get too_many_in_flight' },
+  maxBufferedBytes: { schema: int(1024, 1 << 30), default: 1 << 20, help: 'unsent output a WebSocket client may leave unread before it is disconnected (its waiting questions are dropped, and logged)' },
+  apiKeys: {
+    // TTRL_API_KEYS is one string, comma-separated; --api-key repeated is a list.
+    schema: z.preprocess(
+      (v) => (typeof v === 'string' ? v.split(',').map((k) => k.trim()).filter(Boolean) : v),
+      z.array(z.string().regex(/^[A-Za-z0-9._~-]{16,256}$/, 'an API key is 16 to 256 characters of A-Z a-z 0-9 . _ ~ -')),
+    ),
+    default: [],
+    help: 'API keys /v1 routes require (repeat --api-key; TTRL_API_KEYS comma-separated); none: /v1 open to all',
+  },
   threads: { schema: int(1, 256), default: 2, help: 'compute threads of the sampler' },
   trainThreads: { schema: int(1, 256), default: 2, help: 'compute threads of the trainer and the guard\'s prober and scorer' },
   trainNice: { schema: int(0, 19), default: 10, help: 'Linux nice value of training threads: higher keeps answer latency steady, lower finishes updates sooner' },
@@ -65,6 +78,7 @@ export const SETTINGS = {
     default: undefined,
     help: 'comma-separated modules (or their last names, e.g. q_proj,v_proj) that get adapters (unset: every attention and MLP projection)',
   },
+  maxClientShare: { schema: real(0.01, 1), default: 0.5, help: "most of an update's questions one client may supply (a client: its API key, else its WebSocket connection or HTTP address); 1: no limit" },
   gate: { schema: real(0, 1), default: 0.5, help: 'train only on questions whose majority ratio is at least this' },
   trainSamples: { schema: int(1, 1024), default: 8, help: 'samples per question trained on (questions asked with fewer votes are not trained on)' },
   questionsPerStep: { schema: int(1, 4096), default: 16, help: 'questions per optimizer step within an update' },
@@ -114,8 +128,8 @@ export function resolveSettings(explicit: Partial<Record<SettingName, unknown>> 
 export function settingsTable(): string {
   const rows = Object.entries(SETTINGS).map(([k, s]) => {
     const d = s.default;
-    const flag = d === true ? `--no-${flagName(k).slice(2)}` : `${flagName(k)} X`;
-    const shown = d === undefined ? '(unset)' : typeof d === 'string' && d.startsWith(PROJECT_ROOT) ? d.slice(PROJECT_ROOT.length) : String(d);
+    const flag = d === true ? `--no-${flagName(k).slice(2)}` : k === 'apiKeys' ? '--api-key X (repeatable)' : `${flagName(k)} X`;
+    const shown = d === undefined ? '(unset)' : Array.isArray(d) ? (d.length ? d.join(',') : '(none)') : typeof d === 'string' && d.startsWith(PROJECT_ROOT) ? d.slice(PROJECT_ROOT.length) : String(d);
     return `| \`${flag}\` | \`${envName(k)}\` | ${shown} | ${s.help} |`;
   });
   return ['| flag | environment | default | meaning |', '|---|---|---|---|', ...rows].join('\n');
