@@ -28,7 +28,7 @@ function serve(model: string, db: string, over: Partial<Record<keyof Settings, u
     resolveSettings(
       {
         port: 0, db, model, threads: 1, trainThreads: 1, trainNice: 0, votes: 8, extractor: `regex:${FIRST_WORD}`, maxNewTokens: 48,
-        adapt: true, updateEvery: 1000, loraRank: 4, gate: 0, probeQuestions: 0, anchors: 0, lr: 3e-3, adminToken: TOKEN, ...over,
+        adapt: true, updateEvery: 1000, loraRank: 4, gate: 0, probeQuestions: 0, anchors: 0, lr: 3e-3, adminToken: TOKEN, maxClientShare: 1, ...over,
       },
       {},
     ),

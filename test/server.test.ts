@@ -14,7 +14,7 @@ import { scratch } from './helpers/scratch.ts';
 
 async function start(over: Partial<Record<keyof Settings, unknown>> = {}): Promise<RunningServer> {
   const dir = await scratch('ttrl-server-');
-  const settings = resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, trainThreads: 1, trainNice: 0, votes: 4, ...over }, {});
+  const settings = resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, trainThreads: 1, trainNice: 0, votes: 4, maxClientShare: 1, ...over }, {});
   return startServer(settings);
 }
 
@@ -69,7 +69,7 @@ test('every bad input gets its error code and the connection stays usable', asyn
       ws.once('message', (d) => (resolve(JSON.parse(String(d))), ws.close()));
     });
     // The shipped model: a context of 96 tokens, 72 of them kept for the answer.
-    assert.deepEqual((await hello).limits, { max_message_bytes: 256, max_prompt_tokens: 16, max_new_tokens: 72, context_length: 96, max_votes: 64, default_votes: 4 });
+    assert.deepEqual((await hello).limits, { max_message_bytes: 256, max_prompt_tokens: 16, max_new_tokens: 72, context_length: 96, max_votes: 64, default_votes: 4, max_in_flight: 64 });
     const c = await Client.open(s.wsUrl);
     const errorFor = async (raw: unknown, id?: string) => {
       c.send(raw);

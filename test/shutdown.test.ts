@@ -29,7 +29,7 @@ function post(path: string, headers: Record<string, string>, body: string | Buff
 
 test('every ask gets an answer or shutting_down when the server closes mid-stream', async () => {
   const dir = await scratch('ttrl-shutdown-');
-  const s = await startServer(resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, adapt: false, votes: 4, batchQuestions: 4 }, {}));
+  const s = await startServer(resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, adapt: false, votes: 4, batchQuestions: 4, maxInFlight: 1_000_000 }, {}));
   const ws = new WebSocket(s.wsUrl);
   const replies = new Map<string, Record<string, unknown>>();
   const sent: string[] = [];

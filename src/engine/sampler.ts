@@ -109,6 +109,11 @@ export class Sampler {
     return this.client.request('generate', { prompts, options: o });
   }
 
+  /** Why this sampler can sample no more (its worker died or was closed); null while it can. */
+  get down(): Error | null {
+    return this.client.failure;
+  }
+
   close(): Promise<void> {
     return this.client.close();
   }

@@ -43,6 +43,11 @@ export class WorkerClient {
     this.worker.on('exit', (code) => die(new Error(`${name} worker exited (code ${code})`)));
   }
 
+  /** Why the worker can take no more requests (it died, or was closed); null while it can. */
+  get failure(): Error | null {
+    return this.dead;
+  }
+
   request<T>(type: string, payload: object = {}, transfer: TransferListItem[] = []): Promise<T> {
     if (this.dead) return Promise.reject(this.dead);
     const id = this.nextId++;

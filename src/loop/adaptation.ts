@@ -3,6 +3,12 @@
 // runs in the trainer worker on the completions already sampled for voting. The result is a
 // candidate that the judge (the guard's checks) passes or fails; versions then serve it or
 // record its rejection.
+//
+// Traffic cannot steer it: an update's questions are distinct (a question asked again only
+// refreshes its experience, and does not count towards the next update), and no one client
+// supplies more than `maxClientShare` of them, so an update needs questions from at least
+// 1/maxClientShare clients. (Experiences with no source, an offline replay's, are the
+// operator's own stream and are not capped.)
 import { filter, interval, Subject, type Observable, type Subscription } from 'rxjs';
 import { Rng } from '../util/rng.ts';
 import { inMemory } from '../model/checkpoint.ts';
@@ -28,6 +34,8 @@ export const liveLr = (s: { lr?: number; loraRank: number }) => s.lr ?? (s.loraR
 export interface AdaptationOptions {
   updateEvery: number;
   updateIntervalS: number;
+  /** Most of an update's questions one source may supply (1: no limit). */
+  maxClientShare: number;
   lr: number;
   gate: number;
   trainSamples: number;
@@ -52,8 +60,15 @@ export interface UpdateOutcome {
 }
 
 export class Adaptation {
-  private buffer: Experience[] = [];
-  private fresh = 0;
+  /** The next update's experiences, one per question (the newest), oldest first. */
+  private pending = new Map<string, Experience>();
+  /** How many of them each source supplied. */
+  private perSource = new Map<string, number>();
+  /** Since the last update: repeats merged, experiences refused by the share cap, and the oldest dropped to keep the bound. */
+  private merged = 0;
+  private capped = 0;
+  private dropped = 0;
+  private readonly sourceCap: number;
   private updating: Promise<UpdateOutcome> | null = null;
   /** A change of the serving version from outside (admin) in progress: no update starts meanwhile. */
   private changing: Promise<unknown> | null = null;
@@ -78,21 +93,21 @@ export class Adaptation {
   ) {
     this.paused = o.paused ?? false;
     this.rng = new Rng(o.seed ^ 0xada97);
+    this.sourceCap = o.maxClientShare >= 1 ? Infinity : Math.floor(o.maxClientShare * o.updateEvery);
+    if (this.sourceCap < 1)
+      throw new Error(`an update of ${o.updateEvery} questions with at most ${o.maxClientShare} of them from one client leaves no client a question; raise --update-every or --max-client-share`);
     this.subs.push(
       experiences$.subscribe((e) => {
-        this.buffer.push(e);
-        this.fresh++;
         // The guard's probe set and anchors see the answer before an update it triggers.
         this.judge.observe(e.rollout);
-        // Keep a bounded window of recent experiences.
-        if (this.buffer.length > 4 * this.o.updateEvery) this.buffer.splice(0, this.buffer.length - 4 * this.o.updateEvery);
-        if (this.fresh >= this.o.updateEvery) void this.updateNow('count');
+        this.admit(e);
+        if (this.pending.size >= this.o.updateEvery) void this.updateNow('count');
       }),
     );
     if (o.updateIntervalS > 0)
       this.subs.push(
         interval(o.updateIntervalS * 1000)
-          .pipe(filter(() => this.fresh > 0))
+          .pipe(filter(() => this.pending.size > 0))
           .subscribe(() => void this.updateNow('timer')),
       );
   }
@@ -102,7 +117,62 @@ export class Adaptation {
   }
 
   get pendingExperiences(): number {
-    return this.fresh;
+    return this.pending.size;
+  }
+
+  /** Adds an experience to the next update, unless it repeats a question already there or its source has its share. */
+  private admit(e: Experience): void {
+    const q = e.rollout.question;
+    const known = this.pending.get(q);
+    if (known) {
+      // The newest samples, in the same place and on the first asker's account.
+      this.pending.set(q, { ...e, source: known.source });
+      this.merged++;
+      return;
+    }
+    if (e.source !== null && (this.perSource.get(e.source) ?? 0) >= this.sourceCap) {
+      this.capped++;
+      return;
+    }
+    this.pending.set(q, e);
+    if (e.source !== null) this.perSource.set(e.source, (this.perSource.get(e.source) ?? 0) + 1);
+    // While an update runs the next one's fill; past its size the oldest make room.
+    if (this.pending.size > this.o.updateEvery) {
+      const [oldest, old] = this.pending.entries().next().value as [string, Experience];
+      this.pending.delete(oldest);
+      if (old.source !== null) this.perSource.set(old.source, this.perSource.get(old.source)! - 1);
+      this.dropped++;
+    }
+  }
+
+  /**
+   * This update's experiences, and resets the pending set. An update smaller than
+   * updateEvery (the timer's) is trimmed until no source has more than its share of it.
+   */
+  private takePending(): { taken: Experience[]; stats: Record<string, number> } {
+    let taken = [...this.pending.values()];
+    const stats = { repeats_merged: this.merged, capped_by_share: this.capped, not_trained_on: this.dropped };
+    this.pending.clear();
+    this.perSource.clear();
+    this.merged = this.capped = this.dropped = 0;
+    if (this.o.maxClientShare < 1) {
+      for (;;) {
+        const cap = Math.floor(this.o.maxClientShare * taken.length);
+        const seen = new Map<string, number>();
+        // Newest first: a source over the cap keeps its newest questions.
+        const kept = taken.reverse().filter((e) => {
+          if (e.source === null) return true;
+          const n = (seen.get(e.source) ?? 0) + 1;
+          seen.set(e.source, n);
+          return n <= cap;
+        }).reverse();
+        stats.capped_by_share += taken.length - kept.length;
+        const done = kept.length === taken.length;
+        taken = kept;
+        if (done || !taken.length) break;
+      }
+    }
+    return { taken, stats };
   }
 
   pause(by: string): void {
@@ -143,12 +213,10 @@ export class Adaptation {
 
   private async runUpdate(trigger: string): Promise<UpdateOutcome> {
     const t0 = performance.now();
-    // The newest `updateEvery` experiences: an update's size (and so its drift and its time)
-    // stays bounded however many questions arrived while the last one ran.
-    const taken = this.buffer.slice(-Math.min(Math.max(this.fresh, 1), this.o.updateEvery));
-    const dropped = Math.max(0, this.fresh - this.o.updateEvery);
-    this.fresh = 0;
-    if (!taken.length) return { version: null, outcome: 'skipped', reason: 'no experiences yet' };
+    // At most `updateEvery` distinct questions: an update's size (and so its drift and its
+    // time) stays bounded however many questions arrived while the last one ran.
+    const { taken, stats: intake } = this.takePending();
+    if (!taken.length) return { version: null, outcome: 'skipped', reason: intake.capped_by_share ? 'no client under its share of the update (--max-client-share)' : 'no experiences yet', stats: intake };
     const parent = this.versions.active;
     // The grouped batch needs the same number of samples per question.
     const trainable = taken.filter((e) => e.rollout.samples.length >= this.o.trainSamples);
@@ -172,7 +240,7 @@ export class Adaptation {
     const stats: Record<string, unknown> = {
       trigger,
       experiences: taken.length,
-      not_trained_on: dropped,
+      ...intake,
       ...groupStats,
       steps: steps.length,
       skipped_steps: steps.reduce((a, s) => a + s.skipped, 0),
@@ -244,8 +312,7 @@ export class Adaptation {
       await this.idle();
       const r = await change();
       await this.resetTrainer(this.versions.active);
-      this.buffer = [];
-      this.fresh = 0;
+      this.takePending();
       return r;
     })();
     this.changing = run;

@@ -2,8 +2,14 @@
 // sampler is free, the questions waiting (up to the batch cap, after a short wait for more)
 // are sampled in one run, voted, written to SQLite in one transaction, and only then
 // answered. Beyond the queue bound a question is refused at once with "overloaded".
+//
+// The queue is fair: each client (its source: a connection, an address, an API key) waits in
+// a lane of its own, and a batch takes the lanes' questions in turn, one from each lane per
+// round, the lane that starts moving to the back. A client with 500 questions waiting then
+// delays another's by one question per batch, not by 500.
 import { Subject } from 'rxjs';
 import type { Sampler } from '../engine/sampler.ts';
+import type { Health } from './health.ts';
 import { seedOf } from '../util/rng.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import type { Store } from '../store/store.ts';
@@ -17,6 +23,10 @@ export interface AskRequest {
   votes: number;
   clientId: string | null;
   connection: string | null;
+  /** The queue's lane for fairness: lanes are served in turn (a connection; unset: one shared lane, e.g. an offline replay). */
+  lane?: string | null;
+  /** Who asks, for the update share: an update takes at most a set share of its questions from one source (unset: not capped). */
+  source?: string | null;
   /** Called with the samples, before the answer, when the client asked for them. */
   onSamples?: (r: Rollout) => void;
 }
@@ -36,6 +46,7 @@ export interface Experience {
   questionId: number;
   rollout: Rollout;
   at: number;
+  source: string | null;
 }
 
 interface Pending {
@@ -58,20 +69,24 @@ export interface AnswererOptions {
 
 export class Answerer {
   readonly experiences$ = new Subject<Experience>();
-  private queue: Pending[] = [];
+  /** Waiting questions by source, in turn order (a Map keeps insertion order: the back is the end). */
+  private lanes = new Map<string, Pending[]>();
+  private waiting = 0;
   private running: Promise<void> | null = null;
   private closing = false;
 
   constructor(
-    private sampler: Sampler,
+    /** The sampler to run the next batch on (versions replaces one whose worker died). */
+    private sampler: () => Promise<Sampler>,
     private tok: Tokenizer,
     private store: Store,
     private o: AnswererOptions,
     private metrics: Metrics,
+    private health?: Health,
   ) {}
 
   get queueDepth(): number {
-    return this.queue.length;
+    return this.waiting;
   }
 
   ask(req: AskRequest): Promise<Answer> {
@@ -89,36 +104,100 @@ export class Answerer {
 
   private enqueue(req: AskRequest): Promise<Answer> {
     if (this.closing) return Promise.reject(new ProtocolError('shutting_down', 'the server is shutting down; no new questions are taken'));
-    if (this.queue.length >= this.o.queueLimit) {
+    if (this.waiting >= this.o.queueLimit && !this.makeRoomFor(req.lane ?? '')) {
       this.metrics.rejected.inc({ code: 'overloaded' });
-      return Promise.reject(new ProtocolError('overloaded', `${this.queue.length} questions are waiting (the limit is ${this.o.queueLimit}); retry later`));
+      return Promise.reject(new ProtocolError('overloaded', `${this.waiting} questions are waiting (the limit is ${this.o.queueLimit}); retry later`));
     }
     return new Promise((resolve, reject) => {
-      this.queue.push({ req, receivedAt: Date.now(), t0: performance.now(), resolve, reject });
-      this.metrics.queueDepth.set(this.queue.length);
+      const key = req.lane ?? '';
+      let lane = this.lanes.get(key);
+      if (!lane) this.lanes.set(key, (lane = []));
+      lane.push({ req, receivedAt: Date.now(), t0: performance.now(), resolve, reject });
+      this.waiting++;
+      this.metrics.queueDepth.set(this.waiting);
     });
+  }
+
+  /**
+   * Admission is fair too: with the queue full, a question whose lane holds fewer than the
+   * longest lane (by two or more) takes the place of that lane's newest question, which is
+   * refused with overloaded. Whoever retries first no longer wins the freed places.
+   */
+  private makeRoomFor(laneKey: string): boolean {
+    const mine = this.lanes.get(laneKey)?.length ?? 0;
+    let longest: Pending[] | undefined;
+    for (const lane of this.lanes.values()) if (!longest || lane.length > longest.length) longest = lane;
+    if (!longest || longest.length < mine + 2) return false;
+    const p = longest.pop()!;
+    this.waiting--;
+    this.metrics.rejected.inc({ code: 'overloaded' });
+    p.reject(new ProtocolError('overloaded', `the queue is full (${this.o.queueLimit}) and this connection holds the most of it; retry later`));
+    return true;
+  }
+
+  /**
+   * Drops the waiting questions of a lane whose client went away (its connection closed): they
+   * would hold sampling capacity for answers no one reads. They are logged as failed.
+   */
+  cancel(laneKey: string, reason: string): void {
+    const lane = this.lanes.get(laneKey);
+    if (!lane) return;
+    this.lanes.delete(laneKey);
+    this.waiting -= lane.length;
+    this.metrics.queueDepth.set(this.waiting);
+    this.logFailed(lane, reason);
+    for (const p of lane) p.reject(new ProtocolError('internal', reason));
   }
 
   private kick(): void {
     if (this.running) return;
     this.running = this.drain().finally(() => {
       this.running = null;
-      if (this.queue.length && !this.closing) this.kick();
+      if (this.waiting && !this.closing) this.kick();
     });
   }
 
   /** Runs batches until the queue is empty. */
   private async drain(): Promise<void> {
-    while (this.queue.length) {
-      if (this.queue.length < this.o.batchQuestions && this.o.batchWaitMs > 0) await new Promise((r) => setTimeout(r, this.o.batchWaitMs));
-      if (!this.queue.length) break; // close() took them while we waited
-      // One run samples one vote count: take the head's, and every waiting question with the same.
-      const votes = this.queue[0]!.req.votes;
-      const batch: Pending[] = [];
-      this.queue = this.queue.filter((p) => (batch.length < this.o.batchQuestions && p.req.votes === votes ? (batch.push(p), false) : true));
-      this.metrics.queueDepth.set(this.queue.length);
+    while (this.waiting) {
+      if (this.waiting < this.o.batchQuestions && this.o.batchWaitMs > 0) await new Promise((r) => setTimeout(r, this.o.batchWaitMs));
+      if (!this.waiting) break; // close() or cancel() took them while we waited
+      const { batch, votes } = this.takeBatch();
+      this.metrics.queueDepth.set(this.waiting);
       await this.runBatch(batch, votes);
     }
+  }
+
+  /**
+   * The next batch: one run samples one vote count, the first lane's first question's. Then
+   * round by round each lane gives its next question with that count (its order kept) until
+   * the batch is full or the lanes have none; the first lane moves to the back.
+   */
+  private takeBatch(): { batch: Pending[]; votes: number } {
+    const keys = [...this.lanes.keys()];
+    const votes = this.lanes.get(keys[0]!)![0]!.req.votes;
+    const taken = new Set<Pending>();
+    const cursor = keys.map(() => 0);
+    for (let progress = true; progress && taken.size < this.o.batchQuestions; ) {
+      progress = false;
+      keys.forEach((key, i) => {
+        const lane = this.lanes.get(key)!;
+        if (taken.size >= this.o.batchQuestions) return;
+        while (cursor[i]! < lane.length && lane[cursor[i]!]!.req.votes !== votes) cursor[i]!++;
+        if (cursor[i]! === lane.length) return;
+        taken.add(lane[cursor[i]!++]!);
+        progress = true;
+      });
+    }
+    // The first lane to the back; a lane emptied leaves the rotation.
+    const lanes = new Map<string, Pending[]>();
+    for (const key of [...keys.slice(1), keys[0]!]) {
+      const rest = this.lanes.get(key)!.filter((p) => !taken.has(p));
+      if (rest.length) lanes.set(key, rest);
+    }
+    this.lanes = lanes;
+    this.waiting -= taken.size;
+    return { batch: [...taken], votes };
   }
 
   private async runBatch(batch: Pending[], votes: number): Promise<void> {
@@ -134,10 +213,12 @@ export class Answerer {
         asked.set(question, k + 1);
         return seedOf(this.o.seed, question, k);
       });
-      rollouts = await rolloutBatch(this.sampler, this.tok, batch.map((p) => p.req.question), { task: this.o.task, votes, temperature: this.o.temperature, seed: this.o.seed, seeds });
+      rollouts = await rolloutBatch(await this.sampler(), this.tok, batch.map((p) => p.req.question), { task: this.o.task, votes, temperature: this.o.temperature, seed: this.o.seed, seeds });
     } catch (e) {
+      this.health?.report('sampler', (e as Error).message);
       return this.fail(batch, `sampling failed: ${(e as Error).message}`);
     }
+    this.health?.report('sampler');
     const answeredAt = Date.now();
     const records = rollouts.map((r, i) => {
       const p = batch[i]!;
@@ -161,8 +242,10 @@ export class Answerer {
       ids = this.store.recordAnswered(records);
     } catch (e) {
       // Not stored means not answered: the client hears of the failure instead.
+      this.health?.report('store', (e as Error).message);
       return this.fail(batch, `could not store the answers: ${(e as Error).message}`);
     }
+    this.health?.report('store');
     rollouts.forEach((r, i) => {
       const p = batch[i]!;
       const rec = records[i]!;
@@ -171,7 +254,7 @@ export class Answerer {
       this.metrics.latency.observe(rec.latencyMs / 1000);
       this.metrics.majorityRatio.observe(r.vote.ratio);
       p.resolve({ answer: r.vote.label, votes: r.vote.counts, confidence: r.vote.ratio, model_version: r.version, prompt_tokens: r.prompt.length, latency_ms: Math.round(rec.latencyMs) });
-      this.experiences$.next({ questionId: ids[i]!, rollout: r, at: answeredAt });
+      this.experiences$.next({ questionId: ids[i]!, rollout: r, at: answeredAt, source: p.req.source ?? null });
     });
   }
 
@@ -192,7 +275,9 @@ export class Answerer {
   /** Refuses new questions, fails the waiting ones with shutting_down, and lets the running batch finish. */
   async close(): Promise<void> {
     this.closing = true;
-    const waiting = this.queue.splice(0);
+    const waiting = [...this.lanes.values()].flat();
+    this.lanes.clear();
+    this.waiting = 0;
     this.logFailed(waiting, 'shutting_down');
     for (const p of waiting) p.reject(new ProtocolError('shutting_down', 'the server shut down before this question was sampled'));
     await this.running;

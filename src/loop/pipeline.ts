@@ -11,6 +11,7 @@ import { loraConfigFor } from '../model/lora.ts';
 import { Answerer } from './answerer.ts';
 import { CandidateJudge } from './judge.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
+import { Health } from './health.ts';
 import { Versions } from './versions.ts';
 
 /** What the pipeline reads of the server's settings (server/config.ts has them all, by these names). */
@@ -32,6 +33,8 @@ export interface PipelineSettings extends TaskSettings {
   adapt: boolean;
   updateEvery: number;
   updateIntervalS: number;
+  /** Most of an update's questions from one client (unset: no limit; the server sets it). */
+  maxClientShare?: number;
   /** Unset: the default of full fine-tuning or of LoRA (liveLr). */
   lr?: number;
   /** LoRA adapters of this rank on the frozen base (0: full fine-tuning). */
@@ -61,6 +64,8 @@ export interface Pipeline {
   answerer: Answerer;
   adaptation: Adaptation;
   versions: Versions;
+  /** Why the pipeline cannot answer well now (database writes or sampling fail; empty: ready), re-probed. */
+  notReady(): Promise<string[]>;
   /** Rollback / roll forward to a stored version (admin), between updates. */
   activate(version: number, by: string): Promise<void>;
   close(): Promise<void>;
@@ -91,7 +96,21 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
       log: o.log,
     });
     cleanup.unshift(() => versions.close());
-    const answerer = new Answerer(versions.sampler, model.tokenizer, store, { task, batchQuestions: s.batchQuestions, batchWaitMs: s.batchWaitMs, queueLimit: s.queueLimit, temperature: s.temperature, seed: s.seed }, metrics);
+    const health = new Health({
+      store: () => store.probeWrite(),
+      // One token from any prompt: the sampler (restarted if its worker died) runs end to end.
+      sampler: async () => {
+        await (await versions.live()).generate([[0]], { samplesPerPrompt: 1, maxNewTokens: 1, seed: 0, stopTokens: [], padToken: 0 });
+      },
+    });
+    const answerer = new Answerer(
+      () => versions.live(),
+      model.tokenizer,
+      store,
+      { task, batchQuestions: s.batchQuestions, batchWaitMs: s.batchWaitMs, queueLimit: s.queueLimit, temperature: s.temperature, seed: s.seed },
+      metrics,
+      health,
+    );
     const judge = new CandidateJudge(
       store,
       model.config,
@@ -111,6 +130,7 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
       {
         updateEvery: s.updateEvery,
         updateIntervalS: s.updateIntervalS,
+        maxClientShare: s.maxClientShare ?? 1,
         lr: liveLr(s),
         lora,
         gate: s.gate,
@@ -137,6 +157,11 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
       answerer,
       adaptation,
       versions,
+      notReady: async () => {
+        const down = versions.samplerDown;
+        if (down) health.report('sampler', `the sampler worker is down (${down})`);
+        return health.reasons();
+      },
       activate: (version, by) => adaptation.betweenUpdates(() => versions.activate(version, by)),
       close: () =>
         (closing ??= (async () => {

@@ -18,7 +18,7 @@ import { mkdirSync, readdirSync, unlinkSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { BehaviorSubject } from 'rxjs';
-import { Sampler } from '../engine/sampler.ts';
+import { Sampler, type SamplerInit } from '../engine/sampler.ts';
 import { inMemory, loadModel, saveModel, weightsToTensors, type Model } from '../model/checkpoint.ts';
 import { checkWeights, type Weights } from '../model/family.ts';
 import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
@@ -70,9 +70,15 @@ export interface Rejection {
   reason: string;
 }
 
+/** Least time between two attempts to restart a dead sampler. */
+const RESTART_BACKOFF_MS = 1000;
+
 export class Versions {
   /** The serving version, as it changes. */
   readonly versions$: BehaviorSubject<number>;
+  private restarting: Promise<Sampler> | null = null;
+  private lastRestartAt = 0;
+  private closed = false;
 
   private constructor(
     private store: Store,
@@ -81,8 +87,9 @@ export class Versions {
     readonly base: WeightSource,
     private versionsDir: string,
     private metrics: Metrics,
-    /** Samples for the answerer; only Versions changes its weights. */
-    readonly sampler: Sampler,
+    /** Samples for the answerer; only Versions changes its weights, and replaces it when its worker dies. */
+    private current: Sampler,
+    private samplerInit: Omit<SamplerInit, 'weights' | 'adapters' | 'version'>,
     private serving: ServingVersion,
     /** The base model's fingerprint: adapter files name it. */
     readonly fingerprint: string,
@@ -117,12 +124,57 @@ export class Versions {
     removeUnfinishedWrites(o.versionsDir, log);
     const ctx: Serving = { base: o.model.weights, config: o.model.config, lora: o.lora, fingerprint, databaseId: store.databaseId() };
     const serving = await servingAtStart(store, row, ctx, log);
-    const sampler = await Sampler.create({ config: o.model.config, weights: serving.weights, adapters: serving.adapters, lora: o.lora, version: serving.version, threads: o.sampler.threads, spin: o.sampler.spin });
-    return new Versions(store, o.model.config, o.model.weights, o.versionsDir, o.metrics, sampler, serving, fingerprint, ctx.databaseId, log, o.lora);
+    const init = { config: o.model.config, lora: o.lora, threads: o.sampler.threads, spin: o.sampler.spin };
+    const sampler = await Sampler.create({ ...init, weights: serving.weights, adapters: serving.adapters, version: serving.version });
+    return new Versions(store, o.model.config, o.model.weights, o.versionsDir, o.metrics, sampler, init, serving, fingerprint, ctx.databaseId, log, o.lora);
   }
 
   get active(): ServingVersion {
     return this.serving;
+  }
+
+  /** The sampler as it is now (it may be down: live() replaces a dead one). */
+  get sampler(): Sampler {
+    return this.current;
+  }
+
+  /** Why sampling is down (its worker died and no replacement started yet), or null. */
+  get samplerDown(): string | null {
+    const e = this.current.down;
+    return e && !this.closed ? e.message : null;
+  }
+
+  /**
+   * The sampler to run a batch on. A sampler whose worker died (out of memory, a crash in
+   * native code) is replaced by a fresh one on the serving version; attempts are at least
+   * RESTART_BACKOFF_MS apart, and until one succeeds batches fail (and /readyz says why).
+   */
+  async live(): Promise<Sampler> {
+    if (!this.current.down) return this.current;
+    if (this.closed) throw this.current.down;
+    return (this.restarting ??= this.restart().finally(() => (this.restarting = null)));
+  }
+
+  private async restart(): Promise<Sampler> {
+    const reason = this.current.down!.message;
+    const wait = this.lastRestartAt + RESTART_BACKOFF_MS - Date.now();
+    if (wait > 0) throw new Error(`the sampler is down (${reason}); the next restart is in ${Math.ceil(wait)} ms`);
+    this.lastRestartAt = Date.now();
+    const v = this.serving;
+    try {
+      const fresh = await Sampler.create({ ...this.samplerInit, weights: v.weights, adapters: v.adapters, version: v.version });
+      if (this.closed) {
+        await fresh.close();
+        throw new Error('shutting down');
+      }
+      this.current = fresh;
+    } catch (e) {
+      this.log(`the sampler is down (${reason}) and did not restart: ${(e as Error).message}`);
+      throw new Error(`the sampler is down (${reason}) and did not restart: ${(e as Error).message}`);
+    }
+    this.store.event('sampler_restarted', { reason, version: v.version });
+    this.log(`the sampler was down (${reason}); restarted on version ${v.version}`);
+    return this.current;
   }
 
   /** Every version, with the one serving marked. */
@@ -196,15 +248,20 @@ export class Versions {
 
   /** The sampler takes the weights between batches (a batch never mixes versions); then everyone hears of it. */
   private async serve(v: ServingVersion): Promise<void> {
-    if (v.adapters) await this.sampler.setAdapters(v.adapters, v.version);
-    else await this.sampler.setWeights(v.weights, v.version);
+    // A sampler that is down gets the serving version when it restarts.
+    if (!this.current.down) {
+      if (v.adapters) await this.current.setAdapters(v.adapters, v.version);
+      else await this.current.setWeights(v.weights, v.version);
+    }
     this.serving = v;
     this.metrics.modelVersion.set(v.version);
     this.versions$.next(v.version);
   }
 
   async close(): Promise<void> {
-    await this.sampler.close();
+    this.closed = true;
+    await this.restarting?.catch(() => {});
+    await this.current.close();
     this.versions$.complete();
   }
 }

@@ -1,17 +1,42 @@
 // The WebSocket gateway at /v1/ws: strict JSON messages in, answers, votes, errors and model
 // events out. A bad message gets an error and the connection stays usable; a message over
 // the hard size limit, or a client that stops reading, loses its connection.
+//
+// Limits: a connection has at most maxInFlight questions in flight, counted from the ask
+// until its answer has left for the socket (not merely been queued in memory), so a client
+// that stops reading soon stops being served; one whose unsent output passes
+// maxBufferedBytes is cut off, and its questions still waiting are dropped (and logged).
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import type { Answerer } from '../loop/answerer.ts';
-import { ProtocolError } from '../loop/errors.ts';
+import { ProtocolError, type ErrorCode } from '../loop/errors.ts';
 import type { Metrics } from '../loop/metrics.ts';
+import { ApiKeys, WS_SUBPROTOCOL } from './auth.ts';
+import type { ConnectionLimiter } from './connections.ts';
 import { errorMessage, parseClientMessage, PROTOCOL_VERSION, type AskMessage, type Limits } from './protocol.ts';
 
 export const WS_PATH = '/v1/ws';
-/** A client this far behind in reading its answers is cut off rather than buffered for. */
-const MAX_BUFFERED_BYTES = 8 << 20;
+
+export interface GatewayOptions {
+  limits: Limits;
+  maxInFlight: number;
+  /** A client this far behind in reading its output is cut off rather than buffered for. */
+  maxBufferedBytes: number;
+  keys: ApiKeys;
+  connections: ConnectionLimiter;
+  metrics: Metrics;
+  hello: () => Record<string, unknown>;
+}
+
+/** A connection's state: its questions not yet answered, and answers not yet handed to the socket. */
+interface Client {
+  connection: string;
+  /** Who asks, for the update share: its API key, else the connection. */
+  source: string;
+  asking: Set<string>;
+  unsent: number;
+}
 /**
  * At shutdown, connections close only once no message has come in for this long (or after
  * SHUTDOWN_GRACE_MS in all): an ask already on the wire when the close frame leaves could
@@ -22,66 +47,89 @@ const MAX_BUFFERED_BYTES = 8 << 20;
 export const SHUTDOWN_QUIET_MS = 100;
 export const SHUTDOWN_GRACE_MS = 500;
 
+const REASON: Record<number, string> = { 401: 'Unauthorized', 404: 'Not Found', 429: 'Too Many Requests', 503: 'Service Unavailable' };
+
+/** Refuses a WebSocket upgrade with an HTTP status and the error shape as its body. */
+function refuseUpgrade(socket: Duplex, status: number, code: ErrorCode, message: string, extra = ''): void {
+  const body = JSON.stringify(errorMessage(code, message));
+  socket.end(`HTTP/1.1 ${status} ${REASON[status]}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extra}\r\n${body}`);
+}
+
 export class Gateway {
   private wss: WebSocketServer;
   private nextConnection = 1;
-  private inflight = new Map<WebSocket, Set<string>>();
+  private clients = new Map<WebSocket, Client>();
   private closing = false;
   private lastMessageAt = 0;
+  private limits: Limits;
+  private metrics: Metrics;
 
   constructor(
     private answerer: Answerer,
-    private limits: Limits,
-    private metrics: Metrics,
-    private hello: () => Record<string, unknown>,
+    private o: GatewayOptions,
   ) {
+    this.limits = o.limits;
+    this.metrics = o.metrics;
     // Past 4x the soft limit the socket is closed by ws itself (code 1009): the hard limit.
-    this.wss = new WebSocketServer({ noServer: true, maxPayload: 4 * limits.maxMessageBytes, clientTracking: true });
-    this.wss.on('connection', (ws, req) => this.onConnection(ws, req));
+    this.wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: 4 * o.limits.maxMessageBytes,
+      clientTracking: true,
+      // A browser that offered subprotocols (its key among them) fails the handshake unless one is selected.
+      handleProtocols: (offered) => (offered.has(WS_SUBPROTOCOL) ? WS_SUBPROTOCOL : ([...offered][0] ?? false)),
+    });
+    this.wss.on('connection', (ws, req: IncomingMessage & { source?: string }) => this.onConnection(ws, req.source));
   }
 
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const path = new URL(req.url ?? '/', 'http://x').pathname;
-    if (path !== WS_PATH) {
-      socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\nWebSocket endpoint is ' + WS_PATH + '\n');
-      return;
+    if (path !== WS_PATH) return refuseUpgrade(socket, 404, 'not_found', `the WebSocket endpoint is ${WS_PATH}`);
+    const refusal = this.o.connections.refusal(req.socket);
+    if (refusal) return refuseUpgrade(socket, refusal.status, 'too_many_connections', refusal.message);
+    // A connection opened now would be closed before it could be answered: refuse it plainly.
+    if (this.closing) return refuseUpgrade(socket, 503, 'shutting_down', 'the server is shutting down; no new connections are taken');
+    let key: string | null = null;
+    if (this.o.keys.enabled) {
+      key = this.o.keys.check(ApiKeys.presented(req));
+      if (!key) {
+        this.metrics.rejected.inc({ code: 'unauthorized' });
+        return refuseUpgrade(socket, 401, 'unauthorized', `${WS_PATH} needs an API key: Authorization: Bearer KEY, or the subprotocol ttrl.key.KEY beside ${WS_SUBPROTOCOL}`, 'WWW-Authenticate: Bearer\r\n');
+      }
     }
-    if (this.closing) {
-      // A connection opened now would be closed before it could be answered: refuse it plainly.
-      const body = JSON.stringify(errorMessage('shutting_down', 'the server is shutting down; no new connections are taken'));
-      socket.end(`HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
-      return;
-    }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.wss.emit('connection', ws, req));
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.wss.emit('connection', ws, Object.assign(req, { source: key ?? undefined })));
   }
 
   broadcast(msg: Record<string, unknown>): void {
     for (const ws of this.wss.clients) this.send(ws, msg);
   }
 
-  private send(ws: WebSocket, msg: Record<string, unknown>): void {
-    if (ws.readyState !== WebSocket.OPEN) return;
-    if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+  /** Sends a message; `sent` runs once it has been handed to the socket (or can never be). */
+  private send(ws: WebSocket, msg: Record<string, unknown>, sent?: () => void): void {
+    if (ws.readyState !== WebSocket.OPEN) return sent?.();
+    if (ws.bufferedAmount > this.o.maxBufferedBytes) {
       ws.terminate();
-      return;
+      return sent?.();
     }
-    ws.send(JSON.stringify(msg));
+    ws.send(JSON.stringify(msg), sent && (() => sent()));
   }
 
-  private onConnection(ws: WebSocket, _req: IncomingMessage): void {
+  private onConnection(ws: WebSocket, key: string | undefined): void {
     const connection = `c${this.nextConnection++}`;
-    this.inflight.set(ws, new Set());
+    const client: Client = { connection, source: key ?? `ws:${connection}`, asking: new Set(), unsent: 0 };
+    this.clients.set(ws, client);
     this.metrics.connections.inc();
     ws.on('close', () => {
-      this.inflight.delete(ws);
+      this.clients.delete(ws);
       this.metrics.connections.dec();
+      // Its questions still waiting would take sampling for answers no one reads.
+      this.answerer.cancel(connection, 'the client disconnected before its question was sampled');
     });
     ws.on('error', () => ws.terminate());
-    ws.on('message', (data: RawData, isBinary: boolean) => this.onMessage(ws, connection, data, isBinary));
-    this.send(ws, { type: 'hello', protocol: PROTOCOL_VERSION, connection, ...this.hello() });
+    ws.on('message', (data: RawData, isBinary: boolean) => this.onMessage(ws, client, data, isBinary));
+    this.send(ws, { type: 'hello', protocol: PROTOCOL_VERSION, connection, ...this.o.hello() });
   }
 
-  private onMessage(ws: WebSocket, connection: string, data: RawData, isBinary: boolean): void {
+  private onMessage(ws: WebSocket, client: Client, data: RawData, isBinary: boolean): void {
     this.lastMessageAt = Date.now();
     let msg;
     try {
@@ -92,37 +140,50 @@ export class Gateway {
       return this.sendError(ws, e);
     }
     if (msg.type === 'ping') return this.send(ws, msg.id === undefined ? { type: 'pong' } : { type: 'pong', id: msg.id });
-    void this.onAsk(ws, connection, msg);
+    void this.onAsk(ws, client, msg);
   }
 
-  private async onAsk(ws: WebSocket, connection: string, msg: AskMessage): Promise<void> {
-    const mine = this.inflight.get(ws);
-    if (!mine) return;
-    if (mine.has(msg.id)) return this.sendError(ws, new ProtocolError('duplicate_id', `question ${JSON.stringify(msg.id)} is still being answered on this connection`, msg.id));
-    mine.add(msg.id);
+  private async onAsk(ws: WebSocket, client: Client, msg: AskMessage): Promise<void> {
+    const { asking } = client;
+    if (asking.has(msg.id)) return this.sendError(ws, new ProtocolError('duplicate_id', `question ${JSON.stringify(msg.id)} is still being answered on this connection`, msg.id));
+    if (asking.size + client.unsent >= this.o.maxInFlight)
+      return this.sendError(
+        ws,
+        new ProtocolError('too_many_in_flight', `this connection has ${asking.size + client.unsent} questions in flight (unanswered, or answered and not yet read), the limit (max_in_flight ${this.o.maxInFlight}); wait for an answer`, msg.id),
+      );
+    asking.add(msg.id);
     this.metrics.questions.inc({ transport: 'ws' });
+    let reply: Record<string, unknown>;
     try {
       const a = await this.answerer.ask({
         question: msg.question,
         votes: msg.votes ?? this.limits.defaultVotes,
         clientId: msg.id,
-        connection,
+        connection: client.connection,
+        lane: client.connection,
+        source: client.source,
         onSamples: msg.stream
           ? (r) => r.samples.forEach((s, index) => this.send(ws, { type: 'vote', id: msg.id, index, answer: s.answer, text: s.text, tokens: s.tokens.length }))
           : undefined,
       });
-      this.send(ws, { type: 'answer', id: msg.id, ...a });
+      reply = { type: 'answer', id: msg.id, ...a };
     } catch (e) {
-      this.sendError(ws, e, msg.id);
-    } finally {
-      mine.delete(msg.id);
+      reply = this.errorReply(e, msg.id);
     }
+    // In flight until the reply has left for the socket.
+    asking.delete(msg.id);
+    client.unsent++;
+    this.send(ws, reply, () => client.unsent--);
+  }
+
+  private errorReply(e: unknown, id?: string): Record<string, unknown> {
+    const pe = e instanceof ProtocolError ? e : new ProtocolError('internal', (e as Error).message ?? String(e), id);
+    if (pe.code !== 'overloaded') this.metrics.rejected.inc({ code: pe.code });
+    return errorMessage(pe.code, pe.message, pe.id ?? id);
   }
 
   private sendError(ws: WebSocket, e: unknown, id?: string): void {
-    const pe = e instanceof ProtocolError ? e : new ProtocolError('internal', (e as Error).message ?? String(e), id);
-    if (pe.code !== 'overloaded') this.metrics.rejected.inc({ code: pe.code });
-    this.send(ws, errorMessage(pe.code, pe.message, pe.id ?? id));
+    this.send(ws, this.errorReply(e, id));
   }
 
   /** Refuses new connections from now on (503); open ones stay, and their asks get shutting_down from the answerer. */

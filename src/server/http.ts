@@ -7,6 +7,8 @@ import { checkAsk } from '../loop/admission.ts';
 import type { Answerer } from '../loop/answerer.ts';
 import { ProtocolError, type ErrorCode } from '../loop/errors.ts';
 import type { Metrics } from '../loop/metrics.ts';
+import { ApiKeys } from './auth.ts';
+import type { ConnectionLimiter } from './connections.ts';
 import { errorMessage, type Limits } from './protocol.ts';
 
 export interface Admin {
@@ -18,25 +20,68 @@ export interface Admin {
   status(): unknown;
 }
 
-const STATUS: Partial<Record<ErrorCode, number>> = { overloaded: 503, shutting_down: 503, internal: 500, payload_too_large: 413, unsupported_encoding: 415, unauthorized: 401, not_found: 404 };
+const STATUS: Partial<Record<ErrorCode, number>> = {
+  overloaded: 503,
+  shutting_down: 503,
+  internal: 500,
+  payload_too_large: 413,
+  unsupported_encoding: 415,
+  unauthorized: 401,
+  not_found: 404,
+  too_many_connections: 429,
+  too_many_in_flight: 429,
+};
 
 const httpAsk = z.strictObject({ id: z.string().min(1).max(128).optional(), question: z.string(), votes: z.number().int().optional() });
 
-export function createApp(o: { answerer: Answerer; limits: Limits; metrics: Metrics; ready: () => { ready: boolean; version: number }; admin: Admin; adminToken?: string }) {
+export interface AppOptions {
+  answerer: Answerer;
+  limits: Limits;
+  metrics: Metrics;
+  /** Why the server cannot serve now (empty: ready), and the version serving. */
+  readiness: () => Promise<{ reasons: string[]; version: number }>;
+  admin: Admin;
+  adminToken?: string;
+  keys: ApiKeys;
+  connections: ConnectionLimiter;
+}
+
+export function createApp(o: AppOptions) {
   const app = express();
   app.disable('x-powered-by');
-  const fail = (res: Response, code: ErrorCode, message: string, id?: string) => {
+  const fail = (res: Response, code: ErrorCode, message: string, id?: string, status?: number) => {
     if (code !== 'overloaded') o.metrics.rejected.inc({ code });
-    res.status(STATUS[code] ?? 400).json(errorMessage(code, message, id));
+    res.status(status ?? STATUS[code] ?? 400).json(errorMessage(code, message, id));
   };
 
+  // A connection over the limits gets its answer on its first request, and is closed.
+  app.use((req, res, next) => {
+    const refusal = o.connections.refusal(req.socket);
+    if (!refusal) return next();
+    res.set('Connection', 'close');
+    fail(res, 'too_many_connections', refusal.message, undefined, refusal.status);
+  });
+
   app.get('/healthz', (_req, res) => res.json({ status: 'ok' }));
-  app.get('/readyz', (_req, res) => {
-    const r = o.ready();
-    res.status(r.ready ? 200 : 503).json({ ready: r.ready, model_version: r.version });
+  app.get('/readyz', async (_req, res) => {
+    const r = await o.readiness();
+    const ready = r.reasons.length === 0;
+    res.status(ready ? 200 : 503).json({ ready, model_version: r.version, reasons: r.reasons });
   });
   app.get('/metrics', async (_req, res) => {
     res.set('Content-Type', o.metrics.registry.contentType).send(await o.metrics.registry.metrics());
+  });
+
+  // With API keys set, every /v1 route needs one (the WebSocket upgrade checks its own).
+  app.use('/v1', (req, res, next) => {
+    if (!o.keys.enabled) return next();
+    const key = o.keys.check(ApiKeys.presented(req));
+    if (!key) {
+      res.set('WWW-Authenticate', 'Bearer');
+      return fail(res, 'unauthorized', 'this route needs an API key: Authorization: Bearer KEY');
+    }
+    res.locals.key = key;
+    next();
   });
 
   const json = express.json({ limit: o.limits.maxMessageBytes, strict: true, type: () => true });
@@ -51,7 +96,16 @@ export function createApp(o: { answerer: Answerer; limits: Limits; metrics: Metr
     try {
       const { votes } = checkAsk(parsed.data, o.limits);
       o.metrics.questions.inc({ transport: 'http' });
-      const a = await o.answerer.ask({ question: parsed.data.question, votes, clientId: parsed.data.id ?? null, connection: 'http' });
+      const address = req.socket.remoteAddress ?? 'unknown';
+      const a = await o.answerer.ask({
+        question: parsed.data.question,
+        votes,
+        clientId: parsed.data.id ?? null,
+        connection: 'http',
+        // HTTP asks of one address share a lane; the update share counts by key, else address.
+        lane: `http:${address}`,
+        source: (res.locals.key as string | undefined) ?? `addr:${address}`,
+      });
       res.json({ type: 'answer', ...(parsed.data.id ? { id: parsed.data.id } : {}), ...a });
     } catch (e) {
       const pe = e instanceof ProtocolError ? e : new ProtocolError('internal', (e as Error).message);

@@ -2,13 +2,15 @@
 // startServer() is what `ttrl serve`, the tests and the benchmark call.
 import { createServer, type Server } from 'node:http';
 import type { Settings } from './config.ts';
+import { ApiKeys } from './auth.ts';
+import { ConnectionLimiter } from './connections.ts';
 import { Gateway, WS_PATH } from './gateway.ts';
 import { createApp } from './http.ts';
 import { helloLimits } from './protocol.ts';
 import { createPipeline, type Pipeline } from '../loop/pipeline.ts';
 import type { Versions } from '../loop/versions.ts';
 
-export interface RunningServer extends Pick<Pipeline, 'store' | 'adaptation'> {
+export interface RunningServer extends Pick<Pipeline, 'store' | 'adaptation' | 'versions'> {
   /** The serving version, as it changes. */
   versions$: Versions['versions$'];
   url: string;
@@ -18,11 +20,12 @@ export interface RunningServer extends Pick<Pipeline, 'store' | 'adaptation'> {
 }
 
 export async function startServer(s: Settings, log: (line: string) => void = () => {}): Promise<RunningServer> {
-  const p = await createPipeline(s, { log });
+  const p = await createPipeline({ ...s, maxClientShare: s.maxClientShare }, { log });
   const { store, adaptation, answerer, metrics, versions } = p;
   try {
     const limits = { ...p.limits, maxMessageBytes: s.maxMessageBytes };
     let ready = false;
+    let closing: Promise<void> | null = null;
     const admin = {
       versions: () => versions.list(),
       status: () => ({
@@ -48,13 +51,25 @@ export async function startServer(s: Settings, log: (line: string) => void = () 
       },
       updateNow: () => adaptation.updateNow('admin'),
     };
-    const app = createApp({ answerer, limits, metrics, ready: () => ({ ready, version: versions.active.version }), admin, adminToken: s.adminToken });
-    const gateway = new Gateway(answerer, limits, metrics, () => ({
-      model_version: versions.active.version,
-      limits: helloLimits(limits),
-    }));
+    const keys = new ApiKeys(s.apiKeys);
+    const connections = new ConnectionLimiter(s);
+    const readiness = async () => ({
+      reasons: closing ? ['shutting down'] : !ready ? ['starting'] : await p.notReady(),
+      version: versions.active.version,
+    });
+    const app = createApp({ answerer, limits, metrics, readiness, admin, adminToken: s.adminToken, keys, connections });
+    const gateway = new Gateway(answerer, {
+      limits,
+      maxInFlight: s.maxInFlight,
+      maxBufferedBytes: s.maxBufferedBytes,
+      keys,
+      connections,
+      metrics,
+      hello: () => ({ model_version: versions.active.version, limits: { ...helloLimits(limits), max_in_flight: s.maxInFlight } }),
+    });
     const sub = versions.versions$.subscribe((v) => gateway.broadcast({ type: 'model', model_version: v }));
     const http: Server = createServer(app);
+    connections.attach(http);
     http.on('upgrade', (req, socket, head) => gateway.handleUpgrade(req, socket, head));
     await new Promise<void>((res, rej) => {
       http.once('error', rej);
@@ -63,13 +78,13 @@ export async function startServer(s: Settings, log: (line: string) => void = () 
     const port = (http.address() as { port: number }).port;
     ready = true;
     const host = s.host.includes(':') ? `[${s.host}]` : s.host;
-    let closing: Promise<void> | null = null;
     return {
       url: `http://${host}:${port}`,
       wsUrl: `ws://${host}:${port}${WS_PATH}`,
       port,
       store,
       adaptation,
+      versions,
       versions$: versions.versions$,
       close: () =>
         (closing ??= (async () => {

@@ -208,6 +208,11 @@ export class Store {
     return id;
   }
 
+  /** A small real write (readiness probes it while writes fail); throws while they do. */
+  probeWrite(): void {
+    this.setMeta('readiness_probe_at', String(Date.now()));
+  }
+
   event(kind: string, detail: unknown): void {
     this.db.prepare('INSERT INTO events (at, kind, detail) VALUES (?, ?, ?)').run(Date.now(), kind, JSON.stringify(detail));
   }
