@@ -390,10 +390,15 @@ serve.action(async (o: Record<string, unknown>, cmd: Command) => {
   const server = await startServer(settings, log);
   log(`serving ${settings.model} (version ${server.versions$.value}) at ${server.url}  websocket ${server.wsUrl}  db ${settings.db}  adaptation ${settings.adapt ? 'on' : 'off'}`);
   server.versions$.subscribe((v) => log(`model version ${v} is serving`));
-  let stopping = false;
+  let stoppingAt = 0;
   const stop = async (signal: string) => {
-    if (stopping) process.exit(130);
-    stopping = true;
+    // Ctrl-C under `npm start` arrives twice at once (from the terminal, and forwarded by
+    // npm): only a signal a moment later asks to quit now.
+    if (stoppingAt) {
+      if (Date.now() - stoppingAt > 500) process.exit(130);
+      return;
+    }
+    stoppingAt = Date.now();
     log(`${signal}: finishing the batch in flight, then stopping (again to quit now)`);
     await server.close();
     log('stopped');
