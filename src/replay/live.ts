@@ -1,8 +1,10 @@
-// Replaying a stream against a running server over WebSocket: N connections, inter-arrival
-// times scaled by `speed` (or 'max': as fast as the server takes them, backing off on
-// "overloaded"). A server that goes away ends the replay with an error and what was
-// answered so far; nothing waits forever (a question has a timeout).
-import WebSocket from 'ws';
+// Replaying a stream against a running server over WebSocket: N connections (one typed
+// client each, src/client), inter-arrival times scaled by `speed` (or 'max': `window`
+// questions in flight per connection, as fast as the server answers them). "overloaded" is
+// retried with the client's jittered backoff (50 ms doubling to 2 s), as often as it takes.
+// A server that goes away ends the replay with an error and what was answered so far (the
+// clients do not reconnect); nothing waits forever (a question has a timeout).
+import { TtrlClient, TtrlError } from '../client/index.ts';
 import type { ReplayItem } from './source.ts';
 import type { Outcome } from './report.ts';
 
@@ -14,6 +16,8 @@ export interface LiveOptions {
   window?: number;
   /** A question unanswered after this long counts as an error ("timeout"). */
   timeoutMs?: number;
+  /** The server's API key, when it has keys. */
+  apiKey?: string;
   onProgress?: (done: number) => void;
 }
 
@@ -31,117 +35,83 @@ export async function replayLive(items: ReplayItem[], o: LiveOptions): Promise<L
   let done = 0;
   let fatal: string | undefined;
   const window = o.window ?? 16;
-  const timeoutMs = o.timeoutMs ?? 120_000;
-  const sockets: WebSocket[] = [];
+  const clients = Array.from(
+    { length: Math.max(1, o.clients) },
+    () =>
+      new TtrlClient(o.to, {
+        apiKey: o.apiKey,
+        timeoutMs: o.timeoutMs ?? 120_000,
+        reconnect: false,
+        retries: Infinity,
+        backoff: { initialMs: 50, maxMs: 2000 },
+        // Timed: every question at its arrival time (up to the server's max_in_flight).
+        ...(o.speed === 'max' ? { maxInFlight: window } : {}),
+      }),
+  );
+  const closeAll = () => Promise.all(clients.map((c) => c.close()));
   try {
-    for (let c = 0; c < Math.max(1, o.clients); c++) sockets.push(await connect(o.to));
+    await Promise.all(clients.map((c) => c.connect()));
   } catch (e) {
-    for (const ws of sockets) ws.terminate();
-    return { outcomes, sent, wallS: 0, fatal: (e as Error).message };
+    await closeAll();
+    return { outcomes, sent, wallS: 0, fatal: `cannot connect to ${o.to}: ${(e as Error).message}` };
   }
   const t0 = performance.now();
+  // Stopping: no more questions are sent, and waits for arrival times end at once.
+  let stopped = false;
+  const sleeping = new Set<{ timer: ReturnType<typeof setTimeout>; wake: () => void }>();
+  const stop = (reason: string) => {
+    fatal ??= reason;
+    stopped = true;
+    for (const s of sleeping) (clearTimeout(s.timer), s.wake());
+    sleeping.clear();
+  };
+  const sleep = (ms: number) =>
+    new Promise<void>((wake) => {
+      const s = { timer: setTimeout(() => (sleeping.delete(s), wake()), ms), wake };
+      sleeping.add(s);
+    });
+  for (const c of clients) c.on('disconnect', (d) => stop(`the server closed the connection (code ${d.code}${d.reason ? `: ${d.reason}` : ''}) after ${done} of ${items.length} questions`));
   const finish = (i: number, patch: Partial<Outcome>) => {
     outcomes[i] = { question: items[i]!.question, truth: items[i]!.answer, ...patch };
     done++;
     o.onProgress?.(done);
   };
+  const ask = async (c: TtrlClient, i: number) => {
+    if (stopped) return;
+    const it = items[i]!;
+    sent++;
+    const at = performance.now();
+    try {
+      const a = await c.ask(it.question, it.votes ? { votes: it.votes } : {});
+      finish(i, { answer: a.answer, version: a.model_version, confidence: a.confidence, latencyMs: performance.now() - at });
+    } catch (e) {
+      const code = e instanceof TtrlError ? e.code : 'error';
+      finish(i, { error: code === 'connection_failed' || code === 'closed' ? 'connection_lost' : code });
+    }
+  };
 
-  const perConnection = sockets.map((ws, c) => {
-    const mine = items.map((_, i) => i).filter((i) => i % sockets.length === c);
-    return new Promise<void>((resolveAll) => {
-      const pending = new Map<string, { i: number; sentAt: number; timer: NodeJS.Timeout; tries: number }>();
-      let nextIdx = 0;
-      let stopped = false;
-      const stop = (reason?: string) => {
-        if (stopped) return;
-        stopped = true;
-        if (reason) fatal ??= reason;
-        for (const p of pending.values()) {
-          clearTimeout(p.timer);
-          finish(p.i, { error: 'connection_lost' });
-        }
-        pending.clear();
-        resolveAll();
-      };
-      const maybeDone = () => {
-        if (nextIdx >= mine.length && pending.size === 0) {
-          stopped = true;
-          resolveAll();
-        }
-      };
-      const send = (i: number, tries = 0) => {
-        if (stopped) return;
-        const id = `r${i}`;
-        const timer = setTimeout(() => {
-          pending.delete(id);
-          finish(i, { error: 'timeout' });
-          pump();
-          maybeDone();
-        }, timeoutMs);
-        pending.set(id, { i, sentAt: performance.now(), timer, tries });
-        if (tries === 0) sent++;
-        const it = items[i]!;
-        ws.send(JSON.stringify({ type: 'ask', id, question: it.question, ...(it.votes ? { votes: it.votes } : {}) }));
-      };
-      // Timed: each question at its scaled arrival time. Max: keep `window` in flight.
-      const pump = () => {
-        if (stopped) return;
-        if (o.speed === 'max') {
-          while (nextIdx < mine.length && pending.size < window) send(mine[nextIdx++]!);
-        } else {
-          while (nextIdx < mine.length) {
-            const i = mine[nextIdx]!;
-            const due = t0 + items[i]!.at / (o.speed as number);
-            const wait = due - performance.now();
-            if (wait > 0) {
-              setTimeout(pump, wait);
-              return;
-            }
-            nextIdx++;
-            send(i);
-          }
-        }
-      };
-      ws.on('message', (d) => {
-        let m: Record<string, unknown>;
-        try {
-          m = JSON.parse(String(d));
-        } catch {
-          return;
-        }
-        const p = typeof m.id === 'string' ? pending.get(m.id) : undefined;
-        if (!p) return;
-        clearTimeout(p.timer);
-        pending.delete(m.id as string);
-        if (m.type === 'answer') {
-          finish(p.i, { answer: m.answer as string | null, version: m.model_version as number, confidence: m.confidence as number, latencyMs: performance.now() - p.sentAt });
-        } else if (m.code === 'overloaded') {
-          // Back off (50 ms doubling to 2 s, with jitter) and ask again.
-          const delay = Math.min(2000, 50 * 2 ** p.tries) * (0.5 + Math.random());
-          setTimeout(() => send(p.i, p.tries + 1), delay);
-          return;
-        } else finish(p.i, { error: String(m.code ?? 'error') });
-        pump();
-        maybeDone();
-      });
-      ws.on('close', (code) => stop(`the server closed the connection (code ${code}) after ${done} of ${items.length} questions`));
-      ws.on('error', (e) => stop(`connection error: ${e.message}`));
-      pump();
-      maybeDone();
-    });
-  });
-  await Promise.all(perConnection);
-  for (const ws of sockets) if (ws.readyState === WebSocket.OPEN) ws.close();
+  await Promise.all(
+    clients.map(async (c, k) => {
+      const mine = items.map((_, i) => i).filter((i) => i % clients.length === k);
+      if (o.speed === 'max') {
+        // `window` askers, each asking its next question once the last is answered.
+        let next = 0;
+        const asker = async () => {
+          while (!stopped && next < mine.length) await ask(c, mine[next++]!);
+        };
+        await Promise.all(Array.from({ length: Math.min(window, mine.length) }, asker));
+      } else {
+        const speed = o.speed;
+        await Promise.all(
+          mine.map(async (i) => {
+            const wait = t0 + items[i]!.at / speed - performance.now();
+            if (wait > 0) await sleep(wait);
+            await ask(c, i);
+          }),
+        );
+      }
+    }),
+  );
+  await closeAll();
   return { outcomes, sent, wallS: (performance.now() - t0) / 1000, fatal };
-}
-
-function connect(url: string): Promise<WebSocket> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { handshakeTimeout: 10_000 });
-    ws.once('open', () => {
-      ws.removeAllListeners('error');
-      resolve(ws);
-    });
-    ws.once('error', (e) => reject(new Error(`cannot connect to ${url}: ${e.message}`)));
-  });
 }
