@@ -394,7 +394,7 @@ test('without API keys the browser path (a standard WebSocket constructor) conne
   }
 });
 
-test('API keys: refused without one or with a wrong one (401 unauthorized); a Bearer header (Node) and the subprotocol (browsers) connect', { skip: 'API keys not enforced yet' }, async () => {
+test('API keys: refused without one or with a wrong one (401 unauthorized); a Bearer header (Node) and the subprotocol (browsers) connect', async () => {
   const key = 'client-test-key-0123456789';
   const s = await start({ apiKeys: [key] });
   try {
