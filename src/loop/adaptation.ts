@@ -223,7 +223,7 @@ export class Adaptation {
     const { selected, stats: groupStats } = selectForTraining(trainable.map((e) => e.rollout), [], { reward: 'majority', trainSamples: this.o.trainSamples, gate: this.o.gate }, this.rng);
     if (!selected.length) {
       this.metrics.updates.inc({ outcome: 'skipped' });
-      return { version: null, outcome: 'skipped', reason: 'no question passed the gate with a learning signal', stats: { ...groupStats } };
+      return { version: null, outcome: 'skipped', reason: 'no question passed the gate with a learning signal', stats: { experiences: taken.length, ...intake, ...groupStats } };
     }
     await this.start();
     const updater = this.updater!;
