@@ -426,6 +426,7 @@ const replay = program
   .option('--since <t>', 'first arrival time to replay (ISO date-time or epoch ms; for JSONL, ms from the start)')
   .option('--until <t>', 'replay arrivals before this time')
   .option('--clients <n>', 'WebSocket connections', int('--clients', 1), 4)
+  .option('--api-key <key>', "the server's API key, when it requires one (or TTRL_API_KEY)")
   .option('--window <n>', 'questions per window of the accuracy-over-time report', int('--window', 1), 100)
   .option('--report <dir>', 'write report.csv and report.svg (accuracy and majority ratio over the stream) here')
   .option('--db <file>', 'offline: keep the replay\'s experience log in this SQLite file')
@@ -446,7 +447,8 @@ replay.action(async (o: Record<string, unknown>, cmd: Command) => {
     r = await replayOffline(items, settings, { keepDb: Boolean(o.db), onProgress: (n) => bar.update(n) });
   } else {
     for (const k of OFFLINE_SETTINGS) if (cmd.getOptionValueSource(k) === 'cli') throw new InvalidArgumentError(`${flagName(k)} applies to --offline replays only`);
-    r = await replayLive(items, { to: o.to as string, speed: o.speed as number | 'max', clients: o.clients as number, onProgress: (n) => bar.update(n) });
+    const apiKey = (o.apiKey as string | undefined) ?? process.env.TTRL_API_KEY;
+    r = await replayLive(items, { to: o.to as string, speed: o.speed as number | 'max', clients: o.clients as number, apiKey, onProgress: (n) => bar.update(n) });
   }
   const report = buildReport(r.outcomes, r.sent, r.wallS, o.window as number);
   if (o.report) await writeReport(o.report as string, report, `replay of ${o.from}`);
