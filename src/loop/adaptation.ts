@@ -98,6 +98,8 @@ export class Adaptation {
       throw new Error(`an update of ${o.updateEvery} questions with at most ${o.maxClientShare} of them from one client leaves no client a question; raise --update-every or --max-client-share`);
     this.subs.push(
       experiences$.subscribe((e) => {
+        // Sampled otherwise than the policy (a request's own temperature, length or stop): logged, not learnt from.
+        if (!e.trainable) return;
         // The guard's probe set and anchors see the answer before an update it triggers.
         this.judge.observe(e.rollout);
         this.admit(e);

@@ -53,7 +53,7 @@ export function askLimits(
 }
 
 /** The prompt of a question, checked against the limits: its tokens. */
-export function checkPrompt(question: string, l: AskLimits, id?: string): number[] {
+export function checkPrompt(question: string, l: AskLimits, id?: string, maxNewTokens = l.maxNewTokens): number[] {
   let prompt: number[];
   try {
     prompt = l.encode(question);
@@ -61,10 +61,10 @@ export function checkPrompt(question: string, l: AskLimits, id?: string): number
     throw new ProtocolError('unreadable_question', `the model's tokenizer cannot encode the question: ${(e as Error).message}`, id);
   }
   const n = prompt.length;
-  if (n + l.maxNewTokens > l.contextLength)
+  if (n + maxNewTokens > l.contextLength)
     throw new ProtocolError(
       'context_length_exceeded',
-      `the prompt has ${n} tokens and answers may take ${l.maxNewTokens} more: ${n + l.maxNewTokens} do not fit in the model's context of ${l.contextLength} tokens (at most ${l.contextLength - l.maxNewTokens} prompt tokens)`,
+      `the prompt has ${n} tokens and answers may take ${maxNewTokens} more: ${n + maxNewTokens} do not fit in the model's context of ${l.contextLength} tokens (at most ${l.contextLength - maxNewTokens} prompt tokens)`,
       id,
     );
   // Within the room, only the operator's own limit can be smaller.
@@ -73,9 +73,9 @@ export function checkPrompt(question: string, l: AskLimits, id?: string): number
 }
 
 /** The body of an ask, checked against the limits: the vote count it gets and its prompt's length. */
-export function checkAsk(m: { id?: string; question: string; votes?: number }, l: AskLimits): { votes: number; promptTokens: number } {
+export function checkAsk(m: { id?: string; question: string; votes?: number; maxNewTokens?: number }, l: AskLimits): { votes: number; promptTokens: number } {
   if (!m.question) throw new ProtocolError('invalid_message', 'question must be a non-empty string', m.id);
   const votes = m.votes ?? l.defaultVotes;
   if (votes < 1 || votes > l.maxVotes) throw new ProtocolError('bad_votes', `votes must be between 1 and ${l.maxVotes}, got ${votes}`, m.id);
-  return { votes, promptTokens: checkPrompt(m.question, l, m.id).length };
+  return { votes, promptTokens: checkPrompt(m.question, l, m.id, m.maxNewTokens).length };
 }

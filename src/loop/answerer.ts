@@ -18,9 +18,24 @@ import { rolloutBatch, type Rollout } from '../ttrl/rollout.ts';
 import { ProtocolError } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 
+/**
+ * A request's own sampling (the OpenAI routes' temperature, top_p, max_tokens, stop, seed).
+ * Questions sampled otherwise than the server samples are answered and logged but not
+ * trained on: their log-probs and lengths are not those of the policy the update assumes.
+ */
+export interface SamplingOverrides {
+  temperature?: number;
+  topP?: number;
+  maxNewTokens?: number;
+  stop?: string[];
+  /** The request's seed: its samples depend on it alone (and the question's position in no batch). */
+  seed?: number;
+}
+
 export interface AskRequest {
   question: string;
   votes: number;
+  sampling?: SamplingOverrides;
   clientId: string | null;
   connection: string | null;
   /** The queue's lane for fairness: lanes are served in turn (a connection; unset: one shared lane, e.g. an offline replay). */
@@ -47,6 +62,8 @@ export interface Experience {
   rollout: Rollout;
   at: number;
   source: string | null;
+  /** Sampled as the server samples (no overrides): an update may train on it. */
+  trainable: boolean;
 }
 
 interface Pending {
@@ -169,13 +186,16 @@ export class Answerer {
   }
 
   /**
-   * The next batch: one run samples one vote count, the first lane's first question's. Then
-   * round by round each lane gives its next question with that count (its order kept) until
+   * The next batch: one run samples one vote count and one way (temperature, top_p, length,
+   * stop strings), the first lane's first question's. Then round by round each lane gives its
+   * next question sampled alike (its order kept) until
    * the batch is full or the lanes have none; the first lane moves to the back.
    */
   private takeBatch(): { batch: Pending[]; votes: number } {
     const keys = [...this.lanes.keys()];
-    const votes = this.lanes.get(keys[0]!)![0]!.req.votes;
+    const head = this.lanes.get(keys[0]!)![0]!;
+    const votes = head.req.votes;
+    const kind = runKind(head.req);
     const taken = new Set<Pending>();
     const cursor = keys.map(() => 0);
     for (let progress = true; progress && taken.size < this.o.batchQuestions; ) {
@@ -183,7 +203,7 @@ export class Answerer {
       keys.forEach((key, i) => {
         const lane = this.lanes.get(key)!;
         if (taken.size >= this.o.batchQuestions) return;
-        while (cursor[i]! < lane.length && lane[cursor[i]!]!.req.votes !== votes) cursor[i]!++;
+        while (cursor[i]! < lane.length && runKind(lane[cursor[i]!]!.req) !== kind) cursor[i]!++;
         if (cursor[i]! === lane.length) return;
         taken.add(lane[cursor[i]!++]!);
         progress = true;
@@ -208,12 +228,22 @@ export class Answerer {
       // lands in: the same stream served twice gets the same dice, so two runs differ only
       // where their model versions do, and a repeated question still gets fresh samples.
       const asked = this.store.askCounts(batch.map((p) => p.req.question));
-      const seeds = batch.map(({ req: { question } }) => {
+      const seeds = batch.map(({ req: { question, sampling } }) => {
         const k = asked.get(question)!;
         asked.set(question, k + 1);
-        return seedOf(this.o.seed, question, k);
+        return sampling?.seed ?? seedOf(this.o.seed, question, k);
       });
-      rollouts = await rolloutBatch(await this.sampler(), this.tok, batch.map((p) => p.req.question), { task: this.o.task, votes, temperature: this.o.temperature, seed: this.o.seed, seeds });
+      const sampling = batch[0]!.req.sampling ?? {};
+      rollouts = await rolloutBatch(await this.sampler(), this.tok, batch.map((p) => p.req.question), {
+        task: this.o.task,
+        votes,
+        temperature: sampling.temperature ?? this.o.temperature,
+        topP: sampling.topP,
+        maxNewTokens: sampling.maxNewTokens,
+        stop: sampling.stop,
+        seed: this.o.seed,
+        seeds,
+      });
     } catch (e) {
       this.health?.report('sampler', (e as Error).message);
       return this.fail(batch, `sampling failed: ${(e as Error).message}`);
@@ -254,7 +284,7 @@ export class Answerer {
       this.metrics.latency.observe(rec.latencyMs / 1000);
       this.metrics.majorityRatio.observe(r.vote.ratio);
       p.resolve({ answer: r.vote.label, votes: r.vote.counts, confidence: r.vote.ratio, model_version: r.version, prompt_tokens: r.prompt.length, latency_ms: Math.round(rec.latencyMs) });
-      this.experiences$.next({ questionId: ids[i]!, rollout: r, at: answeredAt, source: p.req.source ?? null });
+      this.experiences$.next({ questionId: ids[i]!, rollout: r, at: answeredAt, source: p.req.source ?? null, trainable: !isOverridden(p.req.sampling) });
     });
   }
 
@@ -283,4 +313,15 @@ export class Answerer {
     await this.running;
     this.experiences$.complete();
   }
+}
+
+/** What must be alike for questions to share a sampling run. */
+function runKind(req: AskRequest): string {
+  const s = req.sampling;
+  return JSON.stringify([req.votes, s?.temperature, s?.topP, s?.maxNewTokens, s?.stop]);
+}
+
+function isOverridden(s: SamplingOverrides | undefined): boolean {
+  // A seed picks the dice, not the distribution: such samples are still the policy's.
+  return !!s && (s.temperature !== undefined || s.topP !== undefined || s.maxNewTokens !== undefined || !!s.stop?.length);
 }

@@ -22,6 +22,7 @@ export const ERROR_CODES = {
   internal: 'the server failed to answer this question',
   unauthorized: 'a missing or wrong API key (/v1 routes) or admin token (/admin routes)',
   not_found: 'no such resource',
+  unsupported_parameter: 'an OpenAI request parameter the server does not support, or not at this value',
 } as const;
 export type ErrorCode = keyof typeof ERROR_CODES;
 

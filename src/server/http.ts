@@ -9,6 +9,7 @@ import { ProtocolError, type ErrorCode } from '../loop/errors.ts';
 import type { Metrics } from '../loop/metrics.ts';
 import { ApiKeys } from './auth.ts';
 import type { ConnectionLimiter } from './connections.ts';
+import { OPENAI_PATHS, openAiError, openAiRouter, type OpenAiOptions } from './openai.ts';
 import { errorMessage, type Limits } from './protocol.ts';
 
 export interface Admin {
@@ -44,14 +45,18 @@ export interface AppOptions {
   adminToken?: string;
   keys: ApiKeys;
   connections: ConnectionLimiter;
+  openai: Omit<OpenAiOptions, 'answerer' | 'limits' | 'metrics'>;
 }
 
 export function createApp(o: AppOptions) {
   const app = express();
   app.disable('x-powered-by');
+  // The OpenAI routes answer in OpenAI's error shape, the others in ours.
   const fail = (res: Response, code: ErrorCode, message: string, id?: string, status?: number) => {
     if (code !== 'overloaded') o.metrics.rejected.inc({ code });
-    res.status(status ?? STATUS[code] ?? 400).json(errorMessage(code, message, id));
+    const st = status ?? STATUS[code] ?? 400;
+    const openai = OPENAI_PATHS.includes(new URL(res.req.originalUrl, 'http://x').pathname);
+    res.status(st).json(openai ? openAiError(code, message, st) : errorMessage(code, message, id));
   };
 
   // A connection over the limits gets its answer on its first request, and is closed.
@@ -83,6 +88,8 @@ export function createApp(o: AppOptions) {
     res.locals.key = key;
     next();
   });
+
+  app.use('/v1', openAiRouter({ ...o.openai, answerer: o.answerer, limits: o.limits, metrics: o.metrics }));
 
   const json = express.json({ limit: o.limits.maxMessageBytes, strict: true, type: () => true });
   app.post('/v1/ask', json, async (req: Request, res: Response) => {

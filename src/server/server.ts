@@ -1,6 +1,7 @@
 // The server: HTTP (express) and WebSocket (ws) in front of the serving loop (loop/pipeline.ts).
 // startServer() is what `ttrl serve`, the tests and the benchmark call.
 import { createServer, type Server } from 'node:http';
+import { basename, resolve } from 'node:path';
 import type { Settings } from './config.ts';
 import { ApiKeys } from './auth.ts';
 import { ConnectionLimiter } from './connections.ts';
@@ -57,7 +58,8 @@ export async function startServer(s: Settings, log: (line: string) => void = () 
       reasons: closing ? ['shutting down'] : !ready ? ['starting'] : await p.notReady(),
       version: versions.active.version,
     });
-    const app = createApp({ answerer, limits, metrics, readiness, admin, adminToken: s.adminToken, keys, connections });
+    const openai = { task: p.task, modelId: basename(resolve(s.model)), created: Math.floor(Date.now() / 1000), version: () => versions.active.version };
+    const app = createApp({ answerer, limits, metrics, readiness, admin, adminToken: s.adminToken, keys, connections, openai });
     const gateway = new Gateway(answerer, {
       limits,
       maxInFlight: s.maxInFlight,

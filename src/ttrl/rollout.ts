@@ -12,6 +12,8 @@ export interface Sample {
   text: string;
   /** Normalised extracted answer, null when unparsable. */
   answer: string | null;
+  /** The text was cut at one of the request's stop strings (its tokens run past it). */
+  cut?: boolean;
 }
 
 export interface Rollout {
@@ -40,6 +42,8 @@ export interface RolloutOptions {
   task?: Task;
   /** Cap on completion length (default: the task's; also capped by the context length). */
   maxNewTokens?: number;
+  /** Strings that end a completion's text (OpenAI's `stop`): the text is cut before the first, and the answer read from what is left. */
+  stop?: string[];
   onBatch?: (done: number) => void;
 }
 
@@ -76,8 +80,13 @@ export async function rolloutBatch(sampler: Sampler, tok: Tokenizer, questions: 
   });
   return questions.map((question, i) => {
     const samples = r.completions[i]!.map((c) => {
-      const text = tok.decode(c.tokens);
-      return { ...c, text, answer: c.stopped ? task.answer(text) : null };
+      const full = tok.decode(c.tokens);
+      const at = o.stop?.length ? Math.min(...o.stop.map((x) => full.indexOf(x)).filter((k) => k >= 0)) : Infinity;
+      if (Number.isFinite(at)) {
+        const text = full.slice(0, at);
+        return { ...c, text, cut: true, answer: task.answer(text) };
+      }
+      return { ...c, text: full, answer: c.stopped ? task.answer(full) : null };
     });
     return { question, prompt: prompts[i]!, samples, vote: majorityVote(samples.map((s) => s.answer)), version: r.version };
   });
