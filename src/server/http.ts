@@ -1,6 +1,6 @@
 // HTTP routes (express): health, readiness, Prometheus metrics, POST /v1/ask for simple
 // clients, and the token-protected admin routes. Errors use the WebSocket error shape.
-import express, { type NextFunction, type Request, type Response } from 'express';
+import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
 import { checkAsk } from '../loop/admission.ts';
@@ -46,6 +46,8 @@ export interface AppOptions {
   keys: ApiKeys;
   connections: ConnectionLimiter;
   openai: Omit<OpenAiOptions, 'answerer' | 'limits' | 'metrics'>;
+  /** GET /, its assets and its live stream (server/dashboard.ts). */
+  dashboard?: Router;
 }
 
 export function createApp(o: AppOptions) {
@@ -76,6 +78,7 @@ export function createApp(o: AppOptions) {
   app.get('/metrics', async (_req, res) => {
     res.set('Content-Type', o.metrics.registry.contentType).send(await o.metrics.registry.metrics());
   });
+  if (o.dashboard) app.use(o.dashboard);
 
   // With API keys set, every /v1 route needs one (the WebSocket upgrade checks its own).
   app.use('/v1', (req, res, next) => {

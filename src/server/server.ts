@@ -5,6 +5,7 @@ import { basename, resolve } from 'node:path';
 import type { Settings } from './config.ts';
 import { ApiKeys } from './auth.ts';
 import { ConnectionLimiter } from './connections.ts';
+import { Dashboard } from './dashboard.ts';
 import { Gateway, WS_PATH } from './gateway.ts';
 import { createApp } from './http.ts';
 import { helloLimits } from './protocol.ts';
@@ -59,7 +60,8 @@ export async function startServer(s: Settings, log: (line: string) => void = () 
       version: versions.active.version,
     });
     const openai = { task: p.task, modelId: basename(resolve(s.model)), created: Math.floor(Date.now() / 1000), version: () => versions.active.version };
-    const app = createApp({ answerer, limits, metrics, readiness, admin, adminToken: s.adminToken, keys, connections, openai });
+    const dashboard = new Dashboard({ experiences$: answerer.experiences$, updates$: adaptation.updates$, versions$: versions.versions$, store, adaptation, answerer, keys });
+    const app = createApp({ answerer, limits, metrics, readiness, admin, adminToken: s.adminToken, keys, connections, openai, dashboard: dashboard.router() });
     const gateway = new Gateway(answerer, {
       limits,
       maxInFlight: s.maxInFlight,
@@ -92,6 +94,8 @@ export async function startServer(s: Settings, log: (line: string) => void = () 
         (closing ??= (async () => {
           ready = false;
           sub.unsubscribe();
+          // Its streams end, so that the HTTP server does not wait on them.
+          dashboard.close();
           // New questions get shutting_down (new WebSocket connections 503); the batch in flight
           // is answered, and the clients have fallen quiet, before sockets close.
           gateway.beginClose();
