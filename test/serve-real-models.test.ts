@@ -73,7 +73,7 @@ test('stories260K served over WebSocket: 8 sampled continuations voted on their 
   const s = await serve({ model: dir, extractor: `regex:${FIRST_WORD}`, maxNewTokens: 48 });
   try {
     const c = await connect(s.wsUrl);
-    assert.deepEqual(c.hello.limits, { max_message_bytes: 8192, max_prompt_tokens: 512 - 48, max_new_tokens: 48, context_length: 512, max_votes: 64, default_votes: 8 });
+    assert.deepEqual(c.hello.limits, { max_message_bytes: 8192, max_prompt_tokens: 512 - 48, max_new_tokens: 48, context_length: 512, max_votes: 64, default_votes: 8, max_in_flight: 64 });
     const questions = STORY_PROMPTS.slice(0, 3);
     let disagreed = 0;
     for (const [i, question] of questions.entries()) {
@@ -114,7 +114,7 @@ test('stories260K served over WebSocket: 8 sampled continuations voted on their 
 
 test('an update on stories260K judges its candidate with the served task: the probe reads first words, as the votes do', async () => {
   const dir = await storiesOneSentence();
-  const s = await serve({ model: dir, extractor: `regex:${FIRST_WORD}`, maxNewTokens: 48, adapt: true, updateEvery: 1000, probeQuestions: 8, gate: 0 });
+  const s = await serve({ model: dir, extractor: `regex:${FIRST_WORD}`, maxNewTokens: 48, adapt: true, updateEvery: 1000, maxClientShare: 1, probeQuestions: 8, gate: 0 });
   try {
     const c = await connect(s.wsUrl);
     for (const [i, q] of STORY_PROMPTS.entries()) assert.equal((await c.ask(`u${i}`, q)).reply.type, 'answer');
@@ -199,7 +199,7 @@ test('a tiny random Qwen2-shaped checkpoint with the real Qwen3 tokenizer, serve
   const s = await serve({ model: dir, task: 'math', maxNewTokens: 24, maxPromptTokens: 80 });
   try {
     const c = await connect(s.wsUrl);
-    assert.deepEqual(c.hello.limits, { max_message_bytes: 8192, max_prompt_tokens: 80, max_new_tokens: 24, context_length: 160, max_votes: 64, default_votes: 8 });
+    assert.deepEqual(c.hello.limits, { max_message_bytes: 8192, max_prompt_tokens: 80, max_new_tokens: 24, context_length: 160, max_votes: 64, default_votes: 8, max_in_flight: 64 });
     // Qwen's ChatML as its template writes it for a system prompt, a user turn and the
     // generation prompt (thinking left on: nothing after "assistant\n"), written out here by hand.
     const chatml = (q: string) => `<|im_start|>system\n${BOXED_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n${q}<|im_end|>\n<|im_start|>assistant\n`;
