@@ -238,7 +238,8 @@ export class Dashboard {
     this.answeredAt.push(e.at, 1);
     if (latency !== null) this.latencies.push(e.at, latency);
     this.ratios.push(r.vote.ratio);
-    const sorted = Object.entries(r.vote.counts).sort((a, b) => b[1] - a[1]);
+    // The majority answer first (a tie leaves others with as many votes), then by votes.
+    const sorted = Object.entries(r.vote.counts).sort((a, b) => Number(b[0] === r.vote.label) - Number(a[0] === r.vote.label) || b[1] - a[1]);
     const top = sorted.slice(0, TOP_VOTES);
     const total = sorted.reduce((a, [, n]) => a + n, 0);
     const q: QuestionView = {

@@ -35,8 +35,15 @@
   const chartHeight = 170;
   const widthOf = (id) => Math.max(200, $(id).clientWidth);
 
+  // The x ranges come from the data itself: uPlot widens a single point's range to years.
+  const lastOf = (u) => {
+    const xs = u.data[0];
+    return xs.length ? xs[xs.length - 1] : Date.now() / 1000;
+  };
+
   function makeCharts() {
-    const time = { x: { time: true } };
+    // The last five minutes, one point a second.
+    const time = { x: { time: true, range: (u) => [lastOf(u) - SERIES_POINTS, lastOf(u)] } };
     charts.qps = new uPlot(
       {
         width: widthOf('chart-qps'),
@@ -86,10 +93,11 @@
         scales: {
           x: {
             time: true,
-            range: (_u, min, max) => {
+            // The updates shown, and at least the last ten minutes.
+            range: (u) => {
+              const xs = u.data[0];
               const now = Date.now() / 1000;
-              const lo = min === null || min === undefined ? now - 600 : Math.min(min, now - 600);
-              return [lo - 10, Math.max(max ?? now, now) + 10];
+              return [Math.min(xs.length ? xs[0] : now, now - 600) - 10, Math.max(lastOf(u), now) + 10];
             },
           },
           y: { range: (_u, min, max) => { const m = Math.max(0.05, Math.abs(min ?? 0), Math.abs(max ?? 0)) * 1.3; return [-m, m]; } },
@@ -135,7 +143,6 @@
   function renderVersion() {
     const v = state.version;
     setText('serving-version', v === null ? '–' : String(v));
-    setText('version-card', v === null ? '–' : `v${v}`);
     setText('anchor-shift', fmtShift(state.anchorShift));
     const serving = state.versions.find((r) => r.version === v);
     const parent = serving ? serving.parent : null;
@@ -190,7 +197,8 @@
 
   function voteBar(q) {
     const bar = el('div', 'votes');
-    const parts = q.votes.map(([label, n], i) => ({ label, n, cls: label === '' ? 'none' : label === q.answer && i === 0 ? 'top' : `v${Math.min(i, 5)}` }));
+    // The majority answer first (the server lists it first), then by votes.
+    const parts = q.votes.map(([label, n], i) => ({ label, n, cls: label === q.answer ? 'top' : label === '' ? 'none' : `v${Math.min(Math.max(i, 1), 5)}` }));
     if (q.other > 0) parts.push({ label: 'other', n: q.other, cls: 'other' });
     for (const p of parts) {
       const s = el('span', p.cls, p.label === '' ? '∅' : p.label);
