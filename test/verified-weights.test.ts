@@ -16,10 +16,11 @@ import { initAdapters } from '../src/model/lora.ts';
 import { resolveSettings } from '../src/server/config.ts';
 import { Store } from '../src/store/store.ts';
 import { Rng } from '../src/util/rng.ts';
+import { collectingLogger } from '../src/util/log.ts';
 import { scratch } from './helpers/scratch.ts';
 
 async function start(db: string, log: string[] = [], o: { loraRank?: number } = {}): Promise<Pipeline> {
-  return createPipeline(resolveSettings({ db, threads: 1, trainThreads: 1, adapt: false, votes: 4, loraRank: o.loraRank ?? 0 }, {}), { log: (l) => log.push(l) });
+  return createPipeline(resolveSettings({ db, threads: 1, trainThreads: 1, adapt: false, votes: 4, loraRank: o.loraRank ?? 0 }, {}), { logger: collectingLogger(log) });
 }
 
 /** Every weight moved by `by`: a different, valid version. */

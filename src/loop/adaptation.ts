@@ -23,6 +23,7 @@ import type { Experience } from './answerer.ts';
 import type { CandidateJudge } from './judge.ts';
 import type { Metrics } from './metrics.ts';
 import type { ServingVersion, Versions } from './versions.ts';
+import { silentLogger, type Logger } from '../util/log.ts';
 
 /** Learning rates of live updates when none is set (bench/RESULTS.md says how each was chosen). */
 export const FULL_LR = 3e-5;
@@ -90,6 +91,7 @@ export class Adaptation {
     private tok: Tokenizer,
     private o: AdaptationOptions,
     private metrics: Metrics,
+    private log: Logger = silentLogger,
   ) {
     this.paused = o.paused ?? false;
     this.rng = new Rng(o.seed ^ 0xada97);
@@ -205,6 +207,8 @@ export class Adaptation {
         return { version: null, outcome: 'failed', reason };
       })
       .then((r) => {
+        // One record per update, whatever its outcome.
+        this.log[r.outcome === 'failed' ? 'error' : 'info']({ update: { trigger, version: r.version, outcome: r.outcome, reason: r.reason, stats: r.stats } }, `update ${r.outcome}${r.version === null ? '' : ` (version ${r.version})`}${r.reason ? `: ${r.reason}` : ''}`);
         this.lastOutcome = r;
         this.updates$.next({ phase: 'end', outcome: r });
         return r;

@@ -10,6 +10,8 @@
 import { Subject } from 'rxjs';
 import type { Sampler } from '../engine/sampler.ts';
 import type { Health } from './health.ts';
+import { randomBytes } from 'node:crypto';
+import { silentLogger, type Logger } from '../util/log.ts';
 import { seedOf } from '../util/rng.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import type { Store } from '../store/store.ts';
@@ -33,6 +35,8 @@ export interface SamplingOverrides {
 }
 
 export interface AskRequest {
+  /** Carried through batch, sample, store and answer in the logs (unset: one is made). */
+  requestId?: string;
   question: string;
   votes: number;
   sampling?: SamplingOverrides;
@@ -100,7 +104,13 @@ export class Answerer {
     private o: AnswererOptions,
     private metrics: Metrics,
     private health?: Health,
+    private log: Logger = silentLogger,
   ) {}
+
+  /** Request ids: this process's random prefix and a counter (unique across restarts in one log). */
+  private idPrefix = randomBytes(3).toString('hex');
+  private nextRequest = 1;
+  private nextBatch = 1;
 
   get queueDepth(): number {
     return this.waiting;
@@ -125,6 +135,8 @@ export class Answerer {
       this.metrics.rejected.inc({ code: 'overloaded' });
       return Promise.reject(new ProtocolError('overloaded', `${this.waiting} questions are waiting (the limit is ${this.o.queueLimit}); retry later`));
     }
+    req.requestId ??= `${this.idPrefix}-${(this.nextRequest++).toString(36)}`;
+    this.log.debug({ req_id: req.requestId, connection: req.connection, client_id: req.clientId, votes: req.votes }, 'question');
     return new Promise((resolve, reject) => {
       const key = req.lane ?? '';
       let lane = this.lanes.get(key);
@@ -222,6 +234,9 @@ export class Answerer {
 
   private async runBatch(batch: Pending[], votes: number): Promise<void> {
     this.metrics.batchSize.observe(batch.length);
+    const log = this.log.child({ batch: this.nextBatch++ });
+    const t0 = performance.now();
+    log.debug({ req_ids: batch.map((p) => p.req.requestId), votes, waited_ms: Math.round(t0 - batch[0]!.t0) }, 'batch');
     let rollouts: Rollout[];
     try {
       // The k-th ask of a question draws seed (server seed, question, k), whatever batch it
@@ -246,9 +261,10 @@ export class Answerer {
       });
     } catch (e) {
       this.health?.report('sampler', (e as Error).message);
-      return this.fail(batch, `sampling failed: ${(e as Error).message}`);
+      return this.fail(batch, `sampling failed: ${(e as Error).message}`, log);
     }
     this.health?.report('sampler');
+    log.debug({ ms: Math.round(performance.now() - t0), model_version: rollouts[0]?.version }, 'sampled');
     const answeredAt = Date.now();
     const records = rollouts.map((r, i) => {
       const p = batch[i]!;
@@ -273,9 +289,10 @@ export class Answerer {
     } catch (e) {
       // Not stored means not answered: the client hears of the failure instead.
       this.health?.report('store', (e as Error).message);
-      return this.fail(batch, `could not store the answers: ${(e as Error).message}`);
+      return this.fail(batch, `could not store the answers: ${(e as Error).message}`, log);
     }
     this.health?.report('store');
+    log.debug({ question_ids: ids }, 'stored');
     rollouts.forEach((r, i) => {
       const p = batch[i]!;
       const rec = records[i]!;
@@ -283,12 +300,14 @@ export class Answerer {
       this.metrics.answered.inc();
       this.metrics.latency.observe(rec.latencyMs / 1000);
       this.metrics.majorityRatio.observe(r.vote.ratio);
+      log.debug({ req_id: p.req.requestId, question_id: ids[i], answer: r.vote.label, confidence: r.vote.ratio, latency_ms: Math.round(rec.latencyMs) }, 'answered');
       p.resolve({ answer: r.vote.label, votes: r.vote.counts, confidence: r.vote.ratio, model_version: r.version, prompt_tokens: r.prompt.length, latency_ms: Math.round(rec.latencyMs) });
       this.experiences$.next({ questionId: ids[i]!, rollout: r, at: answeredAt, source: p.req.source ?? null, trainable: !isOverridden(p.req.sampling) });
     });
   }
 
-  private fail(batch: Pending[], error: string): void {
+  private fail(batch: Pending[], error: string, log: Logger): void {
+    log.error({ req_ids: batch.map((p) => p.req.requestId), error }, 'batch failed');
     this.logFailed(batch, error);
     this.metrics.failed.inc(batch.length);
     for (const p of batch) p.reject(new ProtocolError('internal', error));

@@ -12,6 +12,7 @@ import { Answerer } from './answerer.ts';
 import { CandidateJudge } from './judge.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 import { Health } from './health.ts';
+import { lineLog, silentLogger, type Logger } from '../util/log.ts';
 import { Versions } from './versions.ts';
 
 /** What the pipeline reads of the server's settings (server/config.ts has them all, by these names). */
@@ -71,7 +72,8 @@ export interface Pipeline {
   close(): Promise<void>;
 }
 
-export async function createPipeline(s: PipelineSettings, o: { versionsDir?: string; log?: (line: string) => void } = {}): Promise<Pipeline> {
+export async function createPipeline(s: PipelineSettings, o: { versionsDir?: string; logger?: Logger } = {}): Promise<Pipeline> {
+  const logger = o.logger ?? silentLogger;
   const model = await loadModel(s.model);
   // The task and its limits before anything is opened: a template the model lacks, or new
   // tokens that fill its context, stop start-up here.
@@ -93,7 +95,7 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
       // Idle compute threads spin only when no trainer shares the cores.
       sampler: { threads: s.threads, spin: !s.adapt },
       lora,
-      log: o.log,
+      log: lineLog(logger),
     });
     cleanup.unshift(() => versions.close());
     const health = new Health({
@@ -110,6 +112,7 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
       { task, batchQuestions: s.batchQuestions, batchWaitMs: s.batchWaitMs, queueLimit: s.queueLimit, temperature: s.temperature, seed: s.seed },
       metrics,
       health,
+      logger,
     );
     const judge = new CandidateJudge(
       store,
@@ -144,6 +147,7 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
         paused: !s.adapt,
       },
       metrics,
+      logger,
     );
     cleanup.unshift(() => adaptation.close());
     if (s.adapt) await adaptation.start();

@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { EXTRACTOR_NAMES, extractor } from '../tasks/extractors.ts';
 import { TASK_NAMES, type TaskName } from '../tasks/task.ts';
+import { LOG_LEVELS } from '../util/log.ts';
 import { FULL_LR, LORA_LR } from '../loop/adaptation.ts';
 
 export const PROJECT_ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -87,6 +88,7 @@ export const SETTINGS = {
   probeQuestions: { schema: int(0, 4096), default: 64, help: 'guard: earlier questions a candidate must still answer sensibly, greedily (0: no probe)' },
   anchors: { schema: int(0, 4096), default: 128, help: 'guard: most anchors, served questions the shipped model answered with at least 90% of the votes; a candidate must stay as sure of their answers (0: no anchor check)' },
   anchorSlack: { schema: real(0, 100), default: 0, help: 'guard: mean log-prob (nats) per anchor answer a candidate may lose against the shipped model' },
+  logLevel: { schema: z.enum(LOG_LEVELS), default: 'info', help: `least level logged: ${LOG_LEVELS.join(', ')} (debug: a record per batch and per answer, with its request id)` },
   adminToken: { schema: z.string().min(8, 'must be at least 8 characters').optional(), default: undefined, help: 'bearer token of the /admin routes, at least 8 characters (unset: admin routes off)' },
 } satisfies Record<string, Setting>;
 

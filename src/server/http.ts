@@ -4,11 +4,12 @@ import express, { type NextFunction, type Request, type Response, type Router } 
 import { timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
 import { checkAsk } from '../loop/admission.ts';
-import type { Answerer } from '../loop/answerer.ts';
+import type { Answerer, AskRequest } from '../loop/answerer.ts';
 import { ProtocolError, type ErrorCode } from '../loop/errors.ts';
 import type { Metrics } from '../loop/metrics.ts';
 import { ApiKeys } from './auth.ts';
 import type { ConnectionLimiter } from './connections.ts';
+import { requestIdOf } from './request-id.ts';
 import { OPENAI_PATHS, openAiError, openAiRouter, type OpenAiOptions } from './openai.ts';
 import { errorMessage, type Limits } from './protocol.ts';
 
@@ -107,7 +108,8 @@ export function createApp(o: AppOptions) {
       const { votes } = checkAsk(parsed.data, o.limits);
       o.metrics.questions.inc({ transport: 'http' });
       const address = req.socket.remoteAddress ?? 'unknown';
-      const a = await o.answerer.ask({
+      const ask: AskRequest = {
+        requestId: requestIdOf(req),
         question: parsed.data.question,
         votes,
         clientId: parsed.data.id ?? null,
@@ -115,7 +117,10 @@ export function createApp(o: AppOptions) {
         // HTTP asks of one address share a lane; the update share counts by key, else address.
         lane: `http:${address}`,
         source: (res.locals.key as string | undefined) ?? `addr:${address}`,
-      });
+      };
+      const pending = o.answerer.ask(ask);
+      res.set('X-Request-Id', ask.requestId);
+      const a = await pending;
       res.json({ type: 'answer', ...(parsed.data.id ? { id: parsed.data.id } : {}), ...a });
     } catch (e) {
       const pe = e instanceof ProtocolError ? e : new ProtocolError('internal', (e as Error).message);

@@ -15,12 +15,13 @@ import { randomUUID } from 'node:crypto';
 import express, { type Request, type Response, type Router } from 'express';
 import { z } from 'zod';
 import { checkAsk } from '../loop/admission.ts';
-import type { Answer, Answerer, SamplingOverrides } from '../loop/answerer.ts';
+import type { Answer, Answerer, AskRequest, SamplingOverrides } from '../loop/answerer.ts';
 import { ProtocolError, type ErrorCode } from '../loop/errors.ts';
 import type { Metrics } from '../loop/metrics.ts';
 import type { Task } from '../tasks/task.ts';
 import type { Rollout } from '../ttrl/rollout.ts';
 import type { Limits } from './protocol.ts';
+import { requestIdOf } from './request-id.ts';
 
 export const OPENAI_PATHS = ['/v1/models', '/v1/completions', '/v1/chat/completions'];
 
@@ -166,7 +167,8 @@ export function openAiRouter(o: OpenAiOptions): Router {
     o.metrics.questions.inc({ transport: 'openai' });
     let rollout: Rollout | undefined;
     const address = req.socket.remoteAddress ?? 'unknown';
-    const answer = await o.answerer.ask({
+    const request: AskRequest = {
+      requestId: requestIdOf(req),
       question,
       votes,
       sampling: s,
@@ -175,7 +177,10 @@ export function openAiRouter(o: OpenAiOptions): Router {
       lane: `http:${address}`,
       source: (res.locals.key as string | undefined) ?? `addr:${address}`,
       onSamples: (r) => (rollout = r),
-    });
+    };
+    const pending = o.answerer.ask(request);
+    res.set('X-Request-Id', request.requestId);
+    const answer = await pending;
     return { answer, rollout: rollout! };
   };
 

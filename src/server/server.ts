@@ -10,6 +10,7 @@ import { Gateway, WS_PATH } from './gateway.ts';
 import { createApp } from './http.ts';
 import { helloLimits } from './protocol.ts';
 import { createPipeline, type Pipeline } from '../loop/pipeline.ts';
+import { silentLogger, type Logger } from '../util/log.ts';
 import type { Versions } from '../loop/versions.ts';
 
 export interface RunningServer extends Pick<Pipeline, 'store' | 'adaptation' | 'versions'> {
@@ -21,8 +22,8 @@ export interface RunningServer extends Pick<Pipeline, 'store' | 'adaptation' | '
   close(): Promise<void>;
 }
 
-export async function startServer(s: Settings, log: (line: string) => void = () => {}): Promise<RunningServer> {
-  const p = await createPipeline({ ...s, maxClientShare: s.maxClientShare }, { log });
+export async function startServer(s: Settings, logger: Logger = silentLogger): Promise<RunningServer> {
+  const p = await createPipeline({ ...s, maxClientShare: s.maxClientShare }, { logger });
   const { store, adaptation, answerer, metrics, versions } = p;
   try {
     const limits = { ...p.limits, maxMessageBytes: s.maxMessageBytes };

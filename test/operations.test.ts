@@ -1,4 +1,4 @@
-// Honest readiness against the real server: /readyz says 503, with the reason, while
+// Honest readiness and structured logs against the real server: /readyz says 503, with the reason, while
 // database writes fail (this process's RLIMIT_FSIZE lowered with prlimit, so SQLite's
 // writes fail with EFBIG as on a full disk) and while the sampler's worker is down, and it
 // recovers by itself when they work again. The test file runs in its own process (node
@@ -9,6 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { resolveSettings } from '../src/server/config.ts';
+import pino from 'pino';
 import { startServer, type RunningServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';
 import { scratch } from './helpers/scratch.ts';
@@ -86,6 +87,33 @@ test('a sampler worker that dies is restarted on the serving version; while it c
     await new Promise((r) => setTimeout(r, 1100));
     assert.deepEqual(await readyz(s), { status: 200, ready: true, model_version: 0, reasons: [] });
     assert.equal((await ask(s, '1+2=')).status, 200);
+  } finally {
+    await s.close();
+  }
+});
+
+test('logs: one JSON record per stage of a question, carried by one request id (an HTTP client may bring its own), and one per update with its outcome', async () => {
+  const dir = await scratch('ttrl-logs-');
+  const lines: Record<string, unknown>[] = [];
+  const logger = pino({ level: 'debug' }, { write: (r: string) => void lines.push(JSON.parse(r)) });
+  const s = await startServer(resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, trainThreads: 1, votes: 8, updateEvery: 1000, probeQuestions: 0, anchors: 0, adminToken: 'admin-token-1' }, {}), logger);
+  try {
+    const r = await fetch(`${s.url}/v1/ask`, { method: 'POST', headers: { 'x-request-id': 'req-42' }, body: JSON.stringify({ question: '12+34=' }) });
+    assert.equal(r.headers.get('x-request-id'), 'req-42');
+    const questionId = (s.store.db.prepare('SELECT MAX(id) AS id FROM questions').get() as { id: number }).id;
+    const mine = lines.filter((l) => l.req_id === 'req-42' || (l.req_ids as string[] | undefined)?.includes('req-42'));
+    assert.deepEqual(mine.map((l) => l.msg), ['question', 'batch', 'answered']);
+    const batch = mine[1]!.batch;
+    // Sampling and storing are per batch: the batch number ties them to the question.
+    assert.deepEqual(lines.filter((l) => l.batch === batch).map((l) => l.msg), ['batch', 'sampled', 'stored', 'answered']);
+    assert.deepEqual(lines.find((l) => l.msg === 'stored' && l.batch === batch)!.question_ids, [questionId]);
+    // A server-made id when the client brings none, or an odd one.
+    const other = await fetch(`${s.url}/v1/ask`, { method: 'POST', headers: { 'x-request-id': 'bad id with spaces' }, body: JSON.stringify({ question: '1+2=' }) });
+    assert.match(other.headers.get('x-request-id')!, /^[0-9a-f]{6}-\w+$/);
+    await fetch(`${s.url}/admin/adaptation/update`, { method: 'POST', headers: { authorization: 'Bearer admin-token-1' } });
+    const updates = lines.filter((l) => l.update);
+    assert.equal(updates.length, 1);
+    assert.ok(['promoted', 'rejected', 'skipped'].includes((updates[0]!.update as { outcome: string }).outcome));
   } finally {
     await s.close();
   }
