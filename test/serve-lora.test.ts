@@ -5,7 +5,7 @@
 // serves it, a server of another kind refuses it, and an admin rollback serves the base.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile, stat } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { resolveSettings, type Settings } from '../src/server/config.ts';
 import { startServer, type RunningServer } from '../src/server/server.ts';
@@ -180,6 +180,14 @@ test('a LoRA server refuses a version of full weights, naming the file; bad LoRA
   const m = await loadModel(dir);
   assert.deepEqual(await inMemory((await loadModel(out)).weights), await loadVersionWeights(join(`${db}.versions`, 'v1.safetensors'), m.config));
   assert.match((await ttrl('export', '--db', db, '--version', '1', '--out', `${out}-a`, '--adapter')).stderr, /holds full weights .*no LoRA adapters to export/);
+  // A damaged version file (same size) is refused by its hash, naming it, not exported.
+  const file = join(`${db}.versions`, 'v1.safetensors');
+  const bytes = await readFile(file);
+  bytes.fill(7, bytes.length >> 1, (bytes.length >> 1) + 64);
+  await writeFile(file, bytes);
+  const damaged = await ttrl('export', '--db', db, '--version', '1', '--out', `${out}-d`);
+  assert.notEqual(damaged.code, 0);
+  assert.match(damaged.stderr, /version 1: .*v1\.safetensors .*has sha256 \w+, not the \w+ recorded when it was written.*not exported/);
   const other = join(await scratch('ttrl-lora-bad-'), 'x.sqlite');
   await assert.rejects(serve(dir, other, { loraTargets: 'q_proj,c_attn' }), /target "c_attn" matches no linear module of this llama model/);
   assert.throws(() => resolveSettings({ loraRank: -1 }, {}), /--lora-rank/);

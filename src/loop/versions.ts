@@ -22,10 +22,10 @@ import { Sampler, type SamplerInit } from '../engine/sampler.ts';
 import { inMemory, loadModel, saveModel, weightsToTensors, type Model } from '../model/checkpoint.ts';
 import { checkWeights, type Weights } from '../model/family.ts';
 import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
-import { decodeSafetensors, encodeSafetensors, readSafetensors, readSafetensorsIndex, type NamedTensor } from '../model/safetensors.ts';
+import { decodeSafetensors, encodeSafetensors, readSafetensors, type NamedTensor } from '../model/safetensors.ts';
 import { writeFileAtomic } from '../util/atomic-write.ts';
 import type { WeightSource } from '../model/weight-file.ts';
-import { ADAPTER_FORMAT, adapterFileOf, encodeAdapterFile, initAdapters, mergeAdapters, readAdapterFile, writePeftAdapter, type LoraConfig } from '../model/lora.ts';
+import { ADAPTER_FORMAT, adapterFileOf, encodeAdapterFile, initAdapters, mergeAdapters, writePeftAdapter, type LoraConfig } from '../model/lora.ts';
 import { Rng } from '../util/rng.ts';
 import type { Store, VersionRow } from '../store/store.ts';
 import { claimBaseModel, contentFingerprint, FINGERPRINT_KEY, weightFilesOf } from './base-model.ts';
@@ -440,20 +440,25 @@ export async function exportVersion(store: Store, version: number, o: { out: str
   const actual = await contentFingerprint(await weightFilesOf(modelPath));
   if (expected && expected !== actual) throw new Error(`${modelPath} is not the base model of ${store.file} (weights ${actual}, the store's ${expected})`);
   const model = await loadModel(modelPath);
-  const isAdapter = version > 0 && (await readSafetensorsIndex(row.weights_path)).metadata.format === ADAPTER_FORMAT;
+  // The version's bytes, verified as a load verifies them (sha256, this database's file):
+  // a damaged file is refused, naming it, rather than exported.
+  const file = version > 0 ? await readVerified(row, store.databaseId()).catch((e) => {
+    throw new Error(`version ${version}: ${(e as Error).message}; not exported`);
+  }) : null;
+  const isAdapter = file?.metadata.format === ADAPTER_FORMAT;
   const metadata = { ...model.metadata, ttrl_version: String(version), ttrl_parent: String(row.parent ?? ''), ttrl_base: actual };
   if (o.adapter) {
     if (!isAdapter) throw new Error(`version ${version} ${version === 0 ? 'is the base model' : `holds full weights (${row.weights_path})`}: it has no LoRA adapters to export; leave out --adapter`);
-    const f = await readAdapterFile(row.weights_path, model.config);
+    const f = adapterFileOf(row.weights_path, file!, model.config);
     await writePeftAdapter(o.out, model.config, { ...f, baseModel: resolve(modelPath) });
     return { model: modelPath, kind: 'lora' };
   }
   let weights: Weights;
-  if (version === 0) weights = await inMemory(model.weights);
+  if (!file) weights = await inMemory(model.weights);
   else if (isAdapter) {
-    const f = await readAdapterFile(row.weights_path, model.config);
+    const f = adapterFileOf(row.weights_path, file, model.config);
     weights = mergeAdapters(model.config, f.lora, await inMemory(model.weights), f.adapters);
-  } else weights = await loadVersionWeights(row.weights_path, model.config);
+  } else weights = weightsOf(file.tensors, model.config);
   await saveModel(o.out, { ...model, weights, metadata });
   return { model: modelPath, kind: isAdapter ? 'lora' : 'full' };
 }
