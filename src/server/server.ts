@@ -102,8 +102,11 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
           gateway.beginClose();
           await answerer.close();
           await gateway.close();
-          await new Promise<void>((r) => http.close(() => r()));
+          // Stop listening, then end every connection left (idle keep-alives, and a dashboard
+          // stream a browser reopened meanwhile): close() alone would wait for them for ever.
+          const stopped = new Promise<void>((r) => http.close(() => r()));
           http.closeAllConnections();
+          await stopped;
           await p.close();
         })()),
     };
