@@ -1,4 +1,5 @@
 // The messages of protocol 1 as the client sees them (README, "Protocol").
+import type { Answer as ServerAnswer } from '../loop/answer.ts';
 
 /** The limits a server states in hello; max_in_flight is absent from servers that do not state it. */
 export interface Limits {
@@ -19,20 +20,13 @@ export interface Hello {
   limits: Limits;
 }
 
-export interface Answer {
+/**
+ * An answer as it comes on the wire: the server's answer object (one owner of its shape, a
+ * type-only import that leaves nothing in the client's JavaScript) and the question's id.
+ */
+export interface Answer extends ServerAnswer {
   /** The id the question had on the wire. */
   id: string;
-  /** The majority answer, null when no sample had one. */
-  answer: string | null;
-  /** Samples per normalised answer; "" counts samples without one. */
-  votes: Record<string, number>;
-  /** The majority's share of all votes. */
-  confidence: number;
-  /** The version that produced every sample of this answer. */
-  model_version: number;
-  prompt_tokens: number;
-  /** The server's time from arrival to answer. */
-  latency_ms: number;
 }
 
 /** One sample, streamed before the answer. */

@@ -10,6 +10,7 @@
 import { Subject } from 'rxjs';
 import type { Sampler } from '../engine/sampler.ts';
 import type { Health } from './health.ts';
+import type { Answer } from './answer.ts';
 import { randomBytes } from 'node:crypto';
 import { silentLogger, type Logger } from '../util/log.ts';
 import { seedOf } from '../util/rng.ts';
@@ -34,6 +35,8 @@ export interface SamplingOverrides {
   seed?: number;
 }
 
+export type { Answer };
+
 export interface AskRequest {
   /** Carried through batch, sample, store and answer in the logs (unset: one is made). */
   requestId?: string;
@@ -48,16 +51,6 @@ export interface AskRequest {
   source?: string | null;
   /** Called with the samples, before the answer, when the client asked for them. */
   onSamples?: (r: Rollout) => void;
-}
-
-export interface Answer {
-  answer: string | null;
-  votes: Record<string, number>;
-  confidence: number;
-  model_version: number;
-  /** Tokens of the prompt the model read (the question in the task's template), as OpenAI's usage.prompt_tokens. */
-  prompt_tokens: number;
-  latency_ms: number;
 }
 
 /** A voted question, as the adaptation loop consumes it. */
