@@ -38,11 +38,11 @@ function changed(w: Weights, by: number): Weights {
   return out;
 }
 
-async function open(dir: string, modelDir: string, model: Model, log: string[] = []) {
+async function open(dir: string, modelDir: string, model: Model, log: string[] = [], keepVersions?: number) {
   const store = Store.open(join(dir, 'ttrl.sqlite'));
   const metrics = createMetrics();
   try {
-    const versions = await Versions.open({ store, model, modelPath: modelDir, versionsDir: join(dir, 'versions'), metrics, sampler: { threads: 1, spin: false }, log: (l) => log.push(l) });
+    const versions = await Versions.open({ store, model, modelPath: modelDir, versionsDir: join(dir, 'versions'), metrics, sampler: { threads: 1, spin: false }, keepVersions, log: (l) => log.push(l) });
     return { store, metrics, versions };
   } catch (e) {
     store.close();
@@ -216,4 +216,39 @@ test('weight files of each format: a single file, a GGUF file, shards by the ind
   await writeFile(join(sharded, 'model.safetensors.index.json'), '{"metadata": {}}');
   await assert.rejects(weightFilesOf(sharded), /model\.safetensors\.index\.json: no weight_map object/);
   await assert.rejects(weightFilesOf(join(dir, 'nothing')), /ENOENT/);
+});
+
+test('--keep-versions: the newest retired versions keep their files, older ones lose them but keep their rows; a pruned version cannot be activated and a fallback passes over it', async () => {
+  const dir = await scratch('ttrl-prune-');
+  const modelDir = join(dir, 'model');
+  const model = await tinyModel(modelDir);
+  const base = model.weights as Weights;
+  let { store, versions } = await open(dir, modelDir, model, [], 2);
+  try {
+    for (let v = 1; v <= 5; v++) await versions.promote({ parent: v - 1, weights: changed(base, v / 10), stats: { v } });
+    // v5 active; v4 and v3 retired with files; v2 and v1 pruned; v0 is the model itself.
+    const rows = new Map(store.versions().map((r) => [r.version, r]));
+    assert.deepEqual([1, 2].map((v) => [rows.get(v)!.status, rows.get(v)!.weights_path]), [['retired', null], ['retired', null]]);
+    assert.ok([3, 4, 5].every((v) => rows.get(v)!.weights_path !== null));
+    assert.match(rows.get(1)!.reason!, /deleted to keep the newest 2 retired versions' files \(--keep-versions\)/);
+    assert.deepEqual(rows.get(1)!.stats, { v: 1 });
+    assert.equal(rows.get(0)!.weights_path, resolve(modelDir, WEIGHTS_FILE));
+    for (const v of [1, 2]) await assert.rejects(readFile(join(dir, 'versions', `v${v}.safetensors`)), /ENOENT/);
+    await assert.rejects(versions.activate(1, 'admin'), (e: unknown) => e instanceof ProtocolError && /weights were not kept/.test(e.message));
+    assert.ok(store.events(5).some((e) => e.kind === 'versions_pruned'));
+    // Roll back to v3 and damage it: a restart walks v3's lineage past pruned v2 and v1
+    // (passed over, not marked corrupt) to the base model.
+    await versions.activate(3, 'admin');
+    await versions.close();
+    store.close();
+    await writeFile(join(dir, 'versions', 'v3.safetensors'), 'damaged');
+    const log: string[] = [];
+    ({ store, versions } = await open(dir, modelDir, model, log, 2));
+    assert.equal(versions.active.version, 0);
+    assert.deepEqual([1, 2, 3].map((v) => store.version(v)!.status), ['retired', 'retired', 'corrupt']);
+    assert.ok(log.some((l) => /serving model version 0, the newest good ancestor of corrupt version 3/.test(l)), log.join('\n'));
+  } finally {
+    await versions.close();
+    store.close();
+  }
 });

@@ -34,6 +34,8 @@ export interface PipelineSettings extends TaskSettings {
   adapt: boolean;
   updateEvery: number;
   updateIntervalS: number;
+  /** Retired versions whose weight files are kept (unset or 0: all). */
+  keepVersions?: number;
   /** Most of an update's questions from one client (unset: no limit; the server sets it). */
   maxClientShare?: number;
   /** Unset: the default of full fine-tuning or of LoRA (liveLr). */
@@ -95,6 +97,7 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
       // Idle compute threads spin only when no trainer shares the cores.
       sampler: { threads: s.threads, spin: !s.adapt },
       lora,
+      keepVersions: s.keepVersions,
       log: lineLog(logger),
     });
     cleanup.unshift(() => versions.close());

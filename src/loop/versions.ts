@@ -14,7 +14,7 @@
 // verification have no sha256: their first load checks what it can (the file parses, fits the
 // model, and names no other database) and records the hash, from then on checked.
 import { createHash } from 'node:crypto';
-import { mkdirSync, readdirSync, unlinkSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync, unlinkSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { BehaviorSubject } from 'rxjs';
@@ -52,6 +52,8 @@ export interface VersionsOptions {
   sampler: { threads: number; spin: boolean };
   /** Versions are LoRA adapters of this shape on the frozen base (unset: full weights). */
   lora?: LoraConfig;
+  /** Retired versions whose weight files are kept, the newest (0 or unset: all). */
+  keepVersions?: number;
   log?: (line: string) => void;
 }
 
@@ -96,6 +98,7 @@ export class Versions {
     /** This database's id: written into every version file, checked on load. */
     private databaseId: string,
     private log: (line: string) => void,
+    private keepVersions: number,
     readonly lora?: LoraConfig,
   ) {
     this.versions$ = new BehaviorSubject(serving.version);
@@ -126,7 +129,7 @@ export class Versions {
     const serving = await servingAtStart(store, row, ctx, log);
     const init = { config: o.model.config, lora: o.lora, threads: o.sampler.threads, spin: o.sampler.spin };
     const sampler = await Sampler.create({ ...init, weights: serving.weights, adapters: serving.adapters, version: serving.version });
-    return new Versions(store, o.model.config, o.model.weights, o.versionsDir, o.metrics, sampler, init, serving, fingerprint, ctx.databaseId, log, o.lora);
+    return new Versions(store, o.model.config, o.model.weights, o.versionsDir, o.metrics, sampler, init, serving, fingerprint, ctx.databaseId, log, o.keepVersions ?? 0, o.lora);
   }
 
   get active(): ServingVersion {
@@ -206,7 +209,31 @@ export class Versions {
     this.store.activate(version);
     this.store.event('version_promoted', { version, parent: c.parent });
     await this.serve(lora ? { version, weights: this.base, adapters: c.weights } : { version, weights: c.weights });
+    this.prune();
     return version;
+  }
+
+  /**
+   * Bounds the disk: of the retired versions, the newest `keepVersions` keep their weight
+   * files; older ones lose theirs (the row, its stats and its place in the lineage stay, and
+   * say so). A live server promotes often (every few seconds under load), and each full
+   * version is the model's size. Version 0 is the model itself and is never touched.
+   */
+  private prune(): void {
+    if (!this.keepVersions) return;
+    const retired = this.store.versions().filter((v) => v.status === 'retired' && v.version > 0 && v.weights_path).sort((a, b) => b.version - a.version);
+    const pruned: number[] = [];
+    for (const row of retired.slice(this.keepVersions)) {
+      try {
+        rmSync(row.weights_path!, { force: true });
+      } catch (e) {
+        this.log(`could not delete ${row.weights_path} of retired version ${row.version}: ${(e as Error).message}`);
+        continue;
+      }
+      this.store.pruneWeights(row.version, `retired; its weights were deleted to keep the newest ${this.keepVersions} retired versions' files (--keep-versions)`);
+      pruned.push(row.version);
+    }
+    if (pruned.length) this.store.event('versions_pruned', { versions: pruned, keep: this.keepVersions });
   }
 
   /**
@@ -291,6 +318,8 @@ const sha256Of = (bytes: Uint8Array) => createHash('sha256').update(bytes).diges
 async function servingAtStart(store: Store, active: VersionRow, ctx: Serving, log: (line: string) => void): Promise<ServingVersion> {
   const corrupt: number[] = [];
   for (let row: VersionRow | undefined = active; row; row = row.parent === null ? undefined : store.version(row.parent)) {
+    // A retired ancestor whose file was pruned (--keep-versions) is passed over, not corrupt.
+    if (row !== active && row.version > 0 && !row.weights_path && row.status === 'retired') continue;
     try {
       const serving = await loadVerified(store, row, ctx, log);
       if (corrupt.length) {

@@ -79,6 +79,7 @@ export const SETTINGS = {
     default: undefined,
     help: 'comma-separated modules (or their last names, e.g. q_proj,v_proj) that get adapters (unset: every attention and MLP projection)',
   },
+  keepVersions: { schema: int(0, 1_000_000), default: 16, help: 'retired versions whose weight files are kept, the newest; older ones keep their rows and stats but their files are deleted (0: keep every file)' },
   maxClientShare: { schema: real(0.01, 1), default: 0.5, help: "most of an update's questions one client may supply (a client: its API key, else its WebSocket connection or HTTP address); 1: no limit" },
   gate: { schema: real(0, 1), default: 0.5, help: 'train only on questions whose majority ratio is at least this' },
   trainSamples: { schema: int(1, 1024), default: 8, help: 'samples per question trained on (questions asked with fewer votes are not trained on)' },

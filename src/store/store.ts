@@ -157,6 +157,11 @@ export class Store {
     this.db.prepare('UPDATE model_versions SET weights_sha256 = ? WHERE version = ?').run(sha256, version);
   }
 
+  /** A retired version whose weight file was deleted to bound the disk: its row and stats stay. */
+  pruneWeights(version: number, reason: string): void {
+    this.db.prepare(`UPDATE model_versions SET weights_path = NULL, weights_sha256 = NULL, reason = ? WHERE version = ? AND status = 'retired'`).run(reason, version);
+  }
+
   /** A version whose weight file failed verification: never served again until it verifies. */
   markCorrupt(version: number, reason: string): void {
     this.db.prepare(`UPDATE model_versions SET status = 'corrupt', reason = ? WHERE version = ?`).run(reason, version);
