@@ -224,14 +224,15 @@ export class Versions {
     const retired = this.store.versions().filter((v) => v.status === 'retired' && v.version > 0 && v.weights_path).sort((a, b) => b.version - a.version);
     const pruned: number[] = [];
     for (const row of retired.slice(this.keepVersions)) {
+      // The row first: a crash between the two leaves a stray file, never a row naming a
+      // file that is gone (which a fallback would take for corruption).
+      this.store.pruneWeights(row.version, `retired; its weights were deleted to keep the newest ${this.keepVersions} retired versions' files (--keep-versions)`);
+      pruned.push(row.version);
       try {
         rmSync(row.weights_path!, { force: true });
       } catch (e) {
         this.log(`could not delete ${row.weights_path} of retired version ${row.version}: ${(e as Error).message}`);
-        continue;
       }
-      this.store.pruneWeights(row.version, `retired; its weights were deleted to keep the newest ${this.keepVersions} retired versions' files (--keep-versions)`);
-      pruned.push(row.version);
     }
     if (pruned.length) this.store.event('versions_pruned', { versions: pruned, keep: this.keepVersions });
   }
