@@ -9,9 +9,9 @@ import { ProtocolError, type ErrorCode } from '../loop/errors.ts';
 import type { Metrics } from '../loop/metrics.ts';
 import { ApiKeys } from './auth.ts';
 import type { ConnectionLimiter } from './connections.ts';
-import { requestIdOf } from './request-id.ts';
+import { httpAsker } from './http-asker.ts';
 import { OPENAI_PATHS, openAiError, openAiRouter, type OpenAiOptions } from './openai.ts';
-import { errorMessage, type Limits } from './protocol.ts';
+import { errorMessage, httpStatus, schemaError, type Limits } from './protocol.ts';
 
 export interface Admin {
   versions(): unknown[];
@@ -21,18 +21,6 @@ export interface Admin {
   updateNow(): Promise<unknown>;
   status(): unknown;
 }
-
-const STATUS: Partial<Record<ErrorCode, number>> = {
-  overloaded: 503,
-  shutting_down: 503,
-  internal: 500,
-  payload_too_large: 413,
-  unsupported_encoding: 415,
-  unauthorized: 401,
-  not_found: 404,
-  too_many_connections: 429,
-  too_many_in_flight: 429,
-};
 
 const httpAsk = z.strictObject({ id: z.string().min(1).max(128).optional(), question: z.string(), votes: z.number().int().optional() });
 
@@ -57,7 +45,7 @@ export function createApp(o: AppOptions) {
   // The OpenAI routes answer in OpenAI's error shape, the others in ours.
   const fail = (res: Response, code: ErrorCode, message: string, id?: string, status?: number) => {
     if (code !== 'overloaded') o.metrics.rejected.inc({ code });
-    const st = status ?? STATUS[code] ?? 400;
+    const st = status ?? httpStatus(code);
     const openai = OPENAI_PATHS.includes(new URL(res.req.originalUrl, 'http://x').pathname);
     res.status(st).json(openai ? openAiError(code, message, st) : errorMessage(code, message, id));
   };
@@ -100,24 +88,13 @@ export function createApp(o: AppOptions) {
     const parsed = httpAsk.safeParse(req.body);
     const id = typeof req.body?.id === 'string' ? req.body.id : undefined;
     if (!parsed.success) {
-      const issue = parsed.error.issues[0]!;
-      if (issue.code === 'unrecognized_keys') return fail(res, 'unknown_field', `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`, id);
-      return fail(res, 'invalid_message', `${issue.path.join('.') || 'body'}: ${issue.message}`, id);
+      const pe = schemaError(parsed.error, 'body', id);
+      return fail(res, pe.code, pe.message, id);
     }
     try {
       const { votes } = checkAsk(parsed.data, o.limits);
       o.metrics.questions.inc({ transport: 'http' });
-      const address = req.socket.remoteAddress ?? 'unknown';
-      const ask: AskRequest = {
-        requestId: requestIdOf(req),
-        question: parsed.data.question,
-        votes,
-        clientId: parsed.data.id ?? null,
-        connection: 'http',
-        // HTTP asks of one address share a lane; the update share counts by key, else address.
-        lane: `http:${address}`,
-        source: (res.locals.key as string | undefined) ?? `addr:${address}`,
-      };
+      const ask: AskRequest = { ...httpAsker(req, res), question: parsed.data.question, votes, clientId: parsed.data.id ?? null, connection: 'http' };
       const pending = o.answerer.ask(ask);
       res.set('X-Request-Id', ask.requestId);
       const a = await pending;

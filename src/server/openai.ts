@@ -20,8 +20,8 @@ import { ProtocolError, type ErrorCode } from '../loop/errors.ts';
 import type { Metrics } from '../loop/metrics.ts';
 import type { Task } from '../tasks/task.ts';
 import type { Rollout } from '../ttrl/rollout.ts';
-import type { Limits } from './protocol.ts';
-import { requestIdOf } from './request-id.ts';
+import { httpStatus, schemaError, type Limits } from './protocol.ts';
+import { httpAsker } from './http-asker.ts';
 
 export const OPENAI_PATHS = ['/v1/models', '/v1/completions', '/v1/chat/completions'];
 
@@ -140,16 +140,14 @@ export function openAiRouter(o: OpenAiOptions): Router {
   const router = express.Router();
   const fail = (res: Response, e: unknown, status?: number) => {
     const pe = e instanceof ProtocolError ? e : new ProtocolError('internal', (e as Error).message ?? String(e));
-    const st = status ?? statusOf(pe.code);
+    const st = status ?? httpStatus(pe.code);
     if (pe.code !== 'overloaded') o.metrics.rejected.inc({ code: pe.code });
     res.status(st).json(openAiError(pe.code, pe.message, st));
   };
   const parse = <T>(schema: z.ZodType<T>, body: unknown): T => {
     const r = schema.safeParse(body);
     if (r.success) return r.data;
-    const issue = r.error.issues[0]!;
-    if (issue.code === 'unrecognized_keys') throw new ProtocolError('unknown_field', `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`);
-    throw new ProtocolError('invalid_message', `${issue.path.join('.') || 'body'}: ${issue.message}`);
+    throw schemaError(r.error, 'body');
   };
 
   router.get('/models', (_req, res) => {
@@ -166,18 +164,7 @@ export function openAiRouter(o: OpenAiOptions): Router {
     const { votes } = checkAsk({ question, votes: n, maxNewTokens: s.maxNewTokens ?? o.limits.maxNewTokens }, o.limits);
     o.metrics.questions.inc({ transport: 'openai' });
     let rollout: Rollout | undefined;
-    const address = req.socket.remoteAddress ?? 'unknown';
-    const request: AskRequest = {
-      requestId: requestIdOf(req),
-      question,
-      votes,
-      sampling: s,
-      clientId: null,
-      connection: 'openai',
-      lane: `http:${address}`,
-      source: (res.locals.key as string | undefined) ?? `addr:${address}`,
-      onSamples: (r) => (rollout = r),
-    };
+    const request: AskRequest = { ...httpAsker(req, res), question, votes, sampling: s, clientId: null, connection: 'openai', onSamples: (r) => (rollout = r) };
     const pending = o.answerer.ask(request);
     res.set('X-Request-Id', request.requestId);
     const answer = await pending;
@@ -212,8 +199,6 @@ export function openAiRouter(o: OpenAiOptions): Router {
 
 const finishReason = (s: { stopped: boolean; cut?: boolean }) => (s.stopped || s.cut ? 'stop' : 'length');
 
-const STATUS: Partial<Record<ErrorCode, number>> = { overloaded: 503, shutting_down: 503, internal: 500, payload_too_large: 413, unauthorized: 401, not_found: 404, too_many_connections: 429 };
-export const statusOf = (code: ErrorCode) => STATUS[code] ?? 400;
 
 /** The response, whole or (stream: true) as server-sent events in OpenAI's chunk format, ending with [DONE]. */
 function send(

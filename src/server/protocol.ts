@@ -23,6 +23,28 @@ export interface Limits extends AskLimits {
   maxMessageBytes: number;
 }
 
+/** A body that failed its schema, as our error: unknown_field for a field not known, else invalid_message naming the field. */
+export function schemaError(e: z.ZodError, whole: string, id?: string): ProtocolError {
+  const issue = e.issues[0]!;
+  if (issue.code === 'unrecognized_keys') return new ProtocolError('unknown_field', `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`, id);
+  return new ProtocolError('invalid_message', `${issue.path.join('.') || whole}: ${issue.message}`, id);
+}
+
+const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
+  overloaded: 503,
+  shutting_down: 503,
+  internal: 500,
+  payload_too_large: 413,
+  unsupported_encoding: 415,
+  unauthorized: 401,
+  not_found: 404,
+  too_many_connections: 429,
+  too_many_in_flight: 429,
+};
+
+/** The HTTP status of an error code (400 unless listed), on every HTTP route. */
+export const httpStatus = (code: ErrorCode): number => HTTP_STATUS[code] ?? 400;
+
 /** Parses one client message; throws ProtocolError with the right code. */
 export function parseClientMessage(raw: string, l: Limits): ClientMessage {
   if (Buffer.byteLength(raw) > l.maxMessageBytes) throw new ProtocolError('payload_too_large', `the message has ${Buffer.byteLength(raw)} bytes; at most ${l.maxMessageBytes} are accepted`);
@@ -39,12 +61,7 @@ export function parseClientMessage(raw: string, l: Limits): ClientMessage {
   const schema = obj.type === 'ask' ? ask : obj.type === 'ping' ? ping : null;
   if (!schema) throw new ProtocolError('unknown_type', `unknown message type ${JSON.stringify(obj.type)}; the server knows "ask" and "ping"`, id);
   const r = schema.safeParse(v);
-  if (!r.success) {
-    const issue = r.error.issues[0]!;
-    if (issue.code === 'unrecognized_keys') throw new ProtocolError('unknown_field', `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`, id);
-    const path = issue.path.join('.') || 'message';
-    throw new ProtocolError('invalid_message', `${path}: ${issue.message}`, id);
-  }
+  if (!r.success) throw schemaError(r.error, 'message', id);
   const msg = r.data as ClientMessage;
   if (msg.type === 'ask') checkAsk(msg, l);
   return msg;
