@@ -61,6 +61,8 @@ export interface Experience {
   source: string | null;
   /** Sampled as the server samples (no overrides): an update may train on it. */
   trainable: boolean;
+  /** From arrival to answer, as stored with the question. */
+  latencyMs: number;
 }
 
 interface Pending {
@@ -295,7 +297,7 @@ export class Answerer {
       this.metrics.majorityRatio.observe(r.vote.ratio);
       log.debug({ req_id: p.req.requestId, question_id: ids[i], answer: r.vote.label, confidence: r.vote.ratio, latency_ms: Math.round(rec.latencyMs) }, 'answered');
       p.resolve({ answer: r.vote.label, votes: r.vote.counts, confidence: r.vote.ratio, model_version: r.version, prompt_tokens: r.prompt.length, latency_ms: Math.round(rec.latencyMs) });
-      this.experiences$.next({ questionId: ids[i]!, rollout: r, at: answeredAt, source: p.req.source ?? null, trainable: !isOverridden(p.req.sampling) });
+      this.experiences$.next({ questionId: ids[i]!, rollout: r, at: answeredAt, source: p.req.source ?? null, trainable: !isOverridden(p.req.sampling), latencyMs: rec.latencyMs });
     });
   }
 

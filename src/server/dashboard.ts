@@ -68,7 +68,7 @@ export interface QuestionView {
   other: number;
   total: number;
   version: number;
-  latency_ms: number | null;
+  latency_ms: number;
 }
 
 export interface UpdateView {
@@ -186,19 +186,9 @@ export class Dashboard {
   private readonly subs: Subscription[] = [];
   private readonly ticker: NodeJS.Timeout;
   private readonly heartbeat: NodeJS.Timeout;
-  private readonly latencyOf: (id: number) => number | null;
   private closed = false;
 
   constructor(private readonly s: DashboardSources) {
-    // The answerer writes each question's latency to its row before it emits the experience.
-    const byId = s.store.db.prepare('SELECT latency_ms FROM questions WHERE id = ?');
-    this.latencyOf = (id) => {
-      try {
-        return numberOr((byId.get(id) as { latency_ms: unknown } | undefined)?.latency_ms);
-      } catch {
-        return null;
-      }
-    };
     // Earlier updates, from the versions they left (skipped and failed ones leave none).
     const rows = s.store.versions().filter((r) => r.version > 0).slice(-RECENT_UPDATES);
     for (const r of rows) {
@@ -233,10 +223,9 @@ export class Dashboard {
 
   private onExperience(e: Experience): void {
     const r = e.rollout;
-    const latency = this.latencyOf(e.questionId);
     this.answered++;
     this.answeredAt.push(e.at, 1);
-    if (latency !== null) this.latencies.push(e.at, latency);
+    this.latencies.push(e.at, e.latencyMs);
     this.ratios.push(r.vote.ratio);
     // The majority answer first (a tie leaves others with as many votes), then by votes.
     const sorted = Object.entries(r.vote.counts).sort((a, b) => Number(b[0] === r.vote.label) - Number(a[0] === r.vote.label) || b[1] - a[1]);
@@ -252,7 +241,7 @@ export class Dashboard {
       other: total - top.reduce((a, [, n]) => a + n, 0),
       total,
       version: r.version,
-      latency_ms: latency === null ? null : Math.round(latency),
+      latency_ms: Math.round(e.latencyMs),
     };
     this.questions.push(q);
     this.unsent.push(q);
@@ -271,21 +260,14 @@ export class Dashboard {
   private onUpdate(u: { phase: 'start' } | { phase: 'end'; outcome: UpdateOutcome }): void {
     const now = Date.now();
     if (u.phase === 'start') {
-      const view: UpdateView = { id: this.nextUpdateId++, started_at: now, finished_at: null, outcome: 'running', version: null, reason: null, anchor_shift: null, seconds: null, experiences: null };
-      this.updates.push(view);
-      if (this.updates.length > RECENT_UPDATES) this.updates.shift();
-      this.send('update', view);
+      this.send('update', this.runningUpdate(now));
       return;
     }
     const o = u.outcome;
     // The running one ends (an end without a start: a new entry).
     let view: UpdateView | undefined;
     for (let i = this.updates.length - 1; i >= 0 && !view; i--) if (this.updates[i]!.outcome === 'running' && this.updates[i]!.started_at !== null) view = this.updates[i];
-    if (!view) {
-      view = { id: this.nextUpdateId++, started_at: null, finished_at: null, outcome: 'running', version: null, reason: null, anchor_shift: null, seconds: null, experiences: null };
-      this.updates.push(view);
-      if (this.updates.length > RECENT_UPDATES) this.updates.shift();
-    }
+    view ??= this.runningUpdate(null);
     const anchor = numberOr(o.stats?.anchor_shift);
     if (anchor !== null) this.anchorShift = anchor;
     Object.assign(view, {
@@ -300,6 +282,14 @@ export class Dashboard {
     this.send('update', { ...view, anchor_shift_now: this.anchorShift });
     // A rejected or promoted candidate is a new row.
     if (o.version !== null) this.send('versions', { versions: this.versionViews() });
+  }
+
+  /** A new running update at the end of the bounded list. */
+  private runningUpdate(startedAt: number | null): UpdateView {
+    const view: UpdateView = { id: this.nextUpdateId++, started_at: startedAt, finished_at: null, outcome: 'running', version: null, reason: null, anchor_shift: null, seconds: null, experiences: null };
+    this.updates.push(view);
+    if (this.updates.length > RECENT_UPDATES) this.updates.shift();
+    return view;
   }
 
   private computeStats(now: number): StatsView {
