@@ -61,15 +61,11 @@ export class Gateway {
   private clients = new Map<WebSocket, Client>();
   private closing = false;
   private lastMessageAt = 0;
-  private limits: Limits;
-  private metrics: Metrics;
 
   constructor(
     private answerer: Answerer,
     private o: GatewayOptions,
   ) {
-    this.limits = o.limits;
-    this.metrics = o.metrics;
     // Past 4x the soft limit the socket is closed by ws itself (code 1009): the hard limit.
     this.wss = new WebSocketServer({
       noServer: true,
@@ -92,7 +88,7 @@ export class Gateway {
     if (this.o.keys.enabled) {
       key = this.o.keys.check(ApiKeys.presented(req));
       if (!key) {
-        this.metrics.rejected.inc({ code: 'unauthorized' });
+        this.o.metrics.rejected.inc({ code: 'unauthorized' });
         return refuseUpgrade(socket, 401, 'unauthorized', `${WS_PATH} needs an API key: Authorization: Bearer KEY, or the subprotocol ttrl.key.KEY beside ${WS_SUBPROTOCOL}`, 'WWW-Authenticate: Bearer\r\n');
       }
     }
@@ -117,10 +113,10 @@ export class Gateway {
     const connection = `c${this.nextConnection++}`;
     const client: Client = { connection, source: key ?? `ws:${connection}`, asking: new Set(), unsent: 0 };
     this.clients.set(ws, client);
-    this.metrics.connections.inc();
+    this.o.metrics.connections.inc();
     ws.on('close', () => {
       this.clients.delete(ws);
-      this.metrics.connections.dec();
+      this.o.metrics.connections.dec();
       // Its questions still waiting would take sampling for answers no one reads.
       this.answerer.cancel(connection, 'the client disconnected before its question was sampled');
     });
@@ -135,7 +131,7 @@ export class Gateway {
     try {
       if (isBinary) throw new ProtocolError('invalid_message', 'messages must be text frames holding JSON');
       const text = Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data as ArrayBuffer).toString('utf8');
-      msg = parseClientMessage(text, this.limits);
+      msg = parseClientMessage(text, this.o.limits);
     } catch (e) {
       return this.sendError(ws, e);
     }
@@ -152,12 +148,12 @@ export class Gateway {
         new ProtocolError('too_many_in_flight', `this connection has ${asking.size + client.unsent} questions in flight (unanswered, or answered and not yet read), the limit (max_in_flight ${this.o.maxInFlight}); wait for an answer`, msg.id),
       );
     asking.add(msg.id);
-    this.metrics.questions.inc({ transport: 'ws' });
+    this.o.metrics.questions.inc({ transport: 'ws' });
     let reply: Record<string, unknown>;
     try {
       const a = await this.answerer.ask({
         question: msg.question,
-        votes: msg.votes ?? this.limits.defaultVotes,
+        votes: msg.votes ?? this.o.limits.defaultVotes,
         clientId: msg.id,
         connection: client.connection,
         lane: client.connection,
@@ -178,7 +174,7 @@ export class Gateway {
 
   private errorReply(e: unknown, id?: string): Record<string, unknown> {
     const pe = e instanceof ProtocolError ? e : new ProtocolError('internal', (e as Error).message ?? String(e), id);
-    if (pe.code !== 'overloaded') this.metrics.rejected.inc({ code: pe.code });
+    if (pe.code !== 'overloaded') this.o.metrics.rejected.inc({ code: pe.code });
     return errorMessage(pe.code, pe.message, pe.id ?? id);
   }
 
