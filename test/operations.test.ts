@@ -92,16 +92,20 @@ test('a sampler worker that dies is restarted on the serving version; while it c
   }
 });
 
-test('logs: one JSON record per stage of a question, carried by one request id (an HTTP client may bring its own), and one per update with its outcome', async () => {
+test('logs: one JSON record per stage of a question, carried by one request id (an HTTP client\'s own X-Request-Id logged beside it), and one per update with its outcome', async () => {
   const dir = await scratch('ttrl-logs-');
   const lines: Record<string, unknown>[] = [];
   const logger = pino({ level: 'debug' }, { write: (r: string) => void lines.push(JSON.parse(r)) });
   const s = await startServer(resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, trainThreads: 1, votes: 8, updateEvery: 1000, probeQuestions: 0, anchors: 0, adminToken: 'admin-token-1' }, {}), logger);
   try {
     const r = await fetch(`${s.url}/v1/ask`, { method: 'POST', headers: { 'x-request-id': 'req-42' }, body: JSON.stringify({ question: '12+34=' }) });
-    assert.equal(r.headers.get('x-request-id'), 'req-42');
+    // The request id is always the server's own (two clients may send the same one); the client's is logged beside it.
+    assert.equal(r.headers.get('x-client-request-id'), 'req-42');
+    const reqId = r.headers.get('x-request-id')!;
+    assert.match(reqId, /^[0-9a-f]{6}-\w+$/);
+    assert.equal(lines.find((l) => l.msg === 'question' && l.req_id === reqId)!.client_req_id, 'req-42');
     const questionId = (s.store.db.prepare('SELECT MAX(id) AS id FROM questions').get() as { id: number }).id;
-    const mine = lines.filter((l) => l.req_id === 'req-42' || (l.req_ids as string[] | undefined)?.includes('req-42'));
+    const mine = lines.filter((l) => l.req_id === reqId || (l.req_ids as string[] | undefined)?.includes(reqId));
     assert.deepEqual(mine.map((l) => l.msg), ['question', 'batch', 'answered']);
     const batch = mine[1]!.batch;
     // Sampling and storing are per batch: the batch number ties them to the question.

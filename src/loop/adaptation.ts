@@ -24,6 +24,7 @@ import type { CandidateJudge } from './judge.ts';
 import type { Metrics } from './metrics.ts';
 import type { ServingVersion, Versions } from './versions.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
+import { guarded } from '../util/guarded.ts';
 
 /** Learning rates of live updates when none is set (bench/RESULTS.md says how each was chosen). */
 export const FULL_LR = 3e-5;
@@ -98,21 +99,25 @@ export class Adaptation {
     this.sourceCap = o.maxClientShare >= 1 ? Infinity : Math.floor(o.maxClientShare * o.updateEvery);
     if (this.sourceCap < 1)
       throw new Error(`an update of ${o.updateEvery} questions with at most ${o.maxClientShare} of them from one client leaves no client a question; raise --update-every or --max-client-share`);
+    // A failure here must not reach rxjs, which would rethrow it out of a timer and stop the
+    // process: it is logged, and the answer already sent stands.
     this.subs.push(
-      experiences$.subscribe((e) => {
-        // Sampled otherwise than the policy (a request's own temperature, length or stop): logged, not learnt from.
-        if (!e.trainable) return;
-        // The guard's probe set and anchors see the answer before an update it triggers.
-        this.judge.observe(e.rollout);
-        this.admit(e);
-        if (this.pending.size >= this.o.updateEvery) void this.updateNow('count');
-      }),
+      experiences$.subscribe(
+        guarded(this.log, 'adaptation experience', (e: Experience) => {
+          // Sampled otherwise than the policy (a request's own temperature, length or stop): logged, not learnt from.
+          if (!e.trainable) return;
+          // The guard's probe set and anchors see the answer before an update it triggers.
+          this.judge.observe(e.rollout);
+          this.admit(e);
+          if (this.pending.size >= this.o.updateEvery) return this.updateNow('count');
+        }),
+      ),
     );
     if (o.updateIntervalS > 0)
       this.subs.push(
         interval(o.updateIntervalS * 1000)
           .pipe(filter(() => this.pending.size > 0))
-          .subscribe(() => void this.updateNow('timer')),
+          .subscribe(guarded(this.log, 'adaptation timer', () => this.updateNow('timer'))),
       );
   }
 

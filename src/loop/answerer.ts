@@ -38,8 +38,12 @@ export interface SamplingOverrides {
 export type { Answer };
 
 export interface AskRequest {
-  /** Carried through batch, sample, store and answer in the logs (unset: one is made). */
+  /** Carried through batch, sample, store and answer in the logs: the answerer's own, unique (set on enqueue). */
   requestId?: string;
+  /** The id the client gave its request (an HTTP X-Request-Id), logged beside ours; two requests may share one. */
+  clientRequestId?: string;
+  /** Fires when the client has gone away: the question, if still waiting, is dropped and logged as failed. */
+  signal?: AbortSignal;
   question: string;
   votes: number;
   sampling?: SamplingOverrides;
@@ -130,16 +134,32 @@ export class Answerer {
       this.metrics.rejected.inc({ code: 'overloaded' });
       return Promise.reject(new ProtocolError('overloaded', `${this.waiting} questions are waiting (the limit is ${this.o.queueLimit}); retry later`));
     }
-    req.requestId ??= `${this.idPrefix}-${(this.nextRequest++).toString(36)}`;
-    this.log.debug({ req_id: req.requestId, connection: req.connection, client_id: req.clientId, votes: req.votes }, 'question');
+    if (req.signal?.aborted) return Promise.reject(new ProtocolError('internal', 'the client went away before its question was queued'));
+    req.requestId = `${this.idPrefix}-${(this.nextRequest++).toString(36)}`;
+    this.log.debug({ req_id: req.requestId, ...(req.clientRequestId ? { client_req_id: req.clientRequestId } : {}), connection: req.connection, client_id: req.clientId, votes: req.votes }, 'question');
     return new Promise((resolve, reject) => {
       const key = req.lane ?? '';
       let lane = this.lanes.get(key);
       if (!lane) this.lanes.set(key, (lane = []));
-      lane.push({ req, receivedAt: Date.now(), t0: performance.now(), resolve, reject });
+      const pending: Pending = { req, receivedAt: Date.now(), t0: performance.now(), resolve, reject };
+      lane.push(pending);
       this.waiting++;
       this.metrics.queueDepth.set(this.waiting);
+      req.signal?.addEventListener('abort', () => this.drop(key, pending, 'the client went away before its question was sampled'), { once: true });
     });
+  }
+
+  /** Drops one waiting question whose client went away (a question already in a batch runs on). */
+  private drop(laneKey: string, p: Pending, reason: string): void {
+    const lane = this.lanes.get(laneKey);
+    const at = lane?.indexOf(p) ?? -1;
+    if (!lane || at < 0) return;
+    lane.splice(at, 1);
+    if (!lane.length) this.lanes.delete(laneKey);
+    this.waiting--;
+    this.metrics.queueDepth.set(this.waiting);
+    this.logFailed([p], reason);
+    p.reject(new ProtocolError('internal', reason));
   }
 
   /**
@@ -291,7 +311,12 @@ export class Answerer {
     rollouts.forEach((r, i) => {
       const p = batch[i]!;
       const rec = records[i]!;
-      p.req.onSamples?.(r);
+      try {
+        p.req.onSamples?.(r);
+      } catch (e) {
+        // A transport's failure to stream the samples must not keep the batch's other answers back.
+        log.error({ req_id: p.req.requestId, err: (e as Error).message }, 'streaming the samples failed');
+      }
       this.metrics.answered.inc();
       this.metrics.latency.observe(rec.latencyMs / 1000);
       this.metrics.majorityRatio.observe(r.vote.ratio);

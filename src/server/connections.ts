@@ -23,7 +23,13 @@ export class ConnectionLimiter {
   constructor(private limits: ConnectionLimits) {}
 
   attach(server: Server): void {
-    server.on('connection', (socket: Socket) => this.onConnection(socket));
+    server.on('connection', (socket: Socket) => {
+      try {
+        this.onConnection(socket);
+      } catch {
+        socket.destroy();
+      }
+    });
   }
 
   private onConnection(socket: Socket): void {

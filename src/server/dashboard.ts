@@ -16,6 +16,8 @@ import type { Experience } from '../loop/answerer.ts';
 import type { Store, VersionRow } from '../store/store.ts';
 import { ApiKeys } from './auth.ts';
 import { errorMessage } from './protocol.ts';
+import { guarded } from '../util/guarded.ts';
+import { silentLogger, type Logger } from '../util/log.ts';
 
 /** The page, its script and stylesheet. */
 export const DASHBOARD_DIR = fileURLToPath(new URL('./dashboard/', import.meta.url));
@@ -55,6 +57,7 @@ export interface DashboardSources {
   adaptation: { readonly status: string; readonly pendingExperiences: number };
   answerer: { readonly queueDepth: number };
   keys: ApiKeys;
+  logger?: Logger;
 }
 
 export interface QuestionView {
@@ -207,17 +210,21 @@ export class Dashboard {
       });
     }
     this.stats = this.computeStats(Date.now());
+    // The view is a bystander: a failure in it is logged and never reaches the serving loop.
+    const log = s.logger ?? silentLogger;
     this.subs.push(
-      s.experiences$.subscribe((e) => this.onExperience(e)),
-      s.updates$.subscribe((u) => this.onUpdate(u)),
-      s.versions$.subscribe((v) => {
-        this.version = v;
-        this.send('version', { version: v, versions: this.versionViews() });
-      }),
+      s.experiences$.subscribe(guarded(log, 'dashboard question', (e: Experience) => this.onExperience(e))),
+      s.updates$.subscribe(guarded(log, 'dashboard update', (u: Parameters<Dashboard['onUpdate']>[0]) => this.onUpdate(u))),
+      s.versions$.subscribe(
+        guarded(log, 'dashboard version', (v: number) => {
+          this.version = v;
+          this.send('version', { version: v, versions: this.versionViews() });
+        }),
+      ),
     );
-    this.ticker = setInterval(() => this.tick(), 1000);
+    this.ticker = setInterval(guarded(log, 'dashboard tick', () => this.tick()), 1000);
     this.ticker.unref();
-    this.heartbeat = setInterval(() => this.comment('keep-alive'), HEARTBEAT_MS);
+    this.heartbeat = setInterval(guarded(log, 'dashboard heartbeat', () => this.comment('keep-alive')), HEARTBEAT_MS);
     this.heartbeat.unref();
   }
 
@@ -246,7 +253,7 @@ export class Dashboard {
     this.questions.push(q);
     this.unsent.push(q);
     if (this.unsent.length > RECENT_QUESTIONS) this.unsent.shift();
-    this.flushTimer ??= setTimeout(() => this.flushQuestions(), QUESTION_FLUSH_MS);
+    this.flushTimer ??= setTimeout(guarded(this.s.logger ?? silentLogger, 'dashboard flush', () => this.flushQuestions()), QUESTION_FLUSH_MS);
   }
 
   private flushQuestions(): void {
@@ -362,6 +369,7 @@ export class Dashboard {
   }
 
   private write(res: Response, chunk: string): void {
+    if (res.destroyed || res.writableEnded) return void this.clients.delete(res);
     if (res.writableLength > MAX_UNREAD_BYTES) {
       this.clients.delete(res);
       res.end();

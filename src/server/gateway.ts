@@ -10,11 +10,14 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import type { Answerer } from '../loop/answerer.ts';
-import { ProtocolError, type ErrorCode } from '../loop/errors.ts';
+import { ProtocolError } from '../loop/errors.ts';
 import type { Metrics } from '../loop/metrics.ts';
 import { ApiKeys, WS_SUBPROTOCOL } from './auth.ts';
 import type { ConnectionLimiter } from './connections.ts';
 import { errorMessage, parseClientMessage, PROTOCOL_VERSION, type AskMessage, type Limits } from './protocol.ts';
+import { guarded } from '../util/guarded.ts';
+import { rawErrorReply as refuseUpgrade } from './raw-reply.ts';
+import { silentLogger, type Logger } from '../util/log.ts';
 
 export const WS_PATH = '/v1/ws';
 
@@ -27,6 +30,7 @@ export interface GatewayOptions {
   connections: ConnectionLimiter;
   metrics: Metrics;
   hello: () => Record<string, unknown>;
+  logger?: Logger;
 }
 
 /** A connection's state: its questions not yet answered, and answers not yet handed to the socket. */
@@ -47,14 +51,6 @@ interface Client {
 export const SHUTDOWN_QUIET_MS = 100;
 export const SHUTDOWN_GRACE_MS = 500;
 
-const REASON: Record<number, string> = { 401: 'Unauthorized', 404: 'Not Found', 429: 'Too Many Requests', 503: 'Service Unavailable' };
-
-/** Refuses a WebSocket upgrade with an HTTP status and the error shape as its body. */
-function refuseUpgrade(socket: Duplex, status: number, code: ErrorCode, message: string, extra = ''): void {
-  const body = JSON.stringify(errorMessage(code, message));
-  socket.end(`HTTP/1.1 ${status} ${REASON[status]}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extra}\r\n${body}`);
-}
-
 export class Gateway {
   private wss: WebSocketServer;
   private nextConnection = 1;
@@ -74,11 +70,24 @@ export class Gateway {
       // A browser that offered subprotocols (its key among them) fails the handshake unless one is selected.
       handleProtocols: (offered) => (offered.has(WS_SUBPROTOCOL) ? WS_SUBPROTOCOL : ([...offered][0] ?? false)),
     });
-    this.wss.on('connection', (ws, req: IncomingMessage & { source?: string }) => this.onConnection(ws, req.source));
+    this.log = o.logger ?? silentLogger;
+    this.wss.on(
+      'connection',
+      guarded(this.log, 'ws connection', (ws: WebSocket, req: IncomingMessage & { source?: string }) => this.onConnection(ws, req.source), (_e, ws) => ws.terminate()),
+    );
+    this.wss.on('error', guarded(this.log, 'ws server error', () => undefined));
+    // The handshake faults ws finds itself (Upgrade, Sec-WebSocket-Key, Sec-WebSocket-Protocol): 400 in our shape.
+    this.wss.on(
+      'wsClientError',
+      guarded(this.log, 'ws handshake', (err: Error, socket: Duplex) => refuseUpgrade(socket, 400, 'invalid_message', `not a valid WebSocket handshake: ${err.message}`), (_e, _err, socket) => socket.destroy()),
+    );
   }
 
+  private log: Logger;
+
+  /** Takes an upgrade whose target the server has parsed and normalised (server.ts): req.url is origin-form. */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    const path = new URL(req.url ?? '/', 'http://x').pathname;
+    const path = (req.url ?? '/').split('?')[0];
     if (path !== WS_PATH) return refuseUpgrade(socket, 404, 'not_found', `the WebSocket endpoint is ${WS_PATH}`);
     const refusal = this.o.connections.refusal(req.socket);
     if (refusal) return refuseUpgrade(socket, refusal.status, 'too_many_connections', refusal.message);
@@ -92,6 +101,11 @@ export class Gateway {
         return refuseUpgrade(socket, 401, 'unauthorized', `${WS_PATH} needs an API key: Authorization: Bearer KEY, or the subprotocol ttrl.key.KEY beside ${WS_SUBPROTOCOL}`, 'WWW-Authenticate: Bearer\r\n');
       }
     }
+    // The handshake's own faults, answered in our JSON shape (ws would answer text/plain).
+    if (req.method !== 'GET') return refuseUpgrade(socket, 405, 'invalid_message', `a WebSocket handshake is a GET, not ${req.method}`, 'Allow: GET\r\n');
+    const version = req.headers['sec-websocket-version'];
+    if (version !== '13')
+      return refuseUpgrade(socket, 426, 'invalid_message', `Sec-WebSocket-Version must be 13 (got ${version === undefined ? 'none' : JSON.stringify(version)})`, 'Sec-WebSocket-Version: 13\r\n');
     this.wss.handleUpgrade(req, socket, head, (ws) => this.wss.emit('connection', ws, Object.assign(req, { source: key ?? undefined })));
   }
 
@@ -114,14 +128,25 @@ export class Gateway {
     const client: Client = { connection, source: key ?? `ws:${connection}`, asking: new Set(), unsent: 0 };
     this.clients.set(ws, client);
     this.o.metrics.connections.inc();
-    ws.on('close', () => {
-      this.clients.delete(ws);
-      this.o.metrics.connections.dec();
-      // Its questions still waiting would take sampling for answers no one reads.
-      this.answerer.cancel(connection, 'the client disconnected before its question was sampled');
-    });
-    ws.on('error', () => ws.terminate());
-    ws.on('message', (data: RawData, isBinary: boolean) => this.onMessage(ws, client, data, isBinary));
+    ws.on(
+      'close',
+      guarded(this.log, 'ws close', () => {
+        this.clients.delete(ws);
+        this.o.metrics.connections.dec();
+        // Its questions still waiting would take sampling for answers no one reads.
+        this.answerer.cancel(connection, 'the client disconnected before its question was sampled');
+      }),
+    );
+    ws.on('error', guarded(this.log, 'ws error', () => ws.terminate()));
+    ws.on(
+      'message',
+      guarded(
+        this.log,
+        'ws message',
+        (data: RawData, isBinary: boolean) => this.onMessage(ws, client, data, isBinary),
+        () => this.send(ws, errorMessage('internal', 'the server failed to handle this message')),
+      ),
+    );
     this.send(ws, { type: 'hello', protocol: PROTOCOL_VERSION, connection, ...this.o.hello() });
   }
 

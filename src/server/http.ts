@@ -1,7 +1,6 @@
 // HTTP routes (express): health, readiness, Prometheus metrics, POST /v1/ask for simple
 // clients, and the token-protected admin routes. Errors use the WebSocket error shape.
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
-import { timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
 import { checkAsk } from '../loop/admission.ts';
 import type { Answerer, AskRequest } from '../loop/answerer.ts';
@@ -9,9 +8,11 @@ import { ProtocolError, type ErrorCode } from '../loop/errors.ts';
 import type { Metrics } from '../loop/metrics.ts';
 import { ApiKeys } from './auth.ts';
 import type { ConnectionLimiter } from './connections.ts';
-import { httpAsker } from './http-asker.ts';
+import { httpAsker, requestIdHeaders } from './http-asker.ts';
+import { jsonBody } from './json-body.ts';
 import { OPENAI_PATHS, openAiError, openAiRouter, type OpenAiOptions } from './openai.ts';
 import { errorMessage, httpStatus, schemaError, type Limits } from './protocol.ts';
+import { silentLogger, type Logger } from '../util/log.ts';
 
 export interface Admin {
   versions(): unknown[];
@@ -37,19 +38,37 @@ export interface AppOptions {
   openai: Omit<OpenAiOptions, 'answerer' | 'limits' | 'metrics'>;
   /** GET /, its assets and its live stream (server/dashboard.ts). */
   dashboard?: Router;
+  logger?: Logger;
+}
+
+/** Version numbers in a route are canonical decimal integers: not " 1", "0x1", "1e0" or "01". */
+export function parseVersionNumber(raw: string): number {
+  if (!/^(0|[1-9][0-9]{0,14})$/.test(raw)) throw new ProtocolError('invalid_message', `not a version number: ${JSON.stringify(raw)} (a decimal integer: 0, 1, 2, ...)`);
+  return Number(raw);
+}
+
+/** The bearer token of a request: `Authorization: Bearer TOKEN` (the scheme in any case), else undefined. */
+export function bearerToken(req: Request): string | undefined {
+  const auth = req.get('authorization');
+  return auth === undefined ? undefined : (/^Bearer[ ]+(\S+)[ ]*$/i.exec(auth)?.[1] ?? '');
 }
 
 export function createApp(o: AppOptions) {
   const app = express();
   app.disable('x-powered-by');
   // The OpenAI routes answer in OpenAI's error shape, the others in ours.
+  const log = o.logger ?? silentLogger;
+  // The OpenAI routes answer in OpenAI's error shape, the others in ours. The URL is safe to
+  // read: server.ts has parsed and normalised the target before express sees it.
   const fail = (res: Response, code: ErrorCode, message: string, id?: string, status?: number) => {
     if (code !== 'overloaded') o.metrics.rejected.inc({ code });
     const st = status ?? httpStatus(code);
-    const openai = OPENAI_PATHS.includes(new URL(res.req.originalUrl, 'http://x').pathname);
+    // A client that left gets nothing; a reply already begun (a stream) is cut off instead.
+    if (res.headersSent || res.destroyed) return void res.socket?.destroy();
+    // originalUrl, not path: inside a router mounted at /v1, path is relative to it.
+    const openai = OPENAI_PATHS.includes(res.req.originalUrl.split('?')[0]!);
     res.status(st).json(openai ? openAiError(code, message, st) : errorMessage(code, message, id));
   };
-
   // A connection over the limits gets its answer on its first request, and is closed.
   app.use((req, res, next) => {
     const refusal = o.connections.refusal(req.socket);
@@ -83,7 +102,7 @@ export function createApp(o: AppOptions) {
 
   app.use('/v1', openAiRouter({ ...o.openai, answerer: o.answerer, limits: o.limits, metrics: o.metrics }));
 
-  const json = express.json({ limit: o.limits.maxMessageBytes, strict: true, type: () => true });
+  const json = jsonBody(o.limits.maxMessageBytes);
   app.post('/v1/ask', json, async (req: Request, res: Response) => {
     const parsed = httpAsk.safeParse(req.body);
     const id = typeof req.body?.id === 'string' ? req.body.id : undefined;
@@ -96,8 +115,9 @@ export function createApp(o: AppOptions) {
       o.metrics.questions.inc({ transport: 'http' });
       const ask: AskRequest = { ...httpAsker(req, res), question: parsed.data.question, votes, clientId: parsed.data.id ?? null, connection: 'http' };
       const pending = o.answerer.ask(ask);
-      res.set('X-Request-Id', ask.requestId);
+      requestIdHeaders(res, ask);
       const a = await pending;
+      if (res.destroyed) return;
       res.json({ type: 'answer', ...(parsed.data.id ? { id: parsed.data.id } : {}), ...a });
     } catch (e) {
       const pe = e instanceof ProtocolError ? e : new ProtocolError('internal', (e as Error).message);
@@ -106,11 +126,14 @@ export function createApp(o: AppOptions) {
   });
 
   const admin = express.Router();
+  // The admin token is checked as API keys are: hashed, compared in constant time whatever its length.
+  const adminToken = new ApiKeys(o.adminToken ? [o.adminToken] : []);
   admin.use((req, res, next) => {
-    if (!o.adminToken) return fail(res, 'unauthorized', 'admin routes are off: start the server with --admin-token or TTRL_ADMIN_TOKEN');
-    const got = Buffer.from(req.get('authorization')?.replace(/^Bearer /, '') ?? '');
-    const want = Buffer.from(o.adminToken);
-    if (got.length !== want.length || !timingSafeEqual(got, want)) return fail(res, 'unauthorized', 'missing or wrong bearer token');
+    if (!adminToken.enabled) return fail(res, 'unauthorized', 'admin routes are off: start the server with --admin-token or TTRL_ADMIN_TOKEN');
+    if (!adminToken.check(bearerToken(req))) {
+      res.set('WWW-Authenticate', 'Bearer');
+      return fail(res, 'unauthorized', 'missing or wrong admin token: Authorization: Bearer TOKEN');
+    }
     next();
   });
   const route = (f: (req: Request) => unknown) => async (req: Request, res: Response) => {
@@ -123,11 +146,7 @@ export function createApp(o: AppOptions) {
   };
   admin.get('/status', route(() => o.admin.status()));
   admin.get('/versions', route(() => o.admin.versions()));
-  admin.post('/versions/:version/activate', route((req) => {
-    const v = Number(req.params.version);
-    if (!Number.isInteger(v) || v < 0) throw new ProtocolError('invalid_message', `not a version number: ${JSON.stringify(req.params.version)}`);
-    return o.admin.activate(v);
-  }));
+  admin.post('/versions/:version/activate', route((req) => o.admin.activate(parseVersionNumber(String(req.params.version)))));
   admin.post('/adaptation/pause', route(() => o.admin.pause()));
   admin.post('/adaptation/resume', route(() => o.admin.resume()));
   admin.post('/adaptation/update', route(() => o.admin.updateNow()));
@@ -137,6 +156,19 @@ export function createApp(o: AppOptions) {
   // Body-parser errors: bad JSON, too large, a body that does not decode. The reader marks
   // the client's faults with a 4xx status; those must not read as our failure (500 internal).
   app.use((err: { type?: string; status?: number; message?: string }, req: Request, res: Response, _next: NextFunction) => {
+    // This handler is the last: if it threw, express's default handler would answer in HTML
+    // with a stack. So it answers from a fixed message instead, whatever went wrong here.
+    try {
+      bodyError(err, req, res);
+    } catch (e) {
+      log.error({ where: 'http error handler', err: String(e) }, 'listener failed');
+      if (res.headersSent || res.destroyed) return void res.socket?.destroy();
+      res.status(500).json(errorMessage('internal', 'the server failed to answer this request'));
+    }
+  });
+  // Body-parser errors: bad JSON, too large, a body that does not decode. The reader marks
+  // the client's faults with a 4xx status; those must not read as our failure (500 internal).
+  function bodyError(err: { type?: string; status?: number; message?: string }, req: Request, res: Response): void {
     if (err.type === 'entity.too.large') return fail(res, 'payload_too_large', `the body is larger than ${o.limits.maxMessageBytes} bytes`);
     if (err.type === 'entity.parse.failed') return fail(res, 'bad_json', `not JSON: ${err.message}`);
     if (err.type === 'encoding.unsupported' || err.type === 'charset.unsupported') return fail(res, 'unsupported_encoding', `${err.message}; the server reads identity, gzip, deflate and br bodies in utf-8`);
@@ -146,7 +178,9 @@ export function createApp(o: AppOptions) {
       if (encoding.toLowerCase() !== 'identity') return fail(res, 'bad_encoding', `the body does not decode as ${encoding}: ${err.message}`);
       return fail(res, 'invalid_message', `the body could not be read: ${err.message}`);
     }
-    fail(res, 'internal', err.message ?? 'internal error');
-  });
+    log.error({ where: 'http route', err: err.message ?? String(err) }, 'route failed');
+    fail(res, 'internal', 'the server failed to answer this request');
+  }
   return app;
 }
+

@@ -21,7 +21,9 @@ import type { Metrics } from '../loop/metrics.ts';
 import type { Task } from '../tasks/task.ts';
 import type { Rollout } from '../ttrl/rollout.ts';
 import { httpStatus, schemaError, type Limits } from './protocol.ts';
-import { httpAsker } from './http-asker.ts';
+import { seedOf } from '../util/rng.ts';
+import { httpAsker, requestIdHeaders } from './http-asker.ts';
+import { jsonBody } from './json-body.ts';
 
 export const OPENAI_PATHS = ['/v1/models', '/v1/completions', '/v1/chat/completions'];
 
@@ -35,6 +37,8 @@ export interface OpenAiOptions {
   /** When the served model was loaded (epoch s, /v1/models' `created`). */
   created: number;
   version: () => number;
+  /** How the server samples: a request's value equal to the server's is no override (top_p's is 1). */
+  serverSampling: { temperature: number };
 }
 
 /** OpenAI's error object, with our code: the type by status as OpenAI's API uses them. */
@@ -52,7 +56,8 @@ const sampling = {
   top_p: z.number().gt(0).max(1).nullable().optional(),
   max_tokens: z.number().int().min(1).nullable().optional(),
   stop: stop.optional(),
-  seed: z.number().int().nullable().optional(),
+  // JSON numbers beyond 2^53 are not integers a client can name exactly: two would read the same.
+  seed: z.number().int().min(Number.MIN_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
   stream: z.boolean().nullable().optional(),
   stream_options: z.strictObject({ include_usage: z.boolean().optional() }).nullable().optional(),
   user: z.string().optional(),
@@ -70,7 +75,7 @@ const completionBody = z.strictObject({
   suffix: z.string().nullable().optional(),
 });
 const textPart = z.strictObject({ type: z.literal('text'), text: z.string() });
-const message = z.object({
+const message = z.strictObject({
   role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
   content: z.union([z.string(), z.array(textPart)]).nullable(),
   name: z.string().optional(),
@@ -101,15 +106,20 @@ function neutral(b: Record<string, unknown>, n: number): void {
   off('best_of', b.best_of === undefined || b.best_of === null || b.best_of === n, 'only equal to n: every sample is a vote and a choice');
 }
 
-/** The request's own sampling, where it departs from the server's. */
-function overrides(b: CompletionBody | ChatBody, maxTokens: number | null | undefined): SamplingOverrides {
+/**
+ * The request's own sampling, where it departs from the server's: a value equal to the
+ * server's own (its temperature, top_p 1, its longest answer) is no override, whether sent or
+ * not, so it leaves the question trainable.
+ */
+function overrides(b: CompletionBody | ChatBody, maxTokens: number | null | undefined, server: { temperature: number; maxNewTokens: number }): SamplingOverrides {
   const s: SamplingOverrides = {};
-  if (b.temperature !== undefined && b.temperature !== null) s.temperature = b.temperature;
+  if (b.temperature !== undefined && b.temperature !== null && b.temperature !== server.temperature) s.temperature = b.temperature;
   if (b.top_p !== undefined && b.top_p !== null && b.top_p !== 1) s.topP = b.top_p;
-  if (maxTokens !== undefined && maxTokens !== null) s.maxNewTokens = maxTokens;
+  if (maxTokens !== undefined && maxTokens !== null && maxTokens !== server.maxNewTokens) s.maxNewTokens = maxTokens;
   if (b.stop) s.stop = typeof b.stop === 'string' ? [b.stop] : b.stop;
-  // OpenAI's seed is any integer; the sampler's dice take 32 bits.
-  if (b.seed !== undefined && b.seed !== null) s.seed = Number(BigInt.asUintN(32, BigInt(b.seed)));
+  // The sampler's dice take 32 bits; the whole seed is hashed into them, so seeds that differ
+  // anywhere (by 2^32 too) draw different dice. Distinct seeds collide with odds 2^-32.
+  if (b.seed !== undefined && b.seed !== null) s.seed = seedOf('openai-seed', String(b.seed));
   return s;
 }
 
@@ -142,6 +152,8 @@ export function openAiRouter(o: OpenAiOptions): Router {
     const pe = e instanceof ProtocolError ? e : new ProtocolError('internal', (e as Error).message ?? String(e));
     const st = status ?? httpStatus(pe.code);
     if (pe.code !== 'overloaded') o.metrics.rejected.inc({ code: pe.code });
+    // A client that left gets nothing; a stream already begun is cut off instead.
+    if (res.headersSent || res.destroyed) return void res.socket?.destroy();
     res.status(st).json(openAiError(pe.code, pe.message, st));
   };
   const parse = <T>(schema: z.ZodType<T>, body: unknown): T => {
@@ -160,18 +172,18 @@ export function openAiRouter(o: OpenAiOptions): Router {
       throw new ProtocolError('not_found', `the model ${JSON.stringify(b.model)} is not served here; GET /v1/models lists ${JSON.stringify(o.modelId)}`);
     const n = b.n ?? o.limits.defaultVotes;
     neutral(b as Record<string, unknown>, n);
-    const s = overrides(b, maxTokens);
+    const s = overrides(b, maxTokens, { temperature: o.serverSampling.temperature, maxNewTokens: o.limits.maxNewTokens });
     const { votes } = checkAsk({ question, votes: n, maxNewTokens: s.maxNewTokens ?? o.limits.maxNewTokens }, o.limits);
     o.metrics.questions.inc({ transport: 'openai' });
     let rollout: Rollout | undefined;
     const request: AskRequest = { ...httpAsker(req, res), question, votes, sampling: s, clientId: null, connection: 'openai', onSamples: (r) => (rollout = r) };
     const pending = o.answerer.ask(request);
-    res.set('X-Request-Id', request.requestId);
+    requestIdHeaders(res, request);
     const answer = await pending;
     return { answer, rollout: rollout! };
   };
 
-  const json = express.json({ limit: o.limits.maxMessageBytes, strict: true, type: () => true });
+  const json = jsonBody(o.limits.maxMessageBytes);
   router.post('/completions', json, async (req, res) => {
     try {
       const b = parse(completionBody, req.body);
@@ -210,6 +222,8 @@ function send(
   r: Rollout,
   kind: 'completion' | 'chat',
 ): void {
+  // The client went away while its question was sampled: nothing to write to.
+  if (res.destroyed) return;
   const created = Math.floor(Date.now() / 1000);
   const completionTokens = r.samples.reduce((t, s) => t + s.tokens.length, 0);
   const usage = { prompt_tokens: a.prompt_tokens, completion_tokens: completionTokens, total_tokens: a.prompt_tokens + completionTokens };

@@ -1,6 +1,7 @@
 // The server: HTTP (express) and WebSocket (ws) in front of the serving loop (loop/pipeline.ts).
 // startServer() is what `ttrl serve`, the tests and the benchmark call.
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { basename, resolve } from 'node:path';
 import type { Settings } from './config.ts';
 import { ApiKeys } from './auth.ts';
@@ -8,7 +9,10 @@ import { ConnectionLimiter } from './connections.ts';
 import { Dashboard } from './dashboard.ts';
 import { Gateway, WS_PATH } from './gateway.ts';
 import { createApp } from './http.ts';
-import { helloLimits } from './protocol.ts';
+import { errorMessage, helloLimits } from './protocol.ts';
+import { guarded } from '../util/guarded.ts';
+import { rawErrorReply } from './raw-reply.ts';
+import { parseTarget } from './target.ts';
 import { createPipeline, type Pipeline } from '../loop/pipeline.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 import type { Versions } from '../loop/versions.ts';
@@ -60,9 +64,9 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
       reasons: closing ? ['shutting down'] : !ready ? ['starting'] : await p.notReady(),
       version: versions.active.version,
     });
-    const openai = { task: p.task, modelId: basename(resolve(s.model)), created: Math.floor(Date.now() / 1000), version: () => versions.active.version };
-    const dashboard = new Dashboard({ experiences$: answerer.experiences$, updates$: adaptation.updates$, versions$: versions.versions$, store, adaptation, answerer, keys });
-    const app = createApp({ answerer, limits, metrics, readiness, admin, adminToken: s.adminToken, keys, connections, openai, dashboard: dashboard.router() });
+    const openai = { task: p.task, modelId: basename(resolve(s.model)), created: Math.floor(Date.now() / 1000), version: () => versions.active.version, serverSampling: { temperature: s.temperature } };
+    const dashboard = new Dashboard({ experiences$: answerer.experiences$, updates$: adaptation.updates$, versions$: versions.versions$, store, adaptation, answerer, keys, logger });
+    const app = createApp({ answerer, limits, metrics, readiness, admin, adminToken: s.adminToken, keys, connections, openai, dashboard: dashboard.router(), logger });
     const gateway = new Gateway(answerer, {
       limits,
       maxInFlight: s.maxInFlight,
@@ -71,11 +75,42 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
       connections,
       metrics,
       hello: () => ({ model_version: versions.active.version, limits: { ...helloLimits(limits), max_in_flight: s.maxInFlight } }),
+      logger,
     });
-    const sub = versions.versions$.subscribe((v) => gateway.broadcast({ type: 'model', model_version: v }));
-    const http: Server = createServer(app);
+    const sub = versions.versions$.subscribe(guarded(logger, 'version broadcast', (v: number) => gateway.broadcast({ type: 'model', model_version: v })));
+    // The request-target is parsed once, here, before express or ws sees it: one that does not
+    // parse is answered 400 (JSON) and the routes only ever see a normalised origin-form URL.
+    const onRequest = (req: IncomingMessage, res: ServerResponse) => {
+      const target = parseTarget(req.url);
+      if (!target.ok) return jsonReply(res, 400, errorMessage('invalid_message', target.message), true);
+      // RFC 9112 3.2: an HTTP/1.1 request without exactly one Host is answered 400 (Node would answer it bare).
+      const hosts = req.rawHeaders.filter((_, i) => i % 2 === 0 && req.rawHeaders[i]!.toLowerCase() === 'host').length;
+      if (hosts > 1 || (hosts === 0 && req.httpVersion === '1.1')) return jsonReply(res, 400, errorMessage('invalid_message', `an HTTP/1.1 request has exactly one Host header (this one has ${hosts})`), true);
+      req.url = target.path + target.search;
+      app(req, res);
+    };
+    const http: Server = createServer(
+      { requireHostHeader: false },
+      guarded(logger, 'http request', onRequest, (_e, _req, res) => jsonReply(res, 500, errorMessage('internal', 'the server failed to answer this request'), true)),
+    );
     connections.attach(http);
-    http.on('upgrade', (req, socket, head) => gateway.handleUpgrade(req, socket, head));
+    const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      socket.on('error', () => socket.destroy());
+      const target = parseTarget(req.url);
+      if (!target.ok) return rawErrorReply(socket, 400, 'invalid_message', target.message);
+      req.url = target.path + target.search;
+      gateway.handleUpgrade(req, socket, head);
+    };
+    http.on('upgrade', guarded(logger, 'http upgrade', onUpgrade, (_e, _req, socket) => rawErrorReply(socket, 500, 'internal', 'the server failed to take this upgrade')));
+    // CONNECT (a proxy tunnel) is not something this server does.
+    http.on(
+      'connect',
+      guarded(logger, 'http connect', (_req: IncomingMessage, socket: Duplex) => rawErrorReply(socket, 405, 'invalid_message', 'CONNECT is not taken here: this server is not a proxy'), (_e, _req, socket) => socket.destroy()),
+    );
+    // A request Node's parser refuses (a request line or headers that are not HTTP, headers
+    // over the size limit, a bad Content-Length, a chunked body cut short) is answered in our
+    // JSON shape, never Node's bare 400, and the socket closed.
+    http.on('clientError', guarded(logger, 'http client error', (err: NodeJS.ErrnoException, socket: Duplex) => onClientError(err, socket), (_e, _err, socket) => socket.destroy()));
     await new Promise<void>((res, rej) => {
       http.once('error', rej);
       http.listen(s.port, s.host, () => res());
@@ -114,4 +149,26 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
     await p.close();
     throw e;
   }
+}
+
+/** A JSON reply on a response that may already be half-written or gone: then the socket is closed instead. */
+function jsonReply(res: ServerResponse, status: number, body: unknown, close = false): void {
+  if (res.headersSent || res.destroyed) return void res.socket?.destroy();
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(text), ...(close ? { Connection: 'close' } : {}) });
+  res.end(text);
+}
+
+const CLIENT_ERROR_STATUS: Record<string, [number, string]> = {
+  HPE_HEADER_OVERFLOW: [431, 'the request\'s headers are larger than the server takes'],
+  ERR_HTTP_REQUEST_TIMEOUT: [408, 'the request did not arrive in time'],
+  HPE_CHUNK_EXTENSIONS_OVERFLOW: [413, 'the chunk extensions are larger than the server takes'],
+};
+
+function onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+  // A reply already under way on this keep-alive socket cannot be followed by ours.
+  const inProgress = (socket as Duplex & { _httpMessage?: { headersSent?: boolean; writableFinished?: boolean } })._httpMessage;
+  if (err.code === 'ECONNRESET' || !socket.writable || (inProgress && !inProgress.writableFinished)) return void socket.destroy();
+  const [status, message] = CLIENT_ERROR_STATUS[err.code ?? ''] ?? [400, `the request is not well-formed HTTP/1.1 (${err.code ?? 'parse error'})`];
+  rawErrorReply(socket, status, status === 431 || status === 413 ? 'payload_too_large' : 'invalid_message', message);
 }
