@@ -4,8 +4,8 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { paramSpecsOf } from '../src/model/families.ts';
-import { llamaConfigFromHF } from '../src/model/hf.ts';
-import { writeSafetensorsStreaming } from '../src/model/safetensors.ts';
+import { llamaConfigFromHF } from '../src/formats/hf.ts';
+import { writeSafetensorsStreaming } from '../src/formats/safetensors.ts';
 import { Rng } from '../src/util/rng.ts';
 
 /** The peer's presets (torch_llama_peer.py PRESETS), as the config.json of such a checkpoint, with the batch each phase uses. */

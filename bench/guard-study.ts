@@ -10,13 +10,13 @@
 import { Command } from 'commander';
 import { Sampler } from '../src/engine/sampler.ts';
 import { Scorer } from '../src/engine/scorer.ts';
-import { loadModel } from '../src/model/checkpoint.ts';
-import type { WeightSource } from '../src/model/weight-file.ts';
+import { loadModel } from '../src/formats/checkpoint.ts';
+import type { WeightSource } from '../src/formats/weight-file.ts';
 import { DEFAULT_MODEL_DIR } from '../src/server/config.ts';
 import { loadVersionWeights } from '../src/loop/versions.ts';
 import { ANCHOR_RATIO } from '../src/ttrl/guard.ts';
 import { suite } from '../src/tasks/suites.ts';
-import { GREEDY_TOP_P, rollout, type Rollout } from '../src/ttrl/rollout.ts';
+import { GREEDY_TOP_P, rollout, type Rollout } from '../src/sampling/rollout.ts';
 import { completionLogprobs, sum } from '../src/ttrl/updater.ts';
 
 const cmd = new Command().argument('<dir>').argument('<versions...>').option('--seed <n>', 'the run\'s seed (its pool)', '0').parse();

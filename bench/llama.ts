@@ -28,7 +28,7 @@ import { packBatch, packGroups } from '../src/engine/batch.ts';
 import { createSession, f32 } from '../src/engine/ort.ts';
 import { Graph } from '../src/graph/ir.ts';
 import * as op from '../src/graph/ops.ts';
-import { loadModel, type Model } from '../src/model/checkpoint.ts';
+import { loadModel, type Model } from '../src/formats/checkpoint.ts';
 import { paramCount } from '../src/model/family.ts';
 import { paramSpecsOf } from '../src/model/families.ts';
 import { Rng } from '../src/util/rng.ts';

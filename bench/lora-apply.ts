@@ -11,13 +11,13 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { Sampler } from '../src/engine/sampler.ts';
-import { loadModel, weightsToTensors } from '../src/model/checkpoint.ts';
+import { loadModel, weightsToTensors } from '../src/formats/checkpoint.ts';
 import { initWeights, type Weights } from '../src/model/family.ts';
-import { writeSafetensors } from '../src/model/safetensors.ts';
+import { writeSafetensors } from '../src/formats/safetensors.ts';
 import { paramSpecsOf, type ModelConfig } from '../src/model/families.ts';
 import type { LlamaConfig } from '../src/model/llama.ts';
 import { initAdapters, loraConfigFor, loraSpecs } from '../src/model/lora.ts';
-import { weightFileOf, type WeightSource } from '../src/model/weight-file.ts';
+import { weightFileOf, type WeightSource } from '../src/formats/weight-file.ts';
 import { Rng } from '../src/util/rng.ts';
 
 const o = new Command()

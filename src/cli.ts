@@ -1,18 +1,18 @@
 // One CLI for everything: `ttrl <subcommand>`. With --json a subcommand prints exactly one
 // JSON object as the last line of stdout; progress and logs go to stderr.
 import { Command, InvalidArgumentError } from 'commander';
-import { describe, loadModel, saveModel } from './model/checkpoint.ts';
+import { describe, loadModel, saveModel } from './formats/checkpoint.ts';
 import { initWeights, paramCount } from './model/family.ts';
 import { paramSpecsOf } from './model/families.ts';
 import type { GPTConfig } from './model/gpt.ts';
-import { isWeightFile } from './model/weight-file.ts';
-import { ARITHMETIC_CHARS, CharTokenizer } from './model/tokenizer.ts';
+import { isWeightFile } from './formats/weight-file.ts';
+import { ARITHMETIC_CHARS, CharTokenizer } from './tokenizers/tokenizer.ts';
 import { Sampler, validate } from './engine/sampler.ts';
 import { Rng } from './util/rng.ts';
 import { suite, SUITE_NAMES, SUITES } from './tasks/suites.ts';
 import { pretrain } from './train/pretrain.ts';
 import { readQuestions } from './tasks/question-file.ts';
-import { accuracy, rollout } from './ttrl/rollout.ts';
+import { accuracy, rollout } from './sampling/rollout.ts';
 import { Progress } from './util/progress.ts';
 import { adapt, ADAPT_DEFAULTS as A, type AdaptSettings, type StepRow } from './ttrl/adapt.ts';
 import { linePlot, toCsv } from './util/svg-plot.ts';
@@ -30,7 +30,7 @@ import { Store, type VersionRow } from './store/store.ts';
 import { EXTRACTOR_NAMES, extractor } from './tasks/extractors.ts';
 import { describeVote, voteLine } from './tasks/vote-lines.ts';
 import { createInterface } from 'node:readline';
-import type { Model } from './model/checkpoint.ts';
+import type { Model } from './formats/checkpoint.ts';
 import { taskFromSettings, type Task } from './tasks/task.ts';
 import { askLimits, checkPrompt } from './loop/admission.ts';
 import { exportVersion } from './loop/versions.ts';

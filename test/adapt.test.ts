@@ -6,7 +6,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pretrain } from '../src/train/pretrain.ts';
-import { inMemory, loadModel } from '../src/model/checkpoint.ts';
+import { inMemory, loadModel } from '../src/formats/checkpoint.ts';
 import { adapt, ADAPT_DEFAULTS } from '../src/ttrl/adapt.ts';
 import { suite } from '../src/tasks/suites.ts';
 

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ChatTemplate, chatTemplateText } from '../src/tasks/chat-template.ts';
 import { BOXED_SYSTEM_PROMPT, taskFromSettings } from '../src/tasks/task.ts';
-import { HFTokenizer } from '../src/model/hf-tokenizer.ts';
+import { HFTokenizer } from '../src/tokenizers/hf-tokenizer.ts';
 
 type Json = Record<string, unknown>;
 const config = (name: string): Json => JSON.parse(readFileSync(new URL(`./fixtures/chat-templates/${name}.tokenizer_config.json`, import.meta.url), 'utf8'));

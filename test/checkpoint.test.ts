@@ -4,12 +4,12 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { inMemory, loadModel, saveModel, validateConfig, weightsToTensors } from '../src/model/checkpoint.ts';
+import { inMemory, loadModel, saveModel, validateConfig, weightsToTensors } from '../src/formats/checkpoint.ts';
 import { initWeights } from '../src/model/family.ts';
 import { paramSpecsOf } from '../src/model/families.ts';
 import type { GPTConfig } from '../src/model/gpt.ts';
-import { ARITHMETIC_CHARS, CharTokenizer } from '../src/model/tokenizer.ts';
-import { writeSafetensors } from '../src/model/safetensors.ts';
+import { ARITHMETIC_CHARS, CharTokenizer } from '../src/tokenizers/tokenizer.ts';
+import { writeSafetensors } from '../src/formats/safetensors.ts';
 import { Rng } from '../src/util/rng.ts';
 
 const tokenizer = new CharTokenizer(ARITHMETIC_CHARS);

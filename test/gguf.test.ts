@@ -4,10 +4,10 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { f16ToF32 } from '../src/model/float16.ts';
-import { openGGUF, type GGUFValue } from '../src/model/gguf.ts';
-import { readGGUFLlama } from '../src/model/gguf-llama.ts';
-import { readSafetensors } from '../src/model/safetensors.ts';
+import { f16ToF32 } from '../src/formats/float16.ts';
+import { openGGUF, type GGUFValue } from '../src/formats/gguf.ts';
+import { readGGUFLlama } from '../src/formats/gguf-llama.ts';
+import { readSafetensors } from '../src/formats/safetensors.ts';
 import {
   arrayOf, bool, encodeGGUF, f32, f32Bytes, f32s, i32s, str, strings, u32,
   type GGUFSpec, type TensorSpec, type TypedValue,

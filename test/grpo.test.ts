@@ -1,9 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { groupAdvantages, rewards, selectForTraining, toGroups } from '../src/ttrl/grpo.ts';
-import { majorityVote } from '../src/ttrl/vote.ts';
+import { majorityVote } from '../src/tasks/vote.ts';
 import { CollapseGuard, GUARD_DEFAULTS } from '../src/ttrl/guard.ts';
-import type { Rollout } from '../src/ttrl/rollout.ts';
+import type { Rollout } from '../src/sampling/rollout.ts';
 import { Rng } from '../src/util/rng.ts';
 
 function fakeRollout(question: string, answers: (string | null)[]): Rollout {

@@ -20,18 +20,18 @@ import { initWeights, type Weights } from '../src/model/family.ts';
 import { paramSpecsOf, type ModelConfig } from '../src/model/families.ts';
 import type { GPTConfig } from '../src/model/gpt.ts';
 import type { LlamaConfig } from '../src/model/llama.ts';
-import { loadModel } from '../src/model/checkpoint.ts';
+import { loadModel } from '../src/formats/checkpoint.ts';
 import {
   checkAdapters, initAdapters, loraConfigFor, loraModules, loraSpecs, mergeAdapters, PEFT_CONFIG, PEFT_WEIGHTS,
   readAdapterFile, readPeftAdapter, writeAdapterFile, writePeftAdapter, type LoraConfig,
 } from '../src/model/lora.ts';
-import { readSafetensors, writeSafetensors } from '../src/model/safetensors.ts';
-import type { WeightFile } from '../src/model/weight-file.ts';
+import { readSafetensors, writeSafetensors } from '../src/formats/safetensors.ts';
+import type { WeightFile } from '../src/formats/weight-file.ts';
 import { grpo, grpoOptionsFor, grpoScalars, objective as grpoObjective } from '../src/ttrl/objective.ts';
 import { Rng } from '../src/util/rng.ts';
 import { pretrain } from '../src/train/pretrain.ts';
 import { suite } from '../src/tasks/suites.ts';
-import { rollout } from '../src/ttrl/rollout.ts';
+import { rollout } from '../src/sampling/rollout.ts';
 import { selectForTraining } from '../src/ttrl/grpo.ts';
 import { TTRLUpdater } from '../src/ttrl/updater.ts';
 

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { normalizeAnswer } from '../src/tasks/normalize.ts';
-import { majorityVote } from '../src/ttrl/vote.ts';
+import { majorityVote } from '../src/tasks/vote.ts';
 
 const SAME: [string, string[]][] = [
   ['1000', ['1000', '1,000', '1000.0', '$1,000$', '1{,}000', '1\\,000', '\\$1,000', '1000.', '\\text{1000}', '+1000', '01000', '1e3']],

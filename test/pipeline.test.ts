@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { isWeightFile } from '../src/model/weight-file.ts';
+import { isWeightFile } from '../src/formats/weight-file.ts';
 import { checkAsk } from '../src/loop/admission.ts';
 import { FINGERPRINT_KEY } from '../src/loop/base-model.ts';
 import { createPipeline } from '../src/loop/pipeline.ts';

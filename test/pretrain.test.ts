@@ -6,7 +6,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pretrain, pretrainLr, type PretrainOptions } from '../src/train/pretrain.ts';
-import { inMemory, loadModel } from '../src/model/checkpoint.ts';
+import { inMemory, loadModel } from '../src/formats/checkpoint.ts';
 import { suite } from '../src/tasks/suites.ts';
 import { ttrl } from './helpers/cli.ts';
 

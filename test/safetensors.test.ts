@@ -11,8 +11,8 @@ import {
   writeSafetensors,
   writeSafetensorsStreaming,
   type NamedTensor,
-} from '../src/model/safetensors.ts';
-import { f16ToF32, widenToFloat32 } from '../src/model/float16.ts';
+} from '../src/formats/safetensors.ts';
+import { f16ToF32, widenToFloat32 } from '../src/formats/float16.ts';
 
 /** Builds a file by hand so malformed headers can be tested. */
 function rawFile(header: unknown, data: Uint8Array = new Uint8Array(0)): Buffer {

@@ -10,7 +10,7 @@ import { PROJECT_ROOT, resolveSettings, settingsTable } from '../src/server/conf
 import { parseClientMessage } from '../src/server/protocol.ts';
 import type { ProtocolError } from '../src/loop/errors.ts';
 import { askLimits } from '../src/loop/admission.ts';
-import { ARITHMETIC_CHARS, CharTokenizer } from '../src/model/tokenizer.ts';
+import { ARITHMETIC_CHARS, CharTokenizer } from '../src/tokenizers/tokenizer.ts';
 import { ARITHMETIC_TASK } from '../src/tasks/task.ts';
 import { judgeAnchors, judgeProbe } from '../src/ttrl/guard.ts';
 import { scratch } from './helpers/scratch.ts';

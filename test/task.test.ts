@@ -5,12 +5,12 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { ARITHMETIC_TASK, BOXED_SYSTEM_PROMPT, resolveTaskParts, Task, taskFromSettings, TASK_NAMES } from '../src/tasks/task.ts';
-import { ARITHMETIC_CHARS, CharTokenizer } from '../src/model/tokenizer.ts';
-import { HFTokenizer } from '../src/model/hf-tokenizer.ts';
+import { ARITHMETIC_CHARS, CharTokenizer } from '../src/tokenizers/tokenizer.ts';
+import { HFTokenizer } from '../src/tokenizers/hf-tokenizer.ts';
 import { resolveSettings } from '../src/server/config.ts';
-import { loadModel } from '../src/model/checkpoint.ts';
+import { loadModel } from '../src/formats/checkpoint.ts';
 import { Sampler } from '../src/engine/sampler.ts';
-import { rollout } from '../src/ttrl/rollout.ts';
+import { rollout } from '../src/sampling/rollout.ts';
 import { extractAnswer } from '../src/tasks/arithmetic.ts';
 
 test('presets: arithmetic is today\'s task; math, gsm8k and choice use the chat template', () => {

@@ -9,7 +9,7 @@ import {
   loadTokenizer,
   saveTokenizer,
   tokenizerFromJSON,
-} from '../src/model/tokenizer.ts';
+} from '../src/tokenizers/tokenizer.ts';
 
 const arithmetic = new CharTokenizer(ARITHMETIC_CHARS);
 

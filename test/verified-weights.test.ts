@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { checkAsk } from '../src/loop/admission.ts';
 import { ProtocolError } from '../src/loop/errors.ts';
 import { createPipeline, type Pipeline } from '../src/loop/pipeline.ts';
-import { inMemory } from '../src/model/checkpoint.ts';
+import { inMemory } from '../src/formats/checkpoint.ts';
 import type { Weights } from '../src/model/family.ts';
 import { initAdapters } from '../src/model/lora.ts';
 import { resolveSettings } from '../src/server/config.ts';

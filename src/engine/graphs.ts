@@ -11,7 +11,7 @@ import { grad } from '../graph/autodiff.ts';
 import { declareParams, type ForwardInput, type KV, type ModelDims, type Params } from '../model/family.ts';
 import { familyOf, type ModelConfig } from '../model/families.ts';
 import { loraScale, loraSpecs, type LoraConfig } from '../model/lora.ts';
-import type { WeightFile } from '../model/weight-file.ts';
+import type { WeightFile } from '../formats/weight-file.ts';
 import type { LossTerms, Objective, SequenceInput, TokenInput } from './objective.ts';
 
 export const MASKED = -1e9;

@@ -2,7 +2,7 @@
 // lengths are left-padded into one run; each prompt is prefilled once and its cache
 // shared by its samples. Results are reproducible from the seed: the uniforms that
 // drive sampling come from a seeded JS RNG.
-import type { WeightSource } from '../model/weight-file.ts';
+import type { WeightSource } from '../formats/weight-file.ts';
 import type { Weights } from '../model/family.ts';
 import { dimsOf, type ModelConfig } from '../model/families.ts';
 import type { LoraConfig } from '../model/lora.ts';

@@ -10,7 +10,7 @@ import { Rng } from '../util/rng.ts';
 import { checkWeights, type ParamSpec, type Weights } from '../model/family.ts';
 import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
 import { checkAdapters, initAdapters, loraSpecs, mergeAdapters, type LoraConfig } from '../model/lora.ts';
-import { checkWeightFile, isWeightFile, readWeights, type WeightSource } from '../model/weight-file.ts';
+import { checkWeightFile, isWeightFile, readWeights, type WeightSource } from '../formats/weight-file.ts';
 import type { Completion, SampleOptions } from './sampler.ts';
 import { leftPad } from './batch.ts';
 import { weightFeedsOf } from './scoring.ts';

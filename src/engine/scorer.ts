@@ -2,7 +2,7 @@
 // set of weights (the shipped model, for KL references and the guard's anchors). No optimizer
 // state, and weights from a file are mapped, shared with every other worker of the model.
 import { dimsOf, type ModelConfig } from '../model/families.ts';
-import type { WeightSource } from '../model/weight-file.ts';
+import type { WeightSource } from '../formats/weight-file.ts';
 import type { Weights } from '../model/family.ts';
 import type { LoraConfig } from '../model/lora.ts';
 import { checkTokenIds, type PackedBatch } from './batch.ts';

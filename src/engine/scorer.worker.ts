@@ -7,7 +7,7 @@ import { niceThisThread, serveRequests } from './worker-host.ts';
 import { checkWeights, type ParamSpec, type Weights } from '../model/family.ts';
 import { paramSpecsOf } from '../model/families.ts';
 import { checkAdapters, initAdapters, loraSpecs } from '../model/lora.ts';
-import { checkWeightFile, isWeightFile, type WeightSource } from '../model/weight-file.ts';
+import { checkWeightFile, isWeightFile, type WeightSource } from '../formats/weight-file.ts';
 import { Rng } from '../util/rng.ts';
 import type { PackedBatch } from './batch.ts';
 import { scoreBatch, weightFeedsOf } from './scoring.ts';

@@ -5,7 +5,7 @@
 // the trainer's own arrays are the adapters and their moments only.
 import type { Weights } from '../model/family.ts';
 import { dimsOf, type ModelConfig } from '../model/families.ts';
-import type { WeightSource } from '../model/weight-file.ts';
+import type { WeightSource } from '../formats/weight-file.ts';
 import type { AdamWConfig } from './adamw.ts';
 import type { BatchLayout } from './graphs.ts';
 import type { ObjectiveRef } from './objective.ts';

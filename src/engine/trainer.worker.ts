@@ -13,7 +13,7 @@ import { checkAdapters, initAdapters, loraSpecs, type LoraConfig } from '../mode
 import { Rng } from '../util/rng.ts';
 import type { PackedBatch } from './batch.ts';
 import { batchFeeds, scoreBatch, weightFeedsOf } from './scoring.ts';
-import { checkWeightFile, isWeightFile, readWeights, type WeightFile, type WeightSource } from '../model/weight-file.ts';
+import { checkWeightFile, isWeightFile, readWeights, type WeightFile, type WeightSource } from '../formats/weight-file.ts';
 import type { OptimizerState, StepHyper, TrainerInit } from './trainer.ts';
 
 let config: ModelConfig;

@@ -11,10 +11,10 @@
 // operator's own stream and are not capped.)
 import { filter, interval, Subject, type Observable, type Subscription } from 'rxjs';
 import { Rng } from '../util/rng.ts';
-import { inMemory } from '../model/checkpoint.ts';
+import { inMemory } from '../formats/checkpoint.ts';
 import type { ModelConfig } from '../model/families.ts';
 import type { LoraConfig } from '../model/lora.ts';
-import type { Tokenizer } from '../model/tokenizer.ts';
+import type { Tokenizer } from '../tokenizers/tokenizer.ts';
 import type { Store } from '../store/store.ts';
 import { selectForTraining } from '../ttrl/grpo.ts';
 import { TTRLUpdater, type UpdateResult } from '../ttrl/updater.ts';

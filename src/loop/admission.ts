@@ -10,7 +10,7 @@
 // it for one long prompt would cut every answer in that batch, and an answer cut off has
 // no vote. (vLLM refuses a prompt that fills the context, and an explicit max_tokens that
 // does not fit beside it; here the task's new tokens are the deployment's explicit choice.)
-import type { Tokenizer } from '../model/tokenizer.ts';
+import type { Tokenizer } from '../tokenizers/tokenizer.ts';
 import type { Task } from '../tasks/task.ts';
 import { ProtocolError } from './errors.ts';
 

@@ -14,10 +14,10 @@ import type { Answer } from './answer.ts';
 import { randomBytes } from 'node:crypto';
 import { silentLogger, type Logger } from '../util/log.ts';
 import { seedOf } from '../util/rng.ts';
-import type { Tokenizer } from '../model/tokenizer.ts';
+import type { Tokenizer } from '../tokenizers/tokenizer.ts';
 import type { Store } from '../store/store.ts';
 import type { Task } from '../tasks/task.ts';
-import { rolloutBatch, type Rollout } from '../ttrl/rollout.ts';
+import { rolloutBatch, type Rollout } from '../sampling/rollout.ts';
 import { ProtocolError } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 

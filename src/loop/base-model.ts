@@ -11,8 +11,8 @@ import { createHash } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { WEIGHTS_FILE } from '../model/checkpoint.ts';
-import { INDEX_FILE } from '../model/hf.ts';
+import { WEIGHTS_FILE } from '../formats/checkpoint.ts';
+import { INDEX_FILE } from '../formats/hf.ts';
 import type { Store } from '../store/store.ts';
 
 /** What the store remembers of a weight file. */

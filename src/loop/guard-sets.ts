@@ -4,7 +4,7 @@
 // until it is full and is written only when it grows.
 import type { Store } from '../store/store.ts';
 import { completionAnchorOf, type CompletionAnchor } from '../ttrl/guard.ts';
-import type { Rollout } from '../ttrl/rollout.ts';
+import type { Rollout } from '../sampling/rollout.ts';
 
 /** A JSON list in the store's meta table: read once, written whole when it changes. */
 class MetaList<T> {

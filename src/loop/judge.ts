@@ -7,8 +7,8 @@ import { Sampler } from '../engine/sampler.ts';
 import { Scorer } from '../engine/scorer.ts';
 import type { Weights } from '../model/family.ts';
 import type { ModelConfig } from '../model/families.ts';
-import type { Tokenizer } from '../model/tokenizer.ts';
-import type { WeightSource } from '../model/weight-file.ts';
+import type { Tokenizer } from '../tokenizers/tokenizer.ts';
+import type { WeightSource } from '../formats/weight-file.ts';
 import type { LoraConfig } from '../model/lora.ts';
 import type { TrainSequence } from '../engine/batch.ts';
 import type { Store } from '../store/store.ts';
@@ -25,7 +25,7 @@ import {
   type ProbeStats,
   type StepHealth,
 } from '../ttrl/guard.ts';
-import { GREEDY_TOP_P, rolloutBatch, type Rollout } from '../ttrl/rollout.ts';
+import { GREEDY_TOP_P, rolloutBatch, type Rollout } from '../sampling/rollout.ts';
 import { completionLogprobs, sum } from '../ttrl/updater.ts';
 import { CompletionAnchors, ProbeQuestions } from './guard-sets.ts';
 import type { Metrics } from './metrics.ts';

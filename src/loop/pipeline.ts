@@ -2,7 +2,7 @@
 // store (answerer) -> adapt -> judge (adaptation, judge) -> swap (versions). The server puts
 // HTTP and WebSocket in front of it; offline replay drives it directly.
 import { resolve } from 'node:path';
-import { loadModel, type Model } from '../model/checkpoint.ts';
+import { loadModel, type Model } from '../formats/checkpoint.ts';
 import { Store } from '../store/store.ts';
 import { taskFromSettings, type Task, type TaskSettings } from '../tasks/task.ts';
 import { askLimits, type AskLimits } from './admission.ts';

@@ -5,7 +5,7 @@
 // its family, and families.ts maps the name to the functions.
 import type { DType, Graph, Tensor } from '../graph/ir.ts';
 import type { Rng } from '../util/rng.ts';
-import type { WeightFile } from './weight-file.ts';
+import type { WeightFile } from '../formats/weight-file.ts';
 
 export interface ParamSpec {
   name: string;

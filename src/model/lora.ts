@@ -12,9 +12,9 @@ import { writeFileAtomic } from '../util/atomic-write.ts';
 import type { Rng } from '../util/rng.ts';
 import { initWeights, type ParamSpec, type Weights } from './family.ts';
 import { familyOf, paramSpecsOf, type ModelConfig } from './families.ts';
-import { widenToFloat32 } from './float16.ts';
+import { widenToFloat32 } from '../formats/float16.ts';
 import { loraA, loraB } from './lora-linear.ts';
-import { encodeSafetensors, readSafetensors, writeSafetensors, type NamedTensor, type SafetensorsContents } from './safetensors.ts';
+import { encodeSafetensors, readSafetensors, writeSafetensors, type NamedTensor, type SafetensorsContents } from '../formats/safetensors.ts';
 
 export { loraA, loraB };
 

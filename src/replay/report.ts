@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { writeFileAtomic } from '../util/atomic-write.ts';
 import { linePlot, toCsv } from '../util/svg-plot.ts';
-import { normalizeAnswer } from '../ttrl/vote.ts';
+import { normalizeAnswer } from '../tasks/vote.ts';
 import { quantile } from '../util/stats.ts';
 
 export interface Outcome {

@@ -19,7 +19,7 @@ import type { Answer, Answerer, AskRequest, SamplingOverrides } from '../loop/an
 import { ProtocolError, type ErrorCode } from '../loop/errors.ts';
 import type { Metrics } from '../loop/metrics.ts';
 import type { Task } from '../tasks/task.ts';
-import type { Rollout } from '../ttrl/rollout.ts';
+import type { Rollout } from '../sampling/rollout.ts';
 import { httpStatus, schemaError, type Limits } from './protocol.ts';
 import { seedOf } from '../util/rng.ts';
 import { httpAsker, requestIdHeaders } from './http-asker.ts';

@@ -3,8 +3,8 @@
 // completion, and how long a completion may run. Chosen per deployment with --task (a
 // preset) and overridden part by part with --extractor, --chat-template, --system and
 // --max-new-tokens.
-import type { Tokenizer } from '../model/tokenizer.ts';
-import { HFTokenizer } from '../model/hf-tokenizer.ts';
+import type { Tokenizer } from '../tokenizers/tokenizer.ts';
+import { HFTokenizer } from '../tokenizers/hf-tokenizer.ts';
 import { ChatTemplate, chatTemplateText, type ChatMessage } from './chat-template.ts';
 import { extractor, type Extractor } from './extractors.ts';
 import { normalizeAnswer } from './normalize.ts';

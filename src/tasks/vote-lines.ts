@@ -2,7 +2,7 @@
 // with an extractor, so they can check what an extractor reads in their logs before serving.
 // A bad line is reported with its number and gets an error line of its own in the output,
 // so output line k is always about input record k; the rest are still voted.
-import { majorityVote } from '../ttrl/vote.ts';
+import { majorityVote } from './vote.ts';
 import type { Extractor } from './extractors.ts';
 import { normalizeAnswer } from './normalize.ts';
 

@@ -8,12 +8,12 @@ import { Trainer } from '../engine/trainer.ts';
 import { sft } from '../engine/sft.ts';
 import { packBatch, type TrainSequence } from '../engine/batch.ts';
 import { Rng } from '../util/rng.ts';
-import { loadModel, saveModel, weightsToTensors, type Model } from '../model/checkpoint.ts';
+import { loadModel, saveModel, weightsToTensors, type Model } from '../formats/checkpoint.ts';
 import { initWeights } from '../model/family.ts';
 import { paramSpecsOf } from '../model/families.ts';
 import type { GPTConfig } from '../model/gpt.ts';
-import { readSafetensors, writeSafetensors } from '../model/safetensors.ts';
-import { ARITHMETIC_CHARS, CharTokenizer, type Tokenizer } from '../model/tokenizer.ts';
+import { readSafetensors, writeSafetensors } from '../formats/safetensors.ts';
+import { ARITHMETIC_CHARS, CharTokenizer, type Tokenizer } from '../tokenizers/tokenizer.ts';
 import { workedSolution } from '../tasks/arithmetic.ts';
 import { drawFrom, PRETRAIN_MIXTURE } from '../tasks/suites.ts';
 

@@ -3,13 +3,13 @@
 // every K steps; roll back to the last healthy weights when the guard sees a collapse.
 import { Rng } from '../util/rng.ts';
 import { Sampler } from '../engine/sampler.ts';
-import { inMemory, type Model } from '../model/checkpoint.ts';
+import { inMemory, type Model } from '../formats/checkpoint.ts';
 import type { Weights } from '../model/family.ts';
 import type { QuestionRecord } from '../tasks/question-file.ts';
 import { ARITHMETIC_TASK, type Task } from '../tasks/task.ts';
 import { anchorAgreement, CollapseGuard, GUARD_DEFAULTS, pickAnchors, type GuardSettings } from './guard.ts';
 import { selectForTraining, type GroupSettings } from './grpo.ts';
-import { accuracy, rollout, type Accuracy } from './rollout.ts';
+import { accuracy, rollout, type Accuracy } from '../sampling/rollout.ts';
 import { TTRLUpdater, type UpdateSettings } from './updater.ts';
 import { GRPO_DEFAULTS } from './objective.ts';
 

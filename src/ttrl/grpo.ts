@@ -4,8 +4,8 @@
 // The loss that consumes the advantages is objective.ts.
 import type { TrainGroup } from '../engine/batch.ts';
 import type { Rng } from '../util/rng.ts';
-import type { Rollout } from './rollout.ts';
-import { normalizeAnswer } from './vote.ts';
+import type { Rollout } from '../sampling/rollout.ts';
+import { normalizeAnswer } from '../tasks/vote.ts';
 
 export type RewardMode = 'majority' | 'ground-truth';
 

@@ -16,7 +16,7 @@
 // majority ratio of at least ANCHOR_RATIO; they differ in what is kept and compared, hence
 // two names.
 import type { Weights } from '../model/family.ts';
-import type { Rollout } from './rollout.ts';
+import type { Rollout } from '../sampling/rollout.ts';
 
 /** Anchors: answers the initial (shipped) model gave with at least this majority ratio: mostly right ones. */
 export const ANCHOR_RATIO = 0.9;

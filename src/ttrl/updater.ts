@@ -8,8 +8,8 @@ import { Scorer } from '../engine/scorer.ts';
 import type { Weights } from '../model/family.ts';
 import type { ModelConfig } from '../model/families.ts';
 import type { LoraConfig } from '../model/lora.ts';
-import type { Tokenizer } from '../model/tokenizer.ts';
-import type { WeightSource } from '../model/weight-file.ts';
+import type { Tokenizer } from '../tokenizers/tokenizer.ts';
+import type { WeightSource } from '../formats/weight-file.ts';
 import { toGroups, type Selected } from './grpo.ts';
 import { grpo, grpoOptionsFor, grpoScalars, type GrpoOptions } from './objective.ts';
 

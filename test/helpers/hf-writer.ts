@@ -3,7 +3,7 @@
 // so the loader is tested on what it meets in the wild, not on what our saver writes.
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeSafetensors, type NamedTensor } from '../../src/model/safetensors.ts';
+import { writeSafetensors, type NamedTensor } from '../../src/formats/safetensors.ts';
 
 /** float32 -> bfloat16 bits, rounding to nearest even (what torch's .to(torch.bfloat16) does). */
 export function toBfloat16(x: Float32Array): Uint16Array {

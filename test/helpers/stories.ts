@@ -4,7 +4,7 @@ import { copyFile, mkdir, readdir, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import WebSocket from 'ws';
-import { loadModel } from '../../src/model/checkpoint.ts';
+import { loadModel } from '../../src/formats/checkpoint.ts';
 import { scratch } from './scratch.ts';
 
 export const STORIES = fileURLToPath(new URL('../fixtures/stories260K/hf/', import.meta.url));

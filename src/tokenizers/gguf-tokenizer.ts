@@ -6,7 +6,7 @@
 // and a template that adds <s>. Matching that converter matters: the same vocabulary with
 // differently ordered merges can split words differently.
 
-import type { GGUFFile, GGUFValue } from './gguf.ts';
+import type { GGUFFile, GGUFValue } from '../formats/gguf.ts';
 
 export interface HFTokenizerFiles {
   /** tokenizer.json */

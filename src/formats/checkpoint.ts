@@ -6,11 +6,11 @@
 // Llama-family weights stay in files every worker maps (weight-file.ts).
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { checkWeights, paramCount, type Weights } from './family.ts';
-import { dimsOf, paramSpecsOf, type ModelConfig } from './families.ts';
-import type { GPTConfig } from './gpt.ts';
-import { llama } from './llama.ts';
-import { loadTokenizer, saveTokenizer, type Tokenizer } from './tokenizer.ts';
+import { checkWeights, paramCount, type Weights } from '../model/family.ts';
+import { dimsOf, paramSpecsOf, type ModelConfig } from '../model/families.ts';
+import type { GPTConfig } from '../model/gpt.ts';
+import { llama } from '../model/llama.ts';
+import { loadTokenizer, saveTokenizer, type Tokenizer } from '../tokenizers/tokenizer.ts';
 import { readSafetensors, writeSafetensors, type NamedTensor } from './safetensors.ts';
 import { fromHFFiles, llamaConfigFromHF, loadHFDirectory, saveHFDirectory, type HFFiles } from './hf.ts';
 import { readGGUFLlama } from './gguf-llama.ts';

@@ -1,9 +1,9 @@
 // Sampling N completions per question in batches, with their extracted answers and vote:
 // what evaluation, offline TTRL and the server all start from.
 import type { Sampler } from '../engine/sampler.ts';
-import type { Tokenizer } from '../model/tokenizer.ts';
+import type { Tokenizer } from '../tokenizers/tokenizer.ts';
 import { ARITHMETIC_TASK, type Task } from '../tasks/task.ts';
-import { majorityVote, normalizeAnswer, type VoteResult } from './vote.ts';
+import { majorityVote, normalizeAnswer, type VoteResult } from '../tasks/vote.ts';
 
 export interface Sample {
   tokens: number[];

@@ -7,9 +7,9 @@
 import { existsSync } from 'node:fs';
 import { mkdir, open, readFile } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
-import type { LlamaConfig, RopeScaling } from './llama.ts';
-import { llama } from './llama.ts';
-import { HFTokenizer } from './hf-tokenizer.ts';
+import type { LlamaConfig, RopeScaling } from '../model/llama.ts';
+import { llama } from '../model/llama.ts';
+import { HFTokenizer } from '../tokenizers/hf-tokenizer.ts';
 import { readSafetensorsIndex, writeSafetensorsStreaming, type TensorLocation } from './safetensors.ts';
 import { widenToFloat32 } from './float16.ts';
 import { convertedWeightFile, isWeightFile, readWeights, type TensorRef, type WeightFile, type WeightSource } from './weight-file.ts';

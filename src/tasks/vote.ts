@@ -2,7 +2,7 @@
 // first (src/tasks/normalize.ts) so that "+5", "05", "5.0" and "\frac{10}{2}" are one vote; the
 // winner is independent of the order the samples came in (ties go to the smaller normalised
 // answer, compared as text).
-import { normalizeAnswer } from '../tasks/normalize.ts';
+import { normalizeAnswer } from './normalize.ts';
 
 export { normalizeAnswer };
 

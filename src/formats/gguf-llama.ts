@@ -10,7 +10,7 @@
 //    into halves.
 
 import { openGGUF, type GGUFFile, type GGUFTensorInfo } from './gguf.ts';
-import { tokenizerFromGGUF } from './gguf-tokenizer.ts';
+import { tokenizerFromGGUF } from '../tokenizers/gguf-tokenizer.ts';
 
 export interface HFTensor {
   /** Outermost first, as in PyTorch. */

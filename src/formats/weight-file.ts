@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, open, stat } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
-import type { ParamSpec, Weights } from './family.ts';
+import type { ParamSpec, Weights } from '../model/family.ts';
 import { readSafetensorsIndex, writeSafetensorsStreaming } from './safetensors.ts';
 
 export interface TensorRef {
