@@ -50,6 +50,7 @@ export interface SamplerInit {
   /** In memory (fed as inputs: swaps are cheap), or a weight file the session maps (shared by every worker). */
   weights: WeightSource;
   version?: number;
+  /** Threads for one op (default 1). */
   threads?: number;
   /** Linux nice value of the worker's threads. */
   nice?: number;
@@ -73,40 +74,41 @@ export interface SamplerInit {
   applyAdapters?: 'graph' | 'merge';
 }
 
+/** The sampler worker's calls (sampler.worker.ts serves them). */
+export interface SamplerCalls {
+  init: (init: SamplerInit & { version: number }) => void;
+  setWeights: (p: { weights: WeightSource; version: number }) => void;
+  setAdapters: (p: { adapters: Weights; version: number }) => void;
+  generate: (p: { prompts: number[][]; options: SampleOptions }) => SampleResult;
+}
+
 export class Sampler {
   private constructor(
-    private client: WorkerClient,
+    private client: WorkerClient<SamplerCalls>,
     readonly config: ModelConfig,
   ) {}
 
   static async create(o: SamplerInit): Promise<Sampler> {
-    const client = new WorkerClient(new URL(`./sampler.worker${extOf(import.meta.url)}`, import.meta.url), 'sampler');
-    const s = new Sampler(client, o.config);
-    try {
-      await client.request('init', {
-        config: o.config, weights: o.weights, version: o.version ?? 0, threads: o.threads ?? 1, nice: o.nice, spin: o.spin, prepack: o.prepack,
-        lora: o.lora, adapters: o.adapters, applyAdapters: o.applyAdapters,
-      });
-    } catch (e) {
-      await client.close();
-      throw e;
-    }
-    return s;
+    const client = await WorkerClient.start<SamplerCalls>('sampler', {
+      config: o.config, weights: o.weights, version: o.version ?? 0, threads: o.threads ?? 1, nice: o.nice, spin: o.spin, prepack: o.prepack,
+      lora: o.lora, adapters: o.adapters, applyAdapters: o.applyAdapters,
+    });
+    return new Sampler(client, o.config);
   }
 
   /** Takes effect for the next generate() call: a batch never mixes versions. */
   setWeights(weights: WeightSource, version: number): Promise<void> {
-    return this.client.request('setWeights', { weights, version });
+    return this.client.call('setWeights', { weights, version });
   }
 
   /** LoRA: serve these adapters from the next generate() call on. */
   setAdapters(adapters: Weights, version: number): Promise<void> {
-    return this.client.request('setAdapters', { adapters, version });
+    return this.client.call('setAdapters', { adapters, version });
   }
 
   generate(prompts: number[][], o: SampleOptions): Promise<SampleResult> {
     validate(this.config, prompts, o);
-    return this.client.request('generate', { prompts, options: o });
+    return this.client.call('generate', { prompts, options: o });
   }
 
   /** Why this sampler can sample no more (its worker died or was closed); null while it can. */
@@ -140,8 +142,4 @@ export function validate(c: ModelConfig, prompts: number[][], o: SampleOptions):
   if (!(p > 0 && p <= 1)) throw new Error(`generate: topP must be in (0, 1], got ${p}`);
   if (o.seeds && (o.seeds.length !== prompts.length || !o.seeds.every((s) => Number.isInteger(s) && s >= 0 && s < 2 ** 32)))
     throw new Error(`generate: seeds must hold one 32-bit unsigned integer per prompt (${prompts.length})`);
-}
-
-export function extOf(url: string): string {
-  return url.endsWith('.ts') ? '.ts' : '.js';
 }

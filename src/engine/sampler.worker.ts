@@ -4,112 +4,74 @@
 // hands adapters: applied in the graph (one session; the base keeps its shared, prepacked
 // form) or merged into full weights fed as inputs (SamplerInit.applyAdapters).
 import { buildGenerate } from './graphs.ts';
-import { createSession, f32, i64, type ort } from './ort.ts';
-import { niceThisThread, serveRequests } from './worker-host.ts';
+import { f32, i64, type ort } from './ort.ts';
+import { serveWorker, type PayloadOf } from './worker-host.ts';
+import { bindWeights, WorkerSessions } from './session.ts';
 import { Rng } from '../util/rng.ts';
-import { checkWeights, type ParamSpec, type Weights } from '../model/family.ts';
+import type { ParamSpec, Weights } from '../model/family.ts';
 import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
 import { checkAdapters, initAdapters, loraSpecs, mergeAdapters, type LoraConfig } from '../model/lora.ts';
 import { checkWeightFile, isWeightFile, readWeights, type WeightSource } from '../formats/weight-file.ts';
-import type { Completion, SampleOptions } from './sampler.ts';
+import type { Completion, SampleOptions, SampleResult, SamplerCalls } from './sampler.ts';
 import { leftPad } from './batch.ts';
 import { weightFeedsOf } from './scoring.ts';
 
-interface Init {
-  config: ModelConfig;
-  weights: WeightSource;
-  version: number;
-  threads: number;
-  nice?: number;
-  spin?: boolean;
-  prepack?: boolean;
-  lora?: LoraConfig;
-  adapters?: Weights;
-  applyAdapters?: 'graph' | 'merge';
+/** A session and the inputs it needs beyond the batch (the weights, unless it maps them). */
+interface Serving {
+  session: ort.InferenceSession;
+  weightFeeds: Record<string, ort.Tensor>;
 }
 
-let init: Init;
-let specs: ParamSpec[];
-/** The session for weights fed as inputs, built on first use. */
-let inputsSession: Promise<ort.InferenceSession> | undefined;
-/** The session serving now, and the inputs it needs beyond the batch (the weights, unless mapped). */
-let active: { session: ort.InferenceSession; weightFeeds: Record<string, ort.Tensor>; version: number };
-/** LoRA: the session with adapter inputs (graph mode), built once; the base in memory (merge mode), read once. */
-let adaptedSession: Promise<{ session: ort.InferenceSession; baseFeeds: Record<string, ort.Tensor> }> | undefined;
-let baseInMemory: Promise<Weights> | undefined;
+/** Everything this worker holds, made by its init. */
+class SamplerWorker {
+  private readonly config: ModelConfig;
+  private readonly specs: ParamSpec[];
+  private readonly sessions: WorkerSessions;
+  /** The weights given at init: with LoRA, the fixed base. */
+  private readonly base: WeightSource;
+  private readonly lora: LoraConfig | undefined;
+  private readonly mergesAdapters: boolean;
+  /** The session for weights fed as inputs, built on first use. */
+  private inputsSession: Promise<ort.InferenceSession> | undefined;
+  /** LoRA: the session with adapter inputs (graph mode), built once; the base in memory (merge mode), read once. */
+  private adaptedSession: Promise<{ session: ort.InferenceSession; baseFeeds: Record<string, ort.Tensor> }> | undefined;
+  private baseInMemory: Promise<Weights> | undefined;
+  /** The session serving now and the version it serves. */
+  private active: (Serving & { version: number }) | undefined;
 
-const sessionOptions = () => ({ threads: init.threads, spin: init.spin, prepack: init.prepack ?? true });
-
-async function sessionFor(w: WeightSource): Promise<{ session: ort.InferenceSession; weightFeeds: Record<string, ort.Tensor> }> {
-  const o = sessionOptions();
-  if (isWeightFile(w)) {
-    checkWeightFile(specs, w);
-    return { session: await createSession(buildGenerate(init.config, { weights: w }), { ...o, externalDir: w.dir }), weightFeeds: {} };
+  static async start(init: PayloadOf<SamplerCalls, 'init'>): Promise<SamplerWorker> {
+    const w = new SamplerWorker(init);
+    if (init.lora) await w.activate(await w.adaptedSessionFor(init.adapters ?? initAdapters(init.config, init.lora, new Rng(0))), init.version);
+    else await w.setWeights(init.weights, init.version);
+    return w;
   }
-  checkWeights(specs, w);
-  const weightFeeds = weightFeedsOf(specs, w);
-  return { session: await (inputsSession ??= createSession(buildGenerate(init.config), o)), weightFeeds };
-}
 
-async function adaptedSessionFor(adapters: Weights): Promise<{ session: ort.InferenceSession; weightFeeds: Record<string, ort.Tensor> }> {
-  const lora = init.lora!;
-  checkAdapters(init.config, lora, adapters);
-  const base = init.weights;
-  if (init.applyAdapters === 'merge') {
-    baseInMemory ??= isWeightFile(base) ? (checkWeightFile(specs, base), readWeights(base, specs.map((s) => s.name))) : Promise.resolve(base);
-    return sessionFor(mergeAdapters(init.config, lora, await baseInMemory, adapters));
+  private constructor(init: PayloadOf<SamplerCalls, 'init'>) {
+    this.sessions = new WorkerSessions(init, { prepack: init.prepack ?? true });
+    this.config = init.config;
+    this.specs = paramSpecsOf(init.config);
+    this.base = init.weights;
+    this.lora = init.lora;
+    this.mergesAdapters = init.applyAdapters === 'merge';
   }
-  adaptedSession ??= (async () => {
-    const o = sessionOptions();
-    if (isWeightFile(base)) {
-      checkWeightFile(specs, base);
-      return { session: await createSession(buildGenerate(init.config, { weights: base, lora }), { ...o, externalDir: base.dir }), baseFeeds: {} };
-    }
-    checkWeights(specs, base);
-    return { session: await createSession(buildGenerate(init.config, { lora }), o), baseFeeds: weightFeedsOf(specs, base) };
-  })();
-  const { session, baseFeeds } = await adaptedSession;
-  return { session, weightFeeds: { ...baseFeeds, ...weightFeedsOf(loraSpecs(init.config, lora), adapters) } };
-}
 
-async function setWeights(w: WeightSource, version: number): Promise<void> {
-  if (init.lora) throw new Error('sampler: with LoRA the base is fixed at start; swap adapters with setAdapters()');
-  await activate(await sessionFor(w), version);
-}
+  async setWeights(w: WeightSource, version: number): Promise<void> {
+    if (this.lora) throw new Error('sampler: with LoRA the base is fixed at start; swap adapters with setAdapters()');
+    await this.activate(await this.sessionFor(w), version);
+  }
 
-async function activate(next: { session: ort.InferenceSession; weightFeeds: Record<string, ort.Tensor> }, version: number): Promise<void> {
-  const previous = active?.session;
-  active = { ...next, version };
-  // A file-mapped session serves one version only: let it go once another took over.
-  if (previous && previous !== active.session && previous !== (await inputsSession) && previous !== (await adaptedSession)?.session) await previous.release();
-}
+  async setAdapters(adapters: Weights, version: number): Promise<void> {
+    if (!this.lora) throw new Error('sampler: started without a lora config, so it takes full weights (setWeights)');
+    await this.activate(await this.adaptedSessionFor(adapters), version);
+  }
 
-serveRequests({
-  async init(p: Init) {
-    if (p.nice) niceThisThread(p.nice);
-    init = p;
-    specs = paramSpecsOf(p.config);
-    if (p.lora) await activate(await adaptedSessionFor(p.adapters ?? initAdapters(p.config, p.lora, new Rng(0))), p.version);
-    else await setWeights(p.weights, p.version);
-    return { value: null };
-  },
-  async setWeights(p: { weights: WeightSource; version: number }) {
-    await setWeights(p.weights, p.version);
-    return { value: null };
-  },
-  async setAdapters(p: { adapters: Weights; version: number }) {
-    if (!init.lora) throw new Error('sampler: started without a lora config, so it takes full weights (setWeights)');
-    await activate(await adaptedSessionFor(p.adapters), p.version);
-    return { value: null };
-  },
-  async generate(p: { prompts: number[][]; options: SampleOptions }) {
+  async generate(prompts: number[][], o: SampleOptions): Promise<SampleResult> {
     const t0 = performance.now();
-    const { prompts, options: o } = p;
     const G = o.samplesPerPrompt;
     const { P, L, ids, mask } = leftPad(prompts, o.padToken);
     const B = P * G;
     const uniforms = o.seeds ? perPromptUniforms(o.seeds, G, o.maxNewTokens) : (new Rng(o.seed).fillUniform(new Float32Array(o.maxNewTokens * B)) as Float32Array);
-    const { session, weightFeeds, version } = active;
+    const { session, weightFeeds, version } = this.active!;
     const out = await session.run({
       ...weightFeeds,
       input_ids: i64(ids, [P, L]),
@@ -142,8 +104,45 @@ serveRequests({
       }
       completions[Math.floor(b / G)]!.push(c);
     }
-    return { value: { completions, version, ms: performance.now() - t0 } };
-  },
+    return { completions, version, ms: performance.now() - t0 };
+  }
+
+  private async sessionFor(w: WeightSource): Promise<Serving> {
+    const { file, feeds } = bindWeights(this.specs, w);
+    if (file) return { session: await this.sessions.create(buildGenerate(this.config, { weights: file }), file), weightFeeds: feeds };
+    return { session: await (this.inputsSession ??= this.sessions.create(buildGenerate(this.config))), weightFeeds: feeds };
+  }
+
+  private async adaptedSessionFor(adapters: Weights): Promise<Serving> {
+    const { config, lora, base, specs } = this;
+    checkAdapters(config, lora!, adapters);
+    if (this.mergesAdapters) {
+      this.baseInMemory ??= isWeightFile(base) ? (checkWeightFile(specs, base), readWeights(base, specs.map((s) => s.name))) : Promise.resolve(base);
+      return this.sessionFor(mergeAdapters(config, lora!, await this.baseInMemory, adapters));
+    }
+    this.adaptedSession ??= (async () => {
+      const { file, feeds } = bindWeights(specs, base);
+      return { session: await this.sessions.create(buildGenerate(config, { weights: file, lora }), file), baseFeeds: feeds };
+    })();
+    const { session, baseFeeds } = await this.adaptedSession;
+    return { session, weightFeeds: { ...baseFeeds, ...weightFeedsOf(loraSpecs(config, lora!), adapters) } };
+  }
+
+  private async activate(next: Serving, version: number): Promise<void> {
+    const previous = this.active?.session;
+    this.active = { ...next, version };
+    // A file-mapped session serves one version only: let it go once another took over.
+    if (previous && previous !== next.session && previous !== (await this.inputsSession) && previous !== (await this.adaptedSession)?.session) await previous.release();
+  }
+}
+
+serveWorker<SamplerCalls>(async (init) => {
+  const sampler = await SamplerWorker.start(init);
+  return {
+    setWeights: (p) => sampler.setWeights(p.weights, p.version),
+    setAdapters: (p) => sampler.setAdapters(p.adapters, p.version),
+    generate: (p) => sampler.generate(p.prompts, p.options),
+  };
 });
 
 /** Uniforms [maxNewTokens, P*G] where prompt p's G columns come from its own seed, token by token. */
@@ -156,4 +155,3 @@ function perPromptUniforms(seeds: number[], G: number, maxNewTokens: number): Fl
   });
   return u;
 }
-

@@ -7,7 +7,6 @@ import type { Weights } from '../model/family.ts';
 import type { LoraConfig } from '../model/lora.ts';
 import { checkTokenIds, type PackedBatch } from './batch.ts';
 import type { TokenScores } from './scoring.ts';
-import { extOf } from './sampler.ts';
 import { WorkerClient } from './worker-host.ts';
 
 export interface ScorerInit {
@@ -22,20 +21,22 @@ export interface ScorerInit {
   adapters?: Weights;
 }
 
+/** The scorer worker's calls (scorer.worker.ts serves them). */
+export interface ScorerCalls {
+  init: (init: ScorerInit) => void;
+  score: (p: { batch: PackedBatch }) => TokenScores;
+  setWeights: (p: { weights: WeightSource }) => void;
+  setAdapters: (p: { adapters: Weights }) => void;
+}
+
 export class Scorer {
   private constructor(
-    private client: WorkerClient,
+    private client: WorkerClient<ScorerCalls>,
     private vocabSize: number,
   ) {}
 
   static async create(o: ScorerInit): Promise<Scorer> {
-    const client = new WorkerClient(new URL(`./scorer.worker${extOf(import.meta.url)}`, import.meta.url), 'scorer');
-    try {
-      await client.request('init', o);
-    } catch (e) {
-      await client.close();
-      throw e;
-    }
+    const client = await WorkerClient.start<ScorerCalls>('scorer', o);
     return new Scorer(client, dimsOf(o.config).vocabSize);
   }
 
@@ -46,16 +47,16 @@ export class Scorer {
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.client.request('score', { batch });
+    return this.client.call('score', { batch });
   }
 
   setWeights(weights: WeightSource): Promise<void> {
-    return this.client.request('setWeights', { weights });
+    return this.client.call('setWeights', { weights });
   }
 
   /** LoRA: score with these adapters from now on. */
   setAdapters(adapters: Weights): Promise<void> {
-    return this.client.request('setAdapters', { adapters });
+    return this.client.call('setAdapters', { adapters });
   }
 
   close(): Promise<void> {

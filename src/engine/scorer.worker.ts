@@ -2,68 +2,84 @@
 // fed as inputs when in memory), plus LoRA adapters as inputs when it was started with a lora
 // config (the base then fixed; a swap hands adapters only).
 import { buildScore } from './graphs.ts';
-import { createSession, type ort } from './ort.ts';
-import { niceThisThread, serveRequests } from './worker-host.ts';
-import { checkWeights, type ParamSpec, type Weights } from '../model/family.ts';
-import { paramSpecsOf } from '../model/families.ts';
-import { checkAdapters, initAdapters, loraSpecs } from '../model/lora.ts';
-import { checkWeightFile, isWeightFile, type WeightSource } from '../formats/weight-file.ts';
+import type { ort } from './ort.ts';
+import { serveWorker } from './worker-host.ts';
+import { bindWeights, WorkerSessions } from './session.ts';
+import type { ParamSpec, Weights } from '../model/family.ts';
+import { paramSpecsOf, type ModelConfig } from '../model/families.ts';
+import { checkAdapters, initAdapters, loraSpecs, type LoraConfig } from '../model/lora.ts';
+import type { WeightSource } from '../formats/weight-file.ts';
 import { Rng } from '../util/rng.ts';
 import type { PackedBatch } from './batch.ts';
-import { scoreBatch, weightFeedsOf } from './scoring.ts';
-import type { ScorerInit } from './scorer.ts';
+import { scoreBatch, weightFeedsOf, type TokenScores } from './scoring.ts';
+import type { ScorerCalls, ScorerInit } from './scorer.ts';
 
-let init: ScorerInit;
-let specs: ParamSpec[];
-let active: { session: ort.InferenceSession; weightFeeds: Record<string, ort.Tensor> } | undefined;
-/** LoRA: the base's feeds (empty when mapped) beside the adapters'. */
-let baseFeeds: Record<string, ort.Tensor> = {};
+/** Everything this worker holds, made by its init. */
+class ScorerWorker {
+  private readonly config: ModelConfig;
+  private readonly specs: ParamSpec[];
+  private readonly lora: LoraConfig | undefined;
+  private readonly sessions: WorkerSessions;
+  /** The session scoring now and the inputs it needs beyond the batch. */
+  private active: { session: ort.InferenceSession; weightFeeds: Record<string, ort.Tensor> } | undefined;
+  /** LoRA: the base's feeds (empty when mapped) beside the adapters'. */
+  private baseFeeds: Record<string, ort.Tensor> = {};
 
-async function setWeights(w: WeightSource): Promise<void> {
-  const o = { threads: init.threads ?? 1, spin: init.spin, memPattern: false, prepack: false };
-  const lora = init.lora;
-  let next: NonNullable<typeof active>;
-  if (isWeightFile(w)) {
-    checkWeightFile(specs, w);
-    next = { session: await createSession(buildScore(init.config, 'float32', { weights: w, lora }), { ...o, externalDir: w.dir }), weightFeeds: {} };
-  } else {
-    checkWeights(specs, w);
-    const reuse = active && Object.keys(active.weightFeeds).length ? active.session : await createSession(buildScore(init.config, 'float32', { lora }), o);
-    next = { session: reuse, weightFeeds: weightFeedsOf(specs, w) };
+  static async start(init: ScorerInit): Promise<ScorerWorker> {
+    const w = new ScorerWorker(init);
+    await w.bindBase(init.weights);
+    if (init.lora) {
+      w.baseFeeds = w.active!.weightFeeds;
+      w.bindAdapters(init.adapters ?? initAdapters(init.config, init.lora, new Rng(0)));
+    } else if (init.adapters) throw new Error('scorer: adapters given without a lora config');
+    return w;
   }
-  const previous = active?.session;
-  active = next;
-  if (previous && previous !== next.session) await previous.release();
+
+  private constructor(init: ScorerInit) {
+    this.sessions = new WorkerSessions(init, { memPattern: false, prepack: false });
+    this.config = init.config;
+    this.specs = paramSpecsOf(init.config);
+    this.lora = init.lora;
+  }
+
+  score(batch: PackedBatch): Promise<TokenScores> {
+    return scoreBatch(this.active!.session, this.active!.weightFeeds, batch);
+  }
+
+  async setWeights(w: WeightSource): Promise<void> {
+    if (this.lora) throw new Error('scorer: with LoRA the base is fixed at start; use setAdapters()');
+    await this.bindBase(w);
+  }
+
+  setAdapters(a: Weights): void {
+    if (!this.lora) throw new Error('scorer: started without a lora config, so it takes full weights (setWeights)');
+    this.bindAdapters(a);
+  }
+
+  private async bindBase(w: WeightSource): Promise<void> {
+    const { file, feeds } = bindWeights(this.specs, w);
+    const active = this.active;
+    // Weights fed as inputs leave the session as it was: only a mapped one is built for its file.
+    const session = file
+      ? await this.sessions.create(buildScore(this.config, 'float32', { weights: file, lora: this.lora }), file)
+      : active && Object.keys(active.weightFeeds).length
+        ? active.session
+        : await this.sessions.create(buildScore(this.config, 'float32', { lora: this.lora }));
+    this.active = { session, weightFeeds: feeds };
+    if (active && active.session !== session) await active.session.release();
+  }
+
+  private bindAdapters(a: Weights): void {
+    checkAdapters(this.config, this.lora!, a);
+    this.active = { session: this.active!.session, weightFeeds: { ...this.baseFeeds, ...weightFeedsOf(loraSpecs(this.config, this.lora!), a) } };
+  }
 }
 
-function setAdapters(a: Weights): void {
-  checkAdapters(init.config, init.lora!, a);
-  active = { session: active!.session, weightFeeds: { ...baseFeeds, ...weightFeedsOf(loraSpecs(init.config, init.lora!), a) } };
-}
-
-serveRequests({
-  async init(p: ScorerInit) {
-    if (p.nice) niceThisThread(p.nice);
-    init = p;
-    specs = paramSpecsOf(p.config);
-    await setWeights(p.weights);
-    if (p.lora) {
-      baseFeeds = active!.weightFeeds;
-      setAdapters(p.adapters ?? initAdapters(p.config, p.lora, new Rng(0)));
-    } else if (p.adapters) throw new Error('scorer: adapters given without a lora config');
-    return { value: null };
-  },
-  async setWeights(p: { weights: WeightSource }) {
-    if (init.lora) throw new Error('scorer: with LoRA the base is fixed at start; use setAdapters()');
-    await setWeights(p.weights);
-    return { value: null };
-  },
-  setAdapters(p: { adapters: Weights }) {
-    if (!init.lora) throw new Error('scorer: started without a lora config, so it takes full weights (setWeights)');
-    setAdapters(p.adapters);
-    return { value: null };
-  },
-  async score(p: { batch: PackedBatch }) {
-    return { value: await scoreBatch(active!.session, active!.weightFeeds, p.batch) };
-  },
+serveWorker<ScorerCalls>(async (init) => {
+  const scorer = await ScorerWorker.start(init);
+  return {
+    score: (p) => scorer.score(p.batch),
+    setWeights: (p) => scorer.setWeights(p.weights),
+    setAdapters: (p) => scorer.setAdapters(p.adapters),
+  };
 });

@@ -11,8 +11,8 @@ import type { BatchLayout } from './graphs.ts';
 import type { ObjectiveRef } from './objective.ts';
 import type { LoraConfig } from '../model/lora.ts';
 import { checkTokenIds, type PackedBatch } from './batch.ts';
+import type { TokenScores } from './scoring.ts';
 import { WorkerClient } from './worker-host.ts';
-import { extOf } from './sampler.ts';
 
 export interface StepHyper {
   lr: number;
@@ -72,20 +72,27 @@ export interface TrainerInit {
   layout?: BatchLayout;
 }
 
+/** The trainer worker's calls (trainer.worker.ts serves them). */
+export interface TrainerCalls {
+  init: (init: TrainerInit) => void;
+  step: (p: { batch: PackedBatch; hyper: StepHyper }) => StepStats;
+  score: (p: { batch: PackedBatch }) => TokenScores;
+  getWeights: () => Weights;
+  getAdapters: () => Weights;
+  setWeights: (p: { weights: WeightSource; resetOptimizer: boolean }) => void;
+  setAdapters: (p: { adapters: Weights; resetOptimizer: boolean }) => void;
+  getOptimizerState: () => OptimizerState;
+  setOptimizerState: (state: OptimizerState) => void;
+}
+
 export class Trainer {
   private constructor(
-    private client: WorkerClient,
+    private client: WorkerClient<TrainerCalls>,
     private vocabSize: number,
   ) {}
 
   static async create(o: TrainerInit): Promise<Trainer> {
-    const client = new WorkerClient(new URL(`./trainer.worker${extOf(import.meta.url)}`, import.meta.url), 'trainer');
-    try {
-      await client.request('init', o);
-    } catch (e) {
-      await client.close();
-      throw e;
-    }
+    const client = await WorkerClient.start<TrainerCalls>('trainer', o);
     return new Trainer(client, dimsOf(o.config).vocabSize);
   }
 
@@ -96,45 +103,45 @@ export class Trainer {
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.client.request('step', { batch, hyper: h });
+    return this.client.call('step', { batch, hyper: h });
   }
 
   /** Token log-probs and entropies [B, T] (position 0 is 0) of the batch under the current weights. */
-  score(batch: PackedBatch): Promise<{ tokenLogprobs: Float32Array; entropy: Float32Array }> {
+  score(batch: PackedBatch): Promise<TokenScores> {
     try {
       checkTokenIds(batch, this.vocabSize);
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.client.request('score', { batch });
+    return this.client.call('score', { batch });
   }
 
   /** The trained weights (full fine-tuning; with LoRA this throws: use getAdapters). */
   getWeights(): Promise<Weights> {
-    return this.client.request('getWeights');
+    return this.client.call('getWeights');
   }
 
   /** The current adapters (LoRA only). */
   getAdapters(): Promise<Weights> {
-    return this.client.request('getAdapters');
+    return this.client.call('getAdapters');
   }
 
   /** Replaces the adapters (LoRA only; e.g. a rollback); the optimizer state is reset unless told otherwise. */
   setAdapters(adapters: Weights, resetOptimizer = true): Promise<void> {
-    return this.client.request('setAdapters', { adapters, resetOptimizer });
+    return this.client.call('setAdapters', { adapters, resetOptimizer });
   }
 
   getOptimizerState(): Promise<OptimizerState> {
-    return this.client.request('getOptimizerState');
+    return this.client.call('getOptimizerState');
   }
 
   setOptimizerState(state: OptimizerState): Promise<void> {
-    return this.client.request('setOptimizerState', state);
+    return this.client.call('setOptimizerState', state);
   }
 
   /** Replaces the weights (full fine-tuning; e.g. a rollback); the optimizer state is reset unless told otherwise. */
   setWeights(weights: WeightSource, resetOptimizer = true): Promise<void> {
-    return this.client.request('setWeights', { weights, resetOptimizer });
+    return this.client.call('setWeights', { weights, resetOptimizer });
   }
 
   close(): Promise<void> {
