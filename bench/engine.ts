@@ -120,7 +120,7 @@ if (opts.stepwise) {
   log(`per-token run() decode: ${stepwiseS.toFixed(3)} s, ${Math.round((P * G * T) / stepwiseS)} tokens/s`);
 }
 
-const trainer = await Trainer.create({ config, weights, threads, loss: grpo({ aggregation: 'token-mean', ppoClip: false, kl: false, entropyBonus: false }) });
+const trainer = await Trainer.create({ config, weights, threads, loss: grpo({ aggregation: 'token-mean', ppoClip: false, klTerm: false, entropyTerm: false }) });
 // GRPO batches are groups: the 16 samples of a prompt share it, so the grouped layout runs each
 // prompt once (the default for GRPO). The flat layout, every row a whole sequence, is timed too.
 const advantages = completions.map(() => rng.normal());

@@ -161,7 +161,7 @@ async function benchPreset(name: string) {
       const tokens = B * (PROMPT_LEN + N);
       // One trainer per layout, as the server has (GRPO is grouped), the first closed before the second starts.
       // The peer's step: the bare policy gradient (no PPO clip, KL or entropy terms).
-      const loss = grpo({ aggregation: 'token-mean', ppoClip: false, kl: false, entropyBonus: false });
+      const loss = grpo({ aggregation: 'token-mean', ppoClip: false, klTerm: false, entropyTerm: false });
       const lora = loraConfigFor(model.config, { rank: 16, alpha: 32, targets: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] });
       const stepTime = async (layout: 'grouped' | 'flat', batch: typeof flat, withLora = false) => {
         const trainer = await Trainer.create({ config: model.config, weights: model.weights, threads, layout, loss, lora: withLora ? lora : undefined });

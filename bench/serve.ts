@@ -19,8 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import WebSocket from 'ws';
 import { Rng } from '../src/util/rng.ts';
-import { resolveSettings, SETTINGS } from '../src/server/config.ts';
-import { liveLr } from '../src/loop/adaptation.ts';
+import { lrOf, resolveSettings, SETTINGS } from '../src/config/settings.ts';
 import { startServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';
 import type { Question } from '../src/tasks/arithmetic.ts';
@@ -44,7 +43,7 @@ const log = (...a: unknown[]) => console.error(...a);
 const N = Number(o.questions);
 const C = Number(o.clients);
 const extra = Object.fromEntries((o.set ?? []).map((kv) => kv.split('=') as [string, string]));
-const baseLr = o.lr ? Number(o.lr) : liveLr({ loraRank: Number(extra.loraRank ?? 0) });
+const baseLr = o.lr ? Number(o.lr) : lrOf({ loraRank: Number(extra.loraRank ?? 0) });
 const tail = { from: Math.floor(N * 0.75), to: N }; // questions 1,501-2,000 of 2,000
 
 function stream(kind: string, seed: number): Question[] {

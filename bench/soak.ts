@@ -29,7 +29,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import WebSocket from 'ws';
-import { flagName, SETTINGS } from '../src/server/config.ts';
+import { flagName, SETTINGS } from '../src/config/settings.ts';
 import { drawFrom, type Mixture } from '../src/tasks/suites.ts';
 import { Rng, seedOf } from '../src/util/rng.ts';
 import { quantile } from '../src/util/stats.ts';

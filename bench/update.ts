@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { createPipeline } from '../src/loop/pipeline.ts';
-import { resolveSettings } from '../src/server/config.ts';
+import { resolveSettings } from '../src/config/settings.ts';
 import { Rng } from '../src/util/rng.ts';
 import { PRESETS, writeCheckpoint } from './checkpoint.ts';
 

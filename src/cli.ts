@@ -14,17 +14,19 @@ import { pretrain } from './train/pretrain.ts';
 import { readQuestions } from './tasks/question-file.ts';
 import { accuracy, rollout } from './sampling/rollout.ts';
 import { Progress } from './util/progress.ts';
-import { adapt, ADAPT_DEFAULTS as A, type AdaptSettings, type StepRow } from './ttrl/adapt.ts';
+import { adapt, type AdaptSettings, type StepRow } from './ttrl/adapt.ts';
+import { lrOf } from './config/settings.ts';
 import { linePlot, toCsv } from './util/svg-plot.ts';
 import { writeFileAtomic } from './util/atomic-write.ts';
 import { join } from 'node:path';
-import { envName, flagName, resolveSettings, SETTINGS } from './server/config.ts';
+import { flagName, resolveGroups, resolveSettings, SERVE_GROUPS, settingsOf, type GroupName, type SamplingSettings, type TaskGroupSettings } from './config/settings.ts';
+import { addFlags, givenFlags } from './config/flags.ts';
 import { startServer } from './server/server.ts';
 import { createLogger } from './util/log.ts';
 import { WS_PATH } from './server/gateway.ts';
 import { parseTime, readSource } from './replay/source.ts';
 import { replayLive } from './replay/live.ts';
-import { replayOffline } from './replay/offline.ts';
+import { REPLAY_EXACT, replayOffline } from './replay/offline.ts';
 import { buildReport, writeReport, type Outcome } from './replay/report.ts';
 import { Store, type VersionRow } from './store/store.ts';
 import { EXTRACTOR_NAMES, extractor } from './tasks/extractors.ts';
@@ -33,7 +35,7 @@ import { createInterface } from 'node:readline';
 import type { Model } from './formats/checkpoint.ts';
 import { taskFromSettings, type Task } from './tasks/task.ts';
 import { askLimits, checkPrompt } from './loop/admission.ts';
-import { exportVersion } from './loop/versions.ts';
+import { exportVersion } from './loop/version-files.ts';
 import type { QuestionRecord } from './tasks/question-file.ts';
 
 /** The settings the shipped model was trained with (models/arith-tiny/README.md). */
@@ -61,23 +63,13 @@ export function choice(name: string, allowed: string[]) {
   };
 }
 
-/** The task settings of `ttrl serve`, taken by eval, adapt and offline replays too: same flags, help and checks. */
-const TASK_SETTINGS = ['task', 'extractor', 'chatTemplate', 'system', 'maxNewTokens'] as const;
-
-function withTaskOptions(cmd: Command): Command {
-  for (const k of TASK_SETTINGS) cmd.option(`${flagName(k)} <value>`, `${SETTINGS[k].help}${SETTINGS[k].default === undefined ? '' : ` [default ${SETTINGS[k].default}]`}`);
-  return cmd;
-}
-
 /**
- * The task the flags ask of a model, and every question checked as the server checks it at
- * its door (it encodes; its prompt leaves the task's new tokens room in the context).
+ * The task a command's settings ask of a model, and every question checked as the server
+ * checks it at its door (it encodes; its prompt leaves the task's new tokens room in the context).
  */
-function taskOf(o: Record<string, unknown>, cmd: Command, model: Model, modelPath: string, questions: QuestionRecord[], file: string): Task {
-  const explicit = Object.fromEntries(TASK_SETTINGS.filter((k) => cmd.getOptionValueSource(k) === 'cli').map((k) => [k, o[k]]));
-  // Flags only (no TTRL_* variables), as offline replays: a run's settings are on its command line.
-  const task = taskFromSettings(resolveSettings(explicit, {}), model.tokenizer, modelPath);
-  const limits = askLimits(task, model.tokenizer, model.config.contextLength, { maxVotes: 1, votes: 1 }, modelPath);
+function taskOf(s: TaskGroupSettings, model: Model, modelPath: string, questions: QuestionRecord[], file: string): Task {
+  const task = taskFromSettings(s, model.tokenizer, modelPath);
+  const limits = askLimits(task, model.tokenizer, model.config.contextLength, { maxVotes: 1, votes: 1, maxPromptTokens: s.maxPromptTokens }, modelPath);
   questions.forEach((q, i) => {
     try {
       checkPrompt(q.question, limits);
@@ -86,6 +78,14 @@ function taskOf(o: Record<string, unknown>, cmd: Command, model: Model, modelPat
     }
   });
   return task;
+}
+
+/**
+ * The settings of an offline command (eval, adapt, replay --offline): its groups' defaults and
+ * the flags given, no TTRL_* variables: a run's settings are all on its command line.
+ */
+function offlineSettings<T>(cmd: Command, o: Record<string, unknown>, groups: readonly GroupName[], extra: Record<string, unknown> = {}): T {
+  return resolveGroups(groups, { ...givenFlags(cmd, o, groups), ...extra }, {}) as T;
 }
 
 const program = new Command('ttrl').description('Test-time reinforcement learning server and tools').showHelpAfterError();
@@ -249,92 +249,64 @@ program
     if (interrupted) process.exitCode = 130;
   });
 
-withTaskOptions(program
-  .command('eval')
-  .description('sample N answers per question and report pass@1, maj@N, parsable share and length')
-  .requiredOption('--model <dir>', 'model directory')
-  .requiredOption('--questions <file>', 'JSONL question file with answers')
-  .option('--votes <n>', 'samples per question', int('--votes', 1), 16)
-  .option('--temperature <t>', 'sampling temperature', num('--temperature', (n) => n > 0, 'a number > 0'), 1)
-  .option('--seed <n>', 'random seed', int('--seed'), 0)
-  .option('--threads <n>', 'compute threads', int('--threads', 1), 2)
+const EVAL_GROUPS = ['model', 'task', 'sampling'] as const satisfies readonly GroupName[];
+addFlags(
+  program
+    .command('eval')
+    .description('sample N answers per question and report pass@1, maj@N, parsable share and length (groups: model, task, sampling)')
+    .requiredOption('--questions <file>', 'JSONL question file with answers'),
+  EVAL_GROUPS,
+)
   .option('--json', 'print one JSON line')
-  .action(async (o, cmd: Command) => {
+  .action(async (o: Record<string, unknown>, cmd: Command) => {
     const t0 = performance.now();
-    const questions = await readQuestions(o.questions);
+    const s = offlineSettings<{ model: string } & TaskGroupSettings & SamplingSettings>(cmd, o, EVAL_GROUPS);
+    const file = o.questions as string;
+    const questions = await readQuestions(file);
     const missing = questions.findIndex((q) => q.answer === undefined);
-    if (missing >= 0) throw new Error(`${o.questions}: question ${missing + 1} has no answer to score against`);
-    const m = await loadModel(o.model);
-    const task = taskOf(o, cmd, m, o.model, questions, o.questions);
-    const sampler = await Sampler.create({ config: m.config, weights: m.weights, threads: o.threads });
+    if (missing >= 0) throw new Error(`${file}: question ${missing + 1} has no answer to score against`);
+    const m = await loadModel(s.model);
+    const task = taskOf(s, m, s.model, questions, file);
+    const sampler = await Sampler.create({ config: m.config, weights: m.weights, threads: s.threads });
     try {
       const bar = new Progress(questions.length, 'eval', 1e9);
       const rollouts = await rollout(sampler, m.tokenizer, questions.map((q) => q.question), {
         task,
-        votes: o.votes,
-        temperature: o.temperature,
-        seed: o.seed,
+        votes: s.votes,
+        temperature: s.temperature,
+        seed: s.seed,
         onBatch: (n) => bar.update(n),
       });
       const a = accuracy(rollouts, questions.map((q) => q.answer!));
-      const r = { pass_at_1: a.pass_at_1, maj_at_n: a.maj_at_n, votes: o.votes, parsable: a.parsable, mean_len: a.mean_len, questions: questions.length, wall_s: (performance.now() - t0) / 1000 };
+      const r = { pass_at_1: a.pass_at_1, maj_at_n: a.maj_at_n, votes: s.votes, parsable: a.parsable, mean_len: a.mean_len, questions: questions.length, wall_s: (performance.now() - t0) / 1000 };
       const round = (x: number) => +x.toFixed(4);
       if (o.json) console.log(JSON.stringify(Object.fromEntries(Object.entries(r).map(([k, v]) => [k, round(v)]))));
       else
         console.log(
-          `${questions.length} questions, ${o.votes} votes: pass@1 ${round(a.pass_at_1)}  maj@${o.votes} ${round(a.maj_at_n)}  parsable ${round(a.parsable)}  mean length ${a.mean_len.toFixed(1)}  (${r.wall_s.toFixed(1)} s)`,
+          `${questions.length} questions, ${s.votes} votes: pass@1 ${round(a.pass_at_1)}  maj@${s.votes} ${round(a.maj_at_n)}  parsable ${round(a.parsable)}  mean length ${a.mean_len.toFixed(1)}  (${r.wall_s.toFixed(1)} s)`,
         );
     } finally {
       await sampler.close();
     }
-  }));
+  });
 
-withTaskOptions(program
-  .command('adapt')
-  .description('TTRL on a question file: evaluate, adapt without labels (majority votes), evaluate again, save')
-  .requiredOption('--model <dir>', 'model directory')
-  .requiredOption('--questions <file>', 'JSONL question file (answers, when present, are used only for metrics in majority mode)')
-  .option('--reward <mode>', 'majority (TTRL) or ground-truth (the upper bound)', choice('--reward', ['majority', 'ground-truth']), A.reward)
-  .option('--steps <n>', 'update steps', int('--steps', 1), A.steps)
-  .option('--votes <n>', 'samples per question (voting)', int('--votes', 1), A.votes)
-  .option('--train-samples <n>', 'samples per question trained on', int('--train-samples', 1), A.trainSamples)
-  .option('--questions-per-step <n>', 'questions per update', int('--questions-per-step', 1), A.questionsPerStep)
-  .option('--lr <x>', 'learning rate', num('--lr', (n) => n >= 0, 'a number >= 0'), A.lr)
-  .option('--gate <x>', 'train only on questions with a majority ratio >= this', num('--gate', (n) => n >= 0 && n <= 1, 'in [0, 1]'), A.gate)
-  .option('--kl <x>', 'KL coefficient to the initial model', num('--kl', (n) => n >= 0, 'a number >= 0'), A.klCoef)
-  .option('--entropy-bonus <x>', 'entropy bonus coefficient', num('--entropy-bonus', (n) => n >= 0, 'a number >= 0'), A.entropyCoef)
-  .option('--epochs <n>', 'optimizer steps per batch (PPO epochs)', int('--epochs', 1), A.epochs)
-  .option('--temperature <t>', 'sampling temperature', num('--temperature', (n) => n > 0, 'a number > 0'), A.temperature)
-  .option('--eval-every <n>', 'evaluate every N steps (0: before and after only)', int('--eval-every'), A.evalEvery)
-  .option('--no-guard', 'turn the collapse guard off')
-  .option('--seed <n>', 'random seed', int('--seed'), A.seed)
-  .option('--threads <n>', 'compute threads', int('--threads', 1), A.threads)
+const ADAPT_GROUPS = ['model', 'task', 'sampling', 'train', 'offlineAdapt'] as const satisfies readonly GroupName[];
+addFlags(
+  program
+    .command('adapt')
+    .description('TTRL on a question file: evaluate, adapt without labels (majority votes), evaluate again, save (groups: model, task, sampling, train, and its own)')
+    .requiredOption('--questions <file>', 'JSONL question file (answers, when present, are used only for metrics in majority mode)'),
+  ADAPT_GROUPS,
+)
   .option('--out <dir>', 'write the adapted model, metrics.csv and metrics.svg here')
   .option('--json', 'print one JSON line')
-  .action(async (o, cmd: Command) => {
-    if (o.trainSamples > o.votes) throw new InvalidArgumentError('--train-samples cannot exceed --votes');
+  .action(async (flags: Record<string, unknown>, cmd: Command) => {
+    const s = offlineSettings<Omit<AdaptSettings, 'task'> & TaskGroupSettings & { model: string }>(cmd, flags, ADAPT_GROUPS);
+    const o = { ...s, questions: flags.questions as string, out: flags.out as string | undefined, json: flags.json as boolean | undefined };
     const questions = await readQuestions(o.questions);
-    const model = await loadModel(o.model);
-    const task = taskOf(o, cmd, model, o.model, questions, o.questions);
-    const settings: AdaptSettings = {
-      ...A,
-      task,
-      reward: o.reward,
-      steps: o.steps,
-      votes: o.votes,
-      trainSamples: o.trainSamples,
-      questionsPerStep: o.questionsPerStep,
-      lr: o.lr,
-      gate: o.gate,
-      klCoef: o.kl,
-      entropyCoef: o.entropyBonus,
-      epochs: o.epochs,
-      temperature: o.temperature,
-      evalEvery: o.evalEvery,
-      guard: o.guard ? A.guard : null,
-      seed: o.seed,
-      threads: o.threads,
-    };
+    const model = await loadModel(s.model);
+    const task = taskOf(s, model, s.model, questions, o.questions);
+    const settings: AdaptSettings = { ...s, task };
     const bar = new Progress(o.steps, `adapt (${o.reward})`, 10);
     const r = await adapt(model, questions, settings, (row) =>
       bar.update(row.step, {
@@ -346,7 +318,7 @@ withTaskOptions(program
       }),
     );
     if (o.out) {
-      const metadata = { ...model.metadata, adapted_from: o.model, adapt_reward: o.reward, adapt_steps: String(o.steps), adapt_seed: String(o.seed), adapt_lr: String(o.lr), adapt_task: task.name };
+      const metadata = { ...model.metadata, adapted_from: s.model, adapt_reward: o.reward, adapt_steps: String(o.steps), adapt_seed: String(o.seed), adapt_lr: String(lrOf(s)), adapt_task: task.name, ...(s.loraRank ? { adapt_lora_rank: String(s.loraRank) } : {}) };
       await saveModel(o.out, { ...model, weights: r.weights, metadata });
       await writeFileAtomic(join(o.out, 'metrics.csv'), toCsv(r.rows as unknown as Record<string, unknown>[]));
       // A metric over steps; the evaluated ones start at step 0 with the evaluation before.
@@ -373,20 +345,14 @@ withTaskOptions(program
     const summary = { before: round(r.before), after: round(r.after), steps: o.steps, rollbacks: r.rollbacks, wall_s: +r.wallS.toFixed(1), reward: o.reward };
     if (o.json) console.log(JSON.stringify(summary));
     else console.log(`before ${JSON.stringify(summary.before)}  after ${JSON.stringify(summary.after)}  rollbacks ${r.rollbacks}  (${summary.wall_s} s)`);
-  }));
+  });
 
 const serve = program
   .command('serve')
   .description(`serve the model: WebSocket ${WS_PATH}, HTTP /v1/ask, /healthz, /readyz, /metrics, /admin; every setting also reads TTRL_<NAME>`);
-for (const [k, setting] of Object.entries(SETTINGS)) {
-  if (k === 'adapt') serve.option('--no-adapt', 'serve without live TTRL updates (TTRL_ADAPT=false)');
-  else if (k === 'apiKeys') serve.option('--api-key <key>', `${setting.help} [${envName(k)}]`, (v: string, all: string[] = []) => [...all, v]);
-  else serve.option(`${flagName(k)} <value>`, `${setting.help} [${envName(k)}${setting.default === undefined ? '' : `, default ${k === 'model' ? 'models/arith-tiny' : setting.default}`}]`);
-}
+addFlags(serve, SERVE_GROUPS, { showEnv: true });
 serve.action(async (o: Record<string, unknown>, cmd: Command) => {
-  const explicit: Record<string, unknown> = Object.fromEntries(Object.keys(SETTINGS).filter((k) => cmd.getOptionValueSource(k) === 'cli').map((k) => [k, o[k]]));
-  if (cmd.getOptionValueSource('apiKey') === 'cli') explicit.apiKeys = o.apiKey;
-  const settings = resolveSettings(explicit);
+  const settings = resolveSettings(givenFlags(cmd, o, SERVE_GROUPS));
   const logger = createLogger({ level: settings.logLevel });
   const log = (line: string) => logger.info(line);
   const server = await startServer(settings, logger);
@@ -410,9 +376,8 @@ serve.action(async (o: Record<string, unknown>, cmd: Command) => {
   process.on('SIGTERM', () => void stop('SIGTERM'));
 });
 
-const OFFLINE_SETTINGS = [
-  'model', 'votes', 'temperature', ...TASK_SETTINGS, 'maxPromptTokens', 'batchQuestions', 'seed', 'updateEvery', 'lr', 'gate', 'trainSamples', 'questionsPerStep', 'kl', 'entropyFloor', 'probeQuestions', 'anchors', 'anchorSlack', 'threads',
-] as const;
+/** What an offline replay runs: the serving loop's groups (every adaptation setting of serve, LoRA included). */
+const OFFLINE_REPLAY_GROUPS = ['model', 'storage', 'task', 'sampling', 'batching', 'schedule', 'train', 'guard'] as const satisfies readonly GroupName[];
 const replay = program
   .command('replay')
   .description('replay a logged stream (server SQLite file or JSONL) against a server, or offline through the same pipeline')
@@ -431,10 +396,9 @@ const replay = program
   .option('--api-key <key>', "the server's API key, when it requires one (or TTRL_API_KEY)")
   .option('--window <n>', 'questions per window of the accuracy-over-time report', int('--window', 1), 100)
   .option('--report <dir>', 'write report.csv and report.svg (accuracy and majority ratio over the stream) here')
-  .option('--db <file>', 'offline: keep the replay\'s experience log in this SQLite file')
-  .option('--no-adapt', 'offline: no updates (serve the model as it is)')
   .option('--json', 'print one JSON line');
-for (const k of OFFLINE_SETTINGS) replay.option(`${flagName(k)} <value>`, `offline: ${SETTINGS[k].help}`);
+// --db: offline, the replay's experience log is kept in this SQLite file (else a temporary one).
+addFlags(replay, OFFLINE_REPLAY_GROUPS, { helpPrefix: 'offline: ' });
 replay.action(async (o: Record<string, unknown>, cmd: Command) => {
   const since = o.since === undefined ? undefined : parseTime(o.since as string, '--since');
   const until = o.until === undefined ? undefined : parseTime(o.until as string, '--until');
@@ -443,12 +407,13 @@ replay.action(async (o: Record<string, unknown>, cmd: Command) => {
   const bar = new Progress(items.length, `replay (${o.offline ? 'offline' : o.to})`, 100);
   let r: { outcomes: Outcome[]; sent: number; wallS: number; fatal?: string; versions?: VersionRow[] };
   if (o.offline) {
-    const explicit = Object.fromEntries(OFFLINE_SETTINGS.filter((k) => cmd.getOptionValueSource(k) === 'cli').map((k) => [k, o[k]]));
-    // Flags only (no TTRL_* variables): the settings of a run are all on its command line.
-    const settings = resolveSettings({ ...explicit, adapt: o.adapt as boolean, ...(o.db ? { db: o.db } : {}) }, {});
-    r = await replayOffline(items, settings, { keepDb: Boolean(o.db), onProgress: (n) => bar.update(n) });
+    // Flags only (no TTRL_* variables): the settings of a run are all on its command line;
+    // repeatable (REPLAY_EXACT) unless --train-threads or --update-interval-s say otherwise.
+    const settings = resolveSettings({ ...REPLAY_EXACT, ...givenFlags(cmd, o, OFFLINE_REPLAY_GROUPS) }, {});
+    r = await replayOffline(items, settings, { keepDb: cmd.getOptionValueSource('db') === 'cli', onProgress: (n) => bar.update(n) });
   } else {
-    for (const k of OFFLINE_SETTINGS) if (cmd.getOptionValueSource(k) === 'cli') throw new InvalidArgumentError(`${flagName(k)} applies to --offline replays only`);
+    for (const k of Object.keys(settingsOf(OFFLINE_REPLAY_GROUPS)))
+      if (cmd.getOptionValueSource(k) === 'cli') throw new InvalidArgumentError(`${k === 'adapt' ? '--no-adapt' : flagName(k)} applies to --offline replays only`);
     const apiKey = (o.apiKey as string | undefined) ?? process.env.TTRL_API_KEY;
     r = await replayLive(items, { to: o.to as string, speed: o.speed as number | 'max', clients: o.clients as number, apiKey, onProgress: (n) => bar.update(n) });
   }

@@ -21,7 +21,7 @@ test('TTRL with majority rewards raises agreement on a tiny model', async () => 
     const r = await adapt(
       model,
       questions,
-      { ...ADAPT_DEFAULTS, steps: 12, votes: 8, trainSamples: 8, questionsPerStep: 8, lr: 3e-3, gate: 0, evalEvery: 0, guard: null, threads: 1 },
+      { ...ADAPT_DEFAULTS, steps: 12, votes: 8, trainSamples: 8, questionsPerStep: 8, lr: 3e-3, gate: 0, evalEvery: 0, guard: false, threads: 1, trainThreads: 1 },
       (row) => rows.push(row.majority_ratio),
     );
     assert.equal(rows.length, 12);

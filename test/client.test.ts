@@ -5,20 +5,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect as tcpConnect, createServer as createTcpServer, type Socket as TcpSocket } from 'node:net';
-import { join } from 'node:path';
 import { WebSocket as WS } from 'ws';
-import { resolveSettings, type Settings } from '../src/server/config.ts';
-import { startServer, type RunningServer } from '../src/server/server.ts';
+import type { RunningServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';
 import { TtrlClient, TtrlError, type Answer, type RetryInfo, type StreamEvent, type WebSocketConstructor } from '../src/client/index.ts';
 import { scratch } from './helpers/scratch.ts';
+import { startTestServer, type SettingOverrides } from './helpers/server.ts';
 
-type Over = Partial<Record<keyof Settings, unknown>>;
-
-async function start(over: Over = {}, dir?: string): Promise<RunningServer> {
-  dir ??= await scratch('ttrl-client-');
-  return startServer(resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, trainThreads: 1, trainNice: 0, votes: 4, adapt: false, ...over }, {}));
-}
+const start = (over: SettingOverrides = {}, dir?: string): Promise<RunningServer> => startTestServer(over, { dir, prefix: 'ttrl-client-' });
 
 const QS = suite('4-operand', 32, 14).map((q) => q.question);
 

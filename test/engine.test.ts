@@ -21,7 +21,7 @@ const EOS = 10;
 const PAD = 11;
 const weights = (seed: number, scale = 1): Weights => new Map([...initWeights(paramSpecsOf(c), new Rng(seed))].map(([k, v]) => [k, v.map((x) => x * scale)]));
 /** The bare policy gradient: no PPO clipping, KL or entropy terms. */
-const plainGrpo: GrpoOptions = { aggregation: 'token-mean', ppoClip: false, kl: false, entropyBonus: false };
+const plainGrpo: GrpoOptions = { aggregation: 'token-mean', ppoClip: false, klTerm: false, entropyTerm: false };
 const base = { samplesPerPrompt: 4, maxNewTokens: 8, stopTokens: [EOS], padToken: PAD };
 
 test('sampling is reproducible from the seed, stops at the stop token, and respects the batch layout', async () => {
@@ -214,7 +214,7 @@ test('a NaN in training changes nothing; bad inputs get clear errors', async () 
 
 test('a grouped GRPO step (prompt computed once per group) equals the flat step on the same sequences', async () => {
   const w = weights(6, 3);
-  const loss = grpoOptionsFor({ klCoef: 0.1 });
+  const loss = grpoOptionsFor({ kl: 0.1, entropyBonus: 0, clipEps: 0.2 });
   const rng = new Rng(9);
   const groups = [[1, 2, 3], [4, 5]].map((prompt) => ({
     prompt,
@@ -228,7 +228,7 @@ test('a grouped GRPO step (prompt computed once per group) equals the flat step 
   const flat = packBatch(groups.flatMap((g) => g.completions.map((c) => ({ ...c, tokens: [...g.prompt, ...c.tokens], promptLength: g.prompt.length }))), PAD, c.contextLength);
   const grouped = packGroups(groups, PAD, c.contextLength);
   const results = [];
-  const hyper = { lr: 1e-3, scalars: grpoScalars(loss, { klCoef: 0.1, clipEps: 0.2 }) };
+  const hyper = { lr: 1e-3, maxGradNorm: 1, scalars: grpoScalars(loss, { kl: 0.1, clipEps: 0.2, entropyBonus: 0 }) };
   for (const batch of [flat, grouped]) {
     const t = await Trainer.create({ config: c, weights: w, loss: grpo(loss) });
     const stats = [await t.step(batch, hyper), await t.step(batch, hyper)];
@@ -285,7 +285,7 @@ test('a trainer step is the graph\'s gradient followed by textbook AdamW', async
 
 test('the GRPO objective reaches the trainer by module URL: its loss is the textbook clipped surrogate, and what it needs is named', async () => {
   const w = weights(9, 3);
-  const loss = grpoOptionsFor({ klCoef: 0 }); // PPO clipping on, no KL or entropy terms
+  const loss = grpoOptionsFor({ kl: 0, entropyBonus: 0, clipEps: 0.2 }); // PPO clipping on, no KL or entropy terms
   const rng = new Rng(4);
   const seqs = [[1, 2, 3, 4, EOS], [1, 5, 6, EOS]].map((tokens, i) => ({ tokens, promptLength: 2, advantage: i ? -0.7 : 1.2 }));
   const t = await Trainer.create({ config: c, weights: w, loss: grpo(loss) });
@@ -306,7 +306,7 @@ test('the GRPO objective reaches the trainer by module URL: its loss is the text
         n++;
       }),
     );
-    const st = await t.step(withOld, { lr: 1e-3, scalars: grpoScalars(loss, { clipEps: eps }) });
+    const st = await t.step(withOld, { lr: 1e-3, scalars: grpoScalars(loss, { clipEps: eps, kl: 0, entropyBonus: 0 }) });
     assert.ok(Math.abs(st.loss - sum / n) < 1e-5, `loss ${st.loss} vs ${sum / n}`);
     assert.deepEqual(Object.keys(st.stats), ['entropy']);
     await assert.rejects(t.step(withOld, { lr: 1e-3 }), /this loss needs the scalar clip_eps \(StepHyper\.scalars\)/);

@@ -8,13 +8,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { gzipSync } from 'node:zlib';
-import { join } from 'node:path';
 import fc from 'fast-check';
 import WebSocket from 'ws';
-import { ERROR_CODES } from '../src/loop/errors.ts';
-import { resolveSettings } from '../src/server/config.ts';
-import { startServer, type RunningServer } from '../src/server/server.ts';
-import { scratch } from './helpers/scratch.ts';
+import { ERROR_CODES } from '../src/protocol/errors.ts';
+import type { RunningServer } from '../src/server/server.ts';
+import { startTestServer } from './helpers/server.ts';
 
 const MAX_BYTES = 1024; // --max-message-bytes: small, so oversized frames are cheap
 const VOTES = 2; // --votes: small, so the valid asks are quick
@@ -224,10 +222,7 @@ async function runCases(url: string, conn: Conn, cases: WsCase[], stats: { sent:
   return conn;
 }
 
-async function start(): Promise<RunningServer> {
-  const dir = await scratch('ttrl-fuzz-');
-  return startServer(resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), adapt: false, threads: 1, votes: VOTES, maxMessageBytes: MAX_BYTES }, {}));
-}
+const start = (): Promise<RunningServer> => startTestServer({ votes: VOTES, maxMessageBytes: MAX_BYTES }, { prefix: 'ttrl-fuzz-' });
 
 async function assertStillServing(s: RunningServer): Promise<void> {
   assert.equal((await fetch(`${s.url}/healthz`)).status, 200);
@@ -257,6 +252,7 @@ test('fuzzed WebSocket frames: one documented reply each, valid asks answered, t
     );
     t.diagnostic(`${stats.sent} frames sent, ${stats.asks} valid asks answered; by kind ${JSON.stringify(stats.kinds)}`);
     assert.ok(stats.sent >= 3000, `${stats.sent} frames`);
+    assert.ok(stats.asks > 0, 'no valid ask was generated: the vote checks never ran');
     conn.ws.send(JSON.stringify({ type: 'ask', id: 'last', question: '1+2=' }));
     await conn.waitReplies(1);
     assert.equal(conn.replies[0]!.type, 'answer');

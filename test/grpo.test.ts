@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { groupAdvantages, rewards, selectForTraining, toGroups } from '../src/ttrl/grpo.ts';
 import { majorityVote } from '../src/tasks/vote.ts';
-import { CollapseGuard, GUARD_DEFAULTS } from '../src/ttrl/guard.ts';
+import { CollapseGuard, GUARD_DEFAULTS } from '../src/ttrl/collapse-guard.ts';
 import type { Rollout } from '../src/sampling/rollout.ts';
 import { Rng } from '../src/util/rng.ts';
 
@@ -69,7 +69,7 @@ test('the guard trips on runaway length, lost answers and a falling majority, an
 });
 
 test('anchors are the confident questions; agreement counts the ones that kept their answer', async () => {
-  const { pickAnchors, anchorAgreement } = await import('../src/ttrl/guard.ts');
+  const { pickAnchors, anchorAgreement } = await import('../src/ttrl/collapse-guard.ts');
   const initial = [
     { question: 'a', vote: { label: '1', ratio: 0.95 } },
     { question: 'b', vote: { label: '2', ratio: 0.5 } },

@@ -8,12 +8,10 @@
 // never a 5xx other than the documented 503s, and the server must answer /readyz after each.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import fc from 'fast-check';
-import { resolveSettings } from '../src/server/config.ts';
-import { startServer, type RunningServer } from '../src/server/server.ts';
+import type { RunningServer } from '../src/server/server.ts';
 import { rawExchange, type RawResponse } from './helpers/raw-http.ts';
-import { scratch } from './helpers/scratch.ts';
+import { startTestServer } from './helpers/server.ts';
 
 const KEY = 'fuzz-key-0123456789abcdef';
 const ADMIN = 'admin-token-0123';
@@ -23,10 +21,9 @@ let keyed: RunningServer;
 let open: RunningServer;
 
 before(async () => {
-  const dir = await scratch('ttrl-raw-');
-  const common = { port: 0, threads: 1, trainThreads: 1, votes: 2, adapt: false, maxMessageBytes: 2048, adminToken: ADMIN };
-  keyed = await startServer(resolveSettings({ ...common, db: join(dir, 'keyed.sqlite'), apiKeys: [KEY] }, {}));
-  open = await startServer(resolveSettings({ ...common, db: join(dir, 'open.sqlite') }, {}));
+  const common = { votes: 2, maxMessageBytes: 2048, adminToken: ADMIN };
+  keyed = await startTestServer({ ...common, apiKeys: [KEY] }, { prefix: 'ttrl-raw-' });
+  open = await startTestServer(common, { prefix: 'ttrl-raw-' });
 });
 after(async () => {
   await keyed?.close();
@@ -336,8 +333,7 @@ test('two concurrent requests with the same X-Request-Id get distinct request id
 });
 
 test('an HTTP or OpenAI request whose client went away is dropped from the queue and logged as failed, as a WebSocket question is', async () => {
-  const dir = await scratch('ttrl-gone-');
-  const s = await startServer(resolveSettings({ port: 0, db: join(dir, 'gone.sqlite'), threads: 1, trainThreads: 1, votes: 64, adapt: false, batchQuestions: 1, batchWaitMs: 0, adminToken: ADMIN }, {}));
+  const s = await startTestServer({ votes: 64, batchQuestions: 1, batchWaitMs: 0, adminToken: ADMIN }, { prefix: 'ttrl-gone-' });
   try {
     const controllers = Array.from({ length: 12 }, () => new AbortController());
     const sent = controllers.map((c, i) =>

@@ -5,17 +5,13 @@
 // Each test would fail without its protection (see the comments).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import WebSocket from 'ws';
-import { resolveSettings, type Settings } from '../src/server/config.ts';
-import { startServer, type RunningServer } from '../src/server/server.ts';
+import { resolveSettings } from '../src/config/settings.ts';
+import type { RunningServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';
-import { scratch } from './helpers/scratch.ts';
+import { startTestServer, type SettingOverrides } from './helpers/server.ts';
 
-async function start(over: Partial<Record<keyof Settings, unknown>> = {}): Promise<RunningServer> {
-  const dir = await scratch('ttrl-limits-');
-  return startServer(resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, trainThreads: 1, trainNice: 0, votes: 4, adapt: false, ...over }, {}));
-}
+const start = (over: SettingOverrides = {}): Promise<RunningServer> => startTestServer(over, { prefix: 'ttrl-limits-' });
 
 type Msg = Record<string, unknown>;
 

@@ -290,7 +290,7 @@ for (const [name, config, modelType] of tinyCheckpoints)
     const loaded = await inMemory(m.weights);
     for (const s of specs) assert.deepEqual(loaded.get(s.name), roundToBfloat16(f32.get(s.name)!.data), `${s.name} is the BF16 rounding of what was written`);
     const w64 = new Map([...loaded].map(([k, v]) => [k, Float64Array.from(v)]));
-    const err = await modelGradError(m.config, w64, grpoObjective({ aggregation: 'token-mean', kl: true, ppoClip: true, entropyBonus: true }));
+    const err = await modelGradError(m.config, w64, grpoObjective({ aggregation: 'token-mean', klTerm: true, ppoClip: true, entropyTerm: true }));
     assert.ok(err < 1e-6, `relative gradient error ${err}`);
     // A second load reuses the conversion instead of writing it again.
     const again = await loadModel(dir);

@@ -13,16 +13,16 @@ import { Rng } from '../src/util/rng.ts';
 import { llamaBase, modelGradError, qwen2Tiny, qwen3Tiny, testWeights, tiny } from './helpers/model-check.ts';
 
 const sft = sftLoss({ aggregation: 'token-mean' });
-const grpoAll = grpoLoss({ aggregation: 'token-mean', kl: true, ppoClip: true, entropyBonus: true });
+const grpoAll = grpoLoss({ aggregation: 'token-mean', klTerm: true, ppoClip: true, entropyTerm: true });
 const variants: [string, ModelConfig, Objective, BatchLayout?][] = [
   ['supervised cross-entropy, untied head', tiny, sft],
-  ['GRPO with KL, PPO clipping and entropy bonus, tied head', { ...tiny, tiedHead: true }, grpoLoss({ aggregation: 'token-mean', kl: true, ppoClip: true, entropyBonus: true })],
-  ['GRPO, sequence-mean aggregation', tiny, grpoLoss({ aggregation: 'sequence-mean', kl: false, ppoClip: false, entropyBonus: false })],
-  ['GRPO with KL and PPO clipping, grouped layout (shared prompt cache)', tiny, grpoLoss({ aggregation: 'token-mean', kl: true, ppoClip: true, entropyBonus: false }), 'grouped'],
+  ['GRPO with KL, PPO clipping and entropy bonus, tied head', { ...tiny, tiedHead: true }, grpoLoss({ aggregation: 'token-mean', klTerm: true, ppoClip: true, entropyTerm: true })],
+  ['GRPO, sequence-mean aggregation', tiny, grpoLoss({ aggregation: 'sequence-mean', klTerm: false, ppoClip: false, entropyTerm: false })],
+  ['GRPO with KL and PPO clipping, grouped layout (shared prompt cache)', tiny, grpoLoss({ aggregation: 'token-mean', klTerm: true, ppoClip: true, entropyTerm: false }), 'grouped'],
   ['Llama, supervised cross-entropy, untied head', llamaBase, sft],
   ['Qwen2 shape (q/k/v biases, GQA, tied head), GRPO with KL, PPO clipping and entropy bonus', qwen2Tiny, grpoAll],
   ['Qwen3 shape (q/k norm, wide heads, GQA, every bias, Llama 3 rope scaling), GRPO with KL, PPO clipping and entropy bonus', qwen3Tiny, grpoAll],
-  ['Qwen2 shape, grouped layout (shared prompt cache)', qwen2Tiny, grpoLoss({ aggregation: 'sequence-mean', kl: true, ppoClip: true, entropyBonus: false }), 'grouped'],
+  ['Qwen2 shape, grouped layout (shared prompt cache)', qwen2Tiny, grpoLoss({ aggregation: 'sequence-mean', klTerm: true, ppoClip: true, entropyTerm: false }), 'grouped'],
 ];
 for (const [name, c, o, layout] of variants) {
   test(`whole-transformer gradient, ${name}, matches finite differences`, async () => {

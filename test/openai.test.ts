@@ -4,17 +4,12 @@
 // are logged and adapt like WebSocket ones.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import OpenAI from 'openai';
-import { resolveSettings, type Settings } from '../src/server/config.ts';
-import { startServer, type RunningServer } from '../src/server/server.ts';
+import type { RunningServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';
-import { scratch } from './helpers/scratch.ts';
+import { assertJudged, startTestServer, type SettingOverrides } from './helpers/server.ts';
 
-async function start(over: Partial<Record<keyof Settings, unknown>> = {}): Promise<RunningServer> {
-  const dir = await scratch('ttrl-openai-');
-  return startServer(resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, trainThreads: 1, trainNice: 0, votes: 4, adapt: false, ...over }, {}));
-}
+const start = (over: SettingOverrides = {}): Promise<RunningServer> => startTestServer(over, { prefix: 'ttrl-openai-' });
 const client = (s: RunningServer, apiKey = 'none') => new OpenAI({ baseURL: `${s.url}/v1`, apiKey, maxRetries: 0 });
 const MODEL = 'arith-tiny';
 
@@ -151,14 +146,15 @@ test("errors in OpenAI's shape with our codes: bad parameters, unknown fields, u
 
 test('OpenAI questions adapt the model like WebSocket ones: they fill an update, which runs and is judged', async () => {
   const token = 'admin-token-1';
-  const s = await start({ adapt: true, updateEvery: 16, questionsPerStep: 16, probeQuestions: 0, anchors: 0, votes: 8, maxClientShare: 1, adminToken: token });
+  // --gate 0: any split vote is a learning signal, so the update trains and is judged (not skipped).
+  const s = await start({ adapt: true, updateEvery: 16, questionsPerStep: 16, probeQuestions: 0, anchors: 0, votes: 8, gate: 0, maxClientShare: 1, adminToken: token });
   try {
     const ai = client(s);
     const qs = suite('4-operand', 16, 21).map((q) => q.question);
-    const ended = new Promise<{ outcome: string; stats?: Record<string, unknown> }>((resolve) => s.adaptation.updates$.subscribe((e) => e.phase === 'end' && resolve(e.outcome)));
+    const ended = new Promise<{ outcome: string; reason?: string; stats?: Record<string, unknown> }>((resolve) => s.adaptation.updates$.subscribe((e) => e.phase === 'end' && resolve(e.outcome)));
     await Promise.all(qs.map((q) => ai.completions.create({ model: MODEL, prompt: q, n: 8 })));
     const outcome = await ended;
-    assert.ok(['promoted', 'rejected', 'skipped'].includes(outcome.outcome));
+    assertJudged(outcome);
     assert.equal(outcome.stats?.experiences, 16, JSON.stringify(outcome));
   } finally {
     await s.close();

@@ -13,7 +13,7 @@ import { isWeightFile } from '../src/formats/weight-file.ts';
 import { checkAsk } from '../src/loop/admission.ts';
 import { FINGERPRINT_KEY } from '../src/loop/base-model.ts';
 import { createPipeline } from '../src/loop/pipeline.ts';
-import { resolveSettings } from '../src/server/config.ts';
+import { resolveSettings } from '../src/config/settings.ts';
 import { suite } from '../src/tasks/suites.ts';
 import { scratch } from './helpers/scratch.ts';
 

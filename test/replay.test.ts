@@ -4,19 +4,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { resolveSettings, type Settings } from '../src/server/config.ts';
-import { startServer } from '../src/server/server.ts';
 import { readSource } from '../src/replay/source.ts';
 import { replayLive } from '../src/replay/live.ts';
-import { replayOffline } from '../src/replay/offline.ts';
+import { REPLAY_EXACT, replayOffline } from '../src/replay/offline.ts';
 import { buildReport } from '../src/replay/report.ts';
 import { suite } from '../src/tasks/suites.ts';
 import { ttrl } from './helpers/cli.ts';
 import { scratch } from './helpers/scratch.ts';
-
-const settings = (dir: string, over: Partial<Record<keyof Settings, unknown>> = {}) =>
-  resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, trainThreads: 1, trainNice: 0, votes: 4, ...over }, {});
-
+import { startTestServer, testSettings } from './helpers/server.ts';
 
 test('a recorded stream replays against a live server, and the log exports', async () => {
   const dir = await scratch();
@@ -24,7 +19,7 @@ test('a recorded stream replays against a live server, and the log exports', asy
   const qs = suite('4-operand', 20, 2);
   await writeFile(qfile, qs.map((q, i) => JSON.stringify({ ...q, at: i * 10 })).join('\n') + '\n');
   // Record: the JSONL stream into server A.
-  const a = await startServer(settings(join(dir, 'a'), { adapt: false }));
+  const a = await startTestServer({}, { dir: join(dir, 'a') });
   const recorded = await replayLive((await readSource(qfile)).items, { to: a.wsUrl, speed: 'max', clients: 3 });
   await a.close();
   const rep = buildReport(recorded.outcomes, recorded.sent, recorded.wallS, 10);
@@ -33,7 +28,7 @@ test('a recorded stream replays against a live server, and the log exports', asy
   assert.ok(rep.accuracy !== null && rep.accuracy >= 0 && rep.accuracy <= 1);
   assert.equal(rep.windows.length, 2);
   // Replay A's log against server B through the CLI.
-  const b = await startServer(settings(join(dir, 'b'), { adapt: false }));
+  const b = await startTestServer({}, { dir: join(dir, 'b') });
   try {
     const r = await ttrl('replay', '--from', join(dir, 'a', 'ttrl.sqlite'), '--to', b.wsUrl, '--speed', '100', '--clients', '2', '--report', join(dir, 'report'), '--json');
     assert.equal(r.code, 0, r.stderr);
@@ -64,7 +59,7 @@ test('a recorded stream replays against a live server, and the log exports', asy
 test('offline replay with one seed gives the same answers and versions twice', async () => {
   const dir = await scratch();
   const items = suite('4-operand', 48, 6).map((q) => ({ ...q, at: 0 }));
-  const s = settings(dir, { updateEvery: 16, questionsPerStep: 8, trainSamples: 4, votes: 8, batchQuestions: 8, probeQuestions: 8, lr: 1e-4, seed: 3 });
+  const s = testSettings({ db: join(dir, 'ttrl.sqlite'), adapt: true, updateEvery: 16, questionsPerStep: 8, trainSamples: 4, votes: 8, batchQuestions: 8, probeQuestions: 8, lr: 1e-4, seed: 3, ...REPLAY_EXACT });
   const one = await replayOffline(items, s);
   const two = await replayOffline(items, s);
   const r1 = buildReport(one.outcomes, one.sent, one.wallS);
@@ -86,7 +81,7 @@ test('--since/--until select by arrival time and --speed scales it', async () =>
   const qs = suite('in-distribution', 4, 1);
   await writeFile(qfile, qs.map((q, i) => JSON.stringify({ ...q, at: i * 250 })).join('\n'));
   assert.deepEqual((await readSource(qfile, { since: 250, until: 750 })).items.map((x) => x.at), [250, 500]);
-  const server = await startServer(settings(join(dir, 's'), { adapt: false }));
+  const server = await startTestServer({}, { dir: join(dir, 's') });
   try {
     const { items } = await readSource(qfile);
     const t1 = performance.now();
@@ -111,7 +106,7 @@ test('--since/--until select by arrival time and --speed scales it', async () =>
 
 test('a server that goes away ends the replay with an error and a partial report', async () => {
   const dir = await scratch();
-  const server = await startServer(settings(dir, { adapt: false }));
+  const server = await startTestServer({}, { dir });
   const items = suite('in-distribution', 40, 3).map((q, i) => ({ ...q, at: i * 50 }));
   setTimeout(() => void server.close(), 500);
   const r = await replayLive(items, { to: server.wsUrl, speed: 1, clients: 2, timeoutMs: 5000 });

@@ -7,32 +7,28 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { resolveSettings, type Settings } from '../src/server/config.ts';
-import { startServer, type RunningServer } from '../src/server/server.ts';
+import { resolveSettings } from '../src/config/settings.ts';
+import type { RunningServer } from '../src/server/server.ts';
 import { Sampler } from '../src/engine/sampler.ts';
 import { inMemory, loadModel } from '../src/formats/checkpoint.ts';
-import { loadVersionWeights } from '../src/loop/versions.ts';
+import { loadVersionWeights } from '../src/loop/version-files.ts';
 import { loraConfigFor, readAdapterFile, readPeftAdapter, type LoraConfig } from '../src/model/lora.ts';
 import { readSafetensors } from '../src/formats/safetensors.ts';
 import type { Weights } from '../src/model/family.ts';
 import { FINGERPRINT_KEY } from '../src/loop/base-model.ts';
 import { seedOf } from '../src/util/rng.ts';
 import { scratch } from './helpers/scratch.ts';
+import { startTestServer, type SettingOverrides } from './helpers/server.ts';
 import { ttrl } from './helpers/cli.ts';
 import { connect, FIRST_WORD, STORY_PROMPTS, storiesOneSentence } from './helpers/stories.ts';
 
 const TOKEN = 'test-admin-token';
 
-function serve(model: string, db: string, over: Partial<Record<keyof Settings, unknown>> = {}): Promise<RunningServer> {
-  return startServer(
-    resolveSettings(
-      {
-        port: 0, db, model, threads: 1, trainThreads: 1, trainNice: 0, votes: 8, extractor: `regex:${FIRST_WORD}`, maxNewTokens: 48,
-        adapt: true, updateEvery: 1000, loraRank: 4, gate: 0, probeQuestions: 0, anchors: 0, lr: 3e-3, adminToken: TOKEN, maxClientShare: 1, ...over,
-      },
-      {},
-    ),
-  );
+function serve(model: string, db: string, over: SettingOverrides = {}): Promise<RunningServer> {
+  return startTestServer({
+    db, model, votes: 8, extractor: `regex:${FIRST_WORD}`, maxNewTokens: 48,
+    adapt: true, updateEvery: 1000, loraRank: 4, gate: 0, probeQuestions: 0, anchors: 0, lr: 3e-3, adminToken: TOKEN, maxClientShare: 1, ...over,
+  });
 }
 
 /** The engine's samples of a question's first ask (the server's dice for it) under the base, or the base with adapters. */

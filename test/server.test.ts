@@ -3,20 +3,15 @@
 // swap the serving version, guard rejections, admin rollback, overload and shutdown.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import WebSocket from 'ws';
-import { resolveSettings, type Settings } from '../src/server/config.ts';
-import { startServer, type RunningServer } from '../src/server/server.ts';
+import type { RunningServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';
 import { Store } from '../src/store/store.ts';
-import { scratch } from './helpers/scratch.ts';
+import { assertJudged, startTestServer, type SettingOverrides } from './helpers/server.ts';
 
 
-async function start(over: Partial<Record<keyof Settings, unknown>> = {}): Promise<RunningServer> {
-  const dir = await scratch('ttrl-server-');
-  const settings = resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, trainThreads: 1, trainNice: 0, votes: 4, maxClientShare: 1, ...over }, {});
-  return startServer(settings);
-}
+// Adaptation on (the resolved default) unless a test says otherwise.
+const start = (over: SettingOverrides = {}): Promise<RunningServer> => startTestServer({ adapt: true, maxClientShare: 1, ...over }, { prefix: 'ttrl-server-' });
 
 /** A WebSocket client that collects messages and answers "next message with id X". */
 class Client {
@@ -161,6 +156,10 @@ test('many concurrent clients get well-formed answers, and the log holds every o
     const metrics = await (await fetch(`${s.url}/metrics`)).text();
     assert.match(metrics, /ttrl_answers_total 50/);
     assert.match(metrics, /ttrl_answer_latency_seconds_bucket/);
+    // Every name under one prefix, said once (Node's own metrics included).
+    const names = [...new Set([...metrics.matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]!))];
+    assert.ok(names.includes('ttrl_process_cpu_seconds_total'), names.join(' '));
+    assert.deepEqual(names.filter((n) => !n.startsWith('ttrl_') || /^ttrl_(\w+?_)\1/.test(n) || n.startsWith('ttrl_ttrl_')), []);
     for (const c of clients) c.close();
   } finally {
     await s.close();
@@ -253,21 +252,19 @@ test('live updates swap the version while clients keep getting answers; admin ro
 });
 
 test('the guard rejects a collapsed version and keeps the one serving; the reason is stored', async () => {
-  // An entropy floor no policy reaches: every update is rejected.
-  const s = await start({ updateEvery: 8, questionsPerStep: 8, entropyFloor: 9, probeQuestions: 0, votes: 8, adminToken: 'test-admin-token' });
+  // An entropy floor no policy reaches: every update is rejected. --gate 0: any split vote is
+  // a learning signal, so the update trains and is judged, not skipped.
+  const s = await start({ updateEvery: 8, questionsPerStep: 8, entropyFloor: 9, probeQuestions: 0, votes: 8, gate: 0, adminToken: 'test-admin-token' });
   try {
     const c = await Client.open(s.wsUrl);
     const qs = suite('4-operand', 8, 3);
     await Promise.all(qs.map((q, i) => c.ask(`g${i}`, q.question)));
     const outcome = (await (await fetch(`${s.url}/admin/adaptation/update`, { method: 'POST', headers: { authorization: 'Bearer test-admin-token' } })).json()) as { outcome: string; reason: string; version: number };
-    if (outcome.outcome === 'skipped') assert.match(outcome.reason, /no question passed the gate/);
-    else {
-      assert.equal(outcome.outcome, 'rejected');
-      assert.match(outcome.reason, /entropy collapsed/);
-      const row = s.store.version(outcome.version)!;
-      assert.equal(row.status, 'rejected');
-      assert.match(row.reason!, /entropy collapsed/);
-    }
+    assertJudged(outcome, ['rejected']);
+    assert.match(outcome.reason, /entropy collapsed/);
+    const row = s.store.version(outcome.version)!;
+    assert.equal(row.status, 'rejected');
+    assert.match(row.reason!, /entropy collapsed/);
     assert.equal((await c.ask('still', qs[0]!.question)).model_version, 0);
     c.close();
   } finally {
@@ -320,7 +317,7 @@ test('shutdown answers the batch in flight, refuses new questions, and a restart
   const store = Store.open(db);
   store.addVersion({ parent: 0, status: 'candidate', weightsPath: null });
   store.close();
-  const s2 = await startServer(resolveSettings({ port: 0, db, threads: 1, adapt: false, votes: 4 }, {}));
+  const s2 = await startTestServer({ db });
   try {
     const rows = s2.store.versions();
     assert.equal(rows.at(-1)!.status, 'rejected');

@@ -8,10 +8,9 @@ import { gzipSync } from 'node:zlib';
 import { request } from 'node:http';
 import WebSocket from 'ws';
 import { readFile } from 'node:fs/promises';
-import { PROJECT_ROOT, resolveSettings } from '../src/server/config.ts';
-import { ERROR_CODES } from '../src/loop/errors.ts';
-import { startServer } from '../src/server/server.ts';
-import { scratch } from './helpers/scratch.ts';
+import { PROJECT_ROOT } from '../src/config/settings.ts';
+import { ERROR_CODES } from '../src/protocol/errors.ts';
+import { startTestServer } from './helpers/server.ts';
 
 /** One request on its own connection (no keep-alive): its status and JSON body, or the socket's error as status 0. */
 function post(path: string, headers: Record<string, string>, body: string | Buffer, port: number): Promise<{ status: number; body: Record<string, unknown> }> {
@@ -28,8 +27,7 @@ function post(path: string, headers: Record<string, string>, body: string | Buff
 }
 
 test('every ask gets an answer or shutting_down when the server closes mid-stream', async () => {
-  const dir = await scratch('ttrl-shutdown-');
-  const s = await startServer(resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, adapt: false, votes: 4, batchQuestions: 4, maxInFlight: 1_000_000 }, {}));
+  const s = await startTestServer({ batchQuestions: 4, maxInFlight: 1_000_000 }, { prefix: 'ttrl-shutdown-' });
   const ws = new WebSocket(s.wsUrl);
   const replies = new Map<string, Record<string, unknown>>();
   const sent: string[] = [];
@@ -59,13 +57,15 @@ test('every ask gets an answer or shutting_down when the server closes mid-strea
   const closing = s.close();
   const after = Array.from({ length: 8 }, (_, k) => httpAsk(`${k}+2=`));
   // Opened while closing: refused at the upgrade, with our error shape.
-  const late = await new Promise<number>((res) => {
+  // On a loaded machine the connection may only arrive once the listener has closed: refused
+  // then too (ECONNREFUSED, or ECONNRESET as it closes), never opened, and never left hanging.
+  const late = await new Promise<number | string>((res) => {
     const w = new WebSocket(s.wsUrl);
     w.on('unexpected-response', (_req, r) => res(r.statusCode!));
     w.on('open', () => res(101));
-    w.on('error', () => {});
+    w.on('error', (e: NodeJS.ErrnoException) => res(e.code ?? e.message));
   });
-  assert.equal(late, 503);
+  assert.ok(late === 503 || late === 'ECONNREFUSED' || late === 'ECONNRESET', `a WebSocket opened while closing got ${late}`);
   await closing;
   const code = await closed;
   clearInterval(firing);
@@ -74,16 +74,20 @@ test('every ask gets an answer or shutting_down when the server closes mid-strea
   assert.deepEqual(missing, [], `${missing.length} of ${sent.length} asks got no reply`);
   const codes = new Set([...replies.values()].map((m) => (m.type === 'answer' ? 'answer' : m.code)));
   assert.deepEqual([...codes].sort(), ['answer', 'shutting_down'], 'some asks were answered, the rest refused with shutting_down, no other outcome');
-  for (const r of await Promise.all([...before, ...after])) {
+  for (const r of await Promise.all(before)) {
     if (r.status === 200) assert.equal(r.body.type, 'answer');
     else assert.deepEqual([r.status, r.body.code], [503, 'shutting_down'], JSON.stringify(r));
   }
-  assert.ok((await Promise.all(after)).every((r) => r.status === 503), 'asks after close() began are all refused');
+  // An ask after close() began is refused: 503 shutting_down, or, where its connection only
+  // arrives (on a loaded machine) once the listener has gone, a refused or reset connection.
+  for (const r of await Promise.all(after)) {
+    if (r.status === 0) assert.match(String(r.body.error), /ECONNREFUSED|ECONNRESET|socket hang up/, JSON.stringify(r));
+    else assert.deepEqual([r.status, r.body.code], [503, 'shutting_down'], JSON.stringify(r));
+  }
 });
 
 test('a bad Content-Encoding answers 415 or 400 with the error shape, a good one is read', async () => {
-  const dir = await scratch('ttrl-encoding-');
-  const s = await startServer(resolveSettings({ port: 0, db: join(dir, 'ttrl.sqlite'), threads: 1, adapt: false, votes: 4 }, {}));
+  const s = await startTestServer({}, { prefix: 'ttrl-encoding-' });
   try {
     const body = JSON.stringify({ question: '1+2=' });
     const json = { 'content-type': 'application/json' };
@@ -101,12 +105,12 @@ test('a bad Content-Encoding answers 415 or 400 with the error shape, a good one
   }
 });
 
-test("README's error table lists every code in ERROR_CODES", async () => {
-  const readme = await readFile(join(PROJECT_ROOT, 'README.md'), 'utf8');
+test("docs/protocol.md's error table lists every code in ERROR_CODES", async () => {
+  const doc = await readFile(join(PROJECT_ROOT, 'docs', 'protocol.md'), 'utf8');
   // The table that follows "Errors (`code`)", up to the first line that is not a row.
-  const table = readme.slice(readme.indexOf('Errors (`code`)')).split('\n\n')[1]!;
+  const table = doc.slice(doc.indexOf('Errors (`code`)')).split('\n\n')[1]!;
   const listed = new Set([...table.matchAll(/^\| `([a-z_]+)` \|/gm)].map((m) => m[1]));
   assert.ok(listed.size > 5, 'the error table was not found');
   const missing = Object.keys(ERROR_CODES).filter((c) => !listed.has(c));
-  assert.deepEqual(missing, [], 'add these codes to the error table in README.md (Protocol)');
+  assert.deepEqual(missing, [], 'add these codes to the error table in docs/protocol.md (Error codes)');
 });

@@ -6,13 +6,13 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { loadMigrations, migrate } from '../src/store/migrate.ts';
 import { Store } from '../src/store/store.ts';
-import { PROJECT_ROOT, resolveSettings, settingsTable } from '../src/server/config.ts';
-import { parseClientMessage } from '../src/server/protocol.ts';
-import type { ProtocolError } from '../src/loop/errors.ts';
+import { PROJECT_ROOT, resolveSettings, settingsTable } from '../src/config/settings.ts';
+import { parseClientMessage } from '../src/server/client-messages.ts';
+import type { ProtocolError } from '../src/protocol/errors.ts';
 import { askLimits } from '../src/loop/admission.ts';
 import { ARITHMETIC_CHARS, CharTokenizer } from '../src/tokenizers/tokenizer.ts';
 import { ARITHMETIC_TASK } from '../src/tasks/task.ts';
-import { judgeAnchors, judgeProbe } from '../src/ttrl/guard.ts';
+import { judgeAnchors, judgeProbe } from '../src/ttrl/candidate-checks.ts';
 import { scratch } from './helpers/scratch.ts';
 
 
@@ -126,9 +126,9 @@ test('protocol: each malformed message maps to its code', () => {
   assert.equal(code(JSON.stringify({ type: 'ask', id: 'a', question: '1=', pad: 'x'.repeat(100) })), 'payload_too_large');
 });
 
-test('the README\'s configuration table is the settings table', async () => {
-  const readme = await readFile(join(PROJECT_ROOT, 'README.md'), 'utf8');
-  assert.ok(readme.includes(settingsTable()), 'README.md is stale: regenerate its table from settingsTable() in src/server/config.ts');
+test('docs/configuration.md holds the settings tables', async () => {
+  const doc = await readFile(join(PROJECT_ROOT, 'docs', 'configuration.md'), 'utf8');
+  assert.ok(doc.includes(settingsTable()), 'docs/configuration.md is stale: regenerate its tables from settingsTable() in src/config/settings.ts');
 });
 
 test('the anchor judge rejects a candidate less sure of the shipped model\'s surest answers, within the slack', () => {

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { ARITHMETIC_TASK, BOXED_SYSTEM_PROMPT, resolveTaskParts, Task, taskFromSettings, TASK_NAMES } from '../src/tasks/task.ts';
 import { ARITHMETIC_CHARS, CharTokenizer } from '../src/tokenizers/tokenizer.ts';
 import { HFTokenizer } from '../src/tokenizers/hf-tokenizer.ts';
-import { resolveSettings } from '../src/server/config.ts';
+import { resolveSettings } from '../src/config/settings.ts';
 import { loadModel } from '../src/formats/checkpoint.ts';
 import { Sampler } from '../src/engine/sampler.ts';
 import { rollout } from '../src/sampling/rollout.ts';

@@ -13,8 +13,15 @@ import {
 
 const arithmetic = new CharTokenizer(ARITHMETIC_CHARS);
 
+/** The parts of a tokenizer.json that these tests change. */
+interface TokenizerJson {
+  [key: string]: unknown;
+  model: { [key: string]: unknown; vocab: Record<string, number> };
+  added_tokens: { id: number; content: string; special: boolean }[];
+}
+
 /** A fresh, mutable copy of the arithmetic tokenizer.json. */
-function arithmeticJSON(): any {
+function arithmeticJSON(): TokenizerJson {
   return JSON.parse(JSON.stringify(arithmetic.toJSON()));
 }
 
@@ -121,7 +128,7 @@ test('rejects other model types, naming the type', () => {
 });
 
 test('rejects WordLevel files that are not per-character', () => {
-  const variants: [string, (json: any) => void, RegExp][] = [
+  const variants: [string, (json: TokenizerJson) => void, RegExp][] = [
     ['normalizer', (j) => (j.normalizer = { type: 'Lowercase' }), /"normalizer" must be null/],
     ['post_processor', (j) => (j.post_processor = { type: 'ByteLevel' }), /"post_processor" must be null/],
     ['pre_tokenizer', (j) => (j.pre_tokenizer = { type: 'Whitespace' }), /pre_tokenizer must split every character/],
@@ -131,10 +138,10 @@ test('rejects WordLevel files that are not per-character', () => {
     ['id gap', (j) => (j.model.vocab['9'] = 20), /character ids must be numbered 0..14/],
     ['shared id', (j) => (j.model.vocab['9'] = 0), /vocab id 0 is used twice/],
     ['eos id', (j) => (j.model.vocab['<eos>'] = 3), /vocab id of <eos> must be 15/],
-    ['no vocab', (j) => delete j.model.vocab, /model.vocab must be an object/],
+    ['no vocab', (j) => Reflect.deleteProperty(j.model, 'vocab'), /model.vocab must be an object/],
     ['missing pad', (j) => j.added_tokens.pop(), /added_tokens must be exactly <eos> \(id 15\) and <pad> \(id 16\)/],
-    ['pad id', (j) => (j.added_tokens[1].id = 20), /added_tokens must be exactly/],
-    ['not special', (j) => (j.added_tokens[0].special = false), /added_tokens must be exactly/],
+    ['pad id', (j) => (j.added_tokens[1]!.id = 20), /added_tokens must be exactly/],
+    ['not special', (j) => (j.added_tokens[0]!.special = false), /added_tokens must be exactly/],
     ['extra token', (j) => j.added_tokens.push({ id: 17, content: '<unk>', special: true }), /added_tokens must be exactly/],
   ];
   for (const [what, mutate, error] of variants) {

@@ -15,9 +15,10 @@ import { ARITHMETIC_CHARS, CharTokenizer } from '../src/tokenizers/tokenizer.ts'
 import { Store } from '../src/store/store.ts';
 import { Rng } from '../src/util/rng.ts';
 import { claimBaseModel, contentFingerprint, FINGERPRINT_KEY, weightFilesOf } from '../src/loop/base-model.ts';
-import { ProtocolError } from '../src/loop/errors.ts';
+import { ProtocolError } from '../src/protocol/errors.ts';
 import { createMetrics } from '../src/loop/metrics.ts';
-import { loadVersionWeights, Versions } from '../src/loop/versions.ts';
+import { loadVersionWeights } from '../src/loop/version-files.ts';
+import { Versions } from '../src/loop/versions.ts';
 import { scratch } from './helpers/scratch.ts';
 
 const tokenizer = new CharTokenizer(ARITHMETIC_CHARS);

@@ -1,9 +1,9 @@
 // The one error type of the typed client: a server's error code as it came, or one of the
 // client's own (a timeout, a connection that failed or was lost, a reply that breaks the
 // protocol). Browser-safe: no Node imports.
-import type { ErrorCode } from '../loop/errors.ts';
+import type { ErrorCode } from '../protocol/errors.ts';
 
-/** Failures the client itself detects; the server's codes are in the README's error table. */
+/** Failures the client itself detects; the server's codes are ERROR_CODES (protocol/errors.ts, docs/protocol.md's error table). */
 export type ClientErrorCode =
   /** No reply within timeoutMs (a question), or no hello within connectTimeoutMs. */
   | 'timeout'

@@ -4,6 +4,10 @@
 // with jittered exponential backoff, a dropped connection re-established with backoff and
 // the questions it held asked again. Runs in Node (the `ws` package, imported on first
 // connect) and in browsers (the global WebSocket): nothing here imports Node modules.
+// Every server message is decoded with the protocol's own schemas (protocol/messages.ts),
+// read tolerantly: a field this client does not know is dropped, so a newer server may add one.
+import type { z } from 'zod';
+import { PROTOCOL_VERSION, tolerantServerMessages, type ClientMessage } from '../protocol/messages.ts';
 import { RETRIED_CODES, TtrlError, type TtrlErrorCode } from './errors.ts';
 import { openSocket, type Socket, type WebSocketConstructor } from './transport.ts';
 import type { Answer, AnswerEvent, Hello, StreamEvent, VoteEvent } from './types.ts';
@@ -13,7 +17,7 @@ export type { ClientErrorCode, TtrlErrorCode } from './errors.ts';
 export type { Answer, AnswerEvent, Hello, Limits, StreamEvent, VoteEvent } from './types.ts';
 export type { WebSocketConstructor, WebSocketLike } from './transport.ts';
 
-export const CLIENT_PROTOCOL = 1;
+export const CLIENT_PROTOCOL = PROTOCOL_VERSION;
 /** In flight per connection when the server's hello does not state max_in_flight (the server's default). */
 export const DEFAULT_MAX_IN_FLIGHT = 64;
 
@@ -136,6 +140,14 @@ type Resolved = {
 };
 
 const now = () => (typeof performance === 'object' ? performance.now() : Date.now());
+const sendMessage = (socket: Socket, m: ClientMessage) => socket.send(JSON.stringify(m));
+/** A field of a parsed JSON value, when the value is an object that has it. */
+const fieldOf = (v: unknown, name: 'type' | 'id' | 'protocol'): unknown => (typeof v === 'object' && v !== null && name in v ? Reflect.get(v, name) : undefined);
+/** A server message decoded with its schema, or undefined when it is not as the protocol says. */
+function decode<T>(schema: z.ZodType<T>, v: unknown): T | undefined {
+  const r = schema.safeParse(v);
+  return r.success ? r.data : undefined;
+}
 const jittered = (b: Required<Backoff>, n: number) => Math.min(b.maxMs, b.initialMs * b.factor ** n) * (0.5 + Math.random());
 const unref = (t: unknown) => (t as { unref?: () => void }).unref?.();
 
@@ -312,7 +324,7 @@ export class TtrlClient {
             reject(new TtrlError('timeout', `no pong within ${this.o.timeoutMs} ms`, { id }));
           }, this.o.timeoutMs);
           this.pings.set(id, { resolve, reject, t0: now(), timer });
-          this.conn?.socket.send(JSON.stringify({ type: 'ping', id }));
+          if (this.conn) sendMessage(this.conn.socket, { type: 'ping', id });
         }),
     );
   }
@@ -404,9 +416,13 @@ export class TtrlClient {
   }
 
   private send(conn: Conn, req: Req): void {
-    const msg: Record<string, unknown> = { type: 'ask', id: req.id, question: req.question };
-    if (req.votes !== undefined) msg.votes = req.votes;
-    if (req.onVote) msg.stream = true;
+    const msg: ClientMessage = {
+      type: 'ask',
+      id: req.id,
+      question: req.question,
+      ...(req.votes === undefined ? {} : { votes: req.votes }),
+      ...(req.onVote ? { stream: true } : {}),
+    };
     const text = JSON.stringify(msg);
     const max = conn.hello?.limits.max_message_bytes;
     if (max !== undefined) {
@@ -504,23 +520,23 @@ export class TtrlClient {
       const timer = setTimeout(() => fail(new TtrlError('timeout', `no hello from ${this.url} within ${this.o.connectTimeoutMs} ms`)), this.o.connectTimeoutMs);
       this.abortConnecting = () => fail(new TtrlError('closed', 'the client was closed while connecting'));
       const onHello = (text: string | null) => {
-        let m: Record<string, unknown>;
+        let v: unknown;
         try {
-          m = JSON.parse(text ?? '');
+          v = JSON.parse(text ?? '');
         } catch {
           return fail(new TtrlError('protocol_error', `the server's first message is not JSON: ${String(text).slice(0, 200)}`));
         }
-        if (m?.type !== 'hello') return fail(new TtrlError('protocol_error', `the server's first message is not a hello: ${String(text).slice(0, 200)}`));
-        if (m.protocol !== CLIENT_PROTOCOL) return fail(new TtrlError('protocol_error', `the server speaks protocol ${JSON.stringify(m.protocol)}; this client speaks ${CLIENT_PROTOCOL}`));
-        const limits = m.limits as Hello['limits'] | undefined;
-        if (typeof m.connection !== 'string' || typeof m.model_version !== 'number' || !limits || typeof limits !== 'object') {
-          return fail(new TtrlError('protocol_error', `a malformed hello: ${String(text).slice(0, 200)}`));
-        }
+        if (fieldOf(v, 'type') !== 'hello') return fail(new TtrlError('protocol_error', `the server's first message is not a hello: ${String(text).slice(0, 200)}`));
+        // Checked before the schema (which has this client's version), to say which the server speaks.
+        const protocol = fieldOf(v, 'protocol');
+        if (protocol !== CLIENT_PROTOCOL) return fail(new TtrlError('protocol_error', `the server speaks protocol ${JSON.stringify(protocol)}; this client speaks ${CLIENT_PROTOCOL}`));
+        const m = decode(tolerantServerMessages.hello, v);
+        if (!m) return fail(new TtrlError('protocol_error', `a malformed hello: ${String(text).slice(0, 200)}`));
         if (settled || this.state === 'closed') return fail(new TtrlError('closed', 'the client was closed while connecting'));
         settled = true;
         this.abortConnecting = undefined;
         clearTimeout(timer);
-        const hello: Hello = { protocol: m.protocol, connection: m.connection, model_version: m.model_version, limits };
+        const hello: Hello = { protocol: m.protocol, connection: m.connection, model_version: m.model_version, limits: m.limits };
         conn.hello = hello;
         this.conn = conn;
         this.state = 'open';
@@ -573,7 +589,7 @@ export class TtrlClient {
         }
         if (conn.pingSentAt === undefined && t - conn.lastMessageAt >= every) {
           conn.pingSentAt = t;
-          conn.socket.send(JSON.stringify({ type: 'ping' }));
+          sendMessage(conn.socket, { type: 'ping' });
         }
       },
       Math.max(20, Math.min(every, timeout) / 4),
@@ -587,47 +603,50 @@ export class TtrlClient {
   }
 
   private onMessage(conn: Conn, text: string | null): void {
-    let m: Record<string, unknown>;
+    let v: unknown;
     try {
-      m = JSON.parse(text ?? '');
-      if (!m || typeof m !== 'object' || Array.isArray(m)) throw new Error('not an object');
+      v = JSON.parse(text ?? '');
+      if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Error('not an object');
     } catch {
       return this.emit('error', new TtrlError('protocol_error', `the server sent a message that is not a JSON object: ${String(text).slice(0, 200)}`));
     }
-    const id = typeof m.id === 'string' ? m.id : undefined;
+    const type = fieldOf(v, 'type');
+    const rawId = fieldOf(v, 'id');
+    const id = typeof rawId === 'string' ? rawId : undefined;
     const req = id === undefined ? undefined : this.inflight.get(id);
-    switch (m.type) {
+    // A message of a known type that breaks its schema fails its question, or is reported when it has none.
+    const malformed = () => {
+      const e = new TtrlError('protocol_error', `a malformed ${String(type)}: ${String(text).slice(0, 200)}`, { id });
+      if (req) this.settle(req, e);
+      else this.emit('error', e);
+    };
+    switch (type) {
       case 'answer': {
         if (!req) return;
-        const ok = (m.answer === null || typeof m.answer === 'string') && !!m.votes && typeof m.votes === 'object' && typeof m.confidence === 'number' && typeof m.model_version === 'number';
-        if (!ok) return this.settle(req, new TtrlError('protocol_error', `a malformed answer: ${String(text).slice(0, 200)}`, { id }));
-        const a: Answer = {
-          id: id!,
-          answer: m.answer as string | null,
-          votes: m.votes as Record<string, number>,
-          confidence: m.confidence as number,
-          model_version: m.model_version as number,
-          prompt_tokens: m.prompt_tokens as number,
-          latency_ms: m.latency_ms as number,
-        };
-        return this.settle(req, a);
+        const m = decode(tolerantServerMessages.answer, v);
+        if (!m) return malformed();
+        const { type: _type, id: _id, ...answer } = m;
+        return this.settle(req, { id: req.id, ...answer });
       }
       case 'vote': {
         if (!req?.onVote) return;
+        const m = decode(tolerantServerMessages.vote, v);
+        if (!m) return malformed();
         req.votesSeen++;
-        req.onVote({ type: 'vote', id: id!, index: m.index as number, answer: (m.answer ?? null) as string | null, text: m.text as string, tokens: m.tokens as number });
+        req.onVote(m);
         return;
       }
       case 'error': {
-        const code = String(m.code) as TtrlErrorCode;
-        const message = typeof m.message === 'string' ? m.message : code;
-        if (code === 'shutting_down') conn.draining = true;
-        if (req) return this.retry(req, code, message);
-        if (id === undefined) this.emit('error', new TtrlError(code, `the server sent an error for no question: ${message}`));
+        const m = decode(tolerantServerMessages.error, v);
+        if (!m) return malformed();
+        if (m.code === 'shutting_down') conn.draining = true;
+        if (req) return this.retry(req, m.code, m.message);
+        if (id === undefined) this.emit('error', new TtrlError(m.code, `the server sent an error for no question: ${m.message}`));
         return;
       }
       case 'model': {
-        if (typeof m.model_version !== 'number') return;
+        const m = decode(tolerantServerMessages.model, v);
+        if (!m) return malformed();
         const previous = this.modelVersion;
         this.modelVersion = m.model_version;
         if (conn.hello) conn.hello.model_version = m.model_version;
@@ -635,9 +654,11 @@ export class TtrlClient {
         return;
       }
       case 'pong': {
-        const p = id === undefined ? undefined : this.pings.get(id);
+        const m = decode(tolerantServerMessages.pong, v);
+        if (!m) return malformed();
+        const p = m.id === undefined ? undefined : this.pings.get(m.id);
         if (!p) return;
-        this.pings.delete(id!);
+        this.pings.delete(m.id!);
         clearTimeout(p.timer);
         p.resolve(now() - p.t0);
         return;

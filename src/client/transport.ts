@@ -3,6 +3,7 @@
 // its status and JSON body (401 unauthorized). Browsers cannot set headers: the key goes as a
 // second offered subprotocol (`ttrl.v1`, `ttrl.key.KEY`; the server selects `ttrl.v1`), and a
 // refused upgrade shows only as a failed connection. Without a key no subprotocol is offered.
+import { tolerantServerMessages } from '../protocol/messages.ts';
 import { TtrlError, type TtrlErrorCode } from './errors.ts';
 
 /** What the client needs of a WebSocket: the browser's API (ws's WebSocket has it too). */
@@ -136,9 +137,8 @@ async function openNode(url: string, apiKey: string | undefined, handlers: Socke
       let code: TtrlErrorCode = status === 401 ? 'unauthorized' : 'connection_failed';
       let message = text.trim() || res.statusMessage || '';
       try {
-        const body = JSON.parse(text) as { code?: unknown; message?: unknown };
-        if (typeof body.code === 'string') code = body.code as TtrlErrorCode;
-        if (typeof body.message === 'string') message = body.message;
+        const body = tolerantServerMessages.error.safeParse(JSON.parse(text));
+        if (body.success) ({ code, message } = body.data);
       } catch {
         // not JSON: the text itself is the message
       }

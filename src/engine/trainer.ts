@@ -16,7 +16,7 @@ import { WorkerClient } from './worker-host.ts';
 
 export interface StepHyper {
   lr: number;
-  /** Global gradient-norm clip; 0 disables. Default 1. */
+  /** Clip gradients to this global norm (unset or 0: no clipping; the train settings' maxGradNorm decides for updates). */
   maxGradNorm?: number;
   /** The objective's scalar inputs by name (e.g. ttrl/objective.ts's grpoScalars): every one its graph declares is needed. */
   scalars?: Record<string, number>;

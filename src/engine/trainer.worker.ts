@@ -71,7 +71,7 @@ class TrainerWorker {
     if (updated) {
       this.steps++;
       const slots = this.trained.map((s) => ({ param: this.params.get(s.name)!, grad: out[`grad.${s.name}`]!.data as Float32Array, m: this.m.get(s.name)!, v: this.v.get(s.name)!, decay: s.decay }));
-      adamwUpdate(slots, { lr: h.lr, step: this.steps, gradNorm, maxGradNorm: h.maxGradNorm ?? 1 }, this.adamw);
+      adamwUpdate(slots, { lr: h.lr, step: this.steps, gradNorm, maxGradNorm: h.maxGradNorm ?? 0 }, this.adamw);
     }
     const stats = Object.fromEntries(session.outputNames.filter((k) => k !== 'loss' && k !== 'grad_norm' && !k.startsWith('grad.')).map((k) => [k, num(k)!]));
     return { loss: num('loss')!, gradNorm, entropy: num('entropy')!, kl: num('kl'), stats, updated, step: this.steps, ms: performance.now() - t0 };

@@ -9,10 +9,10 @@ import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /** A worker's calls: each takes at most one payload (structured-cloned) and returns a result. */
-export type CallsOf<C> = { [K in keyof C]: (payload: any) => unknown };
+export type CallsOf<C> = { [K in keyof C]: (payload: never) => unknown };
 
 /** Calls a worker that holds nothing until its `init` call has started it. */
-export type StartedBy<C> = CallsOf<C> & { init: (init: any) => void };
+export type StartedBy<C> = CallsOf<C> & { init: (init: never) => void };
 
 /** The payload of call K (undefined for a call that takes none). */
 export type PayloadOf<C, K extends keyof C> = C[K] extends () => unknown ? undefined : C[K] extends (payload: infer P) => unknown ? P : never;
@@ -22,7 +22,7 @@ type ArgsOf<C, K extends keyof C> = C[K] extends () => unknown
   ? [payload?: undefined, transfer?: TransferListItem[]]
   : [payload: PayloadOf<C, K>, transfer?: TransferListItem[]];
 
-export type ResultOf<C, K extends keyof C> = C[K] extends (...args: any[]) => infer R ? Awaited<R> : never;
+export type ResultOf<C, K extends keyof C> = C[K] extends (...args: never[]) => infer R ? Awaited<R> : never;
 
 /** A result to post with a transfer list: its ArrayBuffers move to the caller instead of being copied. */
 export class Transferring<R> {

@@ -18,7 +18,7 @@ import type { Tokenizer } from '../tokenizers/tokenizer.ts';
 import type { Store } from '../store/store.ts';
 import { selectForTraining } from '../ttrl/grpo.ts';
 import { TTRLUpdater, type UpdateResult } from '../ttrl/updater.ts';
-import { GRPO_DEFAULTS } from '../ttrl/objective.ts';
+import { lrOf, type SamplingSettings, type ScheduleSettings, type TrainSettings } from '../config/settings.ts';
 import type { Experience } from './answerer.ts';
 import type { CandidateJudge } from './judge.ts';
 import type { Metrics } from './metrics.ts';
@@ -26,33 +26,12 @@ import type { ServingVersion, Versions } from './versions.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 import { guarded } from '../util/guarded.ts';
 
-/** Learning rates of live updates when none is set (bench/RESULTS.md says how each was chosen). */
-export const FULL_LR = 3e-5;
-export const LORA_LR = 3e-4;
-
-/** The learning rate live updates use: the one set, else the default of full fine-tuning or of LoRA. */
-export const liveLr = (s: { lr?: number; loraRank: number }) => s.lr ?? (s.loraRank > 0 ? LORA_LR : FULL_LR);
-
-export interface AdaptationOptions {
-  updateEvery: number;
-  updateIntervalS: number;
-  /** Most of an update's questions one source may supply (1: no limit). */
-  maxClientShare: number;
-  lr: number;
-  gate: number;
-  trainSamples: number;
-  questionsPerStep: number;
-  kl: number;
-  temperature: number;
-  seed: number;
-  trainThreads: number;
-  /** Nice value of the trainer's threads: it takes the cycles serving leaves. */
-  trainNice: number;
-  /** Start paused (admin resumes). */
-  paused?: boolean;
-  /** Train LoRA adapters of this shape on the frozen base (unset: every weight). */
-  lora?: LoraConfig;
-}
+/**
+ * Live adaptation takes whole setting groups (config/settings.ts): when updates run
+ * (schedule), what each does (train), and the sampling temperature and seed; the LoRA shape
+ * is resolved against the model once (pipeline.ts).
+ */
+export type AdaptationOptions = ScheduleSettings & TrainSettings & Pick<SamplingSettings, 'temperature' | 'seed'> & { lora?: LoraConfig };
 
 export interface UpdateOutcome {
   version: number | null;
@@ -94,7 +73,8 @@ export class Adaptation {
     private metrics: Metrics,
     private log: Logger = silentLogger,
   ) {
-    this.paused = o.paused ?? false;
+    // With --no-adapt the loop starts paused: questions are logged, an admin may still resume.
+    this.paused = !o.adapt;
     this.rng = new Rng(o.seed ^ 0xada97);
     this.sourceCap = o.maxClientShare >= 1 ? Infinity : Math.floor(o.maxClientShare * o.updateEvery);
     if (this.sourceCap < 1)
@@ -258,7 +238,7 @@ export class Adaptation {
       loss: mean('loss'),
       entropy: mean('entropy'),
       grad_norm: mean('gradNorm'),
-      lr: this.o.lr,
+      lr: lrOf(this.o),
     };
     stats.train_seconds = (performance.now() - t0) / 1000;
     const verdict = await this.judge.judge({ steps, weights, serving: candidate, sequenceLogprobs: (seqs) => updater.sequenceLogprobs(seqs) }, parent);
@@ -295,7 +275,7 @@ export class Adaptation {
       threads: this.o.trainThreads,
       nice: this.o.trainNice,
       spin: false,
-      settings: { lr: this.o.lr, klCoef: this.o.kl, entropyCoef: GRPO_DEFAULTS.entropyCoef, epochs: 1, clipEps: GRPO_DEFAULTS.clipEps, maxGradNorm: 1, temperature: this.o.temperature },
+      settings: { ...this.o, lr: lrOf(this.o) },
     });
     await this.judge.start();
   }

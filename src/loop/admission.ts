@@ -12,7 +12,7 @@
 // does not fit beside it; here the task's new tokens are the deployment's explicit choice.)
 import type { Tokenizer } from '../tokenizers/tokenizer.ts';
 import type { Task } from '../tasks/task.ts';
-import { ProtocolError } from './errors.ts';
+import { ProtocolError } from '../protocol/errors.ts';
 
 export interface AskLimits {
   /** Most prompt tokens accepted: the operator's limit, or the room the context leaves. */

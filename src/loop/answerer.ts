@@ -10,7 +10,7 @@
 import { Subject } from 'rxjs';
 import type { Sampler } from '../engine/sampler.ts';
 import type { Health } from './health.ts';
-import type { Answer } from './answer.ts';
+import type { Answer } from '../protocol/messages.ts';
 import { randomBytes } from 'node:crypto';
 import { silentLogger, type Logger } from '../util/log.ts';
 import { seedOf } from '../util/rng.ts';
@@ -18,7 +18,8 @@ import type { Tokenizer } from '../tokenizers/tokenizer.ts';
 import type { Store } from '../store/store.ts';
 import type { Task } from '../tasks/task.ts';
 import { rolloutBatch, type Rollout } from '../sampling/rollout.ts';
-import { ProtocolError } from './errors.ts';
+import { ProtocolError } from '../protocol/errors.ts';
+import type { BatchingSettings, LimitSettings, SamplingSettings } from '../config/settings.ts';
 import type { Metrics } from './metrics.ts';
 
 /**
@@ -77,15 +78,8 @@ interface Pending {
   reject: (e: Error) => void;
 }
 
-export interface AnswererOptions {
-  /** How questions become prompts and answers are read out of the samples. */
-  task: Task;
-  batchQuestions: number;
-  batchWaitMs: number;
-  queueLimit: number;
-  temperature: number;
-  seed: number;
-}
+/** The sampling and batching groups, the queue's bound, and the task: how questions become prompts and answers are read out of the samples. */
+export type AnswererOptions = SamplingSettings & BatchingSettings & Pick<LimitSettings, 'queueLimit'> & { task: Task };
 
 export class Answerer {
   readonly experiences$ = new Subject<Experience>();

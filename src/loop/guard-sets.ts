@@ -1,9 +1,9 @@
 // The live guard's two lists, kept in the store's meta table so that they survive restarts:
 // the probe questions (the first distinct questions served) and the completion anchors (the
-// shipped model's surest served answers, ttrl/guard.ts). Each fills from served rollouts
-// until it is full and is written only when it grows.
+// shipped model's surest served answers, ttrl/candidate-checks.ts). Each fills from served
+// rollouts until it is full and is written only when it grows.
 import type { Store } from '../store/store.ts';
-import { completionAnchorOf, type CompletionAnchor } from '../ttrl/guard.ts';
+import { completionAnchorOf, type CompletionAnchor } from '../ttrl/candidate-checks.ts';
 import type { Rollout } from '../sampling/rollout.ts';
 
 /** A JSON list in the store's meta table: read once, written whole when it changes. */

@@ -1,8 +1,8 @@
 // Judging a candidate version before it may serve. The decisions are the guard's
-// (ttrl/guard.ts); this stage gathers what they are made on, and runs the workers that
-// measure it: a prober sampler (greedy answers of a version on the probe questions) and a
-// scorer holding the shipped weights (the anchors' reference log-probs). It sees every served
-// rollout first, to fill the probe set and the anchors.
+// (ttrl/candidate-checks.ts); this stage gathers what they are made on, and runs the workers
+// that measure it: a prober sampler (greedy answers of a version on the probe questions) and
+// a scorer holding the shipped weights (the anchors' reference log-probs). It sees every
+// served rollout first, to fill the probe set and the anchors.
 import { Sampler } from '../engine/sampler.ts';
 import { Scorer } from '../engine/scorer.ts';
 import type { Weights } from '../model/family.ts';
@@ -13,6 +13,7 @@ import type { LoraConfig } from '../model/lora.ts';
 import type { TrainSequence } from '../engine/batch.ts';
 import type { Store } from '../store/store.ts';
 import type { Task } from '../tasks/task.ts';
+import type { GuardSettings, SamplingSettings, TrainSettings } from '../config/settings.ts';
 import {
   anchorShiftOf,
   judgeAnchors,
@@ -24,28 +25,18 @@ import {
   type AnchorShift,
   type ProbeStats,
   type StepHealth,
-} from '../ttrl/guard.ts';
+} from '../ttrl/candidate-checks.ts';
 import { GREEDY_TOP_P, rolloutBatch, type Rollout } from '../sampling/rollout.ts';
 import { completionLogprobs, sum } from '../ttrl/updater.ts';
 import { CompletionAnchors, ProbeQuestions } from './guard-sets.ts';
 import type { Metrics } from './metrics.ts';
 
-export interface JudgeOptions {
-  /** The served task: probe questions are asked as the server asks them. */
-  task: Task;
-  /** Mean token entropy an update must keep (nats). */
-  entropyFloor: number;
-  /** Probe questions kept (0: no probe check). */
-  probeQuestions: number;
-  /** Most anchors kept (0: no anchor check). */
-  anchors: number;
-  /** Nats of log-prob per anchor completion a candidate may lose on average. */
-  anchorSlack: number;
-  seed: number;
-  /** The workers' compute threads and nice value: they take the cycles serving leaves. */
-  threads: number;
-  nice: number;
-}
+/**
+ * The guard group (config/settings.ts), the seed, and the train group's threads and nice
+ * value (the judge's workers take the cycles serving leaves, as the trainer's do); the served
+ * task, so that probe questions are asked as the server asks them.
+ */
+export type JudgeOptions = GuardSettings & Pick<TrainSettings, 'trainThreads' | 'trainNice'> & Pick<SamplingSettings, 'seed'> & { task: Task };
 
 /**
  * A candidate as the judge sees it: the update's steps, what it trained (every weight, or
@@ -105,7 +96,7 @@ export class CandidateJudge {
 
   /** Starts the prober and the reference scorer (each once), when their checks are on. */
   async start(): Promise<void> {
-    const threads = { threads: this.o.threads, nice: this.o.nice, spin: false };
+    const threads = { threads: this.o.trainThreads, nice: this.o.trainNice, spin: false };
     if (this.o.probeQuestions > 0) this.prober ??= await Sampler.create({ config: this.config, weights: this.base, lora: this.lora, ...threads });
     if (this.o.anchors > 0) this.reference ??= await Scorer.create({ config: this.config, weights: this.base, ...threads });
   }

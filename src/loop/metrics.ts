@@ -5,7 +5,8 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 
 export function createMetrics() {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'ttrl_process_' });
+  // Node's own metrics under our prefix alone: ttrl_process_cpu_seconds_total, ttrl_nodejs_heap_size_used_bytes.
+  collectDefaultMetrics({ register: registry, prefix: 'ttrl_' });
   const r = [registry];
   return {
     registry,

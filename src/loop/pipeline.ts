@@ -4,9 +4,10 @@
 import { resolve } from 'node:path';
 import { loadModel, type Model } from '../formats/checkpoint.ts';
 import { Store } from '../store/store.ts';
-import { taskFromSettings, type Task, type TaskSettings } from '../tasks/task.ts';
+import { taskFromSettings, type Task } from '../tasks/task.ts';
 import { askLimits, type AskLimits } from './admission.ts';
-import { Adaptation, liveLr } from './adaptation.ts';
+import { Adaptation } from './adaptation.ts';
+import type { BatchingSettings, ModelSettings, GuardSettings, LimitSettings, SamplingSettings, ScheduleSettings, StorageSettings, TaskGroupSettings, TrainSettings } from '../config/settings.ts';
 import { loraConfigFor } from '../model/lora.ts';
 import { Answerer } from './answerer.ts';
 import { CandidateJudge } from './judge.ts';
@@ -15,46 +16,16 @@ import { Health } from './health.ts';
 import { lineLog, silentLogger, type Logger } from '../util/log.ts';
 import { Versions } from './versions.ts';
 
-/** What the pipeline reads of the server's settings (server/config.ts has them all, by these names). */
-export interface PipelineSettings extends TaskSettings {
-  model: string;
-  db: string;
-  votes: number;
-  maxVotes: number;
-  temperature: number;
-  /** Longest prompt in tokens (unset: what the context leaves beside the task's new tokens). */
-  maxPromptTokens?: number;
-  batchQuestions: number;
-  batchWaitMs: number;
-  queueLimit: number;
-  threads: number;
-  trainThreads: number;
-  trainNice: number;
-  seed: number;
-  adapt: boolean;
-  updateEvery: number;
-  updateIntervalS: number;
-  /** Retired versions whose weight files are kept (unset or 0: all). */
-  keepVersions?: number;
-  /** Most of an update's questions from one client (unset: no limit; the server sets it). */
-  maxClientShare?: number;
-  /** Unset: the default of full fine-tuning or of LoRA (liveLr). */
-  lr?: number;
-  /** LoRA adapters of this rank on the frozen base (0: full fine-tuning). */
-  loraRank: number;
-  /** Unset: twice the rank. */
-  loraAlpha?: number;
-  /** Unset: the family's attention and MLP projections. */
-  loraTargets?: string[];
-  gate: number;
-  trainSamples: number;
-  questionsPerStep: number;
-  kl: number;
-  entropyFloor: number;
-  probeQuestions: number;
-  anchors: number;
-  anchorSlack: number;
-}
+/** The setting groups the serving loop runs on (config/settings.ts): everything but the transport's. */
+export type PipelineSettings = ModelSettings &
+  StorageSettings &
+  BatchingSettings &
+  TaskGroupSettings &
+  SamplingSettings &
+  Pick<LimitSettings, 'maxVotes' | 'queueLimit'> &
+  ScheduleSettings &
+  TrainSettings &
+  GuardSettings;
 
 export interface Pipeline {
   model: Model;
@@ -112,7 +83,7 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
       () => versions.live(),
       model.tokenizer,
       store,
-      { task, batchQuestions: s.batchQuestions, batchWaitMs: s.batchWaitMs, queueLimit: s.queueLimit, temperature: s.temperature, seed: s.seed },
+      { ...s, task },
       metrics,
       health,
       logger,
@@ -122,7 +93,7 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
       model.config,
       model.tokenizer,
       versions.base,
-      { task, entropyFloor: s.entropyFloor, probeQuestions: s.probeQuestions, anchors: s.anchors, anchorSlack: s.anchorSlack, seed: s.seed, threads: s.trainThreads, nice: s.trainNice },
+      { ...s, task },
       metrics,
       lora,
     );
@@ -133,22 +104,7 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
       store,
       model.config,
       model.tokenizer,
-      {
-        updateEvery: s.updateEvery,
-        updateIntervalS: s.updateIntervalS,
-        maxClientShare: s.maxClientShare ?? 1,
-        lr: liveLr(s),
-        lora,
-        gate: s.gate,
-        trainSamples: s.trainSamples,
-        questionsPerStep: s.questionsPerStep,
-        kl: s.kl,
-        temperature: s.temperature,
-        seed: s.seed,
-        trainThreads: s.trainThreads,
-        trainNice: s.trainNice,
-        paused: !s.adapt,
-      },
+      { ...s, lora },
       metrics,
       logger,
     );

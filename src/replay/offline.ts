@@ -18,12 +18,18 @@ export interface OfflineResult {
   versions: VersionRow[];
 }
 
+/**
+ * What makes an offline replay repeatable: no timers in the loop (updates triggered by counts
+ * only), and one training thread (onnxruntime's multi-threaded training kernels do not add
+ * in a fixed order, and the last bits would make two runs drift apart). `ttrl replay
+ * --offline` applies these unless its flags say otherwise.
+ */
+export const REPLAY_EXACT = { updateIntervalS: 0, trainThreads: 1 } as const;
+
 export async function replayOffline(items: ReplayItem[], s: PipelineSettings, o: { keepDb?: boolean; onProgress?: (done: number) => void } = {}): Promise<OfflineResult> {
   const scratch = await mkdtemp(join(tmpdir(), 'ttrl-replay-'));
-  // No timers in the loop: updates are triggered by counts only. One training thread:
-  // onnxruntime's multi-threaded training kernels do not add in a fixed order, and the
-  // last bits would make two runs drift apart.
-  const settings: PipelineSettings = { ...s, updateIntervalS: 0, trainThreads: 1, queueLimit: Math.max(s.queueLimit, s.batchQuestions), db: o.keepDb ? s.db : join(scratch, 'replay.sqlite') };
+  // The settings as given: for two runs to agree, pass REPLAY_EXACT's (the CLI does unless told otherwise).
+  const settings: PipelineSettings = { ...s, queueLimit: Math.max(s.queueLimit, s.batchQuestions), db: o.keepDb ? s.db : join(scratch, 'replay.sqlite') };
   const t0 = performance.now();
   const p = await createPipeline(settings, { versionsDir: join(o.keepDb ? join(s.db, '..') : scratch, 'versions') });
   const outcomes: Outcome[] = [];

@@ -10,11 +10,12 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import type { Answerer } from '../loop/answerer.ts';
-import { ProtocolError } from '../loop/errors.ts';
 import type { Metrics } from '../loop/metrics.ts';
+import { ProtocolError } from '../protocol/errors.ts';
+import { answerMessage, errorMessage, helloMessage, pongMessage, voteMessage, type AskMessage, type ErrorMessage, type HelloMessage, type ServerMessage } from '../protocol/messages.ts';
 import { ApiKeys, WS_SUBPROTOCOL } from './auth.ts';
+import { parseClientMessage, type ServerLimits } from './client-messages.ts';
 import type { ConnectionLimiter } from './connections.ts';
-import { errorMessage, parseClientMessage, PROTOCOL_VERSION, type AskMessage, type Limits } from './protocol.ts';
 import { guarded } from '../util/guarded.ts';
 import { rawErrorReply as refuseUpgrade } from './raw-reply.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
@@ -22,14 +23,15 @@ import { silentLogger, type Logger } from '../util/log.ts';
 export const WS_PATH = '/v1/ws';
 
 export interface GatewayOptions {
-  limits: Limits;
+  limits: ServerLimits;
   maxInFlight: number;
   /** A client this far behind in reading its output is cut off rather than buffered for. */
   maxBufferedBytes: number;
   keys: ApiKeys;
   connections: ConnectionLimiter;
   metrics: Metrics;
-  hello: () => Record<string, unknown>;
+  /** What each connection's hello states besides the protocol and the connection's name. */
+  hello: () => Pick<HelloMessage, 'model_version' | 'limits'>;
   logger?: Logger;
 }
 
@@ -109,12 +111,12 @@ export class Gateway {
     this.wss.handleUpgrade(req, socket, head, (ws) => this.wss.emit('connection', ws, Object.assign(req, { source: key ?? undefined })));
   }
 
-  broadcast(msg: Record<string, unknown>): void {
+  broadcast(msg: ServerMessage): void {
     for (const ws of this.wss.clients) this.send(ws, msg);
   }
 
   /** Sends a message; `sent` runs once it has been handed to the socket (or can never be). */
-  private send(ws: WebSocket, msg: Record<string, unknown>, sent?: () => void): void {
+  private send(ws: WebSocket, msg: ServerMessage, sent?: () => void): void {
     if (ws.readyState !== WebSocket.OPEN) return sent?.();
     if (ws.bufferedAmount > this.o.maxBufferedBytes) {
       ws.terminate();
@@ -147,7 +149,7 @@ export class Gateway {
         () => this.send(ws, errorMessage('internal', 'the server failed to handle this message')),
       ),
     );
-    this.send(ws, { type: 'hello', protocol: PROTOCOL_VERSION, connection, ...this.o.hello() });
+    this.send(ws, helloMessage(connection, this.o.hello()));
   }
 
   private onMessage(ws: WebSocket, client: Client, data: RawData, isBinary: boolean): void {
@@ -160,7 +162,7 @@ export class Gateway {
     } catch (e) {
       return this.sendError(ws, e);
     }
-    if (msg.type === 'ping') return this.send(ws, msg.id === undefined ? { type: 'pong' } : { type: 'pong', id: msg.id });
+    if (msg.type === 'ping') return this.send(ws, pongMessage(msg.id));
     void this.onAsk(ws, client, msg);
   }
 
@@ -174,7 +176,7 @@ export class Gateway {
       );
     asking.add(msg.id);
     this.o.metrics.questions.inc({ transport: 'ws' });
-    let reply: Record<string, unknown>;
+    let reply: ServerMessage;
     try {
       const a = await this.answerer.ask({
         question: msg.question,
@@ -184,10 +186,10 @@ export class Gateway {
         lane: client.connection,
         source: client.source,
         onSamples: msg.stream
-          ? (r) => r.samples.forEach((s, index) => this.send(ws, { type: 'vote', id: msg.id, index, answer: s.answer, text: s.text, tokens: s.tokens.length }))
+          ? (r) => r.samples.forEach((s, index) => this.send(ws, voteMessage(msg.id, index, { answer: s.answer, text: s.text, tokens: s.tokens.length })))
           : undefined,
       });
-      reply = { type: 'answer', id: msg.id, ...a };
+      reply = answerMessage(a, msg.id);
     } catch (e) {
       reply = this.errorReply(e, msg.id);
     }
@@ -197,7 +199,7 @@ export class Gateway {
     this.send(ws, reply, () => client.unsent--);
   }
 
-  private errorReply(e: unknown, id?: string): Record<string, unknown> {
+  private errorReply(e: unknown, id?: string): ErrorMessage {
     const pe = e instanceof ProtocolError ? e : new ProtocolError('internal', (e as Error).message ?? String(e), id);
     if (pe.code !== 'overloaded') this.o.metrics.rejected.inc({ code: pe.code });
     return errorMessage(pe.code, pe.message, pe.id ?? id);

@@ -1,17 +1,18 @@
 // HTTP routes (express): health, readiness, Prometheus metrics, POST /v1/ask for simple
 // clients, and the token-protected admin routes. Errors use the WebSocket error shape.
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
-import { z } from 'zod';
 import { checkAsk } from '../loop/admission.ts';
 import type { Answerer, AskRequest } from '../loop/answerer.ts';
-import { ProtocolError, type ErrorCode } from '../loop/errors.ts';
 import type { Metrics } from '../loop/metrics.ts';
+import { httpStatus, ProtocolError, schemaError, type ErrorCode } from '../protocol/errors.ts';
+import { answerMessage, errorMessage, httpAskBody } from '../protocol/messages.ts';
+import { openAiError } from '../protocol/openai.ts';
 import { ApiKeys } from './auth.ts';
+import type { ServerLimits } from './client-messages.ts';
 import type { ConnectionLimiter } from './connections.ts';
 import { httpAsker, requestIdHeaders } from './http-asker.ts';
 import { jsonBody } from './json-body.ts';
-import { OPENAI_PATHS, openAiError, openAiRouter, type OpenAiOptions } from './openai.ts';
-import { errorMessage, httpStatus, schemaError, type Limits } from './protocol.ts';
+import { OPENAI_PATHS, openAiRouter, type OpenAiOptions } from './openai.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 
 export interface Admin {
@@ -23,11 +24,9 @@ export interface Admin {
   status(): unknown;
 }
 
-const httpAsk = z.strictObject({ id: z.string().min(1).max(128).optional(), question: z.string(), votes: z.number().int().optional() });
-
 export interface AppOptions {
   answerer: Answerer;
-  limits: Limits;
+  limits: ServerLimits;
   metrics: Metrics;
   /** Why the server cannot serve now (empty: ready), and the version serving. */
   readiness: () => Promise<{ reasons: string[]; version: number }>;
@@ -104,7 +103,7 @@ export function createApp(o: AppOptions) {
 
   const json = jsonBody(o.limits.maxMessageBytes);
   app.post('/v1/ask', json, async (req: Request, res: Response) => {
-    const parsed = httpAsk.safeParse(req.body);
+    const parsed = httpAskBody.safeParse(req.body);
     const id = typeof req.body?.id === 'string' ? req.body.id : undefined;
     if (!parsed.success) {
       const pe = schemaError(parsed.error, 'body', id);
@@ -118,7 +117,7 @@ export function createApp(o: AppOptions) {
       requestIdHeaders(res, ask);
       const a = await pending;
       if (res.destroyed) return;
-      res.json({ type: 'answer', ...(parsed.data.id ? { id: parsed.data.id } : {}), ...a });
+      res.json(answerMessage(a, parsed.data.id));
     } catch (e) {
       const pe = e instanceof ProtocolError ? e : new ProtocolError('internal', (e as Error).message);
       fail(res, pe.code, pe.message, id);

@@ -13,14 +13,31 @@
 // policy's); a seed alone keeps it trainable.
 import { randomUUID } from 'node:crypto';
 import express, { type Request, type Response, type Router } from 'express';
-import { z } from 'zod';
+import type { z } from 'zod';
 import { checkAsk } from '../loop/admission.ts';
-import type { Answer, Answerer, AskRequest, SamplingOverrides } from '../loop/answerer.ts';
-import { ProtocolError, type ErrorCode } from '../loop/errors.ts';
+import type { Answerer, AskRequest, SamplingOverrides } from '../loop/answerer.ts';
 import type { Metrics } from '../loop/metrics.ts';
+import { httpStatus, ProtocolError, schemaError } from '../protocol/errors.ts';
+import type { Answer } from '../protocol/messages.ts';
+import {
+  chatBody,
+  completionBody,
+  modelList,
+  openAiError,
+  ttrlExtension,
+  type ChatBody,
+  type ChatChoice,
+  type ChatMessage,
+  type CompletionBody,
+  type CompletionChoice,
+  type CompletionChunk,
+  type CompletionResponse,
+  type FinishReason,
+  type Usage,
+} from '../protocol/openai.ts';
 import type { Task } from '../tasks/task.ts';
 import type { Rollout } from '../sampling/rollout.ts';
-import { httpStatus, schemaError, type Limits } from './protocol.ts';
+import type { ServerLimits } from './client-messages.ts';
 import { seedOf } from '../util/rng.ts';
 import { httpAsker, requestIdHeaders } from './http-asker.ts';
 import { jsonBody } from './json-body.ts';
@@ -29,7 +46,7 @@ export const OPENAI_PATHS = ['/v1/models', '/v1/completions', '/v1/chat/completi
 
 export interface OpenAiOptions {
   answerer: Answerer;
-  limits: Limits;
+  limits: ServerLimits;
   metrics: Metrics;
   task: Task;
   /** The id clients name the model by (GET /v1/models). */
@@ -40,56 +57,6 @@ export interface OpenAiOptions {
   /** How the server samples: a request's value equal to the server's is no override (top_p's is 1). */
   serverSampling: { temperature: number };
 }
-
-/** OpenAI's error object, with our code: the type by status as OpenAI's API uses them. */
-export function openAiError(code: ErrorCode, message: string, status: number): Record<string, unknown> {
-  const type = status === 401 ? 'authentication_error' : status === 429 ? 'rate_limit_error' : status >= 500 ? 'server_error' : 'invalid_request_error';
-  return { error: { message, type, code, param: null } };
-}
-
-const stop = z.union([z.string().min(1), z.array(z.string().min(1)).min(1).max(4)]).nullable();
-/** The sampling parameters both routes take. */
-const sampling = {
-  model: z.string().optional(),
-  n: z.number().int().optional(),
-  temperature: z.number().min(0).max(10).nullable().optional(),
-  top_p: z.number().gt(0).max(1).nullable().optional(),
-  max_tokens: z.number().int().min(1).nullable().optional(),
-  stop: stop.optional(),
-  // JSON numbers beyond 2^53 are not integers a client can name exactly: two would read the same.
-  seed: z.number().int().min(Number.MIN_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
-  stream: z.boolean().nullable().optional(),
-  stream_options: z.strictObject({ include_usage: z.boolean().optional() }).nullable().optional(),
-  user: z.string().optional(),
-  // Accepted at their neutral values only (checked in neutral()).
-  presence_penalty: z.number().nullable().optional(),
-  frequency_penalty: z.number().nullable().optional(),
-  logit_bias: z.record(z.string(), z.number()).nullable().optional(),
-};
-const completionBody = z.strictObject({
-  ...sampling,
-  prompt: z.union([z.string(), z.array(z.string()).length(1)]),
-  logprobs: z.number().int().nullable().optional(),
-  echo: z.boolean().nullable().optional(),
-  best_of: z.number().int().nullable().optional(),
-  suffix: z.string().nullable().optional(),
-});
-const textPart = z.strictObject({ type: z.literal('text'), text: z.string() });
-const message = z.strictObject({
-  role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
-  content: z.union([z.string(), z.array(textPart)]).nullable(),
-  name: z.string().optional(),
-});
-const chatBody = z.strictObject({
-  ...sampling,
-  messages: z.array(message).min(1),
-  max_completion_tokens: z.number().int().min(1).nullable().optional(),
-  logprobs: z.boolean().nullable().optional(),
-  top_logprobs: z.number().int().nullable().optional(),
-  response_format: z.strictObject({ type: z.literal('text') }).optional(),
-});
-type CompletionBody = z.output<typeof completionBody>;
-type ChatBody = z.output<typeof chatBody>;
 
 /** OpenAI parameters this server does not implement, refused unless neutral. */
 function neutral(b: Record<string, unknown>, n: number): void {
@@ -130,7 +97,7 @@ const text = (c: string | { text: string }[] | null) => (c === null ? '' : typeo
  * prompt format, so a conversation is refused, and a system message is accepted only when it
  * is the one the task already sends (--system): another would be text the model never reads.
  */
-function chatQuestion(messages: ChatBody['messages'], task: Task): string {
+function chatQuestion(messages: ChatMessage[], task: Task): string {
   const user = messages.filter((m) => m.role === 'user');
   const others = messages.filter((m) => m.role !== 'user' && m.role !== 'system' && m.role !== 'developer');
   if (user.length !== 1 || others.length || messages.at(-1)!.role !== 'user')
@@ -163,7 +130,7 @@ export function openAiRouter(o: OpenAiOptions): Router {
   };
 
   router.get('/models', (_req, res) => {
-    res.json({ object: 'list', data: [{ id: o.modelId, object: 'model', created: o.created, owned_by: 'ttrl-server', ttrl: { model_version: o.version() } }] });
+    res.json(modelList(o.modelId, o.created, o.version()));
   });
 
   /** Asks the answerer; what both routes share. */
@@ -189,7 +156,7 @@ export function openAiRouter(o: OpenAiOptions): Router {
       const b = parse(completionBody, req.body);
       const question = typeof b.prompt === 'string' ? b.prompt : b.prompt[0]!;
       const { answer, rollout } = await ask(req, res, b, question, b.max_tokens);
-      const choices = rollout.samples.map((s, index) => ({ index, text: s.text, logprobs: null, finish_reason: finishReason(s) }));
+      const choices = rollout.samples.map((s, index): CompletionChoice => ({ index, text: s.text, logprobs: null, finish_reason: finishReason(s) }));
       send(res, b, { id: `cmpl-${randomUUID()}`, object: 'text_completion', model: o.modelId }, choices, answer, rollout, 'completion');
     } catch (e) {
       fail(res, e);
@@ -200,7 +167,7 @@ export function openAiRouter(o: OpenAiOptions): Router {
       const b = parse(chatBody, req.body);
       const question = chatQuestion(b.messages, o.task);
       const { answer, rollout } = await ask(req, res, b, question, b.max_completion_tokens ?? b.max_tokens);
-      const choices = rollout.samples.map((s, index) => ({ index, message: { role: 'assistant', content: s.text }, logprobs: null, finish_reason: finishReason(s) }));
+      const choices = rollout.samples.map((s, index): ChatChoice => ({ index, message: { role: 'assistant', content: s.text }, logprobs: null, finish_reason: finishReason(s) }));
       send(res, b, { id: `chatcmpl-${randomUUID()}`, object: 'chat.completion', model: o.modelId }, choices, answer, rollout, 'chat');
     } catch (e) {
       fail(res, e);
@@ -209,15 +176,15 @@ export function openAiRouter(o: OpenAiOptions): Router {
   return router;
 }
 
-const finishReason = (s: { stopped: boolean; cut?: boolean }) => (s.stopped || s.cut ? 'stop' : 'length');
+const finishReason = (s: { stopped: boolean; cut?: boolean }): FinishReason => (s.stopped || s.cut ? 'stop' : 'length');
 
 
 /** The response, whole or (stream: true) as server-sent events in OpenAI's chunk format, ending with [DONE]. */
-function send(
+function send<C extends CompletionChoice | ChatChoice>(
   res: Response,
   b: CompletionBody | ChatBody,
-  head: { id: string; object: string; model: string },
-  choices: Record<string, unknown>[],
+  head: { id: string; object: CompletionResponse<C>['object']; model: string },
+  choices: C[],
   a: Answer,
   r: Rollout,
   kind: 'completion' | 'chat',
@@ -226,17 +193,18 @@ function send(
   if (res.destroyed) return;
   const created = Math.floor(Date.now() / 1000);
   const completionTokens = r.samples.reduce((t, s) => t + s.tokens.length, 0);
-  const usage = { prompt_tokens: a.prompt_tokens, completion_tokens: completionTokens, total_tokens: a.prompt_tokens + completionTokens };
-  const ttrl = { answer: a.answer, votes: a.votes, confidence: a.confidence, model_version: a.model_version, latency_ms: a.latency_ms };
+  const usage: Usage = { prompt_tokens: a.prompt_tokens, completion_tokens: completionTokens, total_tokens: a.prompt_tokens + completionTokens };
+  const ttrl = ttrlExtension(a);
   if (!b.stream) {
-    res.json({ ...head, created, choices, usage, ttrl });
+    const whole: CompletionResponse<C> = { ...head, created, choices, usage, ttrl };
+    res.json(whole);
     return;
   }
   // The samples exist only when the batch's run ends (one ONNX graph samples them all), so
   // each choice comes as one chunk, not token by token.
-  const object = kind === 'chat' ? 'chat.completion.chunk' : 'text_completion';
+  const object: CompletionChunk['object'] = kind === 'chat' ? 'chat.completion.chunk' : 'text_completion';
   res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
-  const event = (data: unknown) => res.write(`data: ${JSON.stringify(data)}\n\n`);
+  const event = (data: CompletionChunk) => res.write(`data: ${JSON.stringify(data)}\n\n`);
   const base = { id: head.id, object, created, model: head.model };
   r.samples.forEach((s, index) => {
     if (kind === 'chat') {

@@ -4,8 +4,8 @@
 // is always our JSON error shape, and the socket is closed after it.
 import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { ErrorCode } from '../loop/errors.ts';
-import { errorMessage } from './protocol.ts';
+import type { ErrorCode } from '../protocol/errors.ts';
+import { errorMessage } from '../protocol/messages.ts';
 
 export function rawErrorReply(socket: Duplex, status: number, code: ErrorCode, message: string, extraHeaders = ''): void {
   if (socket.destroyed || !socket.writable) return void socket.destroy();

@@ -3,13 +3,14 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { basename, resolve } from 'node:path';
-import type { Settings } from './config.ts';
+import type { Settings } from '../config/settings.ts';
 import { ApiKeys } from './auth.ts';
 import { ConnectionLimiter } from './connections.ts';
 import { Dashboard } from './dashboard.ts';
 import { Gateway, WS_PATH } from './gateway.ts';
 import { createApp } from './http.ts';
-import { errorMessage, helloLimits } from './protocol.ts';
+import { errorMessage, modelMessage } from '../protocol/messages.ts';
+import { helloLimits } from './client-messages.ts';
 import { guarded } from '../util/guarded.ts';
 import { rawErrorReply } from './raw-reply.ts';
 import { parseTarget } from './target.ts';
@@ -27,7 +28,7 @@ export interface RunningServer extends Pick<Pipeline, 'store' | 'adaptation' | '
 }
 
 export async function startServer(s: Settings, logger: Logger = silentLogger): Promise<RunningServer> {
-  const p = await createPipeline({ ...s, maxClientShare: s.maxClientShare }, { logger });
+  const p = await createPipeline(s, { logger });
   const { store, adaptation, answerer, metrics, versions } = p;
   try {
     const limits = { ...p.limits, maxMessageBytes: s.maxMessageBytes };
@@ -77,7 +78,7 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
       hello: () => ({ model_version: versions.active.version, limits: { ...helloLimits(limits), max_in_flight: s.maxInFlight } }),
       logger,
     });
-    const sub = versions.versions$.subscribe(guarded(logger, 'version broadcast', (v: number) => gateway.broadcast({ type: 'model', model_version: v })));
+    const sub = versions.versions$.subscribe(guarded(logger, 'version broadcast', (v: number) => gateway.broadcast(modelMessage(v))));
     // The request-target is parsed once, here, before express or ws sees it: one that does not
     // parse is answered 400 (JSON) and the routes only ever see a normalised origin-form URL.
     const onRequest = (req: IncomingMessage, res: ServerResponse) => {

@@ -7,49 +7,29 @@ import { inMemory, type Model } from '../formats/checkpoint.ts';
 import type { Weights } from '../model/family.ts';
 import type { QuestionRecord } from '../tasks/question-file.ts';
 import { ARITHMETIC_TASK, type Task } from '../tasks/task.ts';
-import { anchorAgreement, CollapseGuard, GUARD_DEFAULTS, pickAnchors, type GuardSettings } from './guard.ts';
-import { selectForTraining, type GroupSettings } from './grpo.ts';
+import { anchorAgreement, CollapseGuard, GUARD_DEFAULTS, pickAnchors, type GuardSettings as CollapseGuardSettings } from './collapse-guard.ts';
+import { selectForTraining } from './grpo.ts';
 import { accuracy, rollout, type Accuracy } from '../sampling/rollout.ts';
-import { TTRLUpdater, type UpdateSettings } from './updater.ts';
-import { GRPO_DEFAULTS } from './objective.ts';
+import { TTRLUpdater } from './updater.ts';
+import { lrOf, resolveGroups, type OfflineAdaptSettings, type SamplingSettings, type TrainSettings } from '../config/settings.ts';
+import { initAdapters, loraConfigFor, mergeAdapters } from '../model/lora.ts';
 
-export interface AdaptSettings extends GroupSettings, UpdateSettings {
-  steps: number;
-  votes: number;
-  questionsPerStep: number;
-  seed: number;
-  /** Evaluate on the whole question set every this many steps (0: only before and after). */
-  evalEvery: number;
-  /** null turns the collapse guard off. */
-  guard: GuardSettings | null;
-  /** Learning rate multiplier after each rollback. */
-  rollbackLrFactor: number;
-  threads: number;
-  /** How questions become prompts and answers are read (default: the arithmetic task). */
-  task?: Task;
-}
+/**
+ * `ttrl adapt`'s settings: its own group (reward, steps, evaluations, the collapse guard),
+ * the train group (what each update does, LoRA included), and the sampling it votes with.
+ * config/settings.ts holds every default.
+ */
+export type AdaptSettings = OfflineAdaptSettings &
+  TrainSettings &
+  Pick<SamplingSettings, 'votes' | 'temperature' | 'seed' | 'threads'> & {
+    /** How questions become prompts and answers are read (default: the arithmetic task). */
+    task?: Task;
+    /** The collapse guard's thresholds (default: GUARD_DEFAULTS); used while `guard` is on. */
+    collapseGuard?: CollapseGuardSettings;
+  };
 
-/** The recommended settings: what `ttrl adapt` runs without flags (bench/RESULTS.md). */
-export const ADAPT_DEFAULTS: AdaptSettings = {
-  reward: 'majority',
-  steps: 150,
-  votes: 16,
-  trainSamples: 8,
-  questionsPerStep: 16,
-  lr: 3e-5,
-  gate: 0.5,
-  klCoef: GRPO_DEFAULTS.klCoef,
-  entropyCoef: GRPO_DEFAULTS.entropyCoef,
-  epochs: 1,
-  clipEps: GRPO_DEFAULTS.clipEps,
-  maxGradNorm: 1,
-  temperature: 1,
-  seed: 0,
-  evalEvery: 25,
-  guard: GUARD_DEFAULTS,
-  rollbackLrFactor: 0.5,
-  threads: 2,
-};
+/** The recommended settings: what `ttrl adapt` runs without flags (bench/RESULTS.md), read from the settings table. */
+export const ADAPT_DEFAULTS: AdaptSettings = resolveGroups(['offlineAdapt', 'train', 'sampling'], {}, {}) as AdaptSettings;
 
 export interface StepRow {
   step: number;
@@ -94,10 +74,18 @@ export async function adapt(
   if (s.reward === 'ground-truth' && !hasAnswers) throw new Error('ground-truth rewards need an answer for every question');
   const rng = new Rng(s.seed);
   const initialWeights = await inMemory(model.weights);
+  const collapse = s.guard ? (s.collapseGuard ?? GUARD_DEFAULTS) : null;
+  // With LoRA the trainer holds adapters on the frozen base, and the sampler serves them merged.
+  const lora = s.loraRank > 0 ? loraConfigFor(model.config, { rank: s.loraRank, alpha: s.loraAlpha, targets: s.loraTargets }) : undefined;
   const sampler = await Sampler.create({ config: model.config, weights: initialWeights, threads: s.threads });
   let updater: TTRLUpdater | undefined;
   try {
-    updater = await TTRLUpdater.create({ config: model.config, tokenizer: tok, weights: initialWeights, settings: s, threads: s.threads });
+    const fresh = lora ? initAdapters(model.config, lora, new Rng(s.seed ^ 0x10a)) : undefined;
+    updater = await TTRLUpdater.create({ config: model.config, tokenizer: tok, weights: initialWeights, settings: { ...s, lr: lrOf(s) }, threads: s.threads, lora, adapters: fresh });
+    /** What the trainer holds now (the whole model, or the adapters), and how to serve and restore it. */
+    const trained = () => (lora ? updater!.getAdapters() : updater!.getWeights());
+    const restore = (w: Weights) => (lora ? updater!.setAdapters(w) : updater!.setWeights(w));
+    const served = (w: Weights) => (lora ? mergeAdapters(model.config, lora, initialWeights, w) : w);
     // One fixed evaluation seed: every evaluation sees the same uniforms (common random numbers).
     const evalSeed = (s.seed ^ 0x5eed) >>> 0;
     const evalRollout = () => rollout(sampler, tok, questions.map((q) => q.question), { task, votes: s.votes, temperature: s.temperature, seed: evalSeed });
@@ -105,17 +93,17 @@ export async function adapt(
     // The first look at the questions: the evaluation before (when answers are known) and the guard's anchors.
     const initial = await evalRollout();
     const before = hasAnswers ? accuracy(initial, truths as string[]) : null;
-    const anchors = s.guard ? pickAnchors(initial, s.guard) : [];
+    const anchors = collapse ? pickAnchors(initial, collapse) : [];
     const anchorSeed = (s.seed ^ 0xa9c4) >>> 0;
     const agreement = async () =>
       anchorAgreement(anchors, anchors.length ? await rollout(sampler, tok, anchors.map((a) => a.question), { task, votes: s.votes, temperature: s.temperature, seed: anchorSeed }) : []);
     const rows: StepRow[] = [];
     let order: number[] = [];
-    let lr = s.lr;
+    let lr = lrOf(s);
     let version = 0;
     let guard: CollapseGuard | undefined;
     // Rollback points: the initial weights, then every state that passed an anchor check.
-    const snapshots: { step: number; weights: Weights }[] = [{ step: 0, weights: initialWeights }];
+    const snapshots: { step: number; weights: Weights }[] = [{ step: 0, weights: fresh ?? initialWeights }];
     let rollbacks = 0;
     for (let step = 1; step <= s.steps; step++) {
       // Questions for this step: walk a fresh shuffle of the set each epoch.
@@ -129,27 +117,27 @@ export async function adapt(
       let event = '';
       const rollBack = async (reason: string) => {
         const target = snapshots[snapshots.length - 1]!;
-        await updater!.setWeights(target.weights);
-        await sampler.setWeights(target.weights, ++version);
+        await restore(target.weights);
+        await sampler.setWeights(served(target.weights), ++version);
         guard?.reset();
         lr *= s.rollbackLrFactor;
         rollbacks++;
         event = `rollback to step ${target.step}: ${reason}`;
       };
       const signals = { meanLength: stats.meanLength, parsable: stats.parsable, majorityRatio: stats.majorityRatio };
-      if (s.guard) {
-        guard ??= new CollapseGuard(s.guard, signals);
+      if (collapse) {
+        guard ??= new CollapseGuard(collapse, signals);
         const reason = guard.observe(signals);
         if (reason) await rollBack(reason);
       }
       const u = event ? null : await updater.update(selected, lr);
-      if (u?.updated) await sampler.setWeights(await updater.getWeights(), ++version);
+      if (u?.updated) await sampler.setWeights(served(await trained()), ++version);
       if (u && !u.updated) event = 'non-finite gradient: update skipped';
       let checked: number | null = null;
-      if (!event && s.guard && step % s.guard.anchorEvery === 0) {
+      if (!event && collapse && step % collapse.anchorEvery === 0) {
         const a = (checked = await agreement());
-        if (a < s.guard.anchorAgreement) await rollBack(`${((1 - a) * 100).toFixed(0)}% of ${anchors.length} anchor answers changed`);
-        else snapshots.push({ step, weights: await updater.getWeights() });
+        if (a < collapse.anchorAgreement) await rollBack(`${((1 - a) * 100).toFixed(0)}% of ${anchors.length} anchor answers changed`);
+        else snapshots.push({ step, weights: await trained() });
       }
       const ev = s.evalEvery && step % s.evalEvery === 0 && step !== s.steps ? await evaluate() : null;
       const row: StepRow = {
@@ -173,7 +161,7 @@ export async function adapt(
     }
     const after = await evaluate();
     if (after && rows.length) Object.assign(rows[rows.length - 1]!, { pass_at_1: after.pass_at_1, maj_at_n: after.maj_at_n });
-    return { before, after, rows, weights: await updater.getWeights(), rollbacks, wallS: (performance.now() - t0) / 1000 };
+    return { before, after, rows, weights: served(await trained()), rollbacks, wallS: (performance.now() - t0) / 1000 };
   } finally {
     await Promise.all([sampler.close(), updater?.close()]);
   }

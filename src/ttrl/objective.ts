@@ -13,36 +13,35 @@ export interface GrpoOptions {
   /** PPO-style ratio clipping against old log-probs (batch old_logprobs, scalar clip_eps). */
   ppoClip: boolean;
   /** k3 KL penalty to reference log-probs (batch ref_logprobs, scalar kl_coef). */
-  kl: boolean;
+  klTerm: boolean;
   /** Subtract entropy_coef * entropy from the loss (scalar entropy_coef). */
-  entropyBonus: boolean;
+  entropyTerm: boolean;
 }
 
-/** The coefficients fed at every step. */
+/** The coefficients fed at every step: the train settings of the same names (config/settings.ts holds their defaults). */
 export interface GrpoCoefficients {
   clipEps: number;
-  klCoef: number;
-  entropyCoef: number;
+  kl: number;
+  entropyBonus: number;
 }
 
-export const GRPO_DEFAULTS: GrpoOptions & GrpoCoefficients = { aggregation: 'token-mean', ppoClip: true, kl: false, entropyBonus: false, clipEps: 0.2, klCoef: 0, entropyCoef: 0 };
+/** Updates average the loss over tokens; pretraining and SFT choose per sequence where they need it. */
+export const GRPO_AGGREGATION: Aggregation = 'token-mean';
 
 /** The loss options of a TTRL update: a term whose coefficient is 0 is left out of the graph. */
-export function grpoOptionsFor(c: Partial<GrpoCoefficients>, o: Partial<GrpoOptions> = {}): GrpoOptions {
-  const klCoef = c.klCoef ?? GRPO_DEFAULTS.klCoef;
-  const entropyCoef = c.entropyCoef ?? GRPO_DEFAULTS.entropyCoef;
-  return { aggregation: o.aggregation ?? GRPO_DEFAULTS.aggregation, ppoClip: o.ppoClip ?? GRPO_DEFAULTS.ppoClip, kl: o.kl ?? klCoef > 0, entropyBonus: o.entropyBonus ?? entropyCoef > 0 };
+export function grpoOptionsFor(c: GrpoCoefficients, aggregation: Aggregation = GRPO_AGGREGATION): GrpoOptions {
+  return { aggregation, ppoClip: c.clipEps > 0, klTerm: c.kl > 0, entropyTerm: c.entropyBonus > 0 };
 }
 
 /** The trainer's handle on this loss (plain data, for the worker). */
 export const grpo = (o: GrpoOptions): ObjectiveRef => ({ module: import.meta.url, options: o });
 
 /** The step's scalar inputs for the loss `o` (only those its graph declares). */
-export function grpoScalars(o: GrpoOptions, c: Partial<GrpoCoefficients> = {}): Record<string, number> {
+export function grpoScalars(o: GrpoOptions, c: GrpoCoefficients): Record<string, number> {
   const s: Record<string, number> = {};
-  if (o.ppoClip) s.clip_eps = c.clipEps ?? GRPO_DEFAULTS.clipEps;
-  if (o.kl) s.kl_coef = c.klCoef ?? GRPO_DEFAULTS.klCoef;
-  if (o.entropyBonus) s.entropy_coef = c.entropyCoef ?? GRPO_DEFAULTS.entropyCoef;
+  if (o.ppoClip) s.clip_eps = c.clipEps;
+  if (o.klTerm) s.kl_coef = c.kl;
+  if (o.entropyTerm) s.entropy_coef = c.entropyBonus;
   return s;
 }
 
@@ -64,13 +63,13 @@ export function objective(o: GrpoOptions): Objective {
         const clipped = op.max(op.min(ratio, op.add(eps, 1)), op.sub(1, eps));
         perToken = op.neg(op.min(op.mul(ratio, adv), op.mul(clipped, adv)));
       } else perToken = op.neg(op.mul(lp, adv));
-      if (o.kl) {
+      if (o.klTerm) {
         const d = onlyActive(op.sub(t.token('ref_logprobs'), lp));
         const k3 = op.sub(op.sub(op.exp(d), d), 1); // low-variance, non-negative KL estimator
         stats.kl = weightedMean(k3, w, 'token-mean');
         perToken = op.add(perToken, op.mul(k3, t.scalar('kl_coef')));
       }
-      if (o.entropyBonus) perToken = op.sub(perToken, op.mul(t.entropy, t.scalar('entropy_coef')));
+      if (o.entropyTerm) perToken = op.sub(perToken, op.mul(t.entropy, t.scalar('entropy_coef')));
       stats.entropy = weightedMean(t.entropy, w, 'token-mean');
       return { loss: weightedMean(perToken, w, o.aggregation), stats };
     },

@@ -12,19 +12,13 @@ import type { Tokenizer } from '../tokenizers/tokenizer.ts';
 import type { WeightSource } from '../formats/weight-file.ts';
 import { toGroups, type Selected } from './grpo.ts';
 import { grpo, grpoOptionsFor, grpoScalars, type GrpoOptions } from './objective.ts';
+import type { TrainSettings } from '../config/settings.ts';
 
-export interface UpdateSettings {
-  lr: number;
-  /** k3 KL penalty to the initial weights (the base, without adapters); 0 leaves it out of the graph. */
-  klCoef: number;
-  entropyCoef: number;
-  /** Optimizer steps per batch (PPO epochs; the clipped ratio keeps later ones close). */
-  epochs: number;
-  clipEps: number;
-  maxGradNorm: number;
-  /** Sampling temperature: log-probs from the sampler are only the policy's at 1.0. */
-  temperature: number;
-}
+/**
+ * What an update does (the train settings, config/settings.ts), with the learning rate
+ * resolved and the sampling temperature: log-probs from the sampler are only the policy's at 1.0.
+ */
+export type UpdateSettings = Pick<TrainSettings, 'kl' | 'entropyBonus' | 'epochs' | 'clipEps' | 'maxGradNorm'> & { lr: number; temperature: number };
 
 export interface UpdateResult {
   loss: number;
@@ -69,7 +63,7 @@ export class TTRLUpdater {
     const trainer = await Trainer.create({
       config: o.config, weights: o.weights, loss: grpo(loss), threads: o.threads, nice: o.nice, spin: o.spin, layout: 'grouped', lora: o.lora, adapters: o.adapters,
     });
-    const reference = s.klCoef > 0 ? await Scorer.create({ config: o.config, weights: o.weights, threads: o.threads, nice: o.nice, spin: o.spin }).catch(async (e) => {
+    const reference = s.kl > 0 ? await Scorer.create({ config: o.config, weights: o.weights, threads: o.threads, nice: o.nice, spin: o.spin }).catch(async (e) => {
       await trainer.close();
       throw e;
     }) : null;

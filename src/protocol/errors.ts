@@ -1,6 +1,8 @@
 // The errors a question can end in, by code: raised where they happen (the answerer's queue,
 // the admission checks, version changes) and sent by the transports as they are (the
-// WebSocket error message, HTTP statuses).
+// WebSocket error message, HTTP statuses). Part of the wire protocol, so the typed client
+// reads its codes from here too; nothing here is Node-only.
+import { z } from 'zod';
 
 export const ERROR_CODES = {
   bad_json: 'the message is not valid JSON',
@@ -26,6 +28,9 @@ export const ERROR_CODES = {
 } as const;
 export type ErrorCode = keyof typeof ERROR_CODES;
 
+/** An error code on the wire: one of ERROR_CODES, nothing else. */
+export const errorCode = z.enum(Object.keys(ERROR_CODES) as ErrorCode[]);
+
 export class ProtocolError extends Error {
   constructor(
     readonly code: ErrorCode,
@@ -34,4 +39,26 @@ export class ProtocolError extends Error {
   ) {
     super(message);
   }
+}
+
+const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
+  overloaded: 503,
+  shutting_down: 503,
+  internal: 500,
+  payload_too_large: 413,
+  unsupported_encoding: 415,
+  unauthorized: 401,
+  not_found: 404,
+  too_many_connections: 429,
+  too_many_in_flight: 429,
+};
+
+/** The HTTP status of an error code (400 unless listed), on every HTTP route. */
+export const httpStatus = (code: ErrorCode): number => HTTP_STATUS[code] ?? 400;
+
+/** A body that failed its schema, as our error: unknown_field for a field not known, else invalid_message naming the field. */
+export function schemaError(e: z.ZodError, whole: string, id?: string): ProtocolError {
+  const issue = e.issues[0]!;
+  if (issue.code === 'unrecognized_keys') return new ProtocolError('unknown_field', `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`, id);
+  return new ProtocolError('invalid_message', `${issue.path.join('.') || whole}: ${issue.message}`, id);
 }
