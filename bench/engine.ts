@@ -30,7 +30,12 @@ const opts = new Command()
 
 const threads = Number(opts.threads);
 const reps = Number(opts.reps);
-const P = 16, G = 16, PLEN = 12, T = 48, V = 17, PAD = 16;
+const P = 16,
+  G = 16,
+  PLEN = 12,
+  T = 48,
+  V = 17,
+  PAD = 16;
 const config: GPTConfig = { family: 'gpt', vocabSize: V, contextLength: 96, dModel: 128, nLayers: 4, nHeads: 4, tiedHead: false, padTokenId: PAD };
 const log = (...a: unknown[]) => console.error(...a);
 
@@ -57,7 +62,15 @@ async function stepwiseSampler(weights: Weights, prompts: number[][]) {
   return async () => {
     // Prefill every sequence (B rows; the stepwise road has no cache sharing), then decode.
     const ids = prompts.flatMap((p) => Array(G).fill(p).flat());
-    let out = await prefill.run({ ...wf, input_ids: i64(ids, [B, PLEN]), attention_mask: i64(Array(B * PLEN).fill(1), [B, PLEN]), position_ids: i64(Array.from({ length: B * PLEN }, (_, i) => i % PLEN), [B, PLEN]) });
+    let out = await prefill.run({
+      ...wf,
+      input_ids: i64(ids, [B, PLEN]),
+      attention_mask: i64(Array(B * PLEN).fill(1), [B, PLEN]),
+      position_ids: i64(
+        Array.from({ length: B * PLEN }, (_, i) => i % PLEN),
+        [B, PLEN],
+      ),
+    });
     for (let step = 0; step < T; step++) {
       const logits = out.logits!.data as Float32Array;
       const L = out.logits!.dims[1]!;
@@ -80,7 +93,12 @@ async function stepwiseSampler(weights: Weights, prompts: number[][]) {
         feeds[`past_key_values.${l}.value`] = out[`present.${l}.value`]!;
       }
       const total = PLEN + step + 1;
-      out = await session.run({ ...feeds, input_ids: i64(next, [B, 1]), attention_mask: i64(Array(B * total).fill(1), [B, total]), position_ids: i64(Array(B).fill(total - 1), [B, 1]) });
+      out = await session.run({
+        ...feeds,
+        input_ids: i64(next, [B, 1]),
+        attention_mask: i64(Array(B * total).fill(1), [B, total]),
+        position_ids: i64(Array(B).fill(total - 1), [B, 1]),
+      });
     }
   };
 }
@@ -88,8 +106,15 @@ async function stepwiseSampler(weights: Weights, prompts: number[][]) {
 function runPeer(): Record<string, number | string> | { error: string } {
   const script = fileURLToPath(new URL('../../shared/peers/torch_ttrl_peer.py', import.meta.url));
   if (!existsSync(script)) return { error: `peer not found at ${script}` };
-  const r = spawnSync('/usr/bin/python3', [script, '--threads', String(threads), '--P', String(P), '--G', String(G), '--T', String(T), '--reps', String(reps)], { encoding: 'utf8' });
-  if (r.status !== 0) return { error: `peer failed (${r.status}): ${(r.stderr || r.error?.message || '').trim().split('\n').at(-1)} -- apt-get install -y python3-torch libopenblas0-pthread` };
+  const r = spawnSync(
+    '/usr/bin/python3',
+    [script, '--threads', String(threads), '--P', String(P), '--G', String(G), '--T', String(T), '--reps', String(reps)],
+    { encoding: 'utf8' },
+  );
+  if (r.status !== 0)
+    return {
+      error: `peer failed (${r.status}): ${(r.stderr || r.error?.message || '').trim().split('\n').at(-1)} -- apt-get install -y python3-torch libopenblas0-pthread`,
+    };
   return JSON.parse(r.stdout.trim().split('\n').at(-1)!);
 }
 
@@ -120,12 +145,20 @@ if (opts.stepwise) {
   log(`per-token run() decode: ${stepwiseS.toFixed(3)} s, ${Math.round((P * G * T) / stepwiseS)} tokens/s`);
 }
 
-const trainer = await Trainer.create({ config, weights, threads, loss: grpo({ aggregation: 'token-mean', ppoClip: false, klTerm: false, entropyTerm: false }) });
+const trainer = await Trainer.create({
+  config,
+  weights,
+  threads,
+  loss: grpo({ aggregation: 'token-mean', ppoClip: false, klTerm: false, entropyTerm: false }),
+});
 // GRPO batches are groups: the 16 samples of a prompt share it, so the grouped layout runs each
 // prompt once (the default for GRPO). The flat layout, every row a whole sequence, is timed too.
 const advantages = completions.map(() => rng.normal());
 const grouped = packGroups(
-  prompts.map((prompt, i) => ({ prompt, completions: completions.slice(i * G, (i + 1) * G).map((tokens, j) => ({ tokens, advantage: advantages[i * G + j]! })) })),
+  prompts.map((prompt, i) => ({
+    prompt,
+    completions: completions.slice(i * G, (i + 1) * G).map((tokens, j) => ({ tokens, advantage: advantages[i * G + j]! })),
+  })),
   PAD,
   config.contextLength,
 );
@@ -137,7 +170,9 @@ const flat = packBatch(
 const trainS = await median(() => trainer.step(grouped, { lr: 1e-4, maxGradNorm: 1 }));
 const trainFlatS = await median(() => trainer.step(flat, { lr: 1e-4, maxGradNorm: 1 }));
 await trainer.close();
-log(`GRPO train step, grouped: ${trainS.toFixed(3)} s, ${Math.round((P * G * (PLEN + T)) / trainS)} tokens/s; flat: ${trainFlatS.toFixed(3)} s, ${Math.round((P * G * (PLEN + T)) / trainFlatS)} tokens/s`);
+log(
+  `GRPO train step, grouped: ${trainS.toFixed(3)} s, ${Math.round((P * G * (PLEN + T)) / trainS)} tokens/s; flat: ${trainFlatS.toFixed(3)} s, ${Math.round((P * G * (PLEN + T)) / trainFlatS)} tokens/s`,
+);
 
 const peer = opts.peer ? runPeer() : { error: 'skipped (--no-peer)' };
 if ('error' in peer) log(`peer: ${peer.error}`);

@@ -19,7 +19,7 @@ import { suite } from '../src/tasks/suites.ts';
 import { GREEDY_TOP_P, rollout, type Rollout } from '../src/sampling/rollout.ts';
 import { completionLogprobs, sum } from '../src/ttrl/updater.ts';
 
-const cmd = new Command().argument('<dir>').argument('<versions...>').option('--seed <n>', 'the run\'s seed (its pool)', '0').parse();
+const cmd = new Command().argument('<dir>').argument('<versions...>').option('--seed <n>', "the run's seed (its pool)", '0').parse();
 const [dir, versions] = cmd.processedArgs as [string, string[]];
 const m = await loadModel(DEFAULT_MODEL_DIR);
 const pool = suite('4-operand', 256, 10_000 + Number(cmd.opts().seed)); // the bench's recurring pool
@@ -50,6 +50,8 @@ for (const v of versions.map(Number)) {
   const kept = anchors.filter(({ i, r }) => greedy[i]!.vote.label === r.vote.label).length / anchors.length;
   const shifts = (await anchorLogprobs(w)).map((x, k) => x - base[k]!);
   const mean = sum(shifts) / shifts.length;
-  console.log(`| v${v} | ${accuracy(voted).toFixed(3)} | ${pass1.toFixed(3)} | ${kept.toFixed(3)} | ${mean >= 0 ? '+' : ''}${mean.toFixed(3)} | ${(shifts.filter((d) => d > 0).length / shifts.length).toFixed(2)} |`);
+  console.log(
+    `| v${v} | ${accuracy(voted).toFixed(3)} | ${pass1.toFixed(3)} | ${kept.toFixed(3)} | ${mean >= 0 ? '+' : ''}${mean.toFixed(3)} | ${(shifts.filter((d) => d > 0).length / shifts.length).toFixed(2)} |`,
+  );
 }
 await Promise.all([sampler.close(), scorer.close()]);

@@ -90,9 +90,30 @@ async function memoryBandwidth(): Promise<number> {
 function runPeer(preset: string, p: (typeof PRESETS)[string]): Record<string, unknown> {
   const script = fileURLToPath(new URL('../../shared/peers/torch_llama_peer.py', import.meta.url));
   if (!existsSync(script)) return { error: `peer not found at ${script}` };
-  const args = [script, '--preset', preset, '--threads', String(threads), '--prompts', String(p.prompts), '--samples', String(p.samples), '--prompt-len', String(PROMPT_LEN), '--new-tokens', String(p.newTokens), '--repeats', String(reps), '--json', ...(opts.train ? ['--full'] : [])];
+  const args = [
+    script,
+    '--preset',
+    preset,
+    '--threads',
+    String(threads),
+    '--prompts',
+    String(p.prompts),
+    '--samples',
+    String(p.samples),
+    '--prompt-len',
+    String(PROMPT_LEN),
+    '--new-tokens',
+    String(p.newTokens),
+    '--repeats',
+    String(reps),
+    '--json',
+    ...(opts.train ? ['--full'] : []),
+  ];
   const r = spawnSync('/usr/bin/python3', args, { encoding: 'utf8', maxBuffer: 1 << 24 });
-  if (r.status !== 0) return { error: `peer failed (${r.status}): ${(r.stderr || r.error?.message || '').trim().split('\n').at(-1)} -- apt-get install -y python3-torch libopenblas0-pthread` };
+  if (r.status !== 0)
+    return {
+      error: `peer failed (${r.status}): ${(r.stderr || r.error?.message || '').trim().split('\n').at(-1)} -- apt-get install -y python3-torch libopenblas0-pthread`,
+    };
   return JSON.parse(r.stdout.trim().split('\n').at(-1)!);
 }
 
@@ -100,7 +121,9 @@ const rssMb = () => process.resourceUsage().maxRSS / 1024;
 /** Proportional set size now: mapped file pages count once however many mappings share them (Linux). */
 function pssMb(): number | null {
   try {
-    const line = readFileSync('/proc/self/smaps_rollup', 'utf8').split('\n').find((l) => l.startsWith('Pss:'));
+    const line = readFileSync('/proc/self/smaps_rollup', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('Pss:'));
     return line ? Math.round(Number(line.split(/\s+/)[1]) / 1024) : null;
   } catch {
     return null;
@@ -130,7 +153,14 @@ async function benchPreset(name: string) {
     const N = p.newTokens;
     const rng = new Rng(1);
     const prompts = Array.from({ length: p.prompts }, () => Array.from({ length: PROMPT_LEN }, () => rng.int(3, model.config.vocabSize - 1)));
-    const sampleOpts = (maxNewTokens: number, seed: number) => ({ samplesPerPrompt: p.samples, maxNewTokens, seed, temperature: 1, stopTokens: [], padToken: 0 });
+    const sampleOpts = (maxNewTokens: number, seed: number) => ({
+      samplesPerPrompt: p.samples,
+      maxNewTokens,
+      seed,
+      temperature: 1,
+      stopTokens: [],
+      padToken: 0,
+    });
     const sampler = await Sampler.create({ config: model.config, weights: model.weights, threads, prepack: opts.prepack });
     let seed = 0;
     let completions: number[][] = [];
@@ -142,7 +172,13 @@ async function benchPreset(name: string) {
     const samplePss = pssMb();
     // A scorer of the same weights beside the sampler: with the mapping shared, the weights do not count twice.
     const scorer = await Scorer.create({ config: model.config, weights: model.weights, threads });
-    await scorer.score(packBatch(completions.slice(0, 4).map((c, i) => ({ tokens: [...prompts[Math.floor(i / p.samples)]!, ...c], promptLength: PROMPT_LEN })), 0, model.config.contextLength));
+    await scorer.score(
+      packBatch(
+        completions.slice(0, 4).map((c, i) => ({ tokens: [...prompts[Math.floor(i / p.samples)]!, ...c], promptLength: PROMPT_LEN })),
+        0,
+        model.config.contextLength,
+      ),
+    );
     const withScorerPss = pssMb();
     await scorer.close();
     await sampler.close();
@@ -150,14 +186,29 @@ async function benchPreset(name: string) {
     const decodeStepS = (sampleS - firstTokenS) / (N - 1);
     const sampleRss = rssMb();
     const sampleTok = (B * N) / sampleS;
-    log(`${name}: memory (PSS) with the sampler ${samplePss} MB, with a scorer of the same weights beside it ${withScorerPss} MB (weights ${Math.round(weightBytes / 1048576)} MB)`);
-    log(`${name}: sample ${sampleS.toFixed(2)} s for ${B}x${N} tokens = ${sampleTok.toFixed(1)} tokens/s; prefill + first token ${(firstTokenS * 1000).toFixed(0)} ms, decode step ${(decodeStepS * 1000).toFixed(1)} ms (${(weightBytes / decodeStepS / 1e9).toFixed(1)} GB/s of weights); peak RSS ${sampleRss.toFixed(0)} MB`);
+    log(
+      `${name}: memory (PSS) with the sampler ${samplePss} MB, with a scorer of the same weights beside it ${withScorerPss} MB (weights ${Math.round(weightBytes / 1048576)} MB)`,
+    );
+    log(
+      `${name}: sample ${sampleS.toFixed(2)} s for ${B}x${N} tokens = ${sampleTok.toFixed(1)} tokens/s; prefill + first token ${(firstTokenS * 1000).toFixed(0)} ms, decode step ${(decodeStepS * 1000).toFixed(1)} ms (${(weightBytes / decodeStepS / 1e9).toFixed(1)} GB/s of weights); peak RSS ${sampleRss.toFixed(0)} MB`,
+    );
 
     let train: Record<string, number> | null = null;
     if (opts.train) {
       const advantages = completions.map(() => rng.normal());
-      const grouped = packGroups(prompts.map((prompt, i) => ({ prompt, completions: completions.slice(i * p.samples, (i + 1) * p.samples).map((tokens, j) => ({ tokens, advantage: advantages[i * p.samples + j]! })) })), 0, model.config.contextLength);
-      const flat = packBatch(completions.map((c, i) => ({ tokens: [...prompts[Math.floor(i / p.samples)]!, ...c], promptLength: PROMPT_LEN, advantage: advantages[i]! })), 0, model.config.contextLength);
+      const grouped = packGroups(
+        prompts.map((prompt, i) => ({
+          prompt,
+          completions: completions.slice(i * p.samples, (i + 1) * p.samples).map((tokens, j) => ({ tokens, advantage: advantages[i * p.samples + j]! })),
+        })),
+        0,
+        model.config.contextLength,
+      );
+      const flat = packBatch(
+        completions.map((c, i) => ({ tokens: [...prompts[Math.floor(i / p.samples)]!, ...c], promptLength: PROMPT_LEN, advantage: advantages[i]! })),
+        0,
+        model.config.contextLength,
+      );
       const tokens = B * (PROMPT_LEN + N);
       // One trainer per layout, as the server has (GRPO is grouped), the first closed before the second starts.
       // The peer's step: the bare policy gradient (no PPO clip, KL or entropy terms).
@@ -174,7 +225,9 @@ async function benchPreset(name: string) {
       // LoRA first: peak RSS only grows, so measured before the full steps it is LoRA's own (beside what sampling left).
       const loraS = await stepTime('grouped', grouped, true);
       const loraRss = rssMb();
-      log(`${name}: GRPO LoRA train step (rank 16), grouped: ${loraS.toFixed(2)} s = ${(tokens / loraS).toFixed(1)} tokens/s; peak RSS ${loraRss.toFixed(0)} MB`);
+      log(
+        `${name}: GRPO LoRA train step (rank 16), grouped: ${loraS.toFixed(2)} s = ${(tokens / loraS).toFixed(1)} tokens/s; peak RSS ${loraRss.toFixed(0)} MB`,
+      );
       const loraFlatS = await stepTime('flat', flat, true);
       log(`${name}: GRPO LoRA train step (rank 16), flat: ${loraFlatS.toFixed(2)} s = ${(tokens / loraFlatS).toFixed(1)} tokens/s`);
       const adapterPath = join(dir, 'adapters.safetensors');
@@ -183,12 +236,23 @@ async function benchPreset(name: string) {
       log(`${name}: a stored LoRA version (adapter file) is ${adapterMb.toFixed(2)} MB`);
       const groupedS = await stepTime('grouped', grouped);
       const groupedRss = rssMb();
-      log(`${name}: GRPO full train step, grouped: ${groupedS.toFixed(2)} s = ${(tokens / groupedS).toFixed(1)} tokens/s; peak RSS ${groupedRss.toFixed(0)} MB`);
+      log(
+        `${name}: GRPO full train step, grouped: ${groupedS.toFixed(2)} s = ${(tokens / groupedS).toFixed(1)} tokens/s; peak RSS ${groupedRss.toFixed(0)} MB`,
+      );
       const flatS = await stepTime('flat', flat);
       log(`${name}: GRPO full train step, flat: ${flatS.toFixed(2)} s = ${(tokens / flatS).toFixed(1)} tokens/s; peak RSS ${rssMb().toFixed(0)} MB`);
       train = {
-        grouped_tok_s: round(tokens / groupedS), flat_tok_s: round(tokens / flatS), grouped_s: round(groupedS, 3), flat_s: round(flatS, 3), grouped_peak_rss_mb: Math.round(groupedRss), peak_rss_mb: Math.round(rssMb()),
-        lora_train_tok_s: round(tokens / loraS), lora_train_flat_tok_s: round(tokens / loraFlatS), lora_train_s: round(loraS, 3), lora_peak_rss_mb: Math.round(loraRss), adapter_file_mb: round(adapterMb, 2),
+        grouped_tok_s: round(tokens / groupedS),
+        flat_tok_s: round(tokens / flatS),
+        grouped_s: round(groupedS, 3),
+        flat_s: round(flatS, 3),
+        grouped_peak_rss_mb: Math.round(groupedRss),
+        peak_rss_mb: Math.round(rssMb()),
+        lora_train_tok_s: round(tokens / loraS),
+        lora_train_flat_tok_s: round(tokens / loraFlatS),
+        lora_train_s: round(loraS, 3),
+        lora_peak_rss_mb: Math.round(loraRss),
+        adapter_file_mb: round(adapterMb, 2),
       };
     }
     return {
@@ -217,7 +281,11 @@ async function benchPreset(name: string) {
 /** Our side of one preset in a child process: its peak memory is the preset's alone. */
 function runOurs(preset: string): ReturnType<typeof benchPreset> extends Promise<infer R> ? R : never {
   const flags = ['--threads', String(threads), '--reps', String(reps), ...(opts.train ? [] : ['--no-train']), ...(opts.prepack ? [] : ['--no-prepack'])];
-  const r = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--child', preset, ...flags], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 24 });
+  const r = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--child', preset, ...flags], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+    maxBuffer: 1 << 24,
+  });
   if (r.status !== 0) throw new Error(`${preset}: our run failed (exit ${r.status}${r.signal ? `, ${r.signal}` : ''})`);
   return JSON.parse(r.stdout.trim().split('\n').at(-1)!);
 }
@@ -232,7 +300,10 @@ if (opts.child) {
     const ours = runOurs(name);
     const peer = opts.peer ? runPeer(name, PRESETS[name]!) : { error: 'skipped (--no-peer)' };
     if ('error' in peer) log(`peer: ${peer.error}`);
-    else log(`peer ${peer.peer}: sample ${peer.sample_tok_s} tokens/s, full train ${peer.full_train_tok_s} tokens/s, LoRA train ${peer.lora_train_tok_s} tokens/s, peak RSS ${peer.peak_rss_mb} MB`);
+    else
+      log(
+        `peer ${peer.peer}: sample ${peer.sample_tok_s} tokens/s, full train ${peer.full_train_tok_s} tokens/s, LoRA train ${peer.lora_train_tok_s} tokens/s, peak RSS ${peer.peak_rss_mb} MB`,
+      );
     const ok = !('error' in peer);
     const ratio = (x: number | undefined, theirs: unknown) => (ok && x && typeof theirs === 'number' ? round(x / theirs, 2) : null);
     results.push({

@@ -34,7 +34,12 @@ function trainedAdapters(c: ModelConfig, rank: number): Weights {
   const lora = loraConfigFor(c, { rank });
   const a = initAdapters(c, lora, new Rng(1));
   const rng = new Rng(2);
-  for (const s of loraSpecs(c, lora)) if (s.name.endsWith('lora_B.weight')) a.set(s.name, a.get(s.name)!.map(() => rng.normal() * 0.01));
+  for (const s of loraSpecs(c, lora))
+    if (s.name.endsWith('lora_B.weight'))
+      a.set(
+        s.name,
+        a.get(s.name)!.map(() => rng.normal() * 0.01),
+      );
   return a;
 }
 
@@ -72,8 +77,22 @@ const stories = await loadModel(fileURLToPath(new URL('../test/fixtures/stories2
 for (const how of ['graph', 'merge'] as const) results.push({ model: 'stories260K', ...(await time(stories.config, stories.weights, how, 16)) });
 const d = Number(o.hidden);
 const c: LlamaConfig = {
-  family: 'llama', vocabSize: 2048, contextLength: 128, hiddenSize: d, intermediateSize: Math.round((8 * d) / 3 / 64) * 64, layers: Number(o.layers), heads: d / 64, kvHeads: d / 128,
-  headDim: 64, rmsNormEps: 1e-5, ropeTheta: 1e4, tiedEmbeddings: true, qkvBias: false, oBias: false, mlpBias: false, qkNorm: false,
+  family: 'llama',
+  vocabSize: 2048,
+  contextLength: 128,
+  hiddenSize: d,
+  intermediateSize: Math.round((8 * d) / 3 / 64) * 64,
+  layers: Number(o.layers),
+  heads: d / 64,
+  kvHeads: d / 128,
+  headDim: 64,
+  rmsNormEps: 1e-5,
+  ropeTheta: 1e4,
+  tiedEmbeddings: true,
+  qkvBias: false,
+  oBias: false,
+  mlpBias: false,
+  qkNorm: false,
 };
 const dir = await mkdtemp(join(tmpdir(), 'lora-apply-'));
 try {

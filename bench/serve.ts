@@ -37,7 +37,18 @@ const o = new Command()
   .option('--set <k=v...>', 'other server settings for every run, e.g. --set updateEvery=32')
   .option('--no-peer', 'skip the PyTorch peer')
   .parse()
-  .opts<{ json?: boolean; clients: string; questions: string; seeds: string; firstSeed: string; streams: string; modes: string; lr?: string; set?: string[]; peer: boolean }>();
+  .opts<{
+    json?: boolean;
+    clients: string;
+    questions: string;
+    seeds: string;
+    firstSeed: string;
+    streams: string;
+    modes: string;
+    lr?: string;
+    set?: string[];
+    peer: boolean;
+  }>();
 
 const log = (...a: unknown[]) => console.error(...a);
 const N = Number(o.questions);
@@ -49,14 +60,15 @@ const tail = { from: Math.floor(N * 0.75), to: N }; // questions 1,501-2,000 of 
 function stream(kind: string, seed: number): Question[] {
   if (kind === 'fresh') {
     const seen = new Set<string>();
-    return suite('4-operand', N * 2, 20_000 + seed).filter((q) => !seen.has(q.question) && seen.add(q.question)).slice(0, N);
+    return suite('4-operand', N * 2, 20_000 + seed)
+      .filter((q) => !seen.has(q.question) && seen.add(q.question))
+      .slice(0, N);
   }
   if (kind !== 'recurring') throw new Error(`unknown stream ${kind}`);
   const pool = suite('4-operand', 256, 10_000 + seed);
   const all = Array.from({ length: Math.ceil(N / pool.length) }, () => pool).flat();
   return new Rng(seed).shuffle(all).slice(0, N);
 }
-
 
 async function run(kind: string, seed: number, mode: string) {
   const questions = stream(kind, seed);
@@ -65,7 +77,9 @@ async function run(kind: string, seed: number, mode: string) {
   const settings = resolveSettings({ port: 0, db: join(dir, 'b.sqlite'), seed, adapt: mode !== 'off', lr, ...extra }, {});
   const server = await startServer(settings);
   const updates: { start: number; end?: number; outcome?: string }[] = [];
-  server.adaptation.updates$.subscribe((e) => (e.phase === 'start' ? updates.push({ start: performance.now() }) : Object.assign(updates.at(-1)!, { end: performance.now(), outcome: e.outcome.outcome })));
+  server.adaptation.updates$.subscribe((e) =>
+    e.phase === 'start' ? updates.push({ start: performance.now() }) : Object.assign(updates.at(-1)!, { end: performance.now(), outcome: e.outcome.outcome }),
+  );
   const served: { answer: string | null; version: number; sent: number; got: number }[] = new Array(N);
   let next = 0;
   const t0 = performance.now();
@@ -141,13 +155,17 @@ function runPeer(): { questions_per_s: number; sample_tok_s: number; peer: strin
   if (!existsSync(script)) return { error: `peer not found at ${script}` };
   // The same shape as a full serving batch: 16 questions x 16 votes, 33 new tokens (the mean 4-operand completion).
   const r = spawnSync('/usr/bin/python3', [script, '--threads', '2', '--P', String(C), '--G', '16', '--T', '33', '--reps', '5'], { encoding: 'utf8' });
-  if (r.status !== 0) return { error: `peer failed (${r.status}): ${(r.stderr || r.error?.message || '').trim().split('\n').at(-1)} -- apt-get install -y python3-torch libopenblas0-pthread` };
+  if (r.status !== 0)
+    return {
+      error: `peer failed (${r.status}): ${(r.stderr || r.error?.message || '').trim().split('\n').at(-1)} -- apt-get install -y python3-torch libopenblas0-pthread`,
+    };
   const p = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
   return { peer: p.peer, sample_tok_s: p.sample_tok_s, questions_per_s: +(C / p.sample_s).toFixed(2) };
 }
 
 const runs: Awaited<ReturnType<typeof run>>[] = [];
-for (let seed = Number(o.firstSeed); seed < Number(o.firstSeed) + Number(o.seeds); seed++) for (const kind of o.streams.split(',')) for (const mode of o.modes.split(',')) runs.push(await run(kind, seed, mode));
+for (let seed = Number(o.firstSeed); seed < Number(o.firstSeed) + Number(o.seeds); seed++)
+  for (const kind of o.streams.split(',')) for (const mode of o.modes.split(',')) runs.push(await run(kind, seed, mode));
 
 const summary: Record<string, unknown> = {};
 for (const kind of o.streams.split(',')) {

@@ -46,7 +46,18 @@ const o = new Command()
   .option('--out <file>', 'also write the JSON result to this file')
   .option('--keep', 'keep the temporary database, versions and server log')
   .parse()
-  .opts<{ minutes: string; clients: string; inFlight: string; seed: string; repeat: string; set?: string[]; drainTimeout: string; json?: boolean; out?: string; keep?: boolean }>();
+  .opts<{
+    minutes: string;
+    clients: string;
+    inFlight: string;
+    seed: string;
+    repeat: string;
+    set?: string[];
+    drainTimeout: string;
+    json?: boolean;
+    out?: string;
+    keep?: boolean;
+  }>();
 
 const log = (...a: unknown[]) => console.error(`[soak ${new Date().toISOString().slice(11, 19)}]`, ...a);
 const MINUTES = Number(o.minutes);
@@ -79,12 +90,13 @@ function serverFlags(sets: string[]): { flags: string[]; settings: Record<string
     const key = raw.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase()); // kebab or camel
     const name = key === 'apiKey' ? 'apiKeys' : key;
     if (!(name in SETTINGS)) throw new Error(`--set ${kv}: no server setting ${JSON.stringify(raw)}; one of ${Object.keys(SETTINGS).join(', ')}`);
-    if (['port', 'db', 'adminToken', 'seed'].includes(name)) throw new Error(`--set ${kv}: the soak sets ${name} itself${name === 'seed' ? ' (use --seed)' : ''}`);
+    if (['port', 'db', 'adminToken', 'seed'].includes(name))
+      throw new Error(`--set ${kv}: the soak sets ${name} itself${name === 'seed' ? ' (use --seed)' : ''}`);
     settings[name] = value;
     if (name === 'adapt') {
       if (['false', '0', 'no', 'off'].includes(value)) flags.push('--no-adapt');
     } else if (name === 'apiKeys') {
-      for (const k of value.split(',').filter(Boolean)) flags.push('--api-key', k), (apiKey ??= k);
+      for (const k of value.split(',').filter(Boolean)) (flags.push('--api-key', k), (apiKey ??= k));
     } else flags.push(flagName(name), value);
   }
   return { flags, settings, apiKey };
@@ -116,7 +128,9 @@ function readProc(pid: number): ProcSample | null {
   };
   const children = (p: number): number[] => {
     try {
-      return readdirSync(`/proc/${p}/task`).flatMap((t) => readFileSync(`/proc/${p}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
+      return readdirSync(`/proc/${p}/task`).flatMap((t) =>
+        readFileSync(`/proc/${p}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number),
+      );
     } catch {
       return [];
     }
@@ -125,7 +139,7 @@ function readProc(pid: number): ProcSample | null {
   if (!me) return null;
   for (const c of children(pid)) {
     const s = readProc(c);
-    if (s) (me.rssKb += s.rssKb), (me.hwmKb += s.hwmKb), (me.threads += s.threads), (me.fds += s.fds);
+    if (s) ((me.rssKb += s.rssKb), (me.hwmKb += s.hwmKb), (me.threads += s.threads), (me.fds += s.fds));
   }
   return me;
 }
@@ -165,13 +179,15 @@ async function startChild(db: string, logFile: string, flags: string[]): Promise
       onLine?.(line);
     }
   });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => proc.once('exit', (code, signal) => (out.end(), res({ code, signal }))));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) =>
+    proc.once('exit', (code, signal) => (out.end(), res({ code, signal }))),
+  );
   const logTail = () => tail.join('\n');
   const url = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`the server did not start within 180 s; its log:\n${logTail()}`)), 180_000);
     onLine = (line) => {
       const m = / at (http:\/\/\S+)/.exec(line);
-      if (m && line.includes('serving ')) clearTimeout(timer), resolve(m[1]!);
+      if (m && line.includes('serving ')) (clearTimeout(timer), resolve(m[1]!));
     };
     void exited.then((e) => (clearTimeout(timer), reject(new Error(`the server exited (${e.code ?? e.signal}) before it was ready; its log:\n${logTail()}`))));
   });
@@ -239,7 +255,11 @@ class Client {
   closedByUs = false;
   lost = false;
 
-  constructor(readonly index: number, private url: string, private apiKey?: string) {
+  constructor(
+    readonly index: number,
+    private url: string,
+    private apiKey?: string,
+  ) {
     this.rng = new Rng(seedOf('soak-client', SEED, index));
   }
 
@@ -303,7 +323,16 @@ class Client {
         if (m.type === 'answer') {
           const got = performance.now();
           this.answered++;
-          received.push({ connection: this.connection, clientId: id, question, answer: (m.answer ?? null) as string | null, version: Number(m.model_version), latencyMs: got - sent, totalMs: got - first, at: got - t0 });
+          received.push({
+            connection: this.connection,
+            clientId: id,
+            question,
+            answer: (m.answer ?? null) as string | null,
+            version: Number(m.model_version),
+            latencyMs: got - sent,
+            totalMs: got - first,
+            at: got - t0,
+          });
           break;
         }
         if (m.type === 'error' && m.code === 'no_reply') return void unanswered++;
@@ -341,9 +370,14 @@ function checkDatabase(db: string, clients: Client[]) {
     const integrity = (d.pragma('integrity_check') as { integrity_check: string }[]).map((r) => r.integrity_check);
     const conns = clients.map((c) => c.connection);
     const ph = conns.map(() => '?').join(',');
-    const rows = d
-      .prepare(`SELECT connection, client_id, status, error, answer, model_version FROM questions WHERE connection IN (${ph})`)
-      .all(...conns) as { connection: string; client_id: string; status: string; error: string | null; answer: string | null; model_version: number | null }[];
+    const rows = d.prepare(`SELECT connection, client_id, status, error, answer, model_version FROM questions WHERE connection IN (${ph})`).all(...conns) as {
+      connection: string;
+      client_id: string;
+      status: string;
+      error: string | null;
+      answer: string | null;
+      model_version: number | null;
+    }[];
     const answered = new Map<string, typeof rows>();
     const failedByError: Record<string, number> = {};
     for (const r of rows) {
@@ -368,12 +402,17 @@ function checkDatabase(db: string, clients: Client[]) {
       } else if (rs.length > 1) {
         if (duplicates++ < 3) fail(`answer of ${g.connection}/${g.clientId} is in the database ${rs.length} times`);
       } else if (rs[0]!.answer !== g.answer || rs[0]!.model_version !== g.version) {
-        if (mismatched++ < 3) fail(`${g.connection}/${g.clientId}: the client got ${JSON.stringify(g.answer)} (v${g.version}), the database has ${JSON.stringify(rs[0]!.answer)} (v${rs[0]!.model_version})`);
+        if (mismatched++ < 3)
+          fail(
+            `${g.connection}/${g.clientId}: the client got ${JSON.stringify(g.answer)} (v${g.version}), the database has ${JSON.stringify(rs[0]!.answer)} (v${rs[0]!.model_version})`,
+          );
       }
     }
     const unreceived = [...answered.keys()].filter((k) => !seen.has(k)).length;
     if (unreceived) fail(`${unreceived} questions answered in the database on the soak's connections never reached their client`);
-    const eventCounts = Object.fromEntries((d.prepare('SELECT kind, COUNT(*) AS n FROM events GROUP BY kind').all() as { kind: string; n: number }[]).map((e) => [e.kind, e.n]));
+    const eventCounts = Object.fromEntries(
+      (d.prepare('SELECT kind, COUNT(*) AS n FROM events GROUP BY kind').all() as { kind: string; n: number }[]).map((e) => [e.kind, e.n]),
+    );
     const versions = d.prepare('SELECT version, status, weights_path, weights_sha256, stats FROM model_versions ORDER BY version').all() as {
       version: number;
       status: string;
@@ -391,12 +430,16 @@ function checkDatabase(db: string, clients: Client[]) {
       filesChecked++;
       if (!existsSync(v.weights_path)) badFiles.push(`v${v.version}: ${v.weights_path} is missing`);
       else if (!v.weights_sha256) badFiles.push(`v${v.version}: no sha256 recorded`);
-      else if (createHash('sha256').update(readFileSync(v.weights_path)).digest('hex') !== v.weights_sha256) badFiles.push(`v${v.version}: ${v.weights_path} does not match its sha256`);
+      else if (createHash('sha256').update(readFileSync(v.weights_path)).digest('hex') !== v.weights_sha256)
+        badFiles.push(`v${v.version}: ${v.weights_path} does not match its sha256`);
     }
     for (const b of badFiles) fail(`version file: ${b}`);
     const stats = versions.filter((v) => v.version > 0 && v.stats).map((v) => JSON.parse(v.stats!) as Record<string, number>);
     const meanSeconds = stats.length ? +(stats.reduce((a, s) => a + (s.seconds ?? 0), 0) / stats.length).toFixed(1) : null;
-    const totals = d.prepare(`SELECT SUM(status = 'answered') AS answered, SUM(status = 'failed') AS failed FROM questions`).get() as { answered: number | null; failed: number | null };
+    const totals = d.prepare(`SELECT SUM(status = 'answered') AS answered, SUM(status = 'failed') AS failed FROM questions`).get() as {
+      answered: number | null;
+      failed: number | null;
+    };
     return {
       integrity: integrity.join('; '),
       missing,
@@ -467,16 +510,21 @@ const slots = clients.flatMap((c) => Array.from({ length: K }, () => c.slot()));
 const progress = setInterval(() => {
   const s = samples.at(-1)!;
   const secs = (performance.now() - t0) / 1000;
-  log(`${secs.toFixed(0)} s: ${received.length} answered (${(received.length / secs).toFixed(1)}/s), version ${received.at(-1)?.version ?? 0}, RSS ${mb(s.rssKb)} MB, errors ${JSON.stringify(errors)}`);
+  log(
+    `${secs.toFixed(0)} s: ${received.length} answered (${(received.length / secs).toFixed(1)}/s), version ${received.at(-1)?.version ?? 0}, RSS ${mb(s.rssKb)} MB, errors ${JSON.stringify(errors)}`,
+  );
 }, 30_000);
 await new Promise((r) => setTimeout(r, MINUTES * 60_000));
 stopAsking = true;
 const askingS = (performance.now() - t0) / 1000;
 log(`asking stopped after ${askingS.toFixed(0)} s; waiting for the answers in flight`);
-const drainTimer = setTimeout(() => {
-  fail(`answers still missing ${o.drainTimeout} s after asking stopped`);
-  clients.forEach((c) => c.giveUp());
-}, Number(o.drainTimeout) * 1000);
+const drainTimer = setTimeout(
+  () => {
+    fail(`answers still missing ${o.drainTimeout} s after asking stopped`);
+    clients.forEach((c) => c.giveUp());
+  },
+  Number(o.drainTimeout) * 1000,
+);
 await Promise.all(slots);
 clearTimeout(drainTimer);
 const loadS = (performance.now() - t0) / 1000;

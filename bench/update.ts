@@ -31,7 +31,17 @@ const o = new Command()
   .option('--new-tokens <n>', 'new tokens per completion', '32')
   .option('--threads <n>', 'threads of the sampler and of the trainer', '2')
   .parse()
-  .opts<{ json?: boolean; preset: string; loraRank: string; questions: string; votes: string; questionsPerStep: string; promptLen: string; newTokens: string; threads: string }>();
+  .opts<{
+    json?: boolean;
+    preset: string;
+    loraRank: string;
+    questions: string;
+    votes: string;
+    questionsPerStep: string;
+    promptLen: string;
+    newTokens: string;
+    threads: string;
+  }>();
 const log = (...a: unknown[]) => console.error(...a);
 const preset = PRESETS[o.preset];
 if (!preset) throw new Error(`unknown preset ${o.preset} (${Object.keys(PRESETS).join(', ')})`);
@@ -50,9 +60,19 @@ try {
   const votes = Number(o.votes);
   const settings = resolveSettings(
     {
-      model: modelDir, db: join(root, 'u.sqlite'), extractor: 'regex:^\\s*(w\\d+)', maxNewTokens: Number(o.newTokens), votes, trainSamples: votes,
-      loraRank: Number(o.loraRank), updateEvery: 1_000_000, gate: 0, questionsPerStep: Number(o.questionsPerStep), threads: Number(o.threads),
-      trainThreads: Number(o.threads), trainNice: 0,
+      model: modelDir,
+      db: join(root, 'u.sqlite'),
+      extractor: 'regex:^\\s*(w\\d+)',
+      maxNewTokens: Number(o.newTokens),
+      votes,
+      trainSamples: votes,
+      loraRank: Number(o.loraRank),
+      updateEvery: 1_000_000,
+      gate: 0,
+      questionsPerStep: Number(o.questionsPerStep),
+      threads: Number(o.threads),
+      trainThreads: Number(o.threads),
+      trainNice: 0,
     },
     {},
   );
@@ -61,11 +81,15 @@ try {
   const startS = (performance.now() - t) / 1000;
   try {
     const rng = new Rng(1);
-    const questions = Array.from({ length: Number(o.questions) }, () => Array.from({ length: Number(o.promptLen) }, () => `w${rng.int(3, vocab - 1)}`).join(' '));
+    const questions = Array.from({ length: Number(o.questions) }, () =>
+      Array.from({ length: Number(o.promptLen) }, () => `w${rng.int(3, vocab - 1)}`).join(' '),
+    );
     t = performance.now();
     const answers = await Promise.all(questions.map((question) => p.answerer.ask({ question, votes, clientId: null, connection: null })));
     const serveS = (performance.now() - t) / 1000;
-    log(`${o.preset}: ${questions.length} questions x ${votes} votes answered in ${serveS.toFixed(1)} s (${answers.filter((a) => a.answer !== null).length} with an answer)`);
+    log(
+      `${o.preset}: ${questions.length} questions x ${votes} votes answered in ${serveS.toFixed(1)} s (${answers.filter((a) => a.answer !== null).length} with an answer)`,
+    );
     t = performance.now();
     const u = await p.adaptation.updateNow('admin');
     const updateS = (performance.now() - t) / 1000;
@@ -93,7 +117,9 @@ try {
       version_mb: versionMb,
       peak_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
     };
-    log(`${o.preset}: update ${r.outcome} in ${r.update_s} s (GRPO ${r.update_train_s} s, ${r.optimizer_steps} steps), version ${versionMb} MB, peak RSS ${r.peak_rss_mb} MB`);
+    log(
+      `${o.preset}: update ${r.outcome} in ${r.update_s} s (GRPO ${r.update_train_s} s, ${r.optimizer_steps} steps), version ${versionMb} MB, peak RSS ${r.peak_rss_mb} MB`,
+    );
     console.log(JSON.stringify(r));
   } finally {
     await p.close();

@@ -19,7 +19,16 @@ import { lrOf } from './config/settings.ts';
 import { linePlot, toCsv } from './util/svg-plot.ts';
 import { writeFileAtomic } from './util/atomic-write.ts';
 import { join } from 'node:path';
-import { flagName, resolveGroups, resolveSettings, SERVE_GROUPS, settingsOf, type GroupName, type SamplingSettings, type TaskGroupSettings } from './config/settings.ts';
+import {
+  flagName,
+  resolveGroups,
+  resolveSettings,
+  SERVE_GROUPS,
+  settingsOf,
+  type GroupName,
+  type SamplingSettings,
+  type TaskGroupSettings,
+} from './config/settings.ts';
 import { addFlags, givenFlags } from './config/flags.ts';
 import { startServer } from './server/server.ts';
 import { createLogger } from './util/log.ts';
@@ -149,9 +158,19 @@ program
   .requiredOption('--prompt <text>', 'the prompt, e.g. 12+34-56+7=')
   .option('--samples <n>', 'completions to draw', int('--samples', 1), 4)
   .option('--max-new-tokens <n>', 'tokens per completion at most (prompt + these must fit the context)', int('--max-new-tokens', 1), 64)
-  .option('--temperature <t>', 'sampling temperature (0: greedy)', num('--temperature', (n) => n >= 0, 'a number >= 0'), 1)
+  .option(
+    '--temperature <t>',
+    'sampling temperature (0: greedy)',
+    num('--temperature', (n) => n >= 0, 'a number >= 0'),
+    1,
+  )
   .option('--top-k <k>', 'sample among the k most likely tokens (0: no limit)', int('--top-k'), 0)
-  .option('--top-p <p>', 'nucleus sampling mass', num('--top-p', (n) => n > 0 && n <= 1, 'in (0, 1]'), 1)
+  .option(
+    '--top-p <p>',
+    'nucleus sampling mass',
+    num('--top-p', (n) => n > 0 && n <= 1, 'in (0, 1]'),
+    1,
+  )
   .option('--seed <n>', 'random seed', int('--seed'), 0)
   .option('--threads <n>', 'compute threads', int('--threads', 1), 2)
   .option('--json', 'print one JSON line')
@@ -193,7 +212,11 @@ program
   .option('--seed <n>', 'random seed', int('--seed'), 0)
   .action((name: string, o) => {
     if (!SUITES[name]) throw new InvalidArgumentError(`unknown suite ${JSON.stringify(name)}; one of: ${SUITE_NAMES.join(', ')}`);
-    process.stdout.write(suite(name, o.n, o.seed).map((q) => JSON.stringify(q) + '\n').join(''));
+    process.stdout.write(
+      suite(name, o.n, o.seed)
+        .map((q) => JSON.stringify(q) + '\n')
+        .join(''),
+    );
   });
 
 program
@@ -203,9 +226,19 @@ program
   .option('--steps <n>', 'total optimizer steps', int('--steps', 1), DEFAULT_PRETRAIN.steps)
   .option('--seed <n>', 'random seed (initial weights and data)', int('--seed'), 0)
   .option('--batch-size <n>', 'sequences per step', int('--batch-size', 1), DEFAULT_PRETRAIN.batchSize)
-  .option('--lr <x>', 'peak learning rate', num('--lr', (n) => n > 0, 'a number > 0'), DEFAULT_PRETRAIN.lr)
+  .option(
+    '--lr <x>',
+    'peak learning rate',
+    num('--lr', (n) => n > 0, 'a number > 0'),
+    DEFAULT_PRETRAIN.lr,
+  )
   .option('--warmup <n>', 'warm-up steps (then inverse-sqrt decay)', int('--warmup', 1), DEFAULT_PRETRAIN.warmup)
-  .option('--aggregation <how>', 'loss weighting: sequence-mean (each question alike) or token-mean', choice('--aggregation', ['sequence-mean', 'token-mean']), DEFAULT_PRETRAIN.aggregation)
+  .option(
+    '--aggregation <how>',
+    'loss weighting: sequence-mean (each question alike) or token-mean',
+    choice('--aggregation', ['sequence-mean', 'token-mean']),
+    DEFAULT_PRETRAIN.aggregation,
+  )
   .option('--anneal <n>', 'anneal the learning rate linearly to 0 over the last N steps', int('--anneal'), DEFAULT_PRETRAIN.anneal)
   .option('--checkpoint-every <n>', 'steps between checkpoints', int('--checkpoint-every', 1), 250)
   .option('--d-model <n>', 'embedding width (new runs)', int('--d-model', 1), 128)
@@ -270,15 +303,31 @@ addFlags(
     const sampler = await Sampler.create({ config: m.config, weights: m.weights, threads: s.threads });
     try {
       const bar = new Progress(questions.length, 'eval', 1e9);
-      const rollouts = await rollout(sampler, m.tokenizer, questions.map((q) => q.question), {
-        task,
+      const rollouts = await rollout(
+        sampler,
+        m.tokenizer,
+        questions.map((q) => q.question),
+        {
+          task,
+          votes: s.votes,
+          temperature: s.temperature,
+          seed: s.seed,
+          onBatch: (n) => bar.update(n),
+        },
+      );
+      const a = accuracy(
+        rollouts,
+        questions.map((q) => q.answer!),
+      );
+      const r = {
+        pass_at_1: a.pass_at_1,
+        maj_at_n: a.maj_at_n,
         votes: s.votes,
-        temperature: s.temperature,
-        seed: s.seed,
-        onBatch: (n) => bar.update(n),
-      });
-      const a = accuracy(rollouts, questions.map((q) => q.answer!));
-      const r = { pass_at_1: a.pass_at_1, maj_at_n: a.maj_at_n, votes: s.votes, parsable: a.parsable, mean_len: a.mean_len, questions: questions.length, wall_s: (performance.now() - t0) / 1000 };
+        parsable: a.parsable,
+        mean_len: a.mean_len,
+        questions: questions.length,
+        wall_s: (performance.now() - t0) / 1000,
+      };
       const round = (x: number) => +x.toFixed(4);
       if (o.json) console.log(JSON.stringify(Object.fromEntries(Object.entries(r).map(([k, v]) => [k, round(v)]))));
       else
@@ -294,7 +343,9 @@ const ADAPT_GROUPS = ['model', 'task', 'sampling', 'train', 'offlineAdapt'] as c
 addFlags(
   program
     .command('adapt')
-    .description('TTRL on a question file: evaluate, adapt without labels (majority votes), evaluate again, save (groups: model, task, sampling, train, and its own)')
+    .description(
+      'TTRL on a question file: evaluate, adapt without labels (majority votes), evaluate again, save (groups: model, task, sampling, train, and its own)',
+    )
     .requiredOption('--questions <file>', 'JSONL question file (answers, when present, are used only for metrics in majority mode)'),
   ADAPT_GROUPS,
 )
@@ -318,13 +369,25 @@ addFlags(
       }),
     );
     if (o.out) {
-      const metadata = { ...model.metadata, adapted_from: s.model, adapt_reward: o.reward, adapt_steps: String(o.steps), adapt_seed: String(o.seed), adapt_lr: String(lrOf(s)), adapt_task: task.name, ...(s.loraRank ? { adapt_lora_rank: String(s.loraRank) } : {}) };
+      const metadata = {
+        ...model.metadata,
+        adapted_from: s.model,
+        adapt_reward: o.reward,
+        adapt_steps: String(o.steps),
+        adapt_seed: String(o.seed),
+        adapt_lr: String(lrOf(s)),
+        adapt_task: task.name,
+        ...(s.loraRank ? { adapt_lora_rank: String(s.loraRank) } : {}),
+      };
       await saveModel(o.out, { ...model, weights: r.weights, metadata });
       await writeFileAtomic(join(o.out, 'metrics.csv'), toCsv(r.rows as unknown as Record<string, unknown>[]));
       // A metric over steps; the evaluated ones start at step 0 with the evaluation before.
       const series = (name: string, key: keyof StepRow, before?: number) => ({
         name,
-        points: [...(before === undefined ? [] : [[0, before]]), ...r.rows.filter((x) => typeof x[key] === 'number').map((x) => [x.step, x[key] as number])] as [number, number][],
+        points: [
+          ...(before === undefined ? [] : [[0, before]]),
+          ...r.rows.filter((x) => typeof x[key] === 'number').map((x) => [x.step, x[key] as number]),
+        ] as [number, number][],
       });
       await writeFileAtomic(
         join(o.out, 'metrics.svg'),
@@ -356,7 +419,9 @@ serve.action(async (o: Record<string, unknown>, cmd: Command) => {
   const logger = createLogger({ level: settings.logLevel });
   const log = (line: string) => logger.info(line);
   const server = await startServer(settings, logger);
-  log(`serving ${settings.model} (version ${server.versions$.value}) at ${server.url}  websocket ${server.wsUrl}  db ${settings.db}  adaptation ${settings.adapt ? 'on' : 'off'}`);
+  log(
+    `serving ${settings.model} (version ${server.versions$.value}) at ${server.url}  websocket ${server.wsUrl}  db ${settings.db}  adaptation ${settings.adapt ? 'on' : 'off'}`,
+  );
   server.versions$.subscribe((v) => log(`model version ${v} is serving`));
   let stoppingAt = 0;
   const stop = async (signal: string) => {
@@ -384,12 +449,17 @@ const replay = program
   .requiredOption('--from <file>', 'a server database (.sqlite) or a JSONL question file ({"question","answer"?,"at"?})')
   .option('--to <url>', 'a running server', 'ws://127.0.0.1:8080/v1/ws')
   .option('--offline', 'run the stream in-process through batching, voting and updates, with a fixed seed')
-  .option('--speed <x>', 'time scale of the original inter-arrival times (1, 10, ...) or max', (v: string) => {
-    if (v === 'max') return 'max';
-    const n = Number(v);
-    if (!(n > 0) || !Number.isFinite(n)) throw new InvalidArgumentError('--speed must be a number > 0 or max');
-    return n;
-  }, 'max' as number | 'max')
+  .option(
+    '--speed <x>',
+    'time scale of the original inter-arrival times (1, 10, ...) or max',
+    (v: string) => {
+      if (v === 'max') return 'max';
+      const n = Number(v);
+      if (!(n > 0) || !Number.isFinite(n)) throw new InvalidArgumentError('--speed must be a number > 0 or max');
+      return n;
+    },
+    'max' as number | 'max',
+  )
   .option('--since <t>', 'first arrival time to replay (ISO date-time or epoch ms; for JSONL, ms from the start)')
   .option('--until <t>', 'replay arrivals before this time')
   .option('--clients <n>', 'WebSocket connections', int('--clients', 1), 4)
@@ -413,9 +483,16 @@ replay.action(async (o: Record<string, unknown>, cmd: Command) => {
     r = await replayOffline(items, settings, { keepDb: cmd.getOptionValueSource('db') === 'cli', onProgress: (n) => bar.update(n) });
   } else {
     for (const k of Object.keys(settingsOf(OFFLINE_REPLAY_GROUPS)))
-      if (cmd.getOptionValueSource(k) === 'cli') throw new InvalidArgumentError(`${k === 'adapt' ? '--no-adapt' : flagName(k)} applies to --offline replays only`);
+      if (cmd.getOptionValueSource(k) === 'cli')
+        throw new InvalidArgumentError(`${k === 'adapt' ? '--no-adapt' : flagName(k)} applies to --offline replays only`);
     const apiKey = (o.apiKey as string | undefined) ?? process.env.TTRL_API_KEY;
-    r = await replayLive(items, { to: o.to as string, speed: o.speed as number | 'max', clients: o.clients as number, apiKey, onProgress: (n) => bar.update(n) });
+    r = await replayLive(items, {
+      to: o.to as string,
+      speed: o.speed as number | 'max',
+      clients: o.clients as number,
+      apiKey,
+      onProgress: (n) => bar.update(n),
+    });
   }
   const report = buildReport(r.outcomes, r.sent, r.wallS, o.window as number);
   if (o.report) await writeReport(o.report as string, report, `replay of ${o.from}`);
@@ -439,7 +516,9 @@ replay.action(async (o: Record<string, unknown>, cmd: Command) => {
   };
   if (o.json) console.log(JSON.stringify(summary));
   else {
-    console.log(`${report.questions} questions: ${report.sent} sent, ${report.answered} answered, ${report.errors} errors ${JSON.stringify(report.error_codes)}`);
+    console.log(
+      `${report.questions} questions: ${report.sent} sent, ${report.answered} answered, ${report.errors} errors ${JSON.stringify(report.error_codes)}`,
+    );
     console.log(`${report.questions_per_s} questions/s, latency p50 ${report.p50_ms} ms, p99 ${report.p99_ms} ms`);
     if (report.accuracy !== null) {
       console.log(`served accuracy ${report.accuracy}; per version ${JSON.stringify(report.per_version)}`);
@@ -461,7 +540,11 @@ program
   .option('--since <t>', 'first arrival time (ISO date-time or epoch ms)')
   .option('--until <t>', 'arrivals before this time')
   .option('--samples', 'include every sample (jsonl only)')
-  .option('--version <n>', 'write this model version to --out instead: merged, as a model directory (Hugging Face layout for Llama-family models)', int('--version', 0))
+  .option(
+    '--version <n>',
+    'write this model version to --out instead: merged, as a model directory (Hugging Face layout for Llama-family models)',
+    int('--version', 0),
+  )
   .option('--out <dir>', 'where --version is written')
   .option('--adapter', "with --version: the version's LoRA adapters in PEFT's layout (adapter_config.json, adapter_model.safetensors)")
   .option('--model <path>', 'with --version: the base model (default: the one the database was created with)')
@@ -471,7 +554,9 @@ program
       const store = Store.open(o.db);
       try {
         const r = await exportVersion(store, o.version, { out: o.out, adapter: o.adapter, model: o.model });
-        console.log(`wrote version ${o.version} of ${r.model} (${o.adapter ? 'its adapters, PEFT layout' : r.kind === 'lora' ? 'adapters merged' : 'full weights'}) to ${o.out}`);
+        console.log(
+          `wrote version ${o.version} of ${r.model} (${o.adapter ? 'its adapters, PEFT layout' : r.kind === 'lora' ? 'adapters merged' : 'full weights'}) to ${o.out}`,
+        );
       } finally {
         store.close();
       }

@@ -14,14 +14,38 @@ test('TTRL with majority rewards raises agreement on a tiny model', async () => 
   const dir = await mkdtemp(join(tmpdir(), 'ttrl-adapt-'));
   try {
     const arch = { contextLength: 64, dModel: 32, nLayers: 1, nHeads: 2, tiedHead: false };
-    await pretrain({ out: dir, steps: 150, seed: 1, batchSize: 32, lr: 3e-3, warmup: 10, anneal: 0, aggregation: 'sequence-mean', checkpointEvery: 1000, threads: 1, arch });
+    await pretrain({
+      out: dir,
+      steps: 150,
+      seed: 1,
+      batchSize: 32,
+      lr: 3e-3,
+      warmup: 10,
+      anneal: 0,
+      aggregation: 'sequence-mean',
+      checkpointEvery: 1000,
+      threads: 1,
+      arch,
+    });
     const model = await loadModel(dir);
     const questions = suite('in-distribution', 16, 4);
     const rows: number[] = [];
     const r = await adapt(
       model,
       questions,
-      { ...ADAPT_DEFAULTS, steps: 12, votes: 8, trainSamples: 8, questionsPerStep: 8, lr: 3e-3, gate: 0, evalEvery: 0, guard: false, threads: 1, trainThreads: 1 },
+      {
+        ...ADAPT_DEFAULTS,
+        steps: 12,
+        votes: 8,
+        trainSamples: 8,
+        questionsPerStep: 8,
+        lr: 3e-3,
+        gate: 0,
+        evalEvery: 0,
+        guard: false,
+        threads: 1,
+        trainThreads: 1,
+      },
       (row) => rows.push(row.majority_ratio),
     );
     assert.equal(rows.length, 12);

@@ -81,7 +81,10 @@ for (const [rule, specs, f] of cases) {
 
 test('every VJP rule in the table has a finite-difference case', () => {
   const covered = new Set(cases.map((c) => c[0]));
-  assert.deepEqual(Object.keys(VJP).filter((k) => !covered.has(k)), []);
+  assert.deepEqual(
+    Object.keys(VJP).filter((k) => !covered.has(k)),
+    [],
+  );
 });
 
 test('composites: rmsNorm, silu', async () => {

@@ -25,7 +25,8 @@ function build(): void {
   assert.equal(r.status, 0, `npm run build failed:\n${r.stdout}\n${r.stderr}`);
 }
 
-const walk = (dir: string): string[] => readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(join(dir, e.name)) : [join(dir, e.name)]));
+const walk = (dir: string): string[] =>
+  readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(join(dir, e.name)) : [join(dir, e.name)]));
 
 test('npm run build: dist/ mirrors src/ at its depth, in JavaScript that imports no .ts module', () => {
   build();
@@ -54,34 +55,58 @@ test('package.json: the ttrl bin, and "exports" whose targets the build produces
     }
   }
   // Plain node, no tsx: the package imports itself by name, as a user's code would import it.
-  const r = spawnSync(process.execPath, ['--input-type=module', '-e', "const m = await import('ttrl-server/client'); if (typeof m.TtrlClient !== 'function') throw new Error('no TtrlClient'); console.log('ok')"], { cwd: ROOT, env: cleanEnv(), encoding: 'utf8' });
+  const r = spawnSync(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      "const m = await import('ttrl-server/client'); if (typeof m.TtrlClient !== 'function') throw new Error('no TtrlClient'); console.log('ok')",
+    ],
+    { cwd: ROOT, env: cleanEnv(), encoding: 'utf8' },
+  );
   assert.equal(r.stdout.trim(), 'ok', r.stderr);
 });
 
-test('install: onnxruntime-node\'s install script is denied by allowScripts (no CUDA download), with no npm warning', { skip: !linux && 'the probe uses NODE_OPTIONS and POSIX paths' }, () => {
-  assert.equal(existsSync(join(ROOT, '.npmrc')) && /onnxruntime/.test(readFileSync(join(ROOT, '.npmrc'), 'utf8')), false, '.npmrc must not hold onnxruntime-node-install: npm 11 warns "Unknown project config" on every command');
-  assert.equal(pkg.allowScripts['onnxruntime-node'], false);
-  // A probe preloaded into every node npm starts: when onnxruntime-node's install script
-  // starts, it records that and exits before the script can download anything.
-  const dir = mkdtempSync(join(tmpdir(), 'ttrl-install-'));
-  try {
-    const marker = join(dir, 'ran');
-    const probe = join(dir, 'probe.cjs');
-    writeFileSync(probe, `if (/onnxruntime-node[\\\\/]script[\\\\/]install/.test(process.argv[1] || '')) { require('fs').writeFileSync(${JSON.stringify(marker)}, 'ran'); process.exit(0); }\n`);
-    const rebuild = (...flags: string[]) => spawnSync('npm', ['rebuild', 'onnxruntime-node', '--foreground-scripts', ...flags], { cwd: ROOT, env: cleanEnv({ NODE_OPTIONS: `--require ${probe}` }), encoding: 'utf8' });
-    const r = rebuild();
-    assert.equal(r.status, 0, r.stderr);
-    const out = r.stdout + r.stderr;
-    assert.doesNotMatch(out, /Unknown \w+ config/);
-    assert.doesNotMatch(out, /install-scripts|allowScripts/, 'every dependency with install scripts is approved or denied in package.json');
-    assert.equal(existsSync(marker), false, "onnxruntime-node's install script ran: it would download CUDA libraries");
-    // The probe itself works: with the policy bypassed, the script does start.
-    assert.equal(rebuild('--dangerously-allow-all-scripts').status, 0);
-    assert.equal(existsSync(marker), true, 'the probe did not see the install script run (the check above proves nothing)');
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+test(
+  "install: onnxruntime-node's install script is denied by allowScripts (no CUDA download), with no npm warning",
+  { skip: !linux && 'the probe uses NODE_OPTIONS and POSIX paths' },
+  () => {
+    assert.equal(
+      existsSync(join(ROOT, '.npmrc')) && /onnxruntime/.test(readFileSync(join(ROOT, '.npmrc'), 'utf8')),
+      false,
+      '.npmrc must not hold onnxruntime-node-install: npm 11 warns "Unknown project config" on every command',
+    );
+    assert.equal(pkg.allowScripts['onnxruntime-node'], false);
+    // A probe preloaded into every node npm starts: when onnxruntime-node's install script
+    // starts, it records that and exits before the script can download anything.
+    const dir = mkdtempSync(join(tmpdir(), 'ttrl-install-'));
+    try {
+      const marker = join(dir, 'ran');
+      const probe = join(dir, 'probe.cjs');
+      writeFileSync(
+        probe,
+        `if (/onnxruntime-node[\\\\/]script[\\\\/]install/.test(process.argv[1] || '')) { require('fs').writeFileSync(${JSON.stringify(marker)}, 'ran'); process.exit(0); }\n`,
+      );
+      const rebuild = (...flags: string[]) =>
+        spawnSync('npm', ['rebuild', 'onnxruntime-node', '--foreground-scripts', ...flags], {
+          cwd: ROOT,
+          env: cleanEnv({ NODE_OPTIONS: `--require ${probe}` }),
+          encoding: 'utf8',
+        });
+      const r = rebuild();
+      assert.equal(r.status, 0, r.stderr);
+      const out = r.stdout + r.stderr;
+      assert.doesNotMatch(out, /Unknown \w+ config/);
+      assert.doesNotMatch(out, /install-scripts|allowScripts/, 'every dependency with install scripts is approved or denied in package.json');
+      assert.equal(existsSync(marker), false, "onnxruntime-node's install script ran: it would download CUDA libraries");
+      // The probe itself works: with the policy bypassed, the script does start.
+      assert.equal(rebuild('--dangerously-allow-all-scripts').status, 0);
+      assert.equal(existsSync(marker), true, 'the probe did not see the install script run (the check above proves nothing)');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
 
 async function freePort(): Promise<number> {
   const s = createServer();
@@ -174,23 +199,31 @@ async function stopsGracefully(s: Started, send: () => void): Promise<void> {
   }
 }
 
-test('npm start: runs dist/cli.js in plain node (npm → node, no shell, no tsx), and SIGTERM to npm stops the server gracefully', { skip: !linux && 'reads /proc' }, async () => {
-  const s = await npmStart();
-  const argv = readFileSync(`/proc/${s.server}/cmdline`, 'utf8').split('\0').filter(Boolean);
-  assert.deepEqual(argv.slice(1), ['dist/cli.js', 'serve'], `the server runs as npm's direct child: ${argv.join(' ')}`);
-  assert.doesNotMatch(argv.join(' '), /tsx/);
-  // A question answered: the compiled sampler worker runs.
-  const r = await fetch(`http://127.0.0.1:${s.port}/v1/ask`, { method: 'POST', body: JSON.stringify({ question: '1+2=' }) });
-  assert.equal(r.status, 200, await r.text());
-  await stopsGracefully(s, () => process.kill(s.npm.pid!, 'SIGTERM'));
-});
+test(
+  'npm start: runs dist/cli.js in plain node (npm → node, no shell, no tsx), and SIGTERM to npm stops the server gracefully',
+  { skip: !linux && 'reads /proc' },
+  async () => {
+    const s = await npmStart();
+    const argv = readFileSync(`/proc/${s.server}/cmdline`, 'utf8').split('\0').filter(Boolean);
+    assert.deepEqual(argv.slice(1), ['dist/cli.js', 'serve'], `the server runs as npm's direct child: ${argv.join(' ')}`);
+    assert.doesNotMatch(argv.join(' '), /tsx/);
+    // A question answered: the compiled sampler worker runs.
+    const r = await fetch(`http://127.0.0.1:${s.port}/v1/ask`, { method: 'POST', body: JSON.stringify({ question: '1+2=' }) });
+    assert.equal(r.status, 200, await r.text());
+    await stopsGracefully(s, () => process.kill(s.npm.pid!, 'SIGTERM'));
+  },
+);
 
-test('npm start: Ctrl-C (SIGINT to the foreground group: npm, which forwards it, and node) stops it gracefully, not at once', { skip: !linux && 'reads /proc' }, async () => {
-  const s = await npmStart();
-  await stopsGracefully(s, () => {
-    process.kill(-s.npm.pid!, 'SIGINT');
-    // npm's forwarded copy can arrive a few milliseconds after the terminal's: send one so
-    // the check does not depend on the two being merged by the kernel.
-    setTimeout(() => alive(s.server) && process.kill(s.server, 'SIGINT'), 10);
-  });
-});
+test(
+  'npm start: Ctrl-C (SIGINT to the foreground group: npm, which forwards it, and node) stops it gracefully, not at once',
+  { skip: !linux && 'reads /proc' },
+  async () => {
+    const s = await npmStart();
+    await stopsGracefully(s, () => {
+      process.kill(-s.npm.pid!, 'SIGINT');
+      // npm's forwarded copy can arrive a few milliseconds after the terminal's: send one so
+      // the check does not depend on the two being merged by the kernel.
+      setTimeout(() => alive(s.server) && process.kill(s.server, 'SIGINT'), 10);
+    });
+  },
+);

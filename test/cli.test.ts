@@ -7,7 +7,6 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ttrl, lastJson } from './helpers/cli.ts';
 
-
 test('ttrl init, info and sample, with --json', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'ttrl-cli-'));
   try {
@@ -48,7 +47,20 @@ test('ttrl info and sample take a Llama-family Hugging Face directory or a GGUF 
       assert.equal(info.code, 0, info.stderr);
       const i = lastJson(info.stdout);
       assert.deepEqual([i.family, i.params, i.dims.kvHeads, i.tokenizer.vocab], ['llama', 260032, 4, 512]);
-      const s = await ttrl('sample', '--model', model, '--prompt', 'Once upon a time', '--temperature', '0', '--samples', '1', '--max-new-tokens', '60', '--json');
+      const s = await ttrl(
+        'sample',
+        '--model',
+        model,
+        '--prompt',
+        'Once upon a time',
+        '--temperature',
+        '0',
+        '--samples',
+        '1',
+        '--max-new-tokens',
+        '60',
+        '--json',
+      );
       assert.equal(s.code, 0, s.stderr);
       const text: string = lastJson(s.stdout).completions[0].text;
       assert.match(text, /^, there was a little girl named Lily\. She loved to play outside in the park\. One day, she saw a big, red ball\./);

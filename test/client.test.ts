@@ -54,7 +54,7 @@ async function relay(port: number) {
     cut: () => [...pairs].forEach((p) => (p.client.destroy(), p.upstream.destroy())),
     silence: () => pairs.forEach((p) => (p.silent = true)),
     close: () => {
-      for (const p of pairs) p.client.destroy(), p.upstream.destroy();
+      for (const p of pairs) (p.client.destroy(), p.upstream.destroy());
       return new Promise<void>((r) => server.close(() => r()));
     },
   };
@@ -63,7 +63,10 @@ async function relay(port: number) {
 function checkAnswer(a: Answer, votes: number): void {
   assert.equal(typeof a.id, 'string');
   assert.ok(a.answer === null || typeof a.answer === 'string');
-  assert.equal(Object.values(a.votes).reduce((x, y) => x + y, 0), votes);
+  assert.equal(
+    Object.values(a.votes).reduce((x, y) => x + y, 0),
+    votes,
+  );
   assert.ok(a.confidence > 0 && a.confidence <= 1);
   assert.equal(typeof a.model_version, 'number');
   assert.ok(a.prompt_tokens > 0);
@@ -88,7 +91,10 @@ test('ask and stream give typed answers; votes stream before the answer; hello, 
     const events: StreamEvent[] = [];
     for await (const e of c.stream(QS[2]!, { votes: 6 })) events.push(e);
     assert.equal(events.length, 7);
-    assert.deepEqual(events.map((e) => e.type), [...Array(6).fill('vote'), 'answer']);
+    assert.deepEqual(
+      events.map((e) => e.type),
+      [...Array(6).fill('vote'), 'answer'],
+    );
     const last = events.at(-1)!;
     assert.ok(last.type === 'answer');
     checkAnswer(last, 6);
@@ -96,7 +102,13 @@ test('ask and stream give typed answers; votes stream before the answer; hello, 
     const tally: Record<string, number> = {};
     for (const e of events) if (e.type === 'vote') tally[e.answer ?? ''] = (tally[e.answer ?? ''] ?? 0) + 1;
     assert.deepEqual(tally, last.votes);
-    assert.deepEqual(events.filter((e) => e.type === 'vote').map((e) => (e.type === 'vote' ? e.index : -1)).sort((x, y) => x - y), [0, 1, 2, 3, 4, 5]);
+    assert.deepEqual(
+      events
+        .filter((e) => e.type === 'vote')
+        .map((e) => (e.type === 'vote' ? e.index : -1))
+        .sort((x, y) => x - y),
+      [0, 1, 2, 3, 4, 5],
+    );
     for (const e of events) if (e.type === 'vote') assert.ok(typeof e.text === 'string' && e.tokens > 0 && e.id === last.id);
 
     // Leaving a stream early is fine, and the client carries on.
@@ -154,7 +166,10 @@ test('overloaded replies are retried with jittered backoff until answered; with 
     const answers = await Promise.all(QS.slice(0, 16).map((q) => patient.ask(q)));
     answers.forEach((a) => checkAnswer(a, 4));
     assert.ok(retries.length > 0, 'the queue of 1 overflowed');
-    assert.ok(retries.every((r) => r.code === 'overloaded'), JSON.stringify(retries.slice(0, 3)));
+    assert.ok(
+      retries.every((r) => r.code === 'overloaded'),
+      JSON.stringify(retries.slice(0, 3)),
+    );
     for (const r of retries) {
       const nominal = Math.min(64, 4 * 2 ** (r.attempt - 1));
       assert.ok(r.delayMs >= 0.5 * nominal && r.delayMs < 1.5 * nominal, `retry ${r.attempt} after ${r.delayMs} ms`);
@@ -229,7 +244,10 @@ test('a cut network path: the questions in flight are asked again on the new con
     r.cut();
     (await asks).forEach((a) => checkAnswer(a, 32));
     assert.equal(hellos.length, 2);
-    assert.deepEqual(retries.map((x) => [x.code, x.attempt]), Array(6).fill(['connection_lost', 1]));
+    assert.deepEqual(
+      retries.map((x) => [x.code, x.attempt]),
+      Array(6).fill(['connection_lost', 1]),
+    );
   } finally {
     await c.close();
     await r.close();
@@ -268,9 +286,15 @@ test('with reconnect off, a server that goes away fails what it held with connec
   await s.close();
   const settled = await results;
   const codes = settled.map((r) => (r.status === 'fulfilled' ? 'answer' : (r.reason as TtrlError).code));
-  assert.ok(codes.every((x) => ['answer', 'shutting_down', 'connection_lost'].includes(x)), codes.join());
+  assert.ok(
+    codes.every((x) => ['answer', 'shutting_down', 'connection_lost'].includes(x)),
+    codes.join(),
+  );
   assert.ok(codes.includes('connection_lost'), codes.join());
-  assert.deepEqual(drops.map((d) => d.reconnecting), [false]);
+  assert.deepEqual(
+    drops.map((d) => d.reconnecting),
+    [false],
+  );
   // Nothing listens there now: a fresh attempt fails at once, typed.
   const e = await failure(c.ask(QS[0]!));
   assert.equal(e.code, 'connection_failed');
@@ -316,7 +340,7 @@ test('timeouts: a question unanswered in time, a server that never says hello; a
   }
 });
 
-test('the server\'s refusals come back as TtrlErrors with their code, and the connection stays usable', async () => {
+test("the server's refusals come back as TtrlErrors with their code, and the connection stays usable", async () => {
   const s = await start({ maxMessageBytes: 256, maxPromptTokens: 16 });
   const c = new TtrlClient(s.wsUrl);
   const errors: TtrlError[] = [];
@@ -347,7 +371,20 @@ test('the server\'s refusals come back as TtrlErrors with their code, and the co
 
 test('a model version change reaches on("model") and modelVersion', async () => {
   const token = 'client-test-admin';
-  const s = await start({ adapt: true, updateEvery: 1_000_000, votes: 8, trainSamples: 8, questionsPerStep: 8, probeQuestions: 0, anchors: 0, gate: 0, entropyFloor: 0, maxClientShare: 1, lr: 1e-4, adminToken: token });
+  const s = await start({
+    adapt: true,
+    updateEvery: 1_000_000,
+    votes: 8,
+    trainSamples: 8,
+    questionsPerStep: 8,
+    probeQuestions: 0,
+    anchors: 0,
+    gate: 0,
+    entropyFloor: 0,
+    maxClientShare: 1,
+    lr: 1e-4,
+    adminToken: token,
+  });
   const admin = (path: string) => fetch(`${s.url}/admin${path}`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
   const c = new TtrlClient(s.wsUrl);
   const seen: [number, number | undefined][] = [];
@@ -365,7 +402,10 @@ test('a model version change reaches on("model") and modelVersion', async () => 
     const back = new Promise<void>((r) => c.on('model', (x) => x === 0 && r()));
     assert.equal((await admin('/versions/0/activate')).status, 200);
     await back;
-    assert.deepEqual(seen, [[v, 0], [0, v]]);
+    assert.deepEqual(seen, [
+      [v, 0],
+      [0, v],
+    ]);
     assert.equal(c.modelVersion, 0);
   } finally {
     await c.close();

@@ -14,7 +14,10 @@ import { suite } from '../src/tasks/suites.ts';
 import { assertJudged, startTestServer, type SettingOverrides } from './helpers/server.ts';
 
 // What the functions run in the page see (this project compiles without the DOM library).
-declare const document: { getElementById(id: string): { textContent: string | null } | null; querySelector(selector: string): { textContent: string | null } | null };
+declare const document: {
+  getElementById(id: string): { textContent: string | null } | null;
+  querySelector(selector: string): { textContent: string | null } | null;
+};
 declare const sessionStorage: { getItem(key: string): string | null };
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -69,7 +72,10 @@ test('the dashboard shows answers as they come and a version change made from it
   page.on('request', (r) => requested.push(r.url()));
   await page.goto(`${s.url}/`);
   await page.locator('#conn[data-state="live"]').waitFor({ timeout: 30_000 });
-  assert.ok(requested.every((u) => u.startsWith(s.url) || u.startsWith('data:')), requested.join('\n'));
+  assert.ok(
+    requested.every((u) => u.startsWith(s.url) || u.startsWith('data:')),
+    requested.join('\n'),
+  );
   assert.ok(requested.some((u) => u.endsWith('/assets/uplot/uPlot.iife.min.js')));
   assert.equal(await text(page, 'serving-version'), '0');
   assert.equal(await page.locator('#questions li').count(), 0);
@@ -86,7 +92,9 @@ test('the dashboard shows answers as they come and a version change made from it
   assert.ok(bar.length >= 1 && bar.every((b) => / of 8 votes$/.test(b!)), bar.join(', '));
   await waitText(page, 'answered', '1');
   // Within a tick: a rate, a latency, the confidence of one answer.
-  await page.waitForFunction(() => document.getElementById('qps')!.textContent !== '0.0' && document.getElementById('p50')!.textContent!.endsWith('ms'), null, { timeout: 5_000 });
+  await page.waitForFunction(() => document.getElementById('qps')!.textContent !== '0.0' && document.getElementById('p50')!.textContent!.endsWith('ms'), null, {
+    timeout: 5_000,
+  });
   assert.equal(await text(page, 'confidence-n'), 'last 1 answers');
 
   // More questions, concurrently: the list keeps the newest first.

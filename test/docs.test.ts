@@ -12,7 +12,9 @@ const DOCS = ['README.md', 'test/README.md', 'bench/RESULTS.md', ...readdirSync(
 
 test("README's folder table lists exactly the folders under src/", () => {
   const listed = [...read('README.md').matchAll(/^\| `src\/([\w-]+)\/` \|/gm)].map((m) => m[1]!).sort();
-  const folders = readdirSync(join(PROJECT_ROOT, 'src')).filter((f) => statSync(join(PROJECT_ROOT, 'src', f)).isDirectory()).sort();
+  const folders = readdirSync(join(PROJECT_ROOT, 'src'))
+    .filter((f) => statSync(join(PROJECT_ROOT, 'src', f)).isDirectory())
+    .sort();
   assert.deepEqual(listed, folders);
 });
 

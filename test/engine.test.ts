@@ -27,7 +27,10 @@ const base = { samplesPerPrompt: 4, maxNewTokens: 8, stopTokens: [EOS], padToken
 test('sampling is reproducible from the seed, stops at the stop token, and respects the batch layout', async () => {
   const s = await Sampler.create({ config: c, weights: weights(1, 3), version: 3 });
   try {
-    const prompts = [[1, 2, 3], [4, 5, 6, 7, 8]];
+    const prompts = [
+      [1, 2, 3],
+      [4, 5, 6, 7, 8],
+    ];
     const a = await s.generate(prompts, { ...base, seed: 7 });
     const b = await s.generate(prompts, { ...base, seed: 7 });
     const d = await s.generate(prompts, { ...base, seed: 8 });
@@ -51,11 +54,24 @@ test('sampling is reproducible from the seed, stops at the stop token, and respe
   }
 });
 
-test('with one seed per prompt, a prompt\'s samples do not depend on the batch it shares', async () => {
+test("with one seed per prompt, a prompt's samples do not depend on the batch it shares", async () => {
   const s = await Sampler.create({ config: c, weights: weights(1, 3) });
   try {
-    const a = await s.generate([[1, 2, 3], [4, 5, 6]], { ...base, seed: 0, seeds: [11, 22] });
-    const b = await s.generate([[7, 8, 9], [9, 8, 7], [1, 2, 3]], { ...base, seed: 5, seeds: [33, 44, 11] });
+    const a = await s.generate(
+      [
+        [1, 2, 3],
+        [4, 5, 6],
+      ],
+      { ...base, seed: 0, seeds: [11, 22] },
+    );
+    const b = await s.generate(
+      [
+        [7, 8, 9],
+        [9, 8, 7],
+        [1, 2, 3],
+      ],
+      { ...base, seed: 5, seeds: [33, 44, 11] },
+    );
     const d = await s.generate([[1, 2, 3]], { ...base, seed: 0, seeds: [12] });
     assert.deepEqual(b.completions[2], a.completions[0]);
     assert.notDeepEqual(d.completions[0], a.completions[0]);
@@ -70,13 +86,25 @@ test('greedy sampling (temperature 0) of a prompt is the same alone and left-pad
   try {
     const greedy = { ...base, samplesPerPrompt: 2, seed: 1, temperature: 0 };
     const alone = await s.generate([[1, 2]], greedy);
-    const padded = await s.generate([[1, 2], [3, 4, 5, 6, 7, 8, 9]], greedy);
-    assert.deepEqual(padded.completions[0]!.map((x) => x.tokens), alone.completions[0]!.map((x) => x.tokens));
+    const padded = await s.generate(
+      [
+        [1, 2],
+        [3, 4, 5, 6, 7, 8, 9],
+      ],
+      greedy,
+    );
+    assert.deepEqual(
+      padded.completions[0]!.map((x) => x.tokens),
+      alone.completions[0]!.map((x) => x.tokens),
+    );
     // both samples of a prompt are the argmax path, whatever the seed; a nucleus of one token is the same path
     assert.deepEqual(alone.completions[0]![0]!.tokens, alone.completions[0]![1]!.tokens);
     assert.deepEqual((await s.generate([[1, 2]], { ...greedy, seed: 9 })).completions, alone.completions);
     const nucleus = await s.generate([[1, 2]], { ...base, samplesPerPrompt: 2, seed: 1, topP: 1e-6 });
-    assert.deepEqual(nucleus.completions[0]!.map((x) => x.tokens), alone.completions[0]!.map((x) => x.tokens));
+    assert.deepEqual(
+      nucleus.completions[0]!.map((x) => x.tokens),
+      alone.completions[0]!.map((x) => x.tokens),
+    );
   } finally {
     await s.close();
   }
@@ -90,14 +118,21 @@ test('top-k keeps samples among the k most likely tokens; top-k 1 is greedy', as
     const prompt = [1, 2, 3];
     const k1 = await s.generate([prompt], { ...base, samplesPerPrompt: 8, seed: 3, topK: 1 });
     const greedy = await s.generate([prompt], { ...base, samplesPerPrompt: 8, seed: 3, temperature: 0 });
-    assert.deepEqual(k1.completions[0]!.map((x) => x.tokens), greedy.completions[0]!.map((x) => x.tokens));
+    assert.deepEqual(
+      k1.completions[0]!.map((x) => x.tokens),
+      greedy.completions[0]!.map((x) => x.tokens),
+    );
     // every first token drawn with top-k 3 is among the 3 most likely first tokens (scored by the trainer's forward)
     const r = await s.generate([prompt], { ...base, samplesPerPrompt: 64, seed: 4, topK: 3, maxNewTokens: 1 });
     const firsts = new Set(r.completions[0]!.map((x) => x.tokens[0]!));
-    const logprobOf = async (tok: number) => (await t.score(packBatch([{ tokens: [...prompt, tok], promptLength: 3 }], PAD, c.contextLength))).tokenLogprobs[3]!;
+    const logprobOf = async (tok: number) =>
+      (await t.score(packBatch([{ tokens: [...prompt, tok], promptLength: 3 }], PAD, c.contextLength))).tokenLogprobs[3]!;
     const ranked = (await Promise.all(Array.from({ length: EOS + 1 }, async (_, tok) => [tok, await logprobOf(tok)] as const))).sort((a, b) => b[1] - a[1]);
     const top3 = new Set(ranked.slice(0, 3).map(([tok]) => tok));
-    assert.ok([...firsts].every((x) => top3.has(x)), `drawn ${[...firsts]} outside the top 3 ${[...top3]}`);
+    assert.ok(
+      [...firsts].every((x) => top3.has(x)),
+      `drawn ${[...firsts]} outside the top 3 ${[...top3]}`,
+    );
     assert.ok(firsts.size >= 2, 'top-k 3 samples more than one token');
   } finally {
     await s.close();
@@ -108,7 +143,10 @@ test('top-k keeps samples among the k most likely tokens; top-k 1 is greedy', as
 test('any of several stop tokens ends a completion; with none, every completion runs to maxNewTokens', async () => {
   const s = await Sampler.create({ config: c, weights: weights(1, 3) });
   try {
-    const prompts = [[1, 2, 3], [4, 5]];
+    const prompts = [
+      [1, 2, 3],
+      [4, 5],
+    ];
     const stops = [EOS, 7, 8];
     const r = await s.generate(prompts, { ...base, samplesPerPrompt: 16, seed: 2, stopTokens: stops });
     let stoppedByOthers = 0;
@@ -130,9 +168,14 @@ test('log-probs from the sampling loop (KV cache) equal the scoring forward of t
   const s = await Sampler.create({ config: c, weights: w });
   const t = await Trainer.create({ config: c, weights: w, loss: sft() });
   try {
-    const prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]];
+    const prompts = [
+      [1, 2, 3],
+      [4, 5, 6, 7, 8, 9],
+    ];
     const r = await s.generate(prompts, { ...base, seed: 11 });
-    const seqs = r.completions.flatMap((row, i) => row.map((comp: Completion) => ({ tokens: [...prompts[i]!, ...comp.tokens], promptLength: prompts[i]!.length, lp: comp.logprobs })));
+    const seqs = r.completions.flatMap((row, i) =>
+      row.map((comp: Completion) => ({ tokens: [...prompts[i]!, ...comp.tokens], promptLength: prompts[i]!.length, lp: comp.logprobs })),
+    );
     const batch = packBatch(seqs, PAD, c.contextLength);
     const { tokenLogprobs } = await t.score(batch);
     seqs.forEach((sq, b) => {
@@ -178,7 +221,14 @@ test('a NaN in training changes nothing; bad inputs get clear errors', async () 
   const t = await Trainer.create({ config: c, weights: w, loss: grpo(plainGrpo) });
   const s = await Sampler.create({ config: c, weights: w });
   try {
-    const batch = packBatch([{ tokens: [1, 2, 3, 4], promptLength: 2, advantage: NaN }, { tokens: [1, 5, 6], promptLength: 2, advantage: 1 }], PAD, c.contextLength);
+    const batch = packBatch(
+      [
+        { tokens: [1, 2, 3, 4], promptLength: 2, advantage: NaN },
+        { tokens: [1, 5, 6], promptLength: 2, advantage: 1 },
+      ],
+      PAD,
+      c.contextLength,
+    );
     const st = await t.step(batch, { lr: 1e-3 });
     assert.equal(st.updated, false);
     assert.ok(Number.isNaN(st.gradNorm));
@@ -216,16 +266,27 @@ test('a grouped GRPO step (prompt computed once per group) equals the flat step 
   const w = weights(6, 3);
   const loss = grpoOptionsFor({ kl: 0.1, entropyBonus: 0, clipEps: 0.2 });
   const rng = new Rng(9);
-  const groups = [[1, 2, 3], [4, 5]].map((prompt) => ({
+  const groups = [
+    [1, 2, 3],
+    [4, 5],
+  ].map((prompt) => ({
     prompt,
-    completions: [[6, 7, EOS], [8, EOS], [9, 9, 9, 9]].map((tokens) => ({
+    completions: [
+      [6, 7, EOS],
+      [8, EOS],
+      [9, 9, 9, 9],
+    ].map((tokens) => ({
       tokens,
       advantage: rng.normal(),
       oldLogprobs: tokens.map(() => -1 - rng.next()),
       refLogprobs: tokens.map(() => -1 - rng.next()),
     })),
   }));
-  const flat = packBatch(groups.flatMap((g) => g.completions.map((c) => ({ ...c, tokens: [...g.prompt, ...c.tokens], promptLength: g.prompt.length }))), PAD, c.contextLength);
+  const flat = packBatch(
+    groups.flatMap((g) => g.completions.map((c) => ({ ...c, tokens: [...g.prompt, ...c.tokens], promptLength: g.prompt.length }))),
+    PAD,
+    c.contextLength,
+  );
   const grouped = packGroups(groups, PAD, c.contextLength);
   const results = [];
   const hyper = { lr: 1e-3, maxGradNorm: 1, scalars: grpoScalars(loss, { kl: 0.1, clipEps: 0.2, entropyBonus: 0 }) };
@@ -247,12 +308,35 @@ test('a grouped GRPO step (prompt computed once per group) equals the flat step 
     // near-zero gradient components shows up at a fraction of lr; exactness is the float64 gradcheck's job.
     assert.ok(maxDiff < 0.2 * hyper.lr, `${k} differs by ${maxDiff}`);
   }
-  assert.throws(() => packGroups([{ prompt: [1], completions: [{ tokens: [2] }] }, { prompt: [1], completions: [] }], PAD, c.contextLength), /same number/);
+  assert.throws(
+    () =>
+      packGroups(
+        [
+          { prompt: [1], completions: [{ tokens: [2] }] },
+          { prompt: [1], completions: [] },
+        ],
+        PAD,
+        c.contextLength,
+      ),
+    /same number/,
+  );
 });
 
-test('a trainer step is the graph\'s gradient followed by textbook AdamW', async () => {
+test("a trainer step is the graph's gradient followed by textbook AdamW", async () => {
   const w = weights(8, 3);
-  const batch = packGroups([{ prompt: [1, 2, 3], completions: [{ tokens: [4, 5, EOS], advantage: 0.8 }, { tokens: [6, EOS], advantage: -0.8 }] }], PAD, c.contextLength);
+  const batch = packGroups(
+    [
+      {
+        prompt: [1, 2, 3],
+        completions: [
+          { tokens: [4, 5, EOS], advantage: 0.8 },
+          { tokens: [6, EOS], advantage: -0.8 },
+        ],
+      },
+    ],
+    PAD,
+    c.contextLength,
+  );
   const t = await Trainer.create({ config: c, weights: w, loss: grpo(plainGrpo), layout: 'grouped' });
   const st = await t.step(batch, { lr: 1e-2, maxGradNorm: 0.5 });
   const after = await t.getWeights();
@@ -261,8 +345,12 @@ test('a trainer step is the graph\'s gradient followed by textbook AdamW', async
   const specs = paramSpecsOf(c);
   const session = await createSession(buildLossAndGrad(c, grpoObjective(plainGrpo), 'float32', 'grouped'));
   const feeds: Record<string, ort.Tensor> = {
-    input_ids: i64(batch.inputIds, [batch.B, batch.T]), attention_mask: i64(batch.attentionMask, [batch.B, batch.T]), loss_mask: f32(batch.lossMask, [batch.B, batch.T]),
-    prompt_ids: i64(batch.prompts!.ids, [1, 3]), prompt_mask: i64(batch.prompts!.mask, [1, 3]), advantages: f32(batch.advantages!, [batch.B]),
+    input_ids: i64(batch.inputIds, [batch.B, batch.T]),
+    attention_mask: i64(batch.attentionMask, [batch.B, batch.T]),
+    loss_mask: f32(batch.lossMask, [batch.B, batch.T]),
+    prompt_ids: i64(batch.prompts!.ids, [1, 3]),
+    prompt_mask: i64(batch.prompts!.mask, [1, 3]),
+    advantages: f32(batch.advantages!, [batch.B]),
   };
   for (const sp of specs) feeds[sp.name] = f32(w.get(sp.name)!, sp.shape);
   const out = await session.run(feeds);
@@ -287,14 +375,21 @@ test('the GRPO objective reaches the trainer by module URL: its loss is the text
   const w = weights(9, 3);
   const loss = grpoOptionsFor({ kl: 0, entropyBonus: 0, clipEps: 0.2 }); // PPO clipping on, no KL or entropy terms
   const rng = new Rng(4);
-  const seqs = [[1, 2, 3, 4, EOS], [1, 5, 6, EOS]].map((tokens, i) => ({ tokens, promptLength: 2, advantage: i ? -0.7 : 1.2 }));
+  const seqs = [
+    [1, 2, 3, 4, EOS],
+    [1, 5, 6, EOS],
+  ].map((tokens, i) => ({ tokens, promptLength: 2, advantage: i ? -0.7 : 1.2 }));
   const t = await Trainer.create({ config: c, weights: w, loss: grpo(loss) });
   try {
     const batch = packBatch(seqs, PAD, c.contextLength);
     const { tokenLogprobs } = await t.score(batch);
     // Old log-probs off the current ones by up to +-0.5, so some ratios fall outside 1 +- eps.
     const old = seqs.map((s, b) => s.tokens.slice(s.promptLength).map((_, j) => tokenLogprobs[b * batch.T + s.promptLength + j]! + (rng.next() - 0.5)));
-    const withOld = packBatch(seqs.map((s, b) => ({ ...s, oldLogprobs: old[b]! })), PAD, c.contextLength);
+    const withOld = packBatch(
+      seqs.map((s, b) => ({ ...s, oldLogprobs: old[b]! })),
+      PAD,
+      c.contextLength,
+    );
     // Written out: token-mean of -min(r A, clip(r, 1-eps, 1+eps) A) over the completion tokens.
     const eps = 0.2;
     let sum = 0;
@@ -315,5 +410,8 @@ test('the GRPO objective reaches the trainer by module URL: its loss is the text
   } finally {
     await t.close();
   }
-  await assert.rejects(Trainer.create({ config: c, weights: w, loss: { module: new URL('../src/engine/adamw.ts', import.meta.url).href } }), /exports no objective\(options\) function/);
+  await assert.rejects(
+    Trainer.create({ config: c, weights: w, loss: { module: new URL('../src/engine/adamw.ts', import.meta.url).href } }),
+    /exports no objective\(options\) function/,
+  );
 });

@@ -70,7 +70,7 @@ test('choice: explicit statements win over strong forms, the article "a" and the
   assert.equal(choice.extract('Answer:B'), 'B');
   assert.equal(choice.extract('the answers are many'), null);
   assert.equal(choice.extract('I choose (D)'), 'D');
-  assert.equal(choice.extract('Answer: A\'s claim is wrong; (B)'), 'B', "A's is a word");
+  assert.equal(choice.extract("Answer: A's claim is wrong; (B)"), 'B', "A's is a word");
 });
 
 test('regex: the first group of the last match, or the whole match; bad patterns fail when named', () => {
@@ -89,14 +89,45 @@ test('unknown extractors are refused by name', () => {
   assert.throws(() => extractor('choice:B-D'), /choice:A-B/);
 });
 
-test('arithmetic is the shipped model\'s marker rule', () => {
+test("arithmetic is the shipped model's marker rule", () => {
   const arithmetic = extractor('arithmetic');
   for (const t of ['12+34=46#46', '5-9=-4#-4', '#007', '12+34=46', '#4.0', '1#2#3', '']) assert.equal(arithmetic.extract(t), extractAnswer(t), t);
 });
 
 test('no extractor throws on arbitrary text, and each returns a string or null', () => {
   const rng = new Rng(12);
-  const alphabet = ['\\boxed', '\\fbox', '{', '}', '\\', '#', '####', ' ', '\n', '(', ')', '*', '**', 'A', 'a', 'I', 'answer is', 'Answer:', '$', '1', ',', '.', '-', '\u2212', '9', '=', 'x', '\\frac', 'é', '\u0000'];
+  const alphabet = [
+    '\\boxed',
+    '\\fbox',
+    '{',
+    '}',
+    '\\',
+    '#',
+    '####',
+    ' ',
+    '\n',
+    '(',
+    ')',
+    '*',
+    '**',
+    'A',
+    'a',
+    'I',
+    'answer is',
+    'Answer:',
+    '$',
+    '1',
+    ',',
+    '.',
+    '-',
+    '\u2212',
+    '9',
+    '=',
+    'x',
+    '\\frac',
+    'é',
+    '\u0000',
+  ];
   const all = [...Object.keys(EXTRACTORS), 'choice:A-J', 'regex:(\\d+)', 'regex:a|'].map(extractor);
   for (let i = 0; i < 3000; i++) {
     let text = '';
@@ -111,7 +142,16 @@ test('no extractor throws on arbitrary text, and each returns a string or null',
 });
 
 test('long and deeply nested text is read in linear time (it was quadratic: seconds per completion)', () => {
-  const texts = ['1,'.repeat(100_000), '\n1. a'.repeat(40_000), '\\boxed{'.repeat(30_000), '\\text{'.repeat(20_000) + '5' + '}'.repeat(20_000), 'answer is '.repeat(20_000), '(A) '.repeat(50_000), `A${' '.repeat(100_000)}b`, `#### ${' '.repeat(100_000)}x`];
+  const texts = [
+    '1,'.repeat(100_000),
+    '\n1. a'.repeat(40_000),
+    '\\boxed{'.repeat(30_000),
+    '\\text{'.repeat(20_000) + '5' + '}'.repeat(20_000),
+    'answer is '.repeat(20_000),
+    '(A) '.repeat(50_000),
+    `A${' '.repeat(100_000)}b`,
+    `#### ${' '.repeat(100_000)}x`,
+  ];
   const all = [...Object.keys(EXTRACTORS), 'choice:A-J'].map(extractor);
   const t0 = performance.now();
   for (const t of texts) {

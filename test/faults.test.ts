@@ -17,7 +17,28 @@ import { scratch } from './helpers/scratch.ts';
 const ADMIN = 'fault-test-token';
 // Tiny updates (8 questions of 8 votes) so that one comes every second or so. One connection
 // may supply a whole update (--max-client-share 1), though two stream anyway.
-const SERVE = ['--votes', '8', '--train-samples', '8', '--update-every', '8', '--probe-questions', '8', '--anchors', '0', '--max-client-share', '1', '--threads', '1', '--train-threads', '1', '--train-nice', '0', '--admin-token', ADMIN];
+const SERVE = [
+  '--votes',
+  '8',
+  '--train-samples',
+  '8',
+  '--update-every',
+  '8',
+  '--probe-questions',
+  '8',
+  '--anchors',
+  '0',
+  '--max-client-share',
+  '1',
+  '--threads',
+  '1',
+  '--train-threads',
+  '1',
+  '--train-nice',
+  '0',
+  '--admin-token',
+  ADMIN,
+];
 // Restarts only need to serve (loading and verifying the active version); no trainer to start.
 const RESTART = [...SERVE, '--no-adapt'];
 const QUESTIONS = suite('in-distribution', 400, 13).map((q) => q.question);
@@ -35,7 +56,10 @@ class QuestionStream {
   private next = 0;
   private stopped = false;
   readonly closed: Promise<void>;
-  private constructor(private ws: WebSocket, private name: string) {
+  private constructor(
+    private ws: WebSocket,
+    private name: string,
+  ) {
     this.closed = new Promise((r) => ws.on('close', () => r()));
     ws.on('error', () => {});
   }
@@ -149,12 +173,25 @@ async function assertRestartServes(db: string): Promise<string> {
     const a = (await r.json()) as { type: string; model_version: number };
     assert.equal(a.type, 'answer');
     const names = await readdir(`${db}.versions`);
-    assert.deepEqual(names.filter((n) => n.endsWith('.tmp')), [], 'no unfinished write is left after the restart');
+    assert.deepEqual(
+      names.filter((n) => n.endsWith('.tmp')),
+      [],
+      'no unfinished write is left after the restart',
+    );
     const { versions } = readDb(db);
-    assert.deepEqual(versions.filter((v) => v.status === 'corrupt' || v.status === 'candidate'), []);
+    assert.deepEqual(
+      versions.filter((v) => v.status === 'corrupt' || v.status === 'candidate'),
+      [],
+    );
     const active = versions.find((v) => v.status === 'active')!;
     assert.equal(a.model_version, active.version);
-    if (active.version > 0) assert.equal(createHash('sha256').update(await readFile(active.weights_path!)).digest('hex'), active.weights_sha256);
+    if (active.version > 0)
+      assert.equal(
+        createHash('sha256')
+          .update(await readFile(active.weights_path!))
+          .digest('hex'),
+        active.weights_sha256,
+      );
     return s.log();
   } finally {
     await s.stop();

@@ -18,7 +18,15 @@ const MAX_BYTES = 1024; // --max-message-bytes: small, so oversized frames are c
 const VOTES = 2; // --votes: small, so the valid asks are quick
 const CODES = new Set(Object.keys(ERROR_CODES));
 // HTTP statuses of the codes, as the README's Protocol section states them (400 otherwise).
-const HTTP_STATUS: Record<string, number> = { overloaded: 503, shutting_down: 503, internal: 500, payload_too_large: 413, unsupported_encoding: 415, unauthorized: 401, not_found: 404 };
+const HTTP_STATUS: Record<string, number> = {
+  overloaded: 503,
+  shutting_down: 503,
+  internal: 500,
+  payload_too_large: 413,
+  unsupported_encoding: 415,
+  unauthorized: 401,
+  not_found: 404,
+};
 // What a question with odd characters may get: the shipped model reads digits, + - and = only.
 const QUESTION_CODES = ['answer', 'unreadable_question', 'question_too_long', 'context_length_exceeded', 'invalid_message'];
 
@@ -42,12 +50,34 @@ const question = fc
   .tuple(fc.array(fc.integer({ min: 0, max: 99 }), { minLength: 2, maxLength: 4 }), fc.array(fc.constantFrom('+', '-'), { minLength: 3, maxLength: 3 }))
   .map(([ns, ops]) => ns.map((n, i) => (i ? ops[i - 1]! + n : String(n))).join('') + '=');
 const oddChar = fc.oneof(
-  fc.constantFrom('\u0000', '\ud800', '\udfff', '\ud83d', '\u202e', '\u200f', '\u0627\u0644', '😀', '👩‍👩‍👧', '\ufeff', '\uffff', '\u2028', 'e\u0301', '\u007f', '\n', '"', '\\'),
+  fc.constantFrom(
+    '\u0000',
+    '\ud800',
+    '\udfff',
+    '\ud83d',
+    '\u202e',
+    '\u200f',
+    '\u0627\u0644',
+    '😀',
+    '👩‍👩‍👧',
+    '\ufeff',
+    '\uffff',
+    '\u2028',
+    'e\u0301',
+    '\u007f',
+    '\n',
+    '"',
+    '\\',
+  ),
   fc.string({ unit: 'binary', maxLength: 3 }),
   fc.constantFrom('1', '7', '+', '-', '='),
 );
 const oddText = (maxLength: number) => fc.array(oddChar, { maxLength }).map((cs) => cs.join(''));
-const validId = fc.oneof(fc.string({ unit: 'grapheme-ascii', minLength: 1, maxLength: 20 }), fc.string({ unit: 'binary', minLength: 1, maxLength: 40 }), oddText(20).filter((s) => s.length > 0 && s.length <= 80));
+const validId = fc.oneof(
+  fc.string({ unit: 'grapheme-ascii', minLength: 1, maxLength: 20 }),
+  fc.string({ unit: 'binary', minLength: 1, maxLength: 40 }),
+  oddText(20).filter((s) => s.length > 0 && s.length <= 80),
+);
 const ask = fc.record({ type: fc.constant('ask'), id: validId, question }, { requiredKeys: ['type', 'id', 'question'] });
 const notAString = fc.oneof(fc.integer(), fc.double(), fc.boolean(), fc.constant(null), fc.array(fc.integer(), { maxLength: 3 }), fc.object({ maxDepth: 1 }));
 const notJson = fc.string({ maxLength: 200 }).filter((s) => {
@@ -63,42 +93,126 @@ const ofBytes = (head: string, size: number) => head + '1'.repeat(size - head.le
 const askOfBytes = (size: number) => ofBytes('{"type":"ask","id":"big","question":"', size);
 
 const wsCase: fc.Arbitrary<WsCase> = fc.oneof(
-  { weight: 80, arbitrary: fc.tuple(ask, fc.option(fc.integer({ min: 1, max: 3 }), { nil: undefined }), fc.option(fc.boolean(), { nil: undefined })).map(([m, votes, stream]) => ({ kind: 'valid ask', msg: { ...m, ...(votes ? { votes } : {}), ...(stream === undefined ? {} : { stream }) }, allowed: ['answer'] })) },
-  { weight: 10, arbitrary: fc.option(validId, { nil: undefined }).map((id) => ({ kind: 'ping', msg: id === undefined ? { type: 'ping' } : { type: 'ping', id }, allowed: ['pong'] })) },
+  {
+    weight: 80,
+    arbitrary: fc
+      .tuple(ask, fc.option(fc.integer({ min: 1, max: 3 }), { nil: undefined }), fc.option(fc.boolean(), { nil: undefined }))
+      .map(([m, votes, stream]) => ({
+        kind: 'valid ask',
+        msg: { ...m, ...(votes ? { votes } : {}), ...(stream === undefined ? {} : { stream }) },
+        allowed: ['answer'],
+      })),
+  },
+  {
+    weight: 10,
+    arbitrary: fc
+      .option(validId, { nil: undefined })
+      .map((id) => ({ kind: 'ping', msg: id === undefined ? { type: 'ping' } : { type: 'ping', id }, allowed: ['pong'] })),
+  },
   { weight: 20, arbitrary: notJson.map((text) => ({ kind: 'malformed JSON', text, allowed: ['bad_json'] })) },
-  { weight: 10, arbitrary: fc.oneof(fc.jsonValue().filter((v) => v === null || typeof v !== 'object' || Array.isArray(v)), fc.constant('[]')).map((msg) => ({ kind: 'not an object', msg, allowed: ['invalid_message'] })) },
-  { weight: 10, arbitrary: fc.integer({ min: 1, max: 500 }).map((n) => ({ kind: 'deep nesting', text: '['.repeat(n) + ']'.repeat(n), allowed: ['invalid_message'] })) },
+  {
+    weight: 10,
+    arbitrary: fc
+      .oneof(
+        fc.jsonValue().filter((v) => v === null || typeof v !== 'object' || Array.isArray(v)),
+        fc.constant('[]'),
+      )
+      .map((msg) => ({ kind: 'not an object', msg, allowed: ['invalid_message'] })),
+  },
+  {
+    weight: 10,
+    arbitrary: fc.integer({ min: 1, max: 500 }).map((n) => ({ kind: 'deep nesting', text: '['.repeat(n) + ']'.repeat(n), allowed: ['invalid_message'] })),
+  },
   {
     weight: 30,
-    arbitrary: fc.oneof(
-      fc.tuple(ask, notAString).map(([m, id]) => ({ ...m, id })),
-      fc.tuple(ask, notAString).map(([m, q]) => ({ ...m, question: q })),
-      fc.tuple(ask, fc.oneof(notAString.filter((v) => !Number.isInteger(v)), fc.constant('3'))).map(([m, votes]) => ({ ...m, votes })),
-      fc.tuple(ask, fc.oneof(notAString.filter((v) => typeof v !== 'boolean'), fc.constant('true'))).map(([m, stream]) => ({ ...m, stream })),
-      ask.map(({ question: _, ...m }) => m),
-      ask.map((m) => ({ ...m, id: '' })),
-      ask.map((m) => ({ ...m, id: 'x'.repeat(129) })),
-      ask.map((m) => ({ ...m, question: '' })),
-    ).map((msg) => ({ kind: 'wrong type', msg, allowed: ['invalid_message'] })),
+    arbitrary: fc
+      .oneof(
+        fc.tuple(ask, notAString).map(([m, id]) => ({ ...m, id })),
+        fc.tuple(ask, notAString).map(([m, q]) => ({ ...m, question: q })),
+        fc
+          .tuple(
+            ask,
+            fc.oneof(
+              notAString.filter((v) => !Number.isInteger(v)),
+              fc.constant('3'),
+            ),
+          )
+          .map(([m, votes]) => ({ ...m, votes })),
+        fc
+          .tuple(
+            ask,
+            fc.oneof(
+              notAString.filter((v) => typeof v !== 'boolean'),
+              fc.constant('true'),
+            ),
+          )
+          .map(([m, stream]) => ({ ...m, stream })),
+        ask.map(({ question: _, ...m }) => m),
+        ask.map((m) => ({ ...m, id: '' })),
+        ask.map((m) => ({ ...m, id: 'x'.repeat(129) })),
+        ask.map((m) => ({ ...m, question: '' })),
+      )
+      .map((msg) => ({ kind: 'wrong type', msg, allowed: ['invalid_message'] })),
   },
-  { weight: 10, arbitrary: fc.tuple(ask, fc.oneof(fc.integer({ max: 0 }), fc.integer({ min: 65 }))).map(([m, votes]) => ({ kind: 'votes out of range', msg: { ...m, votes }, allowed: ['bad_votes'] })) },
+  {
+    weight: 10,
+    arbitrary: fc
+      .tuple(ask, fc.oneof(fc.integer({ max: 0 }), fc.integer({ min: 65 })))
+      .map(([m, votes]) => ({ kind: 'votes out of range', msg: { ...m, votes }, allowed: ['bad_votes'] })),
+  },
   {
     weight: 20,
     arbitrary: fc
-      .tuple(ask, fc.oneof(fc.string({ minLength: 1, maxLength: 12 }), fc.constantFrom('__proto__', 'constructor', 'toString', 'Type', 'ID')), fc.jsonValue({ maxDepth: 1 }))
+      .tuple(
+        ask,
+        fc.oneof(fc.string({ minLength: 1, maxLength: 12 }), fc.constantFrom('__proto__', 'constructor', 'toString', 'Type', 'ID')),
+        fc.jsonValue({ maxDepth: 1 }),
+      )
       .filter(([, key]) => !['type', 'id', 'question', 'votes', 'stream'].includes(key))
       .map(([m, key, value]) => ({ kind: 'unknown field', msg: { ...m, [key]: value }, allowed: ['unknown_field'] })),
   },
-  { weight: 10, arbitrary: fc.tuple(ask, fc.string({ maxLength: 12 }).filter((t) => t !== 'ask' && t !== 'ping')).map(([m, type]) => ({ kind: 'unknown type', msg: { ...m, type }, allowed: ['unknown_type'] })) },
+  {
+    weight: 10,
+    arbitrary: fc
+      .tuple(
+        ask,
+        fc.string({ maxLength: 12 }).filter((t) => t !== 'ask' && t !== 'ping'),
+      )
+      .map(([m, type]) => ({ kind: 'unknown type', msg: { ...m, type }, allowed: ['unknown_type'] })),
+  },
   { weight: 10, arbitrary: fc.tuple(ask, notAString).map(([m, type]) => ({ kind: 'type not a string', msg: { ...m, type }, allowed: ['invalid_message'] })) },
-  { weight: 20, arbitrary: fc.tuple(ask, oddText(30)).map(([m, q]) => ({ kind: 'odd unicode question', msg: { ...m, question: q }, allowed: QUESTION_CODES })) },
-  { weight: 10, arbitrary: fc.tuple(ask, oddText(30)).map(([m, q]) => ({ kind: 'raw lone surrogates', msg: { ...m, question: q + '\ud800' }, rawSurrogates: true, allowed: QUESTION_CODES })) },
-  { weight: 10, arbitrary: fc.integer({ min: MAX_BYTES + 1, max: 4 * MAX_BYTES }).map((n) => ({ kind: 'oversized', text: askOfBytes(n), allowed: ['payload_too_large'] })) },
-  { weight: 10, arbitrary: fc.uint8Array({ maxLength: 2 * MAX_BYTES }).map((bytes) => ({ kind: 'binary frame', bytes, binary: true, allowed: ['invalid_message'] })) },
+  {
+    weight: 20,
+    arbitrary: fc.tuple(ask, oddText(30)).map(([m, q]) => ({ kind: 'odd unicode question', msg: { ...m, question: q }, allowed: QUESTION_CODES })),
+  },
+  {
+    weight: 10,
+    arbitrary: fc
+      .tuple(ask, oddText(30))
+      .map(([m, q]) => ({ kind: 'raw lone surrogates', msg: { ...m, question: q + '\ud800' }, rawSurrogates: true, allowed: QUESTION_CODES })),
+  },
+  {
+    weight: 10,
+    arbitrary: fc.integer({ min: MAX_BYTES + 1, max: 4 * MAX_BYTES }).map((n) => ({ kind: 'oversized', text: askOfBytes(n), allowed: ['payload_too_large'] })),
+  },
+  {
+    weight: 10,
+    arbitrary: fc.uint8Array({ maxLength: 2 * MAX_BYTES }).map((bytes) => ({ kind: 'binary frame', bytes, binary: true, allowed: ['invalid_message'] })),
+  },
   // Closing cases, rarer: the connection is then opened again.
-  { weight: 3, arbitrary: fc.integer({ min: 4 * MAX_BYTES + 1, max: 8 * MAX_BYTES }).map((n) => ({ kind: 'over 4x the limit', text: askOfBytes(n), allowed: [], closes: 1009 })) },
+  {
+    weight: 3,
+    arbitrary: fc
+      .integer({ min: 4 * MAX_BYTES + 1, max: 8 * MAX_BYTES })
+      .map((n) => ({ kind: 'over 4x the limit', text: askOfBytes(n), allowed: [], closes: 1009 })),
+  },
   // Not UTF-8 in a text frame: RFC 6455 requires the connection to fail (1007), as ws does.
-  { weight: 2, arbitrary: fc.constantFrom([0x7b, 0xff, 0x7d], [0xc3, 0x28], [0xed, 0xa0, 0x80]).map((b) => ({ kind: 'invalid UTF-8 text', bytes: Uint8Array.from(b), allowed: [], closes: 1007 })) },
+  {
+    weight: 2,
+    arbitrary: fc
+      .constantFrom([0x7b, 0xff, 0x7d], [0xc3, 0x28], [0xed, 0xa0, 0x80])
+      .map((b) => ({ kind: 'invalid UTF-8 text', bytes: Uint8Array.from(b), allowed: [], closes: 1007 })),
+  },
 );
 
 // ---------- a WebSocket client that counts replies ----------
@@ -173,7 +287,9 @@ function frameOf(c: WsCase): string | Uint8Array {
     msg = { ...(msg as Msg), id: `${seq++ % 1e6}.${(msg as Msg).id}` };
   const json = JSON.stringify(msg);
   // An escape is one after an even number of backslashes (`\\\\ud800` is a backslash, then text).
-  return c.rawSurrogates ? json.replace(/(?<!\\)((?:\\\\)*)\\u(d[89a-f][0-9a-f]{2})/g, (_, bs: string, hex: string) => bs + String.fromCharCode(parseInt(hex, 16))) : json;
+  return c.rawSurrogates
+    ? json.replace(/(?<!\\)((?:\\\\)*)\\u(d[89a-f][0-9a-f]{2})/g, (_, bs: string, hex: string) => bs + String.fromCharCode(parseInt(hex, 16)))
+    : json;
 }
 
 /** Sends the cases up to the next closing one, and checks every reply; returns the connection to go on with. */
@@ -205,7 +321,10 @@ async function runCases(url: string, conn: Conn, cases: WsCase[], stats: { sent:
       if (c.kind === 'valid ask') {
         const m = c.msg as { votes?: number; stream?: boolean };
         const votes = m.votes ?? VOTES;
-        assert.equal(Object.values(r.votes as Record<string, number>).reduce((a, b) => a + b, 0), votes);
+        assert.equal(
+          Object.values(r.votes as Record<string, number>).reduce((a, b) => a + b, 0),
+          votes,
+        );
         assert.equal(conn.votes.get(id!) ?? 0, m.stream ? votes : 0, 'vote messages exactly when streamed');
         stats.asks++;
       }
@@ -273,42 +392,113 @@ interface HttpCase {
   allowed: string[];
 }
 
-const askBody = fc.record({ question, votes: fc.integer({ min: 1, max: 3 }), id: fc.string({ unit: 'grapheme-ascii', minLength: 1, maxLength: 20 }) }, { requiredKeys: ['question'] });
-const contentType = fc.constantFrom<string>('application/json', 'text/plain', 'application/x-www-form-urlencoded', 'multipart/form-data; boundary=x', 'application/octet-stream', '', 'application/json; charset=utf-8', '*/*');
+const askBody = fc.record(
+  { question, votes: fc.integer({ min: 1, max: 3 }), id: fc.string({ unit: 'grapheme-ascii', minLength: 1, maxLength: 20 }) },
+  { requiredKeys: ['question'] },
+);
+const contentType = fc.constantFrom<string>(
+  'application/json',
+  'text/plain',
+  'application/x-www-form-urlencoded',
+  'multipart/form-data; boundary=x',
+  'application/octet-stream',
+  '',
+  'application/json; charset=utf-8',
+  '*/*',
+);
 const typed = (ct: string): Record<string, string> => (ct ? { 'content-type': ct } : {});
 const httpCase: fc.Arbitrary<HttpCase> = fc.oneof(
-  { weight: 3, arbitrary: fc.tuple(askBody, contentType).map(([b, ct]) => ({ kind: 'valid ask', body: JSON.stringify(b), headers: typed(ct), allowed: ['answer'] })) },
-  { weight: 2, arbitrary: fc.tuple(notJson.filter((s) => s.trim() !== ''), contentType).map(([body, ct]) => ({ kind: 'malformed JSON', body, headers: typed(ct), allowed: ['bad_json'] })) },
+  {
+    weight: 3,
+    arbitrary: fc.tuple(askBody, contentType).map(([b, ct]) => ({ kind: 'valid ask', body: JSON.stringify(b), headers: typed(ct), allowed: ['answer'] })),
+  },
+  {
+    weight: 2,
+    arbitrary: fc
+      .tuple(
+        notJson.filter((s) => s.trim() !== ''),
+        contentType,
+      )
+      .map(([body, ct]) => ({ kind: 'malformed JSON', body, headers: typed(ct), allowed: ['bad_json'] })),
+  },
   // Top-level scalars fail the JSON reader's strict mode (bad_json); arrays and null are not asks.
-  { weight: 1, arbitrary: fc.jsonValue().filter((v) => v === null || typeof v !== 'object' || Array.isArray(v)).map((v) => ({ kind: 'not an object', body: JSON.stringify(v), allowed: ['bad_json', 'invalid_message'] })) },
+  {
+    weight: 1,
+    arbitrary: fc
+      .jsonValue()
+      .filter((v) => v === null || typeof v !== 'object' || Array.isArray(v))
+      .map((v) => ({ kind: 'not an object', body: JSON.stringify(v), allowed: ['bad_json', 'invalid_message'] })),
+  },
   {
     weight: 2,
     arbitrary: fc
       .oneof(
         fc.tuple(askBody, notAString).map(([b, q]) => ({ ...b, question: q })),
-        fc.tuple(askBody, notAString.filter((v) => !Number.isInteger(v))).map(([b, votes]) => ({ ...b, votes })),
+        fc
+          .tuple(
+            askBody,
+            notAString.filter((v) => !Number.isInteger(v)),
+          )
+          .map(([b, votes]) => ({ ...b, votes })),
         fc.tuple(askBody, notAString).map(([b, id]) => ({ ...b, id })),
         askBody.map(({ question: _, ...b }) => b),
         askBody.map((b) => ({ ...b, question: '' })),
       )
       .map((b) => ({ kind: 'wrong type', body: JSON.stringify(b), allowed: ['invalid_message'] })),
   },
-  { weight: 1, arbitrary: fc.tuple(askBody, fc.oneof(fc.integer({ max: 0 }), fc.integer({ min: 65 }))).map(([b, votes]) => ({ kind: 'votes out of range', body: JSON.stringify({ ...b, votes }), allowed: ['bad_votes'] })) },
   {
     weight: 1,
     arbitrary: fc
-      .tuple(askBody, fc.oneof(fc.string({ minLength: 1, maxLength: 12 }), fc.constantFrom('__proto__', 'constructor', 'type', 'stream')), fc.jsonValue({ maxDepth: 1 }))
+      .tuple(askBody, fc.oneof(fc.integer({ max: 0 }), fc.integer({ min: 65 })))
+      .map(([b, votes]) => ({ kind: 'votes out of range', body: JSON.stringify({ ...b, votes }), allowed: ['bad_votes'] })),
+  },
+  {
+    weight: 1,
+    arbitrary: fc
+      .tuple(
+        askBody,
+        fc.oneof(fc.string({ minLength: 1, maxLength: 12 }), fc.constantFrom('__proto__', 'constructor', 'type', 'stream')),
+        fc.jsonValue({ maxDepth: 1 }),
+      )
       .filter(([, key]) => !['question', 'votes', 'id'].includes(key))
       .map(([b, key, v]) => ({ kind: 'unknown field', body: JSON.stringify({ ...b, [key]: v }), allowed: ['unknown_field'] })),
   },
   { weight: 2, arbitrary: oddText(30).map((q) => ({ kind: 'odd unicode question', body: JSON.stringify({ question: q }), allowed: QUESTION_CODES })) },
   { weight: 1, arbitrary: fc.uint8Array({ maxLength: 300 }).map((body) => ({ kind: 'random bytes', body, allowed: ['bad_json', 'invalid_message'] })) },
-  { weight: 1, arbitrary: fc.integer({ min: MAX_BYTES + 1, max: 2 << 20 }).map((n) => ({ kind: 'huge body', body: ofBytes('{"question":"', n), allowed: ['payload_too_large'] })) },
-  { weight: 1, arbitrary: askBody.map((b) => ({ kind: 'gzip body', body: gzipSync(JSON.stringify(b)), headers: { 'content-encoding': 'gzip' }, allowed: ['answer'] })) },
-  { weight: 1, arbitrary: fc.tuple(askBody, fc.constantFrom('gzip', 'deflate', 'br')).map(([b, enc]) => ({ kind: 'not the encoding it says', body: JSON.stringify(b), headers: { 'content-encoding': enc }, allowed: ['bad_encoding'] })) },
-  { weight: 1, arbitrary: fc.tuple(askBody, fc.constantFrom('zstd', 'compress', 'x-unknown', 'gzip, zstd')).map(([b, enc]) => ({ kind: 'unknown encoding', body: JSON.stringify(b), headers: { 'content-encoding': enc }, allowed: ['unsupported_encoding'] })) },
+  {
+    weight: 1,
+    arbitrary: fc
+      .integer({ min: MAX_BYTES + 1, max: 2 << 20 })
+      .map((n) => ({ kind: 'huge body', body: ofBytes('{"question":"', n), allowed: ['payload_too_large'] })),
+  },
+  {
+    weight: 1,
+    arbitrary: askBody.map((b) => ({ kind: 'gzip body', body: gzipSync(JSON.stringify(b)), headers: { 'content-encoding': 'gzip' }, allowed: ['answer'] })),
+  },
+  {
+    weight: 1,
+    arbitrary: fc
+      .tuple(askBody, fc.constantFrom('gzip', 'deflate', 'br'))
+      .map(([b, enc]) => ({ kind: 'not the encoding it says', body: JSON.stringify(b), headers: { 'content-encoding': enc }, allowed: ['bad_encoding'] })),
+  },
+  {
+    weight: 1,
+    arbitrary: fc
+      .tuple(askBody, fc.constantFrom('zstd', 'compress', 'x-unknown', 'gzip, zstd'))
+      .map(([b, enc]) => ({ kind: 'unknown encoding', body: JSON.stringify(b), headers: { 'content-encoding': enc }, allowed: ['unsupported_encoding'] })),
+  },
   // The JSON reader reads utf-8 (and utf-16 and -32) alone: other charsets are refused.
-  { weight: 1, arbitrary: fc.tuple(askBody, fc.constantFrom('latin1', 'iso-8859-1', 'utf-99', 'koi8-r')).map(([b, cs]) => ({ kind: 'unknown charset', body: JSON.stringify(b), headers: { 'content-type': `application/json; charset=${cs}` }, allowed: ['unsupported_encoding'] })) },
+  {
+    weight: 1,
+    arbitrary: fc
+      .tuple(askBody, fc.constantFrom('latin1', 'iso-8859-1', 'utf-99', 'koi8-r'))
+      .map(([b, cs]) => ({
+        kind: 'unknown charset',
+        body: JSON.stringify(b),
+        headers: { 'content-type': `application/json; charset=${cs}` },
+        allowed: ['unsupported_encoding'],
+      })),
+  },
   { weight: 1, arbitrary: fc.constantFrom('GET', 'PUT', 'DELETE', 'PATCH').map((method) => ({ kind: 'wrong method', method, allowed: ['not_found'] })) },
 );
 

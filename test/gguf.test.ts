@@ -9,8 +9,19 @@ import { openGGUF, type GGUFValue } from '../src/formats/gguf.ts';
 import { readGGUFLlama } from '../src/formats/gguf-llama.ts';
 import { readSafetensors } from '../src/formats/safetensors.ts';
 import {
-  arrayOf, bool, encodeGGUF, f32, f32Bytes, f32s, i32s, str, strings, u32,
-  type GGUFSpec, type TensorSpec, type TypedValue,
+  arrayOf,
+  bool,
+  encodeGGUF,
+  f32,
+  f32Bytes,
+  f32s,
+  i32s,
+  str,
+  strings,
+  u32,
+  type GGUFSpec,
+  type TensorSpec,
+  type TypedValue,
 } from './helpers/gguf-writer.ts';
 
 const FIXTURE = join(import.meta.dirname, 'fixtures', 'stories260K');
@@ -58,9 +69,23 @@ test('stories260K: config.json and generation_config.json match the Hugging Face
   const model = readGGUFLlama(STORIES_GGUF);
   model.close();
   const fields = [
-    'architectures', 'model_type', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads',
-    'num_key_value_heads', 'vocab_size', 'rms_norm_eps', 'rope_theta', 'hidden_act', 'tie_word_embeddings',
-    'bos_token_id', 'eos_token_id', 'torch_dtype', 'attention_bias', 'mlp_bias',
+    'architectures',
+    'model_type',
+    'hidden_size',
+    'intermediate_size',
+    'num_hidden_layers',
+    'num_attention_heads',
+    'num_key_value_heads',
+    'vocab_size',
+    'rms_norm_eps',
+    'rope_theta',
+    'hidden_act',
+    'tie_word_embeddings',
+    'bos_token_id',
+    'eos_token_id',
+    'torch_dtype',
+    'attention_bias',
+    'mlp_bias',
   ];
   for (const field of fields) assert.deepEqual(model.config[field], expected[field], field);
   // The GGUF says 2048; the HF export used llama2.c's training length, 512.
@@ -159,8 +184,19 @@ test('reads every metadata value type, nested arrays and a custom alignment (ver
     ['nested', arrayOf('array', [strings(['a', 'b']), arrayOf('bool', [bool(false)]), arrayOf('u8', [])])],
   ];
   const expected: Record<string, GGUFValue> = {
-    u8: 255, i8: -128, u16: 65535, i16: -32768, u32: 4294967295, i32: -2147483648, f32: 0.1, bool: true,
-    string: 'héllo ✓', u64: 2n ** 64n - 1n, i64: -(2n ** 63n), f64: Math.PI, nested: [['a', 'b'], [false], []],
+    u8: 255,
+    i8: -128,
+    u16: 65535,
+    i16: -32768,
+    u32: 4294967295,
+    i32: -2147483648,
+    f32: 0.1,
+    bool: true,
+    string: 'héllo ✓',
+    u64: 2n ** 64n - 1n,
+    i64: -(2n ** 63n),
+    f64: Math.PI,
+    nested: [['a', 'b'], [false], []],
     'general.alignment': 64,
   };
   const tensors = [
@@ -174,7 +210,13 @@ test('reads every metadata value type, nested arrays and a custom alignment (ver
       assert.deepEqual(Object.fromEntries(file.metadata), expected);
       assert.equal(file.alignment, 64);
       assert.equal(file.dataStart % 64, 0);
-      assert.deepEqual(file.tensors.map((t) => [t.name, t.offset, t.shape]), [['a', 0, [3]], ['b', 64, [2, 2]]]);
+      assert.deepEqual(
+        file.tensors.map((t) => [t.name, t.offset, t.shape]),
+        [
+          ['a', 0, [3]],
+          ['b', 64, [2, 2]],
+        ],
+      );
       assert.deepEqual([...file.readTensor('b')], [4, 5, 6, 7]);
       assert.equal(file.integer('u32'), 4294967295);
       // Beyond 2^53 an integer is refused rather than rounded.
@@ -202,7 +244,9 @@ test('F16 converts exactly: all 65536 bit patterns, and an F16 tensor read from 
     assert.ok(Number.isNaN(expected) ? Number.isNaN(got) : Object.is(got, expected), `0x${bits.toString(16)}: ${got} != ${expected}`);
   }
   const halves = [0x3c00, 0xc000, 0x0000, 0x8000, 0x0001, 0x8001, 0x03ff, 0x0400, 0x7bff, 0x7c00, 0xfc00, 0x7e00, 0x7d01, 0x3555, 0xfbff, 0x2e66];
-  const path = writeGGUF('f16.gguf', { tensors: [{ name: 'half', dims: [halves.length], type: GGML.F16, data: new Uint8Array(Uint16Array.from(halves).buffer) }] });
+  const path = writeGGUF('f16.gguf', {
+    tensors: [{ name: 'half', dims: [halves.length], type: GGML.F16, data: new Uint8Array(Uint16Array.from(halves).buffer) }],
+  });
   const file = openGGUF(path);
   const data = file.readTensor('half');
   file.close();
@@ -246,7 +290,9 @@ test('tensor types other than F32, F16 and Q8_0 are refused by name', () => {
   });
   const file = openGGUF(path);
   assert.equal(file.tensor('blk.0.attn_q.weight').byteLength, 144); // sized, though not loadable
-  assert.throws(() => file.readTensor('blk.0.attn_q.weight'), { message: 'stories.gguf: tensor blk.0.attn_q.weight has type Q4_K; only F32, F16 and Q8_0 load' });
+  assert.throws(() => file.readTensor('blk.0.attn_q.weight'), {
+    message: 'stories.gguf: tensor blk.0.attn_q.weight has type Q4_K; only F32, F16 and Q8_0 load',
+  });
   assert.throws(() => file.readTensor('norm'), /stories\.gguf: tensor norm has type BF16/);
   assert.throws(() => file.readTensor('missing'), /stories\.gguf: no tensor named missing/);
   assert.deepEqual([...file.readTensor('fine')], [1]);
@@ -262,7 +308,10 @@ function patched(spec: GGUFSpec, patch: (bytes: Buffer) => Buffer | void): Buffe
   return patch(bytes) ?? bytes;
 }
 
-const ONE_TENSOR: GGUFSpec = { metadata: [['k', arrayOf('u8', [{ type: 'u8', value: 1 }])]], tensors: [{ name: 't', dims: [8], type: GGML.F32, data: f32Bytes([1, 2, 3, 4, 5, 6, 7, 8]) }] };
+const ONE_TENSOR: GGUFSpec = {
+  metadata: [['k', arrayOf('u8', [{ type: 'u8', value: 1 }])]],
+  tensors: [{ name: 't', dims: [8], type: GGML.F32, data: f32Bytes([1, 2, 3, 4, 5, 6, 7, 8]) }],
+};
 // Byte offsets in ONE_TENSOR: counts at 8 and 16, key length at 24, the key "k" at 32,
 // its value type at 33, the array's element type at 37 and its length at 41.
 
@@ -281,30 +330,79 @@ const CORRUPTIONS: [string, Buffer, RegExp][] = [
   ['truncated header', encodeGGUF(ONE_TENSOR).subarray(0, 60), /truncated: .*tensor t/],
   ['tensor data past the end', encodeGGUF(ONE_TENSOR).subarray(0, -4), /tensor t data \[0, 32\) runs past the end of the file/],
   // A u8 value 2 whose type (at byte 36, after the 4-byte key) is rewritten to bool.
-  ['bool neither 0 nor 1', patched({ metadata: [['flag', { type: 'u8', value: 2 }]] }, (b) => void b.writeUInt32LE(7, 36)), /metadata key flag is a bool stored as 2/],
-  ['duplicate key', encodeGGUF({ metadata: [['k', u32(1)], ['k', u32(2)]] }), /metadata key k appears twice/],
+  [
+    'bool neither 0 nor 1',
+    patched({ metadata: [['flag', { type: 'u8', value: 2 }]] }, (b) => void b.writeUInt32LE(7, 36)),
+    /metadata key flag is a bool stored as 2/,
+  ],
+  [
+    'duplicate key',
+    encodeGGUF({
+      metadata: [
+        ['k', u32(1)],
+        ['k', u32(2)],
+      ],
+    }),
+    /metadata key k appears twice/,
+  ],
   ['invalid UTF-8 key', patched({ metadata: [['ab', u32(1)]] }, (b) => void b.writeUInt8(0xff, 33)), /metadata key #0 is not valid UTF-8/],
   ['alignment not a power of two', encodeGGUF({ alignment: 48 }), /general\.alignment must be a power of two, got 48/],
-  ['arrays nested too deep', encodeGGUF({ metadata: [['deep', Array.from({ length: 9 }).reduce<TypedValue>((inner) => arrayOf('array', [inner]), arrayOf('u8', []))]] }), /deep nests arrays more than 8 deep/],
+  [
+    'arrays nested too deep',
+    encodeGGUF({ metadata: [['deep', Array.from({ length: 9 }).reduce<TypedValue>((inner) => arrayOf('array', [inner]), arrayOf('u8', []))]] }),
+    /deep nests arrays more than 8 deep/,
+  ],
   ['duplicate tensor', encodeGGUF({ tensors: [ONE_TENSOR.tensors![0], ONE_TENSOR.tensors![0]] }), /tensor t appears twice/],
   ['five dimensions', encodeGGUF({ tensors: [{ name: 't', dims: [1, 1, 1, 1, 1], type: GGML.F32, data: f32Bytes([1]) }] }), /tensor t has 5 dimensions/],
   ['unknown ggml type', encodeGGUF({ tensors: [{ name: 't', dims: [1], type: 99, data: f32Bytes([1]) }] }), /tensor t has unknown ggml type 99/],
-  ['retired ggml type', encodeGGUF({ tensors: [{ name: 't', dims: [32], type: 31, data: new Uint8Array(18) }] }), /tensor t has retired ggml type Q4_0_4_4 \(31\)/],
-  ['partial Q8_0 block', encodeGGUF({ tensors: [{ name: 't', dims: [16], type: GGML.Q8_0, data: new Uint8Array(34) }] }), /rows of 16 weights, not a multiple of the Q8_0 block size 32/],
-  ['misaligned offset', encodeGGUF({ tensors: [{ name: 't', dims: [1], type: GGML.F32, data: f32Bytes([1]), offset: 4 }] }), /tensor t data offset 4 is not a multiple of the alignment 32/],
-  ['overlapping tensors', encodeGGUF({ tensors: [{ name: 'a', dims: [16], type: GGML.F32, data: new Uint8Array(64) }, { name: 'b', dims: [8], type: GGML.F32, data: new Uint8Array(32), offset: 32 }] }), /tensors a and b overlap/],
-  ['huge dims', encodeGGUF({ tensors: [{ name: 't', dims: [2 ** 40, 2 ** 20], type: GGML.F32, data: new Uint8Array(4) }] }), /tensor t dims \[1099511627776,1048576\] are too large/],
-  ['dims past the file', encodeGGUF({ tensors: [{ name: 't', dims: [2 ** 30, 4], type: GGML.F32, data: new Uint8Array(4) }] }), /tensor t data \[0, 17179869184\) runs past the end/],
+  [
+    'retired ggml type',
+    encodeGGUF({ tensors: [{ name: 't', dims: [32], type: 31, data: new Uint8Array(18) }] }),
+    /tensor t has retired ggml type Q4_0_4_4 \(31\)/,
+  ],
+  [
+    'partial Q8_0 block',
+    encodeGGUF({ tensors: [{ name: 't', dims: [16], type: GGML.Q8_0, data: new Uint8Array(34) }] }),
+    /rows of 16 weights, not a multiple of the Q8_0 block size 32/,
+  ],
+  [
+    'misaligned offset',
+    encodeGGUF({ tensors: [{ name: 't', dims: [1], type: GGML.F32, data: f32Bytes([1]), offset: 4 }] }),
+    /tensor t data offset 4 is not a multiple of the alignment 32/,
+  ],
+  [
+    'overlapping tensors',
+    encodeGGUF({
+      tensors: [
+        { name: 'a', dims: [16], type: GGML.F32, data: new Uint8Array(64) },
+        { name: 'b', dims: [8], type: GGML.F32, data: new Uint8Array(32), offset: 32 },
+      ],
+    }),
+    /tensors a and b overlap/,
+  ],
+  [
+    'huge dims',
+    encodeGGUF({ tensors: [{ name: 't', dims: [2 ** 40, 2 ** 20], type: GGML.F32, data: new Uint8Array(4) }] }),
+    /tensor t dims \[1099511627776,1048576\] are too large/,
+  ],
+  [
+    'dims past the file',
+    encodeGGUF({ tensors: [{ name: 't', dims: [2 ** 30, 4], type: GGML.F32, data: new Uint8Array(4) }] }),
+    /tensor t data \[0, 17179869184\) runs past the end/,
+  ],
 ];
 
 for (const [what, bytes, message] of CORRUPTIONS) {
   test(`refuses a corrupt file: ${what}`, () => {
     const path = writeFile('broken.gguf', bytes);
-    assert.throws(() => openGGUF(path), (err: Error) => {
-      assert.match(err.message, /^broken\.gguf: /);
-      assert.match(err.message, message);
-      return true;
-    });
+    assert.throws(
+      () => openGGUF(path),
+      (err: Error) => {
+        assert.match(err.message, /^broken\.gguf: /);
+        assert.match(err.message, message);
+        return true;
+      },
+    );
   });
 }
 
@@ -328,7 +426,9 @@ function permuteLikeLlamaCpp(data: Float32Array, rows: number, heads: number): F
   const columns = data.length / rows;
   const half = rows / heads / 2;
   const nested = Array.from({ length: heads }, (_, h) =>
-    Array.from({ length: 2 }, (_, j) => Array.from({ length: half }, (_, i) => data.subarray((h * 2 * half + j * half + i) * columns, (h * 2 * half + j * half + i + 1) * columns))),
+    Array.from({ length: 2 }, (_, j) =>
+      Array.from({ length: half }, (_, i) => data.subarray((h * 2 * half + j * half + i) * columns, (h * 2 * half + j * half + i + 1) * columns)),
+    ),
   );
   const swapped = nested.map((head) => Array.from({ length: half }, (_, i) => [head[0][i], head[1][i]]));
   return Float32Array.from(swapped.flat(2).flatMap((row) => [...row]));
@@ -346,7 +446,10 @@ function tinyLlama(): TinyLlama {
   const tensors: TensorSpec[] = [];
   let seed = 1;
   const add = (ggufName: string, hfName: string, shape: number[], rotaryHeads?: number) => {
-    const data = weights(seed++, shape.reduce((a, b) => a * b, 1));
+    const data = weights(
+      seed++,
+      shape.reduce((a, b) => a * b, 1),
+    );
     expected.set(hfName, { shape, data });
     const stored = rotaryHeads ? permuteLikeLlamaCpp(data, shape[0], rotaryHeads) : data;
     tensors.push({ name: ggufName, dims: [...shape].reverse(), type: GGML.F32, data: f32Bytes(stored) });
@@ -404,10 +507,25 @@ test('tiny Llama: q/k rows are un-permuted, an untied lm_head is kept, config co
       assert.ok(bitsOf(got.data).equals(bitsOf(want.data)), `${name} differs`);
     }
     assert.deepEqual(model.config, {
-      architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: 16, intermediate_size: 32, num_hidden_layers: 2,
-      num_attention_heads: 2, num_key_value_heads: 1, vocab_size: 9, max_position_embeddings: 128, rms_norm_eps: 1e-6,
-      rope_theta: 500000, hidden_act: 'silu', tie_word_embeddings: false, bos_token_id: 1, eos_token_id: 2, pad_token_id: 0,
-      torch_dtype: 'float32', attention_bias: false, mlp_bias: false,
+      architectures: ['LlamaForCausalLM'],
+      model_type: 'llama',
+      hidden_size: 16,
+      intermediate_size: 32,
+      num_hidden_layers: 2,
+      num_attention_heads: 2,
+      num_key_value_heads: 1,
+      vocab_size: 9,
+      max_position_embeddings: 128,
+      rms_norm_eps: 1e-6,
+      rope_theta: 500000,
+      hidden_act: 'silu',
+      tie_word_embeddings: false,
+      bos_token_id: 1,
+      eos_token_id: 2,
+      pad_token_id: 0,
+      torch_dtype: 'float32',
+      attention_bias: false,
+      mlp_bias: false,
     });
     assert.deepEqual(model.generationConfig, { bos_token_id: 1, eos_token_id: 2, pad_token_id: 0 });
     assert.equal(model.tokenizerConfig.pad_token, '<unk>');
@@ -422,7 +540,12 @@ test('tiny Llama: the tokenizer adds bos and eos as the flags say, and merges by
   model.close();
   const model_ = model.tokenizerJson.model as { merges: string[][]; byte_fallback: boolean };
   // "▁a" (id 6) outranks "ab" (7), which outranks "▁ab" (8); "▁ab" splits two ways, left id order.
-  assert.deepEqual(model_.merges, [['▁', 'a'], ['a', 'b'], ['▁', 'ab'], ['▁a', 'b']]);
+  assert.deepEqual(model_.merges, [
+    ['▁', 'a'],
+    ['a', 'b'],
+    ['▁', 'ab'],
+    ['▁a', 'b'],
+  ]);
   assert.equal(model_.byte_fallback, false);
   const tokenizer = new Tokenizer(model.tokenizerJson, model.tokenizerConfig);
   assert.deepEqual(tokenizer.encode('ab a').ids, [1, 8, 6, 2]);
@@ -440,7 +563,7 @@ test('tiny Llama: F16 and Q8_0 tensors load through the mapping', () => {
   const { spec, expected } = tinyLlama();
   const toHalf = (x: number) => (x === 0.5 ? 0x3800 : x === -0.25 ? 0xb400 : 0x3c00);
   const normValues = Array.from({ length: TINY.hidden }, (_, i) => [0.5, -0.25, 1][i % 3]);
-  const downQuants = Int8Array.from({ length: TINY.hidden * TINY.ff }, (_, i) => (i * 7) % 255 - 127);
+  const downQuants = Int8Array.from({ length: TINY.hidden * TINY.ff }, (_, i) => ((i * 7) % 255) - 127);
   const downBlocks = new Uint8Array((downQuants.length / 32) * 34);
   for (let block = 0; block < downQuants.length / 32; block++) {
     new DataView(downBlocks.buffer).setUint16(block * 34, 0x2c00, true); // scale 1/16
@@ -456,7 +579,10 @@ test('tiny Llama: F16 and Q8_0 tensors load through the mapping', () => {
     assert.deepEqual([...model.readTensor('model.layers.0.input_layernorm.weight').data], normValues);
     const down = model.readTensor('model.layers.1.mlp.down_proj.weight');
     assert.deepEqual(down.shape, expected.get('model.layers.1.mlp.down_proj.weight')!.shape);
-    assert.deepEqual([...down.data], [...downQuants].map((q) => q / 16));
+    assert.deepEqual(
+      [...down.data],
+      [...downQuants].map((q) => q / 16),
+    );
   } finally {
     model.close();
   }
@@ -474,7 +600,10 @@ test('tiny Llama: head_dim, linear rope scaling and attention biases are carried
   });
   const biases = [0, 1].flatMap((l) =>
     Object.entries(rowsOf).map(([part, rows]) => ({
-      name: `blk.${l}.${part}.bias`, dims: [rows], type: GGML.F32, data: f32Bytes(Array.from({ length: rows }, (_, i) => i)),
+      name: `blk.${l}.${part}.bias`,
+      dims: [rows],
+      type: GGML.F32,
+      data: f32Bytes(Array.from({ length: rows }, (_, i) => i)),
     })),
   );
   let changed = setMetadata({ ...spec, tensors: [...resized, ...biases] }, 'llama.attention.key_length', u32(12));
@@ -506,19 +635,46 @@ test('tiny Llama: what transformers Llama cannot represent is refused by name', 
     ['partial rotary', setMetadata(spec, 'llama.rope.dimension_count', u32(2)), /llama\.rope\.dimension_count 2 rotates only part/],
     ['experts', setMetadata(spec, 'llama.expert_count', u32(8)), /llama\.expert_count is 8/],
     ['wrong type', setMetadata(spec, 'llama.block_count', str('two')), /metadata key llama\.block_count should be an integer, got "two"/],
-    ['unknown tensor', { ...spec, tensors: [...spec.tensors!, { name: 'blk.0.attn_sinks.weight', dims: [2], type: GGML.F32, data: f32Bytes([0, 0]) }] }, /tensor blk\.0\.attn_sinks\.weight has no Hugging Face Llama equivalent/],
-    ['layer past block_count', { ...spec, tensors: [...spec.tensors!, { name: 'blk.2.attn_norm.weight', dims: [16], type: GGML.F32, data: f32Bytes(new Array(16).fill(1)) }] }, /tensor blk\.2\.attn_norm\.weight has no Hugging Face Llama equivalent/],
-    ['rope_freqs', { ...spec, tensors: [...spec.tensors!, { name: 'rope_freqs.weight', dims: [2], type: GGML.F32, data: f32Bytes([1, 1]) }] }, /rope_freqs\.weight has no Hugging Face Llama equivalent \(Llama 3\.1-style/],
+    [
+      'unknown tensor',
+      { ...spec, tensors: [...spec.tensors!, { name: 'blk.0.attn_sinks.weight', dims: [2], type: GGML.F32, data: f32Bytes([0, 0]) }] },
+      /tensor blk\.0\.attn_sinks\.weight has no Hugging Face Llama equivalent/,
+    ],
+    [
+      'layer past block_count',
+      { ...spec, tensors: [...spec.tensors!, { name: 'blk.2.attn_norm.weight', dims: [16], type: GGML.F32, data: f32Bytes(new Array(16).fill(1)) }] },
+      /tensor blk\.2\.attn_norm\.weight has no Hugging Face Llama equivalent/,
+    ],
+    [
+      'rope_freqs',
+      { ...spec, tensors: [...spec.tensors!, { name: 'rope_freqs.weight', dims: [2], type: GGML.F32, data: f32Bytes([1, 1]) }] },
+      /rope_freqs\.weight has no Hugging Face Llama equivalent \(Llama 3\.1-style/,
+    ],
     ['missing tensor', { ...spec, tensors: spec.tensors!.filter((t) => t.name !== 'blk.1.ffn_up.weight') }, /tensor blk\.1\.ffn_up\.weight is missing/],
-    ['wrong shape', setMetadata(spec, 'llama.attention.head_count_kv', u32(2)), /tensor blk\.0\.attn_k\.weight has shape \[8,16\] but the llama\.\* metadata implies \[16,16\]/],
-    ['token count', setMetadata(spec, 'tokenizer.ggml.tokens', strings([...TINY.vocab, 'extra'])), /tokenizer\.ggml\.scores has 9 entries but tokenizer\.ggml\.tokens has 10/],
-    ['duplicate token', setMetadata(spec, 'tokenizer.ggml.tokens', strings([...TINY.vocab.slice(0, 8), 'ab'])), /token "ab" appears twice in tokenizer\.ggml\.tokens \(ids 7 and 8\)/],
+    [
+      'wrong shape',
+      setMetadata(spec, 'llama.attention.head_count_kv', u32(2)),
+      /tensor blk\.0\.attn_k\.weight has shape \[8,16\] but the llama\.\* metadata implies \[16,16\]/,
+    ],
+    [
+      'token count',
+      setMetadata(spec, 'tokenizer.ggml.tokens', strings([...TINY.vocab, 'extra'])),
+      /tokenizer\.ggml\.scores has 9 entries but tokenizer\.ggml\.tokens has 10/,
+    ],
+    [
+      'duplicate token',
+      setMetadata(spec, 'tokenizer.ggml.tokens', strings([...TINY.vocab.slice(0, 8), 'ab'])),
+      /token "ab" appears twice in tokenizer\.ggml\.tokens \(ids 7 and 8\)/,
+    ],
   ];
   for (const [what, changed, message] of refusals) {
-    assert.throws(() => readGGUFLlama(writeGGUF('refused.gguf', changed)).close(), (err: Error) => {
-      assert.match(err.message, /^refused\.gguf: /, what);
-      assert.match(err.message, message, what);
-      return true;
-    });
+    assert.throws(
+      () => readGGUFLlama(writeGGUF('refused.gguf', changed)).close(),
+      (err: Error) => {
+        assert.match(err.message, /^refused\.gguf: /, what);
+        assert.match(err.message, message, what);
+        return true;
+      },
+    );
   }
 });

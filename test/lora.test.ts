@@ -22,8 +22,19 @@ import type { GPTConfig } from '../src/model/gpt.ts';
 import type { LlamaConfig } from '../src/model/llama.ts';
 import { loadModel } from '../src/formats/checkpoint.ts';
 import {
-  checkAdapters, initAdapters, loraConfigFor, loraModules, loraSpecs, mergeAdapters, PEFT_CONFIG, PEFT_WEIGHTS,
-  readAdapterFile, readPeftAdapter, writeAdapterFile, writePeftAdapter, type LoraConfig,
+  checkAdapters,
+  initAdapters,
+  loraConfigFor,
+  loraModules,
+  loraSpecs,
+  mergeAdapters,
+  PEFT_CONFIG,
+  PEFT_WEIGHTS,
+  readAdapterFile,
+  readPeftAdapter,
+  writeAdapterFile,
+  writePeftAdapter,
+  type LoraConfig,
 } from '../src/model/lora.ts';
 import { readSafetensors, writeSafetensors } from '../src/formats/safetensors.ts';
 import type { WeightFile } from '../src/formats/weight-file.ts';
@@ -72,7 +83,12 @@ test('the LoRA train-step graph outputs gradients for the adapters and none for 
   const lora = loraConfigFor(llamaTiny, { rank: 2 });
   const g = buildLossAndGrad(llamaTiny, sftObjective(), 'float32', 'flat', { lora });
   const grads = g.outputs.map((t) => t.name).filter((n) => n.startsWith('grad.'));
-  assert.deepEqual(grads.sort(), loraSpecs(llamaTiny, lora).map((s) => `grad.${s.name}`).sort());
+  assert.deepEqual(
+    grads.sort(),
+    loraSpecs(llamaTiny, lora)
+      .map((s) => `grad.${s.name}`)
+      .sort(),
+  );
   assert.equal(grads.length, 2 * 7 * llamaTiny.layers);
 });
 
@@ -93,7 +109,10 @@ async function logits(c: ModelConfig, w: Weights, lora?: { config: LoraConfig; a
 
 const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i]!)), 0);
 
-for (const [name, c] of [['GPT', tiny], ['Llama', llamaTiny]] as const) {
+for (const [name, c] of [
+  ['GPT', tiny],
+  ['Llama', llamaTiny],
+] as const) {
   test(`${name}: a fresh adapter gives exactly the base logits; in-graph adapters and merged weights agree`, async () => {
     const rng = new Rng(5);
     const base = toF32(testWeights(c, rng, 3));
@@ -121,7 +140,13 @@ test('LoRA configs: default targets per family; bad ranks, alphas and targets ar
   assert.deepEqual(loraConfigFor(llamaTiny, { rank: 4, alpha: 4 }).targets, ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']);
   // GQA: k_proj's output is kvHeads * headDim.
   const k = loraModules(llamaTiny, loraConfigFor(llamaTiny, { rank: 2, targets: ['k_proj'] }));
-  assert.deepEqual(k.map((m) => [m.module, m.in, m.out]), [['model.layers.0.self_attn.k_proj', 8, 8], ['model.layers.1.self_attn.k_proj', 8, 8]]);
+  assert.deepEqual(
+    k.map((m) => [m.module, m.in, m.out]),
+    [
+      ['model.layers.0.self_attn.k_proj', 8, 8],
+      ['model.layers.1.self_attn.k_proj', 8, 8],
+    ],
+  );
   assert.throws(() => loraConfigFor(tiny, { rank: 0 }), /rank must be an integer >= 1, got 0/);
   assert.throws(() => loraConfigFor(tiny, { rank: 2, alpha: -1 }), /alpha must be a number > 0, got -1/);
   assert.throws(() => loraConfigFor(llamaTiny, { rank: 2, targets: ['q_proj', 'qq_proj'] }), /target "qq_proj" matches no linear module of this llama model/);
@@ -190,8 +215,15 @@ test('LoRA training lowers an SFT loss, leaves the base alone, and the merged we
       const fresh = await samplers[0]!.generate([[1], [2]], opts);
       for (const s of samplers) await s.setAdapters(adapters, 1);
       const [g, m] = await Promise.all(samplers.map((s) => s.generate([[1], [2]], opts)));
-      assert.deepEqual(g!.completions.map((r) => r[0]!.tokens), m!.completions.map((r) => r[0]!.tokens));
-      assert.deepEqual(g!.completions.map((r) => r[0]!.tokens), seqs.slice(0, 2).map((s) => s.tokens.slice(1)), 'the trained adapters learned the task');
+      assert.deepEqual(
+        g!.completions.map((r) => r[0]!.tokens),
+        m!.completions.map((r) => r[0]!.tokens),
+      );
+      assert.deepEqual(
+        g!.completions.map((r) => r[0]!.tokens),
+        seqs.slice(0, 2).map((s) => s.tokens.slice(1)),
+        'the trained adapters learned the task',
+      );
       assert.notDeepEqual(fresh.completions, g!.completions);
       assert.equal(g!.version, 1);
       await assert.rejects(samplers[0]!.setAdapters(bad, 2), /has 3 values/);
@@ -211,11 +243,22 @@ test('a grouped LoRA GRPO step (PPO clip, KL) equals the flat one, and moves onl
   const lora = loraConfigFor(c, { rank: 2, alpha: 4 });
   const loss = grpoOptionsFor({ kl: 0.1, entropyBonus: 0, clipEps: 0.2 });
   const rng = new Rng(9);
-  const groups = [[1, 2, 3], [4, 5]].map((prompt) => ({
+  const groups = [
+    [1, 2, 3],
+    [4, 5],
+  ].map((prompt) => ({
     prompt,
-    completions: [[6, 7, EOS], [8, EOS], [9, 9, 9]].map((tokens) => ({ tokens, advantage: rng.normal(), oldLogprobs: tokens.map(() => -1 - rng.next()), refLogprobs: tokens.map(() => -1 - rng.next()) })),
+    completions: [
+      [6, 7, EOS],
+      [8, EOS],
+      [9, 9, 9],
+    ].map((tokens) => ({ tokens, advantage: rng.normal(), oldLogprobs: tokens.map(() => -1 - rng.next()), refLogprobs: tokens.map(() => -1 - rng.next()) })),
   }));
-  const flat = packBatch(groups.flatMap((g) => g.completions.map((x) => ({ ...x, tokens: [...g.prompt, ...x.tokens], promptLength: g.prompt.length }))), PAD, c.contextLength);
+  const flat = packBatch(
+    groups.flatMap((g) => g.completions.map((x) => ({ ...x, tokens: [...g.prompt, ...x.tokens], promptLength: g.prompt.length }))),
+    PAD,
+    c.contextLength,
+  );
   const grouped = packGroups(groups, PAD, c.contextLength);
   const hyper = { lr: 1e-2, scalars: grpoScalars(loss, { kl: 0.1, clipEps: 0.2, entropyBonus: 0 }) };
   const results = [];
@@ -237,12 +280,16 @@ test('a grouped LoRA GRPO step (PPO clip, KL) equals the flat one, and moves onl
   for (const [k, v] of a!.adapters) {
     // Adam moves a coordinate by ~lr whatever its gradient's size: float32 noise in tiny gradients shows at a fraction of lr.
     assert.ok(maxDiff(v, b!.adapters.get(k)!) < 0.2 * hyper.lr, `${k} differs`);
-    if (k.endsWith('lora_B.weight')) assert.ok(v.some((x) => x !== 0), `${k} trained`);
+    if (k.endsWith('lora_B.weight'))
+      assert.ok(
+        v.some((x) => x !== 0),
+        `${k} trained`,
+      );
     else assert.ok(maxDiff(v, fresh.get(k)!) > 0, `${k} trained`);
   }
 });
 
-test('adapter files and PEFT\'s layout round-trip; bad files are refused naming the file and tensor', async () => {
+test("adapter files and PEFT's layout round-trip; bad files are refused naming the file and tensor", async () => {
   const dir = await scratch();
   const lora = loraConfigFor(llamaTiny, { rank: 2, alpha: 5 });
   const adapters = toF32(randomAdapters(llamaTiny, lora, new Rng(2)));
@@ -256,7 +303,10 @@ test('adapter files and PEFT\'s layout round-trip; bad files are refused naming 
   const cfg = JSON.parse(await readFile(join(peft, PEFT_CONFIG), 'utf8'));
   assert.equal(cfg.peft_type, 'LORA');
   assert.equal(cfg.task_type, 'CAUSAL_LM');
-  assert.deepEqual([cfg.r, cfg.lora_alpha, cfg.lora_dropout, cfg.bias, cfg.fan_in_fan_out, cfg.base_model_name_or_path], [2, 5, 0, 'none', false, 'org/tiny-qwen3']);
+  assert.deepEqual(
+    [cfg.r, cfg.lora_alpha, cfg.lora_dropout, cfg.bias, cfg.fan_in_fan_out, cfg.base_model_name_or_path],
+    [2, 5, 0, 'none', false, 'org/tiny-qwen3'],
+  );
   assert.deepEqual(cfg.target_modules, lora.targets);
   const names = [...(await readSafetensors(join(peft, PEFT_WEIGHTS))).tensors.keys()];
   assert.ok(names.includes('base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight'));
@@ -282,7 +332,10 @@ test('adapter files and PEFT\'s layout round-trip; bad files are refused naming 
     return p;
   };
   const wrongShape = await broken((t) => t.set(qa, { dtype: 'F32', shape: [3, 8], data: new Float32Array(24) }));
-  await assert.rejects(readAdapterFile(wrongShape, llamaTiny), new RegExp(`adapter file ${wrongShape}: tensor ${qa.replace(/\./g, '\\.')} has shape \\[3,8\\], expected \\[2,8\\] \\(rank 2\\)`));
+  await assert.rejects(
+    readAdapterFile(wrongShape, llamaTiny),
+    new RegExp(`adapter file ${wrongShape}: tensor ${qa.replace(/\./g, '\\.')} has shape \\[3,8\\], expected \\[2,8\\] \\(rank 2\\)`),
+  );
   const missing = await broken((t) => t.delete(qa));
   await assert.rejects(readAdapterFile(missing, llamaTiny), new RegExp(`${missing}: missing tensor ${qa.replace(/\./g, '\\.')}`));
   await assert.rejects(readAdapterFile(path, llamaTiny, { ...lora, rank: 4 }), /rank mismatch: the file has rank 2, expected 4/);
@@ -315,7 +368,15 @@ test('stories260K: the LoRA trainer runs on the mapped weight file (no copy of t
   // Structurally: the base is external data of the train graph, never an input the worker would have to hold.
   const g = buildLossAndGrad(m.config, sftObjective(), 'float32', 'flat', { lora, weights: file });
   assert.equal(g.externals.length, paramSpecsOf(m.config).length);
-  assert.deepEqual(g.inputs.filter((t) => t.name.endsWith('.weight')).map((t) => t.name).sort(), loraSpecs(m.config, lora).map((s) => s.name).sort());
+  assert.deepEqual(
+    g.inputs
+      .filter((t) => t.name.endsWith('.weight'))
+      .map((t) => t.name)
+      .sort(),
+    loraSpecs(m.config, lora)
+      .map((s) => s.name)
+      .sort(),
+  );
   const mapped = () => readFileSync('/proc/self/maps', 'utf8').includes(join(file.dir, file.tensors['model.norm.weight']!.file));
   const before = process.platform === 'linux' ? mapped() : null;
   const t = await Trainer.create({ config: m.config, weights: file, loss: sft(), lora, seed: 3 });
@@ -361,7 +422,19 @@ test('stories260K: the LoRA trainer runs on the mapped weight file (no copy of t
 test('LoRA TTRL on a tiny pretrained model: majority rewards raise its agreement, the base untouched (sampler, updater, KL reference)', async () => {
   const dir = await scratch();
   const arch = { contextLength: 64, dModel: 32, nLayers: 1, nHeads: 2, tiedHead: false };
-  await pretrain({ out: dir, steps: 150, seed: 1, batchSize: 32, lr: 3e-3, warmup: 10, anneal: 0, aggregation: 'sequence-mean', checkpointEvery: 1000, threads: 1, arch });
+  await pretrain({
+    out: dir,
+    steps: 150,
+    seed: 1,
+    batchSize: 32,
+    lr: 3e-3,
+    warmup: 10,
+    anneal: 0,
+    aggregation: 'sequence-mean',
+    checkpointEvery: 1000,
+    threads: 1,
+    arch,
+  });
   const model = await loadModel(dir);
   const lora = loraConfigFor(model.config, { rank: 8 });
   const questions = suite('in-distribution', 16, 4).map((q) => q.question);
@@ -378,7 +451,12 @@ test('LoRA TTRL on a tiny pretrained model: majority rewards raise its agreement
     for (let step = 0; step < 12; step++) {
       const batch = rng.shuffle([...questions]).slice(0, 8);
       const rollouts = await rollout(sampler, model.tokenizer, batch, { votes: 8, temperature: 1, seed: step });
-      const { selected } = selectForTraining(rollouts, batch.map(() => undefined), { reward: 'majority', trainSamples: 8, gate: 0 }, rng);
+      const { selected } = selectForTraining(
+        rollouts,
+        batch.map(() => undefined),
+        { reward: 'majority', trainSamples: 8, gate: 0 },
+        rng,
+      );
       const u = await updater.update(selected);
       if (u?.updated) await sampler.setAdapters(await updater.getAdapters(), step + 1);
       if (u) assert.ok(u.kl !== null && u.kl > -1e-6, `the KL to the base is measured: ${u.kl}`);

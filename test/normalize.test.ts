@@ -7,7 +7,24 @@ import { majorityVote } from '../src/tasks/vote.ts';
 
 const SAME: [string, string[]][] = [
   ['1000', ['1000', '1,000', '1000.0', '$1,000$', '1{,}000', '1\\,000', '\\$1,000', '1000.', '\\text{1000}', '+1000', '01000', '1e3']],
-  ['0.5', ['\\frac{1}{2}', '\\dfrac{1}{2}', '\\tfrac12', '\\frac 1 2', '\\frac{ 1 }{ 2 }', '1/2', '0.5', '.5', '0.50', '$\\frac{1}{2}$', '\\frac{2}{4}', '\\(\\frac12\\)', '\\frac{1.5}{3}']],
+  [
+    '0.5',
+    [
+      '\\frac{1}{2}',
+      '\\dfrac{1}{2}',
+      '\\tfrac12',
+      '\\frac 1 2',
+      '\\frac{ 1 }{ 2 }',
+      '1/2',
+      '0.5',
+      '.5',
+      '0.50',
+      '$\\frac{1}{2}$',
+      '\\frac{2}{4}',
+      '\\(\\frac12\\)',
+      '\\frac{1.5}{3}',
+    ],
+  ],
   ['1/3', ['1/3', '\\frac{1}{3}', '\\frac{2}{6}', '2/6', '\\dfrac{3}{9}']],
   ['-0.5', ['-\\frac{1}{2}', '\\frac{-1}{2}', '\\frac{1}{-2}', '-0.5', '\u22120.5', '-1/2']],
   ['B', ['B', 'b', '(B)', '(b)', '\\text{(B)}', 'B.', '$B$', '\\textbf{B}']],
@@ -20,20 +37,45 @@ const SAME: [string, string[]][] = [
 ];
 
 test('equivalent answers share one canonical form', () => {
-  for (const [canonical, forms] of SAME)
-    for (const f of forms) assert.equal(normalizeAnswer(f), canonical, JSON.stringify(f));
+  for (const [canonical, forms] of SAME) for (const f of forms) assert.equal(normalizeAnswer(f), canonical, JSON.stringify(f));
 });
 
 test('different answers stay different', () => {
-  const distinct = ['0.333', '1/3', 'x+1', 'X+1', '1,2', '12', '(1,2)', '\\sqrt{2}', '2', '10%', '10', '-5', '5', 'mL', 'Ml', '123456789012345678901', '123456789012345678900'];
+  const distinct = [
+    '0.333',
+    '1/3',
+    'x+1',
+    'X+1',
+    '1,2',
+    '12',
+    '(1,2)',
+    '\\sqrt{2}',
+    '2',
+    '10%',
+    '10',
+    '-5',
+    '5',
+    'mL',
+    'Ml',
+    '123456789012345678901',
+    '123456789012345678900',
+  ];
   const forms = distinct.map(normalizeAnswer);
   assert.equal(new Set(forms).size, distinct.length, JSON.stringify(forms));
   assert.equal(normalizeAnswer('123456789012345678901'), '123456789012345678901', 'integers are exact, whatever their size');
 });
 
-test('the arithmetic task\'s integers keep their form', () => {
+test("the arithmetic task's integers keep their form", () => {
   for (let i = -300; i <= 300; i++) assert.equal(normalizeAnswer(String(i)), String(i));
-  for (const [a, b] of [['+5', '5'], ['05', '5'], ['-0', '0'], ['-07', '-7'], ['5-', '5-'], ['#4', '#4']]) assert.equal(normalizeAnswer(a), b, a);
+  for (const [a, b] of [
+    ['+5', '5'],
+    ['05', '5'],
+    ['-0', '0'],
+    ['-07', '-7'],
+    ['5-', '5-'],
+    ['#4', '#4'],
+  ])
+    assert.equal(normalizeAnswer(a), b, a);
 });
 
 test('nothing left is no answer; normalising twice changes nothing', () => {

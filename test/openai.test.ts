@@ -18,7 +18,10 @@ test('models, completions with n votes, chat: OpenAI shapes with the vote beside
   try {
     const ai = client(s);
     const models = await ai.models.list();
-    assert.deepEqual(models.data.map((m) => [m.id, m.object, m.owned_by]), [[MODEL, 'model', 'ttrl-server']]);
+    assert.deepEqual(
+      models.data.map((m) => [m.id, m.object, m.owned_by]),
+      [[MODEL, 'model', 'ttrl-server']],
+    );
 
     const c = await ai.completions.create({ model: MODEL, prompt: '12+34=', n: 8 });
     assert.equal(c.object, 'text_completion');
@@ -29,7 +32,10 @@ test('models, completions with n votes, chat: OpenAI shapes with the vote beside
       assert.ok(ch.finish_reason === 'stop' || ch.finish_reason === 'length');
     }
     const ttrl = (c as unknown as { ttrl: { answer: string | null; votes: Record<string, number>; confidence: number; model_version: number } }).ttrl;
-    assert.equal(Object.values(ttrl.votes).reduce((a, b) => a + b, 0), 8);
+    assert.equal(
+      Object.values(ttrl.votes).reduce((a, b) => a + b, 0),
+      8,
+    );
     assert.equal(ttrl.model_version, 0);
     assert.ok(ttrl.confidence > 0 && ttrl.confidence <= 1);
     assert.equal(c.usage!.prompt_tokens, 6); // the shipped model reads one token per character
@@ -41,7 +47,10 @@ test('models, completions with n votes, chat: OpenAI shapes with the vote beside
     assert.ok(chat.choices.every((ch) => ch.message.role === 'assistant' && typeof ch.message.content === 'string'));
     // A seed fixes the dice: the same request gets the same samples.
     const again = await ai.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: '12+34=' }], n: 4, seed: 7 });
-    assert.deepEqual(again.choices.map((x) => x.message.content), chat.choices.map((x) => x.message.content));
+    assert.deepEqual(
+      again.choices.map((x) => x.message.content),
+      chat.choices.map((x) => x.message.content),
+    );
     // Both are in the log, as any question is.
     const logged = [...s.store.questions()].filter((q) => q.connection === 'openai');
     assert.equal(logged.length, 3);
@@ -51,15 +60,25 @@ test('models, completions with n votes, chat: OpenAI shapes with the vote beside
   }
 });
 
-test('streaming: each choice as a chunk in OpenAI\'s format, the vote and usage in the final chunk, then [DONE]', async () => {
+test("streaming: each choice as a chunk in OpenAI's format, the vote and usage in the final chunk, then [DONE]", async () => {
   const s = await start();
   try {
     const ai = client(s);
     const chunks = [];
-    for await (const chunk of await ai.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: '3+4=' }], n: 3, stream: true, stream_options: { include_usage: true } })) chunks.push(chunk);
+    for await (const chunk of await ai.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: 'user', content: '3+4=' }],
+      n: 3,
+      stream: true,
+      stream_options: { include_usage: true },
+    }))
+      chunks.push(chunk);
     const last = chunks.at(-1)! as unknown as { choices: unknown[]; usage: { prompt_tokens: number }; ttrl: { votes: Record<string, number> } };
     assert.deepEqual(last.choices, []);
-    assert.equal(Object.values(last.ttrl.votes).reduce((a, b) => a + b, 0), 3);
+    assert.equal(
+      Object.values(last.ttrl.votes).reduce((a, b) => a + b, 0),
+      3,
+    );
     assert.equal(last.usage.prompt_tokens, 4);
     const content = new Map<number, string>();
     for (const ch of chunks.slice(0, -1)) for (const c of ch.choices) content.set(c.index, (content.get(c.index) ?? '') + (c.delta.content ?? ''));
@@ -67,7 +86,8 @@ test('streaming: each choice as a chunk in OpenAI\'s format, the vote and usage 
     assert.ok(chunks.every((c) => c.object === 'chat.completion.chunk'));
 
     const texts: string[] = [];
-    for await (const chunk of await ai.completions.create({ model: MODEL, prompt: '3+4=', n: 2, stream: true })) for (const c of chunk.choices) texts[c.index] = c.text;
+    for await (const chunk of await ai.completions.create({ model: MODEL, prompt: '3+4=', n: 2, stream: true }))
+      for (const c of chunk.choices) texts[c.index] = c.text;
     assert.equal(texts.length, 2);
     // Raw: the stream ends with [DONE].
     const raw = await (await fetch(`${s.url}/v1/completions`, { method: 'POST', body: JSON.stringify({ prompt: '3+4=', n: 2, stream: true }) })).text();
@@ -86,7 +106,10 @@ test('sampling parameters: max_tokens, stop, temperature 0, top_p; such question
     assert.ok(short.usage!.completion_tokens <= 6);
     // The shipped model writes its steps separated by ';': stop at the first.
     const stopped = await ai.completions.create({ model: MODEL, prompt: '12+34-56+7=', n: 4, stop: [';'] });
-    assert.ok(stopped.choices.every((c) => !c.text.includes(';') && c.finish_reason === 'stop'), JSON.stringify(stopped.choices));
+    assert.ok(
+      stopped.choices.every((c) => !c.text.includes(';') && c.finish_reason === 'stop'),
+      JSON.stringify(stopped.choices),
+    );
     const greedy = await ai.completions.create({ model: MODEL, prompt: '12+34=', n: 4, temperature: 0 });
     assert.equal(new Set(greedy.choices.map((c) => c.text)).size, 1, 'greedy samples are all alike');
     await ai.completions.create({ model: MODEL, prompt: '1+1=', n: 4, top_p: 0.5 });
@@ -123,18 +146,43 @@ test("errors in OpenAI's shape with our codes: bad parameters, unknown fields, u
     await expectError(ai.completions.create({ model: MODEL, prompt: '1+1=', max_tokens: 93 }), 400, 'context_length_exceeded');
     await expectError(ai.completions.create({ model: MODEL, prompt: '1+1=', colour: 'red' } as never), 400, 'unknown_field');
     await expectError(
-      ai.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'hi' }, { role: 'assistant', content: 'x' }, { role: 'user', content: '1+1=' }] }),
+      ai.chat.completions.create({
+        model: MODEL,
+        messages: [
+          { role: 'user', content: 'hi' },
+          { role: 'assistant', content: 'x' },
+          { role: 'user', content: '1+1=' },
+        ],
+      }),
       400,
       'unsupported_parameter',
     );
-    await expectError(ai.chat.completions.create({ model: MODEL, messages: [{ role: 'system', content: 'You are helpful.' }, { role: 'user', content: '1+1=' }] }), 400, 'unsupported_parameter');
+    await expectError(
+      ai.chat.completions.create({
+        model: MODEL,
+        messages: [
+          { role: 'system', content: 'You are helpful.' },
+          { role: 'user', content: '1+1=' },
+        ],
+      }),
+      400,
+      'unsupported_parameter',
+    );
     await expectError(client(s, 'wrong-key-0123456789').models.list(), 401, 'unauthorized');
-    await expectError(client(s, 'wrong-key-0123456789').chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: '1+1=' }] }), 401, 'unauthorized');
+    await expectError(
+      client(s, 'wrong-key-0123456789').chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: '1+1=' }] }),
+      401,
+      'unauthorized',
+    );
     // Bad JSON and an oversized body, in the same shape.
     const bad = await fetch(`${s.url}/v1/completions`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: '{"prompt":' });
     assert.equal(bad.status, 400);
     assert.deepEqual(Object.keys(((await bad.json()) as { error: object }).error).sort(), ['code', 'message', 'param', 'type']);
-    const big = await fetch(`${s.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: JSON.stringify({ messages: [{ role: 'user', content: 'x'.repeat(20_000) }] }) });
+    const big = await fetch(`${s.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}` },
+      body: JSON.stringify({ messages: [{ role: 'user', content: 'x'.repeat(20_000) }] }),
+    });
     assert.equal(big.status, 413);
     assert.equal(((await big.json()) as { error: { code: string } }).error.code, 'payload_too_large');
     // With the right key, it answers.
@@ -147,11 +195,23 @@ test("errors in OpenAI's shape with our codes: bad parameters, unknown fields, u
 test('OpenAI questions adapt the model like WebSocket ones: they fill an update, which runs and is judged', async () => {
   const token = 'admin-token-1';
   // --gate 0: any split vote is a learning signal, so the update trains and is judged (not skipped).
-  const s = await start({ adapt: true, updateEvery: 16, questionsPerStep: 16, probeQuestions: 0, anchors: 0, votes: 8, gate: 0, maxClientShare: 1, adminToken: token });
+  const s = await start({
+    adapt: true,
+    updateEvery: 16,
+    questionsPerStep: 16,
+    probeQuestions: 0,
+    anchors: 0,
+    votes: 8,
+    gate: 0,
+    maxClientShare: 1,
+    adminToken: token,
+  });
   try {
     const ai = client(s);
     const qs = suite('4-operand', 16, 21).map((q) => q.question);
-    const ended = new Promise<{ outcome: string; reason?: string; stats?: Record<string, unknown> }>((resolve) => s.adaptation.updates$.subscribe((e) => e.phase === 'end' && resolve(e.outcome)));
+    const ended = new Promise<{ outcome: string; reason?: string; stats?: Record<string, unknown> }>((resolve) =>
+      s.adaptation.updates$.subscribe((e) => e.phase === 'end' && resolve(e.outcome)),
+    );
     await Promise.all(qs.map((q) => ai.completions.create({ model: MODEL, prompt: q, n: 8 })));
     const outcome = await ended;
     assertJudged(outcome);

@@ -90,7 +90,7 @@ test('a sampler worker that dies is restarted on the serving version; while it c
   }
 });
 
-test('logs: one JSON record per stage of a question, carried by one request id (an HTTP client\'s own X-Request-Id logged beside it), and one per update with its outcome', async () => {
+test("logs: one JSON record per stage of a question, carried by one request id (an HTTP client's own X-Request-Id logged beside it), and one per update with its outcome", async () => {
   const lines: Record<string, unknown>[] = [];
   const logger = pino({ level: 'debug' }, { write: (r: string) => void lines.push(JSON.parse(r)) });
   // One HTTP client asks everything (so no --max-client-share cap) and any split vote is a
@@ -108,13 +108,23 @@ test('logs: one JSON record per stage of a question, carried by one request id (
     assert.equal(lines.find((l) => l.msg === 'question' && l.req_id === reqId)!.client_req_id, 'req-42');
     const questionId = (s.store.db.prepare('SELECT MAX(id) AS id FROM questions').get() as { id: number }).id;
     const mine = lines.filter((l) => l.req_id === reqId || (l.req_ids as string[] | undefined)?.includes(reqId));
-    assert.deepEqual(mine.map((l) => l.msg), ['question', 'batch', 'answered']);
+    assert.deepEqual(
+      mine.map((l) => l.msg),
+      ['question', 'batch', 'answered'],
+    );
     const batch = mine[1]!.batch;
     // Sampling and storing are per batch: the batch number ties them to the question.
-    assert.deepEqual(lines.filter((l) => l.batch === batch).map((l) => l.msg), ['batch', 'sampled', 'stored', 'answered']);
+    assert.deepEqual(
+      lines.filter((l) => l.batch === batch).map((l) => l.msg),
+      ['batch', 'sampled', 'stored', 'answered'],
+    );
     assert.deepEqual(lines.find((l) => l.msg === 'stored' && l.batch === batch)!.question_ids, [questionId]);
     // A server-made id when the client brings none, or an odd one.
-    const other = await fetch(`${s.url}/v1/ask`, { method: 'POST', headers: { 'x-request-id': 'bad id with spaces' }, body: JSON.stringify({ question: '1+2=' }) });
+    const other = await fetch(`${s.url}/v1/ask`, {
+      method: 'POST',
+      headers: { 'x-request-id': 'bad id with spaces' },
+      body: JSON.stringify({ question: '1+2=' }),
+    });
     assert.match(other.headers.get('x-request-id')!, /^[0-9a-f]{6}-\w+$/);
     // Questions the shipped model's votes split on: something to learn from.
     for (const r of await Promise.all(suite('4-operand', 8, 1).map((q) => ask(s, q.question)))) assert.equal(r.status, 200, JSON.stringify(r.body));

@@ -23,7 +23,10 @@ test('stories260K (HF directory and GGUF) starts a pipeline and answers with vot
   const dir = await scratch('ttrl-pipeline-');
   process.env.TTRL_CACHE_DIR = dir; // the GGUF conversion stays in the scratch folder
   try {
-    for (const [name, model, weightFile] of [['hf', fixture('hf'), fixture('hf/model.safetensors')], ['gguf', fixture('stories260K.gguf'), fixture('stories260K.gguf')]] as const) {
+    for (const [name, model, weightFile] of [
+      ['hf', fixture('hf'), fixture('hf/model.safetensors')],
+      ['gguf', fixture('stories260K.gguf'), fixture('stories260K.gguf')],
+    ] as const) {
       const db = join(dir, `${name}.sqlite`);
       // Adaptation on for one of them: the trainer, prober and scorer start on the Llama weights too.
       const settings = resolveSettings({ model, db, threads: 1, trainThreads: 1, trainNice: 0, votes: 4, adapt: name === 'hf' }, {});
@@ -39,7 +42,13 @@ test('stories260K (HF directory and GGUF) starts a pipeline and answers with vot
         const samples = p.store.samplesOf(row!.id);
         assert.equal(samples.length, 4);
         assert.ok(samples.every((s) => s.tokens > 0 && s.text.length > 0 && Number.isFinite(s.logprobSum)));
-        assert.equal(p.store.getMeta(FINGERPRINT_KEY), createHash('sha256').update(await readFile(weightFile)).digest('hex').slice(0, 16));
+        assert.equal(
+          p.store.getMeta(FINGERPRINT_KEY),
+          createHash('sha256')
+            .update(await readFile(weightFile))
+            .digest('hex')
+            .slice(0, 16),
+        );
         // An update finds nothing to train on (no sample has an answer), and says so.
         const u = await p.adaptation.updateNow('admin');
         assert.deepEqual([u.outcome, u.reason], ['skipped', 'no question passed the gate with a learning signal']);
@@ -48,7 +57,10 @@ test('stories260K (HF directory and GGUF) starts a pipeline and answers with vot
       }
     }
     // The GGUF's store refuses the HF directory: other files, other bytes.
-    await assert.rejects(createPipeline(resolveSettings({ model: fixture('hf'), db: join(dir, 'gguf.sqlite'), threads: 1, adapt: false }, {})), /gguf\.sqlite logs a different base model/);
+    await assert.rejects(
+      createPipeline(resolveSettings({ model: fixture('hf'), db: join(dir, 'gguf.sqlite'), threads: 1, adapt: false }, {})),
+      /gguf\.sqlite logs a different base model/,
+    );
   } finally {
     delete process.env.TTRL_CACHE_DIR;
   }
@@ -57,7 +69,21 @@ test('stories260K (HF directory and GGUF) starts a pipeline and answers with vot
 test('admin activation runs between updates: after the update in flight, with none starting meanwhile; adaptation then starts afresh from what serves', async () => {
   const dir = await scratch('ttrl-pipeline-');
   // lr 0: an update that changes nothing, so it passes the guard and is promoted.
-  const settings = resolveSettings({ db: join(dir, 'ttrl.sqlite'), threads: 1, trainThreads: 1, trainNice: 0, votes: 8, updateEvery: 1000, questionsPerStep: 16, probeQuestions: 0, anchors: 0, lr: 0 }, {});
+  const settings = resolveSettings(
+    {
+      db: join(dir, 'ttrl.sqlite'),
+      threads: 1,
+      trainThreads: 1,
+      trainNice: 0,
+      votes: 8,
+      updateEvery: 1000,
+      questionsPerStep: 16,
+      probeQuestions: 0,
+      anchors: 0,
+      lr: 0,
+    },
+    {},
+  );
   const p = await createPipeline(settings);
   try {
     const qs = suite('4-operand', 32, 12).map((q) => q.question);
@@ -69,7 +95,13 @@ test('admin activation runs between updates: after the update in flight, with no
     assert.equal(outcome.outcome, 'promoted', JSON.stringify(outcome));
     // The admin's choice came last: version 1 was promoted, then version 0 activated.
     assert.equal(p.versions.active.version, 0);
-    assert.deepEqual(p.store.events().map((e) => e.kind).reverse(), ['version_promoted', 'version_activated']);
+    assert.deepEqual(
+      p.store
+        .events()
+        .map((e) => e.kind)
+        .reverse(),
+      ['version_promoted', 'version_activated'],
+    );
     assert.equal(p.adaptation.pendingExperiences, 0, 'the experiences of the version before are not trained on');
     // While an activation runs, no update starts.
     const forward = p.activate(1, 'test');

@@ -11,8 +11,19 @@ import { suite } from '../src/tasks/suites.ts';
 import { ttrl } from './helpers/cli.ts';
 
 const arch = { contextLength: 64, dModel: 32, nLayers: 1, nHeads: 2, tiedHead: false };
-const base = (out: string, steps: number): PretrainOptions => ({ out, steps, seed: 3, batchSize: 16, lr: 3e-3, warmup: 5, anneal: 0, aggregation: 'sequence-mean', checkpointEvery: 10, threads: 1, arch });
-
+const base = (out: string, steps: number): PretrainOptions => ({
+  out,
+  steps,
+  seed: 3,
+  batchSize: 16,
+  lr: 3e-3,
+  warmup: 5,
+  anneal: 0,
+  aggregation: 'sequence-mean',
+  checkpointEvery: 10,
+  threads: 1,
+  arch,
+});
 
 test('the learning-rate schedule warms up, then decays without knowing the total', () => {
   assert.equal(pretrainLr(1e-3, 100, 50), 5e-4);
@@ -48,7 +59,12 @@ test('pretraining lowers the loss, and an interrupted run resumes to the same we
     // ttrl eval on the result: every field, in range. A context of 64 leaves no room for the
     // arithmetic task's 72 new tokens: eval says so, and runs with fewer.
     const qfile = join(dir, 'q.jsonl');
-    await writeFile(qfile, suite('in-distribution', 6, 1).map((q) => JSON.stringify(q)).join('\n'));
+    await writeFile(
+      qfile,
+      suite('in-distribution', 6, 1)
+        .map((q) => JSON.stringify(q))
+        .join('\n'),
+    );
     const full = await ttrl('eval', '--model', join(dir, 'a'), '--questions', qfile, '--votes', '4', '--threads', '1', '--json');
     assert.match(full.stderr, /answers of up to 72 new tokens leave no room for a prompt in the context of .* \(64 tokens\); set --max-new-tokens below 64/);
     const r = await ttrl('eval', '--model', join(dir, 'a'), '--questions', qfile, '--votes', '4', '--threads', '1', '--max-new-tokens', '48', '--json');

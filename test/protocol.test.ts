@@ -69,7 +69,11 @@ test('the server schemas are strict; the client reads them tolerantly, every kno
   assert.deepEqual(tolerantServerMessages.answer.parse(extra), answer, 'the client drops it');
   assert.equal(tolerantServerMessages.answer.safeParse({ ...answer, confidence: '1' }).success, false, 'a known field of the wrong type');
   assert.equal(serverMessage.safeParse({ type: 'error', code: 'no_such_code', message: 'm' }).success, false, 'an error code not in ERROR_CODES');
-  assert.equal(serverMessage.safeParse({ type: 'hello', protocol: 2, connection: 'c1', model_version: 0, limits: {} }).success, false, 'another protocol version');
+  assert.equal(
+    serverMessage.safeParse({ type: 'hello', protocol: 2, connection: 'c1', model_version: 0, limits: {} }).success,
+    false,
+    'another protocol version',
+  );
   assert.equal(serverMessage.safeParse({ type: 'whisper' }).success, false, 'an unknown type');
   // The POST /v1/ask body: an ask without type, id optional.
   assert.ok(httpAskBody.safeParse({ question: '1+2=' }).success);
@@ -77,7 +81,15 @@ test('the server schemas are strict; the client reads them tolerantly, every kno
 });
 
 test('the constructors make messages the strict schema accepts, fields in wire order', () => {
-  const limits = { max_message_bytes: 8192, max_prompt_tokens: 24, max_new_tokens: 72, context_length: 96, max_votes: 64, default_votes: 16, max_in_flight: 64 };
+  const limits = {
+    max_message_bytes: 8192,
+    max_prompt_tokens: 24,
+    max_new_tokens: 72,
+    context_length: 96,
+    max_votes: 64,
+    default_votes: 16,
+    max_in_flight: 64,
+  };
   const a = { answer: '-3', votes: { '-3': 3, '': 1 }, confidence: 0.75, model_version: 4, prompt_tokens: 11, latency_ms: 83 };
   const made: ServerMessage[] = [
     helloMessage('c1', { model_version: 4, limits }),
@@ -91,7 +103,10 @@ test('the constructors make messages the strict schema accepts, fields in wire o
     modelMessage(5),
   ];
   for (const m of made) assert.deepEqual(decoded(JSON.stringify(m)), m);
-  assert.equal(JSON.stringify(answerMessage(a, 'q1')), '{"type":"answer","id":"q1","answer":"-3","votes":{"-3":3,"":1},"confidence":0.75,"model_version":4,"prompt_tokens":11,"latency_ms":83}');
+  assert.equal(
+    JSON.stringify(answerMessage(a, 'q1')),
+    '{"type":"answer","id":"q1","answer":"-3","votes":{"-3":3,"":1},"confidence":0.75,"model_version":4,"prompt_tokens":11,"latency_ms":83}',
+  );
   assert.equal(JSON.stringify(errorMessage('overloaded', 'm', 'q1')), '{"type":"error","id":"q1","code":"overloaded","message":"m"}');
   assert.equal(JSON.stringify(helloMessage('c1', { model_version: 4, limits })).slice(0, 52), '{"type":"hello","protocol":1,"connection":"c1","mode');
 });
@@ -158,7 +173,10 @@ test('every message a real server sends decodes with the server-message schema',
     // answer; votes before the answer when streamed.
     socket.send({ type: 'ask', id: 'q1', question: '1+2=', votes: 2 });
     const a = await socket.next('answer', 'q1');
-    assert.equal(Object.values(a.votes).reduce((x, y) => x + y, 0), 2);
+    assert.equal(
+      Object.values(a.votes).reduce((x, y) => x + y, 0),
+      2,
+    );
     socket.send({ type: 'ask', id: 'q2', question: '3+4=', votes: 3, stream: true });
     const votes = [await socket.next('vote', 'q2'), await socket.next('vote', 'q2'), await socket.next('vote', 'q2')];
     assert.deepEqual(votes.map((v) => v.index).sort(), [0, 1, 2]);
@@ -190,14 +208,22 @@ test('every message a real server sends decodes with the server-message schema',
     assert.equal(withId.type === 'answer' && withId.id, 'h1');
     const withoutId = await http('/v1/ask', post('{"question":"1+2=","votes":2}'), 200);
     assert.ok(withoutId.type === 'answer' && !('id' in withoutId), 'an HTTP answer has an id only when the request gave one');
-    assert.deepEqual(await http('/v1/ask', post('{"id":"h2","question":"1+2=","votes":0}'), 400), { type: 'error', id: 'h2', code: 'bad_votes', message: 'votes must be between 1 and 64, got 0' });
+    assert.deepEqual(await http('/v1/ask', post('{"id":"h2","question":"1+2=","votes":0}'), 400), {
+      type: 'error',
+      id: 'h2',
+      code: 'bad_votes',
+      message: 'votes must be between 1 and 64, got 0',
+    });
     assert.equal(codeOf(await http('/v1/ask', post('{"question":"1+2=","colour":"red"}'), 400)), 'unknown_field');
     assert.equal(codeOf(await http('/v1/ask', post('{not json'), 400)), 'bad_json');
     assert.equal(codeOf(await http('/v1/nothing', { method: 'GET' }, 404)), 'not_found');
     assert.equal(codeOf(await http('/admin/status', { method: 'GET' }, 401)), 'unauthorized');
 
     // Replies written before any route: a refused WebSocket upgrade, a request-target that does not parse.
-    const upgrade = await rawExchange(s.port, 'GET /v1/elsewhere HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
+    const upgrade = await rawExchange(
+      s.port,
+      'GET /v1/elsewhere HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+    );
     assert.equal(upgrade.status, 404);
     assert.equal(codeOf(decoded(upgrade.body)), 'not_found');
     const target = await rawExchange(s.port, 'GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n');

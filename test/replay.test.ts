@@ -30,23 +30,36 @@ test('a recorded stream replays against a live server, and the log exports', asy
   // Replay A's log against server B through the CLI.
   const b = await startTestServer({}, { dir: join(dir, 'b') });
   try {
-    const r = await ttrl('replay', '--from', join(dir, 'a', 'ttrl.sqlite'), '--to', b.wsUrl, '--speed', '100', '--clients', '2', '--report', join(dir, 'report'), '--json');
+    const r = await ttrl(
+      'replay',
+      '--from',
+      join(dir, 'a', 'ttrl.sqlite'),
+      '--to',
+      b.wsUrl,
+      '--speed',
+      '100',
+      '--clients',
+      '2',
+      '--report',
+      join(dir, 'report'),
+      '--json',
+    );
     assert.equal(r.code, 0, r.stderr);
     const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
     assert.equal(out.source, 'db');
     assert.deepEqual([out.questions, out.answered, out.errors], [20, 20, 0]);
     assert.equal(out.accuracy, null); // a log carries no true answers
     assert.deepEqual(out.versions, [0]);
-    assert.deepEqual(
-      [...b.store.questions()].map((q) => q.question).sort(),
-      qs.map((q) => q.question).sort(),
-    );
+    assert.deepEqual([...b.store.questions()].map((q) => q.question).sort(), qs.map((q) => q.question).sort());
   } finally {
     await b.close();
   }
   const ex = await ttrl('export', '--db', join(dir, 'a', 'ttrl.sqlite'), '--format', 'jsonl', '--samples');
   assert.equal(ex.code, 0, ex.stderr);
-  const lines = ex.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  const lines = ex.stdout
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
   assert.equal(lines.length, 20);
   for (const l of lines) {
     assert.equal(l.status, 'answered');
@@ -59,7 +72,19 @@ test('a recorded stream replays against a live server, and the log exports', asy
 test('offline replay with one seed gives the same answers and versions twice', async () => {
   const dir = await scratch();
   const items = suite('4-operand', 48, 6).map((q) => ({ ...q, at: 0 }));
-  const s = testSettings({ db: join(dir, 'ttrl.sqlite'), adapt: true, updateEvery: 16, questionsPerStep: 8, trainSamples: 4, votes: 8, batchQuestions: 8, probeQuestions: 8, lr: 1e-4, seed: 3, ...REPLAY_EXACT });
+  const s = testSettings({
+    db: join(dir, 'ttrl.sqlite'),
+    adapt: true,
+    updateEvery: 16,
+    questionsPerStep: 8,
+    trainSamples: 4,
+    votes: 8,
+    batchQuestions: 8,
+    probeQuestions: 8,
+    lr: 1e-4,
+    seed: 3,
+    ...REPLAY_EXACT,
+  });
   const one = await replayOffline(items, s);
   const two = await replayOffline(items, s);
   const r1 = buildReport(one.outcomes, one.sent, one.wallS);
@@ -68,8 +93,14 @@ test('offline replay with one seed gives the same answers and versions twice', a
   assert.ok(one.versions.length > 1, 'updates happened');
   assert.deepEqual(r1.versions, r2.versions);
   assert.equal(r1.digest, r2.digest);
-  assert.deepEqual(one.outcomes.map((o) => [o.answer, o.version]), two.outcomes.map((o) => [o.answer, o.version]));
-  assert.deepEqual(one.versions.map((v) => v.status), two.versions.map((v) => v.status));
+  assert.deepEqual(
+    one.outcomes.map((o) => [o.answer, o.version]),
+    two.outcomes.map((o) => [o.answer, o.version]),
+  );
+  assert.deepEqual(
+    one.versions.map((v) => v.status),
+    two.versions.map((v) => v.status),
+  );
   // A different seed is a different run.
   const three = await replayOffline(items, { ...s, seed: 4 });
   assert.notEqual(buildReport(three.outcomes, three.sent, three.wallS).digest, r1.digest);
@@ -80,7 +111,10 @@ test('--since/--until select by arrival time and --speed scales it', async () =>
   const qfile = join(dir, 'q.jsonl');
   const qs = suite('in-distribution', 4, 1);
   await writeFile(qfile, qs.map((q, i) => JSON.stringify({ ...q, at: i * 250 })).join('\n'));
-  assert.deepEqual((await readSource(qfile, { since: 250, until: 750 })).items.map((x) => x.at), [250, 500]);
+  assert.deepEqual(
+    (await readSource(qfile, { since: 250, until: 750 })).items.map((x) => x.at),
+    [250, 500],
+  );
   const server = await startTestServer({}, { dir: join(dir, 's') });
   try {
     const { items } = await readSource(qfile);

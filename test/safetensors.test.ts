@@ -16,8 +16,7 @@ import { f16ToF32, widenToFloat32 } from '../src/formats/float16.ts';
 
 /** Builds a file by hand so malformed headers can be tested. */
 function rawFile(header: unknown, data: Uint8Array = new Uint8Array(0)): Buffer {
-  const json =
-    header instanceof Uint8Array ? Buffer.from(header) : Buffer.from(typeof header === 'string' ? header : JSON.stringify(header));
+  const json = header instanceof Uint8Array ? Buffer.from(header) : Buffer.from(typeof header === 'string' ? header : JSON.stringify(header));
   const length = Buffer.alloc(8);
   length.writeBigUInt64LE(BigInt(json.length));
   return Buffer.concat([length, json, data]);
@@ -87,8 +86,18 @@ test('writes the exact byte layout of a small file', () => {
 test('output is deterministic: tensors are sorted by name', () => {
   const a: NamedTensor = { dtype: 'U8', shape: [1], data: new Uint8Array([1]) };
   const b: NamedTensor = { dtype: 'U8', shape: [1], data: new Uint8Array([2]) };
-  const forward = encodeSafetensors(new Map<string, NamedTensor>([['x', a], ['y', b]]));
-  const backward = encodeSafetensors(new Map<string, NamedTensor>([['y', b], ['x', a]]));
+  const forward = encodeSafetensors(
+    new Map<string, NamedTensor>([
+      ['x', a],
+      ['y', b],
+    ]),
+  );
+  const backward = encodeSafetensors(
+    new Map<string, NamedTensor>([
+      ['y', b],
+      ['x', a],
+    ]),
+  );
   assert.deepEqual(forward, backward);
   assert.deepEqual([...forward.subarray(-2)], [1, 2]);
 });
@@ -101,10 +110,12 @@ test('encodes only the viewed part of a typed array', () => {
 });
 
 test('decoded arrays are aligned copies, even from an unaligned buffer', () => {
-  const bytes = encodeSafetensors(new Map<string, NamedTensor>([
-    ['a', { dtype: 'U8', shape: [3], data: new Uint8Array([1, 2, 3]) }],
-    ['b', { dtype: 'F64', shape: [2], data: new Float64Array([0.5, -4]) }],
-  ]));
+  const bytes = encodeSafetensors(
+    new Map<string, NamedTensor>([
+      ['a', { dtype: 'U8', shape: [3], data: new Uint8Array([1, 2, 3]) }],
+      ['b', { dtype: 'F64', shape: [2], data: new Float64Array([0.5, -4]) }],
+    ]),
+  );
   // Put the file at an odd offset: tensor "b" then starts at an address no Float64Array can view.
   const shifted = new Uint8Array(bytes.length + 1);
   shifted.set(bytes, 1);
@@ -120,10 +131,7 @@ test('decoded arrays are aligned copies, even from an unaligned buffer', () => {
 
 test('accepts files written by other tools: header order, unpadded header', () => {
   const data = new Uint8Array([7, 0, 0, 0, 5]);
-  const file = rawFile(
-    { z: { dtype: 'I32', shape: [1], data_offsets: [0, 4] }, a: { dtype: 'U8', shape: [], data_offsets: [4, 5] } },
-    data,
-  );
+  const file = rawFile({ z: { dtype: 'I32', shape: [1], data_offsets: [0, 4] }, a: { dtype: 'U8', shape: [], data_offsets: [4, 5] } }, data);
   const { tensors } = decodeSafetensors(file);
   assert.deepEqual([...tensors.keys()], ['a', 'z']);
   assert.deepEqual(Array.from(tensors.get('z')!.data as Int32Array), [7]);
@@ -199,18 +207,12 @@ test('rejects out-of-range offsets', () => {
 });
 
 test('rejects overlapping offsets', () => {
-  const file = rawFile(
-    { a: { dtype: 'I32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'I32', shape: [1], data_offsets: [4, 8] } },
-    new Uint8Array(8),
-  );
+  const file = rawFile({ a: { dtype: 'I32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'I32', shape: [1], data_offsets: [4, 8] } }, new Uint8Array(8));
   assert.throws(() => decodeSafetensors(file), /tensor "b" data_offsets \[4, 8\] overlap another tensor/);
 });
 
 test('rejects holes and trailing bytes in the data section', () => {
-  const hole = rawFile(
-    { a: { dtype: 'U8', shape: [1], data_offsets: [0, 1] }, b: { dtype: 'U8', shape: [1], data_offsets: [2, 3] } },
-    new Uint8Array(3),
-  );
+  const hole = rawFile({ a: { dtype: 'U8', shape: [1], data_offsets: [0, 1] }, b: { dtype: 'U8', shape: [1], data_offsets: [2, 3] } }, new Uint8Array(3));
   assert.throws(() => decodeSafetensors(hole), /bytes \[1, 2\) of the data section belong to no tensor/);
   const trailing = rawFile({ a: { dtype: 'U8', shape: [1], data_offsets: [0, 1] } }, new Uint8Array(3));
   assert.throws(() => decodeSafetensors(trailing), /bytes \[1, 3\) of the data section belong to no tensor/);
@@ -240,10 +242,7 @@ test('encode rejects data of the wrong array type, unknown dtypes and bad shapes
 
 test('encode rejects non-string metadata and the reserved name', () => {
   const tensors = new Map<string, NamedTensor>();
-  assert.throws(
-    () => encodeSafetensors(tensors, { step: 3 } as unknown as Record<string, string>),
-    /__metadata__ value for "step" must be a string/,
-  );
+  assert.throws(() => encodeSafetensors(tensors, { step: 3 } as unknown as Record<string, string>), /__metadata__ value for "step" must be a string/);
   const reserved = new Map([['__metadata__', { dtype: 'U8', shape: [0], data: new Uint8Array(0) } as NamedTensor]]);
   assert.throws(() => encodeSafetensors(reserved), /"__metadata__" is reserved/);
 });
@@ -262,7 +261,7 @@ test('F16 and BF16 bit patterns widen to the float32 values they stand for', () 
   assert.deepEqual(Array.from(widenToFloat32(bf, 'BF16')), [1, 3.140625, -Infinity, 2 ** -133]);
 });
 
-test('the index of a file gives each tensor\'s absolute byte range without reading the data', async () => {
+test("the index of a file gives each tensor's absolute byte range without reading the data", async () => {
   const dir = await mkdtemp(join(tmpdir(), 'ttrl-st-index-'));
   try {
     const path = join(dir, 'm.safetensors');
@@ -275,7 +274,11 @@ test('the index of a file gives each tensor\'s absolute byte range without readi
       const at = index.tensors.get(name)!;
       assert.equal(at.dtype, t.dtype);
       assert.deepEqual(at.shape, t.shape);
-      assert.deepEqual(new Uint8Array(bytes.subarray(at.offset, at.offset + at.length)), new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), name);
+      assert.deepEqual(
+        new Uint8Array(bytes.subarray(at.offset, at.offset + at.length)),
+        new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength),
+        name,
+      );
     }
     await writeFile(path, bytes.subarray(0, bytes.length - 3));
     await assert.rejects(readSafetensorsIndex(path), (e: Error) => e.message.startsWith(`${path}: safetensors: tensor`) && /out of range/.test(e.message));

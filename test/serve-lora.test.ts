@@ -26,8 +26,21 @@ const TOKEN = 'test-admin-token';
 
 function serve(model: string, db: string, over: SettingOverrides = {}): Promise<RunningServer> {
   return startTestServer({
-    db, model, votes: 8, extractor: `regex:${FIRST_WORD}`, maxNewTokens: 48,
-    adapt: true, updateEvery: 1000, loraRank: 4, gate: 0, probeQuestions: 0, anchors: 0, lr: 3e-3, adminToken: TOKEN, maxClientShare: 1, ...over,
+    db,
+    model,
+    votes: 8,
+    extractor: `regex:${FIRST_WORD}`,
+    maxNewTokens: 48,
+    adapt: true,
+    updateEvery: 1000,
+    loraRank: 4,
+    gate: 0,
+    probeQuestions: 0,
+    anchors: 0,
+    lr: 3e-3,
+    adminToken: TOKEN,
+    maxClientShare: 1,
+    ...over,
   });
 }
 
@@ -37,7 +50,13 @@ async function engineSamples(dir: string, question: string, lora?: { config: Lor
   const sampler = await Sampler.create({ config: m.config, weights: m.weights, lora: lora?.config, adapters: lora?.adapters, threads: 1 });
   try {
     const r = await sampler.generate([m.tokenizer.encode(question)], {
-      samplesPerPrompt: 8, maxNewTokens: 48, seed: 0, seeds: [seedOf(0, question, 0)], temperature: 1, stopTokens: m.tokenizer.stopIds, padToken: m.tokenizer.padId,
+      samplesPerPrompt: 8,
+      maxNewTokens: 48,
+      seed: 0,
+      seeds: [seedOf(0, question, 0)],
+      temperature: 1,
+      stopTokens: m.tokenizer.stopIds,
+      padToken: m.tokenizer.padId,
     });
     return r.completions[0]!.map((c) => ({ text: m.tokenizer.decode(c.tokens), logprob: c.logprobs.reduce((a, b) => a + b, 0) }));
   } finally {
@@ -72,7 +91,10 @@ test('stories260K with LoRA rank 4: an update trains adapters only, is promoted 
     assert.deepEqual(lora, loraConfigFor((await loadModel(dir)).config, { rank: 4 }));
     assert.equal(f.baseModel, s.store.getMeta(FINGERPRINT_KEY));
     assert.ok((await stat(row.weights_path!)).size < baseBytes.length / 2, 'an adapter file is a fraction of the model');
-    assert.ok([...adapters].some(([k, a]) => k.includes('lora_B') && a.some((x) => x !== 0)), 'the update moved the adapters off their init');
+    assert.ok(
+      [...adapters].some(([k, a]) => k.includes('lora_B') && a.some((x) => x !== 0)),
+      'the update moved the adapters off their init',
+    );
     assert.deepEqual(await readFile(join(dir, 'model.safetensors')), baseBytes);
 
     // Answers now come from version 1: the engine's samples under base + these adapters, not the base's.
@@ -80,11 +102,17 @@ test('stories260K with LoRA rank 4: an update trains adapters only, is promoted 
     const { reply, votes } = await c.ask('after', fresh);
     assert.equal(reply.model_version, 1);
     const adapted = await engineSamples(dir, fresh, { config: lora, adapters });
-    assert.deepEqual(votes.map((v) => v.text), adapted.map((e) => e.text));
+    assert.deepEqual(
+      votes.map((v) => v.text),
+      adapted.map((e) => e.text),
+    );
     const stored = s.store.samplesOf([...s.store.questions()].find((q) => q.client_id === 'after')!.id);
     const base = await engineSamples(dir, fresh);
     stored.forEach((x, k) => assert.ok(Math.abs(x.logprobSum - adapted[k]!.logprob) < 1e-3, `sample ${k}: ${x.logprobSum} vs ${adapted[k]!.logprob}`));
-    assert.ok(adapted.some((a, k) => a.text !== base[k]!.text || Math.abs(a.logprob - base[k]!.logprob) > 1e-3), 'the adapters change what is sampled');
+    assert.ok(
+      adapted.some((a, k) => a.text !== base[k]!.text || Math.abs(a.logprob - base[k]!.logprob) > 1e-3),
+      'the adapters change what is sampled',
+    );
     c.close();
   } finally {
     await s.close();
@@ -97,7 +125,10 @@ test('stories260K with LoRA rank 4: an update trains adapters only, is promoted 
     const q = 'A big red ball was';
     const { reply, votes } = await c.ask('restart', q);
     assert.equal(reply.model_version, 1);
-    assert.deepEqual(votes.map((v) => v.text), (await engineSamples(dir, q, { config: lora, adapters })).map((e) => e.text));
+    assert.deepEqual(
+      votes.map((v) => v.text),
+      (await engineSamples(dir, q, { config: lora, adapters })).map((e) => e.text),
+    );
     c.close();
     // Rollback: the base serves again, and the next update trains from it.
     const r = await fetch(`${s.url}/admin/versions/0/activate`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}` } });
@@ -106,7 +137,10 @@ test('stories260K with LoRA rank 4: an update trains adapters only, is promoted 
     const q2 = 'The happy frog jumped';
     const back = await c2.ask('rollback', q2);
     assert.equal(back.reply.model_version, 0);
-    assert.deepEqual(back.votes.map((v) => v.text), (await engineSamples(dir, q2)).map((e) => e.text));
+    assert.deepEqual(
+      back.votes.map((v) => v.text),
+      (await engineSamples(dir, q2)).map((e) => e.text),
+    );
     c2.close();
     const activated = await fetch(`${s.url}/admin/versions/1/activate`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}` } });
     assert.equal(activated.status, 200, 'and forward again to the adapters');
@@ -122,7 +156,10 @@ test('stories260K with LoRA rank 4: an update trains adapters only, is promoted 
   const m = await loadModel(merged);
   assert.equal(m.config.family, 'llama');
   const names = [...(await readSafetensors(join(merged, 'model.safetensors'))).tensors.keys()];
-  assert.ok(names.includes('model.layers.0.self_attn.q_proj.weight') && !names.some((n) => n.includes('lora')), 'transformers\' tensor names, adapters folded in');
+  assert.ok(
+    names.includes('model.layers.0.self_attn.q_proj.weight') && !names.some((n) => n.includes('lora')),
+    "transformers' tensor names, adapters folded in",
+  );
   const q = 'Lily and her mom';
   const inGraph = await engineSamples(dir, q, { config: lora, adapters });
   const fromMerged = await engineSamples(merged, q);
@@ -175,7 +212,10 @@ test('a LoRA server refuses a version of full weights, naming the file; bad LoRA
   assert.equal(e.code, 0, e.stderr);
   const m = await loadModel(dir);
   assert.deepEqual(await inMemory((await loadModel(out)).weights), await loadVersionWeights(join(`${db}.versions`, 'v1.safetensors'), m.config));
-  assert.match((await ttrl('export', '--db', db, '--version', '1', '--out', `${out}-a`, '--adapter')).stderr, /holds full weights .*no LoRA adapters to export/);
+  assert.match(
+    (await ttrl('export', '--db', db, '--version', '1', '--out', `${out}-a`, '--adapter')).stderr,
+    /holds full weights .*no LoRA adapters to export/,
+  );
   // A damaged version file (same size) is refused by its hash, naming it, not exported.
   const file = join(`${db}.versions`, 'v1.safetensors');
   const bytes = await readFile(file);

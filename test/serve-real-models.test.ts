@@ -35,7 +35,12 @@ const serve = (over: SettingOverrides): Promise<RunningServer> => startTestServe
  * What the engine samples for a prompt under the server's dice for the first ask of a
  * question (seed: server seed, question, 0), decoded: the server's samples must be these.
  */
-async function samplesOf(modelDir: string, prompt: number[], question: string, o: { votes: number; maxNewTokens: number; seed: number }): Promise<{ text: string; tokens: number; stopped: boolean; logprob: number }[]> {
+async function samplesOf(
+  modelDir: string,
+  prompt: number[],
+  question: string,
+  o: { votes: number; maxNewTokens: number; seed: number },
+): Promise<{ text: string; tokens: number; stopped: boolean; logprob: number }[]> {
   const m = await loadModel(modelDir);
   const sampler = await Sampler.create({ config: m.config, weights: m.weights, threads: 1 });
   try {
@@ -48,7 +53,12 @@ async function samplesOf(modelDir: string, prompt: number[], question: string, o
       stopTokens: m.tokenizer.stopIds,
       padToken: m.tokenizer.padId,
     });
-    return r.completions[0]!.map((c) => ({ text: m.tokenizer.decode(c.tokens), tokens: c.tokens.length, stopped: c.stopped, logprob: c.logprobs.reduce((a, b) => a + b, 0) }));
+    return r.completions[0]!.map((c) => ({
+      text: m.tokenizer.decode(c.tokens),
+      tokens: c.tokens.length,
+      stopped: c.stopped,
+      logprob: c.logprobs.reduce((a, b) => a + b, 0),
+    }));
   } finally {
     await sampler.close();
   }
@@ -59,7 +69,12 @@ function assertVoted(reply: Message, answers: (string | null)[]): void {
   const tally: Record<string, number> = {};
   for (const a of answers) tally[a ?? ''] = (tally[a ?? ''] ?? 0) + 1;
   assert.deepEqual(reply.votes, tally);
-  const top = Math.max(...Object.entries(tally).filter(([k]) => k !== '').map(([, n]) => n), 0);
+  const top = Math.max(
+    ...Object.entries(tally)
+      .filter(([k]) => k !== '')
+      .map(([, n]) => n),
+    0,
+  );
   assert.equal(reply.confidence, top / answers.length);
   if (top === 0) assert.equal(reply.answer, null);
   else assert.equal(tally[reply.answer as string], top, 'the answer has the most votes');
@@ -71,33 +86,53 @@ test('stories260K served over WebSocket: 8 sampled continuations voted on their 
   const s = await serve({ model: dir, extractor: `regex:${FIRST_WORD}`, maxNewTokens: 48 });
   try {
     const c = await connect(s.wsUrl);
-    assert.deepEqual(c.hello.limits, { max_message_bytes: 8192, max_prompt_tokens: 512 - 48, max_new_tokens: 48, context_length: 512, max_votes: 64, default_votes: 8, max_in_flight: 64 });
+    assert.deepEqual(c.hello.limits, {
+      max_message_bytes: 8192,
+      max_prompt_tokens: 512 - 48,
+      max_new_tokens: 48,
+      context_length: 512,
+      max_votes: 64,
+      default_votes: 8,
+      max_in_flight: 64,
+    });
     const questions = STORY_PROMPTS.slice(0, 3);
     let disagreed = 0;
     for (const [i, question] of questions.entries()) {
       const { reply, votes } = await c.ask(`q${i}`, question);
       assert.equal(reply.type, 'answer', JSON.stringify(reply));
       assert.equal(reply.model_version, 0);
-      assert.equal(reply.prompt_tokens, probe.tokenizer.encode(question).length, 'the raw question, with the tokenizer\'s BOS');
+      assert.equal(reply.prompt_tokens, probe.tokenizer.encode(question).length, "the raw question, with the tokenizer's BOS");
       assert.equal(votes.length, 8);
       // Each vote is its sample's first word (normalised), and only a finished sentence has one.
       for (const v of votes) {
         const word = /^\W*([A-Za-z]+)/.exec(v.text as string)?.[1] ?? null;
         assert.equal(v.answer, normalizeAnswer(word));
       }
-      assertVoted(reply, votes.map((v) => v.answer as string | null));
+      assertVoted(
+        reply,
+        votes.map((v) => v.answer as string | null),
+      );
       if (Object.keys(reply.votes as object).length > 1) disagreed++;
       // The samples are the engine's own at temperature 1 for this prompt and these dice.
       const expected = await samplesOf(dir, probe.tokenizer.encode(question), question, { votes: 8, maxNewTokens: 48, seed: 0 });
-      assert.deepEqual(votes.map((v) => v.text), expected.map((e) => e.text));
-      assert.deepEqual(votes.map((v) => v.tokens), expected.map((e) => e.tokens));
+      assert.deepEqual(
+        votes.map((v) => v.text),
+        expected.map((e) => e.text),
+      );
+      assert.deepEqual(
+        votes.map((v) => v.tokens),
+        expected.map((e) => e.tokens),
+      );
       assert.ok(new Set(expected.map((e) => e.text)).size > 1, 'different continuations');
       // And the log holds them, with the version that sampled them.
       const row = [...s.store.questions()].find((r) => r.client_id === `q${i}`)!;
       assert.equal(row.model_version, 0);
       assert.equal(row.answer, reply.answer);
       const stored = s.store.samplesOf(row.id);
-      assert.deepEqual(stored.map((x) => x.text), expected.map((e) => e.text));
+      assert.deepEqual(
+        stored.map((x) => x.text),
+        expected.map((e) => e.text),
+      );
       stored.forEach((x, k) => {
         assert.equal(x.answer, votes[k]!.answer);
         assert.ok(Math.abs(x.logprobSum - expected[k]!.logprob) < 1e-3, `sample ${k}: logprob ${x.logprobSum} vs ${expected[k]!.logprob}`);
@@ -112,7 +147,16 @@ test('stories260K served over WebSocket: 8 sampled continuations voted on their 
 
 test('an update on stories260K judges its candidate with the served task: the probe reads first words, as the votes do', async () => {
   const dir = await storiesOneSentence();
-  const s = await serve({ model: dir, extractor: `regex:${FIRST_WORD}`, maxNewTokens: 48, adapt: true, updateEvery: 1000, maxClientShare: 1, probeQuestions: 8, gate: 0 });
+  const s = await serve({
+    model: dir,
+    extractor: `regex:${FIRST_WORD}`,
+    maxNewTokens: 48,
+    adapt: true,
+    updateEvery: 1000,
+    maxClientShare: 1,
+    probeQuestions: 8,
+    gate: 0,
+  });
   try {
     const c = await connect(s.wsUrl);
     for (const [i, q] of STORY_PROMPTS.entries()) assert.equal((await c.ask(`u${i}`, q)).reply.type, 'answer');
@@ -135,7 +179,10 @@ test('an offline replay serves the task too: stories260K answers in first words,
   const dir = await storiesOneSentence();
   const db = join(await scratch('ttrl-replay-stories-'), 'r.sqlite');
   const items = [...STORY_PROMPTS.slice(0, 4), 'Tom '.repeat(300)].map((question, i) => ({ question, at: i }));
-  const r = await replayOffline(items, resolveSettings({ model: dir, db, extractor: `regex:${FIRST_WORD}`, maxNewTokens: 48, adapt: false, votes: 8, threads: 1 }, {}));
+  const r = await replayOffline(
+    items,
+    resolveSettings({ model: dir, db, extractor: `regex:${FIRST_WORD}`, maxNewTokens: 48, adapt: false, votes: 8, threads: 1 }, {}),
+  );
   assert.equal(r.outcomes.length, 5);
   for (const o of r.outcomes.slice(0, 4)) assert.ok('answer' in o && typeof o.answer === 'string' && /^[A-Za-z]+$/.test(o.answer), JSON.stringify(o));
   assert.equal((r.outcomes[4] as { error?: string }).error, 'context_length_exceeded');
@@ -143,7 +190,15 @@ test('an offline replay serves the task too: stories260K answers in first words,
 
 // The favoured tokens of the test's Qwen2 checkpoint and their probabilities: " \", "boxed",
 // "{", "4", "7", "}" and the end token <|im_end|> (ids of the real Qwen3 vocabulary).
-const FAVOURED: [number, number][] = [[1124, 0.25], [79075, 0.25], [90, 0.2], [19, 0.1], [22, 0.05], [92, 0.1], [151645, 0.05]];
+const FAVOURED: [number, number][] = [
+  [1124, 0.25],
+  [79075, 0.25],
+  [90, 0.2],
+  [19, 0.1],
+  [22, 0.05],
+  [92, 0.1],
+  [151645, 0.05],
+];
 
 /**
  * A tiny random Qwen2-shaped checkpoint (q/k/v biases, grouped-query attention, tied
@@ -156,8 +211,22 @@ const FAVOURED: [number, number][] = [[1124, 0.25], [79075, 0.25], [90, 0.2], [1
  */
 async function writeQwen2Boxer(dir: string, vocabSize: number): Promise<void> {
   const c: LlamaConfig = {
-    family: 'llama', vocabSize, contextLength: 160, hiddenSize: 16, intermediateSize: 32, layers: 2, heads: 4, kvHeads: 2, headDim: 4,
-    rmsNormEps: 1e-6, ropeTheta: 1e6, tiedEmbeddings: true, qkvBias: true, oBias: false, mlpBias: false, qkNorm: false,
+    family: 'llama',
+    vocabSize,
+    contextLength: 160,
+    hiddenSize: 16,
+    intermediateSize: 32,
+    layers: 2,
+    heads: 4,
+    kvHeads: 2,
+    headDim: 4,
+    rmsNormEps: 1e-6,
+    ropeTheta: 1e6,
+    tiedEmbeddings: true,
+    qkvBias: true,
+    oBias: false,
+    mlpBias: false,
+    qkNorm: false,
   };
   const rng = new Rng(7);
   const weights = new Map<string, { shape: number[]; data: Float32Array }>();
@@ -179,25 +248,55 @@ async function writeQwen2Boxer(dir: string, vocabSize: number): Promise<void> {
   // The final RMSNorm leaves the hidden state at length sqrt(d) along c: logit = row · c/|c| · sqrt(d).
   for (const [id, p] of FAVOURED) for (let r = 0; r < d; r++) embed[id * d + r]! += ((20 + Math.log(p)) / Math.sqrt(d)) * (dir0[r]! / norm);
   const config = {
-    architectures: ['Qwen2ForCausalLM'], model_type: 'qwen2', vocab_size: vocabSize, hidden_size: d, intermediate_size: c.intermediateSize,
-    num_hidden_layers: c.layers, num_attention_heads: heads, num_key_value_heads: kvHeads, max_position_embeddings: c.contextLength,
-    rms_norm_eps: c.rmsNormEps, rope_theta: c.ropeTheta, tie_word_embeddings: true, hidden_act: 'silu', use_sliding_window: false,
-    sliding_window: 4096, torch_dtype: 'float32', bos_token_id: 151643, eos_token_id: 151645,
+    architectures: ['Qwen2ForCausalLM'],
+    model_type: 'qwen2',
+    vocab_size: vocabSize,
+    hidden_size: d,
+    intermediate_size: c.intermediateSize,
+    num_hidden_layers: c.layers,
+    num_attention_heads: heads,
+    num_key_value_heads: kvHeads,
+    max_position_embeddings: c.contextLength,
+    rms_norm_eps: c.rmsNormEps,
+    rope_theta: c.ropeTheta,
+    tie_word_embeddings: true,
+    hidden_act: 'silu',
+    use_sliding_window: false,
+    sliding_window: 4096,
+    torch_dtype: 'float32',
+    bos_token_id: 151643,
+    eos_token_id: 151645,
   };
-  await writeHFDirectory(dir, config, weights, { dtype: 'F32', shards: 1, tokenizer: { json: {}, config: {} }, generationConfig: { eos_token_id: [151645, 151643] } });
+  await writeHFDirectory(dir, config, weights, {
+    dtype: 'F32',
+    shards: 1,
+    tokenizer: { json: {}, config: {} },
+    generationConfig: { eos_token_id: [151645, 151643] },
+  });
   // The real tokenizer files, as they ship (tokenizer_config.json carries the chat template).
   for (const f of ['tokenizer.json', 'tokenizer_config.json']) await copyFile(join(QWEN3_TOKENIZER, f), join(dir, f));
 }
 
 test('a tiny random Qwen2-shaped checkpoint with the real Qwen3 tokenizer, served with --task math: chat-template prompts, boxed answers voted, limits in tokens', async () => {
-  const tok = new HFTokenizer(JSON.parse(await readFile(join(QWEN3_TOKENIZER, 'tokenizer.json'), 'utf8')), JSON.parse(await readFile(join(QWEN3_TOKENIZER, 'tokenizer_config.json'), 'utf8')));
+  const tok = new HFTokenizer(
+    JSON.parse(await readFile(join(QWEN3_TOKENIZER, 'tokenizer.json'), 'utf8')),
+    JSON.parse(await readFile(join(QWEN3_TOKENIZER, 'tokenizer_config.json'), 'utf8')),
+  );
   assert.equal(tok.decode([151645]), '', 'a completion that is its end token alone is the empty text');
   const dir = join(await scratch('ttrl-qwen-'), 'qwen2-boxer');
   await writeQwen2Boxer(dir, tok.vocabSize);
   const s = await serve({ model: dir, task: 'math', maxNewTokens: 24, maxPromptTokens: 80 });
   try {
     const c = await connect(s.wsUrl);
-    assert.deepEqual(c.hello.limits, { max_message_bytes: 8192, max_prompt_tokens: 80, max_new_tokens: 24, context_length: 160, max_votes: 64, default_votes: 8, max_in_flight: 64 });
+    assert.deepEqual(c.hello.limits, {
+      max_message_bytes: 8192,
+      max_prompt_tokens: 80,
+      max_new_tokens: 24,
+      context_length: 160,
+      max_votes: 64,
+      default_votes: 8,
+      max_in_flight: 64,
+    });
     // Qwen's ChatML as its template writes it for a system prompt, a user turn and the
     // generation prompt (thinking left on: nothing after "assistant\n"), written out here by hand.
     const chatml = (q: string) => `<|im_start|>system\n${BOXED_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n${q}<|im_end|>\n<|im_start|>assistant\n`;
@@ -219,10 +318,16 @@ test('a tiny random Qwen2-shaped checkpoint with the real Qwen3 tokenizer, serve
         assert.equal(votes[k]!.text, x.text);
       });
       answered += stored.filter((x) => x.answer !== null).length;
-      assertVoted(reply, stored.map((x) => x.answer));
+      assertVoted(
+        reply,
+        stored.map((x) => x.answer),
+      );
       // The samples are the engine's own for that prompt under the server's dice.
       const expected = await samplesOf(dir, prompt, question, { votes: 8, maxNewTokens: 24, seed: 0 });
-      assert.deepEqual(stored.map((x) => [x.text, x.tokens, x.stopped]), expected.map((e) => [e.text, e.tokens, e.stopped]));
+      assert.deepEqual(
+        stored.map((x) => [x.text, x.tokens, x.stopped]),
+        expected.map((e) => [e.text, e.tokens, e.stopped]),
+      );
     }
     assert.ok(answered > 0, 'some completions box an answer: the extractor is on the path');
 
@@ -237,7 +342,10 @@ test('a tiny random Qwen2-shaped checkpoint with the real Qwen3 tokenizer, serve
     const hugeTokens = tok.encode(chatml(huge), { specialTokens: false }).length;
     const overflow = (await c.ask('huge', huge)).reply;
     assert.equal(overflow.code, 'context_length_exceeded');
-    assert.match(overflow.message as string, new RegExp(`the prompt has ${hugeTokens} tokens and answers may take 24 more: ${hugeTokens + 24} do not fit in the model's context of 160 tokens`));
+    assert.match(
+      overflow.message as string,
+      new RegExp(`the prompt has ${hugeTokens} tokens and answers may take 24 more: ${hugeTokens + 24} do not fit in the model's context of 160 tokens`),
+    );
     // HTTP refuses it the same way, with 400.
     const res = await fetch(`${s.url}/v1/ask`, { method: 'POST', body: JSON.stringify({ question: huge }) });
     assert.equal(res.status, 400);
@@ -262,7 +370,10 @@ test('--chat-template on for a model without a template, or new tokens that fill
   assert.match(full.stderr, /answers of up to 512 new tokens leave no room for a prompt in the context of .* \(512 tokens\); set --max-new-tokens below 512/);
   // ttrl eval takes the task flags too, and checks every question at the door.
   const questions = join(dir, 'q.jsonl');
-  await writeFile(questions, ['Tim and Sue went to the', 'One day, '.repeat(200)].map((q) => JSON.stringify({ question: q, answer: 'park' })).join('\n') + '\n');
+  await writeFile(
+    questions,
+    ['Tim and Sue went to the', 'One day, '.repeat(200)].map((q) => JSON.stringify({ question: q, answer: 'park' })).join('\n') + '\n',
+  );
   const ev = await ttrl('eval', '--model', STORIES, '--questions', questions, '--extractor', 'regex:^\\W*([A-Za-z]+)', '--max-new-tokens', '16');
   assert.equal(ev.code, 1);
   assert.match(ev.stderr, /q\.jsonl: question 2: the prompt has \d+ tokens and answers may take 16 more/);
@@ -275,14 +386,31 @@ test('--chat-template on for a model without a template, or new tokens that fill
 test('ttrl eval and ttrl adapt score and adapt stories260K with a regex extractor: the task flags reach their rollouts', async () => {
   const dir = await storiesOneSentence();
   const questions = join(await scratch('ttrl-eval-stories-'), 'q.jsonl');
-  await writeFile(questions, JSON.stringify({ question: 'Tim and Sue went to the', answer: 'park' }) + '\n' + JSON.stringify({ question: 'One day, Tom saw a', answer: 'big' }) + '\n');
+  await writeFile(
+    questions,
+    JSON.stringify({ question: 'Tim and Sue went to the', answer: 'park' }) + '\n' + JSON.stringify({ question: 'One day, Tom saw a', answer: 'big' }) + '\n',
+  );
   const flags = ['--model', dir, '--questions', questions, '--extractor', `regex:${FIRST_WORD}`, '--max-new-tokens', '48', '--threads', '1', '--json'];
   const ev = await ttrl('eval', ...flags, '--votes', '8');
   assert.equal(ev.code, 0, ev.stderr);
   const e = lastJson(ev.stdout);
   // The arithmetic extractor would read nothing here: parsable 0, pass@1 0.
   assert.ok(e.parsable > 0.9 && e.pass_at_1 > 0.2, ev.stdout);
-  const ad = await ttrl('adapt', ...flags, '--votes', '4', '--train-samples', '4', '--questions-per-step', '2', '--steps', '2', '--eval-every', '0', '--no-guard');
+  const ad = await ttrl(
+    'adapt',
+    ...flags,
+    '--votes',
+    '4',
+    '--train-samples',
+    '4',
+    '--questions-per-step',
+    '2',
+    '--steps',
+    '2',
+    '--eval-every',
+    '0',
+    '--no-guard',
+  );
   assert.equal(ad.code, 0, ad.stderr);
   const a = lastJson(ad.stdout);
   assert.ok(a.before.pass_at_1 > 0.2 && a.after.pass_at_1 > 0, ad.stdout);

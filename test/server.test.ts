@@ -9,7 +9,6 @@ import { suite } from '../src/tasks/suites.ts';
 import { Store } from '../src/store/store.ts';
 import { assertJudged, startTestServer, type SettingOverrides } from './helpers/server.ts';
 
-
 // Adaptation on (the resolved default) unless a test says otherwise.
 const start = (over: SettingOverrides = {}): Promise<RunningServer> => startTestServer({ adapt: true, maxClientShare: 1, ...over }, { prefix: 'ttrl-server-' });
 
@@ -64,7 +63,15 @@ test('every bad input gets its error code and the connection stays usable', asyn
       ws.once('message', (d) => (resolve(JSON.parse(String(d))), ws.close()));
     });
     // The shipped model: a context of 96 tokens, 72 of them kept for the answer.
-    assert.deepEqual((await hello).limits, { max_message_bytes: 256, max_prompt_tokens: 16, max_new_tokens: 72, context_length: 96, max_votes: 64, default_votes: 4, max_in_flight: 64 });
+    assert.deepEqual((await hello).limits, {
+      max_message_bytes: 256,
+      max_prompt_tokens: 16,
+      max_new_tokens: 72,
+      context_length: 96,
+      max_votes: 64,
+      default_votes: 4,
+      max_in_flight: 64,
+    });
     const c = await Client.open(s.wsUrl);
     const errorFor = async (raw: unknown, id?: string) => {
       c.send(raw);
@@ -77,7 +84,11 @@ test('every bad input gets its error code and the connection stays usable', asyn
     assert.equal(await errorFor({ type: 'ask', question: '1+2=' }), 'invalid_message');
     assert.equal(await errorFor({ type: 'ask', id: 'b', question: '1+2=', colour: 'red' }, 'b'), 'unknown_field');
     assert.equal(await errorFor({ type: 'ask', id: 'c', question: '12+34+56+78+90+1+2=' }, 'c'), 'question_too_long', '19 tokens, over --max-prompt-tokens');
-    assert.equal(await errorFor({ type: 'ask', id: 'c2', question: '1'.repeat(60) + '=' }, 'c2'), 'context_length_exceeded', '61 + 72 new tokens do not fit in 96');
+    assert.equal(
+      await errorFor({ type: 'ask', id: 'c2', question: '1'.repeat(60) + '=' }, 'c2'),
+      'context_length_exceeded',
+      '61 + 72 new tokens do not fit in 96',
+    );
     assert.equal(await errorFor({ type: 'ask', id: 'd', question: '1*2=' }, 'd'), 'unreadable_question');
     assert.equal(await errorFor({ type: 'ask', id: 'e', question: '1+2=', votes: 0 }, 'e'), 'bad_votes');
     assert.equal(await errorFor({ type: 'ask', id: 'f', question: 1 }, 'f'), 'invalid_message');
@@ -107,7 +118,10 @@ test('many concurrent clients get well-formed answers, and the log holds every o
       assert.equal(a.type, 'answer');
       assert.equal(a.model_version, 0);
       const votes = a.votes as Record<string, number>;
-      assert.equal(Object.values(votes).reduce((x, y) => x + y, 0), 6);
+      assert.equal(
+        Object.values(votes).reduce((x, y) => x + y, 0),
+        6,
+      );
       assert.equal(a.confidence, a.answer === null ? 0 : votes[a.answer as string]! / 6);
       assert.ok(typeof a.latency_ms === 'number' && a.latency_ms >= 0);
     }
@@ -130,7 +144,10 @@ test('many concurrent clients get well-formed answers, and the log holds every o
     const answer = await streamer.next((m) => m.id === 's1' && m.type === 'answer');
     const votes = streamer.messages.filter((m) => m.id === 's1' && m.type === 'vote');
     assert.equal(votes.length, 6);
-    assert.deepEqual(votes.map((v) => v.index), [0, 1, 2, 3, 4, 5]);
+    assert.deepEqual(
+      votes.map((v) => v.index),
+      [0, 1, 2, 3, 4, 5],
+    );
     const tally: Record<string, number> = {};
     for (const v of votes) tally[(v.answer as string | null) ?? ''] = (tally[(v.answer as string | null) ?? ''] ?? 0) + 1;
     assert.deepEqual(tally, answer.votes);
@@ -159,7 +176,10 @@ test('many concurrent clients get well-formed answers, and the log holds every o
     // Every name under one prefix, said once (Node's own metrics included).
     const names = [...new Set([...metrics.matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]!))];
     assert.ok(names.includes('ttrl_process_cpu_seconds_total'), names.join(' '));
-    assert.deepEqual(names.filter((n) => !n.startsWith('ttrl_') || /^ttrl_(\w+?_)\1/.test(n) || n.startsWith('ttrl_ttrl_')), []);
+    assert.deepEqual(
+      names.filter((n) => !n.startsWith('ttrl_') || /^ttrl_(\w+?_)\1/.test(n) || n.startsWith('ttrl_ttrl_')),
+      [],
+    );
     for (const c of clients) c.close();
   } finally {
     await s.close();
@@ -174,7 +194,10 @@ test('past the queue bound questions are refused at once with overloaded', async
     const codes = replies.map((r) => (r.type === 'answer' ? 'answer' : r.code));
     assert.ok(codes.includes('overloaded'), codes.join());
     assert.ok(codes.filter((x) => x === 'answer').length >= 3, codes.join());
-    assert.ok(codes.every((x) => x === 'answer' || x === 'overloaded'), codes.join());
+    assert.ok(
+      codes.every((x) => x === 'answer' || x === 'overloaded'),
+      codes.join(),
+    );
   } finally {
     await s.close();
   }
@@ -188,7 +211,9 @@ test('the k-th ask of a question draws the same samples however it is batched; a
     try {
       const c = await Client.open(s.wsUrl);
       const ask = (q: string, i: number) => c.ask(`k${i}`, q).then((m) => JSON.stringify(m.votes));
-      const first = together ? await Promise.all(qs.map(ask)) : await qs.reduce(async (acc, q, i) => [...(await acc), await ask(q, i)], Promise.resolve([] as string[]));
+      const first = together
+        ? await Promise.all(qs.map(ask))
+        : await qs.reduce(async (acc, q, i) => [...(await acc), await ask(q, i)], Promise.resolve([] as string[]));
       const repeats = [await ask(stream[6]!, 6), await ask(stream[7]!, 7)];
       c.close();
       return [...first, ...repeats];
@@ -230,7 +255,7 @@ test('live updates swap the version while clients keep getting answers; admin ro
     const versions = (await (await admin('/versions')).json()) as { version: number; status: string; parent: number | null; stats: Record<string, unknown> }[];
     const promoted = versions.find((x) => x.version === v)!;
     assert.equal(promoted.status, 'active');
-    assert.ok(promoted.stats.steps as number >= 1);
+    assert.ok((promoted.stats.steps as number) >= 1);
     // Every answer is logged with the version that produced it.
     const logged = [...s.store.questions()].map((r) => r.model_version);
     assert.ok(logged.includes(0) && logged.includes(v));
@@ -259,7 +284,9 @@ test('the guard rejects a collapsed version and keeps the one serving; the reaso
     const c = await Client.open(s.wsUrl);
     const qs = suite('4-operand', 8, 3);
     await Promise.all(qs.map((q, i) => c.ask(`g${i}`, q.question)));
-    const outcome = (await (await fetch(`${s.url}/admin/adaptation/update`, { method: 'POST', headers: { authorization: 'Bearer test-admin-token' } })).json()) as { outcome: string; reason: string; version: number };
+    const outcome = (await (
+      await fetch(`${s.url}/admin/adaptation/update`, { method: 'POST', headers: { authorization: 'Bearer test-admin-token' } })
+    ).json()) as { outcome: string; reason: string; version: number };
     assertJudged(outcome, ['rejected']);
     assert.match(outcome.reason, /entropy collapsed/);
     const row = s.store.version(outcome.version)!;
@@ -284,7 +311,12 @@ test('the anchor check: an update that changes nothing passes it exactly, one th
       c.close();
       const anchors = JSON.parse(s.store.getMeta('anchors')!) as { ref: number | null }[];
       assert.ok(anchors.length >= 8, `only ${anchors.length} anchors`);
-      const r = (await (await fetch(`${s.url}/admin/adaptation/update`, { method: 'POST', headers: { authorization: `Bearer ${token}` } })).json()) as { outcome: string; reason?: string; version: number; stats: Record<string, number> };
+      const r = (await (await fetch(`${s.url}/admin/adaptation/update`, { method: 'POST', headers: { authorization: `Bearer ${token}` } })).json()) as {
+        outcome: string;
+        reason?: string;
+        version: number;
+        stats: Record<string, number>;
+      };
       // Anchors got the shipped model's log-probs, and survive in the store.
       assert.ok((JSON.parse(s.store.getMeta('anchors')!) as { ref: number | null }[]).every((a) => Number.isFinite(a.ref)));
       const metric = /^ttrl_anchor_shift_nats (\S+)$/m.exec(await (await fetch(`${s.url}/metrics`)).text());

@@ -15,12 +15,14 @@ import { ARITHMETIC_TASK } from '../src/tasks/task.ts';
 import { judgeAnchors, judgeProbe } from '../src/ttrl/candidate-checks.ts';
 import { scratch } from './helpers/scratch.ts';
 
-
 test('migrations apply once, in order, and a newer schema is refused', async () => {
   const dir = await scratch();
   const file = join(dir, 'm.sqlite');
   const db = new Database(file);
-  assert.deepEqual(migrate(db), loadMigrations().map((m) => m.version));
+  assert.deepEqual(
+    migrate(db),
+    loadMigrations().map((m) => m.version),
+  );
   assert.deepEqual(migrate(db), []);
   db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, ?, 0)').run('future');
   db.close();
@@ -47,23 +49,47 @@ test('answered and failed questions are stored with samples; versions keep one a
   const v1 = store.addVersion({ parent: v0, status: 'candidate', weightsPath: (v) => `/w${v}`, stats: { loss: 1 } });
   assert.equal(store.version(v1)!.weights_path, '/w1');
   store.activate(v1);
-  assert.deepEqual(store.versions().map((v) => v.status), ['retired', 'active']);
+  assert.deepEqual(
+    store.versions().map((v) => v.status),
+    ['retired', 'active'],
+  );
   store.reject(store.addVersion({ parent: v1, status: 'candidate', weightsPath: null }), 'entropy collapsed');
   assert.equal(store.versions()[2]!.reason, 'entropy collapsed');
   const ids = store.recordAnswered([
     {
-      clientId: 'q1', connection: 'c1', question: '1+2=', votesRequested: 2, receivedAt: 1000, answeredAt: 1010, answer: '3', majorityRatio: 0.5,
-      votes: { '3': 1, '': 1 }, modelVersion: v1, latencyMs: 10,
-      samples: [{ text: '1+2=3#3', answer: '3', tokens: 8, logprobSum: -0.5, stopped: true }, { text: '1+2=', answer: null, tokens: 4, logprobSum: -3, stopped: false }],
+      clientId: 'q1',
+      connection: 'c1',
+      question: '1+2=',
+      votesRequested: 2,
+      receivedAt: 1000,
+      answeredAt: 1010,
+      answer: '3',
+      majorityRatio: 0.5,
+      votes: { '3': 1, '': 1 },
+      modelVersion: v1,
+      latencyMs: 10,
+      samples: [
+        { text: '1+2=3#3', answer: '3', tokens: 8, logprobSum: -0.5, stopped: true },
+        { text: '1+2=', answer: null, tokens: 4, logprobSum: -3, stopped: false },
+      ],
     },
   ]);
   store.recordFailed([{ clientId: 'q2', connection: 'c1', question: '5-1=', votesRequested: 2, receivedAt: 1020, error: 'sampling failed' }]);
   const rows = [...store.questions()];
-  assert.deepEqual(rows.map((r) => [r.question, r.status, r.model_version]), [['1+2=', 'answered', 1], ['5-1=', 'failed', null]]);
+  assert.deepEqual(
+    rows.map((r) => [r.question, r.status, r.model_version]),
+    [
+      ['1+2=', 'answered', 1],
+      ['5-1=', 'failed', null],
+    ],
+  );
   assert.deepEqual(rows[0]!.votes, { '3': 1, '': 1 });
   assert.equal(store.samplesOf(ids[0]!).length, 2);
   assert.deepEqual(store.counts(), { answered: 1, failed: 1, samples: 2 });
-  assert.deepEqual([...store.questions({ since: 1015 })].map((r) => r.question), ['5-1=']);
+  assert.deepEqual(
+    [...store.questions({ since: 1015 })].map((r) => r.question),
+    ['5-1='],
+  );
   assert.throws(() => store.activate(42), /no model version 42/);
   store.close();
 });
@@ -82,7 +108,10 @@ test('settings: defaults, environment, flags, and a clear message for bad values
   assert.throws(() => resolveSettings({ adminToken: 'short' }, {}), /--admin-token: must be at least 8 characters/);
   assert.throws(() => resolveSettings({ colour: 'red' } as never, {}), /unknown setting colour/);
   // The character limit is gone; setting it must not pass unnoticed.
-  assert.throws(() => resolveSettings({}, { TTRL_MAX_QUESTION_LENGTH: '48' }), /TTRL_MAX_QUESTION_LENGTH is no longer read: question limits are in tokens now: --max-prompt-tokens/);
+  assert.throws(
+    () => resolveSettings({}, { TTRL_MAX_QUESTION_LENGTH: '48' }),
+    /TTRL_MAX_QUESTION_LENGTH is no longer read: question limits are in tokens now: --max-prompt-tokens/,
+  );
   assert.throws(() => resolveSettings({ maxQuestionLength: 48 } as never, {}), /unknown setting maxQuestionLength: question limits are in tokens now/);
   assert.equal(resolveSettings({}, { TTRL_MAX_PROMPT_TOKENS: '20' }).maxPromptTokens, 20);
   assert.throws(() => resolveSettings({ maxPromptTokens: 0 }, {}), /--max-prompt-tokens: Too small/);
@@ -97,7 +126,10 @@ test('protocol: each malformed message maps to its code', () => {
   assert.equal(limits.maxPromptTokens, 8);
   assert.equal(roomOnly.maxPromptTokens, 10, 'unset: the room the context leaves');
   assert.equal(askLimits(ARITHMETIC_TASK, tok, 82, { maxPromptTokens: 50, maxVotes: 8, votes: 4 }).maxPromptTokens, 10, 'never more than the room');
-  assert.throws(() => askLimits(ARITHMETIC_TASK, tok, 72, { maxVotes: 8, votes: 4 }, 'models/x'), /answers of up to 72 new tokens leave no room for a prompt in the context of models\/x \(72 tokens\); set --max-new-tokens below 72/);
+  assert.throws(
+    () => askLimits(ARITHMETIC_TASK, tok, 72, { maxVotes: 8, votes: 4 }, 'models/x'),
+    /answers of up to 72 new tokens leave no room for a prompt in the context of models\/x \(72 tokens\); set --max-new-tokens below 72/,
+  );
   const code = (raw: string, l = limits) => {
     try {
       parseClientMessage(raw, l);
@@ -119,7 +151,10 @@ test('protocol: each malformed message maps to its code', () => {
   assert.equal(code('{"type":"ask","id":"a","question":"12+34-56="}', roomOnly), 'ok');
   assert.equal(code('{"type":"ask","id":"a","question":"1+2+3+4+5+6="}', roomOnly), 'context_length_exceeded');
   assert.equal(code('{"type":"ask","id":"a","question":"x="}'), 'unreadable_question');
-  assert.throws(() => parseClientMessage('{"type":"ask","id":"a","question":"1+2+3+4+5+6="}', roomOnly), /the prompt has 12 tokens and answers may take 72 more: 84 do not fit in the model's context of 82 tokens \(at most 10 prompt tokens\)/);
+  assert.throws(
+    () => parseClientMessage('{"type":"ask","id":"a","question":"1+2+3+4+5+6="}', roomOnly),
+    /the prompt has 12 tokens and answers may take 72 more: 84 do not fit in the model's context of 82 tokens \(at most 10 prompt tokens\)/,
+  );
   assert.throws(() => parseClientMessage('{"type":"ask","id":"a","question":"1*2="}', limits), /the model's tokenizer cannot encode the question: .*"\*"/);
   assert.equal(code('{"type":"ask","id":"a","question":"1=","votes":9}'), 'bad_votes');
   assert.equal(code('{"type":"ask","id":"a","question":"1=","votes":1.5}'), 'invalid_message');
@@ -131,7 +166,7 @@ test('docs/configuration.md holds the settings tables', async () => {
   assert.ok(doc.includes(settingsTable()), 'docs/configuration.md is stale: regenerate its tables from settingsTable() in src/config/settings.ts');
 });
 
-test('the anchor judge rejects a candidate less sure of the shipped model\'s surest answers, within the slack', () => {
+test("the anchor judge rejects a candidate less sure of the shipped model's surest answers, within the slack", () => {
   assert.equal(judgeAnchors({ anchors: 20, mean: 0.01, up: 0.8 }, 0), null);
   assert.equal(judgeAnchors({ anchors: 20, mean: 0, up: 0.5 }, 0), null);
   assert.match(judgeAnchors({ anchors: 20, mean: -0.02, up: 0.3 }, 0)!, /their log-prob fell by 0\.0200 nats on average over 20 anchors \(70% fell; slack 0\)/);
@@ -141,7 +176,10 @@ test('the anchor judge rejects a candidate less sure of the shipped model\'s sur
 test('the probe judge rejects collapsed, unparsable or runaway candidates', () => {
   const parent = { questions: 32, distinct: 0.8, parsable: 0.98, meanLength: 33 };
   assert.equal(judgeProbe(parent, { ...parent, distinct: 0.7 }), null);
-  assert.match(judgeProbe(parent, { ...parent, distinct: 0.1 })!, /probe answers collapsed: 3 distinct majority answers on 32 probe questions, against 26 before/);
+  assert.match(
+    judgeProbe(parent, { ...parent, distinct: 0.1 })!,
+    /probe answers collapsed: 3 distinct majority answers on 32 probe questions, against 26 before/,
+  );
   assert.match(judgeProbe(parent, { ...parent, parsable: 0.5 })!, /stopped parsing/);
   assert.match(judgeProbe(parent, { ...parent, meanLength: 60 })!, /ran long/);
 });

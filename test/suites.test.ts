@@ -24,7 +24,10 @@ test('every suite draws reproducible questions with right answers and its own sh
     for (const q of qs) {
       const { numbers } = parseChain(q.question);
       seen.add(numbers.length);
-      assert.ok(numbers.every((n) => n >= want.min && n <= want.max), q.question);
+      assert.ok(
+        numbers.every((n) => n >= want.min && n <= want.max),
+        q.question,
+      );
       assert.equal(q.answer, String(jsValue(q.question)));
     }
     assert.deepEqual([...seen].sort(), want.operands, name);

@@ -13,7 +13,7 @@ import { Sampler } from '../src/engine/sampler.ts';
 import { rollout } from '../src/sampling/rollout.ts';
 import { extractAnswer } from '../src/tasks/arithmetic.ts';
 
-test('presets: arithmetic is today\'s task; math, gsm8k and choice use the chat template', () => {
+test("presets: arithmetic is today's task; math, gsm8k and choice use the chat template", () => {
   assert.deepEqual(TASK_NAMES, ['arithmetic', 'math', 'gsm8k', 'choice']);
   assert.deepEqual(resolveTaskParts({ task: 'arithmetic' }), { extractor: 'arithmetic', chatTemplate: false, system: '', maxNewTokens: 72 });
   assert.deepEqual(resolveTaskParts({ task: 'math' }), { extractor: 'boxed', chatTemplate: true, system: BOXED_SYSTEM_PROMPT, maxNewTokens: 1024 });
@@ -22,10 +22,24 @@ test('presets: arithmetic is today\'s task; math, gsm8k and choice use the chat 
   assert.equal(BOXED_SYSTEM_PROMPT, 'Please reason step by step, and put your final answer within \\boxed{}.');
 });
 
-test('explicit parts override the preset\'s', () => {
-  assert.deepEqual(resolveTaskParts({ task: 'math', extractor: 'number', system: '', maxNewTokens: 300 }), { extractor: 'number', chatTemplate: true, system: '', maxNewTokens: 300 });
-  assert.deepEqual(resolveTaskParts({ task: 'arithmetic', chatTemplate: true, system: 'Be brief.' }), { extractor: 'arithmetic', chatTemplate: true, system: 'Be brief.', maxNewTokens: 72 });
-  assert.deepEqual(resolveTaskParts({ task: 'math', chatTemplate: false }), { extractor: 'boxed', chatTemplate: false, system: '', maxNewTokens: 1024 }, "the preset's system prompt belongs to its template");
+test("explicit parts override the preset's", () => {
+  assert.deepEqual(resolveTaskParts({ task: 'math', extractor: 'number', system: '', maxNewTokens: 300 }), {
+    extractor: 'number',
+    chatTemplate: true,
+    system: '',
+    maxNewTokens: 300,
+  });
+  assert.deepEqual(resolveTaskParts({ task: 'arithmetic', chatTemplate: true, system: 'Be brief.' }), {
+    extractor: 'arithmetic',
+    chatTemplate: true,
+    system: 'Be brief.',
+    maxNewTokens: 72,
+  });
+  assert.deepEqual(
+    resolveTaskParts({ task: 'math', chatTemplate: false }),
+    { extractor: 'boxed', chatTemplate: false, system: '', maxNewTokens: 1024 },
+    "the preset's system prompt belongs to its template",
+  );
 });
 
 test('bad task settings are refused by name', () => {
@@ -54,12 +68,15 @@ const qwen3 = () => {
   return new HFTokenizer(JSON.parse(readFileSync(dir + 'tokenizer.json', 'utf8')), JSON.parse(readFileSync(dir + 'tokenizer_config.json', 'utf8')));
 };
 
-test('taskFromSettings: the model\'s template when it has one, a clear error when it has none', () => {
+test("taskFromSettings: the model's template when it has one, a clear error when it has none", () => {
   const chars = new CharTokenizer(ARITHMETIC_CHARS);
   const raw = taskFromSettings({ task: 'arithmetic' }, chars, 'models/arith-tiny');
   assert.equal(raw.promptText('12+3='), '12+3=');
   assert.deepEqual(raw.encode(chars, '12+3='), chars.encode('12+3='));
-  assert.throws(() => taskFromSettings({ task: 'math' }, chars, 'models/arith-tiny'), /task math: models\/arith-tiny has no chat template .*use --chat-template off/);
+  assert.throws(
+    () => taskFromSettings({ task: 'math' }, chars, 'models/arith-tiny'),
+    /task math: models\/arith-tiny has no chat template .*use --chat-template off/,
+  );
 
   const tok = qwen3();
   const math = taskFromSettings({ task: 'math' }, tok, 'Qwen3');
@@ -70,7 +87,10 @@ test('taskFromSettings: the model\'s template when it has one, a clear error whe
   const noSystem = taskFromSettings({ task: 'math', system: '' }, tok, 'Qwen3');
   assert.equal(noSystem.promptText('1+1?'), '<|im_start|>user\n1+1?<|im_end|>\n<|im_start|>assistant\n');
   assert.equal(taskFromSettings({ task: 'gsm8k', maxNewTokens: 99 }, tok).maxNewTokens, 99);
-  assert.throws(() => taskFromSettings({ task: 'math' }, new HFTokenizer(tok.json, { ...tok.config, chat_template: [{ name: 'rag', template: 'x' }] }), 'Qwen3'), /Qwen3: tokenizer_config.json: chat_template lists templates "rag" but none named "default"/);
+  assert.throws(
+    () => taskFromSettings({ task: 'math' }, new HFTokenizer(tok.json, { ...tok.config, chat_template: [{ name: 'rag', template: 'x' }] }), 'Qwen3'),
+    /Qwen3: tokenizer_config.json: chat_template lists templates "rag" but none named "default"/,
+  );
 });
 
 test('rollout prompts and reads answers through the task; without one it is the arithmetic task', async () => {

@@ -3,13 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  ARITHMETIC_CHARS,
-  CharTokenizer,
-  loadTokenizer,
-  saveTokenizer,
-  tokenizerFromJSON,
-} from '../src/tokenizers/tokenizer.ts';
+import { ARITHMETIC_CHARS, CharTokenizer, loadTokenizer, saveTokenizer, tokenizerFromJSON } from '../src/tokenizers/tokenizer.ts';
 
 const arithmetic = new CharTokenizer(ARITHMETIC_CHARS);
 
@@ -118,10 +112,7 @@ test('tokenizer.json variants that mean the same thing are accepted', () => {
 test('rejects other model types, naming the type', () => {
   const bpe = arithmeticJSON();
   bpe.model = { type: 'BPE', vocab: {}, merges: [] };
-  assert.throws(
-    () => tokenizerFromJSON(bpe),
-    /unsupported tokenizer.json: model type "BPE"; only WordLevel over single characters is supported/,
-  );
+  assert.throws(() => tokenizerFromJSON(bpe), /unsupported tokenizer.json: model type "BPE"; only WordLevel over single characters is supported/);
   assert.throws(() => tokenizerFromJSON({ version: '1.0' }), /unsupported tokenizer.json: missing "model" object/);
   assert.throws(() => tokenizerFromJSON([]), /unsupported tokenizer.json: expected a JSON object/);
   assert.throws(() => tokenizerFromJSON({ ...arithmeticJSON(), version: '2.0' }), /version "2.0"/);

@@ -20,7 +20,9 @@ import { collectingLogger } from '../src/util/log.ts';
 import { scratch } from './helpers/scratch.ts';
 
 async function start(db: string, log: string[] = [], o: { loraRank?: number } = {}): Promise<Pipeline> {
-  return createPipeline(resolveSettings({ db, threads: 1, trainThreads: 1, adapt: false, votes: 4, loraRank: o.loraRank ?? 0 }, {}), { logger: collectingLogger(log) });
+  return createPipeline(resolveSettings({ db, threads: 1, trainThreads: 1, adapt: false, votes: 4, loraRank: o.loraRank ?? 0 }, {}), {
+    logger: collectingLogger(log),
+  });
 }
 
 /** Every weight moved by `by`: a different, valid version. */
@@ -75,8 +77,14 @@ async function assertFellBack(db: string, v2: string, why: RegExp, o: { loraRank
   assert.match(row.reason!, why);
   assert.equal(p.versions.active.version, 1);
   assert.equal(p.store.activeVersion()!.version, 1);
-  assert.ok(log.some((l) => l.includes('model version 2 is corrupt') && l.includes(v2)), log.join('\n'));
-  assert.ok(log.some((l) => /serving model version 1, the newest good ancestor of corrupt version 2/.test(l)), log.join('\n'));
+  assert.ok(
+    log.some((l) => l.includes('model version 2 is corrupt') && l.includes(v2)),
+    log.join('\n'),
+  );
+  assert.ok(
+    log.some((l) => /serving model version 1, the newest good ancestor of corrupt version 2/.test(l)),
+    log.join('\n'),
+  );
   const fallback = p.store.events().find((e) => e.kind === 'version_fallback');
   assert.deepEqual(fallback?.detail, { from: 2, to: 1, corrupt: [2] });
   await assertAnswers(p, 1);
@@ -91,7 +99,10 @@ test('200 KB overwritten in the middle of the active version (same size): the re
   const p = await assertFellBack(db, v2, /has sha256 [0-9a-f]{64}, not the [0-9a-f]{64} recorded when it was written/);
   try {
     assert.deepEqual(p.versions.active.weights, w1);
-    await assert.rejects(p.activate(2, 'test'), (e: ProtocolError) => e.code === 'invalid_message' && e.message.includes(v2) && /marked corrupt and was not activated/.test(e.message));
+    await assert.rejects(
+      p.activate(2, 'test'),
+      (e: ProtocolError) => e.code === 'invalid_message' && e.message.includes(v2) && /marked corrupt and was not activated/.test(e.message),
+    );
     assert.equal(p.versions.active.version, 1);
     // A retired version damaged later: its activation is refused, and marks it corrupt.
     await p.activate(0, 'test');
@@ -134,7 +145,10 @@ test('an active version whose file is gone, with a corrupt parent too: the walk 
   const log: string[] = [];
   const p = await start(db, log);
   try {
-    assert.deepEqual(p.store.versions().map((r) => r.status), ['active', 'corrupt', 'corrupt']);
+    assert.deepEqual(
+      p.store.versions().map((r) => r.status),
+      ['active', 'corrupt', 'corrupt'],
+    );
     assert.deepEqual(p.store.events().find((e) => e.kind === 'version_fallback')?.detail, { from: 2, to: 0, corrupt: [2, 1] });
     await assertAnswers(p, 0);
   } finally {
@@ -146,7 +160,10 @@ test('two databases in one folder: each writes and serves its own version 1; a f
   const dir = await scratch('ttrl-verified-');
   const [a, b] = [join(dir, 'a.sqlite'), join(dir, 'b.sqlite')];
   const own = new Map<string, { path: string; w: Weights }>();
-  for (const [db, by] of [[a, 0.01], [b, -0.01]] as const) {
+  for (const [db, by] of [
+    [a, 0.01],
+    [b, -0.01],
+  ] as const) {
     const p = await start(db);
     try {
       const w = shifted(await inMemory(p.model.weights), by);
@@ -196,7 +213,10 @@ test('a row written before verification (no sha256): its first good load records
   try {
     assert.equal(p.versions.active.version, 2);
     assert.equal(p.store.version(2)!.weights_sha256, recorded);
-    assert.ok(log.some((l) => l.includes(v2) && /had no recorded sha256/.test(l)), log.join('\n'));
+    assert.ok(
+      log.some((l) => l.includes(v2) && /had no recorded sha256/.test(l)),
+      log.join('\n'),
+    );
   } finally {
     await p.close();
   }
@@ -219,6 +239,10 @@ test('temp files of unfinished version writes are removed at start-up, with a lo
   const p = await start(db, log);
   await p.close();
   assert.deepEqual((await readdir(dir)).sort(), [live.slice(dir.length + 1), 'notes.tmp'].sort());
-  for (const f of [dead, deadAdapter]) assert.ok(log.some((l) => l.startsWith(`removed ${f}: the unfinished write`)), log.join('\n'));
+  for (const f of [dead, deadAdapter])
+    assert.ok(
+      log.some((l) => l.startsWith(`removed ${f}: the unfinished write`)),
+      log.join('\n'),
+    );
   assert.equal(await readFile(live, 'utf8'), 'half a version');
 });

@@ -30,7 +30,11 @@ async function tinyModel(dir: string): Promise<Model> {
   return loadModel(dir);
 }
 
-const sha16 = async (path: string) => createHash('sha256').update(await readFile(path)).digest('hex').slice(0, 16);
+const sha16 = async (path: string) =>
+  createHash('sha256')
+    .update(await readFile(path))
+    .digest('hex')
+    .slice(0, 16);
 
 /** The base weights with one value moved: a different, valid version. */
 function changed(w: Weights, by: number): Weights {
@@ -43,7 +47,16 @@ async function open(dir: string, modelDir: string, model: Model, log: string[] =
   const store = Store.open(join(dir, 'ttrl.sqlite'));
   const metrics = createMetrics();
   try {
-    const versions = await Versions.open({ store, model, modelPath: modelDir, versionsDir: join(dir, 'versions'), metrics, sampler: { threads: 1, spin: false }, keepVersions, log: (l) => log.push(l) });
+    const versions = await Versions.open({
+      store,
+      model,
+      modelPath: modelDir,
+      versionsDir: join(dir, 'versions'),
+      metrics,
+      sampler: { threads: 1, spin: false },
+      keepVersions,
+      log: (l) => log.push(l),
+    });
     return { store, metrics, versions };
   } catch (e) {
     store.close();
@@ -64,7 +77,10 @@ test('promote, reject, activate and roll back: one owner of rows, files, the sam
   try {
     // A new store: version 0 is the base model, active, and the store knows its fingerprint
     // (the sha256 of model.safetensors, as databases written before hold it).
-    assert.deepEqual(store.versions().map((r) => [r.version, r.status, r.weights_path]), [[0, 'active', resolve(modelDir, WEIGHTS_FILE)]]);
+    assert.deepEqual(
+      store.versions().map((r) => [r.version, r.status, r.weights_path]),
+      [[0, 'active', resolve(modelDir, WEIGHTS_FILE)]],
+    );
     assert.equal(store.getMeta(FINGERPRINT_KEY), await sha16(join(modelDir, WEIGHTS_FILE)));
     assert.equal(versions.active.version, 0);
     assert.equal(await samplerVersion(versions), 0);
@@ -89,17 +105,30 @@ test('promote, reject, activate and roll back: one owner of rows, files, the sam
     // Admin: back to the base model, then errors that change nothing, then forward again.
     await versions.activate(0, 'test');
     assert.equal(versions.active.version, 0);
-    assert.equal(versions.active.weights, base, 'version 0 serves the base model\'s own weights');
+    assert.equal(versions.active.weights, base, "version 0 serves the base model's own weights");
     assert.equal(await samplerVersion(versions), 0);
-    await assert.rejects(versions.activate(2, 'test'), (e: ProtocolError) => e.code === 'invalid_message' && /version 2 was rejected and its weights were not kept/.test(e.message));
+    await assert.rejects(
+      versions.activate(2, 'test'),
+      (e: ProtocolError) => e.code === 'invalid_message' && /version 2 was rejected and its weights were not kept/.test(e.message),
+    );
     await assert.rejects(versions.activate(9, 'test'), (e: ProtocolError) => e.code === 'not_found' && /no model version 9/.test(e.message));
     assert.equal(versions.active.version, 0);
     assert.equal(store.activeVersion()!.version, 0);
     await versions.activate(1, 'test');
     assert.deepEqual(versions.active.weights, w1);
     assert.deepEqual(seen, [0, 1, 0, 1]);
-    assert.deepEqual(versions.list().map((r) => [r.version, r.status, r.serving]), [[0, 'retired', false], [1, 'active', true], [2, 'rejected', false]]);
-    const kinds = store.events().map((e) => e.kind).reverse();
+    assert.deepEqual(
+      versions.list().map((r) => [r.version, r.status, r.serving]),
+      [
+        [0, 'retired', false],
+        [1, 'active', true],
+        [2, 'rejected', false],
+      ],
+    );
+    const kinds = store
+      .events()
+      .map((e) => e.kind)
+      .reverse();
     assert.deepEqual(kinds, ['version_promoted', 'version_rejected', 'version_activated', 'version_activated']);
     await versions.close();
     store.close();
@@ -132,7 +161,10 @@ test('weights that cannot be written leave the candidate rejected with the reaso
     // A file where the versions folder should be.
     await rm(join(dir, 'versions'), { recursive: true });
     await writeFile(join(dir, 'versions'), 'not a folder');
-    await assert.rejects(versions.promote({ parent: 0, weights: changed(model.weights as Weights, 1), stats: {} }), /the weights could not be written to .*v1\.safetensors/);
+    await assert.rejects(
+      versions.promote({ parent: 0, weights: changed(model.weights as Weights, 1), stats: {} }),
+      /the weights could not be written to .*v1\.safetensors/,
+    );
     const row = store.version(1)!;
     assert.equal(row.status, 'rejected');
     assert.match(row.reason!, /the weights could not be written to .*v1\.safetensors/);
@@ -164,14 +196,17 @@ test('a corrupt active version file: the start serves its parent (here the base 
     assert.equal(versions.active.version, 0);
     assert.equal(store.activeVersion()!.version, 0);
     assert.equal(await samplerVersion(versions), 0);
-    assert.deepEqual(log.map((l) => l.split(':')[0]), ['model version 1 is corrupt', 'serving model version 0, the newest good ancestor of corrupt version 1 (corrupt']);
+    assert.deepEqual(
+      log.map((l) => l.split(':')[0]),
+      ['model version 1 is corrupt', 'serving model version 0, the newest good ancestor of corrupt version 1 (corrupt'],
+    );
   } finally {
     await versions.close();
     store.close();
   }
 });
 
-test('the base model\'s identity: the fingerprint is remembered while the files are unchanged, and another model is refused', async () => {
+test("the base model's identity: the fingerprint is remembered while the files are unchanged, and another model is refused", async () => {
   const dir = await scratch('ttrl-versions-');
   const modelDir = join(dir, 'model');
   const model = await tinyModel(modelDir);
@@ -185,7 +220,10 @@ test('the base model\'s identity: the fingerprint is remembered while the files 
     assert.equal((await claimBaseModel(store, modelDir)).fingerprint, 'remembered');
     // Touched: hashed again, and found to differ from what the store logs.
     await utimes(file, new Date(), new Date(Date.now() + 5000));
-    await assert.rejects(claimBaseModel(store, modelDir), new RegExp(`logs a different base model \\(weights remembered, this one ${real}, from ${file.replace(/[.]/g, '\\.')}\\)`));
+    await assert.rejects(
+      claimBaseModel(store, modelDir),
+      new RegExp(`logs a different base model \\(weights remembered, this one ${real}, from ${file.replace(/[.]/g, '\\.')}\\)`),
+    );
     store.setMeta(FINGERPRINT_KEY, real);
     assert.equal((await claimBaseModel(store, modelDir)).fingerprint, real);
     // Another model's weights (same shapes, other values) on this store: refused before anything is served.
@@ -204,7 +242,10 @@ test('weight files of each format: a single file, a GGUF file, shards by the ind
   await mkdir(sharded);
   await writeFile(join(sharded, 'model-00002-of-00002.safetensors'), 'second');
   await writeFile(join(sharded, 'model-00001-of-00002.safetensors'), 'first');
-  await writeFile(join(sharded, 'model.safetensors.index.json'), JSON.stringify({ weight_map: { b: 'model-00002-of-00002.safetensors', a: 'model-00001-of-00002.safetensors', c: 'model-00002-of-00002.safetensors' } }));
+  await writeFile(
+    join(sharded, 'model.safetensors.index.json'),
+    JSON.stringify({ weight_map: { b: 'model-00002-of-00002.safetensors', a: 'model-00001-of-00002.safetensors', c: 'model-00002-of-00002.safetensors' } }),
+  );
   const shards = [join(sharded, 'model-00001-of-00002.safetensors'), join(sharded, 'model-00002-of-00002.safetensors')];
   assert.deepEqual(await weightFilesOf(sharded), shards);
   assert.equal(await contentFingerprint(shards), createHash('sha256').update('firstsecond').digest('hex').slice(0, 16));
@@ -229,7 +270,13 @@ test('--keep-versions: the newest retired versions keep their files, older ones 
     for (let v = 1; v <= 5; v++) await versions.promote({ parent: v - 1, weights: changed(base, v / 10), stats: { v } });
     // v5 active; v4 and v3 retired with files; v2 and v1 pruned; v0 is the model itself.
     const rows = new Map(store.versions().map((r) => [r.version, r]));
-    assert.deepEqual([1, 2].map((v) => [rows.get(v)!.status, rows.get(v)!.weights_path]), [['retired', null], ['retired', null]]);
+    assert.deepEqual(
+      [1, 2].map((v) => [rows.get(v)!.status, rows.get(v)!.weights_path]),
+      [
+        ['retired', null],
+        ['retired', null],
+      ],
+    );
     assert.ok([3, 4, 5].every((v) => rows.get(v)!.weights_path !== null));
     assert.match(rows.get(1)!.reason!, /deleted to keep the newest 2 retired versions' files \(--keep-versions\)/);
     assert.deepEqual(rows.get(1)!.stats, { v: 1 });
@@ -246,8 +293,14 @@ test('--keep-versions: the newest retired versions keep their files, older ones 
     const log: string[] = [];
     ({ store, versions } = await open(dir, modelDir, model, log, 2));
     assert.equal(versions.active.version, 0);
-    assert.deepEqual([1, 2, 3].map((v) => store.version(v)!.status), ['retired', 'retired', 'corrupt']);
-    assert.ok(log.some((l) => /serving model version 0, the newest good ancestor of corrupt version 3/.test(l)), log.join('\n'));
+    assert.deepEqual(
+      [1, 2, 3].map((v) => store.version(v)!.status),
+      ['retired', 'retired', 'corrupt'],
+    );
+    assert.ok(
+      log.some((l) => /serving model version 0, the newest good ancestor of corrupt version 3/.test(l)),
+      log.join('\n'),
+    );
   } finally {
     await versions.close();
     store.close();

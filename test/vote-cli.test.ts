@@ -9,14 +9,23 @@ const bin = fileURLToPath(new URL('../bin/ttrl.js', import.meta.url));
 
 function vote(input: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = execFile(process.execPath, [bin, 'vote', ...args], (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
+    const child = execFile(process.execPath, [bin, 'vote', ...args], (err, stdout, stderr) =>
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    );
     child.stdin!.end(input);
   });
 }
-const lines = (out: string) => out.trim().split('\n').map((l) => JSON.parse(l));
+const lines = (out: string) =>
+  out
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
 
 test('ttrl vote --json: one vote per input line, in order; null when no completion has an answer', async () => {
-  const boxed = readFileSync(new URL('./fixtures/completions/boxed.jsonl', import.meta.url), 'utf8').trim().split('\n').map((l) => JSON.parse(l).completion as string);
+  const boxed = readFileSync(new URL('./fixtures/completions/boxed.jsonl', import.meta.url), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l).completion as string);
   const input = [
     { completions: ['so $\\boxed{\\frac{1}{2}}$', 'hence \\boxed{0.5}.', 'I get \\boxed{1/3}', boxed[1]!, 'no box here: 7'] },
     { completions: ['The answer is 42.', 'cut off \\boxed{4'] },
@@ -34,13 +43,26 @@ test('ttrl vote --json: one vote per input line, in order; null when no completi
 });
 
 test('ttrl vote: a bad line is named on stderr and gets an error line, the others are still voted, exit code 1', async () => {
-  const input = ['{"completions": ["Answer: B", "(B)", "**C**"]}', '', 'not json', '{"completions": "B"}', '[1]', '{"completions": ["A", 3]}', '{"other": 1}', '{"completions": ["The answer is (D)."]}'].join('\n');
+  const input = [
+    '{"completions": ["Answer: B", "(B)", "**C**"]}',
+    '',
+    'not json',
+    '{"completions": "B"}',
+    '[1]',
+    '{"completions": ["A", 3]}',
+    '{"other": 1}',
+    '{"completions": ["The answer is (D)."]}',
+  ].join('\n');
   const r = await vote(input, '--extractor', 'choice', '--json');
   assert.equal(r.code, 1);
   const out = lines(r.stdout);
   assert.equal(out.length, 7, 'one line per record: the blank line is not a record');
   assert.deepEqual(out[0], { answer: 'B', votes: { B: 2, C: 1 }, confidence: 2 / 3, answers: ['B', 'B', 'C'] });
-  assert.deepEqual(out.slice(1, 6).map((o) => o.line), [3, 4, 5, 6, 7], 'errors carry the input line number');
+  assert.deepEqual(
+    out.slice(1, 6).map((o) => o.line),
+    [3, 4, 5, 6, 7],
+    'errors carry the input line number',
+  );
   assert.match(out[1].error, /^line 3: not JSON/);
   assert.match(out[2].error, /^line 4: "completions" must be an array of strings, got a string/);
   assert.match(out[3].error, /^line 5: expected an object \{"completions": \[\.\.\.\]\}, got an array/);

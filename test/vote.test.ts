@@ -3,7 +3,16 @@ import assert from 'node:assert/strict';
 import { majorityVote, normalizeAnswer } from '../src/tasks/vote.ts';
 
 test('answers normalise: numbers by value, text by trimmed spacing', () => {
-  for (const [a, b] of [['+5', '5'], ['05', '5'], ['5.0', '5'], ['-0', '0'], ['-07', '-7'], [' 12 ', '12'], ['1e2', '100'], ['.5', '0.5']] as const)
+  for (const [a, b] of [
+    ['+5', '5'],
+    ['05', '5'],
+    ['5.0', '5'],
+    ['-0', '0'],
+    ['-07', '-7'],
+    [' 12 ', '12'],
+    ['1e2', '100'],
+    ['.5', '0.5'],
+  ] as const)
     assert.equal(normalizeAnswer(a), b, a);
   assert.equal(normalizeAnswer(null), null);
   assert.equal(normalizeAnswer('   '), null);

@@ -142,7 +142,8 @@ type Resolved = {
 const now = () => (typeof performance === 'object' ? performance.now() : Date.now());
 const sendMessage = (socket: Socket, m: ClientMessage) => socket.send(JSON.stringify(m));
 /** A field of a parsed JSON value, when the value is an object that has it. */
-const fieldOf = (v: unknown, name: 'type' | 'id' | 'protocol'): unknown => (typeof v === 'object' && v !== null && name in v ? Reflect.get(v, name) : undefined);
+const fieldOf = (v: unknown, name: 'type' | 'id' | 'protocol'): unknown =>
+  typeof v === 'object' && v !== null && name in v ? Reflect.get(v, name) : undefined;
 /** A server message decoded with its schema, or undefined when it is not as the protocol says. */
 function decode<T>(schema: z.ZodType<T>, v: unknown): T | undefined {
   const r = schema.safeParse(v);
@@ -428,7 +429,11 @@ export class TtrlClient {
     if (max !== undefined) {
       // The server answers an oversized frame without the question's id: refuse it here instead.
       const bytes = new TextEncoder().encode(text).length;
-      if (bytes > max) return this.settle(req, new TtrlError('payload_too_large', `the question's message has ${bytes} bytes; the server accepts at most ${max}`, { id: req.id }));
+      if (bytes > max)
+        return this.settle(
+          req,
+          new TtrlError('payload_too_large', `the question's message has ${bytes} bytes; the server accepts at most ${max}`, { id: req.id }),
+        );
     }
     req.sends++;
     this.inflight.set(req.id, req);
@@ -526,10 +531,12 @@ export class TtrlClient {
         } catch {
           return fail(new TtrlError('protocol_error', `the server's first message is not JSON: ${String(text).slice(0, 200)}`));
         }
-        if (fieldOf(v, 'type') !== 'hello') return fail(new TtrlError('protocol_error', `the server's first message is not a hello: ${String(text).slice(0, 200)}`));
+        if (fieldOf(v, 'type') !== 'hello')
+          return fail(new TtrlError('protocol_error', `the server's first message is not a hello: ${String(text).slice(0, 200)}`));
         // Checked before the schema (which has this client's version), to say which the server speaks.
         const protocol = fieldOf(v, 'protocol');
-        if (protocol !== CLIENT_PROTOCOL) return fail(new TtrlError('protocol_error', `the server speaks protocol ${JSON.stringify(protocol)}; this client speaks ${CLIENT_PROTOCOL}`));
+        if (protocol !== CLIENT_PROTOCOL)
+          return fail(new TtrlError('protocol_error', `the server speaks protocol ${JSON.stringify(protocol)}; this client speaks ${CLIENT_PROTOCOL}`));
         const m = decode(tolerantServerMessages.hello, v);
         if (!m) return fail(new TtrlError('protocol_error', `a malformed hello: ${String(text).slice(0, 200)}`));
         if (settled || this.state === 'closed') return fail(new TtrlError('closed', 'the client was closed while connecting'));
@@ -549,23 +556,30 @@ export class TtrlClient {
         if (previous !== undefined && previous !== hello.model_version) this.emit('model', hello.model_version, previous);
         this.pump();
       };
-      openSocket(this.url, { apiKey: this.o.apiKey, WebSocket: this.o.WebSocket }, {
-        open: () => {},
-        message: (text) => {
-          // A connection already given up (a missed pong) says nothing more.
-          if (conn.hello && this.conn !== conn) return;
-          conn.lastMessageAt = now();
-          conn.pingSentAt = undefined;
-          if (!conn.hello) onHello(text);
-          else this.onMessage(conn, text);
+      openSocket(
+        this.url,
+        { apiKey: this.o.apiKey, WebSocket: this.o.WebSocket },
+        {
+          open: () => {},
+          message: (text) => {
+            // A connection already given up (a missed pong) says nothing more.
+            if (conn.hello && this.conn !== conn) return;
+            conn.lastMessageAt = now();
+            conn.pingSentAt = undefined;
+            if (!conn.hello) onHello(text);
+            else this.onMessage(conn, text);
+          },
+          fail,
+          close: (code, reason) => {
+            markClosed();
+            if (!conn.hello)
+              return fail(
+                new TtrlError('connection_failed', `${this.url} closed the connection before its hello (code ${code}${reason ? `: ${reason}` : ''})`),
+              );
+            this.onDrop(conn, code, reason);
+          },
         },
-        fail,
-        close: (code, reason) => {
-          markClosed();
-          if (!conn.hello) return fail(new TtrlError('connection_failed', `${this.url} closed the connection before its hello (code ${code}${reason ? `: ${reason}` : ''})`));
-          this.onDrop(conn, code, reason);
-        },
-      }).then(
+      ).then(
         (s) => {
           socket = s;
           conn.socket = s;

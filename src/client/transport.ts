@@ -95,10 +95,7 @@ function openBrowserStyle(Ctor: WebSocketConstructor, url: string, apiKey: strin
   ws.onmessage = (ev) => h.message(typeof ev.data === 'string' ? ev.data : null);
   const failed = (detail: string) =>
     h.fail(
-      new TtrlError(
-        'connection_failed',
-        `cannot connect to ${url}: ${detail}${apiKey ? ' (a browser does not say why; a wrong API key looks the same)' : ''}`,
-      ),
+      new TtrlError('connection_failed', `cannot connect to ${url}: ${detail}${apiKey ? ' (a browser does not say why; a wrong API key looks the same)' : ''}`),
     );
   ws.onerror = (ev) => {
     if (!opened) failed((ev as { message?: string })?.message || 'the WebSocket failed to open');

@@ -43,34 +43,68 @@ export const SERVER = {
   apiKeys: {
     // TTRL_API_KEYS is one string, comma-separated; --api-key repeated is a list.
     schema: z.preprocess(
-      (v) => (typeof v === 'string' ? v.split(',').map((k) => k.trim()).filter(Boolean) : v),
+      (v) =>
+        typeof v === 'string'
+          ? v
+              .split(',')
+              .map((k) => k.trim())
+              .filter(Boolean)
+          : v,
       z.array(z.string().regex(/^[A-Za-z0-9._~-]{16,256}$/, 'an API key is 16 to 256 characters of A-Z a-z 0-9 . _ ~ -')),
     ),
     default: [],
     help: 'API keys /v1 routes require (repeat --api-key; TTRL_API_KEYS comma-separated); none: /v1 open to all',
   },
-  adminToken: { schema: z.string().min(8, 'must be at least 8 characters').optional(), default: undefined, help: 'bearer token of the /admin routes, at least 8 characters (unset: admin routes off)' },
-  logLevel: { schema: z.enum(LOG_LEVELS), default: 'info', help: `least level logged: ${LOG_LEVELS.join(', ')} (debug: a record per batch and per answer, with its request id)` },
+  adminToken: {
+    schema: z.string().min(8, 'must be at least 8 characters').optional(),
+    default: undefined,
+    help: 'bearer token of the /admin routes, at least 8 characters (unset: admin routes off)',
+  },
+  logLevel: {
+    schema: z.enum(LOG_LEVELS),
+    default: 'info',
+    help: `least level logged: ${LOG_LEVELS.join(', ')} (debug: a record per batch and per answer, with its request id)`,
+  },
 } satisfies Group;
 
 /** The model: a Hugging Face or our own model directory, or a GGUF file. */
 export const MODEL = {
-  model: { schema: z.string().min(1), default: DEFAULT_MODEL_DIR, help: 'model directory (or GGUF file) to serve, evaluate or adapt (default: the shipped models/arith-tiny)' },
+  model: {
+    schema: z.string().min(1),
+    default: DEFAULT_MODEL_DIR,
+    help: 'model directory (or GGUF file) to serve, evaluate or adapt (default: the shipped models/arith-tiny)',
+  },
 } satisfies Group;
 
 /** Where experiences and model versions are kept. */
 export const STORAGE = {
   db: { schema: z.string().min(1), default: 'data/ttrl.sqlite', help: 'SQLite experience log; its model versions go in the folder DB.versions beside it' },
-  keepVersions: { schema: int(0, 1_000_000), default: 16, help: 'retired versions whose weight files are kept, the newest; older ones keep their rows and stats but their files are deleted (0: keep every file)' },
+  keepVersions: {
+    schema: int(0, 1_000_000),
+    default: 16,
+    help: 'retired versions whose weight files are kept, the newest; older ones keep their rows and stats but their files are deleted (0: keep every file)',
+  },
 } satisfies Group;
 
 /** What is asked: the prompt format, how answers are read, how long they may be. */
 export const TASK = {
-  task: { schema: z.enum(TASK_NAMES as [TaskName, ...TaskName[]]), default: 'arithmetic', help: `what is asked: ${TASK_NAMES.join(', ')} (a prompt format, an answer extractor and a length; the four settings below override its parts)` },
+  task: {
+    schema: z.enum(TASK_NAMES as [TaskName, ...TaskName[]]),
+    default: 'arithmetic',
+    help: `what is asked: ${TASK_NAMES.join(', ')} (a prompt format, an answer extractor and a length; the four settings below override its parts)`,
+  },
   extractor: { schema: extractorName.optional(), default: undefined, help: `how answers are read: ${EXTRACTOR_NAMES.join(', ')} (unset: the task's)` },
-  chatTemplate: { schema: bool.optional(), default: undefined, help: "on: prompts are the model's chat template (tokenizer_config.json); off: the raw question (unset: the task's)" },
+  chatTemplate: {
+    schema: bool.optional(),
+    default: undefined,
+    help: "on: prompts are the model's chat template (tokenizer_config.json); off: the raw question (unset: the task's)",
+  },
   system: { schema: z.string().optional(), default: undefined, help: "system prompt of the chat template, '' for none (unset: the task's)" },
-  maxNewTokens: { schema: int(1, 1 << 20).optional(), default: undefined, help: "most tokens per completion; every prompt must leave them room in the model's context (unset: the task's)" },
+  maxNewTokens: {
+    schema: int(1, 1 << 20).optional(),
+    default: undefined,
+    help: "most tokens per completion; every prompt must leave them room in the model's context (unset: the task's)",
+  },
   maxPromptTokens: {
     schema: int(1, 1 << 20).optional(),
     default: undefined,
@@ -97,10 +131,26 @@ export const LIMITS = {
   maxVotes: { schema: int(1, 1024), default: 64, help: 'most samples a client may ask for per question' },
   maxMessageBytes: { schema: int(64, 1 << 20), default: 8192, help: 'largest client message answered with an error; 4x this closes the connection' },
   queueLimit: { schema: int(1, 1_000_000), default: 512, help: 'questions waiting at most; beyond it clients get "overloaded" at once' },
-  maxConnections: { schema: int(1, 1_000_000), default: 1024, help: 'open connections in total (HTTP and WebSocket); beyond it new ones get 503 too_many_connections' },
-  maxConnectionsPerAddress: { schema: int(1, 1_000_000), default: 64, help: 'open connections from one client address; beyond it new ones get 429 too_many_connections' },
-  maxInFlight: { schema: int(1, 1_000_000), default: 64, help: 'questions one WebSocket connection may have waiting or being answered; beyond it asks get too_many_in_flight' },
-  maxBufferedBytes: { schema: int(1024, 1 << 30), default: 1 << 20, help: 'unsent output a WebSocket client may leave unread before it is disconnected (its waiting questions are dropped, and logged)' },
+  maxConnections: {
+    schema: int(1, 1_000_000),
+    default: 1024,
+    help: 'open connections in total (HTTP and WebSocket); beyond it new ones get 503 too_many_connections',
+  },
+  maxConnectionsPerAddress: {
+    schema: int(1, 1_000_000),
+    default: 64,
+    help: 'open connections from one client address; beyond it new ones get 429 too_many_connections',
+  },
+  maxInFlight: {
+    schema: int(1, 1_000_000),
+    default: 64,
+    help: 'questions one WebSocket connection may have waiting or being answered; beyond it asks get too_many_in_flight',
+  },
+  maxBufferedBytes: {
+    schema: int(1024, 1 << 30),
+    default: 1 << 20,
+    help: 'unsent output a WebSocket client may leave unread before it is disconnected (its waiting questions are dropped, and logged)',
+  },
 } satisfies Group;
 
 /** When live updates run and what they may take. */
@@ -108,7 +158,11 @@ export const SCHEDULE = {
   adapt: { schema: bool, default: true, help: 'run live TTRL updates' },
   updateEvery: { schema: int(1, 1_000_000), default: 64, help: 'voted questions between updates' },
   updateIntervalS: { schema: real(0, 86400), default: 0, help: 'also update after this many seconds with new questions (0: off)' },
-  maxClientShare: { schema: real(0.01, 1), default: 0.5, help: "most of an update's questions one client may supply (a client: its API key, else its WebSocket connection or HTTP address); 1: no limit" },
+  maxClientShare: {
+    schema: real(0.01, 1),
+    default: 0.5,
+    help: "most of an update's questions one client may supply (a client: its API key, else its WebSocket connection or HTTP address); 1: no limit",
+  },
 } satisfies Group;
 
 /** Learning rates of updates when none is set (bench/RESULTS.md says how each was chosen). */
@@ -117,11 +171,35 @@ export const LORA_LR = 3e-4;
 
 /** What one update does: the data it trains on, the loss, the optimizer, LoRA, its threads. */
 export const TRAIN = {
-  lr: { schema: real(0, 1).optional(), default: undefined, help: `learning rate of updates (unset: ${FULL_LR} for full fine-tuning, ${LORA_LR} with --lora-rank)` },
-  loraRank: { schema: int(0, 4096), default: 0, help: 'rank of the LoRA adapters updates train on the frozen base; versions then store adapters only (0: full fine-tuning, every weight)' },
-  loraAlpha: { schema: real(0, 1e6).refine((a) => a > 0, 'must be > 0').optional(), default: undefined, help: 'LoRA alpha: adapters are scaled by alpha / rank (unset: twice the rank)' },
+  lr: {
+    schema: real(0, 1).optional(),
+    default: undefined,
+    help: `learning rate of updates (unset: ${FULL_LR} for full fine-tuning, ${LORA_LR} with --lora-rank)`,
+  },
+  loraRank: {
+    schema: int(0, 4096),
+    default: 0,
+    help: 'rank of the LoRA adapters updates train on the frozen base; versions then store adapters only (0: full fine-tuning, every weight)',
+  },
+  loraAlpha: {
+    schema: real(0, 1e6)
+      .refine((a) => a > 0, 'must be > 0')
+      .optional(),
+    default: undefined,
+    help: 'LoRA alpha: adapters are scaled by alpha / rank (unset: twice the rank)',
+  },
   loraTargets: {
-    schema: z.union([z.array(z.string()), z.string().transform((t) => t.split(',').map((x) => x.trim()).filter(Boolean))]).optional(),
+    schema: z
+      .union([
+        z.array(z.string()),
+        z.string().transform((t) =>
+          t
+            .split(',')
+            .map((x) => x.trim())
+            .filter(Boolean),
+        ),
+      ])
+      .optional(),
     default: undefined,
     help: 'comma-separated modules (or their last names, e.g. q_proj,v_proj) that get adapters (unset: every attention and MLP projection)',
   },
@@ -134,14 +212,22 @@ export const TRAIN = {
   kl: { schema: real(0, 100), default: 0, help: 'KL coefficient to the initial (shipped) model; 0 leaves the term out' },
   entropyBonus: { schema: real(0, 100), default: 0, help: 'entropy bonus coefficient; 0 leaves the term out' },
   trainThreads: { schema: int(1, 256), default: 2, help: "compute threads of the trainer and the guard's prober and scorer" },
-  trainNice: { schema: int(0, 19), default: 10, help: 'Linux nice value of training threads: higher keeps answer latency steady, lower finishes updates sooner' },
+  trainNice: {
+    schema: int(0, 19),
+    default: 10,
+    help: 'Linux nice value of training threads: higher keeps answer latency steady, lower finishes updates sooner',
+  },
 } satisfies Group;
 
 /** The live guard: what a candidate version must show before it serves. */
 export const GUARD = {
   entropyFloor: { schema: real(0, 10), default: 0.005, help: 'guard: reject a version whose mean token entropy falls below this' },
   probeQuestions: { schema: int(0, 4096), default: 64, help: 'guard: earlier questions a candidate must still answer sensibly, greedily (0: no probe)' },
-  anchors: { schema: int(0, 4096), default: 128, help: 'guard: most anchors, served questions the shipped model answered with at least 90% of the votes; a candidate must stay as sure of their answers (0: no anchor check)' },
+  anchors: {
+    schema: int(0, 4096),
+    default: 128,
+    help: 'guard: most anchors, served questions the shipped model answered with at least 90% of the votes; a candidate must stay as sure of their answers (0: no anchor check)',
+  },
   anchorSlack: { schema: real(0, 100), default: 0, help: 'guard: mean log-prob (nats) per anchor answer a candidate may lose against the shipped model' },
 } satisfies Group;
 
@@ -173,7 +259,18 @@ export type GroupName = keyof typeof GROUPS;
 /** The settings of a server (and of offline replays, which run the same pipeline). */
 export const SETTINGS = { ...SERVER, ...MODEL, ...STORAGE, ...TASK, ...SAMPLING, ...BATCHING, ...LIMITS, ...SCHEDULE, ...TRAIN, ...GUARD } satisfies Group;
 /** The server's groups, in the order the settings table lists them. */
-export const SERVE_GROUPS = ['server', 'model', 'storage', 'task', 'sampling', 'batching', 'limits', 'schedule', 'train', 'guard'] as const satisfies readonly GroupName[];
+export const SERVE_GROUPS = [
+  'server',
+  'model',
+  'storage',
+  'task',
+  'sampling',
+  'batching',
+  'limits',
+  'schedule',
+  'train',
+  'guard',
+] as const satisfies readonly GroupName[];
 
 export type ServerSettings = ValuesOf<typeof SERVER>;
 export type ModelSettings = ValuesOf<typeof MODEL>;
@@ -217,7 +314,11 @@ export function settingsOf(groups: readonly GroupName[]): Record<string, Setting
  * an offline run's settings are all on its command line), then explicit values (CLI flags,
  * tests). Every bad value is reported at once, each naming where it came from.
  */
-export function resolveGroups(groups: readonly GroupName[], explicit: Partial<Record<AnyName, unknown>> = {}, env: NodeJS.ProcessEnv = process.env): Record<string, unknown> {
+export function resolveGroups(
+  groups: readonly GroupName[],
+  explicit: Partial<Record<AnyName, unknown>> = {},
+  env: NodeJS.ProcessEnv = process.env,
+): Record<string, unknown> {
   const table = settingsOf(groups);
   const out: Record<string, unknown> = {};
   const problems: string[] = [];
@@ -231,9 +332,11 @@ export function resolveGroups(groups: readonly GroupName[], explicit: Partial<Re
     else problems.push(`${from === 'default' ? k : from}: ${r.error.issues.map((i) => i.message).join('; ')} (got ${JSON.stringify(raw)})`);
   }
   // A setting that is gone must not be ignored quietly: the limit it set would vanish.
-  for (const [k, instead] of Object.entries(RETIRED)) if (env[envName(k)] !== undefined && env[envName(k)] !== '') problems.push(`${envName(k)} is no longer read: ${instead}`);
+  for (const [k, instead] of Object.entries(RETIRED))
+    if (env[envName(k)] !== undefined && env[envName(k)] !== '') problems.push(`${envName(k)} is no longer read: ${instead}`);
   for (const k of Object.keys(explicit).filter((k) => !(k in table))) problems.push(`unknown setting ${k}${RETIRED[k] ? `: ${RETIRED[k]}` : ''}`);
-  if (!problems.length && 'votes' in out && 'maxVotes' in out && (out.votes as number) > (out.maxVotes as number)) problems.push(`votes (${out.votes}) cannot exceed maxVotes (${out.maxVotes})`);
+  if (!problems.length && 'votes' in out && 'maxVotes' in out && (out.votes as number) > (out.maxVotes as number))
+    problems.push(`votes (${out.votes}) cannot exceed maxVotes (${out.maxVotes})`);
   if (!problems.length && 'trainSamples' in out && 'votes' in out && !('maxVotes' in out) && (out.trainSamples as number) > (out.votes as number))
     problems.push(`trainSamples (${out.trainSamples}) cannot exceed votes (${out.votes}): a question is trained on its own samples`);
   if (problems.length) throw new Error(`invalid settings:\n  ${problems.join('\n  ')}`);
@@ -270,7 +373,16 @@ export function settingsTable(groups: readonly GroupName[] = [...SERVE_GROUPS, '
     .map((g) => {
       const rows = Object.entries(GROUPS[g] as Group).map(([k, s]) => {
         const d = s.default;
-        const shown = d === undefined ? '(unset)' : Array.isArray(d) ? (d.length ? d.join(',') : '(none)') : typeof d === 'string' && d.startsWith(PROJECT_ROOT) ? d.slice(PROJECT_ROOT.length) : String(d);
+        const shown =
+          d === undefined
+            ? '(unset)'
+            : Array.isArray(d)
+              ? d.length
+                ? d.join(',')
+                : '(none)'
+              : typeof d === 'string' && d.startsWith(PROJECT_ROOT)
+                ? d.slice(PROJECT_ROOT.length)
+                : String(d);
         return `| \`${flagOf(k, s)}\` | \`${envName(k)}\` | ${shown} | ${s.help} |`;
       });
       return [`#### ${GROUP_TITLES[g]}`, '', '| flag | environment | default | meaning |', '|---|---|---|---|', ...rows].join('\n');

@@ -26,7 +26,10 @@ export class Window {
   private t: number[] = [];
   private v: number[] = [];
   private start = 0;
-  constructor(private readonly ms: number, private readonly cap: number) {}
+  constructor(
+    private readonly ms: number,
+    private readonly cap: number,
+  ) {}
   push(at: number, value: number): void {
     this.t.push(at);
     this.v.push(value);

@@ -86,7 +86,10 @@ export class DashboardState {
     private readonly publish: Publish,
   ) {
     // Earlier updates, from the versions they left (skipped and failed ones leave none).
-    for (const r of s.store.versions().filter((r) => r.version > 0).slice(-RECENT_UPDATES)) {
+    for (const r of s.store
+      .versions()
+      .filter((r) => r.version > 0)
+      .slice(-RECENT_UPDATES)) {
       const view = updateViewOfRow(r, this.nextUpdateId++);
       if (view.anchor_shift !== null) this.anchorShift = view.anchor_shift;
       this.updates.push(view);
@@ -105,7 +108,10 @@ export class DashboardState {
         }),
       ),
     );
-    this.ticker = setInterval(guarded(log, 'dashboard tick', () => this.tick()), 1000);
+    this.ticker = setInterval(
+      guarded(log, 'dashboard tick', () => this.tick()),
+      1000,
+    );
     this.ticker.unref();
   }
 
@@ -118,7 +124,10 @@ export class DashboardState {
     this.questions.push(q);
     this.unsent.push(q);
     if (this.unsent.length > RECENT_QUESTIONS) this.unsent.shift();
-    this.flushTimer ??= setTimeout(guarded(this.log, 'dashboard flush', () => this.flushQuestions()), QUESTION_FLUSH_MS);
+    this.flushTimer ??= setTimeout(
+      guarded(this.log, 'dashboard flush', () => this.flushQuestions()),
+      QUESTION_FLUSH_MS,
+    );
   }
 
   private flushQuestions(): void {
@@ -138,7 +147,8 @@ export class DashboardState {
     const o = u.outcome;
     // The running one ends (an end without a start: a new entry).
     let view: UpdateView | undefined;
-    for (let i = this.updates.length - 1; i >= 0 && !view; i--) if (this.updates[i]!.outcome === 'running' && this.updates[i]!.started_at !== null) view = this.updates[i];
+    for (let i = this.updates.length - 1; i >= 0 && !view; i--)
+      if (this.updates[i]!.outcome === 'running' && this.updates[i]!.started_at !== null) view = this.updates[i];
     view ??= this.runningUpdate(null);
     const anchor = numberOr(o.stats?.anchor_shift);
     if (anchor !== null) this.anchorShift = anchor;
@@ -158,7 +168,17 @@ export class DashboardState {
 
   /** A new running update at the end of the bounded list. */
   private runningUpdate(startedAt: number | null): UpdateView {
-    const view: UpdateView = { id: this.nextUpdateId++, started_at: startedAt, finished_at: null, outcome: 'running', version: null, reason: null, anchor_shift: null, seconds: null, experiences: null };
+    const view: UpdateView = {
+      id: this.nextUpdateId++,
+      started_at: startedAt,
+      finished_at: null,
+      outcome: 'running',
+      version: null,
+      reason: null,
+      anchor_shift: null,
+      seconds: null,
+      experiences: null,
+    };
     this.updates.push(view);
     if (this.updates.length > RECENT_UPDATES) this.updates.shift();
     return view;

@@ -50,7 +50,10 @@ function packRows(seqs: TrainSequence[], padId: number): PackedBatch {
   const refLogprobs = has('refLogprobs') ? new Float32Array(B * T) : undefined;
   seqs.forEach((s, b) => {
     const completion = s.tokens.length - s.promptLength;
-    for (const [name, arr, dst] of [['oldLogprobs', s.oldLogprobs, oldLogprobs], ['refLogprobs', s.refLogprobs, refLogprobs]] as const) {
+    for (const [name, arr, dst] of [
+      ['oldLogprobs', s.oldLogprobs, oldLogprobs],
+      ['refLogprobs', s.refLogprobs, refLogprobs],
+    ] as const) {
       if (!arr || !dst) continue;
       if (arr.length !== completion) throw new Error(`pack: ${name} has ${arr.length} entries for ${completion} completion tokens`);
       arr.forEach((v, j) => (dst[b * T + s.promptLength + j] = v));
@@ -79,7 +82,10 @@ export function packGroups(groups: TrainGroup[], padId: number, contextLength: n
   const G = groups[0]!.completions.length;
   if (G < 1 || groups.some((g) => g.completions.length !== G)) throw new Error('packGroups: every group needs the same number (>= 1) of completions');
   if (groups.some((g) => g.prompt.length < 1)) throw new Error('packGroups: empty prompt');
-  const prompts = leftPad(groups.map((g) => g.prompt), padId);
+  const prompts = leftPad(
+    groups.map((g) => g.prompt),
+    padId,
+  );
   const completions = groups.flatMap((g) => g.completions.map((c) => ({ ...c, promptLength: 0 })));
   for (const [i, c] of completions.entries()) {
     if (!c.tokens.length) throw new Error('packGroups: empty completion');

@@ -372,7 +372,13 @@ export type TrainGraphOptions = WeightOptions;
  * (grad_norm): what a train step runs; the update itself is engine/adamw.ts. float64 for the
  * gradient checks.
  */
-export function buildLossAndGrad(c: ModelConfig, objective: Objective, dtype: DType = 'float64', layout: BatchLayout = 'flat', o: TrainGraphOptions = {}): Graph {
+export function buildLossAndGrad(
+  c: ModelConfig,
+  objective: Objective,
+  dtype: DType = 'float64',
+  layout: BatchLayout = 'flat',
+  o: TrainGraphOptions = {},
+): Graph {
   if (o.weights && !o.lora) throw new Error('buildLossAndGrad: a mapped base is frozen, so it needs LoRA adapters to train');
   const g = new Graph('loss');
   const { p, forward, specs, adapterSpecs } = declareModel(g, c, dtype, o);
@@ -380,7 +386,10 @@ export function buildLossAndGrad(c: ModelConfig, objective: Objective, dtype: DT
   g.output('loss', loss);
   for (const [name, t] of Object.entries(stats)) g.output(name, t);
   const trained = o.lora ? adapterSpecs : specs;
-  const grads = grad(loss, trained.map((s) => p[s.name]!));
+  const grads = grad(
+    loss,
+    trained.map((s) => p[s.name]!),
+  );
   g.output('grad_norm', op.sqrt(grads.map((gr) => op.reduceSumSquare(gr)).reduce((a, b) => op.add(a, b))));
   grads.forEach((gr, i) => g.output(`grad.${trained[i]!.name}`, gr));
   return g;

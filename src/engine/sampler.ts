@@ -90,8 +90,16 @@ export class Sampler {
 
   static async create(o: SamplerInit): Promise<Sampler> {
     const client = await WorkerClient.start<SamplerCalls>('sampler', {
-      config: o.config, weights: o.weights, version: o.version ?? 0, threads: o.threads ?? 1, nice: o.nice, spin: o.spin, prepack: o.prepack,
-      lora: o.lora, adapters: o.adapters, applyAdapters: o.applyAdapters,
+      config: o.config,
+      weights: o.weights,
+      version: o.version ?? 0,
+      threads: o.threads ?? 1,
+      nice: o.nice,
+      spin: o.spin,
+      prepack: o.prepack,
+      lora: o.lora,
+      adapters: o.adapters,
+      applyAdapters: o.applyAdapters,
     });
     return new Sampler(client, o.config);
   }

@@ -70,7 +70,9 @@ class SamplerWorker {
     const G = o.samplesPerPrompt;
     const { P, L, ids, mask } = leftPad(prompts, o.padToken);
     const B = P * G;
-    const uniforms = o.seeds ? perPromptUniforms(o.seeds, G, o.maxNewTokens) : (new Rng(o.seed).fillUniform(new Float32Array(o.maxNewTokens * B)) as Float32Array);
+    const uniforms = o.seeds
+      ? perPromptUniforms(o.seeds, G, o.maxNewTokens)
+      : (new Rng(o.seed).fillUniform(new Float32Array(o.maxNewTokens * B)) as Float32Array);
     const { session, weightFeeds, version } = this.active!;
     const out = await session.run({
       ...weightFeeds,
@@ -117,7 +119,13 @@ class SamplerWorker {
     const { config, lora, base, specs } = this;
     checkAdapters(config, lora!, adapters);
     if (this.mergesAdapters) {
-      this.baseInMemory ??= isWeightFile(base) ? (checkWeightFile(specs, base), readWeights(base, specs.map((s) => s.name))) : Promise.resolve(base);
+      this.baseInMemory ??= isWeightFile(base)
+        ? (checkWeightFile(specs, base),
+          readWeights(
+            base,
+            specs.map((s) => s.name),
+          ))
+        : Promise.resolve(base);
       return this.sessionFor(mergeAdapters(config, lora!, await this.baseInMemory, adapters));
     }
     this.adaptedSession ??= (async () => {
@@ -132,7 +140,8 @@ class SamplerWorker {
     const previous = this.active?.session;
     this.active = { ...next, version };
     // A file-mapped session serves one version only: let it go once another took over.
-    if (previous && previous !== next.session && previous !== (await this.inputsSession) && previous !== (await this.adaptedSession)?.session) await previous.release();
+    if (previous && previous !== next.session && previous !== (await this.inputsSession) && previous !== (await this.adaptedSession)?.session)
+      await previous.release();
   }
 }
 

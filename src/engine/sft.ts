@@ -9,7 +9,10 @@ export interface SftOptions {
 
 export function objective(o: SftOptions = { aggregation: 'token-mean' }): Objective {
   return {
-    build: (t) => ({ loss: weightedMean(op.neg(t.tokenLogprobs), t.weights, o.aggregation), stats: { entropy: weightedMean(t.entropy, t.weights, 'token-mean') } }),
+    build: (t) => ({
+      loss: weightedMean(op.neg(t.tokenLogprobs), t.weights, o.aggregation),
+      stats: { entropy: weightedMean(t.entropy, t.weights, 'token-mean') },
+    }),
   };
 }
 

@@ -61,7 +61,12 @@ class TrainerWorker {
   async step(b: PackedBatch, h: StepHyper): Promise<StepStats> {
     const t0 = performance.now();
     const session = await this.trainSession(b.prompts ? 'grouped' : 'flat');
-    const feeds: Record<string, ort.Tensor> = { ...batchFeeds(b), loss_mask: f32(b.lossMask, [b.B, b.T]), ...this.base.feeds, ...weightFeedsOf(this.trained, this.params) };
+    const feeds: Record<string, ort.Tensor> = {
+      ...batchFeeds(b),
+      loss_mask: f32(b.lossMask, [b.B, b.T]),
+      ...this.base.feeds,
+      ...weightFeedsOf(this.trained, this.params),
+    };
     for (const name of session.inputNames) feeds[name] ??= objectiveInput(name, b, h);
     const out = await session.run(feeds);
     const num = (k: string) => (out[k] ? (out[k]!.data as Float32Array)[0]! : undefined);
@@ -70,7 +75,13 @@ class TrainerWorker {
     const updated = Number.isFinite(gradNorm);
     if (updated) {
       this.steps++;
-      const slots = this.trained.map((s) => ({ param: this.params.get(s.name)!, grad: out[`grad.${s.name}`]!.data as Float32Array, m: this.m.get(s.name)!, v: this.v.get(s.name)!, decay: s.decay }));
+      const slots = this.trained.map((s) => ({
+        param: this.params.get(s.name)!,
+        grad: out[`grad.${s.name}`]!.data as Float32Array,
+        m: this.m.get(s.name)!,
+        v: this.v.get(s.name)!,
+        decay: s.decay,
+      }));
       adamwUpdate(slots, { lr: h.lr, step: this.steps, gradNorm, maxGradNorm: h.maxGradNorm ?? 0 }, this.adamw);
     }
     const stats = Object.fromEntries(session.outputNames.filter((k) => k !== 'loss' && k !== 'grad_norm' && !k.startsWith('grad.')).map((k) => [k, num(k)!]));
@@ -110,7 +121,12 @@ class TrainerWorker {
   async setWeights(source: WeightSource, resetOptimizer: boolean): Promise<void> {
     if (this.lora) throw new Error('trainer: with LoRA the base is fixed at start; use setAdapters()');
     // Trained weights change at every step: the trainer keeps its own copy, even of a shared file.
-    const w = isWeightFile(source) ? await readWeights(source, this.trained.map((s) => s.name)) : source;
+    const w = isWeightFile(source)
+      ? await readWeights(
+          source,
+          this.trained.map((s) => s.name),
+        )
+      : source;
     checkWeights(this.trained, w);
     this.params = this.copyOfTrained(w);
     if (resetOptimizer) this.resetOptimizer();

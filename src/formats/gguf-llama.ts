@@ -91,9 +91,15 @@ function readHyperparameters(file: GGUFFile): LlamaHyperparameters {
   const headDim = file.integer('llama.attention.key_length') ?? hiddenSize / heads;
   const valueDim = file.integer('llama.attention.value_length') ?? headDim;
   if (!Number.isInteger(headDim) || headDim % 2 !== 0) throw new Error(`${file.label}: the attention head size ${headDim} is not an even integer`);
-  if (valueDim !== headDim) throw new Error(`${file.label}: llama.attention.value_length ${valueDim} differs from the key length ${headDim}, which transformers' Llama cannot represent`);
+  if (valueDim !== headDim)
+    throw new Error(
+      `${file.label}: llama.attention.value_length ${valueDim} differs from the key length ${headDim}, which transformers' Llama cannot represent`,
+    );
   const rotaryDim = file.integer('llama.rope.dimension_count') ?? headDim;
-  if (rotaryDim !== headDim) throw new Error(`${file.label}: llama.rope.dimension_count ${rotaryDim} rotates only part of each ${headDim}-wide head, which transformers' Llama cannot represent`);
+  if (rotaryDim !== headDim)
+    throw new Error(
+      `${file.label}: llama.rope.dimension_count ${rotaryDim} rotates only part of each ${headDim}-wide head, which transformers' Llama cannot represent`,
+    );
   const experts = file.integer('llama.expert_count') ?? 0;
   if (experts > 0) throw new Error(`${file.label}: llama.expert_count is ${experts}; mixture-of-experts Llama files are not supported`);
   return {
@@ -212,7 +218,13 @@ function embeddingsAreTied(file: GGUFFile): boolean {
   return file.sameData(file.tensor('output.weight'), file.tensor('token_embd.weight'));
 }
 
-function buildConfig(file: GGUFFile, hp: LlamaHyperparameters, tied: boolean, tokenIds: Record<string, number>, contextLength: number): Record<string, unknown> {
+function buildConfig(
+  file: GGUFFile,
+  hp: LlamaHyperparameters,
+  tied: boolean,
+  tokenIds: Record<string, number>,
+  contextLength: number,
+): Record<string, unknown> {
   const scaling = ropeScaling(file);
   return {
     architectures: ['LlamaForCausalLM'],

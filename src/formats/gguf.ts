@@ -18,14 +18,38 @@ import { dequantize, ggmlTypeLayout, ggmlTypeName, isKnownType, isLoadableType, 
 export type GGUFValue = number | bigint | boolean | string | GGUFValue[];
 
 const VALUE_TYPE = {
-  U8: 0, I8: 1, U16: 2, I16: 3, U32: 4, I32: 5, F32: 6, BOOL: 7, STRING: 8, ARRAY: 9, U64: 10, I64: 11, F64: 12,
+  U8: 0,
+  I8: 1,
+  U16: 2,
+  I16: 3,
+  U32: 4,
+  I32: 5,
+  F32: 6,
+  BOOL: 7,
+  STRING: 8,
+  ARRAY: 9,
+  U64: 10,
+  I64: 11,
+  F64: 12,
 } as const;
 
 // The fewest bytes one value of each type takes, to reject an array count the rest of the
 // file cannot hold before allocating for it. A string is at least its u64 length; an array
 // at least its u32 element type and u64 count.
 const MIN_VALUE_BYTES: Record<number, number> = {
-  0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 8: 8, 9: 12, 10: 8, 11: 8, 12: 8,
+  0: 1,
+  1: 1,
+  2: 2,
+  3: 2,
+  4: 4,
+  5: 4,
+  6: 4,
+  7: 1,
+  8: 8,
+  9: 12,
+  10: 8,
+  11: 8,
+  12: 8,
 };
 
 const MAGIC = 'GGUF';
@@ -131,20 +155,34 @@ class HeaderCursor {
 
   value(type: number, what: string, depth = 0): GGUFValue {
     switch (type) {
-      case VALUE_TYPE.U8: return this.window.readUInt8(this.take(1, what));
-      case VALUE_TYPE.I8: return this.window.readInt8(this.take(1, what));
-      case VALUE_TYPE.U16: return this.window.readUInt16LE(this.take(2, what));
-      case VALUE_TYPE.I16: return this.window.readInt16LE(this.take(2, what));
-      case VALUE_TYPE.U32: return this.window.readUInt32LE(this.take(4, what));
-      case VALUE_TYPE.I32: return this.window.readInt32LE(this.take(4, what));
-      case VALUE_TYPE.F32: return shortestFloat32(this.window.readFloatLE(this.take(4, what)));
-      case VALUE_TYPE.F64: return this.window.readDoubleLE(this.take(8, what));
-      case VALUE_TYPE.U64: return this.window.readBigUInt64LE(this.take(8, what));
-      case VALUE_TYPE.I64: return this.window.readBigInt64LE(this.take(8, what));
-      case VALUE_TYPE.BOOL: return this.bool(what);
-      case VALUE_TYPE.STRING: return this.string(what);
-      case VALUE_TYPE.ARRAY: return this.array(what, depth);
-      default: throw new Error(`${this.label}: ${what} has unknown value type ${type}`);
+      case VALUE_TYPE.U8:
+        return this.window.readUInt8(this.take(1, what));
+      case VALUE_TYPE.I8:
+        return this.window.readInt8(this.take(1, what));
+      case VALUE_TYPE.U16:
+        return this.window.readUInt16LE(this.take(2, what));
+      case VALUE_TYPE.I16:
+        return this.window.readInt16LE(this.take(2, what));
+      case VALUE_TYPE.U32:
+        return this.window.readUInt32LE(this.take(4, what));
+      case VALUE_TYPE.I32:
+        return this.window.readInt32LE(this.take(4, what));
+      case VALUE_TYPE.F32:
+        return shortestFloat32(this.window.readFloatLE(this.take(4, what)));
+      case VALUE_TYPE.F64:
+        return this.window.readDoubleLE(this.take(8, what));
+      case VALUE_TYPE.U64:
+        return this.window.readBigUInt64LE(this.take(8, what));
+      case VALUE_TYPE.I64:
+        return this.window.readBigInt64LE(this.take(8, what));
+      case VALUE_TYPE.BOOL:
+        return this.bool(what);
+      case VALUE_TYPE.STRING:
+        return this.string(what);
+      case VALUE_TYPE.ARRAY:
+        return this.array(what, depth);
+      default:
+        throw new Error(`${this.label}: ${what} has unknown value type ${type}`);
     }
   }
 
@@ -372,7 +410,9 @@ export class GGUFFile {
     for (const info of byOffset) {
       const end = info.offset + info.byteLength;
       if (end > dataLength) {
-        throw new Error(`${this.label}: tensor ${info.name} data [${info.offset}, ${end}) runs past the end of the file (the data section holds ${Math.max(0, dataLength)} bytes)`);
+        throw new Error(
+          `${this.label}: tensor ${info.name} data [${info.offset}, ${end}) runs past the end of the file (the data section holds ${Math.max(0, dataLength)} bytes)`,
+        );
       }
       if (previous && info.offset < previous.offset + previous.byteLength) {
         throw new Error(`${this.label}: tensors ${previous.name} and ${info.name} overlap in the data section`);

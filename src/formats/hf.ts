@@ -69,7 +69,8 @@ export function llamaConfigFromHF(raw: unknown, file: string): LlamaConfig {
   const heads = int('num_attention_heads');
   const kvHeads = int('num_key_value_heads', heads);
   if (heads % kvHeads) fail('num_key_value_heads', `${kvHeads} does not divide num_attention_heads ${heads}`);
-  if (c.head_dim == null && hiddenSize % heads) fail('hidden_size', `${hiddenSize} is not divisible by num_attention_heads ${heads} (and there is no head_dim)`);
+  if (c.head_dim == null && hiddenSize % heads)
+    fail('hidden_size', `${hiddenSize} is not divisible by num_attention_heads ${heads} (and there is no head_dim)`);
   const headDim = c.head_dim == null ? hiddenSize / heads : int('head_dim');
   if (headDim % 2) fail('head_dim', `${headDim} must be even for rotary embeddings`);
   let contextLength = int('max_position_embeddings');
@@ -139,7 +140,8 @@ export function stopIdsOf(generationConfig: Json, file: string): number[] {
   const eos = generationConfig.eos_token_id;
   if (eos == null) return [];
   const ids = Array.isArray(eos) ? eos : [eos];
-  if (!ids.every((t) => Number.isInteger(t) && t >= 0)) throw new Error(`${file}: eos_token_id must be a token id or a list of them, got ${JSON.stringify(eos)}`);
+  if (!ids.every((t) => Number.isInteger(t) && t >= 0))
+    throw new Error(`${file}: eos_token_id must be a token id or a list of them, got ${JSON.stringify(eos)}`);
   return ids as number[];
 }
 
@@ -213,7 +215,9 @@ async function weightsOf(dir: string, config: LlamaConfig): Promise<WeightFile> 
   return convertedWeightFile(sources, 'hf-f32-1', layout, async (name) => {
     const t = all.get(name)!;
     const raw = await readBytes(t.path, t.offset, t.length, name);
-    return t.dtype === 'F32' ? new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4) : widenToFloat32(new Uint16Array(raw.buffer, raw.byteOffset, raw.length / 2), t.dtype as 'F16' | 'BF16');
+    return t.dtype === 'F32'
+      ? new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4)
+      : widenToFloat32(new Uint16Array(raw.buffer, raw.byteOffset, raw.length / 2), t.dtype as 'F16' | 'BF16');
   });
 }
 
@@ -271,5 +275,10 @@ export async function saveHFDirectory(dir: string, config: LlamaConfig, hf: HFFi
   const specs = llama.paramSpecs(config);
   const layout = new Map(specs.map((s) => [s.name, { dtype: 'F32' as const, shape: s.shape }]));
   // transformers reads "format": "pt" to know the tensors are PyTorch's.
-  await writeSafetensorsStreaming(join(dir, SINGLE_FILE), layout, async (name) => (isWeightFile(weights) ? (await readWeights(weights, [name])).get(name)! : weights.get(name)!), { format: 'pt', ...metadata });
+  await writeSafetensorsStreaming(
+    join(dir, SINGLE_FILE),
+    layout,
+    async (name) => (isWeightFile(weights) ? (await readWeights(weights, [name])).get(name)! : weights.get(name)!),
+    { format: 'pt', ...metadata },
+  );
 }

@@ -162,10 +162,12 @@ export async function writeSafetensorsStreaming(
       await handle.write(b, 0, b.length, starts[i]!);
     }
   });
-  return new Map(names.map((name, i) => {
-    const { dtype, shape } = layout.get(name)!;
-    return [name, { dtype, shape, offset: starts[i]!, length: elementCount(shape, name) * DTYPE_SPECS[dtype].bytesPerElement }];
-  }));
+  return new Map(
+    names.map((name, i) => {
+      const { dtype, shape } = layout.get(name)!;
+      return [name, { dtype, shape, offset: starts[i]!, length: elementCount(shape, name) * DTYPE_SPECS[dtype].bytesPerElement }];
+    }),
+  );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -275,11 +277,7 @@ export function decodeSafetensors(buf: Uint8Array): SafetensorsContents {
 // Files
 
 /** Writes atomically (temp file, fsync, rename), so a crash never leaves a torn checkpoint. */
-export async function writeSafetensors(
-  path: string,
-  tensors: Map<string, NamedTensor>,
-  metadata?: Record<string, string>,
-): Promise<void> {
+export async function writeSafetensors(path: string, tensors: Map<string, NamedTensor>, metadata?: Record<string, string>): Promise<void> {
   await writeFileAtomic(path, encodeSafetensors(tensors, metadata));
 }
 

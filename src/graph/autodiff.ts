@@ -50,7 +50,10 @@ function reducedCount(n: Node): Tensor | number {
   const axes = Array.from(inp(n, 1).constant!.data as BigInt64Array, Number);
   const dims = axes.map((a) => x.shape[a]!);
   if (dims.every((d) => typeof d === 'number')) return (dims as number[]).reduce((a, b) => a * b, 1);
-  return op.cast(axes.map((a) => op.dimOf(x, a)).reduce((a, b) => op.mul(a, b)), x.dtype);
+  return op.cast(
+    axes.map((a) => op.dimOf(x, a)).reduce((a, b) => op.mul(a, b)),
+    x.dtype,
+  );
 }
 
 const intsOf = (t: Tensor) => Array.from(t.constant!.data as BigInt64Array, Number);
@@ -60,10 +63,7 @@ export const VJP: Record<string, Rule> = {
   Identity: (g) => [g],
   Add: (g, n, k) => [when(k[0]!, () => unbroadcast(g, inp(n, 0))), when(k[1]!, () => unbroadcast(g, inp(n, 1)))],
   Sub: (g, n, k) => [when(k[0]!, () => unbroadcast(g, inp(n, 0))), when(k[1]!, () => unbroadcast(op.neg(g), inp(n, 1)))],
-  Mul: (g, n, k) => [
-    when(k[0]!, () => unbroadcast(op.mul(g, inp(n, 1)), inp(n, 0))),
-    when(k[1]!, () => unbroadcast(op.mul(g, inp(n, 0)), inp(n, 1))),
-  ],
+  Mul: (g, n, k) => [when(k[0]!, () => unbroadcast(op.mul(g, inp(n, 1)), inp(n, 0))), when(k[1]!, () => unbroadcast(op.mul(g, inp(n, 0)), inp(n, 1)))],
   Div: (g, n, k) => [
     when(k[0]!, () => unbroadcast(op.div(g, inp(n, 1)), inp(n, 0))),
     when(k[1]!, () => unbroadcast(op.neg(op.div(op.mul(g, out(n)), inp(n, 1))), inp(n, 1))),
@@ -107,8 +107,7 @@ export const VJP: Record<string, Rule> = {
     const rstd = op.div(1, op.sqrt(op.add(op.reduceMean(op.mul(centered, centered), [-1], true), eps)));
     const xhat = op.mul(centered, rstd);
     const dxhat = op.mul(g, w);
-    const dx = () =>
-      op.mul(rstd, op.sub(op.sub(dxhat, op.reduceMean(dxhat, [-1], true)), op.mul(xhat, op.reduceMean(op.mul(dxhat, xhat), [-1], true))));
+    const dx = () => op.mul(rstd, op.sub(op.sub(dxhat, op.reduceMean(dxhat, [-1], true)), op.mul(xhat, op.reduceMean(op.mul(dxhat, xhat), [-1], true))));
     return [when(k[0]!, dx), when(k[1]!, () => unbroadcast(op.mul(g, xhat), w)), b && k[2] ? unbroadcast(g, b) : null];
   },
   Cast: (g, n) => [isFloat(inp(n, 0).dtype) ? op.cast(g, inp(n, 0).dtype) : null],
@@ -124,20 +123,13 @@ export const VJP: Record<string, Rule> = {
   },
   MatMul: (g, n, k) => {
     const [a, b] = [inp(n, 0), inp(n, 1)];
-    if (a.rank === 2 && b.rank === 2)
-      return [when(k[0]!, () => op.gemm(g, b, { transB: true })), when(k[1]!, () => op.gemm(a, g, { transA: true }))];
+    if (a.rank === 2 && b.rank === 2) return [when(k[0]!, () => op.gemm(g, b, { transB: true })), when(k[1]!, () => op.gemm(a, g, { transA: true }))];
     if (b.rank === 2) {
       // x[..., k] @ w[k, n]: flatten the leading dims so the weight gradient is one GEMM.
       const flat = (t: Tensor) => op.reshape(t, [-1, t.shape[t.rank - 1] as number]);
-      return [
-        when(k[0]!, () => op.matmul(g, op.transpose(b, [1, 0]))),
-        when(k[1]!, () => op.gemm(flat(a), flat(g), { transA: true })),
-      ];
+      return [when(k[0]!, () => op.matmul(g, op.transpose(b, [1, 0]))), when(k[1]!, () => op.gemm(flat(a), flat(g), { transA: true }))];
     }
-    return [
-      when(k[0]!, () => unbroadcast(op.matmul(g, swapLast2(b)), a)),
-      when(k[1]!, () => unbroadcast(op.matmul(swapLast2(a), g), b)),
-    ];
+    return [when(k[0]!, () => unbroadcast(op.matmul(g, swapLast2(b)), a)), when(k[1]!, () => unbroadcast(op.matmul(swapLast2(a), g), b))];
   },
   Gemm: (g, n, k) => {
     const [a, b, c] = [inp(n, 0), inp(n, 1), n.inputs[2]];
@@ -187,7 +179,13 @@ export const VJP: Record<string, Rule> = {
   },
   Split: (_g, n, _k, gs) => {
     const axis = n.attrs.axis!.value as number;
-    return [op.concat(n.outputs.map((o, i) => gs[i] ?? op.zerosLike(o)), axis), null];
+    return [
+      op.concat(
+        n.outputs.map((o, i) => gs[i] ?? op.zerosLike(o)),
+        axis,
+      ),
+      null,
+    ];
   },
   Concat: (g, n, k) => {
     const axis = n.attrs.axis!.value as number;
@@ -195,9 +193,7 @@ export const VJP: Record<string, Rule> = {
     let start = op.int64(gr, 0);
     return n.inputs.map((x, i) => {
       const end = op.add(start, op.dimOf(x!, axis));
-      const piece = k[i]
-        ? gr.node('Slice', [g, as1d(start), as1d(end), op.int64s(gr, [axis])], {}, [{ dtype: g.dtype, shape: x!.shape }])[0]!
-        : null;
+      const piece = k[i] ? gr.node('Slice', [g, as1d(start), as1d(end), op.int64s(gr, [axis])], {}, [{ dtype: g.dtype, shape: x!.shape }])[0]! : null;
       start = end;
       return piece;
     });
@@ -224,16 +220,30 @@ export const VJP: Record<string, Rule> = {
 function minMax(g: Tensor, n: Node, k: boolean[], pick: (a: Tensor, b: Tensor) => Tensor): (Tensor | null)[] {
   const [a, b] = [inp(n, 0), inp(n, 1)];
   const first = pick(a, b);
-  return [
-    when(k[0]!, () => unbroadcast(op.where(first, g, 0), a)),
-    when(k[1]!, () => unbroadcast(op.where(first, 0, g), b)),
-  ];
+  return [when(k[0]!, () => unbroadcast(op.where(first, g, 0), a)), when(k[1]!, () => unbroadcast(op.where(first, 0, g), b))];
 }
 
 /** Ops whose outputs carry no gradient (integer, boolean or index results). */
 const NO_GRADIENT = new Set([
-  'Shape', 'Constant', 'ConstantOfShape', 'Range', 'Equal', 'Less', 'LessOrEqual', 'Greater', 'GreaterOrEqual',
-  'And', 'Or', 'Not', 'IsNaN', 'IsInf', 'ArgMax', 'TopK', 'CumSum', 'Loop', 'If',
+  'Shape',
+  'Constant',
+  'ConstantOfShape',
+  'Range',
+  'Equal',
+  'Less',
+  'LessOrEqual',
+  'Greater',
+  'GreaterOrEqual',
+  'And',
+  'Or',
+  'Not',
+  'IsNaN',
+  'IsInf',
+  'ArgMax',
+  'TopK',
+  'CumSum',
+  'Loop',
+  'If',
 ]);
 
 /**
@@ -257,8 +267,7 @@ export function grad(loss: Tensor, wrt: Tensor[]): Tensor[] {
   // Forward: which values depend on a wrt tensor (only those need gradients).
   const depends = new Set(wrt.map((t) => t.id));
   for (const node of graph.nodes)
-    if (!NO_GRADIENT.has(node.op) && node.inputs.some((t) => t && depends.has(t.id)))
-      for (const o of node.outputs) if (isFloat(o.dtype)) depends.add(o.id);
+    if (!NO_GRADIENT.has(node.op) && node.inputs.some((t) => t && depends.has(t.id))) for (const o of node.outputs) if (isFloat(o.dtype)) depends.add(o.id);
   if (!depends.has(loss.id)) throw new Error('grad: loss does not depend on any of the given tensors');
 
   const grads = new Map<number, Tensor>([[loss.id, op.constant(graph, loss.dtype, 1)]]);

@@ -133,7 +133,10 @@ export function toOnnx(g: Graph): Uint8Array {
     ir_version: IR_VERSION,
     producer_name: 'ttrl-server',
     producer_version: '0.1.0',
-    opset_import: [{ domain: '', version: OPSET }, { domain: MS_DOMAIN, version: 1 }],
+    opset_import: [
+      { domain: '', version: OPSET },
+      { domain: MS_DOMAIN, version: 1 },
+    ],
     graph: graphProto(g),
   };
   const err = ModelProto.verify(model);
@@ -154,4 +157,3 @@ function checkNames(g: Graph, seen = new Set<string>()): void {
     for (const a of Object.values(n.attrs)) if (a.type === 'graph') checkNames(a.value, seen);
   }
 }
-

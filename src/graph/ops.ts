@@ -155,7 +155,14 @@ export function reshape(x: Tensor, spec: number[] | Tensor, outShape?: Shape): T
 }
 
 export function transpose(x: Tensor, perm: number[]): Tensor {
-  return one(x.graph, 'Transpose', [x], x.dtype, perm.map((p) => x.shape[p]!), { perm: attr.ints(perm) });
+  return one(
+    x.graph,
+    'Transpose',
+    [x],
+    x.dtype,
+    perm.map((p) => x.shape[p]!),
+    { perm: attr.ints(perm) },
+  );
 }
 
 export function concat(xs: Tensor[], axis: number): Tensor {
@@ -187,7 +194,13 @@ export function unsqueeze(x: Tensor, axes: number[]): Tensor {
 
 export function squeeze(x: Tensor, axes: number[]): Tensor {
   const norm = axes.map((a) => normAxis(a, x.rank));
-  return one(x.graph, 'Squeeze', [x, int64s(x.graph, norm)], x.dtype, x.shape.filter((_, i) => !norm.includes(i)));
+  return one(
+    x.graph,
+    'Squeeze',
+    [x, int64s(x.graph, norm)],
+    x.dtype,
+    x.shape.filter((_, i) => !norm.includes(i)),
+  );
 }
 
 /** Broadcasts x to a runtime shape; `outShape` names the result's dims. */
@@ -196,7 +209,13 @@ export function expand(x: Tensor, shape: Tensor, outShape: Shape): Tensor {
 }
 
 export function pad(x: Tensor, pads: Tensor): Tensor {
-  return one(graphOf(x, pads), 'Pad', [x, pads], x.dtype, x.shape.map((d, i) => `pad${i}(${d})`));
+  return one(
+    graphOf(x, pads),
+    'Pad',
+    [x, pads],
+    x.dtype,
+    x.shape.map((d, i) => `pad${i}(${d})`),
+  );
 }
 
 export function constantOfShape(shape: Tensor, dtype: DType, value: number, outShape: Shape): Tensor {
@@ -246,9 +265,19 @@ export const reduceSum = (x: Tensor, axes: number[], keepdims = false) => reduce
 export const reduceMean = (x: Tensor, axes: number[], keepdims = false) => reduce('ReduceMean', x, axes, keepdims);
 export const reduceMax = (x: Tensor, axes: number[], keepdims = false) => reduce('ReduceMax', x, axes, keepdims);
 /** Sum of squares of every element, to a scalar (one pass; no gradient rule: optimizer-side only). */
-export const reduceSumSquare = (x: Tensor) => reduce('ReduceSumSquare', x, x.shape.map((_, i) => i), false);
+export const reduceSumSquare = (x: Tensor) =>
+  reduce(
+    'ReduceSumSquare',
+    x,
+    x.shape.map((_, i) => i),
+    false,
+  );
 /** Sum over every element, to a scalar. */
-export const sumAll = (x: Tensor) => reduceSum(x, x.shape.map((_, i) => i));
+export const sumAll = (x: Tensor) =>
+  reduceSum(
+    x,
+    x.shape.map((_, i) => i),
+  );
 
 export function softmax(x: Tensor, axis = -1): Tensor {
   return unary('Softmax', x, x.dtype, { axis: attr.int(normAxis(axis, x.rank)) });
@@ -363,7 +392,7 @@ function factor(shape: Shape): { num: number; syms: string[] } {
  * stacked along a new leading 'iterations' axis.
  */
 export function loop(g: Graph, maxTrips: Tensor | null, cond: Tensor | null, carried: Tensor[], body: Graph): Tensor[] {
-  if (body.parent !== g) throw new Error('loop: the body must be a subgraph of the loop\'s graph');
+  if (body.parent !== g) throw new Error("loop: the body must be a subgraph of the loop's graph");
   if (body.outputs.length < 1 + carried.length) throw new Error('loop: body has fewer outputs than carried values');
   const scans = body.outputs.slice(1 + carried.length);
   const outs = [
@@ -379,7 +408,7 @@ export function loop(g: Graph, maxTrips: Tensor | null, cond: Tensor | null, car
  * the chosen branch's outputs (their shapes may differ between branches, so dims are named).
  */
 export function ifElse(g: Graph, cond: Tensor, then: Graph, otherwise: Graph): Tensor[] {
-  if (then.parent !== g || otherwise.parent !== g) throw new Error('ifElse: both branches must be subgraphs of the If\'s graph');
+  if (then.parent !== g || otherwise.parent !== g) throw new Error("ifElse: both branches must be subgraphs of the If's graph");
   if (then.outputs.length !== otherwise.outputs.length || then.outputs.some((t, i) => t.dtype !== otherwise.outputs[i]!.dtype))
     throw new Error('ifElse: the branches must have outputs of the same number and dtypes');
   const outs = then.outputs.map((t, i) => ({ dtype: t.dtype, shape: t.shape.map((_, j) => `if_out${i}_${j}`) as Shape }));

@@ -78,7 +78,9 @@ export class Adaptation {
     this.rng = new Rng(o.seed ^ 0xada97);
     this.sourceCap = o.maxClientShare >= 1 ? Infinity : Math.floor(o.maxClientShare * o.updateEvery);
     if (this.sourceCap < 1)
-      throw new Error(`an update of ${o.updateEvery} questions with at most ${o.maxClientShare} of them from one client leaves no client a question; raise --update-every or --max-client-share`);
+      throw new Error(
+        `an update of ${o.updateEvery} questions with at most ${o.maxClientShare} of them from one client leaves no client a question; raise --update-every or --max-client-share`,
+      );
     // A failure here must not reach rxjs, which would rethrow it out of a timer and stop the
     // process: it is logged, and the answer already sent stands.
     this.subs.push(
@@ -149,12 +151,15 @@ export class Adaptation {
         const cap = Math.floor(this.o.maxClientShare * taken.length);
         const seen = new Map<string, number>();
         // Newest first: a source over the cap keeps its newest questions.
-        const kept = taken.reverse().filter((e) => {
-          if (e.source === null) return true;
-          const n = (seen.get(e.source) ?? 0) + 1;
-          seen.set(e.source, n);
-          return n <= cap;
-        }).reverse();
+        const kept = taken
+          .reverse()
+          .filter((e) => {
+            if (e.source === null) return true;
+            const n = (seen.get(e.source) ?? 0) + 1;
+            seen.set(e.source, n);
+            return n <= cap;
+          })
+          .reverse();
         stats.capped_by_share += taken.length - kept.length;
         const done = kept.length === taken.length;
         taken = kept;
@@ -193,7 +198,10 @@ export class Adaptation {
       })
       .then((r) => {
         // One record per update, whatever its outcome.
-        this.log[r.outcome === 'failed' ? 'error' : 'info']({ update: { trigger, version: r.version, outcome: r.outcome, reason: r.reason, stats: r.stats } }, `update ${r.outcome}${r.version === null ? '' : ` (version ${r.version})`}${r.reason ? `: ${r.reason}` : ''}`);
+        this.log[r.outcome === 'failed' ? 'error' : 'info'](
+          { update: { trigger, version: r.version, outcome: r.outcome, reason: r.reason, stats: r.stats } },
+          `update ${r.outcome}${r.version === null ? '' : ` (version ${r.version})`}${r.reason ? `: ${r.reason}` : ''}`,
+        );
         this.lastOutcome = r;
         this.updates$.next({ phase: 'end', outcome: r });
         return r;
@@ -207,14 +215,30 @@ export class Adaptation {
     // At most `updateEvery` distinct questions: an update's size (and so its drift and its
     // time) stays bounded however many questions arrived while the last one ran.
     const { taken, stats: intake } = this.takePending();
-    if (!taken.length) return { version: null, outcome: 'skipped', reason: intake.capped_by_share ? 'no client under its share of the update (--max-client-share)' : 'no experiences yet', stats: intake };
+    if (!taken.length)
+      return {
+        version: null,
+        outcome: 'skipped',
+        reason: intake.capped_by_share ? 'no client under its share of the update (--max-client-share)' : 'no experiences yet',
+        stats: intake,
+      };
     const parent = this.versions.active;
     // The grouped batch needs the same number of samples per question.
     const trainable = taken.filter((e) => e.rollout.samples.length >= this.o.trainSamples);
-    const { selected, stats: groupStats } = selectForTraining(trainable.map((e) => e.rollout), [], { reward: 'majority', trainSamples: this.o.trainSamples, gate: this.o.gate }, this.rng);
+    const { selected, stats: groupStats } = selectForTraining(
+      trainable.map((e) => e.rollout),
+      [],
+      { reward: 'majority', trainSamples: this.o.trainSamples, gate: this.o.gate },
+      this.rng,
+    );
     if (!selected.length) {
       this.metrics.updates.inc({ outcome: 'skipped' });
-      return { version: null, outcome: 'skipped', reason: 'no question passed the gate with a learning signal', stats: { experiences: taken.length, ...intake, ...groupStats } };
+      return {
+        version: null,
+        outcome: 'skipped',
+        reason: 'no question passed the gate with a learning signal',
+        stats: { experiences: taken.length, ...intake, ...groupStats },
+      };
     }
     await this.start();
     const updater = this.updater!;

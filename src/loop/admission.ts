@@ -68,7 +68,12 @@ export function checkPrompt(question: string, l: AskLimits, id?: string, maxNewT
       id,
     );
   // Within the room, only the operator's own limit can be smaller.
-  if (n > l.maxPromptTokens) throw new ProtocolError('question_too_long', `the prompt has ${n} tokens (the question as the model reads it); at most ${l.maxPromptTokens} are accepted`, id);
+  if (n > l.maxPromptTokens)
+    throw new ProtocolError(
+      'question_too_long',
+      `the prompt has ${n} tokens (the question as the model reads it); at most ${l.maxPromptTokens} are accepted`,
+      id,
+    );
   return prompt;
 }
 

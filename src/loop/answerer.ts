@@ -130,7 +130,16 @@ export class Answerer {
     }
     if (req.signal?.aborted) return Promise.reject(new ProtocolError('internal', 'the client went away before its question was queued'));
     req.requestId = `${this.idPrefix}-${(this.nextRequest++).toString(36)}`;
-    this.log.debug({ req_id: req.requestId, ...(req.clientRequestId ? { client_req_id: req.clientRequestId } : {}), connection: req.connection, client_id: req.clientId, votes: req.votes }, 'question');
+    this.log.debug(
+      {
+        req_id: req.requestId,
+        ...(req.clientRequestId ? { client_req_id: req.clientRequestId } : {}),
+        connection: req.connection,
+        client_id: req.clientId,
+        votes: req.votes,
+      },
+      'question',
+    );
     return new Promise((resolve, reject) => {
       const key = req.lane ?? '';
       let lane = this.lanes.get(key);
@@ -219,7 +228,7 @@ export class Answerer {
     const kind = runKind(head.req);
     const taken = new Set<Pending>();
     const cursor = keys.map(() => 0);
-    for (let progress = true; progress && taken.size < this.o.batchQuestions; ) {
+    for (let progress = true; progress && taken.size < this.o.batchQuestions;) {
       progress = false;
       keys.forEach((key, i) => {
         const lane = this.lanes.get(key)!;
@@ -258,16 +267,21 @@ export class Answerer {
         return sampling?.seed ?? seedOf(this.o.seed, question, k);
       });
       const sampling = batch[0]!.req.sampling ?? {};
-      rollouts = await rolloutBatch(await this.sampler(), this.tok, batch.map((p) => p.req.question), {
-        task: this.o.task,
-        votes,
-        temperature: sampling.temperature ?? this.o.temperature,
-        topP: sampling.topP,
-        maxNewTokens: sampling.maxNewTokens,
-        stop: sampling.stop,
-        seed: this.o.seed,
-        seeds,
-      });
+      rollouts = await rolloutBatch(
+        await this.sampler(),
+        this.tok,
+        batch.map((p) => p.req.question),
+        {
+          task: this.o.task,
+          votes,
+          temperature: sampling.temperature ?? this.o.temperature,
+          topP: sampling.topP,
+          maxNewTokens: sampling.maxNewTokens,
+          stop: sampling.stop,
+          seed: this.o.seed,
+          seeds,
+        },
+      );
     } catch (e) {
       this.health?.report('sampler', (e as Error).message);
       return this.fail(batch, `sampling failed: ${(e as Error).message}`, log);
@@ -289,7 +303,13 @@ export class Answerer {
         votes: r.vote.counts,
         modelVersion: r.version,
         latencyMs: performance.now() - p.t0,
-        samples: r.samples.map((s) => ({ text: s.text, answer: s.answer, tokens: s.tokens.length, logprobSum: s.logprobs.reduce((a, b) => a + b, 0), stopped: s.stopped })),
+        samples: r.samples.map((s) => ({
+          text: s.text,
+          answer: s.answer,
+          tokens: s.tokens.length,
+          logprobSum: s.logprobs.reduce((a, b) => a + b, 0),
+          stopped: s.stopped,
+        })),
       };
     });
     let ids: number[];
@@ -314,9 +334,26 @@ export class Answerer {
       this.metrics.answered.inc();
       this.metrics.latency.observe(rec.latencyMs / 1000);
       this.metrics.majorityRatio.observe(r.vote.ratio);
-      log.debug({ req_id: p.req.requestId, question_id: ids[i], answer: r.vote.label, confidence: r.vote.ratio, latency_ms: Math.round(rec.latencyMs) }, 'answered');
-      p.resolve({ answer: r.vote.label, votes: r.vote.counts, confidence: r.vote.ratio, model_version: r.version, prompt_tokens: r.prompt.length, latency_ms: Math.round(rec.latencyMs) });
-      this.experiences$.next({ questionId: ids[i]!, rollout: r, at: answeredAt, source: p.req.source ?? null, trainable: !isOverridden(p.req.sampling), latencyMs: rec.latencyMs });
+      log.debug(
+        { req_id: p.req.requestId, question_id: ids[i], answer: r.vote.label, confidence: r.vote.ratio, latency_ms: Math.round(rec.latencyMs) },
+        'answered',
+      );
+      p.resolve({
+        answer: r.vote.label,
+        votes: r.vote.counts,
+        confidence: r.vote.ratio,
+        model_version: r.version,
+        prompt_tokens: r.prompt.length,
+        latency_ms: Math.round(rec.latencyMs),
+      });
+      this.experiences$.next({
+        questionId: ids[i]!,
+        rollout: r,
+        at: answeredAt,
+        source: p.req.source ?? null,
+        trainable: !isOverridden(p.req.sampling),
+        latencyMs: rec.latencyMs,
+      });
     });
   }
 
@@ -329,7 +366,16 @@ export class Answerer {
 
   private logFailed(batch: Pending[], error: string): void {
     try {
-      this.store.recordFailed(batch.map((p) => ({ clientId: p.req.clientId, connection: p.req.connection, question: p.req.question, votesRequested: p.req.votes, receivedAt: p.receivedAt, error })));
+      this.store.recordFailed(
+        batch.map((p) => ({
+          clientId: p.req.clientId,
+          connection: p.req.connection,
+          question: p.req.question,
+          votesRequested: p.req.votes,
+          receivedAt: p.receivedAt,
+          error,
+        })),
+      );
     } catch {
       // The database itself is failing; the clients still hear of it.
     }

@@ -48,10 +48,12 @@ export async function contentFingerprint(files: string[]): Promise<string> {
 }
 
 export async function stampsOf(files: string[]): Promise<FileStamp[]> {
-  return Promise.all(files.map(async (path) => {
-    const st = await stat(path);
-    return { path, size: st.size, mtimeMs: st.mtimeMs };
-  }));
+  return Promise.all(
+    files.map(async (path) => {
+      const st = await stat(path);
+      return { path, size: st.size, mtimeMs: st.mtimeMs };
+    }),
+  );
 }
 
 /**
@@ -64,7 +66,9 @@ export async function claimBaseModel(store: Store, model: string): Promise<{ fin
   const known = store.getMeta(FINGERPRINT_KEY);
   const fingerprint = known && store.getMeta(STAMPS_KEY) === stamps ? known : await contentFingerprint(files);
   if (known && known !== fingerprint)
-    throw new Error(`${store.file} logs a different base model (weights ${known}, this one ${fingerprint}, from ${files.join(', ')}); use another --db or the model it was created with`);
+    throw new Error(
+      `${store.file} logs a different base model (weights ${known}, this one ${fingerprint}, from ${files.join(', ')}); use another --db or the model it was created with`,
+    );
   store.setMeta(FINGERPRINT_KEY, fingerprint);
   store.setMeta(STAMPS_KEY, stamps);
   return { fingerprint, files };

@@ -146,7 +146,9 @@ export class CandidateJudge {
     if (served.adapters) await prober.setAdapters(served.adapters, version);
     else await prober.setWeights(served.weights, version);
     // Same seed for every version: differences come from the weights, not the dice.
-    const s = probeStatsOf(await rolloutBatch(prober, this.tok, questions, { task: this.o.task, votes: 1, temperature: 1, topP: GREEDY_TOP_P, seed: this.o.seed ^ 0x9b0be }));
+    const s = probeStatsOf(
+      await rolloutBatch(prober, this.tok, questions, { task: this.o.task, votes: 1, temperature: 1, topP: GREEDY_TOP_P, seed: this.o.seed ^ 0x9b0be }),
+    );
     if (version >= 0) this.probeCache.set(key, s);
     return s;
   }

@@ -7,7 +7,17 @@ import { Store } from '../store/store.ts';
 import { taskFromSettings, type Task } from '../tasks/task.ts';
 import { askLimits, type AskLimits } from './admission.ts';
 import { Adaptation } from './adaptation.ts';
-import type { BatchingSettings, ModelSettings, GuardSettings, LimitSettings, SamplingSettings, ScheduleSettings, StorageSettings, TaskGroupSettings, TrainSettings } from '../config/settings.ts';
+import type {
+  BatchingSettings,
+  ModelSettings,
+  GuardSettings,
+  LimitSettings,
+  SamplingSettings,
+  ScheduleSettings,
+  StorageSettings,
+  TaskGroupSettings,
+  TrainSettings,
+} from '../config/settings.ts';
 import { loraConfigFor } from '../model/lora.ts';
 import { Answerer } from './answerer.ts';
 import { CandidateJudge } from './judge.ts';
@@ -79,35 +89,9 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
         await (await versions.live()).generate([[0]], { samplesPerPrompt: 1, maxNewTokens: 1, seed: 0, stopTokens: [], padToken: 0 });
       },
     });
-    const answerer = new Answerer(
-      () => versions.live(),
-      model.tokenizer,
-      store,
-      { ...s, task },
-      metrics,
-      health,
-      logger,
-    );
-    const judge = new CandidateJudge(
-      store,
-      model.config,
-      model.tokenizer,
-      versions.base,
-      { ...s, task },
-      metrics,
-      lora,
-    );
-    const adaptation = new Adaptation(
-      answerer.experiences$,
-      versions,
-      judge,
-      store,
-      model.config,
-      model.tokenizer,
-      { ...s, lora },
-      metrics,
-      logger,
-    );
+    const answerer = new Answerer(() => versions.live(), model.tokenizer, store, { ...s, task }, metrics, health, logger);
+    const judge = new CandidateJudge(store, model.config, model.tokenizer, versions.base, { ...s, task }, metrics, lora);
+    const adaptation = new Adaptation(answerer.experiences$, versions, judge, store, model.config, model.tokenizer, { ...s, lora }, metrics, logger);
     cleanup.unshift(() => adaptation.close());
     if (s.adapt) await adaptation.start();
     let closing: Promise<void> | null = null;

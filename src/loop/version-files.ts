@@ -138,7 +138,10 @@ const sha256Of = (bytes: Uint8Array) => createHash('sha256').update(bytes).diges
  * A version file's bytes, read once and verified against its row: the recorded sha256 (when
  * there is one), a readable safetensors layout, and no other database's id.
  */
-async function readVerified(row: VersionRow, databaseId: string): Promise<{ bytes: Buffer; sha256: string; metadata: Record<string, string>; tensors: Map<string, NamedTensor> }> {
+async function readVerified(
+  row: VersionRow,
+  databaseId: string,
+): Promise<{ bytes: Buffer; sha256: string; metadata: Record<string, string>; tensors: Map<string, NamedTensor> }> {
   const path = row.weights_path!;
   let bytes: Buffer;
   try {
@@ -148,7 +151,9 @@ async function readVerified(row: VersionRow, databaseId: string): Promise<{ byte
   }
   const sha256 = sha256Of(bytes);
   if (row.weights_sha256 && row.weights_sha256 !== sha256)
-    throw new CorruptWeights(`${path} (${bytes.length} bytes) has sha256 ${sha256}, not the ${row.weights_sha256} recorded when it was written: it was damaged, truncated or replaced`);
+    throw new CorruptWeights(
+      `${path} (${bytes.length} bytes) has sha256 ${sha256}, not the ${row.weights_sha256} recorded when it was written: it was damaged, truncated or replaced`,
+    );
   let contents: { metadata: Record<string, string>; tensors: Map<string, NamedTensor> };
   try {
     contents = decodeSafetensors(bytes);
@@ -156,7 +161,8 @@ async function readVerified(row: VersionRow, databaseId: string): Promise<{ byte
     throw new CorruptWeights(`${path} is not a readable safetensors file: ${(e as Error).message}`);
   }
   const owner = contents.metadata[DATABASE_META];
-  if (owner !== undefined && owner !== databaseId) throw new CorruptWeights(`${path} was written for another database (id ${owner}), not this one (${databaseId})`);
+  if (owner !== undefined && owner !== databaseId)
+    throw new CorruptWeights(`${path} was written for another database (id ${owner}), not this one (${databaseId})`);
   return { bytes, sha256, ...contents };
 }
 
@@ -206,7 +212,11 @@ export async function loadVersionWeights(path: string, config: ModelConfig): Pro
  * `adapter` its LoRA adapters in PEFT's layout. The base must be the store's own (checked by
  * fingerprint); its path defaults to the one version 0 was created from.
  */
-export async function exportVersion(store: Store, version: number, o: { out: string; adapter?: boolean; model?: string }): Promise<{ model: string; kind: 'full' | 'lora' }> {
+export async function exportVersion(
+  store: Store,
+  version: number,
+  o: { out: string; adapter?: boolean; model?: string },
+): Promise<{ model: string; kind: 'full' | 'lora' }> {
   const row = store.version(version);
   if (!row) throw new Error(`${store.file}: no model version ${version}`);
   if (!row.weights_path) throw new Error(`${store.file}: version ${version} was ${row.status} and its weights were not kept`);
@@ -218,13 +228,19 @@ export async function exportVersion(store: Store, version: number, o: { out: str
   const model = await loadModel(modelPath);
   // The version's bytes, verified as a load verifies them (sha256, this database's file):
   // a damaged file is refused, naming it, rather than exported.
-  const file = version > 0 ? await readVerified(row, store.databaseId()).catch((e) => {
-    throw new Error(`version ${version}: ${(e as Error).message}; not exported`);
-  }) : null;
+  const file =
+    version > 0
+      ? await readVerified(row, store.databaseId()).catch((e) => {
+          throw new Error(`version ${version}: ${(e as Error).message}; not exported`);
+        })
+      : null;
   const isAdapter = file?.metadata.format === ADAPTER_FORMAT;
   const metadata = { ...model.metadata, ttrl_version: String(version), ttrl_parent: String(row.parent ?? ''), ttrl_base: actual };
   if (o.adapter) {
-    if (!isAdapter) throw new Error(`version ${version} ${version === 0 ? 'is the base model' : `holds full weights (${row.weights_path})`}: it has no LoRA adapters to export; leave out --adapter`);
+    if (!isAdapter)
+      throw new Error(
+        `version ${version} ${version === 0 ? 'is the base model' : `holds full weights (${row.weights_path})`}: it has no LoRA adapters to export; leave out --adapter`,
+      );
     const f = adapterFileOf(row.weights_path, file!, model.config);
     await writePeftAdapter(o.out, model.config, { ...f, baseModel: resolve(modelPath) });
     return { model: modelPath, kind: 'lora' };

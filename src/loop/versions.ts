@@ -95,7 +95,15 @@ export class Versions {
     const row = store.activeVersion();
     if (!row) throw new Error(`${store.file}: no active model version (every version is retired, rejected or corrupt); activate one in model_versions`);
     const log = o.log ?? (() => {});
-    const versionFiles = VersionFiles.open({ dir: o.versionsDir, config: o.model.config, base: o.model.weights, lora: o.lora, fingerprint, databaseId: store.databaseId(), log });
+    const versionFiles = VersionFiles.open({
+      dir: o.versionsDir,
+      config: o.model.config,
+      base: o.model.weights,
+      lora: o.lora,
+      fingerprint,
+      databaseId: store.databaseId(),
+      log,
+    });
     const serving = await servingAtStart(store, versionFiles, row, log);
     const init = { config: o.model.config, lora: o.lora, threads: o.sampler.threads, spin: o.sampler.spin };
     const sampler = await ServingSampler.start(serving, { init, store, log });
@@ -174,7 +182,10 @@ export class Versions {
   private prune(): void {
     const { store, files, keepVersions } = this.parts;
     if (!keepVersions) return;
-    const retired = store.versions().filter((v) => v.status === 'retired' && v.version > 0 && v.weights_path).sort((a, b) => b.version - a.version);
+    const retired = store
+      .versions()
+      .filter((v) => v.status === 'retired' && v.version > 0 && v.weights_path)
+      .sort((a, b) => b.version - a.version);
     const pruned: number[] = [];
     for (const row of retired.slice(keepVersions)) {
       // The row first: a crash between the two leaves a stray file, never a row naming a

@@ -28,7 +28,13 @@ export function attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, s: Attenti
   // [B, H, T, hd] is [B, KV, G*T, hd] in memory: row g*T + t of kv head j is query head j*G + g.
   const rows = G === 1 ? q : op.reshape(q, [0, KV, -1, hd], ['B', KV, 'GT', hd]);
   // The bias of query t serves every row g*T + t.
-  const rowBias = G === 1 ? bias : op.concat(Array.from({ length: G }, () => bias), 2);
+  const rowBias =
+    G === 1
+      ? bias
+      : op.concat(
+          Array.from({ length: G }, () => bias),
+          2,
+        );
   const probs = op.softmax(op.add(op.matmul(rows, kT), rowBias), -1);
   const out = op.matmul(probs, v); // [B, KV, G*T, hd]
   const byHead = G === 1 ? out : op.reshape(out, [0, H, -1, hd], ['B', H, 'T', hd]);

@@ -25,5 +25,11 @@ export function rotaryCache(positions: Tensor, inverseFrequencies: Float32Array)
 
 /** rotate_half rotary embedding of heads x [B, H, T, hd] (com.microsoft.RotaryEmbedding, non-interleaved). */
 export function rotaryEmbedding(x: Tensor, cache: { ids: Tensor; cos: Tensor; sin: Tensor }): Tensor {
-  return x.graph.node('RotaryEmbedding', [x, cache.ids, cache.cos, cache.sin], { interleaved: attr.int(0) }, [{ dtype: x.dtype, shape: x.shape }], MS_DOMAIN)[0]!;
+  return x.graph.node(
+    'RotaryEmbedding',
+    [x, cache.ids, cache.cos, cache.sin],
+    { interleaved: attr.int(0) },
+    [{ dtype: x.dtype, shape: x.shape }],
+    MS_DOMAIN,
+  )[0]!;
 }

@@ -11,8 +11,7 @@ import { loraLinear } from './lora-linear.ts';
 import type { ForwardInput, KV, ModelFamily, ParamSpec, Params } from './family.ts';
 
 export type RopeScaling =
-  | { type: 'llama3'; factor: number; lowFreqFactor: number; highFreqFactor: number; originalContext: number }
-  | { type: 'linear'; factor: number };
+  { type: 'llama3'; factor: number; lowFreqFactor: number; highFreqFactor: number; originalContext: number } | { type: 'linear'; factor: number };
 
 export interface LlamaConfig {
   family: 'llama';
@@ -44,7 +43,10 @@ function paramSpecs(c: LlamaConfig): ParamSpec[] {
   const [d, hd] = [c.hiddenSize, c.headDim];
   const w = (name: string, shape: number[]): ParamSpec => ({ name, shape, decay: true, init: 'normal', std: 0.02 });
   const vec = (name: string, n: number, init: 'zeros' | 'ones'): ParamSpec => ({ name, shape: [n], decay: false, init });
-  const linear = (name: string, out: number, inp: number, bias: boolean) => [w(`${name}.weight`, [out, inp]), ...(bias ? [vec(`${name}.bias`, out, 'zeros')] : [])];
+  const linear = (name: string, out: number, inp: number, bias: boolean) => [
+    w(`${name}.weight`, [out, inp]),
+    ...(bias ? [vec(`${name}.bias`, out, 'zeros')] : []),
+  ];
   const specs: ParamSpec[] = [{ ...w('model.embed_tokens.weight', [c.vocabSize, d]), decay: false }];
   for (let i = 0; i < c.layers; i++) {
     const L = layer(i);

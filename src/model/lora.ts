@@ -45,7 +45,8 @@ export function loraConfigFor(c: ModelConfig, o: { rank: number; alpha?: number;
 export function loraModules(c: ModelConfig, l: LoraConfig): LoraModule[] {
   if (!Number.isInteger(l.rank) || l.rank < 1) throw new Error(`lora: rank must be an integer >= 1, got ${l.rank}`);
   if (!(Number.isFinite(l.alpha) && l.alpha > 0)) throw new Error(`lora: alpha must be a number > 0, got ${l.alpha}`);
-  if (!Array.isArray(l.targets) || !l.targets.length || !l.targets.every((t) => typeof t === 'string' && t)) throw new Error('lora: targets must be a non-empty list of module names');
+  if (!Array.isArray(l.targets) || !l.targets.length || !l.targets.every((t) => typeof t === 'string' && t))
+    throw new Error('lora: targets must be a non-empty list of module names');
   const family = familyOf(c);
   const matches = (module: string, t: string) => module === t || module.endsWith(`.${t}`);
   const linear = (module: string) => family.linearModules.some((m) => matches(module, m));
@@ -62,7 +63,9 @@ export function loraModules(c: ModelConfig, l: LoraConfig): LoraModule[] {
   }
   const unused = l.targets.filter((t) => !used.has(t));
   if (unused.length)
-    throw new Error(`lora: target ${unused.map((t) => JSON.stringify(t)).join(', ')} matches no linear module of this ${c.family} model (adaptable: ${family.linearModules.join(', ')})`);
+    throw new Error(
+      `lora: target ${unused.map((t) => JSON.stringify(t)).join(', ')} matches no linear module of this ${c.family} model (adaptable: ${family.linearModules.join(', ')})`,
+    );
   return out;
 }
 
@@ -157,7 +160,13 @@ function tensorsOf(c: ModelConfig, l: LoraConfig, a: Weights, prefix = ''): Map<
 
 /** Our adapter file: a safetensors file of the adapters, the config and the base identity in its metadata (plus `extra` metadata). */
 export function encodeAdapterFile(c: ModelConfig, f: AdapterFile, extra: Record<string, string> = {}): Buffer {
-  const meta = { format: ADAPTER_FORMAT, rank: String(f.lora.rank), alpha: String(f.lora.alpha), targets: JSON.stringify(f.lora.targets), base_model: f.baseModel };
+  const meta = {
+    format: ADAPTER_FORMAT,
+    rank: String(f.lora.rank),
+    alpha: String(f.lora.alpha),
+    targets: JSON.stringify(f.lora.targets),
+    base_model: f.baseModel,
+  };
   return encodeSafetensors(tensorsOf(c, f.lora, f.adapters), { ...meta, ...extra });
 }
 
@@ -195,14 +204,16 @@ function adaptersFrom(path: string, c: ModelConfig, lora: LoraConfig, tensors: M
   if (expect) {
     if (expect.rank !== lora.rank) throw new Error(`adapter file ${path}: rank mismatch: the file has rank ${lora.rank}, expected ${expect.rank}`);
     if (expect.alpha !== lora.alpha) throw new Error(`adapter file ${path}: alpha mismatch: the file has ${lora.alpha}, expected ${expect.alpha}`);
-    if ([...expect.targets].sort().join() !== [...lora.targets].sort().join()) throw new Error(`adapter file ${path}: targets [${lora.targets}] differ from the expected [${expect.targets}]`);
+    if ([...expect.targets].sort().join() !== [...lora.targets].sort().join())
+      throw new Error(`adapter file ${path}: targets [${lora.targets}] differ from the expected [${expect.targets}]`);
   }
   const out: Weights = new Map();
   const specs = loraSpecs(c, lora);
   for (const s of specs) {
     const t = tensors.get(prefix + s.name);
     if (!t) throw new Error(`adapter file ${path}: missing tensor ${prefix + s.name}`);
-    if (t.shape.join() !== s.shape.join()) throw new Error(`adapter file ${path}: tensor ${prefix + s.name} has shape [${t.shape}], expected [${s.shape}] (rank ${lora.rank})`);
+    if (t.shape.join() !== s.shape.join())
+      throw new Error(`adapter file ${path}: tensor ${prefix + s.name} has shape [${t.shape}], expected [${s.shape}] (rank ${lora.rank})`);
     if (t.dtype === 'F32') out.set(s.name, t.data as Float32Array);
     else if (t.dtype === 'F16' || t.dtype === 'BF16') out.set(s.name, widenToFloat32(t.data as Uint16Array, t.dtype));
     else throw new Error(`adapter file ${path}: tensor ${prefix + s.name} is ${t.dtype}; adapters are F32, F16 or BF16`);
@@ -268,7 +279,8 @@ export async function readPeftAdapter(dir: string, c: ModelConfig, expect?: Lora
   if (raw.modules_to_save && (raw.modules_to_save as unknown[]).length) throw bad('modules_to_save', 'is not supported (adapters only)');
   if (raw.layers_to_transform !== undefined && raw.layers_to_transform !== null) throw bad('layers_to_transform', 'is not supported');
   const fanInFanOut = familyOf(c).weightLayout === 'in-out';
-  if ((raw.fan_in_fan_out ?? false) !== fanInFanOut) throw bad('fan_in_fan_out', `does not match this ${c.family} model's weight layout (expected ${fanInFanOut})`);
+  if ((raw.fan_in_fan_out ?? false) !== fanInFanOut)
+    throw bad('fan_in_fan_out', `does not match this ${c.family} model's weight layout (expected ${fanInFanOut})`);
   const lora: LoraConfig = { rank: raw.r, alpha: raw.lora_alpha, targets: targets as string[] };
   const weightsPath = join(dir, PEFT_WEIGHTS);
   const { tensors } = await readSafetensors(weightsPath).catch((e) => {

@@ -59,6 +59,7 @@ export const httpStatus = (code: ErrorCode): number => HTTP_STATUS[code] ?? 400;
 /** A body that failed its schema, as our error: unknown_field for a field not known, else invalid_message naming the field. */
 export function schemaError(e: z.ZodError, whole: string, id?: string): ProtocolError {
   const issue = e.issues[0]!;
-  if (issue.code === 'unrecognized_keys') return new ProtocolError('unknown_field', `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`, id);
+  if (issue.code === 'unrecognized_keys')
+    return new ProtocolError('unknown_field', `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`, id);
   return new ProtocolError('invalid_message', `${issue.path.join('.') || whole}: ${issue.message}`, id);
 }

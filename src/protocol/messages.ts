@@ -147,7 +147,14 @@ export function helloMessage(connection: string, o: { model_version: number; lim
 
 /** An answer; `id` is the question's (always on the WebSocket; on POST /v1/ask only when the request gave one). */
 export function answerMessage(a: Answer, id?: string): AnswerMessage {
-  const body = { answer: a.answer, votes: a.votes, confidence: a.confidence, model_version: a.model_version, prompt_tokens: a.prompt_tokens, latency_ms: a.latency_ms };
+  const body = {
+    answer: a.answer,
+    votes: a.votes,
+    confidence: a.confidence,
+    model_version: a.model_version,
+    prompt_tokens: a.prompt_tokens,
+    latency_ms: a.latency_ms,
+  };
   return id === undefined ? { type: 'answer', ...body } : { type: 'answer', id, ...body };
 }
 

@@ -70,7 +70,10 @@ export async function replayLive(items: ReplayItem[], o: LiveOptions): Promise<L
       const s = { timer: setTimeout(() => (sleeping.delete(s), wake()), ms), wake };
       sleeping.add(s);
     });
-  for (const c of clients) c.on('disconnect', (d) => stop(`the server closed the connection (code ${d.code}${d.reason ? `: ${d.reason}` : ''}) after ${done} of ${items.length} questions`));
+  for (const c of clients)
+    c.on('disconnect', (d) =>
+      stop(`the server closed the connection (code ${d.code}${d.reason ? `: ${d.reason}` : ''}) after ${done} of ${items.length} questions`),
+    );
   const finish = (i: number, patch: Partial<Outcome>) => {
     outcomes[i] = { question: items[i]!.question, truth: items[i]!.answer, ...patch };
     done++;

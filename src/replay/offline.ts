@@ -26,7 +26,11 @@ export interface OfflineResult {
  */
 export const REPLAY_EXACT = { updateIntervalS: 0, trainThreads: 1 } as const;
 
-export async function replayOffline(items: ReplayItem[], s: PipelineSettings, o: { keepDb?: boolean; onProgress?: (done: number) => void } = {}): Promise<OfflineResult> {
+export async function replayOffline(
+  items: ReplayItem[],
+  s: PipelineSettings,
+  o: { keepDb?: boolean; onProgress?: (done: number) => void } = {},
+): Promise<OfflineResult> {
   const scratch = await mkdtemp(join(tmpdir(), 'ttrl-replay-'));
   // The settings as given: for two runs to agree, pass REPLAY_EXACT's (the CLI does unless told otherwise).
   const settings: PipelineSettings = { ...s, queueLimit: Math.max(s.queueLimit, s.batchQuestions), db: o.keepDb ? s.db : join(scratch, 'replay.sqlite') };
@@ -55,7 +59,14 @@ export async function replayOffline(items: ReplayItem[], s: PipelineSettings, o:
         const it = chunk[j]!;
         outcomes.push(
           r.status === 'fulfilled'
-            ? { question: it.question, truth: it.answer, answer: r.value.answer, version: r.value.model_version, confidence: r.value.confidence, latencyMs: r.value.latency_ms }
+            ? {
+                question: it.question,
+                truth: it.answer,
+                answer: r.value.answer,
+                version: r.value.model_version,
+                confidence: r.value.confidence,
+                latencyMs: r.value.latency_ms,
+              }
             : { question: it.question, truth: it.answer, error: (r.reason as { code?: string }).code ?? 'internal' },
         );
       });

@@ -68,7 +68,7 @@ export function buildReport(outcomes: Outcome[], sent: number, wallS: number, wi
       answered: a.length,
       accuracy: round(accuracyOf(a)),
       majority_ratio: round(conf.length ? conf.reduce((s, o) => s + o.confidence!, 0) / conf.length : null),
-      version: a.length ? a[a.length - 1]!.version ?? null : null,
+      version: a.length ? (a[a.length - 1]!.version ?? null) : null,
     });
   }
   const perVersion: Report['per_version'] = {};

@@ -23,7 +23,8 @@ export interface ReplayItem {
 export function parseTime(t: string, flag: string): number {
   const n = Number(t);
   const ms = Number.isFinite(n) && /^\d+$/.test(t.trim()) ? n : Date.parse(t);
-  if (!Number.isFinite(ms)) throw new Error(`${flag}: not a time: ${JSON.stringify(t)} (use an ISO date-time such as 2026-11-25T12:00:00Z, or epoch milliseconds)`);
+  if (!Number.isFinite(ms))
+    throw new Error(`${flag}: not a time: ${JSON.stringify(t)} (use an ISO date-time such as 2026-11-25T12:00:00Z, or epoch milliseconds)`);
   return ms;
 }
 

@@ -107,7 +107,12 @@ export interface Accuracy {
 
 /** Scores rollouts against true answers (the rollouts and answers are aligned). */
 export function accuracy(rollouts: Rollout[], answers: string[]): Accuracy {
-  let right = 0, parsable = 0, len = 0, samples = 0, maj = 0, ratio = 0;
+  let right = 0,
+    parsable = 0,
+    len = 0,
+    samples = 0,
+    maj = 0,
+    ratio = 0;
   rollouts.forEach((r, i) => {
     const truth = normalizeAnswer(answers[i]);
     for (const s of r.samples) {

@@ -36,7 +36,9 @@ export class ApiKeys {
   static presented(req: IncomingMessage): string | undefined {
     const auth = req.headers.authorization;
     if (auth) return /^Bearer\s+(\S+)\s*$/i.exec(auth)?.[1] ?? '';
-    const offered = String(req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());
+    const offered = String(req.headers['sec-websocket-protocol'] ?? '')
+      .split(',')
+      .map((p) => p.trim());
     return offered.find((p) => p.startsWith(WS_KEY_PREFIX))?.slice(WS_KEY_PREFIX.length);
   }
 }

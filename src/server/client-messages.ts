@@ -14,7 +14,8 @@ export interface ServerLimits extends AskLimits {
 
 /** Parses one client message; throws ProtocolError with the right code. */
 export function parseClientMessage(raw: string, l: ServerLimits): ClientMessage {
-  if (Buffer.byteLength(raw) > l.maxMessageBytes) throw new ProtocolError('payload_too_large', `the message has ${Buffer.byteLength(raw)} bytes; at most ${l.maxMessageBytes} are accepted`);
+  if (Buffer.byteLength(raw) > l.maxMessageBytes)
+    throw new ProtocolError('payload_too_large', `the message has ${Buffer.byteLength(raw)} bytes; at most ${l.maxMessageBytes} are accepted`);
   let v: unknown;
   try {
     v = JSON.parse(raw);

@@ -36,9 +36,15 @@ export class ConnectionLimiter {
     const address = socket.remoteAddress ?? 'unknown';
     const mine = this.perAddress.get(address) ?? 0;
     if (this.total >= this.limits.maxConnections)
-      this.refused.set(socket, { status: 503, message: `the server has ${this.total} connections open, its limit (--max-connections ${this.limits.maxConnections}); retry later` });
+      this.refused.set(socket, {
+        status: 503,
+        message: `the server has ${this.total} connections open, its limit (--max-connections ${this.limits.maxConnections}); retry later`,
+      });
     else if (mine >= this.limits.maxConnectionsPerAddress)
-      this.refused.set(socket, { status: 429, message: `${address} has ${mine} connections open, the limit per address (--max-connections-per-address ${this.limits.maxConnectionsPerAddress}); close some first` });
+      this.refused.set(socket, {
+        status: 429,
+        message: `${address} has ${mine} connections open, the limit per address (--max-connections-per-address ${this.limits.maxConnectionsPerAddress}); close some first`,
+      });
     this.total++;
     this.perAddress.set(address, mine + 1);
     socket.once('close', () => {

@@ -36,7 +36,10 @@ export class Dashboard {
 
   constructor(private readonly o: DashboardOptions) {
     this.state = new DashboardState(o, (event, data) => this.send(event, data));
-    this.heartbeat = setInterval(guarded(o.logger ?? silentLogger, 'dashboard heartbeat', () => this.comment('keep-alive')), HEARTBEAT_MS);
+    this.heartbeat = setInterval(
+      guarded(o.logger ?? silentLogger, 'dashboard heartbeat', () => this.comment('keep-alive')),
+      HEARTBEAT_MS,
+    );
     this.heartbeat.unref();
   }
 
@@ -88,7 +91,9 @@ export class Dashboard {
     });
     r.get('/dashboard/events', this.access, (req, res) => {
       if (this.closed) return res.status(503).json(errorMessage('shutting_down', 'the server is shutting down'));
-      res.status(200).set({ 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-store', Connection: 'keep-alive', 'X-Accel-Buffering': 'no' });
+      res
+        .status(200)
+        .set({ 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-store', Connection: 'keep-alive', 'X-Accel-Buffering': 'no' });
       res.flushHeaders();
       req.socket.setNoDelay(true);
       res.write(`retry: 2000\nevent: snapshot\ndata: ${JSON.stringify(this.state.snapshot())}\n\n`);

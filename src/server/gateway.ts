@@ -12,7 +12,17 @@ import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import type { Answerer } from '../loop/answerer.ts';
 import type { Metrics } from '../loop/metrics.ts';
 import { ProtocolError } from '../protocol/errors.ts';
-import { answerMessage, errorMessage, helloMessage, pongMessage, voteMessage, type AskMessage, type ErrorMessage, type HelloMessage, type ServerMessage } from '../protocol/messages.ts';
+import {
+  answerMessage,
+  errorMessage,
+  helloMessage,
+  pongMessage,
+  voteMessage,
+  type AskMessage,
+  type ErrorMessage,
+  type HelloMessage,
+  type ServerMessage,
+} from '../protocol/messages.ts';
 import { ApiKeys, WS_SUBPROTOCOL } from './auth.ts';
 import { parseClientMessage, type ServerLimits } from './client-messages.ts';
 import type { ConnectionLimiter } from './connections.ts';
@@ -75,13 +85,26 @@ export class Gateway {
     this.log = o.logger ?? silentLogger;
     this.wss.on(
       'connection',
-      guarded(this.log, 'ws connection', (ws: WebSocket, req: IncomingMessage & { source?: string }) => this.onConnection(ws, req.source), (_e, ws) => ws.terminate()),
+      guarded(
+        this.log,
+        'ws connection',
+        (ws: WebSocket, req: IncomingMessage & { source?: string }) => this.onConnection(ws, req.source),
+        (_e, ws) => ws.terminate(),
+      ),
     );
-    this.wss.on('error', guarded(this.log, 'ws server error', () => undefined));
+    this.wss.on(
+      'error',
+      guarded(this.log, 'ws server error', () => undefined),
+    );
     // The handshake faults ws finds itself (Upgrade, Sec-WebSocket-Key, Sec-WebSocket-Protocol): 400 in our shape.
     this.wss.on(
       'wsClientError',
-      guarded(this.log, 'ws handshake', (err: Error, socket: Duplex) => refuseUpgrade(socket, 400, 'invalid_message', `not a valid WebSocket handshake: ${err.message}`), (_e, _err, socket) => socket.destroy()),
+      guarded(
+        this.log,
+        'ws handshake',
+        (err: Error, socket: Duplex) => refuseUpgrade(socket, 400, 'invalid_message', `not a valid WebSocket handshake: ${err.message}`),
+        (_e, _err, socket) => socket.destroy(),
+      ),
     );
   }
 
@@ -100,14 +123,26 @@ export class Gateway {
       key = this.o.keys.check(ApiKeys.presented(req));
       if (!key) {
         this.o.metrics.rejected.inc({ code: 'unauthorized' });
-        return refuseUpgrade(socket, 401, 'unauthorized', `${WS_PATH} needs an API key: Authorization: Bearer KEY, or the subprotocol ttrl.key.KEY beside ${WS_SUBPROTOCOL}`, 'WWW-Authenticate: Bearer\r\n');
+        return refuseUpgrade(
+          socket,
+          401,
+          'unauthorized',
+          `${WS_PATH} needs an API key: Authorization: Bearer KEY, or the subprotocol ttrl.key.KEY beside ${WS_SUBPROTOCOL}`,
+          'WWW-Authenticate: Bearer\r\n',
+        );
       }
     }
     // The handshake's own faults, answered in our JSON shape (ws would answer text/plain).
     if (req.method !== 'GET') return refuseUpgrade(socket, 405, 'invalid_message', `a WebSocket handshake is a GET, not ${req.method}`, 'Allow: GET\r\n');
     const version = req.headers['sec-websocket-version'];
     if (version !== '13')
-      return refuseUpgrade(socket, 426, 'invalid_message', `Sec-WebSocket-Version must be 13 (got ${version === undefined ? 'none' : JSON.stringify(version)})`, 'Sec-WebSocket-Version: 13\r\n');
+      return refuseUpgrade(
+        socket,
+        426,
+        'invalid_message',
+        `Sec-WebSocket-Version must be 13 (got ${version === undefined ? 'none' : JSON.stringify(version)})`,
+        'Sec-WebSocket-Version: 13\r\n',
+      );
     this.wss.handleUpgrade(req, socket, head, (ws) => this.wss.emit('connection', ws, Object.assign(req, { source: key ?? undefined })));
   }
 
@@ -139,7 +174,10 @@ export class Gateway {
         this.answerer.cancel(connection, 'the client disconnected before its question was sampled');
       }),
     );
-    ws.on('error', guarded(this.log, 'ws error', () => ws.terminate()));
+    ws.on(
+      'error',
+      guarded(this.log, 'ws error', () => ws.terminate()),
+    );
     ws.on(
       'message',
       guarded(
@@ -168,11 +206,16 @@ export class Gateway {
 
   private async onAsk(ws: WebSocket, client: Client, msg: AskMessage): Promise<void> {
     const { asking } = client;
-    if (asking.has(msg.id)) return this.sendError(ws, new ProtocolError('duplicate_id', `question ${JSON.stringify(msg.id)} is still being answered on this connection`, msg.id));
+    if (asking.has(msg.id))
+      return this.sendError(ws, new ProtocolError('duplicate_id', `question ${JSON.stringify(msg.id)} is still being answered on this connection`, msg.id));
     if (asking.size + client.unsent >= this.o.maxInFlight)
       return this.sendError(
         ws,
-        new ProtocolError('too_many_in_flight', `this connection has ${asking.size + client.unsent} questions in flight (unanswered, or answered and not yet read), the limit (max_in_flight ${this.o.maxInFlight}); wait for an answer`, msg.id),
+        new ProtocolError(
+          'too_many_in_flight',
+          `this connection has ${asking.size + client.unsent} questions in flight (unanswered, or answered and not yet read), the limit (max_in_flight ${this.o.maxInFlight}); wait for an answer`,
+          msg.id,
+        ),
       );
     asking.add(msg.id);
     this.o.metrics.questions.inc({ transport: 'ws' });

@@ -42,7 +42,8 @@ export interface AppOptions {
 
 /** Version numbers in a route are canonical decimal integers: not " 1", "0x1", "1e0" or "01". */
 export function parseVersionNumber(raw: string): number {
-  if (!/^(0|[1-9][0-9]{0,14})$/.test(raw)) throw new ProtocolError('invalid_message', `not a version number: ${JSON.stringify(raw)} (a decimal integer: 0, 1, 2, ...)`);
+  if (!/^(0|[1-9][0-9]{0,14})$/.test(raw))
+    throw new ProtocolError('invalid_message', `not a version number: ${JSON.stringify(raw)} (a decimal integer: 0, 1, 2, ...)`);
   return Number(raw);
 }
 
@@ -143,12 +144,30 @@ export function createApp(o: AppOptions) {
       fail(res, pe.code, pe.message);
     }
   };
-  admin.get('/status', route(() => o.admin.status()));
-  admin.get('/versions', route(() => o.admin.versions()));
-  admin.post('/versions/:version/activate', route((req) => o.admin.activate(parseVersionNumber(String(req.params.version)))));
-  admin.post('/adaptation/pause', route(() => o.admin.pause()));
-  admin.post('/adaptation/resume', route(() => o.admin.resume()));
-  admin.post('/adaptation/update', route(() => o.admin.updateNow()));
+  admin.get(
+    '/status',
+    route(() => o.admin.status()),
+  );
+  admin.get(
+    '/versions',
+    route(() => o.admin.versions()),
+  );
+  admin.post(
+    '/versions/:version/activate',
+    route((req) => o.admin.activate(parseVersionNumber(String(req.params.version)))),
+  );
+  admin.post(
+    '/adaptation/pause',
+    route(() => o.admin.pause()),
+  );
+  admin.post(
+    '/adaptation/resume',
+    route(() => o.admin.resume()),
+  );
+  admin.post(
+    '/adaptation/update',
+    route(() => o.admin.updateNow()),
+  );
   app.use('/admin', admin);
 
   app.use((_req, res) => fail(res, 'not_found', 'no such route'));
@@ -170,7 +189,8 @@ export function createApp(o: AppOptions) {
   function bodyError(err: { type?: string; status?: number; message?: string }, req: Request, res: Response): void {
     if (err.type === 'entity.too.large') return fail(res, 'payload_too_large', `the body is larger than ${o.limits.maxMessageBytes} bytes`);
     if (err.type === 'entity.parse.failed') return fail(res, 'bad_json', `not JSON: ${err.message}`);
-    if (err.type === 'encoding.unsupported' || err.type === 'charset.unsupported') return fail(res, 'unsupported_encoding', `${err.message}; the server reads identity, gzip, deflate and br bodies in utf-8`);
+    if (err.type === 'encoding.unsupported' || err.type === 'charset.unsupported')
+      return fail(res, 'unsupported_encoding', `${err.message}; the server reads identity, gzip, deflate and br bodies in utf-8`);
     const encoding = req.get('content-encoding') ?? 'identity';
     if (err.status !== undefined && err.status >= 400 && err.status < 500) {
       // zlib's errors (a gzip header that is not one, a truncated stream) come without a type.
@@ -182,4 +202,3 @@ export function createApp(o: AppOptions) {
   }
   return app;
 }
-

@@ -66,7 +66,7 @@ function neutral(b: Record<string, unknown>, n: number): void {
   off('presence_penalty', !b.presence_penalty, 'only 0');
   off('frequency_penalty', !b.frequency_penalty, 'only 0');
   off('logit_bias', !b.logit_bias || Object.keys(b.logit_bias as object).length === 0, 'only {}');
-  off('logprobs', !b.logprobs, 'the samples\' log-probs are not returned');
+  off('logprobs', !b.logprobs, "the samples' log-probs are not returned");
   off('top_logprobs', !b.top_logprobs, 'only 0');
   off('echo', !b.echo, 'only false');
   off('suffix', !b.suffix, 'only none');
@@ -78,7 +78,11 @@ function neutral(b: Record<string, unknown>, n: number): void {
  * server's own (its temperature, top_p 1, its longest answer) is no override, whether sent or
  * not, so it leaves the question trainable.
  */
-function overrides(b: CompletionBody | ChatBody, maxTokens: number | null | undefined, server: { temperature: number; maxNewTokens: number }): SamplingOverrides {
+function overrides(
+  b: CompletionBody | ChatBody,
+  maxTokens: number | null | undefined,
+  server: { temperature: number; maxNewTokens: number },
+): SamplingOverrides {
   const s: SamplingOverrides = {};
   if (b.temperature !== undefined && b.temperature !== null && b.temperature !== server.temperature) s.temperature = b.temperature;
   if (b.top_p !== undefined && b.top_p !== null && b.top_p !== 1) s.topP = b.top_p;
@@ -101,7 +105,10 @@ function chatQuestion(messages: ChatMessage[], task: Task): string {
   const user = messages.filter((m) => m.role === 'user');
   const others = messages.filter((m) => m.role !== 'user' && m.role !== 'system' && m.role !== 'developer');
   if (user.length !== 1 || others.length || messages.at(-1)!.role !== 'user')
-    throw new ProtocolError('unsupported_parameter', 'messages must be one user message (after an optional system message): the server votes on single questions, not conversations');
+    throw new ProtocolError(
+      'unsupported_parameter',
+      'messages must be one user message (after an optional system message): the server votes on single questions, not conversations',
+    );
   for (const m of messages.filter((x) => x.role === 'system' || x.role === 'developer')) {
     const got = text(m.content);
     if (got !== task.parts.system)
@@ -167,7 +174,12 @@ export function openAiRouter(o: OpenAiOptions): Router {
       const b = parse(chatBody, req.body);
       const question = chatQuestion(b.messages, o.task);
       const { answer, rollout } = await ask(req, res, b, question, b.max_completion_tokens ?? b.max_tokens);
-      const choices = rollout.samples.map((s, index): ChatChoice => ({ index, message: { role: 'assistant', content: s.text }, logprobs: null, finish_reason: finishReason(s) }));
+      const choices = rollout.samples.map((s, index): ChatChoice => ({
+        index,
+        message: { role: 'assistant', content: s.text },
+        logprobs: null,
+        finish_reason: finishReason(s),
+      }));
       send(res, b, { id: `chatcmpl-${randomUUID()}`, object: 'chat.completion', model: o.modelId }, choices, answer, rollout, 'chat');
     } catch (e) {
       fail(res, e);
@@ -177,7 +189,6 @@ export function openAiRouter(o: OpenAiOptions): Router {
 }
 
 const finishReason = (s: { stopped: boolean; cut?: boolean }): FinishReason => (s.stopped || s.cut ? 'stop' : 'length');
-
 
 /** The response, whole or (stream: true) as server-sent events in OpenAI's chunk format, ending with [DONE]. */
 function send<C extends CompletionChoice | ChatChoice>(

@@ -65,9 +65,36 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
       reasons: closing ? ['shutting down'] : !ready ? ['starting'] : await p.notReady(),
       version: versions.active.version,
     });
-    const openai = { task: p.task, modelId: basename(resolve(s.model)), created: Math.floor(Date.now() / 1000), version: () => versions.active.version, serverSampling: { temperature: s.temperature } };
-    const dashboard = new Dashboard({ experiences$: answerer.experiences$, updates$: adaptation.updates$, versions$: versions.versions$, store, adaptation, answerer, keys, logger });
-    const app = createApp({ answerer, limits, metrics, readiness, admin, adminToken: s.adminToken, keys, connections, openai, dashboard: dashboard.router(), logger });
+    const openai = {
+      task: p.task,
+      modelId: basename(resolve(s.model)),
+      created: Math.floor(Date.now() / 1000),
+      version: () => versions.active.version,
+      serverSampling: { temperature: s.temperature },
+    };
+    const dashboard = new Dashboard({
+      experiences$: answerer.experiences$,
+      updates$: adaptation.updates$,
+      versions$: versions.versions$,
+      store,
+      adaptation,
+      answerer,
+      keys,
+      logger,
+    });
+    const app = createApp({
+      answerer,
+      limits,
+      metrics,
+      readiness,
+      admin,
+      adminToken: s.adminToken,
+      keys,
+      connections,
+      openai,
+      dashboard: dashboard.router(),
+      logger,
+    });
     const gateway = new Gateway(answerer, {
       limits,
       maxInFlight: s.maxInFlight,
@@ -86,13 +113,16 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
       if (!target.ok) return jsonReply(res, 400, errorMessage('invalid_message', target.message), true);
       // RFC 9112 3.2: an HTTP/1.1 request without exactly one Host is answered 400 (Node would answer it bare).
       const hosts = req.rawHeaders.filter((_, i) => i % 2 === 0 && req.rawHeaders[i]!.toLowerCase() === 'host').length;
-      if (hosts > 1 || (hosts === 0 && req.httpVersion === '1.1')) return jsonReply(res, 400, errorMessage('invalid_message', `an HTTP/1.1 request has exactly one Host header (this one has ${hosts})`), true);
+      if (hosts > 1 || (hosts === 0 && req.httpVersion === '1.1'))
+        return jsonReply(res, 400, errorMessage('invalid_message', `an HTTP/1.1 request has exactly one Host header (this one has ${hosts})`), true);
       req.url = target.path + target.search;
       app(req, res);
     };
     const http: Server = createServer(
       { requireHostHeader: false },
-      guarded(logger, 'http request', onRequest, (_e, _req, res) => jsonReply(res, 500, errorMessage('internal', 'the server failed to answer this request'), true)),
+      guarded(logger, 'http request', onRequest, (_e, _req, res) =>
+        jsonReply(res, 500, errorMessage('internal', 'the server failed to answer this request'), true),
+      ),
     );
     connections.attach(http);
     const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
@@ -102,16 +132,32 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
       req.url = target.path + target.search;
       gateway.handleUpgrade(req, socket, head);
     };
-    http.on('upgrade', guarded(logger, 'http upgrade', onUpgrade, (_e, _req, socket) => rawErrorReply(socket, 500, 'internal', 'the server failed to take this upgrade')));
+    http.on(
+      'upgrade',
+      guarded(logger, 'http upgrade', onUpgrade, (_e, _req, socket) => rawErrorReply(socket, 500, 'internal', 'the server failed to take this upgrade')),
+    );
     // CONNECT (a proxy tunnel) is not something this server does.
     http.on(
       'connect',
-      guarded(logger, 'http connect', (_req: IncomingMessage, socket: Duplex) => rawErrorReply(socket, 405, 'invalid_message', 'CONNECT is not taken here: this server is not a proxy'), (_e, _req, socket) => socket.destroy()),
+      guarded(
+        logger,
+        'http connect',
+        (_req: IncomingMessage, socket: Duplex) => rawErrorReply(socket, 405, 'invalid_message', 'CONNECT is not taken here: this server is not a proxy'),
+        (_e, _req, socket) => socket.destroy(),
+      ),
     );
     // A request Node's parser refuses (a request line or headers that are not HTTP, headers
     // over the size limit, a bad Content-Length, a chunked body cut short) is answered in our
     // JSON shape, never Node's bare 400, and the socket closed.
-    http.on('clientError', guarded(logger, 'http client error', (err: NodeJS.ErrnoException, socket: Duplex) => onClientError(err, socket), (_e, _err, socket) => socket.destroy()));
+    http.on(
+      'clientError',
+      guarded(
+        logger,
+        'http client error',
+        (err: NodeJS.ErrnoException, socket: Duplex) => onClientError(err, socket),
+        (_e, _err, socket) => socket.destroy(),
+      ),
+    );
     await new Promise<void>((res, rej) => {
       http.once('error', rej);
       http.listen(s.port, s.host, () => res());
@@ -156,12 +202,16 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
 function jsonReply(res: ServerResponse, status: number, body: unknown, close = false): void {
   if (res.headersSent || res.destroyed) return void res.socket?.destroy();
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(text), ...(close ? { Connection: 'close' } : {}) });
+  res.writeHead(status, {
+    'Content-Type': 'application/json; charset=utf-8',
+    'Content-Length': Buffer.byteLength(text),
+    ...(close ? { Connection: 'close' } : {}),
+  });
   res.end(text);
 }
 
 const CLIENT_ERROR_STATUS: Record<string, [number, string]> = {
-  HPE_HEADER_OVERFLOW: [431, 'the request\'s headers are larger than the server takes'],
+  HPE_HEADER_OVERFLOW: [431, "the request's headers are larger than the server takes"],
   ERR_HTTP_REQUEST_TIMEOUT: [408, 'the request did not arrive in time'],
   HPE_CHUNK_EXTENSIONS_OVERFLOW: [413, 'the chunk extensions are larger than the server takes'],
 };

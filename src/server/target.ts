@@ -22,7 +22,8 @@ export function parseTarget(raw: string | undefined): Target {
   if (raw === '*') return { ok: false, message: 'the request target * (asterisk-form) names no resource here' };
   // The path as sent (the query is left to the URL parser, which escapes what it must).
   const rawPath = raw.startsWith('/') ? raw.split(/[?#]/, 1)[0]! : raw.replace(/^https?:\/\/[^/?#]*/i, '').split(/[?#]/, 1)[0]!;
-  if (!PATH.test(rawPath)) return { ok: false, message: `the request target ${show(raw)} holds characters a URL path may not (RFC 3986), or a % not followed by two hex digits` };
+  if (!PATH.test(rawPath))
+    return { ok: false, message: `the request target ${show(raw)} holds characters a URL path may not (RFC 3986), or a % not followed by two hex digits` };
   let url: URL;
   try {
     if (raw.startsWith('/')) {

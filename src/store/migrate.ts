@@ -23,7 +23,8 @@ export function loadMigrations(dir = MIGRATIONS_DIR): Migration[] {
     out.push({ version: Number(m[1]), name: m[2]!, sql: readFileSync(join(dir, file), 'utf8') });
   }
   out.forEach((m, i) => {
-    if (m.version !== i + 1) throw new Error(`migrations: expected version ${i + 1}, found ${m.version} (${m.name}); versions must run 1, 2, 3, ... without gaps`);
+    if (m.version !== i + 1)
+      throw new Error(`migrations: expected version ${i + 1}, found ${m.version} (${m.name}); versions must run 1, 2, 3, ... without gaps`);
   });
   return out;
 }
@@ -46,7 +47,10 @@ export function migrate(db: Database.Database, migrations = loadMigrations()): n
       db.transaction(() => {
         db.exec(m.sql);
         const broken = db.pragma('foreign_key_check') as { table: string; rowid: number; parent: string }[];
-        if (broken.length) throw new Error(`migration ${m.version} (${m.name}) breaks ${broken.length} foreign key(s), first ${broken[0]!.table} row ${broken[0]!.rowid} -> ${broken[0]!.parent}`);
+        if (broken.length)
+          throw new Error(
+            `migration ${m.version} (${m.name}) breaks ${broken.length} foreign key(s), first ${broken[0]!.table} row ${broken[0]!.rowid} -> ${broken[0]!.parent}`,
+          );
         db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(m.version, m.name, Date.now());
       })();
       applied.push(m.version);

@@ -67,7 +67,10 @@ export interface QuestionRow {
 export const DATABASE_ID_KEY = 'database_id';
 
 export class Store {
-  private constructor(readonly db: Database.Database, readonly file: string) {}
+  private constructor(
+    readonly db: Database.Database,
+    readonly file: string,
+  ) {}
 
   static open(file: string): Store {
     if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
@@ -106,8 +109,19 @@ export class Store {
     return this.db.transaction(() =>
       batch.map((r) => {
         const id = Number(
-          q.run(r.clientId, r.connection, r.question, r.votesRequested, r.receivedAt, r.answeredAt, r.answer, r.majorityRatio, JSON.stringify(r.votes), r.modelVersion, r.latencyMs)
-            .lastInsertRowid,
+          q.run(
+            r.clientId,
+            r.connection,
+            r.question,
+            r.votesRequested,
+            r.receivedAt,
+            r.answeredAt,
+            r.answer,
+            r.majorityRatio,
+            JSON.stringify(r.votes),
+            r.modelVersion,
+            r.latencyMs,
+          ).lastInsertRowid,
         );
         r.samples.forEach((x, i) => s.run(id, i, x.text, x.answer, x.tokens, x.logprobSum, x.stopped ? 1 : 0));
         return id;
@@ -126,7 +140,13 @@ export class Store {
   // ---------- model versions ----------
 
   /** Adds the next version number; weightsPath may depend on it (null: weights not kept). */
-  addVersion(v: { parent: number | null; status: VersionStatus; weightsPath: string | null | ((version: number) => string); stats?: unknown; reason?: string }): number {
+  addVersion(v: {
+    parent: number | null;
+    status: VersionStatus;
+    weightsPath: string | null | ((version: number) => string);
+    stats?: unknown;
+    reason?: string;
+  }): number {
     return this.db.transaction(() => {
       const next = ((this.db.prepare('SELECT MAX(version) AS v FROM model_versions').get() as { v: number | null }).v ?? -1) + 1;
       const path = typeof v.weightsPath === 'function' ? v.weightsPath(next) : v.weightsPath;
@@ -139,7 +159,11 @@ export class Store {
 
   /** Candidates left by a crash mid-update: never promoted, so marked rejected. */
   rejectStaleCandidates(): number {
-    return this.db.prepare(`UPDATE model_versions SET status = 'rejected', reason = 'interrupted: the server stopped before this candidate was judged' WHERE status = 'candidate'`).run().changes;
+    return this.db
+      .prepare(
+        `UPDATE model_versions SET status = 'rejected', reason = 'interrupted: the server stopped before this candidate was judged' WHERE status = 'candidate'`,
+      )
+      .run().changes;
   }
 
   /** Makes `version` the one serving version; the previous one is retired. */
@@ -159,7 +183,9 @@ export class Store {
 
   /** A retired version whose weight file was deleted to bound the disk: its row and stats stay. */
   pruneWeights(version: number, reason: string): void {
-    this.db.prepare(`UPDATE model_versions SET weights_path = NULL, weights_sha256 = NULL, reason = ? WHERE version = ? AND status = 'retired'`).run(reason, version);
+    this.db
+      .prepare(`UPDATE model_versions SET weights_path = NULL, weights_sha256 = NULL, reason = ? WHERE version = ? AND status = 'retired'`)
+      .run(reason, version);
   }
 
   /** A version whose weight file failed verification: never served again until it verifies. */
@@ -223,10 +249,12 @@ export class Store {
   }
 
   events(limit = 100): { id: number; at: number; kind: string; detail: unknown }[] {
-    return (this.db.prepare('SELECT * FROM events ORDER BY id DESC LIMIT ?').all(limit) as { id: number; at: number; kind: string; detail: string }[]).map((e) => ({
-      ...e,
-      detail: JSON.parse(e.detail),
-    }));
+    return (this.db.prepare('SELECT * FROM events ORDER BY id DESC LIMIT ?').all(limit) as { id: number; at: number; kind: string; detail: string }[]).map(
+      (e) => ({
+        ...e,
+        detail: JSON.parse(e.detail),
+      }),
+    );
   }
 
   // ---------- reading the log back ----------
@@ -234,21 +262,30 @@ export class Store {
   /** Questions in arrival order, optionally within [since, until) in epoch ms. */
   *questions(o: { since?: number; until?: number; status?: 'answered' | 'failed' } = {}): Generator<QuestionRow> {
     const rows = this.db
-      .prepare(
-        `SELECT * FROM questions WHERE received_at >= ? AND received_at < ? ${o.status ? 'AND status = ?' : ''} ORDER BY received_at, id`,
-      )
-      .iterate(...[o.since ?? 0, o.until ?? Number.MAX_SAFE_INTEGER, ...(o.status ? [o.status] : [])]) as IterableIterator<QuestionRow & { votes: string | null }>;
+      .prepare(`SELECT * FROM questions WHERE received_at >= ? AND received_at < ? ${o.status ? 'AND status = ?' : ''} ORDER BY received_at, id`)
+      .iterate(...[o.since ?? 0, o.until ?? Number.MAX_SAFE_INTEGER, ...(o.status ? [o.status] : [])]) as IterableIterator<
+      QuestionRow & { votes: string | null }
+    >;
     for (const r of rows) yield { ...r, votes: r.votes ? JSON.parse(r.votes) : null };
   }
 
   samplesOf(questionId: number): SampleRecord[] {
-    return (this.db.prepare('SELECT * FROM samples WHERE question_id = ? ORDER BY idx').all(questionId) as { text: string; answer: string | null; tokens: number; logprob_sum: number; stopped: number }[]).map(
-      (s) => ({ text: s.text, answer: s.answer, tokens: s.tokens, logprobSum: s.logprob_sum, stopped: s.stopped === 1 }),
-    );
+    return (
+      this.db.prepare('SELECT * FROM samples WHERE question_id = ? ORDER BY idx').all(questionId) as {
+        text: string;
+        answer: string | null;
+        tokens: number;
+        logprob_sum: number;
+        stopped: number;
+      }[]
+    ).map((s) => ({ text: s.text, answer: s.answer, tokens: s.tokens, logprobSum: s.logprob_sum, stopped: s.stopped === 1 }));
   }
 
   counts(): { answered: number; failed: number; samples: number } {
-    const q = this.db.prepare(`SELECT SUM(status = 'answered') AS answered, SUM(status = 'failed') AS failed FROM questions`).get() as { answered: number | null; failed: number | null };
+    const q = this.db.prepare(`SELECT SUM(status = 'answered') AS answered, SUM(status = 'failed') AS failed FROM questions`).get() as {
+      answered: number | null;
+      failed: number | null;
+    };
     const s = this.db.prepare('SELECT COUNT(*) AS n FROM samples').get() as { n: number };
     return { answered: q.answered ?? 0, failed: q.failed ?? 0, samples: s.n };
   }

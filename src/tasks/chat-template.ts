@@ -30,7 +30,9 @@ export function chatTemplateText(config: JsonObject, where: string): string | un
   if (t === undefined || t === null) return undefined;
   if (typeof t === 'string') return t;
   if (Array.isArray(t)) {
-    const named = t.filter((x): x is { name: string; template: string } => !!x && typeof x === 'object' && typeof x.name === 'string' && typeof x.template === 'string');
+    const named = t.filter(
+      (x): x is { name: string; template: string } => !!x && typeof x === 'object' && typeof x.name === 'string' && typeof x.template === 'string',
+    );
     if (named.length !== t.length) throw new Error(`${where}: chat_template is a list whose entries are not all {"name": ..., "template": ...}`);
     const d = named.find((x) => x.name === 'default');
     if (!d) throw new Error(`${where}: chat_template lists templates ${named.map((x) => JSON.stringify(x.name)).join(', ')} but none named "default"`);

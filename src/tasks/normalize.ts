@@ -19,7 +19,7 @@ type Rewrite = { name: string; apply: (s: string) => string };
 
 /** Repeats a rewrite until it changes nothing (`$$5$$`, `$\(5\)$`). */
 const fixpoint = (f: (s: string) => string) => (s: string) => {
-  for (let prev = ''; prev !== s; ) [prev, s] = [s, f(s)];
+  for (let prev = ''; prev !== s;) [prev, s] = [s, f(s)];
   return s;
 };
 
@@ -70,7 +70,12 @@ function braceArguments(s: string): string {
   return out + s.slice(from);
 }
 
-const MATH_DELIMITERS: [string, string][] = [['$$', '$$'], ['$', '$'], ['\\(', '\\)'], ['\\[', '\\]']];
+const MATH_DELIMITERS: [string, string][] = [
+  ['$$', '$$'],
+  ['$', '$'],
+  ['\\(', '\\)'],
+  ['\\[', '\\]'],
+];
 const TEXT_COMMANDS = ['text', 'textbf', 'textit', 'textrm', 'mathrm', 'mathbf', 'mathit', 'mbox', 'boxed', 'fbox'];
 
 /** In order; each one job. */
@@ -98,7 +103,14 @@ const REWRITES: Rewrite[] = [
   { name: 'variable assignment', apply: (s) => s.replace(/^[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?\s*=\s*(?=[^=]+$)/, '') },
   // Spaces only matter between words ("x y", "5 cm", "café au lait"): around operators,
   // brackets and commands they go.
-  { name: 'spaces around symbols', apply: (s) => s.replace(/\s+/g, ' ').replace(/ *([^\p{L}\p{N}_ ]) */gu, '$1').trim() },
+  {
+    name: 'spaces around symbols',
+    apply: (s) =>
+      s
+        .replace(/\s+/g, ' ')
+        .replace(/ *([^\p{L}\p{N}_ ]) */gu, '$1')
+        .trim(),
+  },
   { name: 'trailing period again', apply: (s) => s.replace(/(?<!\\)\.+$/, '') },
 ];
 
@@ -123,7 +135,9 @@ const gcd = (a: bigint, b: bigint): bigint => (b === 0n ? abs(a) : gcd(b, a % b)
 function rationalText(num: bigint, den: bigint): string {
   const g = gcd(num, den) || 1n;
   [num, den] = [num / g, den / g];
-  let twos = 0, fives = 0, rest = den;
+  let twos = 0,
+    fives = 0,
+    rest = den;
   while (rest % 2n === 0n) [rest, twos] = [rest / 2n, twos + 1];
   while (rest % 5n === 0n) [rest, fives] = [rest / 5n, fives + 1];
   if (rest !== 1n) return `${num}/${den}`;
@@ -135,7 +149,9 @@ function rationalText(num: bigint, den: bigint): string {
 /** n / 10^scale without a sign on zero, leading zeros or trailing fractional zeros. */
 function decimalText(n: bigint, scale: number): string {
   if (n === 0n) return '0';
-  const digits = abs(n).toString().padStart(scale + 1, '0');
+  const digits = abs(n)
+    .toString()
+    .padStart(scale + 1, '0');
   const whole = digits.slice(0, digits.length - scale);
   const frac = digits.slice(digits.length - scale).replace(/0+$/, '');
   return (n < 0n ? '-' : '') + whole + (frac ? '.' + frac : '');

@@ -22,8 +22,20 @@ export interface TaskParts {
 }
 
 export const TASK_PRESETS = {
-  arithmetic: { help: "the shipped model's chains: raw prompt, the integer after '#'", extractor: 'arithmetic', chatTemplate: false, system: '', maxNewTokens: 72 },
-  math: { help: 'competition math: chat template, step-by-step system prompt, the last \\boxed{}', extractor: 'boxed', chatTemplate: true, system: BOXED_SYSTEM_PROMPT, maxNewTokens: 1024 },
+  arithmetic: {
+    help: "the shipped model's chains: raw prompt, the integer after '#'",
+    extractor: 'arithmetic',
+    chatTemplate: false,
+    system: '',
+    maxNewTokens: 72,
+  },
+  math: {
+    help: 'competition math: chat template, step-by-step system prompt, the last \\boxed{}',
+    extractor: 'boxed',
+    chatTemplate: true,
+    system: BOXED_SYSTEM_PROMPT,
+    maxNewTokens: 1024,
+  },
   gsm8k: {
     help: 'grade-school word problems: chat template, the number after "####" or the last number',
     extractor: 'number',
@@ -123,6 +135,8 @@ export function taskFromSettings(s: TaskSettings, tokenizer: Tokenizer, where = 
   const config = tokenizer instanceof HFTokenizer ? tokenizer.config : undefined;
   const text = config ? chatTemplateText(config, `${where}: tokenizer_config.json`) : undefined;
   if (!config || text === undefined)
-    throw new Error(`task ${s.task}: ${where} has no chat template (no chat_template in its tokenizer_config.json); use --chat-template off to give it the raw question`);
+    throw new Error(
+      `task ${s.task}: ${where} has no chat template (no chat_template in its tokenizer_config.json); use --chat-template off to give it the raw question`,
+    );
   return new Task(s.task, parts, new ChatTemplate(text, config, `${where}: tokenizer_config.json`));
 }

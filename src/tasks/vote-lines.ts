@@ -29,9 +29,11 @@ export function voteLine(text: string, line: number, ex: Extractor): LineResult 
   } catch (e) {
     return { line, error: `line ${line}: not JSON: ${(e as Error).message}` };
   }
-  if (!record || typeof record !== 'object' || Array.isArray(record)) return { line, error: `line ${line}: expected an object {"completions": [...]}, got ${kind(record)}` };
+  if (!record || typeof record !== 'object' || Array.isArray(record))
+    return { line, error: `line ${line}: expected an object {"completions": [...]}, got ${kind(record)}` };
   const completions = (record as Record<string, unknown>).completions;
-  if (!Array.isArray(completions)) return { line, error: `line ${line}: "completions" must be an array of strings, got ${completions === undefined ? 'nothing' : kind(completions)}` };
+  if (!Array.isArray(completions))
+    return { line, error: `line ${line}: "completions" must be an array of strings, got ${completions === undefined ? 'nothing' : kind(completions)}` };
   const bad = completions.findIndex((c) => typeof c !== 'string');
   if (bad >= 0) return { line, error: `line ${line}: completions[${bad}] must be a string, got ${kind(completions[bad])}` };
   const answers = (completions as string[]).map((c) => normalizeAnswer(ex.extract(c)));

@@ -42,7 +42,10 @@ function readVocabulary(file: GGUFFile): Vocabulary {
   // Without scores, SentencePiece ranks pieces by id, which a falling score reproduces.
   const scores = file.array('tokenizer.ggml.scores', isFiniteNumber, 'finite numbers') ?? tokens.map((_, id) => -id);
   const types = file.array('tokenizer.ggml.token_type', isInteger, 'integers') ?? tokens.map(() => TOKEN_TYPE.NORMAL);
-  for (const [key, list] of [['tokenizer.ggml.scores', scores], ['tokenizer.ggml.token_type', types]] as const) {
+  for (const [key, list] of [
+    ['tokenizer.ggml.scores', scores],
+    ['tokenizer.ggml.token_type', types],
+  ] as const) {
     if (list.length !== tokens.length) {
       throw new Error(`${file.label}: metadata key ${key} has ${list.length} entries but tokenizer.ggml.tokens has ${tokens.length}`);
     }
@@ -61,7 +64,8 @@ function vocabularyMap(file: GGUFFile, tokens: string[]): Map<string, number> {
   const ids = new Map<string, number>();
   tokens.forEach((token, id) => {
     const earlier = ids.get(token);
-    if (earlier !== undefined) throw new Error(`${file.label}: token ${JSON.stringify(token)} appears twice in tokenizer.ggml.tokens (ids ${earlier} and ${id})`);
+    if (earlier !== undefined)
+      throw new Error(`${file.label}: token ${JSON.stringify(token)} appears twice in tokenizer.ggml.tokens (ids ${earlier} and ${id})`);
     ids.set(token, id);
   });
   return ids;
@@ -148,8 +152,12 @@ function sentencePieceTokenizer(file: GGUFFile, modelMaxLength: number | undefin
   const pad = tokenId(file, 'padding', tokens.length);
   const addBos = file.boolean('tokenizer.ggml.add_bos_token') ?? true;
   const addEos = file.boolean('tokenizer.ggml.add_eos_token') ?? false;
-  for (const [wanted, id, name] of [[addBos, bos, 'bos'], [addEos, eos, 'eos']] as const) {
-    if (wanted && id === undefined) throw new Error(`${file.label}: tokenizer.ggml.add_${name}_token is set but tokenizer.ggml.${name}_token_id names no token`);
+  for (const [wanted, id, name] of [
+    [addBos, bos, 'bos'],
+    [addEos, eos, 'eos'],
+  ] as const) {
+    if (wanted && id === undefined)
+      throw new Error(`${file.label}: tokenizer.ggml.add_${name}_token is set but tokenizer.ggml.${name}_token_id names no token`);
   }
   if (file.boolean('tokenizer.ggml.remove_extra_whitespaces')) {
     throw new Error(`${file.label}: tokenizer.ggml.remove_extra_whitespaces is set; collapsing whitespace as SentencePiece does is not supported`);
@@ -196,7 +204,11 @@ function sentencePieceTokenizer(file: GGUFFile, modelMaxLength: number | undefin
     ...(chatTemplate === undefined ? {} : { chat_template: chatTemplate }),
   };
   const specialTokenIds: Record<string, number> = {};
-  for (const [key, id] of [['bos_token_id', bos], ['eos_token_id', eos], ['pad_token_id', pad]] as const) {
+  for (const [key, id] of [
+    ['bos_token_id', bos],
+    ['eos_token_id', eos],
+    ['pad_token_id', pad],
+  ] as const) {
     if (id !== undefined) specialTokenIds[key] = id;
   }
   return { tokenizerJson, tokenizerConfig, specialTokenIds, tokenCount: tokens.length };

@@ -102,13 +102,15 @@ export class CharTokenizer implements Tokenizer {
 
   toJSON(): object {
     const addedToken = (id: number, content: string) => ({
-      id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true,
+      id,
+      content,
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: false,
+      special: true,
     });
-    const vocab = Object.fromEntries([
-      ...this.chars.map((ch, id) => [ch, id] as const),
-      [EOS_TOKEN, this.eosId],
-      [PAD_TOKEN, this.padId],
-    ]);
+    const vocab = Object.fromEntries([...this.chars.map((ch, id) => [ch, id] as const), [EOS_TOKEN, this.eosId], [PAD_TOKEN, this.padId]]);
     return {
       version: '1.0',
       truncation: null,
@@ -155,9 +157,7 @@ export function tokenizerFromJSON(json: unknown): Tokenizer {
     case 'WordLevel':
       return charTokenizerFromWordLevel(json, json.model);
     default:
-      throw new Error(
-        `${UNSUPPORTED}: model type ${JSON.stringify(json.model.type)}; only WordLevel over single characters is supported`,
-      );
+      throw new Error(`${UNSUPPORTED}: model type ${JSON.stringify(json.model.type)}; only WordLevel over single characters is supported`);
   }
 }
 
@@ -189,10 +189,11 @@ function charTokenizerFromWordLevel(json: JsonObject, model: JsonObject): CharTo
     else charById.set(id, token);
   }
   const charCount = charById.size;
-  const chars = Array.from({ length: charCount }, (_, id) =>
-    charById.get(id) ?? fail(`character ids must be numbered 0..${charCount - 1}`),
-  );
-  const expectedIds = new Map([[EOS_TOKEN, charCount], [PAD_TOKEN, charCount + 1]]);
+  const chars = Array.from({ length: charCount }, (_, id) => charById.get(id) ?? fail(`character ids must be numbered 0..${charCount - 1}`));
+  const expectedIds = new Map([
+    [EOS_TOKEN, charCount],
+    [PAD_TOKEN, charCount + 1],
+  ]);
   for (const [token, id] of specialIds) {
     if (id !== expectedIds.get(token)) fail(`vocab id of ${token} must be ${expectedIds.get(token)}`);
   }

@@ -58,12 +58,7 @@ export interface AdaptResult {
   wallS: number;
 }
 
-export async function adapt(
-  model: Model,
-  questions: QuestionRecord[],
-  s: AdaptSettings,
-  onStep?: (row: StepRow) => void,
-): Promise<AdaptResult> {
+export async function adapt(model: Model, questions: QuestionRecord[], s: AdaptSettings, onStep?: (row: StepRow) => void): Promise<AdaptResult> {
   const t0 = performance.now();
   const tok = model.tokenizer;
   const task = s.task ?? ARITHMETIC_TASK;
@@ -81,14 +76,28 @@ export async function adapt(
   let updater: TTRLUpdater | undefined;
   try {
     const fresh = lora ? initAdapters(model.config, lora, new Rng(s.seed ^ 0x10a)) : undefined;
-    updater = await TTRLUpdater.create({ config: model.config, tokenizer: tok, weights: initialWeights, settings: { ...s, lr: lrOf(s) }, threads: s.threads, lora, adapters: fresh });
+    updater = await TTRLUpdater.create({
+      config: model.config,
+      tokenizer: tok,
+      weights: initialWeights,
+      settings: { ...s, lr: lrOf(s) },
+      threads: s.threads,
+      lora,
+      adapters: fresh,
+    });
     /** What the trainer holds now (the whole model, or the adapters), and how to serve and restore it. */
     const trained = () => (lora ? updater!.getAdapters() : updater!.getWeights());
     const restore = (w: Weights) => (lora ? updater!.setAdapters(w) : updater!.setWeights(w));
     const served = (w: Weights) => (lora ? mergeAdapters(model.config, lora, initialWeights, w) : w);
     // One fixed evaluation seed: every evaluation sees the same uniforms (common random numbers).
     const evalSeed = (s.seed ^ 0x5eed) >>> 0;
-    const evalRollout = () => rollout(sampler, tok, questions.map((q) => q.question), { task, votes: s.votes, temperature: s.temperature, seed: evalSeed });
+    const evalRollout = () =>
+      rollout(
+        sampler,
+        tok,
+        questions.map((q) => q.question),
+        { task, votes: s.votes, temperature: s.temperature, seed: evalSeed },
+      );
     const evaluate = async () => (hasAnswers ? accuracy(await evalRollout(), truths as string[]) : null);
     // The first look at the questions: the evaluation before (when answers are known) and the guard's anchors.
     const initial = await evalRollout();
@@ -96,7 +105,17 @@ export async function adapt(
     const anchors = collapse ? pickAnchors(initial, collapse) : [];
     const anchorSeed = (s.seed ^ 0xa9c4) >>> 0;
     const agreement = async () =>
-      anchorAgreement(anchors, anchors.length ? await rollout(sampler, tok, anchors.map((a) => a.question), { task, votes: s.votes, temperature: s.temperature, seed: anchorSeed }) : []);
+      anchorAgreement(
+        anchors,
+        anchors.length
+          ? await rollout(
+              sampler,
+              tok,
+              anchors.map((a) => a.question),
+              { task, votes: s.votes, temperature: s.temperature, seed: anchorSeed },
+            )
+          : [],
+      );
     const rows: StepRow[] = [];
     let order: number[] = [];
     let lr = lrOf(s);
@@ -112,8 +131,18 @@ export async function adapt(
         if (!order.length) order = rng.shuffle(questions.map((_, i) => i));
         batch.push(order.pop()!);
       }
-      const rollouts = await rollout(sampler, tok, batch.map((i) => questions[i]!.question), { task, votes: s.votes, temperature: s.temperature, seed: rng.nextU32() });
-      const { selected, stats } = selectForTraining(rollouts, batch.map((i) => truths[i]), s, rng);
+      const rollouts = await rollout(
+        sampler,
+        tok,
+        batch.map((i) => questions[i]!.question),
+        { task, votes: s.votes, temperature: s.temperature, seed: rng.nextU32() },
+      );
+      const { selected, stats } = selectForTraining(
+        rollouts,
+        batch.map((i) => truths[i]),
+        s,
+        rng,
+      );
       let event = '';
       const rollBack = async (reason: string) => {
         const target = snapshots[snapshots.length - 1]!;

@@ -107,7 +107,9 @@ export function probeStatsOf(rollouts: Rollout[]): ProbeStats {
 export function judgeProbe(parent: ProbeStats, cand: ProbeStats): string | null {
   if (cand.distinct < 0.5 * parent.distinct)
     return `probe answers collapsed: ${(cand.distinct * cand.questions).toFixed(0)} distinct majority answers on ${cand.questions} probe questions, against ${(parent.distinct * parent.questions).toFixed(0)} before`;
-  if (cand.parsable < parent.parsable - 0.2) return `probe answers stopped parsing: ${cand.parsable.toFixed(3)} parsable, against ${parent.parsable.toFixed(3)} before`;
-  if (cand.meanLength > 1.5 * parent.meanLength) return `probe completions ran long: ${cand.meanLength.toFixed(1)} tokens, against ${parent.meanLength.toFixed(1)} before`;
+  if (cand.parsable < parent.parsable - 0.2)
+    return `probe answers stopped parsing: ${cand.parsable.toFixed(3)} parsable, against ${parent.parsable.toFixed(3)} before`;
+  if (cand.meanLength > 1.5 * parent.meanLength)
+    return `probe completions ran long: ${cand.meanLength.toFixed(1)} tokens, against ${parent.meanLength.toFixed(1)} before`;
   return null;
 }

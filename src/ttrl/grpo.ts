@@ -60,9 +60,29 @@ export interface Selected {
  * Labels, gates and selects. `truths[i]` is the known answer of rollout i (or undefined);
  * in majority mode truths only feed the statistics.
  */
-export function selectForTraining(rollouts: Rollout[], truths: (string | undefined)[], s: GroupSettings, rng: Rng): { selected: Selected[]; stats: GroupStats } {
-  const st: GroupStats = { questions: rollouts.length, trained: 0, noLabel: 0, gated: 0, noSignal: 0, labelAccuracy: null, rewardAccuracy: null, majorityRatio: 0, meanLength: 0, parsable: 0 };
-  let known = 0, labelRight = 0, rewardSamples = 0, rewardRight = 0, samples = 0;
+export function selectForTraining(
+  rollouts: Rollout[],
+  truths: (string | undefined)[],
+  s: GroupSettings,
+  rng: Rng,
+): { selected: Selected[]; stats: GroupStats } {
+  const st: GroupStats = {
+    questions: rollouts.length,
+    trained: 0,
+    noLabel: 0,
+    gated: 0,
+    noSignal: 0,
+    labelAccuracy: null,
+    rewardAccuracy: null,
+    majorityRatio: 0,
+    meanLength: 0,
+    parsable: 0,
+  };
+  let known = 0,
+    labelRight = 0,
+    rewardSamples = 0,
+    rewardRight = 0,
+    samples = 0;
   const selected: Selected[] = [];
   rollouts.forEach((r, i) => {
     const truth = normalizeAnswer(truths[i]);

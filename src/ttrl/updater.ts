@@ -61,12 +61,23 @@ export class TTRLUpdater {
     const s = o.settings;
     const loss = grpoOptionsFor(s);
     const trainer = await Trainer.create({
-      config: o.config, weights: o.weights, loss: grpo(loss), threads: o.threads, nice: o.nice, spin: o.spin, layout: 'grouped', lora: o.lora, adapters: o.adapters,
+      config: o.config,
+      weights: o.weights,
+      loss: grpo(loss),
+      threads: o.threads,
+      nice: o.nice,
+      spin: o.spin,
+      layout: 'grouped',
+      lora: o.lora,
+      adapters: o.adapters,
     });
-    const reference = s.kl > 0 ? await Scorer.create({ config: o.config, weights: o.weights, threads: o.threads, nice: o.nice, spin: o.spin }).catch(async (e) => {
-      await trainer.close();
-      throw e;
-    }) : null;
+    const reference =
+      s.kl > 0
+        ? await Scorer.create({ config: o.config, weights: o.weights, threads: o.threads, nice: o.nice, spin: o.spin }).catch(async (e) => {
+            await trainer.close();
+            throw e;
+          })
+        : null;
     return new TTRLUpdater(trainer, reference, o.config, o.tokenizer, s, loss);
   }
 

@@ -17,7 +17,10 @@ export function createLogger(o: { level: LogLevel; pretty?: boolean }): Logger {
   if (pretty) {
     try {
       createRequire(import.meta.url).resolve('pino-pretty');
-      return pino({ level: o.level }, pino.transport({ target: 'pino-pretty', options: { destination: 2, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } }));
+      return pino(
+        { level: o.level },
+        pino.transport({ target: 'pino-pretty', options: { destination: 2, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } }),
+      );
     } catch {
       // Not installed (npm ci --omit=dev): JSON, which is still readable.
     }

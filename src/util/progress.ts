@@ -17,7 +17,9 @@ export class Progress {
     const elapsed = (performance.now() - this.start) / 1000;
     const eta = done > this.from ? (elapsed / (done - this.from)) * (this.total - done) : NaN;
     const frac = this.total ? done / this.total : 1;
-    const extras = Object.entries(fields).map(([k, v]) => `${k} ${v}`).join('  ');
+    const extras = Object.entries(fields)
+      .map(([k, v]) => `${k} ${v}`)
+      .join('  ');
     const text = `${this.label} ${done}/${this.total} ${(frac * 100).toFixed(0)}%  ${extras}  elapsed ${fmtSeconds(elapsed)}  eta ${fmtSeconds(eta)}`;
     if (this.out.isTTY) {
       const width = 24;

@@ -21,12 +21,16 @@ const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b'
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 
 export function linePlot(series: Series[], o: PlotOptions): string {
-  const W = o.width ?? 720, H = o.height ?? 400;
+  const W = o.width ?? 720,
+    H = o.height ?? 400;
   const m = { left: 56, right: 160, top: 36, bottom: 44 };
   const pts = series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
-  const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
-  const x0 = xs.length ? Math.min(...xs) : 0, x1 = xs.length ? Math.max(...xs) : 1;
-  let y0 = o.yMin ?? (ys.length ? Math.min(...ys) : 0), y1 = o.yMax ?? (ys.length ? Math.max(...ys) : 1);
+  const xs = pts.map((p) => p[0]),
+    ys = pts.map((p) => p[1]);
+  const x0 = xs.length ? Math.min(...xs) : 0,
+    x1 = xs.length ? Math.max(...xs) : 1;
+  let y0 = o.yMin ?? (ys.length ? Math.min(...ys) : 0),
+    y1 = o.yMax ?? (ys.length ? Math.max(...ys) : 1);
   if (y1 === y0) [y0, y1] = [y0 - 0.5, y1 + 0.5];
   const px = (x: number) => m.left + ((x - x0) / (x1 - x0 || 1)) * (W - m.left - m.right);
   const py = (y: number) => H - m.bottom - ((y - y0) / (y1 - y0)) * (H - m.top - m.bottom);
@@ -47,7 +51,10 @@ export function linePlot(series: Series[], o: PlotOptions): string {
   series.forEach((s, i) => {
     const color = COLORS[i % COLORS.length];
     const p = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
-    if (p.length > 1) out.push(`<polyline fill="none" stroke="${color}" stroke-width="1.5" points="${p.map(([x, y]) => `${px(x).toFixed(1)},${py(y).toFixed(1)}`).join(' ')}"/>`);
+    if (p.length > 1)
+      out.push(
+        `<polyline fill="none" stroke="${color}" stroke-width="1.5" points="${p.map(([x, y]) => `${px(x).toFixed(1)},${py(y).toFixed(1)}`).join(' ')}"/>`,
+      );
     if (p.length <= 40) for (const [x, y] of p) out.push(`<circle cx="${px(x).toFixed(1)}" cy="${py(y).toFixed(1)}" r="2.5" fill="${color}"/>`);
     const ly = m.top + 8 + i * 18;
     out.push(`<line x1="${W - m.right + 12}" x2="${W - m.right + 32}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="2"/>`);

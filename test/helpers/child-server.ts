@@ -41,7 +41,10 @@ export async function startChildServer(args: string[], o: { startTimeoutMs?: num
     }),
   );
   const urls = await new Promise<RegExpExecArray>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`the server did not start within ${o.startTimeoutMs ?? 60_000} ms:\n${stderr}`)), o.startTimeoutMs ?? 60_000);
+    const timer = setTimeout(
+      () => reject(new Error(`the server did not start within ${o.startTimeoutMs ?? 60_000} ms:\n${stderr}`)),
+      o.startTimeoutMs ?? 60_000,
+    );
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (chunk: string) => {
       stderr += chunk;

@@ -5,7 +5,19 @@
 export type ValueTypeName = 'u8' | 'i8' | 'u16' | 'i16' | 'u32' | 'i32' | 'f32' | 'bool' | 'string' | 'array' | 'u64' | 'i64' | 'f64';
 
 const VALUE_TYPE_IDS: Record<ValueTypeName, number> = {
-  u8: 0, i8: 1, u16: 2, i16: 3, u32: 4, i32: 5, f32: 6, bool: 7, string: 8, array: 9, u64: 10, i64: 11, f64: 12,
+  u8: 0,
+  i8: 1,
+  u16: 2,
+  i16: 3,
+  u32: 4,
+  i32: 5,
+  f32: 6,
+  bool: 7,
+  string: 8,
+  array: 9,
+  u64: 10,
+  i64: 11,
+  f64: 12,
 };
 
 /** A metadata value with its GGUF type; arrays name their element type. */
@@ -23,7 +35,11 @@ export const bool = (value: boolean): TypedValue => ({ type: 'bool', value });
 export const arrayOf = (elementType: ValueTypeName, values: TypedValue[]): TypedValue => ({ type: 'array', elementType, values });
 export const strings = (values: string[]): TypedValue => arrayOf('string', values.map(str));
 export const f32s = (values: number[]): TypedValue => arrayOf('f32', values.map(f32));
-export const i32s = (values: number[]): TypedValue => arrayOf('i32', values.map((value) => ({ type: 'i32', value })));
+export const i32s = (values: number[]): TypedValue =>
+  arrayOf(
+    'i32',
+    values.map((value) => ({ type: 'i32', value })),
+  );
 
 export interface TensorSpec {
   name: string;
@@ -64,18 +80,40 @@ function stringBytes(value: string): Buffer {
 function scalarBytes(value: TypedValue): Buffer {
   const out = Buffer.alloc(8);
   switch (value.type) {
-    case 'u8': out.writeUInt8(value.value); return out.subarray(0, 1);
-    case 'i8': out.writeInt8(value.value); return out.subarray(0, 1);
-    case 'u16': out.writeUInt16LE(value.value); return out.subarray(0, 2);
-    case 'i16': out.writeInt16LE(value.value); return out.subarray(0, 2);
-    case 'u32': out.writeUInt32LE(value.value); return out.subarray(0, 4);
-    case 'i32': out.writeInt32LE(value.value); return out.subarray(0, 4);
-    case 'f32': out.writeFloatLE(value.value); return out.subarray(0, 4);
-    case 'f64': out.writeDoubleLE(value.value); return out;
-    case 'u64': out.writeBigUInt64LE(value.value); return out;
-    case 'i64': out.writeBigInt64LE(value.value); return out;
-    case 'bool': return Buffer.of(value.value ? 1 : 0);
-    case 'string': return stringBytes(value.value);
+    case 'u8':
+      out.writeUInt8(value.value);
+      return out.subarray(0, 1);
+    case 'i8':
+      out.writeInt8(value.value);
+      return out.subarray(0, 1);
+    case 'u16':
+      out.writeUInt16LE(value.value);
+      return out.subarray(0, 2);
+    case 'i16':
+      out.writeInt16LE(value.value);
+      return out.subarray(0, 2);
+    case 'u32':
+      out.writeUInt32LE(value.value);
+      return out.subarray(0, 4);
+    case 'i32':
+      out.writeInt32LE(value.value);
+      return out.subarray(0, 4);
+    case 'f32':
+      out.writeFloatLE(value.value);
+      return out.subarray(0, 4);
+    case 'f64':
+      out.writeDoubleLE(value.value);
+      return out;
+    case 'u64':
+      out.writeBigUInt64LE(value.value);
+      return out;
+    case 'i64':
+      out.writeBigInt64LE(value.value);
+      return out;
+    case 'bool':
+      return Buffer.of(value.value ? 1 : 0);
+    case 'string':
+      return stringBytes(value.value);
     case 'array':
       return Buffer.concat([u32Bytes(VALUE_TYPE_IDS[value.elementType]), u64Bytes(value.values.length), ...value.values.map(scalarBytes)]);
   }

@@ -44,7 +44,12 @@ export interface HFWriteOptions {
   generationConfig?: object;
 }
 
-export async function writeHFDirectory(dir: string, config: object, weights: Map<string, { shape: number[]; data: Float32Array }>, o: HFWriteOptions): Promise<void> {
+export async function writeHFDirectory(
+  dir: string,
+  config: object,
+  weights: Map<string, { shape: number[]; data: Float32Array }>,
+  o: HFWriteOptions,
+): Promise<void> {
   await mkdir(dir, { recursive: true });
   await writeFile(join(dir, 'config.json'), JSON.stringify(config, null, 2));
   await writeFile(join(dir, 'tokenizer.json'), JSON.stringify(o.tokenizer.json));

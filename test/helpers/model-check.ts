@@ -12,14 +12,35 @@ import { Rng } from '../../src/util/rng.ts';
 
 export const tiny: GPTConfig = { family: 'gpt', vocabSize: 7, contextLength: 8, dModel: 8, nLayers: 2, nHeads: 2, tiedHead: false };
 export const llamaBase: LlamaConfig = {
-  family: 'llama', vocabSize: 7, contextLength: 16, hiddenSize: 8, intermediateSize: 12, layers: 2, heads: 2, kvHeads: 2, headDim: 4,
-  rmsNormEps: 1e-6, ropeTheta: 10000, tiedEmbeddings: false, qkvBias: false, oBias: false, mlpBias: false, qkNorm: false,
+  family: 'llama',
+  vocabSize: 7,
+  contextLength: 16,
+  hiddenSize: 8,
+  intermediateSize: 12,
+  layers: 2,
+  heads: 2,
+  kvHeads: 2,
+  headDim: 4,
+  rmsNormEps: 1e-6,
+  ropeTheta: 10000,
+  tiedEmbeddings: false,
+  qkvBias: false,
+  oBias: false,
+  mlpBias: false,
+  qkNorm: false,
 };
 /** Qwen2's shape: q/k/v biases, grouped-query attention (2 query heads per kv head), tied head. */
 export const qwen2Tiny: LlamaConfig = { ...llamaBase, heads: 4, kvHeads: 2, headDim: 2, qkvBias: true, tiedEmbeddings: true, ropeTheta: 1e6 };
 /** Qwen3's shape: q/k RMSNorm per head, head_dim wider than hidden/heads, GQA; plus o and MLP biases and Llama 3 rope scaling. */
 export const qwen3Tiny: LlamaConfig = {
-  ...llamaBase, heads: 4, kvHeads: 2, headDim: 4, qkNorm: true, oBias: true, qkvBias: true, mlpBias: true,
+  ...llamaBase,
+  heads: 4,
+  kvHeads: 2,
+  headDim: 4,
+  qkNorm: true,
+  oBias: true,
+  qkvBias: true,
+  mlpBias: true,
   ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalContext: 8 },
 };
 
@@ -28,7 +49,11 @@ function batchFeeds(rng: Rng) {
   const ids = [1, 2, 3, 4, 5, 6, 0, 2, 3, 6];
   const mask = [1, 1, 1, 1, 1, 1, 1, 1, 1, 0];
   const lossMask = [0, 0, 1, 1, 1, 0, 0, 1, 1, 0];
-  const lp = () => f64(Float64Array.from({ length: 10 }, () => -1 - rng.next()), [2, 5]);
+  const lp = () =>
+    f64(
+      Float64Array.from({ length: 10 }, () => -1 - rng.next()),
+      [2, 5],
+    );
   return {
     input_ids: i64(ids, [2, 5]),
     attention_mask: i64(mask, [2, 5]),
@@ -44,7 +69,11 @@ function batchFeeds(rng: Rng) {
 
 /** Two prompts (the first left-padded), two completions each (one right-padded). */
 function groupedFeeds(rng: Rng) {
-  const lp = () => f64(Float64Array.from({ length: 12 }, () => -1 - rng.next()), [4, 3]);
+  const lp = () =>
+    f64(
+      Float64Array.from({ length: 12 }, () => -1 - rng.next()),
+      [4, 3],
+    );
   return {
     ...batchFeeds(rng),
     prompt_ids: i64([6, 1, 2, 3, 4, 5], [2, 3]),
@@ -87,7 +116,8 @@ export async function modelGradError(
   const values = new Map([...weights, ...(lora?.adapters ?? [])]);
   const feeds = (): Record<string, ort.Tensor> => {
     const f: Record<string, ort.Tensor> = {};
-    for (const name of session.inputNames) f[name] = (data as Record<string, ort.Tensor>)[name] ?? f64(values.get(name)!, all.find((s) => s.name === name)!.shape);
+    for (const name of session.inputNames)
+      f[name] = (data as Record<string, ort.Tensor>)[name] ?? f64(values.get(name)!, all.find((s) => s.name === name)!.shape);
     return f;
   };
   const base = await session.run(feeds());

@@ -21,7 +21,8 @@ export function postgresBin(): string | null {
 }
 
 /** Why PostgreSQL tests cannot run here, or null when they can. */
-export const postgresMissing = (): string | null => (postgresBin() ? null : `PostgreSQL is not installed (${PG_ROOT}/*/bin/pg_ctl): apt-get install -y postgresql`);
+export const postgresMissing = (): string | null =>
+  postgresBin() ? null : `PostgreSQL is not installed (${PG_ROOT}/*/bin/pg_ctl): apt-get install -y postgresql`;
 
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -71,7 +72,10 @@ export async function startPostgres(): Promise<TestPostgres> {
   const start = () => run('pg_ctl', ['-D', data, '-l', log, '-w', '-t', '60', '-o', opts, 'start']);
   const stop = () => run('pg_ctl', ['-D', data, '-m', 'fast', '-w', '-t', '60', 'stop']);
   start();
-  const psql = (sql: string) => execFileSync(join(bin, 'psql'), ['-h', '127.0.0.1', '-p', String(port), '-U', user, '-d', 'postgres', '-v', 'ON_ERROR_STOP=1', '-c', sql], { encoding: 'utf8' });
+  const psql = (sql: string) =>
+    execFileSync(join(bin, 'psql'), ['-h', '127.0.0.1', '-p', String(port), '-U', user, '-d', 'postgres', '-v', 'ON_ERROR_STOP=1', '-c', sql], {
+      encoding: 'utf8',
+    });
   let stopped = false;
   return {
     port,

@@ -61,7 +61,11 @@ function parse(raw: Buffer, noBody = false): RawResponse {
  * Sends the bytes, half-closes (unless keepOpen), and reads until the first response is
  * complete, the server closes, or the time runs out. noBody: the reply to a HEAD, complete at its head.
  */
-export function rawExchange(port: number, request: Buffer | string, o: { timeoutMs?: number; keepOpen?: boolean; noBody?: boolean } = {}): Promise<RawResponse & { closed: boolean; timedOut: boolean }> {
+export function rawExchange(
+  port: number,
+  request: Buffer | string,
+  o: { timeoutMs?: number; keepOpen?: boolean; noBody?: boolean } = {},
+): Promise<RawResponse & { closed: boolean; timedOut: boolean }> {
   return new Promise((resolve) => {
     const socket = connect(port, '127.0.0.1');
     const chunks: Buffer[] = [];

@@ -48,7 +48,10 @@ export async function startTestServer(overrides: SettingOverrides = {}, o: Start
  * agreed, or no vote passed --gate) or no client was under its share; a test that accepts
  * that can pass having judged nothing, so it fails here and says why.
  */
-export function assertJudged(u: { outcome: string; reason?: string; stats?: unknown }, want: readonly ('promoted' | 'rejected')[] = ['promoted', 'rejected']): void {
+export function assertJudged(
+  u: { outcome: string; reason?: string; stats?: unknown },
+  want: readonly ('promoted' | 'rejected')[] = ['promoted', 'rejected'],
+): void {
   if (u.outcome === 'skipped')
     assert.fail(
       `the update was skipped (${u.reason ?? 'no reason given'}), so this test judged nothing: its questions must give a learning signal ` +

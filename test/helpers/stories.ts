@@ -12,7 +12,9 @@ export const STORIES = fileURLToPath(new URL('../fixtures/stories260K/hf/', impo
 export type Message = Record<string, unknown>;
 
 /** Opens a WebSocket, returns its hello and a function that asks one question (with streamed votes). */
-export async function connect(url: string): Promise<{ hello: Message; ask: (id: string, question: string) => Promise<{ reply: Message; votes: Message[] }>; close: () => void }> {
+export async function connect(
+  url: string,
+): Promise<{ hello: Message; ask: (id: string, question: string) => Promise<{ reply: Message; votes: Message[] }>; close: () => void }> {
   const ws = new WebSocket(url);
   const inbox: Message[] = [];
   let wake: (() => void) | null = null;
@@ -33,7 +35,8 @@ export async function connect(url: string): Promise<{ hello: Message; ask: (id: 
     ws.send(JSON.stringify({ type: 'ask', id, question, stream: true }));
     const reply = await take((m) => m.id === id && (m.type === 'answer' || m.type === 'error'));
     const votes: Message[] = [];
-    for (let i = inbox.findIndex((m) => m.id === id && m.type === 'vote'); i >= 0; i = inbox.findIndex((m) => m.id === id && m.type === 'vote')) votes.push(inbox.splice(i, 1)[0]!);
+    for (let i = inbox.findIndex((m) => m.id === id && m.type === 'vote'); i >= 0; i = inbox.findIndex((m) => m.id === id && m.type === 'vote'))
+      votes.push(inbox.splice(i, 1)[0]!);
     return { reply, votes: votes.sort((a, b) => (a.index as number) - (b.index as number)) };
   };
   return { hello, ask, close: () => ws.close() };
@@ -55,7 +58,14 @@ export async function storiesOneSentence(): Promise<string> {
 /** The first word of a continuation: the vote of the stories tests. */
 export const FIRST_WORD = '^\\W*([A-Za-z]+)';
 export const STORY_PROMPTS = [
-  'One day, Tom saw a', 'Tim and Sue went to the', 'The little girl was very', 'Once upon a time, there was a', 'Lily wanted to',
-  'The dog ran to the', 'Mom gave Ben a', 'The sun was', 'Sam found a big', 'The bird sang a',
+  'One day, Tom saw a',
+  'Tim and Sue went to the',
+  'The little girl was very',
+  'Once upon a time, there was a',
+  'Lily wanted to',
+  'The dog ran to the',
+  'Mom gave Ben a',
+  'The sun was',
+  'Sam found a big',
+  'The bird sang a',
 ];
-

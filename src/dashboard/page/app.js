@@ -79,13 +79,22 @@
         scales: { x: { time: false, range: [0, 1] }, y: { range: (_u, _min, max) => [0, Math.max(1, max * 1.15)] } },
         legend: { show: false },
         cursor: { show: false },
-        series: [{}, { label: 'answers', fill: 'rgba(58,111,216,0.55)', stroke: COLORS.accent, paths: uPlot.paths.bars({ size: [0.85, 60] }), points: { show: false } }],
+        series: [
+          {},
+          { label: 'answers', fill: 'rgba(58,111,216,0.55)', stroke: COLORS.accent, paths: uPlot.paths.bars({ size: [0.85, 60] }), points: { show: false } },
+        ],
         axes: [{ splits: () => [0, 0.2, 0.4, 0.6, 0.8, 1], values: (_u, vals) => vals.map((v) => `${Math.round(v * 100)}%`) }, { size: 44 }],
       },
       [centers, new Array(10).fill(0)],
       $('chart-confidence'),
     );
-    const point = (color) => ({ stroke: color, width: 0, paths: () => null, points: { show: true, size: 10, fill: color, stroke: color }, value: (_u, v) => fmtShift(v) });
+    const point = (color) => ({
+      stroke: color,
+      width: 0,
+      paths: () => null,
+      points: { show: true, size: 10, fill: color, stroke: color },
+      value: (_u, v) => fmtShift(v),
+    });
     charts.updates = new uPlot(
       {
         width: widthOf('chart-updates'),
@@ -100,16 +109,31 @@
               return [Math.min(xs.length ? xs[0] : now, now - 600) - 10, Math.max(lastOf(u), now) + 10];
             },
           },
-          y: { range: (_u, min, max) => { const m = Math.max(0.05, Math.abs(min ?? 0), Math.abs(max ?? 0)) * 1.3; return [-m, m]; } },
+          y: {
+            range: (_u, min, max) => {
+              const m = Math.max(0.05, Math.abs(min ?? 0), Math.abs(max ?? 0)) * 1.3;
+              return [-m, m];
+            },
+          },
         },
-        series: [{}, { label: 'promoted', ...point(COLORS.promoted) }, { label: 'rejected', ...point(COLORS.rejected) }, { label: 'skipped / failed', ...point(COLORS.other) }],
+        series: [
+          {},
+          { label: 'promoted', ...point(COLORS.promoted) },
+          { label: 'rejected', ...point(COLORS.rejected) },
+          { label: 'skipped / failed', ...point(COLORS.other) },
+        ],
         axes: [{}, { size: 50, label: 'anchor shift', labelSize: 14 }],
       },
       [[], [], [], []],
       $('chart-updates'),
     );
     const resize = new ResizeObserver(() => {
-      for (const [name, id] of [['qps', 'chart-qps'], ['latency', 'chart-latency'], ['confidence', 'chart-confidence'], ['updates', 'chart-updates']]) {
+      for (const [name, id] of [
+        ['qps', 'chart-qps'],
+        ['latency', 'chart-latency'],
+        ['confidence', 'chart-confidence'],
+        ['updates', 'chart-updates'],
+      ]) {
         const w = widthOf(id);
         if (charts[name].width !== w) charts[name].setSize({ width: w, height: charts[name].height });
       }
@@ -155,7 +179,11 @@
     const servable = state.versions.filter((r) => r.version === 0 || r.status === 'active' || r.status === 'retired').reverse();
     select.replaceChildren(
       ...servable.map((r) => {
-        const o = el('option', '', `v${r.version}${r.version === v ? ' (serving)' : r.version === 0 ? ' (base model)' : ''}${r.anchor_shift !== null ? `, anchor ${fmtShift(r.anchor_shift)}` : ''}`);
+        const o = el(
+          'option',
+          '',
+          `v${r.version}${r.version === v ? ' (serving)' : r.version === 0 ? ' (base model)' : ''}${r.anchor_shift !== null ? `, anchor ${fmtShift(r.anchor_shift)}` : ''}`,
+        );
         o.value = String(r.version);
         return o;
       }),
@@ -376,7 +404,8 @@
 
   function summary(body) {
     if (!body || typeof body !== 'object') return 'done';
-    if (body.outcome) return `${body.outcome}${body.version !== null && body.version !== undefined ? ` (v${body.version})` : ''}${body.reason ? `: ${body.reason}` : ''}`;
+    if (body.outcome)
+      return `${body.outcome}${body.version !== null && body.version !== undefined ? ` (v${body.version})` : ''}${body.reason ? `: ${body.reason}` : ''}`;
     if (body.adaptation) return `adaptation ${body.adaptation}`;
     if (body.model_version !== undefined) return `serving v${body.model_version}`;
     return 'done';
