@@ -7,9 +7,23 @@
 // the served accuracy of the last quarter of the stream, scored afterwards with the suite's
 // answers. Then the PyTorch peer's raw sampling speed at the same shape, for the ratio.
 //
+// --frontends N (N > 1) runs each stream/seed/mode as a fleet: N front-ends (in this process,
+// as the tests run them) on one PostgreSQL database the bench starts itself (fsync on, a fresh
+// database per run, one versions folder all read), the clients spread evenly over them, each
+// client keeping to one front-end (a load balancer with sticky connections). Each front-end
+// gets threads 1 and trainThreads 1 (unless --set says otherwise), so that two front-ends
+// share the 2 cores as two processes on them would: one sampler thread each, and one trainer
+// thread on the leader (the front-ends share this process's main thread for their sockets and
+// database calls, which two processes would not). Elections, heartbeats and polls are the
+// defaults; the load starts once a leader is elected (with adaptation on). Accuracy is scored
+// on what every client received; the update counts, versions and per-version accuracy come
+// from the shared database (every front-end's answers; the run fails unless it holds exactly
+// one answered row per question). N = 1 (the default) is one server on SQLite, as before.
+//
 //   npm run bench:serve -- [--json] [--clients 16] [--questions 2000] [--seeds 3] [--first-seed 0] [--streams recurring,fresh]
-//                          [--modes off,on,on3x] [--lr X] [--set key=value ...] [--no-peer]
-//   BENCH_KEEP=1 keeps each run's database and versions (bench/guard-study.ts reads them).
+//                          [--modes off,on,on3x] [--lr X] [--set key=value ...] [--no-peer] [--frontends 1]
+//   BENCH_KEEP=1 keeps each run's database and versions (bench/guard-study.ts reads them); with
+//   --frontends N > 1, the versions folder and a pg_dump of the run's database (db.dump).
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -24,6 +38,7 @@ import { startServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';
 import type { Question } from '../src/tasks/arithmetic.ts';
 import { quantile } from '../src/util/stats.ts';
+import { readyz, startBenchPostgres, waitForLeader, type BenchPostgres } from './fleet-db.ts';
 
 const o = new Command()
   .option('--json', 'print only the JSON line on stdout')
@@ -36,6 +51,7 @@ const o = new Command()
   .option('--lr <x>', 'learning rate of "on" (default: the server default)')
   .option('--set <k=v...>', 'other server settings for every run, e.g. --set updateEvery=32')
   .option('--no-peer', 'skip the PyTorch peer')
+  .option('--frontends <n>', 'front-ends on one PostgreSQL database the bench starts (1: one server on SQLite)', '1')
   .parse()
   .opts<{
     json?: boolean;
@@ -48,6 +64,7 @@ const o = new Command()
     lr?: string;
     set?: string[];
     peer: boolean;
+    frontends: string;
   }>();
 
 const log = (...a: unknown[]) => console.error(...a);
@@ -56,6 +73,20 @@ const C = Number(o.clients);
 const extra = Object.fromEntries((o.set ?? []).map((kv) => kv.split('=') as [string, string]));
 const baseLr = o.lr ? Number(o.lr) : lrOf({ loraRank: Number(extra.loraRank ?? 0) });
 const tail = { from: Math.floor(N * 0.75), to: N }; // questions 1,501-2,000 of 2,000
+const F = Number(o.frontends);
+if (!Number.isInteger(F) || F < 1) throw new Error(`--frontends: bad value ${o.frontends}`);
+if (C < F) throw new Error(`--clients ${C} < --frontends ${F}: a front-end would have no client`);
+const STORE = F > 1 ? 'postgres' : 'sqlite';
+/** What each front-end of a fleet gets unless --set says otherwise: the 2 cores shared as two processes would. */
+const FLEET_THREADS = { threads: 1, trainThreads: 1 };
+const postgres: BenchPostgres | null = F > 1 ? await startBenchPostgres() : null;
+if (postgres)
+  for (const sig of ['SIGINT', 'SIGTERM'] as const)
+    process.once(sig, () => {
+      postgres.destroy();
+      process.exit(130);
+    });
+let runNumber = 0;
 
 function stream(kind: string, seed: number): Question[] {
   if (kind === 'fresh') {
@@ -74,17 +105,36 @@ async function run(kind: string, seed: number, mode: string) {
   const questions = stream(kind, seed);
   const dir = await mkdtemp(join(tmpdir(), 'ttrl-bench-'));
   const lr = mode === 'on3x' ? 3 * baseLr : baseLr;
-  const settings = resolveSettings({ port: 0, db: join(dir, 'b.sqlite'), seed, adapt: mode !== 'off', lr, ...extra }, {});
-  const server = await startServer(settings);
-  const updates: { start: number; end?: number; outcome?: string }[] = [];
-  server.adaptation.updates$.subscribe((e) =>
-    e.phase === 'start' ? updates.push({ start: performance.now() }) : Object.assign(updates.at(-1)!, { end: performance.now(), outcome: e.outcome.outcome }),
+  const dbName = `serve_${++runNumber}_${kind}_${seed}_${mode}`;
+  const db = postgres ? postgres.create(dbName) : join(dir, 'b.sqlite');
+  const base = { port: 0, db, seed, adapt: mode !== 'off', lr };
+  const servers: Awaited<ReturnType<typeof startServer>>[] = [];
+  const ids = Array.from({ length: F }, (_, k) => `fe-${k + 1}`);
+  const settings = ids.map((id) =>
+    resolveSettings(postgres ? { ...base, versionsDir: join(dir, 'versions'), frontendId: id, ...FLEET_THREADS, ...extra } : { ...base, ...extra }, {}),
   );
+  try {
+    for (const s of settings) servers.push(await startServer(s));
+  } catch (e) {
+    for (const s of servers) await s.close();
+    throw e;
+  }
+  // The update in flight on each front-end (only the leader trains; a new leader would too).
+  const updates: { start: number; end?: number; outcome?: string; frontend: string }[] = [];
+  servers.forEach((server, k) => {
+    let current: (typeof updates)[number] | null = null;
+    server.adaptation.updates$.subscribe((e) => {
+      if (e.phase === 'start') updates.push((current = { start: performance.now(), frontend: ids[k]! }));
+      else if (current) Object.assign(current, { end: performance.now(), outcome: e.outcome.outcome });
+    });
+  });
+  const leader = postgres && settings[0]!.adapt ? await waitForLeader(servers.map((s) => s.url)) : null;
   const served: { answer: string | null; version: number; sent: number; got: number }[] = new Array(N);
   let next = 0;
   const t0 = performance.now();
-  const client = async () => {
-    const ws = new WebSocket(server.wsUrl);
+  // Client c keeps to front-end c mod F: 16 clients, 2 front-ends, 8 each.
+  const client = async (c: number) => {
+    const ws = new WebSocket(servers[c % F]!.wsUrl);
     await new Promise((res, rej) => (ws.once('open', res), ws.once('error', rej)));
     const waiting = new Map<string, (m: Record<string, unknown>) => void>();
     ws.on('message', (d) => {
@@ -109,13 +159,22 @@ async function run(kind: string, seed: number, mode: string) {
     }
     ws.close();
   };
-  await Promise.all(Array.from({ length: C }, client));
+  await Promise.all(Array.from({ length: C }, (_, c) => client(c)));
   const wall = (performance.now() - t0) / 1000;
-  await server.adaptation.idle(); // let an update in flight finish before closing
-  const versions = server.store.versions();
-  await server.close();
-  if (process.env.BENCH_KEEP) log(`kept ${dir}`);
-  else await rm(dir, { recursive: true, force: true });
+  await Promise.all(servers.map((s) => s.adaptation.idle())); // let an update in flight finish before closing
+  // From the store: with a fleet the shared database, every front-end's answers and the one lineage.
+  const store = servers[0]!.store;
+  const versions = await store.versions();
+  const logged = await fromLog(store, questions);
+  const serving = postgres ? await Promise.all(servers.map((s) => readyz(s.url).then((r) => r.model_version))) : null;
+  for (const s of servers) await s.close();
+  if (process.env.BENCH_KEEP) {
+    if (postgres) postgres.dump(dbName, join(dir, 'db.dump'));
+    log(`kept ${dir}`);
+  } else await rm(dir, { recursive: true, force: true });
+  if (postgres) await postgres.drop(dbName);
+  // Every question was answered once (the clients retry only `overloaded`): one answered row each.
+  if (logged.answered !== N) throw new Error(`${kind} seed ${seed} ${mode}: the store holds ${logged.answered} answered questions, the clients received ${N}`);
   const lat = served.map((s) => s.got - s.sent);
   const during = served.filter((s) => updates.some((u) => s.sent < (u.end ?? Infinity) && s.got > u.start)).map((s) => s.got - s.sent);
   const outside = served.filter((s) => !updates.some((u) => s.sent < (u.end ?? Infinity) && s.got > u.start)).map((s) => s.got - s.sent);
@@ -124,6 +183,8 @@ async function run(kind: string, seed: number, mode: string) {
     stream: kind,
     seed,
     mode,
+    store: STORE,
+    frontends: F,
     lr: mode === 'off' ? null : lr,
     questions_per_s: +(N / wall).toFixed(2),
     p50_ms: Math.round(quantile(lat, 0.5)!),
@@ -138,9 +199,56 @@ async function run(kind: string, seed: number, mode: string) {
     rejected: versions.filter((v) => v.status === 'rejected').length,
     final_version: served.at(-1)!.version,
     ...updateCosts(versions),
+    // From the store, all front-ends together: answered questions by the version that served them.
+    accuracy_by_version: logged.byVersion,
+    ...(postgres
+      ? {
+          leader,
+          updates_by_frontend: Object.fromEntries(ids.map((id) => [id, updates.filter((u) => u.frontend === id).length])),
+          answers_by_frontend: logged.byFrontend,
+          // The experiences each update took, by the front-end that answered them (versions' stats.frontends).
+          trained_on_by_frontend: trainedOn(versions),
+          serving_at_end: Object.fromEntries(ids.map((id, k) => [id, serving![k]!])),
+        }
+      : {}),
   };
   log(JSON.stringify(r));
   return r;
+}
+
+/** The answered questions in the store: how many, by front-end, and by version with the suite's answers scored. */
+async function fromLog(
+  store: {
+    questions(o: { status: 'answered' }): AsyncIterable<{ question: string; answer: string | null; model_version: number | null; frontend: string | null }>;
+  },
+  qs: Question[],
+) {
+  const truth = new Map(qs.map((q) => [q.question, q.answer]));
+  const byFrontend: Record<string, number> = {};
+  const byVersion = new Map<number, { n: number; right: number }>();
+  let answered = 0;
+  for await (const q of store.questions({ status: 'answered' })) {
+    answered++;
+    const fe = q.frontend ?? 'single';
+    byFrontend[fe] = (byFrontend[fe] ?? 0) + 1;
+    const v = byVersion.get(q.model_version ?? -1) ?? { n: 0, right: 0 };
+    v.n++;
+    if (q.answer === truth.get(q.question)) v.right++;
+    byVersion.set(q.model_version ?? -1, v);
+  }
+  return {
+    answered,
+    byFrontend,
+    byVersion: Object.fromEntries([...byVersion].sort((a, b) => a[0] - b[0]).map(([v, x]) => [v, { answered: x.n, accuracy: +(x.right / x.n).toFixed(4) }])),
+  };
+}
+
+/** The experiences the updates trained on (as they were read from the log), by the front-end that answered them. */
+function trainedOn(versions: { version: number; stats: unknown }[]) {
+  const out: Record<string, number> = {};
+  for (const v of versions)
+    for (const [fe, n] of Object.entries(((v.stats ?? {}) as { frontends?: Record<string, number> }).frontends ?? {})) out[fe] = (out[fe] ?? 0) + n;
+  return out;
 }
 
 /** What the updates did: optimizer steps in all, and mean seconds per update (training, and with the guard's probe). */
@@ -164,8 +272,13 @@ function runPeer(): { questions_per_s: number; sample_tok_s: number; peer: strin
 }
 
 const runs: Awaited<ReturnType<typeof run>>[] = [];
-for (let seed = Number(o.firstSeed); seed < Number(o.firstSeed) + Number(o.seeds); seed++)
-  for (const kind of o.streams.split(',')) for (const mode of o.modes.split(',')) runs.push(await run(kind, seed, mode));
+const postgresVersion = postgres ? await postgres.serverVersion() : null;
+try {
+  for (let seed = Number(o.firstSeed); seed < Number(o.firstSeed) + Number(o.seeds); seed++)
+    for (const kind of o.streams.split(',')) for (const mode of o.modes.split(',')) runs.push(await run(kind, seed, mode));
+} finally {
+  postgres?.destroy();
+}
 
 const summary: Record<string, unknown> = {};
 for (const kind of o.streams.split(',')) {
@@ -194,10 +307,18 @@ for (const kind of o.streams.split(',')) {
 const peer = o.peer ? runPeer() : { error: 'skipped (--no-peer)' };
 const offRuns = runs.filter((r) => r.mode === 'off');
 const ours = offRuns.length ? +(offRuns.reduce((a, r) => a + r.questions_per_s, 0) / offRuns.length).toFixed(2) : null;
+function pick(o: Record<string, string>, keys: string[]) {
+  return Object.fromEntries(Object.entries(o).filter(([k]) => keys.includes(k)));
+}
 const out = {
   bench: 'serve',
   date: new Date().toISOString().slice(0, 10),
   clients: C,
+  store: STORE,
+  frontends: F,
+  ...(postgres
+    ? { postgres: { version: postgresVersion, fsync: true }, frontend_settings: { ...FLEET_THREADS, ...pick(extra, Object.keys(FLEET_THREADS)) } }
+    : {}),
   questions: N,
   votes: SETTINGS.votes.default,
   lr: baseLr,

@@ -94,7 +94,7 @@ try {
     const u = await p.adaptation.updateNow('admin');
     const updateS = (performance.now() - t) / 1000;
     const stats = (u.stats ?? {}) as Record<string, unknown>;
-    const row = u.version === null ? undefined : p.store.version(u.version);
+    const row = u.version === null ? undefined : await p.store.version(u.version);
     const versionMb = row?.weights_path ? +((await stat(row.weights_path)).size / 2 ** 20).toFixed(2) : null;
     const r = {
       bench: 'update',

@@ -37,7 +37,8 @@ import { parseTime, readSource } from './replay/source.ts';
 import { replayLive } from './replay/live.ts';
 import { REPLAY_EXACT, replayOffline } from './replay/offline.ts';
 import { buildReport, writeReport, type Outcome } from './replay/report.ts';
-import { Store, type VersionRow } from './store/store.ts';
+import type { VersionRow } from './store/store.ts';
+import { hidePassword, openStore } from './store/open.ts';
 import { EXTRACTOR_NAMES, extractor } from './tasks/extractors.ts';
 import { describeVote, voteLine } from './tasks/vote-lines.ts';
 import { createInterface } from 'node:readline';
@@ -46,6 +47,7 @@ import { taskFromSettings, type Task } from './tasks/task.ts';
 import { askLimits, checkPrompt } from './loop/admission.ts';
 import { exportVersion } from './loop/version-files.ts';
 import type { QuestionRecord } from './tasks/question-file.ts';
+import { runCopy } from './store/copy.ts';
 
 /** The settings the shipped model was trained with (models/arith-tiny/README.md). */
 const DEFAULT_PRETRAIN = { steps: 5800, batchSize: 64, lr: 1e-3, warmup: 200, anneal: 0, aggregation: 'sequence-mean' as 'sequence-mean' | 'token-mean' };
@@ -420,7 +422,7 @@ serve.action(async (o: Record<string, unknown>, cmd: Command) => {
   const log = (line: string) => logger.info(line);
   const server = await startServer(settings, logger);
   log(
-    `serving ${settings.model} (version ${server.versions$.value}) at ${server.url}  websocket ${server.wsUrl}  db ${settings.db}  adaptation ${settings.adapt ? 'on' : 'off'}`,
+    `serving ${settings.model} (version ${server.versions$.value}) at ${server.url}  websocket ${server.wsUrl}  db ${hidePassword(settings.db)}  adaptation ${settings.adapt ? 'on' : 'off'}`,
   );
   server.versions$.subscribe((v) => log(`model version ${v} is serving`));
   let stoppingAt = 0;
@@ -551,48 +553,45 @@ program
   .action(async (o) => {
     if (o.version !== undefined) {
       if (!o.out) throw new Error('--version needs --out DIR');
-      const store = Store.open(o.db);
+      const store = await openStore(o.db);
       try {
         const r = await exportVersion(store, o.version, { out: o.out, adapter: o.adapter, model: o.model });
         console.log(
           `wrote version ${o.version} of ${r.model} (${o.adapter ? 'its adapters, PEFT layout' : r.kind === 'lora' ? 'adapters merged' : 'full weights'}) to ${o.out}`,
         );
       } finally {
-        store.close();
+        await store.close();
       }
       return;
     }
     if (o.out || o.adapter || o.model) throw new Error('--out, --adapter and --model go with --version');
-    const store = Store.open(o.db);
+    const store = await openStore(o.db);
     try {
-      // Read the rows first: a connection iterating one statement cannot run another (the samples).
-      const rows = [...store.questions({ since: o.since && parseTime(o.since, '--since'), until: o.until && parseTime(o.until, '--until') })];
-      const records = (function* () {
-        for (const r of rows)
-          yield {
-            id: r.id,
-            question: r.question,
-            answer: r.answer,
-            votes: r.votes,
-            majority_ratio: r.majority_ratio,
-            model_version: r.model_version,
-            status: r.status,
-            error: r.error,
-            received_at: new Date(r.received_at).toISOString(),
-            answered_at: r.answered_at === null ? null : new Date(r.answered_at).toISOString(),
-            latency_ms: r.latency_ms,
-            client_id: r.client_id,
-            connection: r.connection,
-            ...(o.samples ? { samples: store.samplesOf(r.id) } : {}),
-          };
-      })();
-      if (o.format === 'jsonl') for (const r of records) process.stdout.write(JSON.stringify(r) + '\n');
-      else {
-        const all = [...records].map((r) => ({ ...r, votes: JSON.stringify(r.votes) }));
-        process.stdout.write(all.length ? toCsv(all) : '');
+      const csv: Record<string, unknown>[] = [];
+      for await (const r of store.questions({ since: o.since && parseTime(o.since, '--since'), until: o.until && parseTime(o.until, '--until') })) {
+        const record = {
+          id: r.id,
+          question: r.question,
+          answer: r.answer,
+          votes: r.votes,
+          majority_ratio: r.majority_ratio,
+          model_version: r.model_version,
+          status: r.status,
+          error: r.error,
+          received_at: new Date(r.received_at).toISOString(),
+          answered_at: r.answered_at === null ? null : new Date(r.answered_at).toISOString(),
+          latency_ms: r.latency_ms,
+          client_id: r.client_id,
+          connection: r.connection,
+          frontend: r.frontend,
+          ...(o.samples ? { samples: await store.samplesOf(r.id) } : {}),
+        };
+        if (o.format === 'jsonl') process.stdout.write(JSON.stringify(record) + '\n');
+        else csv.push({ ...record, votes: JSON.stringify(record.votes) });
       }
+      if (o.format !== 'jsonl') process.stdout.write(csv.length ? toCsv(csv) : '');
     } finally {
-      store.close();
+      await store.close();
     }
   });
 
@@ -621,6 +620,27 @@ program
       console.error(`ttrl: ${bad} line${bad === 1 ? '' : 's'} could not be read`);
       process.exitCode = 1;
     }
+  });
+
+program
+  .command('copy')
+  .description(
+    'copy a whole store into an empty one (the log, the version lineage and its weight files, meta and events): from one process on a SQLite file to a PostgreSQL fleet, or back. Stop the server writing to --from first',
+  )
+  .requiredOption('--from <db>', 'the store copied: a SQLite file or a postgres:// URL')
+  .requiredOption('--to <db>', 'the empty store filled: a SQLite file or a postgres:// URL (one that holds questions or versions is refused)')
+  .option(
+    '--versions-dir <dir>',
+    'where the version weight files are copied, unchanged; serve the copy with this --versions-dir (default: DST.versions beside a SQLite --to; needed with a postgres:// --to)',
+  )
+  .option('--json', 'print a JSON summary line')
+  .action(async (o) => {
+    const r = await runCopy({ from: o.from, to: o.to, versionsDir: o.versionsDir, log: (line) => console.error(line) });
+    for (const p of r.problems) console.error(`ttrl: warning: version ${p.version}: ${p.path} ${p.problem}`);
+    console.error(
+      `copied ${r.from} to ${r.to}: ${r.questions} questions (${r.samples} samples), ${r.versions} model versions (${r.files.length} weight files to ${r.versionsDir}), ${r.meta} meta rows, ${r.events} events; database id ${r.databaseId ?? '(none yet)'}`,
+    );
+    if (o.json) console.log(JSON.stringify(r));
   });
 
 program.parseAsync().catch((e: Error) => {

@@ -9,6 +9,7 @@ import { WebSocket as WS } from 'ws';
 import type { RunningServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';
 import { TtrlClient, TtrlError, type Answer, type RetryInfo, type StreamEvent, type WebSocketConstructor } from '../src/client/index.ts';
+import { collect } from './helpers/collect.ts';
 import { scratch } from './helpers/scratch.ts';
 import { startTestServer, type SettingOverrides } from './helpers/server.ts';
 
@@ -221,7 +222,7 @@ test('a server restarted on the same port: the client reconnects and every quest
     assert.equal(drops[0]!.reconnecting, true);
     assert.equal(c.connected, true);
     // Every question reached a server's log at least once; the restarted one has those it answered.
-    const logged = new Set([...b.store.questions()].map((q) => q.question));
+    const logged = new Set((await collect(b.store.questions())).map((q) => q.question));
     assert.ok(logged.has(QS[13]!));
   } finally {
     await c.close();

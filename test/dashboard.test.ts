@@ -101,6 +101,8 @@ test('the dashboard shows answers as they come and a version change made from it
   const qs = [...suite('in-distribution', 12, 11), ...suite('4-operand', 12, 12)].map((x) => x.question);
   await Promise.all(qs.map((x) => ask(s, x)));
   await waitText(page, 'answered', String(1 + qs.length));
+  // The count comes with each second's stats, the list within 200 ms of its answers: wait for both.
+  for (let i = 0; i < 50 && (await page.locator('#questions li').count()) !== 1 + qs.length; i++) await new Promise((r) => setTimeout(r, 100));
   assert.equal(await page.locator('#questions li').count(), 1 + qs.length);
 
   // Admin buttons stay disabled until a token is typed; with it, "Update now" makes v1.
@@ -119,8 +121,8 @@ test('the dashboard shows answers as they come and a version change made from it
   assert.equal(await page.locator('#updates tr[data-outcome="promoted"] td').nth(2).textContent(), 'v1');
   await page.waitForFunction(() => /^update: promoted \(v1\)/.test(document.getElementById('admin-result')!.textContent!), null, { timeout: 10_000 });
   // The in-distribution questions are near-unanimous: they make anchors, so the guard measured a shift.
-  const shift = (s.store.version(1)!.stats as Record<string, unknown>).anchor_shift;
-  assert.equal(typeof shift, 'number', `no anchor shift measured: ${JSON.stringify(s.store.version(1)!.stats)}`);
+  const shift = ((await s.store.version(1))!.stats as Record<string, unknown>).anchor_shift;
+  assert.equal(typeof shift, 'number', `no anchor shift measured: ${JSON.stringify((await s.store.version(1))!.stats)}`);
   await waitText(page, 'anchor-shift', ((shift as number) >= 0 ? '+' : '') + (shift as number).toFixed(3));
 
   // A question after the update is answered by v1, and shown so.

@@ -490,14 +490,12 @@ const httpCase: fc.Arbitrary<HttpCase> = fc.oneof(
   // The JSON reader reads utf-8 (and utf-16 and -32) alone: other charsets are refused.
   {
     weight: 1,
-    arbitrary: fc
-      .tuple(askBody, fc.constantFrom('latin1', 'iso-8859-1', 'utf-99', 'koi8-r'))
-      .map(([b, cs]) => ({
-        kind: 'unknown charset',
-        body: JSON.stringify(b),
-        headers: { 'content-type': `application/json; charset=${cs}` },
-        allowed: ['unsupported_encoding'],
-      })),
+    arbitrary: fc.tuple(askBody, fc.constantFrom('latin1', 'iso-8859-1', 'utf-99', 'koi8-r')).map(([b, cs]) => ({
+      kind: 'unknown charset',
+      body: JSON.stringify(b),
+      headers: { 'content-type': `application/json; charset=${cs}` },
+      allowed: ['unsupported_encoding'],
+    })),
   },
   { weight: 1, arbitrary: fc.constantFrom('GET', 'PUT', 'DELETE', 'PATCH').map((method) => ({ kind: 'wrong method', method, allowed: ['not_found'] })) },
 );

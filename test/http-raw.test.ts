@@ -10,6 +10,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import type { RunningServer } from '../src/server/server.ts';
+import { collect } from './helpers/collect.ts';
 import { rawExchange, type RawResponse } from './helpers/raw-http.ts';
 import { startTestServer } from './helpers/server.ts';
 
@@ -330,7 +331,7 @@ test('/admin/versions/N/activate takes only canonical decimal integers: %20, 0x0
     assert.equal(r.status, 400, n);
     assert.equal(((await r.json()) as { code: string }).code, 'invalid_message', n);
   }
-  const events = open.store.events(50).filter((e) => JSON.stringify(e).includes('activat'));
+  const events = (await open.store.events(50)).filter((e) => JSON.stringify(e).includes('activat'));
   assert.equal(events.length, 0, 'no activation was recorded');
   const ok = await admin(open, '/admin/versions/0/activate');
   assert.equal(ok.status, 200);
@@ -430,7 +431,7 @@ test('an HTTP or OpenAI request whose client went away is dropped from the queue
       await new Promise((r) => setTimeout(r, 20));
     }
     await new Promise((r) => setTimeout(r, 300)); // the batch in flight, if any, is stored
-    const rows = [...s.store.questions()];
+    const rows = await collect(s.store.questions());
     const gone = rows.filter((q) => q.status === 'failed' && /went away/.test(q.error ?? ''));
     const answered = rows.filter((q) => q.status === 'answered');
     assert.equal(rows.length, 12);

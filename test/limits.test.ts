@@ -9,6 +9,7 @@ import WebSocket from 'ws';
 import { resolveSettings } from '../src/config/settings.ts';
 import type { RunningServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';
+import type { SqliteStore } from '../src/store/sqlite.ts';
 import { startTestServer, type SettingOverrides } from './helpers/server.ts';
 
 const start = (over: SettingOverrides = {}): Promise<RunningServer> => startTestServer(over, { prefix: 'ttrl-limits-' });
@@ -94,13 +95,13 @@ test('a connection flooding 600 asks gets too_many_in_flight past its limit; a s
       JSON.stringify(refused[0]),
     );
     const lastFloodAnswerAt = Math.max(
-      ...s.store.db
+      ...(s.store as SqliteStore).db
         .prepare("SELECT answered_at FROM questions WHERE connection = ? AND status = 'answered'")
         .all(flood.hello.connection)
         .map((r) => (r as { answered_at: number }).answered_at),
     );
     const otherLastAt = Math.max(
-      ...s.store.db
+      ...(s.store as SqliteStore).db
         .prepare("SELECT answered_at FROM questions WHERE connection = ? AND status = 'answered'")
         .all(other.hello.connection)
         .map((r) => (r as { answered_at: number }).answered_at),
@@ -160,7 +161,8 @@ test('a reader that stops reading is no longer served once its replies are unsen
     assert.deepEqual(http, Array(8).fill(200));
     // The slow reader's questions stop: at most its in-flight limit beyond what it could have taken in.
     await new Promise((r) => setTimeout(r, 1000));
-    const asked = (s.store.db.prepare('SELECT COUNT(*) AS n FROM questions WHERE connection = ?').get(slow.hello.connection) as { n: number }).n;
+    const asked = ((s.store as SqliteStore).db.prepare('SELECT COUNT(*) AS n FROM questions WHERE connection = ?').get(slow.hello.connection) as { n: number })
+      .n;
     assert.ok(asked < sent, `the slow reader got ${asked} of its ${sent} asks sampled`);
     // Its in-flight limit (16) plus what its kernel buffers took in before they filled.
     assert.ok(asked <= 16 + 200, `the slow reader got ${asked} questions sampled`);
@@ -270,7 +272,7 @@ test('traffic cannot steer updates: a repeated question counts once, one client 
     const qa = questions(12, 8);
     for (const [i, x] of qa.entries()) await a.ask(`d${i}`, x);
     assert.equal((await status()).pending_experiences, 4, 'one client holds at most its share of the next update');
-    assert.equal(s.store.versions().length, 1, 'no update from one client');
+    assert.equal((await s.store.versions()).length, 1, 'no update from one client');
     // A second client fills the other half: the update runs, half from each.
     const b = await Client.open(s.wsUrl);
     const ended = new Promise<Msg>((resolve) => s.adaptation.updates$.subscribe((e) => e.phase === 'end' && resolve(e.outcome as unknown as Msg)));

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import type { RunningServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';
+import { collect } from './helpers/collect.ts';
 import { assertJudged, startTestServer, type SettingOverrides } from './helpers/server.ts';
 
 const start = (over: SettingOverrides = {}): Promise<RunningServer> => startTestServer(over, { prefix: 'ttrl-openai-' });
@@ -52,7 +53,7 @@ test('models, completions with n votes, chat: OpenAI shapes with the vote beside
       chat.choices.map((x) => x.message.content),
     );
     // Both are in the log, as any question is.
-    const logged = [...s.store.questions()].filter((q) => q.connection === 'openai');
+    const logged = (await collect(s.store.questions())).filter((q) => q.connection === 'openai');
     assert.equal(logged.length, 3);
     assert.ok(logged.every((q) => q.status === 'answered' && q.question === '12+34='));
   } finally {
@@ -117,7 +118,7 @@ test('sampling parameters: max_tokens, stop, temperature 0, top_p; such question
     // The server's own sampling (a seed only picks the dice): trained on like any other.
     await ai.completions.create({ model: MODEL, prompt: '2+2=', n: 8, seed: 3 });
     assert.equal(s.adaptation.pendingExperiences, 1);
-    assert.equal([...s.store.questions()].length, 5);
+    assert.equal((await collect(s.store.questions())).length, 5);
   } finally {
     await s.close();
   }

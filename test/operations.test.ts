@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import type { RunningServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';
+import type { SqliteStore } from '../src/store/sqlite.ts';
 import { scratch } from './helpers/scratch.ts';
 import { assertJudged, startTestServer } from './helpers/server.ts';
 
@@ -33,7 +34,7 @@ const size = (f: string) => {
   }
 };
 
-test('while database writes fail /readyz is 503 saying so, asks fail with internal, and it recovers by itself once writes work', async () => {
+test('while database writes fail /readyz is 503 saying so, asks fail with store_unavailable (503), and it recovers by itself once writes work', async () => {
   const dir = await scratch('ttrl-ready-');
   const db = join(dir, 'ttrl.sqlite');
   const s = await start(db);
@@ -43,15 +44,18 @@ test('while database writes fail /readyz is 503 saying so, asks fail with intern
     fileSizeLimit(Math.max(size(db), size(`${db}-wal`)) + 4096);
     const qs = suite('4-operand', 400, 1).map((q) => q.question);
     let failed: Record<string, unknown> | undefined;
+    let failedStatus: number | undefined;
     for (const q of qs) {
       const r = await ask(s, q);
       if (r.status !== 200) {
         failed = r.body;
+        failedStatus = r.status;
         break;
       }
     }
     assert.ok(failed, 'writes never failed under the file-size limit');
-    assert.equal(failed.code, 'internal');
+    assert.equal(failed.code, 'store_unavailable');
+    assert.equal(failedStatus, 503);
     assert.match(String(failed.message), /could not store the answers/);
     const down = await readyz(s);
     assert.equal(down.status, 503);
@@ -76,7 +80,7 @@ test('a sampler worker that dies is restarted on the serving version; while it c
     await s.versions.sampler.close();
     const first = await ask(s, '12+34=');
     assert.equal(first.status, 200, JSON.stringify(first.body));
-    assert.ok(s.store.events(10).some((e) => e.kind === 'sampler_restarted'));
+    assert.ok((await s.store.events(10)).some((e) => e.kind === 'sampler_restarted'));
     // Dead again within the restart backoff: not ready, with the reason, until it restarts.
     await s.versions.sampler.close();
     const down = await readyz(s);
@@ -106,7 +110,7 @@ test("logs: one JSON record per stage of a question, carried by one request id (
     const reqId = r.headers.get('x-request-id')!;
     assert.match(reqId, /^[0-9a-f]{6}-\w+$/);
     assert.equal(lines.find((l) => l.msg === 'question' && l.req_id === reqId)!.client_req_id, 'req-42');
-    const questionId = (s.store.db.prepare('SELECT MAX(id) AS id FROM questions').get() as { id: number }).id;
+    const questionId = ((s.store as SqliteStore).db.prepare('SELECT MAX(id) AS id FROM questions').get() as { id: number }).id;
     const mine = lines.filter((l) => l.req_id === reqId || (l.req_ids as string[] | undefined)?.includes(reqId));
     assert.deepEqual(
       mine.map((l) => l.msg),

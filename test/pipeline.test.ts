@@ -15,6 +15,7 @@ import { FINGERPRINT_KEY } from '../src/loop/base-model.ts';
 import { createPipeline } from '../src/loop/pipeline.ts';
 import { resolveSettings } from '../src/config/settings.ts';
 import { suite } from '../src/tasks/suites.ts';
+import { collect } from './helpers/collect.ts';
 import { scratch } from './helpers/scratch.ts';
 
 const fixture = (p: string) => fileURLToPath(new URL(`./fixtures/stories260K/${p}`, import.meta.url));
@@ -37,13 +38,13 @@ test('stories260K (HF directory and GGUF) starts a pipeline and answers with vot
         const { votes } = checkAsk({ question }, p.limits);
         const a = await p.answerer.ask({ question, votes, clientId: 'q1', connection: 'test' });
         assert.deepEqual([a.model_version, a.answer, a.votes, a.confidence], [0, null, { '': 4 }, 0]);
-        const [row] = [...p.store.questions()];
+        const [row] = await collect(p.store.questions());
         assert.equal(row!.model_version, 0);
-        const samples = p.store.samplesOf(row!.id);
+        const samples = await p.store.samplesOf(row!.id);
         assert.equal(samples.length, 4);
         assert.ok(samples.every((s) => s.tokens > 0 && s.text.length > 0 && Number.isFinite(s.logprobSum)));
         assert.equal(
-          p.store.getMeta(FINGERPRINT_KEY),
+          await p.store.getMeta(FINGERPRINT_KEY),
           createHash('sha256')
             .update(await readFile(weightFile))
             .digest('hex')
@@ -95,13 +96,7 @@ test('admin activation runs between updates: after the update in flight, with no
     assert.equal(outcome.outcome, 'promoted', JSON.stringify(outcome));
     // The admin's choice came last: version 1 was promoted, then version 0 activated.
     assert.equal(p.versions.active.version, 0);
-    assert.deepEqual(
-      p.store
-        .events()
-        .map((e) => e.kind)
-        .reverse(),
-      ['version_promoted', 'version_activated'],
-    );
+    assert.deepEqual((await p.store.events()).map((e) => e.kind).reverse(), ['version_promoted', 'version_activated']);
     assert.equal(p.adaptation.pendingExperiences, 0, 'the experiences of the version before are not trained on');
     // While an activation runs, no update starts.
     const forward = p.activate(1, 'test');

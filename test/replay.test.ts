@@ -9,6 +9,7 @@ import { replayLive } from '../src/replay/live.ts';
 import { REPLAY_EXACT, replayOffline } from '../src/replay/offline.ts';
 import { buildReport } from '../src/replay/report.ts';
 import { suite } from '../src/tasks/suites.ts';
+import { collect } from './helpers/collect.ts';
 import { ttrl } from './helpers/cli.ts';
 import { scratch } from './helpers/scratch.ts';
 import { startTestServer, testSettings } from './helpers/server.ts';
@@ -50,7 +51,7 @@ test('a recorded stream replays against a live server, and the log exports', asy
     assert.deepEqual([out.questions, out.answered, out.errors], [20, 20, 0]);
     assert.equal(out.accuracy, null); // a log carries no true answers
     assert.deepEqual(out.versions, [0]);
-    assert.deepEqual([...b.store.questions()].map((q) => q.question).sort(), qs.map((q) => q.question).sort());
+    assert.deepEqual((await collect(b.store.questions())).map((q) => q.question).sort(), qs.map((q) => q.question).sort());
   } finally {
     await b.close();
   }
@@ -129,10 +130,10 @@ test('--since/--until select by arrival time and --speed scales it', async () =>
     assert.ok(realMs >= 740, `speed 1 took ${realMs} ms for arrivals spread over 750 ms`);
     assert.ok(fastMs < realMs - 400, `speed 10 took ${fastMs} ms against ${realMs} ms`);
     // The same range from a server log, by absolute time.
-    const logged = (await readSource(server.store.file)).items;
+    const logged = (await readSource(server.store.location)).items;
     assert.equal(logged.length, 8);
     const cut = logged[4]!.receivedAt!;
-    assert.equal((await readSource(server.store.file, { since: cut })).items.length, 4);
+    assert.equal((await readSource(server.store.location, { since: cut })).items.length, 4);
   } finally {
     await server.close();
   }

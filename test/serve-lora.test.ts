@@ -17,6 +17,7 @@ import { readSafetensors } from '../src/formats/safetensors.ts';
 import type { Weights } from '../src/model/family.ts';
 import { FINGERPRINT_KEY } from '../src/loop/base-model.ts';
 import { seedOf } from '../src/util/rng.ts';
+import { collect } from './helpers/collect.ts';
 import { scratch } from './helpers/scratch.ts';
 import { startTestServer, type SettingOverrides } from './helpers/server.ts';
 import { ttrl } from './helpers/cli.ts';
@@ -83,13 +84,13 @@ test('stories260K with LoRA rank 4: an update trains adapters only, is promoted 
     assert.equal(u.version, 1);
 
     // Stored as adapters only, naming the base they belong to; the base file is untouched.
-    const row = s.store.version(1)!;
+    const row = (await s.store.version(1))!;
     assert.match(row.weights_path!, /v1\.adapter\.safetensors$/);
     const f = await readAdapterFile(row.weights_path!, (await loadModel(dir)).config);
     lora = f.lora;
     adapters = f.adapters;
     assert.deepEqual(lora, loraConfigFor((await loadModel(dir)).config, { rank: 4 }));
-    assert.equal(f.baseModel, s.store.getMeta(FINGERPRINT_KEY));
+    assert.equal(f.baseModel, await s.store.getMeta(FINGERPRINT_KEY));
     assert.ok((await stat(row.weights_path!)).size < baseBytes.length / 2, 'an adapter file is a fraction of the model');
     assert.ok(
       [...adapters].some(([k, a]) => k.includes('lora_B') && a.some((x) => x !== 0)),
@@ -106,7 +107,7 @@ test('stories260K with LoRA rank 4: an update trains adapters only, is promoted 
       votes.map((v) => v.text),
       adapted.map((e) => e.text),
     );
-    const stored = s.store.samplesOf([...s.store.questions()].find((q) => q.client_id === 'after')!.id);
+    const stored = await s.store.samplesOf((await collect(s.store.questions())).find((q) => q.client_id === 'after')!.id);
     const base = await engineSamples(dir, fresh);
     stored.forEach((x, k) => assert.ok(Math.abs(x.logprobSum - adapted[k]!.logprob) < 1e-3, `sample ${k}: ${x.logprobSum} vs ${adapted[k]!.logprob}`));
     assert.ok(

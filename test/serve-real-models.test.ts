@@ -20,6 +20,7 @@ import { extractor } from '../src/tasks/extractors.ts';
 import { normalizeAnswer } from '../src/tasks/normalize.ts';
 import { BOXED_SYSTEM_PROMPT } from '../src/tasks/task.ts';
 import { Rng, seedOf } from '../src/util/rng.ts';
+import { collect } from './helpers/collect.ts';
 import { writeHFDirectory } from './helpers/hf-writer.ts';
 import { scratch } from './helpers/scratch.ts';
 import { startTestServer, type SettingOverrides } from './helpers/server.ts';
@@ -125,10 +126,10 @@ test('stories260K served over WebSocket: 8 sampled continuations voted on their 
       );
       assert.ok(new Set(expected.map((e) => e.text)).size > 1, 'different continuations');
       // And the log holds them, with the version that sampled them.
-      const row = [...s.store.questions()].find((r) => r.client_id === `q${i}`)!;
+      const row = (await collect(s.store.questions())).find((r) => r.client_id === `q${i}`)!;
       assert.equal(row.model_version, 0);
       assert.equal(row.answer, reply.answer);
-      const stored = s.store.samplesOf(row.id);
+      const stored = await s.store.samplesOf(row.id);
       assert.deepEqual(
         stored.map((x) => x.text),
         expected.map((e) => e.text),
@@ -310,7 +311,7 @@ test('a tiny random Qwen2-shaped checkpoint with the real Qwen3 tokenizer, serve
       assert.equal(reply.prompt_tokens, prompt.length, 'the model read the chat template around the question');
       assert.notEqual(reply.prompt_tokens, tok.encode(question).length);
       // Each sample's answer is the boxed extractor's reading of a finished completion, normalised; null otherwise.
-      const stored = s.store.samplesOf([...s.store.questions()].find((r) => r.client_id === `m${i}`)!.id);
+      const stored = await s.store.samplesOf((await collect(s.store.questions())).find((r) => r.client_id === `m${i}`)!.id);
       assert.equal(stored.length, 8);
       stored.forEach((x, k) => {
         assert.equal(x.answer, x.stopped ? normalizeAnswer(boxed.extract(x.text)) : null, `sample ${k}: ${JSON.stringify(x.text)}`);
@@ -353,7 +354,7 @@ test('a tiny random Qwen2-shaped checkpoint with the real Qwen3 tokenizer, serve
     // Byte-level BPE encodes everything: no question is unreadable.
     assert.equal((await c.ask('odd', 'Évaluez ∑ 日本 ✓ \u0000?')).reply.type, 'answer');
     // Refused questions are not logged as asked; the connection stays usable.
-    assert.equal(s.store.counts().answered, questions.length + 1);
+    assert.equal((await s.store.counts()).answered, questions.length + 1);
     c.close();
   } finally {
     await s.close();

@@ -6,7 +6,8 @@ import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import type { RunningServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';
-import { Store } from '../src/store/store.ts';
+import { SqliteStore } from '../src/store/sqlite.ts';
+import { collect } from './helpers/collect.ts';
 import { assertJudged, startTestServer, type SettingOverrides } from './helpers/server.ts';
 
 // Adaptation on (the resolved default) unless a test says otherwise.
@@ -126,12 +127,12 @@ test('many concurrent clients get well-formed answers, and the log holds every o
       assert.ok(typeof a.latency_ms === 'number' && a.latency_ms >= 0);
     }
     answers.forEach((a, i) => assert.equal(a.prompt_tokens, qs[i]!.question.length, 'the shipped model reads one token per character'));
-    const rows = [...s.store.questions()];
+    const rows = await collect(s.store.questions());
     assert.equal(rows.length, qs.length);
     for (const r of rows) {
       assert.equal(r.status, 'answered');
       assert.equal(r.model_version, 0);
-      const samples = s.store.samplesOf(r.id);
+      const samples = await s.store.samplesOf(r.id);
       assert.equal(samples.length, 6);
       assert.ok(samples.every((x) => x.tokens > 0 && Number.isFinite(x.logprobSum)));
       const served = answers[Number(r.client_id!.slice(1))]!;
@@ -257,7 +258,7 @@ test('live updates swap the version while clients keep getting answers; admin ro
     assert.equal(promoted.status, 'active');
     assert.ok((promoted.stats.steps as number) >= 1);
     // Every answer is logged with the version that produced it.
-    const logged = [...s.store.questions()].map((r) => r.model_version);
+    const logged = (await collect(s.store.questions())).map((r) => r.model_version);
     assert.ok(logged.includes(0) && logged.includes(v));
 
     // Roll back to version 0: clients hear of it and the next answer comes from it.
@@ -289,7 +290,7 @@ test('the guard rejects a collapsed version and keeps the one serving; the reaso
     ).json()) as { outcome: string; reason: string; version: number };
     assertJudged(outcome, ['rejected']);
     assert.match(outcome.reason, /entropy collapsed/);
-    const row = s.store.version(outcome.version)!;
+    const row = (await s.store.version(outcome.version))!;
     assert.equal(row.status, 'rejected');
     assert.match(row.reason!, /entropy collapsed/);
     assert.equal((await c.ask('still', qs[0]!.question)).model_version, 0);
@@ -309,7 +310,7 @@ test('the anchor check: an update that changes nothing passes it exactly, one th
       const c = await Client.open(s.wsUrl);
       await Promise.all(qs.map((q, i) => c.ask(`a${i}`, q.question)));
       c.close();
-      const anchors = JSON.parse(s.store.getMeta('anchors')!) as { ref: number | null }[];
+      const anchors = JSON.parse((await s.store.getMeta('anchors'))!) as { ref: number | null }[];
       assert.ok(anchors.length >= 8, `only ${anchors.length} anchors`);
       const r = (await (await fetch(`${s.url}/admin/adaptation/update`, { method: 'POST', headers: { authorization: `Bearer ${token}` } })).json()) as {
         outcome: string;
@@ -318,7 +319,7 @@ test('the anchor check: an update that changes nothing passes it exactly, one th
         stats: Record<string, number>;
       };
       // Anchors got the shipped model's log-probs, and survive in the store.
-      assert.ok((JSON.parse(s.store.getMeta('anchors')!) as { ref: number | null }[]).every((a) => Number.isFinite(a.ref)));
+      assert.ok((JSON.parse((await s.store.getMeta('anchors'))!) as { ref: number | null }[]).every((a) => Number.isFinite(a.ref)));
       const metric = /^ttrl_anchor_shift_nats (\S+)$/m.exec(await (await fetch(`${s.url}/metrics`)).text());
       assert.equal(Number(metric?.[1]), r.stats.anchor_shift, 'the shift is exported');
       return r;
@@ -337,7 +338,7 @@ test('the anchor check: an update that changes nothing passes it exactly, one th
 
 test('shutdown answers the batch in flight, refuses new questions, and a restart continues the log', async () => {
   const s = await start({ adapt: false });
-  const db = s.store.file;
+  const db = s.store.location;
   const c = await Client.open(s.wsUrl);
   const pending = c.ask('last', '12+34-56+7=');
   await new Promise((r) => setTimeout(r, 5));
@@ -346,12 +347,12 @@ test('shutdown answers the batch in flight, refuses new questions, and a restart
   assert.ok(reply.type === 'answer' || reply.code === 'shutting_down', JSON.stringify(reply));
   await closing;
   // A candidate left by a crash mid-update is marked interrupted on the next start.
-  const store = Store.open(db);
-  store.addVersion({ parent: 0, status: 'candidate', weightsPath: null });
-  store.close();
+  const store = SqliteStore.open(db);
+  await store.addVersion({ parent: 0, status: 'candidate', weightsPath: null });
+  await store.close();
   const s2 = await startTestServer({ db });
   try {
-    const rows = s2.store.versions();
+    const rows = await s2.store.versions();
     assert.equal(rows.at(-1)!.status, 'rejected');
     assert.match(rows.at(-1)!.reason!, /interrupted/);
     const c2 = await Client.open(s2.wsUrl);

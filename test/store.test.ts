@@ -5,7 +5,7 @@ import { readFile, writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { loadMigrations, migrate } from '../src/store/migrate.ts';
-import { Store } from '../src/store/store.ts';
+import { SqliteStore } from '../src/store/sqlite.ts';
 import { PROJECT_ROOT, resolveSettings, settingsTable } from '../src/config/settings.ts';
 import { parseClientMessage } from '../src/server/client-messages.ts';
 import type { ProtocolError } from '../src/protocol/errors.ts';
@@ -14,6 +14,7 @@ import { ARITHMETIC_CHARS, CharTokenizer } from '../src/tokenizers/tokenizer.ts'
 import { ARITHMETIC_TASK } from '../src/tasks/task.ts';
 import { judgeAnchors, judgeProbe } from '../src/ttrl/candidate-checks.ts';
 import { scratch } from './helpers/scratch.ts';
+import { collect } from './helpers/collect.ts';
 
 test('migrations apply once, in order, and a newer schema is refused', async () => {
   const dir = await scratch();
@@ -26,7 +27,7 @@ test('migrations apply once, in order, and a newer schema is refused', async () 
   assert.deepEqual(migrate(db), []);
   db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, ?, 0)').run('future');
   db.close();
-  assert.throws(() => Store.open(file), /schema is at version 99, newer than this ttrl-server knows/);
+  assert.throws(() => SqliteStore.open(file), /schema is at version 99, newer than this ttrl-server knows/);
 
   const mdir = join(dir, 'migrations');
   await mkdir(mdir);
@@ -43,19 +44,19 @@ test('migrations apply once, in order, and a newer schema is refused', async () 
 
 test('answered and failed questions are stored with samples; versions keep one active', async () => {
   const dir = await scratch();
-  const store = Store.open(join(dir, 'sub', 's.sqlite'));
-  const v0 = store.addVersion({ parent: null, status: 'candidate', weightsPath: '/w0' });
-  store.activate(v0);
-  const v1 = store.addVersion({ parent: v0, status: 'candidate', weightsPath: (v) => `/w${v}`, stats: { loss: 1 } });
-  assert.equal(store.version(v1)!.weights_path, '/w1');
-  store.activate(v1);
+  const store = SqliteStore.open(join(dir, 'sub', 's.sqlite'));
+  const v0 = await store.addVersion({ parent: null, status: 'candidate', weightsPath: '/w0' });
+  await store.activate(v0);
+  const v1 = await store.addVersion({ parent: v0, status: 'candidate', weightsPath: (v) => `/w${v}`, stats: { loss: 1 } });
+  assert.equal((await store.version(v1))!.weights_path, '/w1');
+  await store.activate(v1);
   assert.deepEqual(
-    store.versions().map((v) => v.status),
+    (await store.versions()).map((v) => v.status),
     ['retired', 'active'],
   );
-  store.reject(store.addVersion({ parent: v1, status: 'candidate', weightsPath: null }), 'entropy collapsed');
-  assert.equal(store.versions()[2]!.reason, 'entropy collapsed');
-  const ids = store.recordAnswered([
+  await store.reject(await store.addVersion({ parent: v1, status: 'candidate', weightsPath: null }), 'entropy collapsed');
+  assert.equal((await store.versions())[2]!.reason, 'entropy collapsed');
+  const ids = await store.recordAnswered([
     {
       clientId: 'q1',
       connection: 'c1',
@@ -68,14 +69,17 @@ test('answered and failed questions are stored with samples; versions keep one a
       votes: { '3': 1, '': 1 },
       modelVersion: v1,
       latencyMs: 10,
+      source: null,
+      trainable: false,
+      promptIds: [],
       samples: [
-        { text: '1+2=3#3', answer: '3', tokens: 8, logprobSum: -0.5, stopped: true },
-        { text: '1+2=', answer: null, tokens: 4, logprobSum: -3, stopped: false },
+        { text: '1+2=3#3', answer: '3', tokens: 8, logprobSum: -0.5, stopped: true, tokenIds: [], logprobs: [] },
+        { text: '1+2=', answer: null, tokens: 4, logprobSum: -3, stopped: false, tokenIds: [], logprobs: [] },
       ],
     },
   ]);
-  store.recordFailed([{ clientId: 'q2', connection: 'c1', question: '5-1=', votesRequested: 2, receivedAt: 1020, error: 'sampling failed' }]);
-  const rows = [...store.questions()];
+  await store.recordFailed([{ clientId: 'q2', connection: 'c1', question: '5-1=', votesRequested: 2, receivedAt: 1020, error: 'sampling failed' }]);
+  const rows = await collect(store.questions());
   assert.deepEqual(
     rows.map((r) => [r.question, r.status, r.model_version]),
     [
@@ -84,14 +88,14 @@ test('answered and failed questions are stored with samples; versions keep one a
     ],
   );
   assert.deepEqual(rows[0]!.votes, { '3': 1, '': 1 });
-  assert.equal(store.samplesOf(ids[0]!).length, 2);
-  assert.deepEqual(store.counts(), { answered: 1, failed: 1, samples: 2 });
+  assert.equal((await store.samplesOf(ids[0]!)).length, 2);
+  assert.deepEqual(await store.counts(), { answered: 1, failed: 1, samples: 2 });
   assert.deepEqual(
-    [...store.questions({ since: 1015 })].map((r) => r.question),
+    (await collect(store.questions({ since: 1015 }))).map((r) => r.question),
     ['5-1='],
   );
-  assert.throws(() => store.activate(42), /no model version 42/);
-  store.close();
+  await assert.rejects(store.activate(42), /no model version 42/);
+  await store.close();
 });
 
 test('settings: defaults, environment, flags, and a clear message for bad values', () => {

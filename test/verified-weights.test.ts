@@ -14,10 +14,12 @@ import { inMemory } from '../src/formats/checkpoint.ts';
 import type { Weights } from '../src/model/family.ts';
 import { initAdapters } from '../src/model/lora.ts';
 import { resolveSettings } from '../src/config/settings.ts';
-import { Store } from '../src/store/store.ts';
+import { SqliteStore } from '../src/store/sqlite.ts';
 import { Rng } from '../src/util/rng.ts';
 import { collectingLogger } from '../src/util/log.ts';
+import { collect } from './helpers/collect.ts';
 import { scratch } from './helpers/scratch.ts';
+import { promote } from './helpers/versions.ts';
 
 async function start(db: string, log: string[] = [], o: { loraRank?: number } = {}): Promise<Pipeline> {
   return createPipeline(resolveSettings({ db, threads: 1, trainThreads: 1, adapt: false, votes: 4, loraRank: o.loraRank ?? 0 }, {}), {
@@ -35,9 +37,9 @@ async function assertAnswers(p: Pipeline, version: number): Promise<void> {
   const question = '1+2=';
   const a = await p.answerer.ask({ question, votes: checkAsk({ question }, p.limits).votes, clientId: 'q', connection: 'test' });
   assert.equal(a.model_version, version);
-  const last = [...p.store.questions()].at(-1)!;
+  const last = (await collect(p.store.questions())).at(-1)!;
   assert.equal(last.status, 'answered');
-  assert.ok(p.store.samplesOf(last.id).every((s) => Number.isFinite(s.logprobSum)));
+  assert.ok((await p.store.samplesOf(last.id)).every((s) => Number.isFinite(s.logprobSum)));
 }
 
 /** Overwrites `bytes` in the middle of the file with other bytes: same size, other content. */
@@ -58,10 +60,10 @@ async function twoVersions(db: string, o: { loraRank?: number } = {}): Promise<{
   try {
     const lora = p.versions.lora;
     const w1 = lora ? shifted(initAdapters(p.model.config, lora, new Rng(1)), 0.01) : shifted(await inMemory(p.model.weights), 0.01);
-    await p.versions.promote({ parent: 0, weights: w1, stats: {} });
-    await p.versions.promote({ parent: 1, weights: shifted(w1, 0.01), stats: {} });
-    assert.equal(p.store.activeVersion()!.version, 2);
-    return { v1: p.store.version(1)!.weights_path!, v2: p.store.version(2)!.weights_path!, w1 };
+    await promote(p.versions, { parent: 0, weights: w1, stats: {} });
+    await promote(p.versions, { parent: 1, weights: shifted(w1, 0.01), stats: {} });
+    assert.equal((await p.store.activeVersion())!.version, 2);
+    return { v1: (await p.store.version(1))!.weights_path!, v2: (await p.store.version(2))!.weights_path!, w1 };
   } finally {
     await p.close();
   }
@@ -71,12 +73,12 @@ async function twoVersions(db: string, o: { loraRank?: number } = {}): Promise<{
 async function assertFellBack(db: string, v2: string, why: RegExp, o: { loraRank?: number } = {}): Promise<Pipeline> {
   const log: string[] = [];
   const p = await start(db, log, o);
-  const row = p.store.version(2)!;
+  const row = (await p.store.version(2))!;
   assert.equal(row.status, 'corrupt');
   assert.ok(row.reason!.includes(v2), row.reason!);
   assert.match(row.reason!, why);
   assert.equal(p.versions.active.version, 1);
-  assert.equal(p.store.activeVersion()!.version, 1);
+  assert.equal((await p.store.activeVersion())!.version, 1);
   assert.ok(
     log.some((l) => l.includes('model version 2 is corrupt') && l.includes(v2)),
     log.join('\n'),
@@ -85,7 +87,7 @@ async function assertFellBack(db: string, v2: string, why: RegExp, o: { loraRank
     log.some((l) => /serving model version 1, the newest good ancestor of corrupt version 2/.test(l)),
     log.join('\n'),
   );
-  const fallback = p.store.events().find((e) => e.kind === 'version_fallback');
+  const fallback = (await p.store.events()).find((e) => e.kind === 'version_fallback');
   assert.deepEqual(fallback?.detail, { from: 2, to: 1, corrupt: [2] });
   await assertAnswers(p, 1);
   return p;
@@ -108,7 +110,7 @@ test('200 KB overwritten in the middle of the active version (same size): the re
     await p.activate(0, 'test');
     await overwriteMiddle(v1, 1024);
     await assert.rejects(p.activate(1, 'test'), (e: ProtocolError) => e.code === 'invalid_message' && e.message.includes(v1));
-    assert.equal(p.store.version(1)!.status, 'corrupt');
+    assert.equal((await p.store.version(1))!.status, 'corrupt');
     assert.equal(p.versions.active.version, 0);
     await assertAnswers(p, 0);
   } finally {
@@ -146,10 +148,10 @@ test('an active version whose file is gone, with a corrupt parent too: the walk 
   const p = await start(db, log);
   try {
     assert.deepEqual(
-      p.store.versions().map((r) => r.status),
+      (await p.store.versions()).map((r) => r.status),
       ['active', 'corrupt', 'corrupt'],
     );
-    assert.deepEqual(p.store.events().find((e) => e.kind === 'version_fallback')?.detail, { from: 2, to: 0, corrupt: [2, 1] });
+    assert.deepEqual((await p.store.events()).find((e) => e.kind === 'version_fallback')?.detail, { from: 2, to: 0, corrupt: [2, 1] });
     await assertAnswers(p, 0);
   } finally {
     await p.close();
@@ -167,8 +169,8 @@ test('two databases in one folder: each writes and serves its own version 1; a f
     const p = await start(db);
     try {
       const w = shifted(await inMemory(p.model.weights), by);
-      await p.versions.promote({ parent: 0, weights: w, stats: {} });
-      own.set(db, { path: p.store.version(1)!.weights_path!, w });
+      await promote(p.versions, { parent: 0, weights: w, stats: {} });
+      own.set(db, { path: (await p.store.version(1))!.weights_path!, w });
     } finally {
       await p.close();
     }
@@ -186,12 +188,12 @@ test('two databases in one folder: each writes and serves its own version 1; a f
   }
   // The old layout's hazard: b's row pointing at a's file, with no recorded hash (as rows
   // written before verification have none). The database id in the file refuses it.
-  const s = Store.open(b);
+  const s = SqliteStore.open(b);
   s.db.prepare('UPDATE model_versions SET weights_path = ?, weights_sha256 = NULL WHERE version = 1').run(own.get(a)!.path);
-  s.close();
+  await s.close();
   const p = await start(b);
   try {
-    const row = p.store.version(1)!;
+    const row = (await p.store.version(1))!;
     assert.equal(row.status, 'corrupt');
     assert.ok(row.reason!.includes(own.get(a)!.path));
     assert.match(row.reason!, /was written for another database/);
@@ -204,15 +206,15 @@ test('two databases in one folder: each writes and serves its own version 1; a f
 test('a row written before verification (no sha256): its first good load records the hash, from then on checked', async () => {
   const db = join(await scratch('ttrl-verified-'), 'ttrl.sqlite');
   const { v2 } = await twoVersions(db);
-  const s = Store.open(db);
-  const recorded = s.version(2)!.weights_sha256;
+  const s = SqliteStore.open(db);
+  const recorded = (await s.version(2))!.weights_sha256;
   s.db.prepare('UPDATE model_versions SET weights_sha256 = NULL WHERE version = 2').run();
-  s.close();
+  await s.close();
   const log: string[] = [];
   let p = await start(db, log);
   try {
     assert.equal(p.versions.active.version, 2);
-    assert.equal(p.store.version(2)!.weights_sha256, recorded);
+    assert.equal((await p.store.version(2))!.weights_sha256, recorded);
     assert.ok(
       log.some((l) => l.includes(v2) && /had no recorded sha256/.test(l)),
       log.join('\n'),

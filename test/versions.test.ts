@@ -12,7 +12,7 @@ import { initWeights, type Weights } from '../src/model/family.ts';
 import { paramSpecsOf } from '../src/model/families.ts';
 import type { GPTConfig } from '../src/model/gpt.ts';
 import { ARITHMETIC_CHARS, CharTokenizer } from '../src/tokenizers/tokenizer.ts';
-import { Store } from '../src/store/store.ts';
+import { SqliteStore } from '../src/store/sqlite.ts';
 import { Rng } from '../src/util/rng.ts';
 import { claimBaseModel, contentFingerprint, FINGERPRINT_KEY, weightFilesOf } from '../src/loop/base-model.ts';
 import { ProtocolError } from '../src/protocol/errors.ts';
@@ -20,6 +20,7 @@ import { createMetrics } from '../src/loop/metrics.ts';
 import { loadVersionWeights } from '../src/loop/version-files.ts';
 import { Versions } from '../src/loop/versions.ts';
 import { scratch } from './helpers/scratch.ts';
+import { promote, rejectCandidate } from './helpers/versions.ts';
 
 const tokenizer = new CharTokenizer(ARITHMETIC_CHARS);
 const config: GPTConfig = { family: 'gpt', vocabSize: 17, contextLength: 16, dModel: 8, nLayers: 1, nHeads: 2, tiedHead: false, padTokenId: 16 };
@@ -44,7 +45,7 @@ function changed(w: Weights, by: number): Weights {
 }
 
 async function open(dir: string, modelDir: string, model: Model, log: string[] = [], keepVersions?: number) {
-  const store = Store.open(join(dir, 'ttrl.sqlite'));
+  const store = SqliteStore.open(join(dir, 'ttrl.sqlite'));
   const metrics = createMetrics();
   try {
     const versions = await Versions.open({
@@ -59,7 +60,7 @@ async function open(dir: string, modelDir: string, model: Model, log: string[] =
     });
     return { store, metrics, versions };
   } catch (e) {
-    store.close();
+    await store.close();
     throw e;
   }
 }
@@ -78,27 +79,27 @@ test('promote, reject, activate and roll back: one owner of rows, files, the sam
     // A new store: version 0 is the base model, active, and the store knows its fingerprint
     // (the sha256 of model.safetensors, as databases written before hold it).
     assert.deepEqual(
-      store.versions().map((r) => [r.version, r.status, r.weights_path]),
+      (await store.versions()).map((r) => [r.version, r.status, r.weights_path]),
       [[0, 'active', resolve(modelDir, WEIGHTS_FILE)]],
     );
-    assert.equal(store.getMeta(FINGERPRINT_KEY), await sha16(join(modelDir, WEIGHTS_FILE)));
+    assert.equal(await store.getMeta(FINGERPRINT_KEY), await sha16(join(modelDir, WEIGHTS_FILE)));
     assert.equal(versions.active.version, 0);
     assert.equal(await samplerVersion(versions), 0);
     const seen: number[] = [];
     versions.versions$.subscribe((v) => seen.push(v));
 
     const w1 = changed(base, 0.5);
-    const v1 = await versions.promote({ parent: 0, weights: w1, stats: { steps: 1 } });
+    const v1 = await promote(versions, { parent: 0, weights: w1, stats: { steps: 1 } });
     assert.equal(v1, 1);
-    const row1 = store.version(1)!;
+    const row1 = (await store.version(1))!;
     assert.deepEqual([row1.status, row1.parent, row1.stats], ['active', 0, { steps: 1 }]);
-    assert.equal(store.version(0)!.status, 'retired');
+    assert.equal((await store.version(0))!.status, 'retired');
     assert.deepEqual(await loadVersionWeights(row1.weights_path!, config), w1);
     assert.equal(versions.active.version, 1);
     assert.equal(await samplerVersion(versions), 1);
 
-    const v2 = versions.reject({ parent: 1, stats: { steps: 1 }, reason: 'entropy collapsed' });
-    const row2 = store.version(v2)!;
+    const v2 = await rejectCandidate(versions, { parent: 1, stats: { steps: 1 }, reason: 'entropy collapsed' });
+    const row2 = (await store.version(v2))!;
     assert.deepEqual([v2, row2.status, row2.reason, row2.weights_path, row2.parent], [2, 'rejected', 'entropy collapsed', null, 1]);
     assert.equal(versions.active.version, 1);
 
@@ -113,42 +114,39 @@ test('promote, reject, activate and roll back: one owner of rows, files, the sam
     );
     await assert.rejects(versions.activate(9, 'test'), (e: ProtocolError) => e.code === 'not_found' && /no model version 9/.test(e.message));
     assert.equal(versions.active.version, 0);
-    assert.equal(store.activeVersion()!.version, 0);
+    assert.equal((await store.activeVersion())!.version, 0);
     await versions.activate(1, 'test');
     assert.deepEqual(versions.active.weights, w1);
     assert.deepEqual(seen, [0, 1, 0, 1]);
     assert.deepEqual(
-      versions.list().map((r) => [r.version, r.status, r.serving]),
+      (await versions.list()).map((r) => [r.version, r.status, r.serving]),
       [
         [0, 'retired', false],
         [1, 'active', true],
         [2, 'rejected', false],
       ],
     );
-    const kinds = store
-      .events()
-      .map((e) => e.kind)
-      .reverse();
+    const kinds = (await store.events()).map((e) => e.kind).reverse();
     assert.deepEqual(kinds, ['version_promoted', 'version_rejected', 'version_activated', 'version_activated']);
     await versions.close();
-    store.close();
+    await store.close();
 
     // A crash mid-update left a candidate; the restart marks it interrupted and serves version 1 from its file.
-    const crashed = Store.open(join(dir, 'ttrl.sqlite'));
-    crashed.addVersion({ parent: 1, status: 'candidate', weightsPath: join(dir, 'versions', 'v3.safetensors') });
-    crashed.close();
+    const crashed = SqliteStore.open(join(dir, 'ttrl.sqlite'));
+    await crashed.addVersion({ parent: 1, status: 'candidate', weightsPath: join(dir, 'versions', 'v3.safetensors') });
+    await crashed.close();
     const log: string[] = [];
     ({ store, versions } = await open(dir, modelDir, model, log));
     assert.equal(versions.active.version, 1);
     assert.deepEqual(versions.active.weights, w1);
     assert.equal(await samplerVersion(versions), 1);
-    const stale = store.version(3)!;
+    const stale = (await store.version(3))!;
     assert.equal(stale.status, 'rejected');
     assert.match(stale.reason!, /interrupted/);
     assert.deepEqual(log, ['marked 1 unfinished candidate version(s) as interrupted']);
   } finally {
     await versions.close();
-    store.close();
+    await store.close();
   }
 });
 
@@ -162,18 +160,18 @@ test('weights that cannot be written leave the candidate rejected with the reaso
     await rm(join(dir, 'versions'), { recursive: true });
     await writeFile(join(dir, 'versions'), 'not a folder');
     await assert.rejects(
-      versions.promote({ parent: 0, weights: changed(model.weights as Weights, 1), stats: {} }),
+      promote(versions, { parent: 0, weights: changed(model.weights as Weights, 1), stats: {} }),
       /the weights could not be written to .*v1\.safetensors/,
     );
-    const row = store.version(1)!;
+    const row = (await store.version(1))!;
     assert.equal(row.status, 'rejected');
     assert.match(row.reason!, /the weights could not be written to .*v1\.safetensors/);
     assert.equal(versions.active.version, 0);
-    assert.equal(store.activeVersion()!.version, 0);
+    assert.equal((await store.activeVersion())!.version, 0);
     assert.equal(await samplerVersion(versions), 0);
   } finally {
     await versions.close();
-    store.close();
+    await store.close();
   }
 });
 
@@ -182,19 +180,19 @@ test('a corrupt active version file: the start serves its parent (here the base 
   const modelDir = join(dir, 'model');
   const model = await tinyModel(modelDir);
   const first = await open(dir, modelDir, model);
-  await first.versions.promote({ parent: 0, weights: changed(model.weights as Weights, 1), stats: {} });
-  const path = first.store.version(1)!.weights_path!;
+  await promote(first.versions, { parent: 0, weights: changed(model.weights as Weights, 1), stats: {} });
+  const path = (await first.store.version(1))!.weights_path!;
   await first.versions.close();
-  first.store.close();
+  await first.store.close();
   await writeFile(path, 'truncated');
   const log: string[] = [];
   const { store, versions } = await open(dir, modelDir, model, log);
   try {
-    const row = store.version(1)!;
+    const row = (await store.version(1))!;
     assert.equal(row.status, 'corrupt');
     assert.ok(row.reason!.startsWith(`model version 1: cannot load its weights from ${path}: ${path} (9 bytes) has sha256`), row.reason!);
     assert.equal(versions.active.version, 0);
-    assert.equal(store.activeVersion()!.version, 0);
+    assert.equal((await store.activeVersion())!.version, 0);
     assert.equal(await samplerVersion(versions), 0);
     assert.deepEqual(
       log.map((l) => l.split(':')[0]),
@@ -202,7 +200,7 @@ test('a corrupt active version file: the start serves its parent (here the base 
     );
   } finally {
     await versions.close();
-    store.close();
+    await store.close();
   }
 });
 
@@ -212,11 +210,11 @@ test("the base model's identity: the fingerprint is remembered while the files a
   const model = await tinyModel(modelDir);
   const file = join(modelDir, WEIGHTS_FILE);
   const real = await sha16(file);
-  const store = Store.open(join(dir, 'ttrl.sqlite'));
+  const store = SqliteStore.open(join(dir, 'ttrl.sqlite'));
   try {
     assert.deepEqual(await claimBaseModel(store, modelDir), { fingerprint: real, files: [resolve(file)] });
     // Files unchanged (path, size, mtime): the remembered fingerprint stands, nothing is hashed.
-    store.setMeta(FINGERPRINT_KEY, 'remembered');
+    await store.setMeta(FINGERPRINT_KEY, 'remembered');
     assert.equal((await claimBaseModel(store, modelDir)).fingerprint, 'remembered');
     // Touched: hashed again, and found to differ from what the store logs.
     await utimes(file, new Date(), new Date(Date.now() + 5000));
@@ -224,15 +222,15 @@ test("the base model's identity: the fingerprint is remembered while the files a
       claimBaseModel(store, modelDir),
       new RegExp(`logs a different base model \\(weights remembered, this one ${real}, from ${file.replace(/[.]/g, '\\.')}\\)`),
     );
-    store.setMeta(FINGERPRINT_KEY, real);
+    await store.setMeta(FINGERPRINT_KEY, real);
     assert.equal((await claimBaseModel(store, modelDir)).fingerprint, real);
     // Another model's weights (same shapes, other values) on this store: refused before anything is served.
     const otherDir = join(dir, 'other');
     await saveModel(otherDir, { config, tokenizer, weights: changed(model.weights as Weights, 1), metadata: {} });
     await assert.rejects(claimBaseModel(store, otherDir), /logs a different base model/);
-    assert.equal(store.getMeta(FINGERPRINT_KEY), real);
+    assert.equal(await store.getMeta(FINGERPRINT_KEY), real);
   } finally {
-    store.close();
+    await store.close();
   }
 });
 
@@ -267,9 +265,9 @@ test('--keep-versions: the newest retired versions keep their files, older ones 
   const base = model.weights as Weights;
   let { store, versions } = await open(dir, modelDir, model, [], 2);
   try {
-    for (let v = 1; v <= 5; v++) await versions.promote({ parent: v - 1, weights: changed(base, v / 10), stats: { v } });
+    for (let v = 1; v <= 5; v++) await promote(versions, { parent: v - 1, weights: changed(base, v / 10), stats: { v } });
     // v5 active; v4 and v3 retired with files; v2 and v1 pruned; v0 is the model itself.
-    const rows = new Map(store.versions().map((r) => [r.version, r]));
+    const rows = new Map((await store.versions()).map((r) => [r.version, r]));
     assert.deepEqual(
       [1, 2].map((v) => [rows.get(v)!.status, rows.get(v)!.weights_path]),
       [
@@ -283,26 +281,23 @@ test('--keep-versions: the newest retired versions keep their files, older ones 
     assert.equal(rows.get(0)!.weights_path, resolve(modelDir, WEIGHTS_FILE));
     for (const v of [1, 2]) await assert.rejects(readFile(join(dir, 'versions', `v${v}.safetensors`)), /ENOENT/);
     await assert.rejects(versions.activate(1, 'admin'), (e: unknown) => e instanceof ProtocolError && /weights were not kept/.test(e.message));
-    assert.ok(store.events(5).some((e) => e.kind === 'versions_pruned'));
+    assert.ok((await store.events(5)).some((e) => e.kind === 'versions_pruned'));
     // Roll back to v3 and damage it: a restart walks v3's lineage past pruned v2 and v1
     // (passed over, not marked corrupt) to the base model.
     await versions.activate(3, 'admin');
     await versions.close();
-    store.close();
+    await store.close();
     await writeFile(join(dir, 'versions', 'v3.safetensors'), 'damaged');
     const log: string[] = [];
     ({ store, versions } = await open(dir, modelDir, model, log, 2));
     assert.equal(versions.active.version, 0);
-    assert.deepEqual(
-      [1, 2, 3].map((v) => store.version(v)!.status),
-      ['retired', 'retired', 'corrupt'],
-    );
+    assert.deepEqual(await Promise.all([1, 2, 3].map(async (v) => (await store.version(v))!.status)), ['retired', 'retired', 'corrupt']);
     assert.ok(
       log.some((l) => /serving model version 0, the newest good ancestor of corrupt version 3/.test(l)),
       log.join('\n'),
     );
   } finally {
     await versions.close();
-    store.close();
+    await store.close();
   }
 });

@@ -78,12 +78,45 @@ export const MODEL = {
 
 /** Where experiences and model versions are kept. */
 export const STORAGE = {
-  db: { schema: z.string().min(1), default: 'data/ttrl.sqlite', help: 'SQLite experience log; its model versions go in the folder DB.versions beside it' },
+  db: {
+    schema: z.string().min(1),
+    default: 'data/ttrl.sqlite',
+    help: 'the experience log: a SQLite file (its versions in the folder DB.versions beside it), or a postgres:// URL shared by several front-ends',
+  },
   keepVersions: {
     schema: int(0, 1_000_000),
     default: 16,
     help: 'retired versions whose weight files are kept, the newest; older ones keep their rows and stats but their files are deleted (0: keep every file)',
   },
+  versionsDir: {
+    schema: z.string().min(1).optional(),
+    default: undefined,
+    help: 'folder of the version weight files (unset: DB.versions beside a SQLite file; with a postgres:// --db it is required: storage every front-end can read)',
+  },
+} satisfies Group;
+
+/** Several front-ends on one PostgreSQL database (--db postgres://...): who they are, how they keep in step. */
+export const FLEET = {
+  frontendId: {
+    schema: z
+      .string()
+      .regex(/^[\w.:@-]{1,64}$/)
+      .optional(),
+    default: undefined,
+    help: "this front-end's name in the shared log (unset: host:port)",
+  },
+  leaderPollMs: {
+    schema: int(100, 60_000),
+    default: 1000,
+    help: 'how often a front-end that does not lead tries to take the leader lock (a dead leader is replaced within about this)',
+  },
+  heartbeatMs: { schema: int(100, 60_000), default: 2000, help: 'how often a front-end records that it is alive, what it serves and whether it leads' },
+  versionPollMs: {
+    schema: int(100, 600_000),
+    default: 5000,
+    help: 'how often a front-end re-reads the serving version, beside the notices it gets at once (a missed notice is caught within this)',
+  },
+  experiencePollMs: { schema: int(50, 60_000), default: 250, help: "how often the leader reads the fleet's new answers to train on" },
 } satisfies Group;
 
 /** What is asked: the prompt format, how answers are read, how long they may be. */
@@ -245,6 +278,7 @@ export const GROUPS = {
   server: SERVER,
   model: MODEL,
   storage: STORAGE,
+  fleet: FLEET,
   task: TASK,
   sampling: SAMPLING,
   batching: BATCHING,
@@ -257,12 +291,25 @@ export const GROUPS = {
 export type GroupName = keyof typeof GROUPS;
 
 /** The settings of a server (and of offline replays, which run the same pipeline). */
-export const SETTINGS = { ...SERVER, ...MODEL, ...STORAGE, ...TASK, ...SAMPLING, ...BATCHING, ...LIMITS, ...SCHEDULE, ...TRAIN, ...GUARD } satisfies Group;
+export const SETTINGS = {
+  ...SERVER,
+  ...MODEL,
+  ...STORAGE,
+  ...FLEET,
+  ...TASK,
+  ...SAMPLING,
+  ...BATCHING,
+  ...LIMITS,
+  ...SCHEDULE,
+  ...TRAIN,
+  ...GUARD,
+} satisfies Group;
 /** The server's groups, in the order the settings table lists them. */
 export const SERVE_GROUPS = [
   'server',
   'model',
   'storage',
+  'fleet',
   'task',
   'sampling',
   'batching',
@@ -275,6 +322,7 @@ export const SERVE_GROUPS = [
 export type ServerSettings = ValuesOf<typeof SERVER>;
 export type ModelSettings = ValuesOf<typeof MODEL>;
 export type StorageSettings = ValuesOf<typeof STORAGE>;
+export type FleetSettings = ValuesOf<typeof FLEET>;
 export type TaskGroupSettings = ValuesOf<typeof TASK>;
 export type SamplingSettings = ValuesOf<typeof SAMPLING>;
 export type BatchingSettings = ValuesOf<typeof BATCHING>;
@@ -352,6 +400,7 @@ const GROUP_TITLES: Record<GroupName, string> = {
   server: 'Server',
   model: 'Model',
   storage: 'Storage',
+  fleet: 'Fleet (several front-ends on one PostgreSQL database)',
   task: 'Task',
   sampling: 'Sampling',
   batching: 'Batching',

@@ -7,6 +7,7 @@ import type { Observable, Subscription } from 'rxjs';
 import type { UpdateOutcome } from '../loop/adaptation.ts';
 import type { Experience } from '../loop/answerer.ts';
 import type { Store, VersionRow } from '../store/store.ts';
+import type { FleetStatus } from '../loop/fleet.ts';
 import { guarded } from '../util/guarded.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 import { Ring, Window } from './bounded.ts';
@@ -37,7 +38,9 @@ export interface DashboardSources {
   /** The serving version, as it changes (a BehaviorSubject: its current value on subscribe). */
   versions$: Observable<number>;
   store: Store;
-  adaptation: { readonly status: string; readonly pendingExperiences: number };
+  adaptation: { readonly status: string; readonly pendingExperiences: number; whyNotYet(): string | null };
+  /** The fleet this front-end is part of (a shared store), or none. */
+  fleet?: { status(): FleetStatus } | null;
   answerer: { readonly queueDepth: number };
   logger?: Logger;
 }
@@ -78,6 +81,7 @@ export class DashboardState {
   private nextUpdateId = 1;
   private stats: StatsView;
   private readonly subs: Subscription[] = [];
+  private versionRows: VersionRow[] = [];
   private readonly ticker: NodeJS.Timeout;
   private readonly log: Logger;
 
@@ -85,15 +89,19 @@ export class DashboardState {
     private readonly s: DashboardSources,
     private readonly publish: Publish,
   ) {
-    // Earlier updates, from the versions they left (skipped and failed ones leave none).
-    for (const r of s.store
-      .versions()
-      .filter((r) => r.version > 0)
-      .slice(-RECENT_UPDATES)) {
-      const view = updateViewOfRow(r, this.nextUpdateId++);
-      if (view.anchor_shift !== null) this.anchorShift = view.anchor_shift;
-      this.updates.push(view);
-    }
+    // Earlier updates, from the versions they left (skipped and failed ones leave none): read
+    // in the background, placed before any update seen meanwhile.
+    void this.refreshVersions().then(() => {
+      const history = this.versionRows
+        .filter((r) => r.version > 0)
+        .slice(-RECENT_UPDATES)
+        .map((r) => updateViewOfRow(r, 0));
+      for (const view of history) if (view.anchor_shift !== null) this.anchorShift ??= view.anchor_shift;
+      this.updates.unshift(...history);
+      this.updates.forEach((u, i) => (u.id = i + 1));
+      this.nextUpdateId = this.updates.length + 1;
+      this.updates.splice(0, Math.max(0, this.updates.length - RECENT_UPDATES));
+    });
     this.stats = this.computeStats(Date.now());
     // The view is a bystander: a failure in it is logged and never reaches the serving loop.
     const log = s.logger ?? silentLogger;
@@ -104,7 +112,7 @@ export class DashboardState {
       s.versions$.subscribe(
         guarded(log, 'dashboard version', (v: number) => {
           this.version = v;
-          this.publish('version', { version: v, versions: this.versionViews() });
+          return this.refreshVersions().then(() => this.publish('version', { version: v, versions: this.versionViews() }));
         }),
       ),
     );
@@ -163,7 +171,7 @@ export class DashboardState {
     });
     this.publish('update', { ...view, anchor_shift_now: this.anchorShift });
     // A rejected or promoted candidate is a new row.
-    if (o.version !== null) this.publish('versions', { versions: this.versionViews() });
+    if (o.version !== null) void this.refreshVersions().then(() => this.publish('versions', { versions: this.versionViews() }));
   }
 
   /** A new running update at the end of the bounded list. */
@@ -202,6 +210,8 @@ export class DashboardState {
       queue_depth: this.s.answerer.queueDepth,
       adaptation: this.s.adaptation.status,
       pending_experiences: this.s.adaptation.pendingExperiences,
+      why_no_update_yet: this.s.adaptation.whyNotYet(),
+      fleet: this.fleetView(),
       confidence: bins,
       confidence_n: ratios.length,
       confidence_mean: ratios.length ? ratios.reduce((a, b) => a + b, 0) / ratios.length : null,
@@ -215,13 +225,29 @@ export class DashboardState {
     this.publish('stats', this.stats);
   }
 
-  private versionViews(): VersionView[] {
-    let rows: VersionRow[];
+  private fleetView(): StatsView['fleet'] {
+    const f = this.s.fleet?.status();
+    if (!f) return null;
+    return {
+      frontend: f.frontend,
+      leader: f.leader,
+      leading: f.leading,
+      versions_behind: f.versions_behind,
+      frontends: f.frontends.map((x) => ({ id: x.id, serving_version: x.serving_version, leader: x.leader })),
+    };
+  }
+
+  /** The version rows the page lists, re-read when versions change (a store that fails keeps the last read). */
+  private async refreshVersions(): Promise<void> {
     try {
-      rows = this.s.store.versions();
+      this.versionRows = await this.s.store.versions();
     } catch {
-      return [];
+      // The store is failing: the page keeps the rows it had.
     }
+  }
+
+  private versionViews(): VersionView[] {
+    const rows = this.versionRows;
     const serving = rows.find((r) => r.version === this.version);
     const keep = new Set([0, this.version, serving?.parent ?? 0]);
     return rows.filter((r, i) => i >= rows.length - LISTED_VERSIONS || keep.has(r.version)).map(versionViewOf);

@@ -59,6 +59,16 @@ export interface StatsView {
   queue_depth: number;
   adaptation: string;
   pending_experiences: number;
+  /** In words, why no update is due yet (null: one is running or due). */
+  why_no_update_yet: string | null;
+  /** With a shared store: the front-ends seen, which leads, and how far this one is behind. */
+  fleet: {
+    frontend: string;
+    leader: string | null;
+    leading: boolean;
+    versions_behind: number;
+    frontends: { id: string; serving_version: number; leader: boolean }[];
+  } | null;
   /** Counts of the latest answers' majority ratios in ten bins of 0.1 (1.0 in the last). */
   confidence: number[];
   confidence_n: number;

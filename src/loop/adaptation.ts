@@ -169,20 +169,51 @@ export class Adaptation {
     return { taken, stats };
   }
 
+  /** An event for the operator's record; a store that fails to take it costs nothing else. */
+  private record(kind: string, detail: unknown): void {
+    this.store.event(kind, detail).catch((e: Error) => this.log.warn({ kind, err: e.message }, 'could not record an event'));
+  }
+
   pause(by: string): void {
     this.paused = true;
-    this.store.event('adaptation_paused', { by });
+    this.record('adaptation_paused', { by });
   }
 
   resume(by: string): void {
     this.paused = false;
-    this.store.event('adaptation_resumed', { by });
+    this.record('adaptation_resumed', { by });
+  }
+
+  /**
+   * Why this process runs no update now, whatever its queue holds (null: it may). A front-end
+   * of a fleet that does not lead says so (fleet.ts sets it): the leader trains for all.
+   */
+  notLeading: string | null = null;
+  /** The number reserved by the update running now, until it is promoted or rejected. */
+  private unsettled: number | null = null;
+
+  /** In words, why no update is due yet (the dashboard and /admin/status say it), or null when one is running or due. */
+  whyNotYet(): string | null {
+    if (this.updating) return null;
+    if (this.notLeading) return this.notLeading;
+    if (this.paused) return 'adaptation is paused';
+    const n = this.pending.size;
+    const need = this.o.updateEvery;
+    if (n >= need) return null;
+    const atCap = [...this.perSource.values()].filter((k) => k >= this.sourceCap).length;
+    const share =
+      this.capped > 0 || atCap > 0
+        ? `; ${this.capped} more came from ${atCap || 'a'} client${atCap === 1 ? '' : 's'} already holding ${this.o.maxClientShare} of an update (--max-client-share): questions from more clients are needed`
+        : '';
+    const timer = this.o.updateIntervalS > 0 && n > 0 ? `, or on the timer (every ${this.o.updateIntervalS} s)` : '';
+    return `${n} of the ${need} distinct questions an update takes are pending${timer}${share}`;
   }
 
   /** Starts an update unless one is running, adaptation is paused (unless forced) or nothing is new. */
   updateNow(trigger: 'count' | 'timer' | 'admin'): Promise<UpdateOutcome> {
     if (this.updating) return this.updating;
     if (this.closed) return Promise.resolve({ version: null, outcome: 'skipped', reason: 'shutting down' });
+    if (this.notLeading) return Promise.resolve({ version: null, outcome: 'skipped', reason: this.notLeading });
     if (this.changing) return Promise.resolve({ version: null, outcome: 'skipped', reason: 'the serving version is being changed' });
     if (this.paused && trigger !== 'admin') return Promise.resolve({ version: null, outcome: 'skipped', reason: 'paused' });
     this.updates$.next({ phase: 'start' });
@@ -192,7 +223,10 @@ export class Adaptation {
         const reason = `update failed: ${(e as Error).message}`;
         void this.updater?.close().catch(() => {});
         this.updater = null;
-        if (!this.closed) this.store.event('update_failed', { reason });
+        // Its reserved number is settled: the candidate was never judged.
+        if (this.unsettled !== null) void this.versions.abandon(this.unsettled, `interrupted: ${reason}`).catch(() => undefined);
+        this.unsettled = null;
+        if (!this.closed) this.record('update_failed', { reason });
         this.metrics.updates.inc({ outcome: 'failed' });
         return { version: null, outcome: 'failed', reason };
       })
@@ -241,6 +275,17 @@ export class Adaptation {
       };
     }
     await this.start();
+    // The candidate's number, reserved now: a crash from here on leaves a `candidate` row that
+    // the next start (or, in a fleet, the next leader) marks interrupted.
+    const frontends: Record<string, number> = {};
+    for (const e of taken) if (e.frontend) frontends[e.frontend] = (frontends[e.frontend] ?? 0) + 1;
+    const reserved = await this.versions.reserve(parent.version, {
+      trigger,
+      started_at: Date.now(),
+      experiences: taken.length,
+      ...(Object.keys(frontends).length ? { frontends } : {}),
+    });
+    this.unsettled = reserved;
     const updater = this.updater!;
     const steps: UpdateResult[] = [];
     for (let i = 0; i < selected.length; i += this.o.questionsPerStep) {
@@ -255,6 +300,7 @@ export class Adaptation {
     const stats: Record<string, unknown> = {
       trigger,
       experiences: taken.length,
+      ...(Object.keys(frontends).length ? { frontends } : {}),
       ...intake,
       ...groupStats,
       steps: steps.length,
@@ -271,13 +317,15 @@ export class Adaptation {
     if (this.closed) throw new Error('shutting down');
     this.metrics.updateSeconds.observe(stats.seconds as number);
     if (verdict.reason) {
-      const version = this.versions.reject({ parent: parent.version, stats, reason: verdict.reason });
+      const version = await this.versions.reject({ version: reserved, parent: parent.version, stats, reason: verdict.reason });
+      this.unsettled = null;
       // Back to the serving weights, with fresh optimizer moments.
       await this.resetTrainer(parent);
       this.metrics.updates.inc({ outcome: 'rejected' });
       return { version, outcome: 'rejected', reason: verdict.reason, stats };
     }
-    const version = await this.versions.promote({ parent: parent.version, weights, stats });
+    const version = await this.versions.promote({ version: reserved, parent: parent.version, weights, stats });
+    this.unsettled = null;
     this.judge.promoted(version);
     this.metrics.updates.inc({ outcome: 'promoted' });
     return { version, outcome: 'promoted', stats };

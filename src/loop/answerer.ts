@@ -68,6 +68,8 @@ export interface Experience {
   trainable: boolean;
   /** From arrival to answer, as stored with the question. */
   latencyMs: number;
+  /** The front-end that answered it (a fleet's leader trains on every front-end's). */
+  frontend?: string | null;
 }
 
 interface Pending {
@@ -79,7 +81,13 @@ interface Pending {
 }
 
 /** The sampling and batching groups, the queue's bound, and the task: how questions become prompts and answers are read out of the samples. */
-export type AnswererOptions = SamplingSettings & BatchingSettings & Pick<LimitSettings, 'queueLimit'> & { task: Task };
+export type AnswererOptions = SamplingSettings &
+  BatchingSettings &
+  Pick<LimitSettings, 'queueLimit'> & {
+    task: Task;
+    /** This front-end's name in a shared log (unset: a single process). */
+    frontend?: string | null;
+  };
 
 export class Answerer {
   readonly experiences$ = new Subject<Experience>();
@@ -260,7 +268,13 @@ export class Answerer {
       // The k-th ask of a question draws seed (server seed, question, k), whatever batch it
       // lands in: the same stream served twice gets the same dice, so two runs differ only
       // where their model versions do, and a repeated question still gets fresh samples.
-      const asked = this.store.askCounts(batch.map((p) => p.req.question));
+      let asked: Map<string, number>;
+      try {
+        asked = await this.store.askCounts(batch.map((p) => p.req.question));
+      } catch (e) {
+        this.health?.report('store', (e as Error).message);
+        return this.fail(batch, `the store could not be read: ${(e as Error).message}`, log, 'store_unavailable');
+      }
       const seeds = batch.map(({ req: { question, sampling } }) => {
         const k = asked.get(question)!;
         asked.set(question, k + 1);
@@ -303,22 +317,27 @@ export class Answerer {
         votes: r.vote.counts,
         modelVersion: r.version,
         latencyMs: performance.now() - p.t0,
+        source: p.req.source ?? null,
+        trainable: !isOverridden(p.req.sampling),
+        promptIds: r.prompt,
         samples: r.samples.map((s) => ({
           text: s.text,
           answer: s.answer,
           tokens: s.tokens.length,
           logprobSum: s.logprobs.reduce((a, b) => a + b, 0),
           stopped: s.stopped,
+          tokenIds: s.tokens,
+          logprobs: s.logprobs,
         })),
       };
     });
     let ids: number[];
     try {
-      ids = this.store.recordAnswered(records);
+      ids = await this.store.recordAnswered(records, this.o.frontend ?? null);
     } catch (e) {
       // Not stored means not answered: the client hears of the failure instead.
       this.health?.report('store', (e as Error).message);
-      return this.fail(batch, `could not store the answers: ${(e as Error).message}`, log);
+      return this.fail(batch, `could not store the answers: ${(e as Error).message}`, log, 'store_unavailable');
     }
     this.health?.report('store');
     log.debug({ question_ids: ids }, 'stored');
@@ -351,22 +370,24 @@ export class Answerer {
         rollout: r,
         at: answeredAt,
         source: p.req.source ?? null,
-        trainable: !isOverridden(p.req.sampling),
+        trainable: rec.trainable,
         latencyMs: rec.latencyMs,
       });
     });
   }
 
-  private fail(batch: Pending[], error: string, log: Logger): void {
+  private fail(batch: Pending[], error: string, log: Logger, code: 'internal' | 'store_unavailable' = 'internal'): void {
     log.error({ req_ids: batch.map((p) => p.req.requestId), error }, 'batch failed');
     this.logFailed(batch, error);
     this.metrics.failed.inc(batch.length);
-    for (const p of batch) p.reject(new ProtocolError('internal', error));
+    for (const p of batch) p.reject(new ProtocolError(code, error));
   }
 
+  /** Records failed questions in the background; where the store itself is failing, the clients still hear of it. */
   private logFailed(batch: Pending[], error: string): void {
-    try {
-      this.store.recordFailed(
+    if (!batch.length) return;
+    this.store
+      .recordFailed(
         batch.map((p) => ({
           clientId: p.req.clientId,
           connection: p.req.connection,
@@ -375,10 +396,9 @@ export class Answerer {
           receivedAt: p.receivedAt,
           error,
         })),
-      );
-    } catch {
-      // The database itself is failing; the clients still hear of it.
-    }
+        this.o.frontend ?? null,
+      )
+      .catch(() => undefined);
   }
 
   /** Refuses new questions, fails the waiting ones with shutting_down, and lets the running batch finish. */

@@ -63,13 +63,15 @@ export async function stampsOf(files: string[]): Promise<FileStamp[]> {
 export async function claimBaseModel(store: Store, model: string): Promise<{ fingerprint: string; files: string[] }> {
   const files = await weightFilesOf(model);
   const stamps = JSON.stringify(await stampsOf(files));
-  const known = store.getMeta(FINGERPRINT_KEY);
-  const fingerprint = known && store.getMeta(STAMPS_KEY) === stamps ? known : await contentFingerprint(files);
-  if (known && known !== fingerprint)
+  const known = await store.getMeta(FINGERPRINT_KEY);
+  const fingerprint = known && (await store.getMeta(STAMPS_KEY)) === stamps ? known : await contentFingerprint(files);
+  // The first front-end to start claims the database; one that starts beside it with
+  // another model finds the claim standing (set only if absent) and is refused.
+  const claimed = await store.setMeta(FINGERPRINT_KEY, fingerprint, { onlyIfAbsent: true });
+  if (claimed !== fingerprint)
     throw new Error(
-      `${store.file} logs a different base model (weights ${known}, this one ${fingerprint}, from ${files.join(', ')}); use another --db or the model it was created with`,
+      `${store.location} logs a different base model (weights ${claimed}, this one ${fingerprint}, from ${files.join(', ')}); use another --db or the model it was created with`,
     );
-  store.setMeta(FINGERPRINT_KEY, fingerprint);
-  store.setMeta(STAMPS_KEY, stamps);
+  await store.setMeta(STAMPS_KEY, stamps);
   return { fingerprint, files };
 }

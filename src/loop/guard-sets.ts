@@ -6,18 +6,29 @@ import type { Store } from '../store/store.ts';
 import { completionAnchorOf, type CompletionAnchor } from '../ttrl/candidate-checks.ts';
 import type { Rollout } from '../sampling/rollout.ts';
 
-/** A JSON list in the store's meta table: read once, written whole when it changes. */
+/**
+ * A JSON list in the store's meta table: loaded once (load(), before use), written whole when
+ * it changes. Writes go one after another in the background; one that fails is retried with
+ * the next change (the list in memory is the truth; the store keeps it across restarts and
+ * hands it to the next leader).
+ */
 class MetaList<T> {
-  private list: T[] | null = null;
+  private list: T[] = [];
+  private writing: Promise<void> = Promise.resolve();
   constructor(
     private store: Store,
     private key: string,
   ) {}
-  items(): T[] {
-    return (this.list ??= JSON.parse(this.store.getMeta(this.key) ?? '[]') as T[]);
+  async load(): Promise<void> {
+    this.list = JSON.parse((await this.store.getMeta(this.key)) ?? '[]') as T[];
   }
-  save(): void {
-    this.store.setMeta(this.key, JSON.stringify(this.items()));
+  items(): T[] {
+    return this.list;
+  }
+  save(): Promise<void> {
+    const text = JSON.stringify(this.list);
+    this.writing = this.writing.then(() => this.store.setMeta(this.key, text).then(() => undefined)).catch(() => undefined);
+    return this.writing;
   }
 }
 
@@ -30,12 +41,16 @@ export class ProbeQuestions {
     this.list = new MetaList(store, 'probe_questions');
   }
 
+  load(): Promise<void> {
+    return this.list.load();
+  }
+
   /** Called for every answered question: cheap once the set is full. */
   remember(question: string): void {
     const set = this.list.items();
     if (set.length >= this.max || set.includes(question)) return;
     set.push(question);
-    this.list.save();
+    void this.list.save();
   }
 
   /** The set now (a copy: it grows by remember() only). */
@@ -53,6 +68,10 @@ export class CompletionAnchors {
     this.list = new MetaList(store, 'anchors');
   }
 
+  load(): Promise<void> {
+    return this.list.load();
+  }
+
   /** A rollout the shipped model answered near-unanimously becomes an anchor (one per question). */
   remember(r: Rollout): void {
     const set = this.list.items();
@@ -60,7 +79,7 @@ export class CompletionAnchors {
     const anchor = completionAnchorOf(r);
     if (!anchor || set.some((a) => a.question === anchor.question)) return;
     set.push(anchor);
-    this.list.save();
+    void this.list.save();
   }
 
   /** The anchors now (a copy of the list, the anchors themselves: the scorer fills in their ref). */
@@ -69,7 +88,7 @@ export class CompletionAnchors {
   }
 
   /** After anchors' reference log-probs were filled in. */
-  save(): void {
-    this.list.save();
+  save(): Promise<void> {
+    return this.list.save();
   }
 }

@@ -94,6 +94,11 @@ export class CandidateJudge {
     this.anchorSet.remember(r);
   }
 
+  /** Reads the probe questions and anchors kept in the store: before the first observe(). */
+  async load(): Promise<void> {
+    await Promise.all([this.probeSet.load(), this.anchorSet.load()]);
+  }
+
   /** Starts the prober and the reference scorer (each once), when their checks are on. */
   async start(): Promise<void> {
     const threads = { threads: this.o.trainThreads, nice: this.o.trainNice, spin: false };
@@ -161,7 +166,7 @@ export class CandidateJudge {
     if (unscored.length) {
       const refs = await completionLogprobs(this.reference!, unscored, this.tok.padId, this.config.contextLength);
       unscored.forEach((a, i) => (a.ref = sum(refs[i]!)));
-      this.anchorSet.save();
+      await this.anchorSet.save();
     }
     return anchorShiftOf(anchors, await c.sequenceLogprobs(anchors));
   }

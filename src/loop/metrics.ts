@@ -42,6 +42,16 @@ export function createMetrics() {
     }),
     anchors: new Gauge({ name: 'ttrl_anchors', help: 'anchors the guard checks candidates on', registers: r }),
     modelVersion: new Gauge({ name: 'ttrl_model_version', help: 'the model version serving now', registers: r }),
+    leader: new Gauge({
+      name: 'ttrl_fleet_leader',
+      help: 'whether this front-end leads the fleet (trains for it): 1 or 0; a single process leads itself',
+      registers: r,
+    }),
+    versionsBehind: new Gauge({
+      name: 'ttrl_fleet_versions_behind',
+      help: "how many versions the one served here is behind the fleet's active version",
+      registers: r,
+    }),
     connections: new Gauge({ name: 'ttrl_ws_connections', help: 'open WebSocket connections', registers: r }),
   };
 }

@@ -1,14 +1,20 @@
 // The serving loop without any transport, wired: question -> batch -> sample -> vote ->
 // store (answerer) -> adapt -> judge (adaptation, judge) -> swap (versions). The server puts
 // HTTP and WebSocket in front of it; offline replay drives it directly.
+import { hostname } from 'node:os';
 import { resolve } from 'node:path';
+import { Subject } from 'rxjs';
+import { Fleet } from './fleet.ts';
+import type { Experience } from './answerer.ts';
 import { loadModel, type Model } from '../formats/checkpoint.ts';
-import { Store } from '../store/store.ts';
+import type { Store } from '../store/store.ts';
+import { openStore, storeKind } from '../store/open.ts';
 import { taskFromSettings, type Task } from '../tasks/task.ts';
 import { askLimits, type AskLimits } from './admission.ts';
 import { Adaptation } from './adaptation.ts';
 import type {
   BatchingSettings,
+  FleetSettings,
   ModelSettings,
   GuardSettings,
   LimitSettings,
@@ -29,6 +35,7 @@ import { Versions } from './versions.ts';
 /** The setting groups the serving loop runs on (config/settings.ts): everything but the transport's. */
 export type PipelineSettings = ModelSettings &
   StorageSettings &
+  FleetSettings &
   BatchingSettings &
   TaskGroupSettings &
   SamplingSettings &
@@ -48,6 +55,10 @@ export interface Pipeline {
   answerer: Answerer;
   adaptation: Adaptation;
   versions: Versions;
+  /** With a shared (PostgreSQL) store: the fleet this front-end is part of; null for a single process. */
+  fleet: Fleet | null;
+  /** This front-end's name in the log. */
+  frontend: string;
   /** Why the pipeline cannot answer well now (database writes or sampling fail; empty: ready), re-probed. */
   notReady(): Promise<string[]>;
   /** Rollback / roll forward to a stored version (admin), between updates. */
@@ -55,7 +66,10 @@ export interface Pipeline {
   close(): Promise<void>;
 }
 
-export async function createPipeline(s: PipelineSettings, o: { versionsDir?: string; logger?: Logger } = {}): Promise<Pipeline> {
+export async function createPipeline(
+  s: PipelineSettings,
+  o: { versionsDir?: string; logger?: Logger; /** How others reach this front-end (the fleet's list shows it). */ address?: string } = {},
+): Promise<Pipeline> {
   const logger = o.logger ?? silentLogger;
   const model = await loadModel(s.model);
   // The task and its limits before anything is opened: a template the model lacks, or new
@@ -63,7 +77,10 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
   const task = taskFromSettings(s, model.tokenizer, s.model);
   const limits = askLimits(task, model.tokenizer, model.config.contextLength, s, s.model);
   const lora = s.loraRank > 0 ? loraConfigFor(model.config, { rank: s.loraRank, alpha: s.loraAlpha, targets: s.loraTargets }) : undefined;
-  const store = Store.open(s.db);
+  // A PostgreSQL log is shared: its version files must be where every front-end reads them.
+  if (storeKind(s.db) === 'postgres' && !s.versionsDir && !o.versionsDir)
+    throw new Error('--db postgres://... needs --versions-dir DIR: version weight files go to storage every front-end can read');
+  const store = await openStore(s.db);
   const cleanup: (() => Promise<unknown> | void)[] = [() => store.close()];
   try {
     const metrics = createMetrics();
@@ -73,12 +90,14 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
       modelPath: s.model,
       // A folder per database (beside it, named after it): two databases in one folder never
       // share a version file. Older databases' rows keep the paths they were written to.
-      versionsDir: o.versionsDir ?? `${resolve(s.db)}.versions`,
+      versionsDir: o.versionsDir ?? s.versionsDir ?? `${resolve(s.db)}.versions`,
       metrics,
       // Idle compute threads spin only when no trainer shares the cores.
       sampler: { threads: s.threads, spin: !s.adapt },
       lora,
       keepVersions: s.keepVersions,
+      // In a fleet, candidates left unjudged are the leader's to settle (on taking the lead).
+      rejectStale: !store.fleet,
       log: lineLog(logger),
     });
     cleanup.unshift(() => versions.close());
@@ -89,11 +108,37 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
         await (await versions.live()).generate([[0]], { samplesPerPrompt: 1, maxNewTokens: 1, seed: 0, stopTokens: [], padToken: 0 });
       },
     });
-    const answerer = new Answerer(() => versions.live(), model.tokenizer, store, { ...s, task }, metrics, health, logger);
+    // host:port names a front-end for good; a server on a port picked at random (0) goes by its process.
+    const port = o.address?.split(':').at(-1);
+    const frontend = s.frontendId ?? (port && port !== '0' ? `${hostname()}:${port}` : `${hostname()}:pid${process.pid}`);
+    const answerer = new Answerer(() => versions.live(), model.tokenizer, store, { ...s, task, frontend }, metrics, health, logger);
     const judge = new CandidateJudge(store, model.config, model.tokenizer, versions.base, { ...s, task }, metrics, lora);
-    const adaptation = new Adaptation(answerer.experiences$, versions, judge, store, model.config, model.tokenizer, { ...s, lora }, metrics, logger);
+    await judge.load();
+    // One process trains on its own answers as they come; a fleet's leader on the whole
+    // fleet's, read back from the shared log (fleet.ts).
+    const fleetExperiences = store.fleet ? new Subject<Experience>() : null;
+    const adaptation = new Adaptation(
+      fleetExperiences ?? answerer.experiences$,
+      versions,
+      judge,
+      store,
+      model.config,
+      model.tokenizer,
+      { ...s, lora },
+      metrics,
+      logger,
+    );
     cleanup.unshift(() => adaptation.close());
-    if (s.adapt) await adaptation.start();
+    let fleet: Fleet | null = null;
+    if (store.fleet) {
+      fleet = new Fleet(store, versions, adaptation, { ...s, frontend, address: o.address ?? frontend }, metrics, logger);
+      fleet.experiences$.subscribe(fleetExperiences!);
+      fleet.start();
+      cleanup.unshift(() => fleet!.close());
+    } else {
+      metrics.leader.set(1);
+      if (s.adapt) await adaptation.start();
+    }
     let closing: Promise<void> | null = null;
     return {
       model,
@@ -104,6 +149,8 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
       answerer,
       adaptation,
       versions,
+      fleet,
+      frontend,
       notReady: async () => {
         const down = versions.samplerDown;
         if (down) health.report('sampler', `the sampler worker is down (${down})`);
@@ -114,9 +161,10 @@ export async function createPipeline(s: PipelineSettings, o: { versionsDir?: str
         (closing ??= (async () => {
           // Stop taking questions and answer what is being sampled, then stop updates and workers.
           await answerer.close();
+          await fleet?.close();
           await adaptation.close();
           await versions.close();
-          store.close();
+          await store.close();
         })()),
     };
   } catch (e) {

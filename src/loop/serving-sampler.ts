@@ -90,7 +90,7 @@ export class ServingSampler {
       this.o.log(`the sampler is down (${reason}) and did not restart: ${(e as Error).message}`);
       throw new Error(`the sampler is down (${reason}) and did not restart: ${(e as Error).message}`);
     }
-    this.o.store.event('sampler_restarted', { reason, version: v.version });
+    this.o.store.event('sampler_restarted', { reason, version: v.version }).catch(() => undefined);
     this.o.log(`the sampler was down (${reason}); restarted on version ${v.version}`);
     return this.current;
   }

@@ -217,20 +217,20 @@ export async function exportVersion(
   version: number,
   o: { out: string; adapter?: boolean; model?: string },
 ): Promise<{ model: string; kind: 'full' | 'lora' }> {
-  const row = store.version(version);
-  if (!row) throw new Error(`${store.file}: no model version ${version}`);
-  if (!row.weights_path) throw new Error(`${store.file}: version ${version} was ${row.status} and its weights were not kept`);
-  const modelPath = o.model ?? (store.version(0)?.stats as { base?: string } | null)?.base;
-  if (!modelPath) throw new Error(`${store.file}: version 0 does not say which base model it is; give --model`);
-  const expected = store.getMeta(FINGERPRINT_KEY);
+  const row = await store.version(version);
+  if (!row) throw new Error(`${store.location}: no model version ${version}`);
+  if (!row.weights_path) throw new Error(`${store.location}: version ${version} was ${row.status} and its weights were not kept`);
+  const modelPath = o.model ?? ((await store.version(0))?.stats as { base?: string } | null)?.base;
+  if (!modelPath) throw new Error(`${store.location}: version 0 does not say which base model it is; give --model`);
+  const expected = await store.getMeta(FINGERPRINT_KEY);
   const actual = await contentFingerprint(await weightFilesOf(modelPath));
-  if (expected && expected !== actual) throw new Error(`${modelPath} is not the base model of ${store.file} (weights ${actual}, the store's ${expected})`);
+  if (expected && expected !== actual) throw new Error(`${modelPath} is not the base model of ${store.location} (weights ${actual}, the store's ${expected})`);
   const model = await loadModel(modelPath);
   // The version's bytes, verified as a load verifies them (sha256, this database's file):
   // a damaged file is refused, naming it, rather than exported.
   const file =
     version > 0
-      ? await readVerified(row, store.databaseId()).catch((e) => {
+      ? await readVerified(row, await store.databaseId()).catch((e) => {
           throw new Error(`version ${version}: ${(e as Error).message}; not exported`);
         })
       : null;

@@ -38,11 +38,18 @@ export interface VersionsOptions {
   lora?: LoraConfig;
   /** Retired versions whose weight files are kept, the newest (0 or unset: all). */
   keepVersions?: number;
+  /**
+   * Mark candidates left unjudged as interrupted at start (one process: nobody else is
+   * judging them). A front-end of a fleet leaves this to whoever takes the lead.
+   */
+  rejectStale?: boolean;
   log?: (line: string) => void;
 }
 
 /** A candidate that passed the guard. */
 export interface Promotion {
+  /** Its number, reserved when its update began (reserve()). */
+  version: number;
   parent: number;
   /** Full weights, or with LoRA the candidate's adapters. */
   weights: Weights;
@@ -51,6 +58,7 @@ export interface Promotion {
 
 /** A candidate that failed it: recorded, its weights not kept. */
 export interface Rejection {
+  version: number;
   parent: number;
   stats: Record<string, unknown>;
   reason: string;
@@ -85,15 +93,13 @@ export class Versions {
   static async open(o: VersionsOptions): Promise<Versions> {
     const { store } = o;
     const { files, fingerprint } = await claimBaseModel(store, o.modelPath);
-    if (!store.versions().length) {
-      const weightsPath = files.length === 1 ? files[0]! : o.modelPath;
-      // One transaction: a crash here must not leave version 0 an unjudged candidate.
-      store.db.transaction(() => store.activate(store.addVersion({ parent: null, status: 'candidate', weightsPath, stats: { base: o.modelPath } })))();
+    await store.ensureBaseVersion({ weightsPath: files.length === 1 ? files[0]! : o.modelPath, stats: { base: o.modelPath } });
+    if (o.rejectStale ?? true) {
+      const stale = await store.rejectStaleCandidates();
+      if (stale) o.log?.(`marked ${stale} unfinished candidate version(s) as interrupted`);
     }
-    const stale = store.rejectStaleCandidates();
-    if (stale) o.log?.(`marked ${stale} unfinished candidate version(s) as interrupted`);
-    const row = store.activeVersion();
-    if (!row) throw new Error(`${store.file}: no active model version (every version is retired, rejected or corrupt); activate one in model_versions`);
+    const row = await store.activeVersion();
+    if (!row) throw new Error(`${store.location}: no active model version (every version is retired, rejected or corrupt); activate one in model_versions`);
     const log = o.log ?? (() => {});
     const versionFiles = VersionFiles.open({
       dir: o.versionsDir,
@@ -101,7 +107,7 @@ export class Versions {
       base: o.model.weights,
       lora: o.lora,
       fingerprint,
-      databaseId: store.databaseId(),
+      databaseId: await store.databaseId(),
       log,
     });
     const serving = await servingAtStart(store, versionFiles, row, log);
@@ -143,10 +149,10 @@ export class Versions {
     return this.parts.sampler.live();
   }
 
-  /** Every version, with the one serving marked. */
-  list(): (VersionRow & { serving: boolean })[] {
+  /** Every version, with the one serving here marked. */
+  async list(): Promise<(VersionRow & { serving: boolean })[]> {
     const serving = this.active.version;
-    return this.parts.store.versions().map((v) => ({ ...v, serving: v.version === serving }));
+    return (await this.parts.store.versions()).map((v) => ({ ...v, serving: v.version === serving }));
   }
 
   /**
@@ -156,20 +162,23 @@ export class Versions {
    */
   async promote(c: Promotion): Promise<number> {
     const { store, files } = this.parts;
-    const version = store.addVersion({ parent: c.parent, status: 'candidate', stats: c.stats, weightsPath: (v) => files.pathOf(v) });
-    const path = store.version(version)!.weights_path!;
+    const { version } = c;
+    const path = (await store.version(version))!.weights_path!;
+    await store.setStats(version, c.stats);
     try {
-      store.setWeightsSha256(version, await files.write(path, { version, parent: c.parent, weights: c.weights }));
+      await store.setWeightsSha256(version, await files.write(path, { version, parent: c.parent, weights: c.weights }));
     } catch (e) {
       const reason = `the weights could not be written to ${path}: ${(e as Error).message}`;
-      store.reject(version, reason);
-      store.event('version_rejected', { version, parent: c.parent, reason });
+      await store.reject(version, reason);
+      await store.event('version_rejected', { version, parent: c.parent, reason });
       throw new Error(reason);
     }
-    store.activate(version);
-    store.event('version_promoted', { version, parent: c.parent });
+    await store.activate(version);
+    await store.event('version_promoted', { version, parent: c.parent });
     await this.serve(files.lora ? { version, weights: files.base, adapters: c.weights } : { version, weights: c.weights });
-    this.prune();
+    await this.announce(version);
+    // Bounding the disk is housekeeping: a failure there does not undo the promotion.
+    await this.prune().catch((e: Error) => this.parts.log(`could not prune old version files: ${e.message}`));
     return version;
   }
 
@@ -179,36 +188,49 @@ export class Versions {
    * say so). A live server promotes often (every few seconds under load), and each full
    * version is the model's size. Version 0 is the model itself and is never touched.
    */
-  private prune(): void {
+  private async prune(): Promise<void> {
     const { store, files, keepVersions } = this.parts;
     if (!keepVersions) return;
-    const retired = store
-      .versions()
-      .filter((v) => v.status === 'retired' && v.version > 0 && v.weights_path)
-      .sort((a, b) => b.version - a.version);
+    const retired = (await store.versions()).filter((v) => v.status === 'retired' && v.version > 0 && v.weights_path).sort((a, b) => b.version - a.version);
     const pruned: number[] = [];
     for (const row of retired.slice(keepVersions)) {
       // The row first: a crash between the two leaves a stray file, never a row naming a
       // file that is gone (which a fallback would take for corruption).
-      store.pruneWeights(row.version, `retired; its weights were deleted to keep the newest ${keepVersions} retired versions' files (--keep-versions)`);
+      await store.pruneWeights(row.version, `retired; its weights were deleted to keep the newest ${keepVersions} retired versions' files (--keep-versions)`);
       pruned.push(row.version);
       files.remove(row);
     }
-    if (pruned.length) store.event('versions_pruned', { versions: pruned, keep: keepVersions });
+    if (pruned.length) await store.event('versions_pruned', { versions: pruned, keep: keepVersions });
   }
 
   /** Records a rejected candidate (weights not kept); the serving version stays. */
-  reject(c: Rejection): number {
+  async reject(c: Rejection): Promise<number> {
     const { store } = this.parts;
-    const version = store.addVersion({ parent: c.parent, status: 'rejected', stats: c.stats, reason: c.reason, weightsPath: null });
-    store.event('version_rejected', { version, parent: c.parent, reason: c.reason });
-    return version;
+    await store.reject(c.version, c.reason, c.stats);
+    await store.event('version_rejected', { version: c.version, parent: c.parent, reason: c.reason });
+    return c.version;
+  }
+
+  /**
+   * Numbers a candidate as its update begins: a `candidate` row until it is promoted or
+   * rejected. One that is never settled (the process died, or in a fleet the leader did) is
+   * marked interrupted by the next start, or by the next leader when it takes over.
+   */
+  async reserve(parent: number, stats: Record<string, unknown>): Promise<number> {
+    const { store, files } = this.parts;
+    return store.addVersion({ parent, status: 'candidate', stats, weightsPath: (v) => files.pathOf(v) });
+  }
+
+  /** An update that failed (or was cut off by shutdown) after its number was reserved. */
+  async abandon(version: number, reason: string): Promise<void> {
+    // Only a row still a candidate: one promoted before the failure stays what it became.
+    if ((await this.parts.store.version(version))?.status === 'candidate') await this.parts.store.reject(version, reason);
   }
 
   /** Serves a stored version (admin rollback or roll forward). */
   async activate(version: number, by: string): Promise<void> {
     const { store, files, log } = this.parts;
-    const row = store.version(version);
+    const row = await store.version(version);
     if (!row) throw new ProtocolError('not_found', `no model version ${version}`);
     if (!row.weights_path) throw new ProtocolError('invalid_message', `version ${version} was ${row.status} and its weights were not kept`);
     let serving: ServingVersion;
@@ -219,9 +241,30 @@ export class Versions {
       if (e instanceof CorruptWeights) throw new ProtocolError('invalid_message', `${e.message}; version ${version} is marked corrupt and was not activated`);
       throw e;
     }
-    store.activate(version);
-    store.event('version_activated', { version, by });
+    await store.activate(version);
+    await store.event('version_activated', { version, by });
     await this.serve(serving);
+    await this.announce(version);
+  }
+
+  /**
+   * Serves the version the store says is active, when it is not the one served here: another
+   * front-end promoted or activated it (a fleet). Verified as any load; a corrupt file leaves
+   * the version served here as it is (and the row marked), and throws.
+   */
+  async follow(): Promise<{ from: number; to: number } | null> {
+    const { store, files, log } = this.parts;
+    const row = await store.activeVersion();
+    if (!row || row.version === this.active.version) return null;
+    const from = this.active.version;
+    await this.serve(await loadVerified(store, files, row, log));
+    log(`model version ${row.version} is serving (activated by another front-end; was ${from})`);
+    return { from, to: row.version };
+  }
+
+  /** Tells the other front-ends (a fleet) that the serving version changed; they also poll, so a lost notice only delays them. */
+  private async announce(version: number): Promise<void> {
+    await this.parts.store.fleet?.announceVersion(version).catch((e: Error) => this.parts.log(`could not announce version ${version}: ${e.message}`));
   }
 
   /** The sampler takes the weights between batches; then everyone hears of it. */
@@ -245,14 +288,14 @@ export class Versions {
  */
 async function servingAtStart(store: Store, files: VersionFiles, active: VersionRow, log: (line: string) => void): Promise<ServingVersion> {
   const corrupt: number[] = [];
-  for (let row: VersionRow | undefined = active; row; row = row.parent === null ? undefined : store.version(row.parent)) {
+  for (let row: VersionRow | undefined = active; row; row = row.parent === null ? undefined : await store.version(row.parent)) {
     // A retired ancestor whose file was pruned (--keep-versions) is passed over, not corrupt.
     if (row !== active && row.version > 0 && !row.weights_path && row.status === 'retired') continue;
     try {
       const serving = await loadVerified(store, files, row, log);
       if (corrupt.length) {
-        store.activate(row.version);
-        store.event('version_fallback', { from: active.version, to: row.version, corrupt });
+        await store.activate(row.version);
+        await store.event('version_fallback', { from: active.version, to: row.version, corrupt });
         log(`serving model version ${row.version}, the newest good ancestor of corrupt version ${active.version} (corrupt: ${corrupt.join(', ')})`);
       }
       return serving;
@@ -261,7 +304,7 @@ async function servingAtStart(store: Store, files: VersionFiles, active: Version
       corrupt.push(row.version);
     }
   }
-  throw new Error(`${store.file}: model version ${active.version} and every ancestor are corrupt (${corrupt.join(', ')}); nothing verified to serve`);
+  throw new Error(`${store.location}: model version ${active.version} and every ancestor are corrupt (${corrupt.join(', ')}); nothing verified to serve`);
 }
 
 /**
@@ -273,14 +316,14 @@ async function loadVerified(store: Store, files: VersionFiles, row: VersionRow, 
   try {
     const { serving, sha256 } = await files.read(row);
     if (sha256 && !row.weights_sha256) {
-      store.setWeightsSha256(row.version, sha256);
+      await store.setWeightsSha256(row.version, sha256);
       log(`model version ${row.version}: ${row.weights_path} had no recorded sha256 (written before verification); recorded ${sha256} on this first load`);
     }
     return serving;
   } catch (e) {
     if (e instanceof CorruptWeights) {
-      store.markCorrupt(row.version, e.message);
-      store.event('version_corrupt', { version: row.version, path: row.weights_path, reason: e.message });
+      await store.markCorrupt(row.version, e.message);
+      await store.event('version_corrupt', { version: row.version, path: row.weights_path, reason: e.message });
       log(`model version ${row.version} is corrupt: ${e.message}`);
     }
     throw e;

@@ -73,7 +73,7 @@ export async function replayOffline(
       await p.adaptation.idle();
       o.onProgress?.(outcomes.length);
     }
-    const versions = p.store.versions();
+    const versions = await p.store.versions();
     return { outcomes, sent: items.length, wallS: (performance.now() - t0) / 1000, versions };
   } finally {
     await p.close();

@@ -2,7 +2,8 @@
 // SQLite log or from a JSONL question file ({"question", "answer"?, "at"?: ms from start}).
 import { openSync, readSync, closeSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { Store } from '../store/store.ts';
+import { openStore, storeKind } from '../store/open.ts';
+import type { QuestionRow } from '../store/store.ts';
 import { parseQuestions } from '../tasks/question-file.ts';
 
 export interface ReplayItem {
@@ -40,16 +41,18 @@ function isSqlite(path: string): boolean {
 }
 
 export async function readSource(path: string, o: { since?: number; until?: number } = {}): Promise<{ kind: 'db' | 'jsonl'; items: ReplayItem[] }> {
-  let sqlite: boolean;
+  // A server's log: a SQLite file, or a fleet's PostgreSQL database.
+  let database: boolean;
   try {
-    sqlite = isSqlite(path);
+    database = storeKind(path) === 'postgres' || isSqlite(path);
   } catch (e) {
     throw new Error(`cannot read ${path}: ${(e as Error).message}`);
   }
-  if (sqlite) {
-    const store = Store.open(path);
+  if (database) {
+    const store = await openStore(path);
     try {
-      const rows = [...store.questions({ since: o.since, until: o.until })];
+      const rows: QuestionRow[] = [];
+      for await (const r of store.questions({ since: o.since, until: o.until })) rows.push(r);
       const t0 = rows[0]?.received_at ?? 0;
       return {
         kind: 'db',
@@ -62,7 +65,7 @@ export async function readSource(path: string, o: { since?: number; until?: numb
         })),
       };
     } finally {
-      store.close();
+      await store.close();
     }
   }
   const text = await readFile(path, 'utf8');

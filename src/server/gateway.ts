@@ -42,6 +42,8 @@ export interface GatewayOptions {
   metrics: Metrics;
   /** What each connection's hello states besides the protocol and the connection's name. */
   hello: () => Pick<HelloMessage, 'model_version' | 'limits'>;
+  /** This front-end's name: a connection is a client of its own across a fleet (the update share counts by it). */
+  frontend?: string;
   logger?: Logger;
 }
 
@@ -162,7 +164,7 @@ export class Gateway {
 
   private onConnection(ws: WebSocket, key: string | undefined): void {
     const connection = `c${this.nextConnection++}`;
-    const client: Client = { connection, source: key ?? `ws:${connection}`, asking: new Set(), unsent: 0 };
+    const client: Client = { connection, source: key ?? `ws:${this.o.frontend ? `${this.o.frontend}/` : ''}${connection}`, asking: new Set(), unsent: 0 };
     this.clients.set(ws, client);
     this.o.metrics.connections.inc();
     ws.on(

@@ -16,12 +16,12 @@ import { OPENAI_PATHS, openAiRouter, type OpenAiOptions } from './openai.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 
 export interface Admin {
-  versions(): unknown[];
+  versions(): Promise<unknown[]>;
   activate(version: number): Promise<unknown>;
   pause(): unknown;
   resume(): unknown;
   updateNow(): Promise<unknown>;
-  status(): unknown;
+  status(): Promise<unknown>;
 }
 
 export interface AppOptions {
@@ -29,7 +29,7 @@ export interface AppOptions {
   limits: ServerLimits;
   metrics: Metrics;
   /** Why the server cannot serve now (empty: ready), and the version serving. */
-  readiness: () => Promise<{ reasons: string[]; version: number }>;
+  readiness: () => Promise<{ reasons: string[]; version: number; fleet?: unknown }>;
   admin: Admin;
   adminToken?: string;
   keys: ApiKeys;
@@ -81,7 +81,7 @@ export function createApp(o: AppOptions) {
   app.get('/readyz', async (_req, res) => {
     const r = await o.readiness();
     const ready = r.reasons.length === 0;
-    res.status(ready ? 200 : 503).json({ ready, model_version: r.version, reasons: r.reasons });
+    res.status(ready ? 200 : 503).json({ ready, model_version: r.version, reasons: r.reasons, ...(r.fleet ? { fleet: r.fleet } : {}) });
   });
   app.get('/metrics', async (_req, res) => {
     res.set('Content-Type', o.metrics.registry.contentType).send(await o.metrics.registry.metrics());

@@ -28,7 +28,7 @@ export interface RunningServer extends Pick<Pipeline, 'store' | 'adaptation' | '
 }
 
 export async function startServer(s: Settings, logger: Logger = silentLogger): Promise<RunningServer> {
-  const p = await createPipeline(s, { logger });
+  const p = await createPipeline(s, { logger, address: `${s.host}:${s.port}` });
   const { store, adaptation, answerer, metrics, versions } = p;
   try {
     const limits = { ...p.limits, maxMessageBytes: s.maxMessageBytes };
@@ -36,14 +36,17 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
     let closing: Promise<void> | null = null;
     const admin = {
       versions: () => versions.list(),
-      status: () => ({
+      status: async () => ({
         model_version: versions.active.version,
         adaptation: adaptation.status,
         pending_experiences: adaptation.pendingExperiences,
+        why_no_update_yet: adaptation.whyNotYet(),
         last_update: adaptation.lastOutcome,
         queue_depth: answerer.queueDepth,
-        stored: store.counts(),
-        events: store.events(20),
+        frontend: p.frontend,
+        ...(p.fleet ? { fleet: p.fleet.status() } : {}),
+        stored: await store.counts(),
+        events: await store.events(20),
       }),
       activate: async (version: number) => {
         await p.activate(version, 'admin');
@@ -64,6 +67,7 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
     const readiness = async () => ({
       reasons: closing ? ['shutting down'] : !ready ? ['starting'] : await p.notReady(),
       version: versions.active.version,
+      ...(p.fleet ? { fleet: p.fleet.status() } : {}),
     });
     const openai = {
       task: p.task,
@@ -78,6 +82,7 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
       versions$: versions.versions$,
       store,
       adaptation,
+      fleet: p.fleet,
       answerer,
       keys,
       logger,
@@ -104,6 +109,7 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
       metrics,
       hello: () => ({ model_version: versions.active.version, limits: { ...helloLimits(limits), max_in_flight: s.maxInFlight } }),
       logger,
+      frontend: p.frontend,
     });
     const sub = versions.versions$.subscribe(guarded(logger, 'version broadcast', (v: number) => gateway.broadcast(modelMessage(v))));
     // The request-target is parsed once, here, before express or ws sees it: one that does not

@@ -1,10 +1,9 @@
-// The experience store: one SQLite file (WAL). Every answered question is written with its
-// samples and vote in one transaction per batch, before any answer of the batch is sent.
-import Database from 'better-sqlite3';
-import { randomBytes } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
-import { migrate } from './migrate.ts';
+// The store seam: what the serving loop, replay, export and the CLI need of the experience
+// log, as one asynchronous interface with two implementations. SQLite (sqlite.ts) is the
+// embedded default: one process, one file, no server to install. PostgreSQL (postgres.ts)
+// is for several front-ends sharing one log and one version lineage (docs/scale.md); it also
+// brings what only a shared server can give: a leader lock and version-change notices
+// (FleetCoordination). openStore() picks one by the location's form.
 
 export interface SampleRecord {
   text: string;
@@ -12,6 +11,12 @@ export interface SampleRecord {
   tokens: number;
   logprobSum: number;
   stopped: boolean;
+}
+
+/** A sample as training needs it: the exact token ids drawn and their log-probs. */
+export interface TrainableSample extends SampleRecord {
+  tokenIds: number[];
+  logprobs: number[];
 }
 
 export interface QuestionMeta {
@@ -29,7 +34,29 @@ export interface AnsweredRecord extends QuestionMeta {
   votes: Record<string, number>;
   modelVersion: number;
   latencyMs: number;
-  samples: SampleRecord[];
+  /** Who asked, for the update share (an API key's id, a connection, an address). */
+  source: string | null;
+  /** Sampled as the server samples: an update may train on it (its samples carry token ids). */
+  trainable: boolean;
+  /** The prompt's token ids (the task's encoding of the question). */
+  promptIds: number[];
+  samples: TrainableSample[];
+}
+
+/** An answered, trainable question as the leader reads it back to train on (the fleet's experiences). */
+export interface StoredExperience {
+  id: number;
+  question: string;
+  source: string | null;
+  frontend: string | null;
+  answeredAt: number;
+  latencyMs: number;
+  modelVersion: number;
+  answer: string | null;
+  majorityRatio: number;
+  votes: Record<string, number>;
+  promptIds: number[];
+  samples: TrainableSample[];
 }
 
 export type VersionStatus = 'candidate' | 'active' | 'retired' | 'rejected' | 'corrupt';
@@ -62,239 +89,156 @@ export interface QuestionRow {
   votes: Record<string, number> | null;
   model_version: number | null;
   latency_ms: number | null;
+  /** The front-end that answered (null: a single-process server's own log, or rows from before the fleet). */
+  frontend: string | null;
+}
+
+export interface NewVersion {
+  parent: number | null;
+  status: VersionStatus;
+  /** Where its weights go; may depend on the number given (null: weights not kept). */
+  weightsPath: string | null | ((version: number) => string);
+  stats?: unknown;
+  reason?: string;
+}
+
+export interface FrontendRow {
+  id: string;
+  address: string;
+  started_at: number;
+  last_seen: number;
+  serving_version: number;
+  leader: boolean;
+}
+
+export interface StoreCounts {
+  answered: number;
+  failed: number;
+  samples: number;
 }
 
 export const DATABASE_ID_KEY = 'database_id';
 
-export class Store {
-  private constructor(
-    readonly db: Database.Database,
-    readonly file: string,
-  ) {}
+/** A sample as stored, token ids and log-probs included where they were kept (null: not kept). */
+export interface LoggedSample extends SampleRecord {
+  tokenIds: number[] | null;
+  logprobs: number[] | null;
+}
 
-  static open(file: string): Store {
-    if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
-    let db: Database.Database;
-    try {
-      db = new Database(file);
-    } catch (e) {
-      throw new Error(`cannot open the database ${file}: ${(e as Error).message}`);
-    }
-    try {
-      db.pragma('journal_mode = WAL');
-      // FULL: a commit is on disk before the answer it records is sent.
-      db.pragma('synchronous = FULL');
-      db.pragma('foreign_keys = ON');
-      db.pragma('busy_timeout = 5000');
-      migrate(db);
-    } catch (e) {
-      db.close();
-      throw new Error(`${file}: ${(e as Error).message}`);
-    }
-    return new Store(db, file);
-  }
+/** A question as stored, everything included: what `ttrl copy` carries from one store to another. */
+export interface LoggedQuestion extends QuestionRow {
+  source: string | null;
+  trainable: boolean;
+  /** The prompt's token ids where they were kept (null: not kept). */
+  prompt_ids: number[] | null;
+  samples: LoggedSample[];
+}
 
-  /** How often each question was asked before (answered or failed). */
-  askCounts(questions: string[]): Map<string, number> {
-    const q = this.db.prepare('SELECT COUNT(*) AS n FROM questions WHERE question = ?');
-    return new Map([...new Set(questions)].map((text) => [text, (q.get(text) as { n: number }).n]));
-  }
+export interface EventRow {
+  id: number;
+  at: number;
+  kind: string;
+  detail: unknown;
+}
 
-  recordAnswered(batch: AnsweredRecord[]): number[] {
-    const q = this.db.prepare(
-      `INSERT INTO questions (client_id, connection, question, votes_requested, received_at, answered_at, status, answer, majority_ratio, votes, model_version, latency_ms)
-       VALUES (?, ?, ?, ?, ?, ?, 'answered', ?, ?, ?, ?, ?)`,
-    );
-    const s = this.db.prepare('INSERT INTO samples (question_id, idx, text, answer, tokens, logprob_sum, stopped) VALUES (?, ?, ?, ?, ?, ?, ?)');
-    return this.db.transaction(() =>
-      batch.map((r) => {
-        const id = Number(
-          q.run(
-            r.clientId,
-            r.connection,
-            r.question,
-            r.votesRequested,
-            r.receivedAt,
-            r.answeredAt,
-            r.answer,
-            r.majorityRatio,
-            JSON.stringify(r.votes),
-            r.modelVersion,
-            r.latencyMs,
-          ).lastInsertRowid,
-        );
-        r.samples.forEach((x, i) => s.run(id, i, x.text, x.answer, x.tokens, x.logprobSum, x.stopped ? 1 : 0));
-        return id;
-      }),
-    )();
-  }
+/** Where the leader has read the log to (opaque: each store has its own form). */
+export type ExperienceCursor = string;
 
-  recordFailed(batch: (QuestionMeta & { error: string })[]): void {
-    const q = this.db.prepare(
-      `INSERT INTO questions (client_id, connection, question, votes_requested, received_at, answered_at, status, error) VALUES (?, ?, ?, ?, ?, ?, 'failed', ?)`,
-    );
-    const now = Date.now();
-    this.db.transaction(() => batch.forEach((r) => q.run(r.clientId, r.connection, r.question, r.votesRequested, r.receivedAt, now, r.error)))();
-  }
+export interface Store {
+  readonly kind: 'sqlite' | 'postgres';
+  /** Where it is, safe to log (a URL's password hidden). */
+  readonly location: string;
+
+  // ---------- the log ----------
+  /** How often each question was asked before (answered or failed), across every front-end. */
+  askCounts(questions: string[]): Promise<Map<string, number>>;
+  /** A batch's answers in one transaction (before any answer of the batch is sent); their ids, in order. */
+  recordAnswered(batch: AnsweredRecord[], frontend?: string | null): Promise<number[]>;
+  recordFailed(batch: (QuestionMeta & { error: string })[], frontend?: string | null): Promise<void>;
+  /**
+   * Answered, trainable questions stored with their token ids, after `cursor` in commit
+   * order (at most `limit`), and the cursor past them. No question is skipped while another
+   * front-end's transaction is still open: the cursor only moves past committed ones.
+   */
+  experiencesAfter(cursor: ExperienceCursor, limit: number): Promise<{ experiences: StoredExperience[]; cursor: ExperienceCursor }>;
+  /** The cursor at the end of the log now: experiences from here on are new. */
+  experienceCursorNow(): Promise<ExperienceCursor>;
+  /** Questions in arrival order, optionally within [since, until) in epoch ms. */
+  questions(o?: { since?: number; until?: number; status?: 'answered' | 'failed' }): AsyncIterable<QuestionRow>;
+  samplesOf(questionId: number): Promise<SampleRecord[]>;
+  counts(): Promise<StoreCounts>;
 
   // ---------- model versions ----------
-
-  /** Adds the next version number; weightsPath may depend on it (null: weights not kept). */
-  addVersion(v: {
-    parent: number | null;
-    status: VersionStatus;
-    weightsPath: string | null | ((version: number) => string);
-    stats?: unknown;
-    reason?: string;
-  }): number {
-    return this.db.transaction(() => {
-      const next = ((this.db.prepare('SELECT MAX(version) AS v FROM model_versions').get() as { v: number | null }).v ?? -1) + 1;
-      const path = typeof v.weightsPath === 'function' ? v.weightsPath(next) : v.weightsPath;
-      this.db
-        .prepare('INSERT INTO model_versions (version, parent, status, weights_path, created_at, stats, reason) VALUES (?, ?, ?, ?, ?, ?, ?)')
-        .run(next, v.parent, v.status, path, Date.now(), v.stats === undefined ? null : JSON.stringify(v.stats), v.reason ?? null);
-      return next;
-    })();
-  }
-
-  /** Candidates left by a crash mid-update: never promoted, so marked rejected. */
-  rejectStaleCandidates(): number {
-    return this.db
-      .prepare(
-        `UPDATE model_versions SET status = 'rejected', reason = 'interrupted: the server stopped before this candidate was judged' WHERE status = 'candidate'`,
-      )
-      .run().changes;
-  }
-
+  /** Adds the next version number (numbered once across the fleet); with `activate`, it serves at once. */
+  addVersion(v: NewVersion & { activate?: boolean }): Promise<number>;
+  /** On an empty lineage, adds `base` as version 0, active: once, however many front-ends start together. */
+  ensureBaseVersion(base: Omit<NewVersion, 'status' | 'parent'>): Promise<void>;
+  /** Candidates left unjudged (a crash, a leader that died): marked rejected, the reason says so. */
+  rejectStaleCandidates(reason?: string): Promise<number>;
   /** Makes `version` the one serving version; the previous one is retired. */
-  activate(version: number): void {
-    this.db.transaction(() => {
-      const row = this.version(version);
-      if (!row) throw new Error(`no model version ${version}`);
-      this.db.prepare(`UPDATE model_versions SET status = 'retired' WHERE status = 'active'`).run();
-      this.db.prepare(`UPDATE model_versions SET status = 'active', activated_at = ?, reason = NULL WHERE version = ?`).run(Date.now(), version);
-    })();
-  }
+  activate(version: number): Promise<void>;
+  setWeightsSha256(version: number, sha256: string): Promise<void>;
+  pruneWeights(version: number, reason: string): Promise<void>;
+  markCorrupt(version: number, reason: string): Promise<void>;
+  reject(version: number, reason: string, stats?: unknown): Promise<void>;
+  setStats(version: number, stats: unknown): Promise<void>;
+  version(v: number): Promise<VersionRow | undefined>;
+  activeVersion(): Promise<VersionRow | undefined>;
+  versions(): Promise<VersionRow[]>;
 
-  /** Records the sha256 of a version's weight file (the bytes written, or a legacy file's first verified load). */
-  setWeightsSha256(version: number, sha256: string): void {
-    this.db.prepare('UPDATE model_versions SET weights_sha256 = ? WHERE version = ?').run(sha256, version);
-  }
+  // ---------- meta, events, health ----------
+  getMeta(key: string): Promise<string | undefined>;
+  /** Sets a key; with `onlyIfAbsent`, keeps an existing value and returns the value that stands. */
+  setMeta(key: string, value: string, o?: { onlyIfAbsent?: boolean }): Promise<string>;
+  /** This database's random id, made on first use (version files carry it). */
+  databaseId(): Promise<string>;
+  /** A small real write; throws while writes fail (readiness). */
+  probeWrite(): Promise<void>;
+  event(kind: string, detail: unknown): Promise<void>;
+  /** The newest `limit` events, newest first. */
+  events(limit?: number): Promise<EventRow[]>;
 
-  /** A retired version whose weight file was deleted to bound the disk: its row and stats stay. */
-  pruneWeights(version: number, reason: string): void {
-    this.db
-      .prepare(`UPDATE model_versions SET weights_path = NULL, weights_sha256 = NULL, reason = ? WHERE version = ? AND status = 'retired'`)
-      .run(reason, version);
-  }
+  // ---------- copying a whole store (ttrl copy) ----------
+  /** Every question as stored, with its samples, in id order (read in pages). */
+  exportLog(): AsyncIterable<LoggedQuestion>;
+  /** Appends questions as they were stored (given new ids, in order), in one transaction; their new ids. */
+  importLog(rows: LoggedQuestion[]): Promise<number[]>;
+  /** Writes version rows exactly as given (numbers, status, times, sha256), in one transaction; parents first. */
+  importVersions(rows: VersionRow[]): Promise<void>;
+  /** Every meta row. */
+  exportMeta(): Promise<Map<string, string>>;
+  /** Every event, oldest first (read in pages). */
+  exportEvents(): AsyncIterable<EventRow>;
+  /** Appends events as they were (their times kept, given new ids, in order). */
+  importEvents(rows: Omit<EventRow, 'id'>[]): Promise<void>;
 
-  /** A version whose weight file failed verification: never served again until it verifies. */
-  markCorrupt(version: number, reason: string): void {
-    this.db.prepare(`UPDATE model_versions SET status = 'corrupt', reason = ? WHERE version = ?`).run(reason, version);
-  }
+  /** The fleet's shared state: PostgreSQL only (SQLite serves one process). */
+  readonly fleet?: FleetCoordination;
 
-  reject(version: number, reason: string, stats?: unknown): void {
-    this.db
-      .prepare(`UPDATE model_versions SET status = 'rejected', reason = ?, stats = COALESCE(?, stats) WHERE version = ?`)
-      .run(reason, stats === undefined ? null : JSON.stringify(stats), version);
-  }
-
-  setStats(version: number, stats: unknown): void {
-    this.db.prepare('UPDATE model_versions SET stats = ? WHERE version = ?').run(JSON.stringify(stats), version);
-  }
-
-  version(v: number): VersionRow | undefined {
-    const row = this.db.prepare('SELECT * FROM model_versions WHERE version = ?').get(v) as VersionRow | undefined;
-    return row && parseVersion(row);
-  }
-
-  activeVersion(): VersionRow | undefined {
-    const row = this.db.prepare(`SELECT * FROM model_versions WHERE status = 'active'`).get() as VersionRow | undefined;
-    return row && parseVersion(row);
-  }
-
-  versions(): VersionRow[] {
-    return (this.db.prepare('SELECT * FROM model_versions ORDER BY version').all() as VersionRow[]).map(parseVersion);
-  }
-
-  // ---------- meta and events ----------
-
-  getMeta(key: string): string | undefined {
-    return (this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value;
-  }
-
-  setMeta(key: string, value: string): void {
-    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
-  }
-
-  /**
-   * This database's random id, made on first use: every version file it writes carries it,
-   * so a file written for another database (same folder, same name) is refused on load.
-   */
-  databaseId(): string {
-    const known = this.getMeta(DATABASE_ID_KEY);
-    if (known) return known;
-    const id = randomBytes(8).toString('hex');
-    this.setMeta(DATABASE_ID_KEY, id);
-    return id;
-  }
-
-  /** A small real write (readiness probes it while writes fail); throws while they do. */
-  probeWrite(): void {
-    this.setMeta('readiness_probe_at', String(Date.now()));
-  }
-
-  event(kind: string, detail: unknown): void {
-    this.db.prepare('INSERT INTO events (at, kind, detail) VALUES (?, ?, ?)').run(Date.now(), kind, JSON.stringify(detail));
-  }
-
-  events(limit = 100): { id: number; at: number; kind: string; detail: unknown }[] {
-    return (this.db.prepare('SELECT * FROM events ORDER BY id DESC LIMIT ?').all(limit) as { id: number; at: number; kind: string; detail: string }[]).map(
-      (e) => ({
-        ...e,
-        detail: JSON.parse(e.detail),
-      }),
-    );
-  }
-
-  // ---------- reading the log back ----------
-
-  /** Questions in arrival order, optionally within [since, until) in epoch ms. */
-  *questions(o: { since?: number; until?: number; status?: 'answered' | 'failed' } = {}): Generator<QuestionRow> {
-    const rows = this.db
-      .prepare(`SELECT * FROM questions WHERE received_at >= ? AND received_at < ? ${o.status ? 'AND status = ?' : ''} ORDER BY received_at, id`)
-      .iterate(...[o.since ?? 0, o.until ?? Number.MAX_SAFE_INTEGER, ...(o.status ? [o.status] : [])]) as IterableIterator<
-      QuestionRow & { votes: string | null }
-    >;
-    for (const r of rows) yield { ...r, votes: r.votes ? JSON.parse(r.votes) : null };
-  }
-
-  samplesOf(questionId: number): SampleRecord[] {
-    return (
-      this.db.prepare('SELECT * FROM samples WHERE question_id = ? ORDER BY idx').all(questionId) as {
-        text: string;
-        answer: string | null;
-        tokens: number;
-        logprob_sum: number;
-        stopped: number;
-      }[]
-    ).map((s) => ({ text: s.text, answer: s.answer, tokens: s.tokens, logprobSum: s.logprob_sum, stopped: s.stopped === 1 }));
-  }
-
-  counts(): { answered: number; failed: number; samples: number } {
-    const q = this.db.prepare(`SELECT SUM(status = 'answered') AS answered, SUM(status = 'failed') AS failed FROM questions`).get() as {
-      answered: number | null;
-      failed: number | null;
-    };
-    const s = this.db.prepare('SELECT COUNT(*) AS n FROM samples').get() as { n: number };
-    return { answered: q.answered ?? 0, failed: q.failed ?? 0, samples: s.n };
-  }
-
-  close(): void {
-    if (this.db.open) this.db.close();
-  }
+  close(): Promise<void>;
 }
 
-function parseVersion(r: VersionRow): VersionRow {
-  return { ...r, stats: typeof r.stats === 'string' ? JSON.parse(r.stats) : r.stats };
+/** What several front-ends on one database coordinate through. */
+export interface FleetCoordination {
+  /** Opens the coordination session if it dropped (its LISTEN with it); throws while the database is unreachable. */
+  connect(): Promise<void>;
+  /** Takes the leader lock if free (held until release() or this process's session ends); true when held. */
+  tryLead(): Promise<boolean>;
+  /** Whether this process holds the lock now (false once its session to the database was lost). */
+  readonly leading: boolean;
+  release(): Promise<void>;
+  /** Tells every front-end that the serving version changed (LISTEN/NOTIFY). */
+  announceVersion(version: number): Promise<void>;
+  /** Calls f with the version each time one is announced (and after a reconnect, with no version: re-read). */
+  onVersion(f: (version: number | null) => void): void;
+  /** Records this front-end as alive (every few seconds): what it serves, whether it leads. */
+  heartbeat(f: Omit<FrontendRow, 'last_seen' | 'started_at'> & { started_at: number }): Promise<void>;
+  /** The front-ends seen within `withinMs`. */
+  frontends(withinMs: number): Promise<FrontendRow[]>;
 }
+
+/** Little-endian int32 / float32 arrays as bytes, for token ids and log-probs. */
+export const packInts = (xs: number[]) => Buffer.from(Int32Array.from(xs).buffer);
+export const packFloats = (xs: number[]) => Buffer.from(Float32Array.from(xs).buffer);
+export const unpackInts = (b: Uint8Array | null): number[] => (b ? [...new Int32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength))] : []);
+export const unpackFloats = (b: Uint8Array | null): number[] => (b ? [...new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength))] : []);

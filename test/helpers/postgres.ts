@@ -49,7 +49,8 @@ export interface TestPostgres {
   destroy(): void;
 }
 
-export async function startPostgres(): Promise<TestPostgres> {
+/** fsync: on for a benchmark's honest write rate; off (the default) for tests, which need speed, not durability. */
+export async function startPostgres(o: { fsync?: boolean } = {}): Promise<TestPostgres> {
   const bin = postgresBin();
   if (!bin) throw new Error(postgresMissing()!);
   const asRoot = process.getuid?.() === 0;
@@ -67,8 +68,8 @@ export async function startPostgres(): Promise<TestPostgres> {
   };
   run('initdb', ['-D', data, '-A', 'trust', '-U', user, '--no-sync', '-E', 'UTF8']);
   const port = await freePort();
-  // Unix sockets in our folder (not /var/run), TCP on loopback only; fsync off: a test server.
-  const opts = `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories=${dir} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200`;
+  // Unix sockets in our folder (not /var/run), TCP on loopback only; fsync off for tests.
+  const opts = `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories=${dir} ${o.fsync ? '' : '-c fsync=off -c synchronous_commit=off -c full_page_writes=off'} -c max_connections=200`;
   const start = () => run('pg_ctl', ['-D', data, '-l', log, '-w', '-t', '60', '-o', opts, 'start']);
   const stop = () => run('pg_ctl', ['-D', data, '-m', 'fast', '-w', '-t', '60', 'stop']);
   start();

@@ -155,6 +155,17 @@
     a.dataset.state = s.adaptation;
     setText('adaptation', `adaptation: ${s.adaptation}`);
     setText('confidence-n', `last ${s.confidence_n} answers`);
+    setText('why-no-update', s.why_no_update_yet ? `No update yet: ${s.why_no_update_yet}.` : '');
+    const fleet = $('fleet');
+    fleet.hidden = !s.fleet;
+    if (s.fleet) {
+      const list = s.fleet.frontends.map((f) => `${f.id}${f.leader ? ' (leader)' : ''} v${f.serving_version}`).join(', ');
+      const behind = s.fleet.versions_behind ? `; this front-end is ${s.fleet.versions_behind} version(s) behind` : '';
+      setText(
+        'fleet',
+        `Fleet: ${s.fleet.frontends.length} front-end(s): ${list || 'none seen yet'}; this is ${s.fleet.frontend}${s.fleet.leading ? ', the leader' : ''}${behind}.`,
+      );
+    }
     charts.confidence.setData([charts.confidence.data[0], s.confidence]);
   }
 
