@@ -2,7 +2,7 @@
 // their flags with the same names, help and checks as `ttrl serve` (the values are checked by
 // the groups' schemas when the settings are resolved, so a bad flag reads as a bad setting).
 import type { Command } from 'commander';
-import { DEFAULT_MODEL_DIR, envName, flagName, GROUPS, settingsOf, type GroupName } from './settings.ts';
+import { DEFAULT_MODEL_DIR, envName, flagName, settingsOf, type GroupName } from './settings.ts';
 
 export interface FlagOptions {
   /** Before each help line (e.g. "offline: " where a command's other flags do something else). */
@@ -33,6 +33,3 @@ export function givenFlags(cmd: Command, values: Record<string, unknown>, groups
   }
   return out;
 }
-
-/** The groups by name, for a command's description. */
-export const groupNames = (groups: readonly GroupName[]) => groups.filter((g) => g in GROUPS).join(', ');

@@ -335,11 +335,6 @@ export type OfflineAdaptSettings = ValuesOf<typeof OFFLINE_ADAPT>;
 /** The learning rate updates use: the one set, else the default of full fine-tuning or of LoRA. */
 export const lrOf = (s: { lr?: number; loraRank: number }) => s.lr ?? (s.loraRank > 0 ? LORA_LR : FULL_LR);
 
-/** A group's defaults, as read (schemas applied): what a library caller gets without settings. */
-export function defaultsOf<G extends Group>(g: G): ValuesOf<G> {
-  return Object.fromEntries(Object.entries(g).map(([k, s]) => [k, s.schema.parse(s.default)])) as ValuesOf<G>;
-}
-
 /** Settings that were removed, and what replaced them. */
 const RETIRED: Record<string, string> = {
   maxQuestionLength: 'question limits are in tokens now: --max-prompt-tokens (TTRL_MAX_PROMPT_TOKENS)',

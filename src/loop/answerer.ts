@@ -167,10 +167,15 @@ export class Answerer {
     if (!lane || at < 0) return;
     lane.splice(at, 1);
     if (!lane.length) this.lanes.delete(laneKey);
-    this.waiting--;
+    this.giveUp([p], reason);
+  }
+
+  /** Questions taken out of the queue unanswered (their clients went away): logged as failed, their asks rejected. */
+  private giveUp(taken: Pending[], reason: string): void {
+    this.waiting -= taken.length;
     this.metrics.queueDepth.set(this.waiting);
-    this.logFailed([p], reason);
-    p.reject(new ProtocolError('internal', reason));
+    this.logFailed(taken, reason);
+    for (const p of taken) p.reject(new ProtocolError('internal', reason));
   }
 
   /**
@@ -198,10 +203,7 @@ export class Answerer {
     const lane = this.lanes.get(laneKey);
     if (!lane) return;
     this.lanes.delete(laneKey);
-    this.waiting -= lane.length;
-    this.metrics.queueDepth.set(this.waiting);
-    this.logFailed(lane, reason);
-    for (const p of lane) p.reject(new ProtocolError('internal', reason));
+    this.giveUp(lane, reason);
   }
 
   private kick(): void {

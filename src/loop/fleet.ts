@@ -209,8 +209,12 @@ export class Fleet {
     });
     this.seen = await this.coordination.frontends(Math.max(3 * this.o.heartbeatMs, 5000));
     this.storeError = null;
-    const behind = this.activeVersion === null ? 0 : Math.max(0, this.activeVersion - this.versions.active.version);
-    this.metrics.versionsBehind.set(behind);
+    this.metrics.versionsBehind.set(this.versionsBehind());
+  }
+
+  /** How many versions the one served here is behind the store's active one (as last read). */
+  private versionsBehind(): number {
+    return this.activeVersion === null ? 0 : Math.max(0, this.activeVersion - this.versions.active.version);
   }
 
   status(): FleetStatus {
@@ -221,7 +225,7 @@ export class Fleet {
       leader: this.seen.find((f) => f.leader)?.id ?? null,
       active_version: this.activeVersion,
       serving_version: serving,
-      versions_behind: this.activeVersion === null ? 0 : Math.max(0, this.activeVersion - serving),
+      versions_behind: this.versionsBehind(),
       behind_since: this.behindSince,
       frontends: this.seen,
       store_error: this.storeError,

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type Database from 'better-sqlite3';
 import type pg from 'pg';
+import { inTransaction } from './pg-transaction.ts';
 
 /** The migrations of each store, in their own folders: one schema, two dialects. */
 export const MIGRATIONS_DIR = fileURLToPath(new URL('../../migrations/sqlite/', import.meta.url));
@@ -65,20 +66,12 @@ export function migrate(db: Database.Database, migrations = loadMigrations()): n
 }
 
 /**
- * The same rules on PostgreSQL: applied in order, each in its own transaction, recorded, a
+ * The same rules on PostgreSQL: applied in order (all pending ones in one transaction), recorded, a
  * newer schema refused. Front-ends starting together take turns (a transaction-level
  * advisory lock), so each migration runs once.
  */
 export async function migratePostgres(pool: pg.Pool, migrations = loadMigrations(POSTGRES_MIGRATIONS_DIR)): Promise<number[]> {
-  const c = await pool.connect();
-  const applied: number[] = [];
-  // A checked-out connection's 'error' has no listener of the pool's: without one, a server
-  // that goes away meanwhile would end the process. A failed connection is destroyed.
-  let lost: Error | undefined;
-  const onError = (e: Error) => void (lost ??= e);
-  c.on('error', onError);
-  try {
-    await c.query('BEGIN');
+  return inTransaction(pool, async (c) => {
     await c.query('SELECT pg_advisory_xact_lock(30577, 0)');
     await c.query('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)');
     const current = Number((await c.query<{ v: number | null }>('SELECT MAX(version) AS v FROM schema_migrations')).rows[0]!.v ?? 0);
@@ -86,18 +79,12 @@ export async function migratePostgres(pool: pg.Pool, migrations = loadMigrations
       throw new Error(
         `the database schema is at version ${current}, newer than this ttrl-server knows (${migrations.length}); upgrade ttrl-server or use another --db`,
       );
+    const applied: number[] = [];
     for (const m of migrations.slice(current)) {
       await c.query(m.sql);
       await c.query('INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)', [m.version, m.name, Date.now()]);
       applied.push(m.version);
     }
-    await c.query('COMMIT');
-  } catch (e) {
-    await c.query('ROLLBACK').catch((r: Error) => void (lost ??= r));
-    throw e;
-  } finally {
-    c.removeListener('error', onError);
-    c.release(lost);
-  }
-  return applied;
+    return applied;
+  });
 }

@@ -9,6 +9,7 @@
 import pg from 'pg';
 import { randomBytes } from 'node:crypto';
 import { migratePostgres } from './migrate.ts';
+import { inTransaction } from './pg-transaction.ts';
 import { hidePassword } from './open.ts';
 import { experienceOf, loggedSampleOf, sampleOf, type ExperienceRow, type SampleRow } from './sqlite.ts';
 import {
@@ -51,7 +52,7 @@ export class PostgresStore implements Store {
   private constructor(
     private readonly pool: pg.Pool,
     readonly location: string,
-    private readonly url: string,
+    url: string,
   ) {
     this.fleet = new PostgresFleet(url);
   }
@@ -455,20 +456,6 @@ export class PostgresStore implements Store {
       await bounded(this.pool.end());
     })());
   }
-
-  /** For the fleet's heartbeats and the dashboard (the coordination session has its own connection). */
-  get poolForFleet(): pg.Pool {
-    return this.pool;
-  }
-
-  toString(): string {
-    return this.location;
-  }
-
-  /** The URL (with its password): for tools that open a second connection (ttrl copy). */
-  get connectionString(): string {
-    return this.url;
-  }
 }
 
 async function activateIn(c: pg.PoolClient, version: number): Promise<void> {
@@ -504,31 +491,6 @@ function groupBy<T>(rows: T[], key: (r: T) => number): Map<number, T[]> {
     else out.set(key(r), [r]);
   }
   return out;
-}
-
-/**
- * Runs f in one transaction on one pooled connection. While the connection is checked out,
- * node-postgres has nobody listening for its 'error' event (the pool listens only to idle
- * ones): a server that goes away mid-transaction would throw it uncaught and end the process.
- * A connection that failed is destroyed rather than handed back.
- */
-export async function inTransaction<T>(pool: pg.Pool, f: (c: pg.PoolClient) => Promise<T>): Promise<T> {
-  const c = await pool.connect();
-  let lost: Error | undefined;
-  const onError = (e: Error) => void (lost ??= e);
-  c.on('error', onError);
-  try {
-    await c.query('BEGIN');
-    const r = await f(c);
-    await c.query('COMMIT');
-    return r;
-  } catch (e) {
-    await c.query('ROLLBACK').catch((r: Error) => void (lost ??= r));
-    throw e;
-  } finally {
-    c.removeListener('error', onError);
-    c.release(lost);
-  }
 }
 
 /** A cursor of this store ("tx:id"; "" or "0": the start). Another form is refused: read as the start, it would train on the whole log again. */
