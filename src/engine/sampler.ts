@@ -43,6 +43,21 @@ export interface SampleResult {
   /** The weight version that produced them. */
   version: number;
   ms: number;
+  /** Where prompt i's samples were drawn, when not in this process: the upstream(s) and the model or adapter name they were asked for. */
+  sampledBy?: SampledBy[];
+}
+
+/** Which upstream inference server drew a prompt's samples, and under which model or adapter name. */
+export interface SampledBy {
+  /** The upstream's base URL; several, comma-separated, when its votes went to more than one. */
+  upstream: string;
+  model: string;
+}
+
+/** What the answerer, evaluation and the guard sample on: a local Sampler, or a fleet of upstream servers. */
+export interface Generator {
+  readonly config: ModelConfig;
+  generate(prompts: number[][], o: SampleOptions): Promise<SampleResult>;
 }
 
 export interface SamplerInit {

@@ -8,7 +8,7 @@
 // round, the lane that starts moving to the back. A client with 500 questions waiting then
 // delays another's by one question per batch, not by 500.
 import { Subject } from 'rxjs';
-import type { Sampler } from '../engine/sampler.ts';
+import type { Generator } from '../engine/sampler.ts';
 import type { Health } from './health.ts';
 import type { Answer } from '../protocol/messages.ts';
 import { randomBytes } from 'node:crypto';
@@ -98,8 +98,8 @@ export class Answerer {
   private closing = false;
 
   constructor(
-    /** The sampler to run the next batch on (versions replaces one whose worker died). */
-    private sampler: () => Promise<Sampler>,
+    /** What to sample the next batch on: the local sampler (versions replaces one whose worker died), or the upstream fleet. */
+    private sampler: () => Promise<Generator>,
     private tok: Tokenizer,
     private store: Store,
     private o: AnswererOptions,
@@ -300,7 +300,9 @@ export class Answerer {
       );
     } catch (e) {
       this.health?.report('sampler', (e as Error).message);
-      return this.fail(batch, `sampling failed: ${(e as Error).message}`, log);
+      // An upstream fleet that could not sample says so (upstream_unavailable, 503): the client may retry.
+      const code = e instanceof ProtocolError && e.code === 'upstream_unavailable' ? e.code : 'internal';
+      return this.fail(batch, `sampling failed: ${(e as Error).message}`, log, code);
     }
     this.health?.report('sampler');
     log.debug({ ms: Math.round(performance.now() - t0), model_version: rollouts[0]?.version }, 'sampled');
@@ -378,7 +380,7 @@ export class Answerer {
     });
   }
 
-  private fail(batch: Pending[], error: string, log: Logger, code: 'internal' | 'store_unavailable' = 'internal'): void {
+  private fail(batch: Pending[], error: string, log: Logger, code: 'internal' | 'store_unavailable' | 'upstream_unavailable' = 'internal'): void {
     log.error({ req_ids: batch.map((p) => p.req.requestId), error }, 'batch failed');
     this.logFailed(batch, error);
     this.metrics.failed.inc(batch.length);

@@ -23,6 +23,7 @@ export const ERROR_CODES = {
   bad_encoding: 'the HTTP body does not decode as its Content-Encoding says',
   internal: 'the server failed to answer this question',
   store_unavailable: 'the experience store (the database) cannot be written or read now; the question is not answered, retry later',
+  upstream_unavailable: 'no upstream inference server (--upstream) could sample the question now; it is not answered, retry later',
   unauthorized: 'a missing or wrong API key (/v1 routes) or admin token (/admin routes)',
   not_found: 'no such resource',
   unsupported_parameter: 'an OpenAI request parameter the server does not support, or not at this value',
@@ -45,6 +46,7 @@ export class ProtocolError extends Error {
 const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
   overloaded: 503,
   store_unavailable: 503,
+  upstream_unavailable: 503,
   shutting_down: 503,
   internal: 500,
   payload_too_large: 413,

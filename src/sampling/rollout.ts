@@ -1,6 +1,6 @@
 // Sampling N completions per question in batches, with their extracted answers and vote:
 // what evaluation, offline TTRL and the server all start from.
-import type { Sampler } from '../engine/sampler.ts';
+import type { Generator, SampledBy } from '../engine/sampler.ts';
 import type { Tokenizer } from '../tokenizers/tokenizer.ts';
 import { ARITHMETIC_TASK, type Task } from '../tasks/task.ts';
 import { majorityVote, normalizeAnswer, type VoteResult } from '../tasks/vote.ts';
@@ -23,6 +23,8 @@ export interface Rollout {
   vote: VoteResult;
   /** The weight version that sampled them. */
   version: number;
+  /** Drawn on an upstream inference server: which, and under which model or adapter name (unset: in this process). */
+  sampledBy?: SampledBy;
 }
 
 /** Nucleus mass that keeps only the most likely token: greedy decoding. */
@@ -50,7 +52,7 @@ export interface RolloutOptions {
 /** The arithmetic task's cap (kept for callers that read it). */
 export const DEFAULT_MAX_NEW_TOKENS = ARITHMETIC_TASK.maxNewTokens;
 
-export async function rollout(sampler: Sampler, tok: Tokenizer, questions: string[], o: RolloutOptions): Promise<Rollout[]> {
+export async function rollout(sampler: Generator, tok: Tokenizer, questions: string[], o: RolloutOptions): Promise<Rollout[]> {
   const perBatch = o.questionsPerBatch ?? Math.max(1, Math.floor(512 / o.votes));
   const out: Rollout[] = [];
   for (let i = 0; i < questions.length; i += perBatch) {
@@ -62,7 +64,7 @@ export async function rollout(sampler: Sampler, tok: Tokenizer, questions: strin
 }
 
 /** One sampling run over a batch of questions. */
-export async function rolloutBatch(sampler: Sampler, tok: Tokenizer, questions: string[], o: RolloutOptions): Promise<Rollout[]> {
+export async function rolloutBatch(sampler: Generator, tok: Tokenizer, questions: string[], o: RolloutOptions): Promise<Rollout[]> {
   const task = o.task ?? ARITHMETIC_TASK;
   const prompts = questions.map((q) => task.encode(tok, q));
   const longest = Math.max(...prompts.map((p) => p.length));
@@ -88,7 +90,8 @@ export async function rolloutBatch(sampler: Sampler, tok: Tokenizer, questions: 
       }
       return { ...c, text: full, answer: c.stopped ? task.answer(full) : null };
     });
-    return { question, prompt: prompts[i]!, samples, vote: majorityVote(samples.map((s) => s.answer)), version: r.version };
+    const sampledBy = r.sampledBy?.[i];
+    return { question, prompt: prompts[i]!, samples, vote: majorityVote(samples.map((s) => s.answer)), version: r.version, ...(sampledBy ? { sampledBy } : {}) };
   });
 }
 
