@@ -18,7 +18,7 @@ export function addFlags(cmd: Command, groups: readonly GroupName[], o: FlagOpti
     const where = [o.showEnv ? envName(k) : '', shown ? `default ${shown}` : ''].filter(Boolean).join(', ');
     const help = `${o.helpPrefix ?? ''}${s.help}${where ? ` [${where}]` : ''}`;
     if (s.default === true) cmd.option(`--no-${flagName(k).slice(2)}`, help);
-    else if (k === 'apiKeys') cmd.option('--api-key <key>', help, (v: string, all: string[] = []) => [...all, v]);
+    else if (s.repeat) cmd.option(`${flagName(s.repeat)} <value>`, help, (v: string, all: string[] = []) => [...all, v]);
     else cmd.option(`${flagName(k)} <value>`, help);
   }
   return cmd;
@@ -27,8 +27,8 @@ export function addFlags(cmd: Command, groups: readonly GroupName[], o: FlagOpti
 /** The settings given on the command line (unset flags are left to the defaults and variables). */
 export function givenFlags(cmd: Command, values: Record<string, unknown>, groups: readonly GroupName[]): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  for (const k of Object.keys(settingsOf(groups))) {
-    const flag = k === 'apiKeys' ? 'apiKey' : k;
+  for (const [k, s] of Object.entries(settingsOf(groups))) {
+    const flag = s.repeat ?? k;
     if (cmd.getOptionValueSource(flag) === 'cli') out[k] = values[flag];
   }
   return out;

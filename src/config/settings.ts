@@ -28,7 +28,22 @@ interface Setting {
   schema: z.ZodType;
   default: unknown;
   help: string;
+  /** A list given by repeating a singular flag (--api-key X --api-key Y); its variable is comma-separated. */
+  repeat?: string;
 }
+
+/** A comma-separated variable or a repeated flag, as a list. */
+const commaList = <T extends z.ZodType>(item: T) =>
+  z.preprocess(
+    (v) =>
+      typeof v === 'string'
+        ? v
+            .split(',')
+            .map((k) => k.trim())
+            .filter(Boolean)
+        : v,
+    z.array(item),
+  );
 type Group = Record<string, Setting>;
 /** A group's values, as read: each setting's schema output. */
 type ValuesOf<G extends Group> = { [K in keyof G]: z.output<G[K]['schema']> };
@@ -41,17 +56,8 @@ export const SERVER = {
   host: { schema: z.string().min(1), default: '127.0.0.1', help: 'address to listen on' },
   port: { schema: int(0, 65535), default: 8080, help: 'TCP port (0: any free port)' },
   apiKeys: {
-    // TTRL_API_KEYS is one string, comma-separated; --api-key repeated is a list.
-    schema: z.preprocess(
-      (v) =>
-        typeof v === 'string'
-          ? v
-              .split(',')
-              .map((k) => k.trim())
-              .filter(Boolean)
-          : v,
-      z.array(z.string().regex(/^[A-Za-z0-9._~-]{16,256}$/, 'an API key is 16 to 256 characters of A-Z a-z 0-9 . _ ~ -')),
-    ),
+    schema: commaList(z.string().regex(/^[A-Za-z0-9._~-]{16,256}$/, 'an API key is 16 to 256 characters of A-Z a-z 0-9 . _ ~ -')),
+    repeat: 'apiKey',
     default: [],
     help: 'API keys /v1 routes require (repeat --api-key; TTRL_API_KEYS comma-separated); none: /v1 open to all',
   },
@@ -119,6 +125,54 @@ export const FLEET = {
   experiencePollMs: { schema: int(50, 60_000), default: 250, help: "how often the leader reads the fleet's new answers to train on" },
 } satisfies Group;
 
+/** Sampling on OpenAI-compatible inference servers (vLLM, SGLang, llama.cpp, ttrl-server) instead of in this process. */
+export const UPSTREAM = {
+  upstreams: {
+    schema: commaList(
+      z
+        .string()
+        .url()
+        .regex(/^https?:\/\//, 'an upstream is an http:// or https:// base URL such as http://gpu-1:8000/v1'),
+    ),
+    repeat: 'upstream',
+    default: [],
+    help: 'OpenAI-compatible base URL to sample on instead of in this process, e.g. http://gpu-1:8000/v1 (repeat --upstream; TTRL_UPSTREAMS comma-separated)',
+  },
+  upstreamApi: {
+    schema: z.enum(['vllm', 'sglang', 'llamacpp']),
+    default: 'vllm',
+    help: "how the upstreams are spoken to: vllm (vLLM's and ttrl-server's /v1/completions), sglang (its /generate), llamacpp (llama-server's /completion)",
+  },
+  upstreamModel: {
+    schema: z.string().min(1).optional(),
+    default: undefined,
+    help: "the base model's name on the upstreams (unset: the name this server serves it by, --model's folder or file name)",
+  },
+  upstreamApiKey: { schema: z.string().min(1).optional(), default: undefined, help: 'bearer token sent to the upstreams (unset: none)' },
+  upstreamTimeoutMs: {
+    schema: int(100, 3_600_000),
+    default: 60_000,
+    help: 'longest wait for one upstream request; a slower one is retried once on another upstream',
+  },
+  upstreamConcurrency: { schema: int(1, 65_536), default: 64, help: 'requests in flight to one upstream at most; more wait their turn' },
+  upstreamFailures: {
+    schema: int(1, 1000),
+    default: 3,
+    help: 'consecutive failed requests that take an upstream out of rotation (it is probed back in)',
+  },
+  upstreamProbeMs: { schema: int(50, 600_000), default: 2000, help: 'how often an upstream taken out is probed (GET /models)' },
+  upstreamLogprobTolerance: {
+    schema: real(0, 100),
+    default: 0.05,
+    help: "start-up check: largest mean gap (nats per token) between an upstream's log-probs and ours on a completion it drew; beyond it adaptation is refused",
+  },
+  adapterDir: {
+    schema: z.string().min(1).optional(),
+    default: undefined,
+    help: 'where promoted LoRA versions are written as PEFT adapters for the upstreams to load (storage they can read; default: DB.adapters)',
+  },
+} satisfies Group;
+
 /** What is asked: the prompt format, how answers are read, how long they may be. */
 export const TASK = {
   task: {
@@ -164,6 +218,11 @@ export const LIMITS = {
   maxVotes: { schema: int(1, 1024), default: 64, help: 'most samples a client may ask for per question' },
   maxMessageBytes: { schema: int(64, 1 << 20), default: 8192, help: 'largest client message answered with an error; 4x this closes the connection' },
   queueLimit: { schema: int(1, 1_000_000), default: 512, help: 'questions waiting at most; beyond it clients get "overloaded" at once' },
+  maxLoadedAdapters: {
+    schema: int(0, 1024),
+    default: 8,
+    help: 'LoRA adapters /v1/load_lora_adapter may hold loaded at once (beyond it a load is refused until one is unloaded)',
+  },
   maxConnections: {
     schema: int(1, 1_000_000),
     default: 1024,
@@ -279,6 +338,7 @@ export const GROUPS = {
   model: MODEL,
   storage: STORAGE,
   fleet: FLEET,
+  upstream: UPSTREAM,
   task: TASK,
   sampling: SAMPLING,
   batching: BATCHING,
@@ -296,6 +356,7 @@ export const SETTINGS = {
   ...MODEL,
   ...STORAGE,
   ...FLEET,
+  ...UPSTREAM,
   ...TASK,
   ...SAMPLING,
   ...BATCHING,
@@ -310,6 +371,7 @@ export const SERVE_GROUPS = [
   'model',
   'storage',
   'fleet',
+  'upstream',
   'task',
   'sampling',
   'batching',
@@ -323,6 +385,7 @@ export type ServerSettings = ValuesOf<typeof SERVER>;
 export type ModelSettings = ValuesOf<typeof MODEL>;
 export type StorageSettings = ValuesOf<typeof STORAGE>;
 export type FleetSettings = ValuesOf<typeof FLEET>;
+export type UpstreamSettings = ValuesOf<typeof UPSTREAM>;
 export type TaskGroupSettings = ValuesOf<typeof TASK>;
 export type SamplingSettings = ValuesOf<typeof SAMPLING>;
 export type BatchingSettings = ValuesOf<typeof BATCHING>;
@@ -396,6 +459,7 @@ const GROUP_TITLES: Record<GroupName, string> = {
   model: 'Model',
   storage: 'Storage',
   fleet: 'Fleet (several front-ends on one PostgreSQL database)',
+  upstream: 'Upstreams (sampling on vLLM, SGLang, llama.cpp or ttrl-server)',
   task: 'Task',
   sampling: 'Sampling',
   batching: 'Batching',
@@ -408,7 +472,7 @@ const GROUP_TITLES: Record<GroupName, string> = {
 
 /** The flag a setting is given by (a boolean on by default is turned off with --no-NAME). */
 export function flagOf(k: string, s: Setting): string {
-  return s.default === true ? `--no-${flagName(k).slice(2)}` : k === 'apiKeys' ? '--api-key X (repeatable)' : `${flagName(k)} X`;
+  return s.default === true ? `--no-${flagName(k).slice(2)}` : s.repeat ? `${flagName(s.repeat)} X (repeatable)` : `${flagName(k)} X`;
 }
 
 /** The docs' settings tables, one per group (a test keeps docs/configuration.md equal to it). */
