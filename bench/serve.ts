@@ -20,8 +20,13 @@
 // from the shared database (every front-end's answers; the run fails unless it holds exactly
 // one answered row per question). N = 1 (the default) is one server on SQLite, as before.
 //
+// --upstreams N samples on N ttrl-server processes (upstream/pool.ts, as a GPU fleet of vLLM
+// servers would be used), each `ttrl serve --no-adapt --threads T` with T = 2 / N (the cores
+// the in-process sampler would have had) and the front-end's --lora-rank, started fresh for
+// each run; the front-end trains and publishes. Compare with the same command without it.
+//
 //   npm run bench:serve -- [--json] [--clients 16] [--questions 2000] [--seeds 3] [--first-seed 0] [--streams recurring,fresh]
-//                          [--modes off,on,on3x] [--lr X] [--set key=value ...] [--no-peer] [--frontends 1]
+//                          [--modes off,on,on3x] [--lr X] [--set key=value ...] [--no-peer] [--frontends 1] [--upstreams 0]
 //   BENCH_KEEP=1 keeps each run's database and versions (bench/guard-study.ts reads them); with
 //   --frontends N > 1, the versions folder and a pg_dump of the run's database (db.dump).
 import { spawnSync } from 'node:child_process';
@@ -39,6 +44,7 @@ import { suite } from '../src/tasks/suites.ts';
 import type { Question } from '../src/tasks/arithmetic.ts';
 import { quantile } from '../src/util/stats.ts';
 import { readyz, startBenchPostgres, waitForLeader, type BenchPostgres } from './fleet-db.ts';
+import { startUpstream, type UpstreamServer } from './upstream-servers.ts';
 
 const o = new Command()
   .option('--json', 'print only the JSON line on stdout')
@@ -52,6 +58,7 @@ const o = new Command()
   .option('--set <k=v...>', 'other server settings for every run, e.g. --set updateEvery=32')
   .option('--no-peer', 'skip the PyTorch peer')
   .option('--frontends <n>', 'front-ends on one PostgreSQL database the bench starts (1: one server on SQLite)', '1')
+  .option('--upstreams <n>', 'sample on this many ttrl-server upstream processes (0: in this process)', '0')
   .parse()
   .opts<{
     json?: boolean;
@@ -65,6 +72,7 @@ const o = new Command()
     set?: string[];
     peer: boolean;
     frontends: string;
+    upstreams: string;
   }>();
 
 const log = (...a: unknown[]) => console.error(...a);
@@ -74,6 +82,8 @@ const extra = Object.fromEntries((o.set ?? []).map((kv) => kv.split('=') as [str
 const baseLr = o.lr ? Number(o.lr) : lrOf({ loraRank: Number(extra.loraRank ?? 0) });
 const tail = { from: Math.floor(N * 0.75), to: N }; // questions 1,501-2,000 of 2,000
 const F = Number(o.frontends);
+const U = Number(o.upstreams);
+if (!Number.isInteger(U) || U < 0) throw new Error(`--upstreams: bad value ${o.upstreams}`);
 if (!Number.isInteger(F) || F < 1) throw new Error(`--frontends: bad value ${o.frontends}`);
 if (C < F) throw new Error(`--clients ${C} < --frontends ${F}: a front-end would have no client`);
 const STORE = F > 1 ? 'postgres' : 'sqlite';
@@ -107,7 +117,18 @@ async function run(kind: string, seed: number, mode: string) {
   const lr = mode === 'on3x' ? 3 * baseLr : baseLr;
   const dbName = `serve_${++runNumber}_${kind}_${seed}_${mode}`;
   const db = postgres ? postgres.create(dbName) : join(dir, 'b.sqlite');
-  const base = { port: 0, db, seed, adapt: mode !== 'off', lr };
+  const upstreams: UpstreamServer[] = [];
+  for (let k = 0; k < U; k++)
+    upstreams.push(
+      await startUpstream([
+        '--threads',
+        String(Math.max(1, Math.floor(2 / U))),
+        ...(extra.loraRank ? ['--lora-rank', String(extra.loraRank)] : []),
+        '--seed',
+        String(seed),
+      ]),
+    );
+  const base = { port: 0, db, seed, adapt: mode !== 'off', lr, ...(U ? { upstreams: upstreams.map((u) => u.base), adapterDir: join(dir, 'adapters') } : {}) };
   const servers: Awaited<ReturnType<typeof startServer>>[] = [];
   const ids = Array.from({ length: F }, (_, k) => `fe-${k + 1}`);
   const settings = ids.map((id) =>
@@ -129,6 +150,17 @@ async function run(kind: string, seed: number, mode: string) {
     });
   });
   const leader = postgres && settings[0]!.adapt ? await waitForLeader(servers.map((s) => s.url)) : null;
+  // With upstreams: when each version was first answered from each upstream (publish latency).
+  const firstFrom = new Map<string, number>();
+  if (U)
+    servers[0]!.pipeline.answerer.experiences$.subscribe((e) => {
+      const by = e.rollout.sampledBy;
+      if (!by) return;
+      for (const u of by.upstream.split(',')) {
+        const key = `${e.rollout.version} ${u}`;
+        if (!firstFrom.has(key)) firstFrom.set(key, e.at);
+      }
+    });
   const served: { answer: string | null; version: number; sent: number; got: number }[] = new Array(N);
   let next = 0;
   const t0 = performance.now();
@@ -165,9 +197,18 @@ async function run(kind: string, seed: number, mode: string) {
   // From the store: with a fleet the shared database, every front-end's answers and the one lineage.
   const store = servers[0]!.store;
   const versions = await store.versions();
+  // Promotion (its event, before the adapter is written and loaded) to the first answer drawn with it on every upstream.
+  const publishMs: number[] = [];
+  if (U)
+    for (const ev of (await store.events(10_000)).filter((x) => x.kind === 'version_promoted')) {
+      const v = (ev.detail as { version: number }).version;
+      const firsts = upstreams.map((u) => firstFrom.get(`${v} ${u.base}`));
+      if (firsts.every((t) => t !== undefined)) publishMs.push(Math.max(...(firsts as number[])) - ev.at);
+    }
   const logged = await fromLog(store, questions);
   const serving = postgres ? await Promise.all(servers.map((s) => readyz(s.url).then((r) => r.model_version))) : null;
   for (const s of servers) await s.close();
+  for (const u of upstreams) await u.stop();
   if (process.env.BENCH_KEEP) {
     if (postgres) postgres.dump(dbName, join(dir, 'db.dump'));
     log(`kept ${dir}`);
@@ -185,6 +226,10 @@ async function run(kind: string, seed: number, mode: string) {
     mode,
     store: STORE,
     frontends: F,
+    upstreams: U,
+    ...(U
+      ? { publish_ms_p50: quantile(publishMs, 0.5) ?? null, publish_ms_max: publishMs.length ? Math.max(...publishMs) : null, publishes_seen: publishMs.length }
+      : {}),
     lr: mode === 'off' ? null : lr,
     questions_per_s: +(N / wall).toFixed(2),
     p50_ms: Math.round(quantile(lat, 0.5)!),

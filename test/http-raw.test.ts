@@ -158,6 +158,8 @@ const ROUTES = [
   '/v1/models',
   '/v1/completions',
   '/v1/chat/completions',
+  '/v1/load_lora_adapter',
+  '/v1/unload_lora_adapter',
   '/dashboard/state',
   '/dashboard/events',
   '/dashboard/static/app.js',

@@ -10,7 +10,9 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import pg from 'pg';
-import { loadMigrations, MIGRATIONS_DIR, POSTGRES_MIGRATIONS_DIR } from '../src/store/migrate.ts';
+import Database from 'better-sqlite3';
+import { loadMigrations, migrate, migratePostgres, MIGRATIONS_DIR, POSTGRES_MIGRATIONS_DIR, type Migration } from '../src/store/migrate.ts';
+import { copyStore } from '../src/store/copy.ts';
 import { hidePassword, openStore, storeKind } from '../src/store/open.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import type { QuestionRow, Store } from '../src/store/store.ts';
@@ -27,6 +29,8 @@ interface Kind {
   /** Runs SQL on the location's database directly (not through the store). */
   sql(location: string, text: string, values?: unknown[]): Promise<Record<string, unknown>[]>;
   migrationsDir: string;
+  /** Applies only these migrations to a fresh location (a database as an older ttrl-server left it), then runs SQL on it. */
+  oldSchema(location: string, migrations: Migration[], text: string): Promise<void>;
 }
 
 let server: TestPostgres | undefined;
@@ -48,6 +52,15 @@ const kinds: Kind[] = [
       }
     },
     migrationsDir: MIGRATIONS_DIR,
+    oldSchema: async (location, migrations, text) => {
+      const db = new Database(location);
+      try {
+        migrate(db, migrations);
+        db.exec(text);
+      } finally {
+        db.close();
+      }
+    },
   },
   {
     name: 'postgres',
@@ -67,6 +80,15 @@ const kinds: Kind[] = [
       }
     },
     migrationsDir: POSTGRES_MIGRATIONS_DIR,
+    oldSchema: async (location, migrations, text) => {
+      const pool = new pg.Pool({ connectionString: location, max: 1 });
+      try {
+        await migratePostgres(pool, migrations);
+        await pool.query(text);
+      } finally {
+        await pool.end();
+      }
+    },
   },
 ];
 
@@ -143,6 +165,8 @@ for (const kind of kinds) {
           model_version: 0,
           latency_ms: 12.5,
           frontend: 'front-a',
+          sampled_on: null,
+          sampled_model: null,
         } satisfies QuestionRow);
         assert.equal(byId.get(ids[1]!)!.answer, null);
         assert.deepEqual(byId.get(ids[1]!)!.votes, {});
@@ -185,6 +209,89 @@ for (const kind of kinds) {
         ]);
         assert.equal((await s.askCounts([])).size, 0);
       });
+    });
+
+    test('where the samples were drawn: the upstream URL(s) and model read back, survive a copy, and are null when sampled in-process', async () => {
+      const one = { sampledOn: 'http://vllm-a:8000/v1', sampledModel: 'ttrl-v3' };
+      const two = { sampledOn: 'http://vllm-a:8000/v1,http://vllm-b:8000/v1', sampledModel: 'ttrl-v3' };
+      const rowsOf = async (s: Store) => (await all(s.questions())).map((r) => [r.question, r.status, r.sampled_on, r.sampled_model]);
+      const expected = [
+        ['up1', 'answered', one.sampledOn, one.sampledModel],
+        ['local', 'answered', null, null],
+        ['up2', 'answered', two.sampledOn, two.sampledModel],
+        ['nulls', 'answered', null, null],
+        ['failed', 'failed', null, null],
+      ];
+      await withStore(kind, async (s, location) => {
+        await s.ensureBaseVersion(base);
+        // One batch (one statement on PostgreSQL) mixing upstream and in-process answers.
+        await s.recordAnswered(
+          [
+            answered('up1', { receivedAt: 1, ...one }),
+            answered('local', { receivedAt: 2 }),
+            answered('up2', { receivedAt: 3, ...two }),
+            answered('nulls', { receivedAt: 4, sampledOn: null, sampledModel: null }),
+          ],
+          'front-a',
+        );
+        await s.recordFailed([failed('failed', { receivedAt: 5 })]);
+        assert.deepEqual(await rowsOf(s), expected);
+        // Stored as NULL, not as an empty string.
+        assert.deepEqual(await kind.sql(location, `SELECT question FROM questions WHERE sampled_on IS NULL AND sampled_model IS NULL ORDER BY received_at`), [
+          { question: 'local' },
+          { question: 'nulls' },
+          { question: 'failed' },
+        ]);
+        const log = await all(s.exportLog());
+        assert.deepEqual(
+          log.map((q) => [q.question, q.sampled_on, q.sampled_model]),
+          expected.map(([q, , on, model]) => [q, on, model]),
+        );
+
+        // Copied (exportLog, then importLog on a fresh store of the same kind): kept.
+        const toLocation = await kind.fresh();
+        const to = await openStore(toLocation);
+        try {
+          await copyStore(s, to, { versionsDir: join(await scratch('ttrl-conf-versions-'), 'v') });
+          assert.deepEqual(await rowsOf(to), expected);
+          assert.deepEqual(
+            (await all(to.exportLog())).map(({ id: _id, ...q }) => q),
+            log.map(({ id: _id, ...q }) => q),
+          );
+        } finally {
+          await to.close();
+        }
+      });
+    });
+
+    test('a log written before sampled_on existed reads back null for it once migrated', async () => {
+      const location = await kind.fresh();
+      const migrations = loadMigrations(kind.migrationsDir);
+      const at = migrations.findIndex((m) => m.name === 'sampled_on');
+      assert.ok(at > 0, 'a sampled_on migration');
+      await kind.oldSchema(
+        location,
+        migrations.slice(0, at),
+        `INSERT INTO questions (question, votes_requested, received_at, answered_at, status, answer) VALUES ('old', 1, 5, 6, 'answered', '7')`,
+      );
+      const s = await openStore(location);
+      try {
+        assert.deepEqual(
+          (await all(s.questions())).map((r) => [r.question, r.answer, r.sampled_on, r.sampled_model]),
+          [['old', '7', null, null]],
+        );
+        await s.ensureBaseVersion(base);
+        await s.recordAnswered([answered('new', { sampledOn: 'http://up:8000/v1', sampledModel: 'base' })]);
+        assert.deepEqual(
+          (await all(s.questions({ status: 'answered' }))).map((r) => [r.question, r.sampled_on, r.sampled_model]),
+          [
+            ['old', null, null],
+            ['new', 'http://up:8000/v1', 'base'],
+          ],
+        );
+      } finally {
+        await s.close();
+      }
     });
 
     test('a U+0000 in a question, a sample or a vote does not fail the write (PostgreSQL keeps it as U+FFFD)', async () => {

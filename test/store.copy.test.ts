@@ -99,7 +99,7 @@ async function filledSqlite(dir: string): Promise<{ file: string; store: Store; 
   assert.deepEqual([v1, v2, v3, v4, v5, v6], [1, 2, 3, 4, 5, 6]);
   await store.recordAnswered(
     Array.from({ length: 30 }, (_, i) =>
-      answered(`${i}+${i}=`, { receivedAt: 2000 + i, modelVersion: 2, latencyMs: i / 4, source: i % 3 ? `key:${i % 3}` : null }),
+      answered(`${i}+${i}=`, { receivedAt: 2000 + i, modelVersion: 2, latencyMs: i / 4, source: i % 3 ? `key:${i % 3}` : null, ...upstream(i) }),
     ),
     'solo',
   );
@@ -108,6 +108,24 @@ async function filledSqlite(dir: string): Promise<{ file: string; store: Store; 
   await store.event('rollback', { version: 2, by: 'admin', note: 'ünï ✓' });
   await store.event('version_corrupt', { version: 4 });
   return { file, store, files };
+}
+
+/** Where the i-th answer's samples were drawn: one upstream, two, or in-process (none said, or null said). */
+const upstream = (i: number) =>
+  [
+    { sampledOn: 'http://vllm-a:8000/v1', sampledModel: 'ttrl-v2' },
+    { sampledOn: 'http://vllm-a:8000/v1,http://vllm-b:8000/v1', sampledModel: 'ttrl-v2' },
+    {},
+    { sampledOn: null, sampledModel: null },
+  ][i % 4]!;
+
+/** Checks that a store's log holds each form of upstream() (so that comparing copies tests them). */
+function assertUpstreamsKept(log: Pick<LoggedQuestion, 'question' | 'sampled_on' | 'sampled_model'>[]): void {
+  for (let i = 0; i < 30; i++) {
+    const q = log.find((x) => x.question === `${i}+${i}=`)!;
+    const u = upstream(i);
+    assert.deepEqual([q.sampled_on, q.sampled_model], [u.sampledOn ?? null, u.sampledModel ?? null], q.question);
+  }
 }
 
 /** The whole content of a store, in a form two stores of either kind compare by (ids as positions). */
@@ -157,6 +175,7 @@ test('a SQLite store copied to SQLite: every row, the version files unchanged, t
   const copy = await openStore(to);
   try {
     const after = await contents(copy);
+    assertUpstreamsKept(before.log);
     assert.deepEqual(after.log, before.log);
     assert.deepEqual(after.questions, before.questions);
     assert.deepEqual(after.samples, before.samples);
@@ -247,6 +266,7 @@ describe('copy to and from PostgreSQL', { skip: missing ?? false }, () => {
       const r = await copyStore(store, pgStore, { versionsDir, batch: 7 });
       assert.deepEqual([r.questions, r.samples, r.versions, r.events, r.meta], [34, 64, 7, 3, before.meta.size]);
       const after = await contents(pgStore);
+      assertUpstreamsKept(before.log);
       assert.deepEqual(after.log, before.log);
       assert.deepEqual(after.questions, before.questions);
       assert.deepEqual(after.samples, before.samples);
@@ -278,7 +298,10 @@ describe('copy to and from PostgreSQL', { skip: missing ?? false }, () => {
 
       // Trainable answers on PostgreSQL keep their token ids; copied back down to SQLite, so do they.
       await pgStore.recordAnswered(
-        [answered('70+7=', { receivedAt: 9000, modelVersion: 2 }), answered('80+8=', { receivedAt: 9001, modelVersion: 2, trainable: false })],
+        [
+          answered('70+7=', { receivedAt: 9000, modelVersion: 2, sampledOn: 'http://vllm-c:8000/v1', sampledModel: 'ttrl-v2' }),
+          answered('80+8=', { receivedAt: 9001, modelVersion: 2, trainable: false }),
+        ],
         'fleet-1',
       );
       // The fleet leader's experience cursor is a position in this database's log: not carried.
@@ -297,6 +320,14 @@ describe('copy to and from PostgreSQL', { skip: missing ?? false }, () => {
         const r2 = await copyStore(pgStore, back, { versionsDir: `${down}.versions` });
         assert.equal(r2.questions, 36);
         const there = await contents(back);
+        assertUpstreamsKept(there.log);
+        assert.deepEqual(
+          there.log.filter((q) => q.question === '70+7=' || q.question === '80+8=').map((q) => [q.question, q.sampled_on, q.sampled_model]),
+          [
+            ['70+7=', 'http://vllm-c:8000/v1', 'ttrl-v2'],
+            ['80+8=', null, null],
+          ],
+        );
         assert.deepEqual(there.log, onPostgres.log);
         assert.deepEqual(there.questions, onPostgres.questions);
         assert.deepEqual(there.meta, new Map([...onPostgres.meta].filter(([k]) => k !== CURSOR_KEY)));

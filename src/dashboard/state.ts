@@ -8,6 +8,7 @@ import type { UpdateOutcome } from '../loop/adaptation.ts';
 import type { Experience } from '../loop/answerer.ts';
 import type { Store, VersionRow } from '../store/store.ts';
 import type { FleetStatus } from '../loop/fleet.ts';
+import type { UpstreamStatus } from '../upstream/upstream.ts';
 import { guarded } from '../util/guarded.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 import { Ring, Window } from './bounded.ts';
@@ -41,6 +42,8 @@ export interface DashboardSources {
   adaptation: { readonly status: string; readonly pendingExperiences: number; whyNotYet(): string | null };
   /** The fleet this front-end is part of (a shared store), or none. */
   fleet?: { status(): FleetStatus } | null;
+  /** The upstream inference servers sampled on (--upstream), or none. */
+  upstreams?: { status(): UpstreamStatus[] } | null;
   answerer: { readonly queueDepth: number };
   logger?: Logger;
 }
@@ -212,6 +215,11 @@ export class DashboardState {
       pending_experiences: this.s.adaptation.pendingExperiences,
       why_no_update_yet: this.s.adaptation.whyNotYet(),
       fleet: this.fleetView(),
+      upstreams:
+        this.s.upstreams
+          ?.status()
+          .map((u) => ({ url: u.url, state: u.state, reason: u.reason, p50_ms: u.p50_ms, p99_ms: u.p99_ms, errors: u.errors, outstanding: u.outstanding })) ??
+        null,
       confidence: bins,
       confidence_n: ratios.length,
       confidence_mean: ratios.length ? ratios.reduce((a, b) => a + b, 0) / ratios.length : null,

@@ -69,6 +69,8 @@ export interface StatsView {
     versions_behind: number;
     frontends: { id: string; serving_version: number; leader: boolean }[];
   } | null;
+  /** With --upstream: each inference server sampled on, its state and latency. */
+  upstreams: { url: string; state: string; reason: string; p50_ms: number | null; p99_ms: number | null; errors: number; outstanding: number }[] | null;
   /** Counts of the latest answers' majority ratios in ten bins of 0.1 (1.0 in the last). */
   confidence: number[];
   confidence_n: number;

@@ -5,7 +5,8 @@
 import type { WeightSource } from '../formats/weight-file.ts';
 import type { Weights } from '../model/family.ts';
 import { dimsOf, type ModelConfig } from '../model/families.ts';
-import type { LoraConfig } from '../model/lora.ts';
+import { checkAdapters, type LoraConfig } from '../model/lora.ts';
+import { NamedAdapters, UnknownAdapter, type NamedAdapter } from './named-adapters.ts';
 import { WorkerClient } from './worker-host.ts';
 
 export interface SampleOptions {
@@ -27,6 +28,12 @@ export interface SampleOptions {
   topK?: number;
   /** Nucleus: the smallest set of most likely tokens holding this much mass. Default 1. */
   topP?: number;
+  /**
+   * LoRA: sample this run with the adapters loaded under this name (Sampler.loadAdapter)
+   * instead of the serving version's, which stay as they are; the result's version is still
+   * the serving one. Unset: the serving version.
+   */
+  adapter?: string;
 }
 
 export interface Completion {
@@ -94,16 +101,26 @@ export interface SamplerCalls {
   init: (init: SamplerInit & { version: number }) => void;
   setWeights: (p: { weights: WeightSource; version: number }) => void;
   setAdapters: (p: { adapters: Weights; version: number }) => void;
+  /** Holds adapters under a name for runs that ask for it (SampleOptions.adapter); a name taken is replaced. */
+  loadAdapter: (p: { name: string; adapters: Weights }) => void;
+  unloadAdapter: (p: { name: string }) => void;
   generate: (p: { prompts: number[][]; options: SampleOptions }) => SampleResult;
 }
 
 export class Sampler {
+  /** Which load of each named adapter this sampler's worker holds (NamedAdapter.load). */
+  private sent = new Map<string, number>();
+
   private constructor(
     private client: WorkerClient<SamplerCalls>,
     readonly config: ModelConfig,
+    private lora: LoraConfig | undefined,
+    /** Shared with the samplers that replace this one (a restart keeps the names loaded). */
+    private named: NamedAdapters,
   ) {}
 
-  static async create(o: SamplerInit): Promise<Sampler> {
+  /** `named`: the named adapters this sampler serves (default: a set of its own, empty). */
+  static async create(o: SamplerInit, named = new NamedAdapters()): Promise<Sampler> {
     const client = await WorkerClient.start<SamplerCalls>('sampler', {
       config: o.config,
       weights: o.weights,
@@ -116,7 +133,7 @@ export class Sampler {
       adapters: o.adapters,
       applyAdapters: o.applyAdapters,
     });
-    return new Sampler(client, o.config);
+    return new Sampler(client, o.config, o.lora, named);
   }
 
   /** Takes effect for the next generate() call: a batch never mixes versions. */
@@ -129,9 +146,54 @@ export class Sampler {
     return this.client.call('setAdapters', { adapters, version });
   }
 
+  /**
+   * LoRA: holds `adapters` under `name` for runs that ask for it (SampleOptions.adapter),
+   * beside the serving version. Throws for adapters of another shape or a name already
+   * loaded (names are never reloaded in place: unload first). A worker that is down gets
+   * them when a run first uses them.
+   */
+  async loadAdapter(name: string, adapters: Weights): Promise<void> {
+    if (!this.lora) throw new Error('sampler: started without a lora config, so it samples full weights and takes no adapters');
+    checkAdapters(this.config, this.lora, adapters, `adapter ${name}`);
+    const entry = this.named.add(name, adapters);
+    if (this.down) return;
+    try {
+      await this.send(name, entry);
+    } catch (e) {
+      this.named.delete(name);
+      throw e;
+    }
+  }
+
+  /** Frees a named adapter, here and in the worker; false when no adapter had that name. */
+  async unloadAdapter(name: string): Promise<boolean> {
+    const had = this.named.delete(name);
+    // A worker that is down holds nothing; its replacement never gets this name.
+    if (this.sent.delete(name) && !this.down) await this.client.call('unloadAdapter', { name }).catch(() => undefined);
+    return had;
+  }
+
   generate(prompts: number[][], o: SampleOptions): Promise<SampleResult> {
     validate(this.config, prompts, o);
-    return this.client.call('generate', { prompts, options: o });
+    const run = () => this.client.call('generate', { prompts, options: o });
+    return o.adapter === undefined ? run() : this.withAdapter(o.adapter, run);
+  }
+
+  /** Runs `run` once the worker holds the named adapter's current load (sent first when it does not: a fresh worker, or a name loaded again). */
+  private withAdapter(name: string, run: () => Promise<SampleResult>): Promise<SampleResult> {
+    const entry = this.named.get(name);
+    if (!entry) return Promise.reject(new UnknownAdapter(`no adapter named ${JSON.stringify(name)} is loaded`));
+    const sending = this.sent.get(name) === entry.load ? Promise.resolve() : this.send(name, entry);
+    // The worker takes calls in order, so the run, sent after the adapters, finds them there.
+    return Promise.all([sending, run()]).then(([, r]) => r);
+  }
+
+  private send(name: string, entry: NamedAdapter): Promise<void> {
+    this.sent.set(name, entry.load);
+    return this.client.call('loadAdapter', { name, adapters: entry.adapters }).catch((e: Error) => {
+      if (this.sent.get(name) === entry.load) this.sent.delete(name);
+      throw e;
+    });
   }
 
   /** Why this sampler can sample no more (its worker died or was closed); null while it can. */

@@ -2,7 +2,8 @@
 // memory are fed as inputs (a swap is new arrays); a weight file is mapped by the session
 // itself (a swap builds a session for the new file). With LoRA the base stays put and a swap
 // hands adapters: applied in the graph (one session; the base keeps its shared, prepacked
-// form) or merged into full weights fed as inputs (SamplerInit.applyAdapters).
+// form) or merged into full weights fed as inputs (SamplerInit.applyAdapters). Named adapter
+// sets are held beside the serving version, for runs that ask for one by name.
 import { buildGenerate } from './graphs.ts';
 import { f32, i64, type ort } from './ort.ts';
 import { serveWorker, type PayloadOf } from './worker-host.ts';
@@ -38,6 +39,8 @@ class SamplerWorker {
   private baseInMemory: Promise<Weights> | undefined;
   /** The session serving now and the version it serves. */
   private active: (Serving & { version: number }) | undefined;
+  /** LoRA: adapter sets held by name (loadAdapter), each with what a run on it feeds. */
+  private named = new Map<string, Serving>();
 
   static async start(init: PayloadOf<SamplerCalls, 'init'>): Promise<SamplerWorker> {
     const w = new SamplerWorker(init);
@@ -65,6 +68,23 @@ class SamplerWorker {
     await this.activate(await this.adaptedSessionFor(adapters), version);
   }
 
+  async loadAdapter(name: string, adapters: Weights): Promise<void> {
+    if (!this.lora) throw new Error('sampler: started without a lora config, so it takes no adapters');
+    this.named.set(name, await this.adaptedSessionFor(adapters));
+  }
+
+  unloadAdapter(name: string): void {
+    this.named.delete(name);
+  }
+
+  /** What a run feeds: the named adapters it asks for, else the serving version's. */
+  private servingFor(o: SampleOptions): Serving {
+    if (o.adapter === undefined) return this.active!;
+    const named = this.named.get(o.adapter);
+    if (!named) throw new Error(`sampler: no adapter named ${JSON.stringify(o.adapter)} is loaded in this worker`);
+    return named;
+  }
+
   async generate(prompts: number[][], o: SampleOptions): Promise<SampleResult> {
     const t0 = performance.now();
     const G = o.samplesPerPrompt;
@@ -73,7 +93,10 @@ class SamplerWorker {
     const uniforms = o.seeds
       ? perPromptUniforms(o.seeds, G, o.maxNewTokens)
       : (new Rng(o.seed).fillUniform(new Float32Array(o.maxNewTokens * B)) as Float32Array);
-    const { session, weightFeeds, version } = this.active!;
+    const { session, weightFeeds } = this.servingFor(o);
+    // A named adapter's run is still answered by the serving version's number: versions are
+    // this server's lineage, and the adapters someone else's.
+    const { version } = this.active!;
     const out = await session.run({
       ...weightFeeds,
       input_ids: i64(ids, [P, L]),
@@ -150,6 +173,8 @@ serveWorker<SamplerCalls>(async (init) => {
   return {
     setWeights: (p) => sampler.setWeights(p.weights, p.version),
     setAdapters: (p) => sampler.setAdapters(p.adapters, p.version),
+    loadAdapter: (p) => sampler.loadAdapter(p.name, p.adapters),
+    unloadAdapter: (p) => sampler.unloadAdapter(p.name),
     generate: (p) => sampler.generate(p.prompts, p.options),
   };
 });

@@ -189,12 +189,18 @@ export class Adaptation {
    * of a fleet that does not lead says so (fleet.ts sets it): the leader trains for all.
    */
   notLeading: string | null = null;
+  /**
+   * Why this process may not adapt at all, whatever it serves (null: it may): the upstreams it
+   * samples on do not serve the model it trains (upstream/check.ts), or cannot take versions.
+   */
+  refused: string | null = null;
   /** The number reserved by the update running now, until it is promoted or rejected. */
   private unsettled: number | null = null;
 
   /** In words, why no update is due yet (the dashboard and /admin/status say it), or null when one is running or due. */
   whyNotYet(): string | null {
     if (this.updating) return null;
+    if (this.refused) return `adaptation is refused: ${this.refused}`;
     if (this.notLeading) return this.notLeading;
     if (this.paused) return 'adaptation is paused';
     const n = this.pending.size;
@@ -213,6 +219,7 @@ export class Adaptation {
   updateNow(trigger: 'count' | 'timer' | 'admin'): Promise<UpdateOutcome> {
     if (this.updating) return this.updating;
     if (this.closed) return Promise.resolve({ version: null, outcome: 'skipped', reason: 'shutting down' });
+    if (this.refused) return Promise.resolve({ version: null, outcome: 'skipped', reason: `adaptation is refused: ${this.refused}` });
     if (this.notLeading) return Promise.resolve({ version: null, outcome: 'skipped', reason: this.notLeading });
     if (this.changing) return Promise.resolve({ version: null, outcome: 'skipped', reason: 'the serving version is being changed' });
     if (this.paused && trigger !== 'admin') return Promise.resolve({ version: null, outcome: 'skipped', reason: 'paused' });
@@ -311,7 +318,10 @@ export class Adaptation {
       lr: lrOf(this.o),
     };
     stats.train_seconds = (performance.now() - t0) / 1000;
-    const verdict = await this.judge.judge({ steps, weights, serving: candidate, sequenceLogprobs: (seqs) => updater.sequenceLogprobs(seqs) }, parent);
+    const verdict = await this.judge.judge(
+      { version: reserved, steps, weights, serving: candidate, sequenceLogprobs: (seqs) => updater.sequenceLogprobs(seqs) },
+      parent,
+    );
     Object.assign(stats, verdict.stats);
     stats.seconds = (performance.now() - t0) / 1000;
     if (this.closed) throw new Error('shutting down');

@@ -7,8 +7,13 @@
 // a lane of its own, and a batch takes the lanes' questions in turn, one from each lane per
 // round, the lane that starts moving to the back. A client with 500 questions waiting then
 // delays another's by one question per batch, not by 500.
+//
+// Raw completions (token ids in, samples out: another front-end sampling on this server, as
+// on vLLM) wait in the same lanes, under the same bound, and are batched with raw completions
+// sampled alike; they are not voted, logged or trained on: they are someone else's samples.
 import { Subject } from 'rxjs';
-import type { Generator } from '../engine/sampler.ts';
+import { UnknownAdapter } from '../engine/named-adapters.ts';
+import type { Completion, Generator } from '../engine/sampler.ts';
 import type { Health } from './health.ts';
 import type { Answer } from '../protocol/messages.ts';
 import { randomBytes } from 'node:crypto';
@@ -34,6 +39,8 @@ export interface SamplingOverrides {
   stop?: string[];
   /** The request's seed: its samples depend on it alone (and the question's position in no batch). */
   seed?: number;
+  /** A named adapter set to sample with (an OpenAI `model` naming a loaded adapter): another policy's samples. */
+  adapter?: string;
 }
 
 export type { Answer };
@@ -58,6 +65,32 @@ export interface AskRequest {
   onSamples?: (r: Rollout) => void;
 }
 
+/** How a raw completion is sampled: everything the sampler is told, decided by the transport. */
+export interface RawSampling {
+  temperature: number;
+  topP?: number;
+  maxNewTokens: number;
+  /** The token ids that end a sample. */
+  stopTokens: number[];
+  /** The sampler's dice for this prompt (SampleOptions.seeds): its samples depend on it alone. */
+  seed: number;
+  adapter?: string;
+}
+
+/** A raw completion: a prompt of token ids as given (no task format), sampled `samples` times. */
+export interface RawCompletionRequest extends Pick<AskRequest, 'requestId' | 'clientRequestId' | 'signal' | 'clientId' | 'connection' | 'lane'> {
+  prompt: number[];
+  samples: number;
+  sampling: RawSampling;
+}
+
+export interface RawCompletion {
+  prompt: number[];
+  completions: Completion[];
+  /** The serving version when they were drawn. */
+  version: number;
+}
+
 /** A voted question, as the adaptation loop consumes it. */
 export interface Experience {
   questionId: number;
@@ -72,13 +105,17 @@ export interface Experience {
   frontend?: string | null;
 }
 
-interface Pending {
-  req: AskRequest;
+interface Waiting<R, A> {
+  req: R;
   receivedAt: number;
   t0: number;
-  resolve: (a: Answer) => void;
+  resolve: (a: A) => void;
   reject: (e: Error) => void;
 }
+type QuestionPending = Waiting<AskRequest, Answer> & { raw?: undefined };
+type RawPending = Waiting<RawCompletionRequest, RawCompletion> & { raw: true };
+/** What waits in a lane: a question, or a raw completion. */
+type Pending = QuestionPending | RawPending;
 
 /** The sampling and batching groups, the queue's bound, and the task: how questions become prompts and answers are read out of the samples. */
 export type AnswererOptions = SamplingSettings &
@@ -130,7 +167,16 @@ export class Answerer {
     return ps;
   }
 
-  private enqueue(req: AskRequest): Promise<Answer> {
+  /** A raw completion, through the same queue as questions; its samples are neither voted, logged nor trained on. */
+  complete(req: RawCompletionRequest): Promise<RawCompletion> {
+    const p = this.enqueue(req, true);
+    this.kick();
+    return p;
+  }
+
+  private enqueue(req: AskRequest): Promise<Answer>;
+  private enqueue(req: RawCompletionRequest, raw: true): Promise<RawCompletion>;
+  private enqueue(req: AskRequest | RawCompletionRequest, raw?: true): Promise<Answer | RawCompletion> {
     if (this.closing) return Promise.reject(new ProtocolError('shutting_down', 'the server is shutting down; no new questions are taken'));
     if (this.waiting >= this.o.queueLimit && !this.makeRoomFor(req.lane ?? '')) {
       this.metrics.rejected.inc({ code: 'overloaded' });
@@ -144,15 +190,16 @@ export class Answerer {
         ...(req.clientRequestId ? { client_req_id: req.clientRequestId } : {}),
         connection: req.connection,
         client_id: req.clientId,
-        votes: req.votes,
+        ...('votes' in req ? { votes: req.votes } : { samples: req.samples, prompt_tokens: req.prompt.length }),
       },
-      'question',
+      raw ? 'raw completion' : 'question',
     );
     return new Promise((resolve, reject) => {
       const key = req.lane ?? '';
       let lane = this.lanes.get(key);
       if (!lane) this.lanes.set(key, (lane = []));
-      const pending: Pending = { req, receivedAt: Date.now(), t0: performance.now(), resolve, reject };
+      const waiting = { receivedAt: Date.now(), t0: performance.now(), resolve, reject };
+      const pending: Pending = raw ? { ...waiting, req: req as RawCompletionRequest, raw } : { ...waiting, req: req as AskRequest };
       lane.push(pending);
       this.waiting++;
       this.metrics.queueDepth.set(this.waiting);
@@ -219,23 +266,24 @@ export class Answerer {
     while (this.waiting) {
       if (this.waiting < this.o.batchQuestions && this.o.batchWaitMs > 0) await new Promise((r) => setTimeout(r, this.o.batchWaitMs));
       if (!this.waiting) break; // close() or cancel() took them while we waited
-      const { batch, votes } = this.takeBatch();
+      const batch = this.takeBatch();
       this.metrics.queueDepth.set(this.waiting);
-      await this.runBatch(batch, votes);
+      if (batch[0]!.raw) await this.runRawBatch(batch as RawPending[]);
+      else await this.runBatch(batch as QuestionPending[], batch[0]!.req.votes);
     }
   }
 
   /**
    * The next batch: one run samples one vote count and one way (temperature, top_p, length,
-   * stop strings), the first lane's first question's. Then round by round each lane gives its
-   * next question sampled alike (its order kept) until
-   * the batch is full or the lanes have none; the first lane moves to the back.
+   * stop strings, adapter), the first lane's first question's. Then round by round each lane
+   * gives its next question sampled alike (its order kept) until the batch is full or the
+   * lanes have none; the first lane moves to the back. Raw completions are batched the same
+   * way, only with raw completions.
    */
-  private takeBatch(): { batch: Pending[]; votes: number } {
+  private takeBatch(): Pending[] {
     const keys = [...this.lanes.keys()];
     const head = this.lanes.get(keys[0]!)![0]!;
-    const votes = head.req.votes;
-    const kind = runKind(head.req);
+    const kind = runKind(head);
     const taken = new Set<Pending>();
     const cursor = keys.map(() => 0);
     for (let progress = true; progress && taken.size < this.o.batchQuestions;) {
@@ -243,7 +291,7 @@ export class Answerer {
       keys.forEach((key, i) => {
         const lane = this.lanes.get(key)!;
         if (taken.size >= this.o.batchQuestions) return;
-        while (cursor[i]! < lane.length && runKind(lane[cursor[i]!]!.req) !== kind) cursor[i]!++;
+        while (cursor[i]! < lane.length && runKind(lane[cursor[i]!]!) !== kind) cursor[i]!++;
         if (cursor[i]! === lane.length) return;
         taken.add(lane[cursor[i]!++]!);
         progress = true;
@@ -257,10 +305,10 @@ export class Answerer {
     }
     this.lanes = lanes;
     this.waiting -= taken.size;
-    return { batch: [...taken], votes };
+    return [...taken];
   }
 
-  private async runBatch(batch: Pending[], votes: number): Promise<void> {
+  private async runBatch(batch: QuestionPending[], votes: number): Promise<void> {
     this.metrics.batchSize.observe(batch.length);
     const log = this.log.child({ batch: this.nextBatch++ });
     const t0 = performance.now();
@@ -294,6 +342,7 @@ export class Answerer {
           topP: sampling.topP,
           maxNewTokens: sampling.maxNewTokens,
           stop: sampling.stop,
+          adapter: sampling.adapter,
           seed: this.o.seed,
           seeds,
         },
@@ -324,6 +373,8 @@ export class Answerer {
         source: p.req.source ?? null,
         trainable: !isOverridden(p.req.sampling),
         promptIds: r.prompt,
+        sampledOn: r.sampledBy?.upstream ?? null,
+        sampledModel: r.sampledBy?.model ?? null,
         samples: r.samples.map((s) => ({
           text: s.text,
           answer: s.answer,
@@ -380,6 +431,55 @@ export class Answerer {
     });
   }
 
+  /**
+   * One sampling run over raw completions sampled alike, each prompt on its own seed: a
+   * prompt's samples are those of the same prompt sampled alone. Answered as soon as they are
+   * drawn; nothing is stored.
+   */
+  private async runRawBatch(batch: RawPending[]): Promise<void> {
+    const log = this.log.child({ batch: this.nextBatch++ });
+    const { req: head } = batch[0]!;
+    const s = head.sampling;
+    log.debug(
+      { req_ids: batch.map((p) => p.req.requestId), samples: head.samples, raw: true, waited_ms: Math.round(performance.now() - batch[0]!.t0) },
+      'batch',
+    );
+    try {
+      const seeds = batch.map((p) => p.req.sampling.seed);
+      const sampler = await this.sampler();
+      const r = await sampler.generate(
+        batch.map((p) => p.req.prompt),
+        {
+          samplesPerPrompt: head.samples,
+          maxNewTokens: s.maxNewTokens,
+          // Each prompt draws on its own seed (seeds); `seed` is then unused.
+          seed: seeds[0]!,
+          seeds,
+          temperature: s.temperature,
+          topP: s.topP,
+          stopTokens: s.stopTokens,
+          padToken: this.tok.padId,
+          ...(s.adapter === undefined ? {} : { adapter: s.adapter }),
+        },
+      );
+      this.health?.report('sampler');
+      log.debug({ model_version: r.version }, 'sampled');
+      batch.forEach((p, i) => p.resolve({ prompt: p.req.prompt, completions: r.completions[i]!, version: r.version }));
+    } catch (e) {
+      // An adapter unloaded while its requests waited is theirs to hear of (404), not a sampler fault.
+      if (e instanceof UnknownAdapter) return this.refuse(batch, new ProtocolError('not_found', (e as Error).message), log);
+      this.health?.report('sampler', (e as Error).message);
+      const code = e instanceof ProtocolError && e.code === 'upstream_unavailable' ? e.code : 'internal';
+      this.refuse(batch, new ProtocolError(code, `sampling failed: ${(e as Error).message}`), log);
+    }
+  }
+
+  /** Raw completions that could not be drawn: not questions, so neither logged nor counted as failed ones. */
+  private refuse(batch: RawPending[], e: ProtocolError, log: Logger): void {
+    log.error({ req_ids: batch.map((p) => p.req.requestId), error: e.message }, 'batch failed');
+    for (const p of batch) p.reject(e);
+  }
+
   private fail(batch: Pending[], error: string, log: Logger, code: 'internal' | 'store_unavailable' | 'upstream_unavailable' = 'internal'): void {
     log.error({ req_ids: batch.map((p) => p.req.requestId), error }, 'batch failed');
     this.logFailed(batch, error);
@@ -387,12 +487,13 @@ export class Answerer {
     for (const p of batch) p.reject(new ProtocolError(code, error));
   }
 
-  /** Records failed questions in the background; where the store itself is failing, the clients still hear of it. */
+  /** Records failed questions in the background (raw completions are not questions: never logged); where the store itself is failing, the clients still hear of it. */
   private logFailed(batch: Pending[], error: string): void {
-    if (!batch.length) return;
+    const questions = batch.filter((p): p is QuestionPending => !p.raw);
+    if (!questions.length) return;
     this.store
       .recordFailed(
-        batch.map((p) => ({
+        questions.map((p) => ({
           clientId: p.req.clientId,
           connection: p.req.connection,
           question: p.req.question,
@@ -418,13 +519,18 @@ export class Answerer {
   }
 }
 
-/** What must be alike for questions to share a sampling run. */
-function runKind(req: AskRequest): string {
-  const s = req.sampling;
-  return JSON.stringify([req.votes, s?.temperature, s?.topP, s?.maxNewTokens, s?.stop]);
+/** What must be alike for requests to share a sampling run (questions with questions, raw completions with raw completions). */
+function runKind(p: Pending): string {
+  if (p.raw) {
+    const s = p.req.sampling;
+    return JSON.stringify(['raw', p.req.samples, s.temperature, s.topP ?? 1, s.maxNewTokens, s.stopTokens, s.adapter ?? null]);
+  }
+  const s = p.req.sampling;
+  return JSON.stringify([p.req.votes, s?.temperature, s?.topP, s?.maxNewTokens, s?.stop, s?.adapter]);
 }
 
 function isOverridden(s: SamplingOverrides | undefined): boolean {
-  // A seed picks the dice, not the distribution: such samples are still the policy's.
-  return !!s && (s.temperature !== undefined || s.topP !== undefined || s.maxNewTokens !== undefined || !!s.stop?.length);
+  // A seed picks the dice, not the distribution: such samples are still the policy's. An
+  // adapter's are another policy's.
+  return !!s && (s.temperature !== undefined || s.topP !== undefined || s.maxNewTokens !== undefined || !!s.stop?.length || s.adapter !== undefined);
 }

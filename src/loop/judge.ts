@@ -3,7 +3,8 @@
 // that measure it: a prober sampler (greedy answers of a version on the probe questions) and
 // a scorer holding the shipped weights (the anchors' reference log-probs). It sees every
 // served rollout first, to fill the probe set and the anchors.
-import { Sampler } from '../engine/sampler.ts';
+import { Sampler, type Generator } from '../engine/sampler.ts';
+import type { UpstreamPool } from '../upstream/pool.ts';
 import { Scorer } from '../engine/scorer.ts';
 import type { Weights } from '../model/family.ts';
 import type { ModelConfig } from '../model/families.ts';
@@ -43,6 +44,8 @@ export type JudgeOptions = GuardSettings & Pick<TrainSettings, 'trainThreads' | 
  * with LoRA its adapters), how a sampler would serve it, and its own log-probs of given completions.
  */
 export interface Candidate {
+  /** Its reserved version number (an upstream loads it under a candidate name). */
+  version: number;
   steps: StepHealth[];
   weights: Weights;
   serving: Served;
@@ -72,6 +75,8 @@ export class CandidateJudge {
   private prober: Sampler | null = null;
   /** Scores anchors under the shipped weights. */
   private reference: Scorer | null = null;
+  /** Probes run on an upstream instead of the prober (the candidate loaded there under a candidate name). */
+  private upstream: UpstreamPool | null = null;
 
   constructor(
     store: Store,
@@ -99,10 +104,16 @@ export class CandidateJudge {
     await Promise.all([this.probeSet.load(), this.anchorSet.load()]);
   }
 
+  /** Probes on the upstream fleet from now on: versions are judged as they will serve. */
+  probeOn(pool: UpstreamPool): void {
+    this.upstream = pool;
+  }
+
   /** Starts the prober and the reference scorer (each once), when their checks are on. */
   async start(): Promise<void> {
     const threads = { threads: this.o.trainThreads, nice: this.o.trainNice, spin: false };
-    if (this.o.probeQuestions > 0) this.prober ??= await Sampler.create({ config: this.config, weights: this.base, lora: this.lora, ...threads });
+    if (this.o.probeQuestions > 0 && !this.upstream)
+      this.prober ??= await Sampler.create({ config: this.config, weights: this.base, lora: this.lora, ...threads });
     if (this.o.anchors > 0) this.reference ??= await Scorer.create({ config: this.config, weights: this.base, ...threads });
   }
 
@@ -122,7 +133,7 @@ export class CandidateJudge {
     }
     if (!reason && this.o.probeQuestions > 0) {
       const parentProbe = await this.probe(parent.version, parent);
-      const probe = parentProbe && (await this.probe(-1, c.serving));
+      const probe = parentProbe && (await this.probe(-1, c.serving, c.version));
       if (probe) Object.assign(stats, { probe: { ...probe }, parent_probe: { ...parentProbe! } });
       reason = parentProbe && probe ? judgeProbe(parentProbe, probe) : null;
       this.candidateProbe = probe;
@@ -141,19 +152,28 @@ export class CandidateJudge {
    * candidate): one completion per question, the version's most likely answer. Null until
    * the set has enough questions.
    */
-  private async probe(version: number, served: Served): Promise<ProbeStats | null> {
+  private async probe(version: number, served: Served, candidate?: number): Promise<ProbeStats | null> {
     const questions = this.probeSet.items();
     const key = `${version}:${questions.length}`;
     const cached = this.probeCache.get(key);
     if (cached) return cached;
     if (questions.length < Math.min(MIN_PROBE_QUESTIONS, this.o.probeQuestions)) return null;
-    const prober = this.prober!;
-    if (served.adapters) await prober.setAdapters(served.adapters, version);
-    else await prober.setWeights(served.weights, version);
     // Same seed for every version: differences come from the weights, not the dice.
-    const s = probeStatsOf(
-      await rolloutBatch(prober, this.tok, questions, { task: this.o.task, votes: 1, temperature: 1, topP: GREEDY_TOP_P, seed: this.o.seed ^ 0x9b0be }),
-    );
+    const greedy = (g: Generator) =>
+      rolloutBatch(g, this.tok, questions, { task: this.o.task, votes: 1, temperature: 1, topP: GREEDY_TOP_P, seed: this.o.seed ^ 0x9b0be });
+    let rollouts: Rollout[];
+    if (this.upstream) {
+      // The parent is the version serving on the fleet; a candidate is loaded on one upstream under a name of its own.
+      if (version >= 0) rollouts = await greedy(this.upstream.servingGenerator());
+      else if (served.adapters && candidate !== undefined) rollouts = await this.upstream.withCandidate(candidate, served.adapters, greedy);
+      else throw new Error('the guard probes candidates on upstreams as LoRA adapters only');
+    } else {
+      const prober = this.prober!;
+      if (served.adapters) await prober.setAdapters(served.adapters, version);
+      else await prober.setWeights(served.weights, version);
+      rollouts = await greedy(prober);
+    }
+    const s = probeStatsOf(rollouts);
     if (version >= 0) this.probeCache.set(key, s);
     return s;
   }

@@ -53,6 +53,26 @@ export function createMetrics() {
       registers: r,
     }),
     connections: new Gauge({ name: 'ttrl_ws_connections', help: 'open WebSocket connections', registers: r }),
+    upstreamUp: new Gauge({
+      name: 'ttrl_upstream_up',
+      help: 'whether an upstream inference server takes traffic (1) or is out of rotation (0)',
+      labelNames: ['upstream'] as const,
+      registers: r,
+    }),
+    upstreamLatency: new Histogram({
+      name: 'ttrl_upstream_request_seconds',
+      help: "an upstream's sampling request, from holding a slot to its answer",
+      labelNames: ['upstream'] as const,
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6],
+      registers: r,
+    }),
+    upstreamErrors: new Counter({ name: 'ttrl_upstream_errors_total', help: "an upstream's failed requests", labelNames: ['upstream'] as const, registers: r }),
+    upstreamOutstanding: new Gauge({
+      name: 'ttrl_upstream_outstanding',
+      help: 'requests in flight to or waiting for an upstream',
+      labelNames: ['upstream'] as const,
+      registers: r,
+    }),
   };
 }
 

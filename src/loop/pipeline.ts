@@ -2,7 +2,7 @@
 // store (answerer) -> adapt -> judge (adaptation, judge) -> swap (versions). The server puts
 // HTTP and WebSocket in front of it; offline replay drives it directly.
 import { hostname } from 'node:os';
-import { resolve } from 'node:path';
+import { basename, resolve } from 'node:path';
 import { Subject } from 'rxjs';
 import { Fleet } from './fleet.ts';
 import type { Experience } from './answerer.ts';
@@ -15,6 +15,7 @@ import { Adaptation } from './adaptation.ts';
 import type {
   BatchingSettings,
   FleetSettings,
+  UpstreamSettings,
   ModelSettings,
   GuardSettings,
   LimitSettings,
@@ -31,11 +32,14 @@ import { createMetrics, type Metrics } from './metrics.ts';
 import { Health } from './health.ts';
 import { lineLog, silentLogger, type Logger } from '../util/log.ts';
 import { Versions } from './versions.ts';
+import { UpstreamPool } from '../upstream/pool.ts';
+import { checkUpstreamMatch } from '../upstream/check.ts';
 
 /** The setting groups the serving loop runs on (config/settings.ts): everything but the transport's. */
 export type PipelineSettings = ModelSettings &
   StorageSettings &
   FleetSettings &
+  UpstreamSettings &
   BatchingSettings &
   TaskGroupSettings &
   SamplingSettings &
@@ -59,6 +63,8 @@ export interface Pipeline {
   fleet: Fleet | null;
   /** This front-end's name in the log. */
   frontend: string;
+  /** With --upstream: the inference servers questions are sampled on; null: sampled in this process. */
+  upstreams: UpstreamPool | null;
   /** Why the pipeline cannot answer well now (database writes or sampling fail; empty: ready), re-probed. */
   notReady(): Promise<string[]>;
   /** Rollback / roll forward to a stored version (admin), between updates. */
@@ -80,6 +86,12 @@ export async function createPipeline(
   // A PostgreSQL log is shared: its version files must be where every front-end reads them.
   if (storeKind(s.db) === 'postgres' && !s.versionsDir && !o.versionsDir)
     throw new Error('--db postgres://... needs --versions-dir DIR: version weight files go to storage every front-end can read');
+  if (s.upstreams.length && s.adapt && !lora)
+    throw new Error(
+      '--upstream with full fine-tuning: publishing full weights to the upstreams is not supported yet; add --lora-rank R (versions are published to them as LoRA adapters), or --no-adapt to serve without adapting',
+    );
+  if (s.upstreams.length && lora && storeKind(s.db) === 'postgres' && !s.adapterDir)
+    throw new Error('--upstream with --db postgres://... needs --adapter-dir DIR: adapters go to storage every upstream (and front-end) can read');
   const store = await openStore(s.db);
   const cleanup: (() => Promise<unknown> | void)[] = [() => store.close()];
   try {
@@ -101,19 +113,52 @@ export async function createPipeline(
       log: lineLog(logger),
     });
     cleanup.unshift(() => versions.close());
+    const upstreams = s.upstreams.length
+      ? new UpstreamPool(
+          {
+            ...s,
+            config: model.config,
+            baseModel: s.upstreamModel ?? basename(resolve(s.model)),
+            adapters: lora ? { dir: resolve(s.adapterDir ?? `${resolve(s.db)}.adapters`), lora, fingerprint: versions.fingerprint } : undefined,
+            keepLoaded: s.keepVersions || 1,
+            metrics,
+            log: lineLog(logger),
+          },
+          versions.active,
+        )
+      : null;
+    if (upstreams) {
+      cleanup.unshift(() => upstreams.close());
+      versions.publishTo(upstreams);
+      await upstreams.start();
+    }
     const health = new Health({
       store: () => store.probeWrite(),
-      // One token from any prompt: the sampler (restarted if its worker died) runs end to end.
+      // One token from any prompt: the sampler (restarted if its worker died) runs end to end;
+      // on upstreams, one must be up (the pool probes those that are not).
       sampler: async () => {
+        if (upstreams) {
+          if (upstreams.down) throw new Error(upstreams.down);
+          return;
+        }
         await (await versions.live()).generate([[0]], { samplesPerPrompt: 1, maxNewTokens: 1, seed: 0, stopTokens: [], padToken: 0 });
       },
     });
     // host:port names a front-end for good; a server on a port picked at random (0) goes by its process.
     const port = o.address?.split(':').at(-1);
     const frontend = s.frontendId ?? (port && port !== '0' ? `${hostname()}:${port}` : `${hostname()}:pid${process.pid}`);
-    const answerer = new Answerer(() => versions.live(), model.tokenizer, store, { ...s, task, frontend }, metrics, health, logger);
+    const answerer = new Answerer(
+      () => (upstreams ? Promise.resolve(upstreams) : versions.live()),
+      model.tokenizer,
+      store,
+      { ...s, task, frontend },
+      metrics,
+      health,
+      logger,
+    );
     const judge = new CandidateJudge(store, model.config, model.tokenizer, versions.base, { ...s, task }, metrics, lora);
     await judge.load();
+    if (upstreams && lora) judge.probeOn(upstreams);
     // One process trains on its own answers as they come; a fleet's leader on the whole
     // fleet's, read back from the shared log (fleet.ts).
     const fleetExperiences = store.fleet ? new Subject<Experience>() : null;
@@ -139,6 +184,40 @@ export async function createPipeline(
       metrics.leader.set(1);
       if (s.adapt) await adaptation.start();
     }
+    if (upstreams && s.adapt) {
+      // Training takes the upstreams' samples as this model's: refused until checked (upstream/check.ts).
+      const refuse = (why: string) => {
+        adaptation.refused = why;
+        logger.warn({ upstreams: s.upstreams }, `adaptation is refused: ${why}`);
+        void store.event('adaptation_refused', { reason: why }).catch(() => undefined);
+      };
+      if (!upstreams.dialect.loadsAdapters)
+        refuse(`${upstreams.dialect.name} upstreams cannot load LoRA adapters at run time, so versions cannot be published to them; serving only`);
+      else {
+        adaptation.refused = 'waiting for an upstream to check that it serves the model loaded here';
+        const check = async () => {
+          await upstreams.whenUp();
+          const r = await checkUpstreamMatch(upstreams, {
+            config: model.config,
+            base: versions.base,
+            tok: model.tokenizer,
+            task,
+            tolerance: s.upstreamLogprobTolerance,
+            threads: s.trainThreads,
+            localModel: s.model,
+          });
+          if (r.refused) return refuse(r.refused);
+          adaptation.refused = null;
+          logger.info(
+            { gap_nats_per_token: r.gap, tokens: r.tokens },
+            `the upstreams serve the model loaded here (mean log-prob gap ${r.gap!.toFixed(5)} nats per token); adaptation may run`,
+          );
+        };
+        // At start when an upstream is up; else once one is (serving waits for none of it).
+        if (!upstreams.down) await check().catch((e: Error) => refuse(`the check that the upstreams serve our model failed: ${e.message}`));
+        else void check().catch((e: Error) => refuse(`the check that the upstreams serve our model failed: ${e.message}`));
+      }
+    }
     let closing: Promise<void> | null = null;
     return {
       model,
@@ -151,9 +230,11 @@ export async function createPipeline(
       versions,
       fleet,
       frontend,
+      upstreams,
       notReady: async () => {
-        const down = versions.samplerDown;
+        const down = upstreams ? null : versions.samplerDown;
         if (down) health.report('sampler', `the sampler worker is down (${down})`);
+        if (upstreams?.down) health.report('sampler', upstreams.down);
         return health.reasons();
       },
       activate: (version, by) => adaptation.betweenUpdates(() => versions.activate(version, by)),

@@ -1,7 +1,8 @@
 // The serving sampler: the one Sampler the answerer samples on, the version it serves, the
 // hot swap of that version's weights between batches, and its replacement when its worker
 // dies. Which version serves is decided by loop/versions.ts; this holds it so that a restart
-// comes back on the same one.
+// comes back on the same one, with the same named adapters loaded (OpenAI's load_lora_adapter).
+import { NamedAdapters } from '../engine/named-adapters.ts';
 import { Sampler, type SamplerInit } from '../engine/sampler.ts';
 import type { Weights } from '../model/family.ts';
 import type { WeightSource } from '../formats/weight-file.ts';
@@ -38,12 +39,15 @@ export class ServingSampler {
     private current: Sampler,
     private serving: ServingVersion,
     private o: ServingSamplerOptions,
+    /** Every sampler this makes shares them: a replacement sends a name's tensors to its worker when a run first uses it. */
+    private named: NamedAdapters,
   ) {}
 
   /** Starts a sampler serving `v`. */
   static async start(v: ServingVersion, o: ServingSamplerOptions): Promise<ServingSampler> {
-    const sampler = await Sampler.create({ ...o.init, weights: v.weights, adapters: v.adapters, version: v.version });
-    return new ServingSampler(sampler, v, o);
+    const named = new NamedAdapters();
+    const sampler = await Sampler.create({ ...o.init, weights: v.weights, adapters: v.adapters, version: v.version }, named);
+    return new ServingSampler(sampler, v, o, named);
   }
 
   /** The version served (or, while the sampler is down, to be served when it restarts). */
@@ -80,7 +84,7 @@ export class ServingSampler {
     this.lastRestartAt = Date.now();
     const v = this.serving;
     try {
-      const fresh = await Sampler.create({ ...this.o.init, weights: v.weights, adapters: v.adapters, version: v.version });
+      const fresh = await Sampler.create({ ...this.o.init, weights: v.weights, adapters: v.adapters, version: v.version }, this.named);
       if (this.closed) {
         await fresh.close();
         throw new Error('shutting down');

@@ -75,9 +75,15 @@ interface VersionsParts {
   keepVersions: number;
 }
 
+/** Where else a serving version must be put before it serves: an upstream fleet (upstream/pool.ts) loads its adapters. */
+export interface Publisher {
+  serve(version: number, adapters?: Weights): Promise<void>;
+}
+
 export class Versions {
   /** The serving version, as it changes. */
   readonly versions$: BehaviorSubject<number>;
+  private publisher: Publisher | null = null;
 
   private constructor(private parts: VersionsParts) {
     const { version } = parts.sampler.version;
@@ -267,8 +273,14 @@ export class Versions {
     await this.parts.store.fleet?.announceVersion(version).catch((e: Error) => this.parts.log(`could not announce version ${version}: ${e.message}`));
   }
 
-  /** The sampler takes the weights between batches; then everyone hears of it. */
+  /** Serving versions are published there too, before they serve (upstream sampling). */
+  publishTo(p: Publisher): void {
+    this.publisher = p;
+  }
+
+  /** The sampler takes the weights between batches (and the upstreams the adapters); then everyone hears of it. */
   private async serve(v: ServingVersion): Promise<void> {
+    await this.publisher?.serve(v.version, v.adapters);
     await this.parts.sampler.swap(v);
     this.parts.metrics.modelVersion.set(v.version);
     this.versions$.next(v.version);

@@ -46,6 +46,8 @@ export interface RolloutOptions {
   maxNewTokens?: number;
   /** Strings that end a completion's text (OpenAI's `stop`): the text is cut before the first, and the answer read from what is left. */
   stop?: string[];
+  /** Sample with these named adapters instead of the serving version's (SampleOptions.adapter). */
+  adapter?: string;
   onBatch?: (done: number) => void;
 }
 
@@ -79,20 +81,34 @@ export async function rolloutBatch(sampler: Generator, tok: Tokenizer, questions
     topP: o.topP,
     stopTokens: tok.stopIds,
     padToken: tok.padId,
+    ...(o.adapter === undefined ? {} : { adapter: o.adapter }),
   });
   return questions.map((question, i) => {
     const samples = r.completions[i]!.map((c) => {
       const full = tok.decode(c.tokens);
-      const at = o.stop?.length ? Math.min(...o.stop.map((x) => full.indexOf(x)).filter((k) => k >= 0)) : Infinity;
-      if (Number.isFinite(at)) {
+      const at = stopAt(full, o.stop);
+      if (at !== undefined) {
         const text = full.slice(0, at);
         return { ...c, text, cut: true, answer: task.answer(text) };
       }
       return { ...c, text: full, answer: c.stopped ? task.answer(full) : null };
     });
     const sampledBy = r.sampledBy?.[i];
-    return { question, prompt: prompts[i]!, samples, vote: majorityVote(samples.map((s) => s.answer)), version: r.version, ...(sampledBy ? { sampledBy } : {}) };
+    return {
+      question,
+      prompt: prompts[i]!,
+      samples,
+      vote: majorityVote(samples.map((s) => s.answer)),
+      version: r.version,
+      ...(sampledBy ? { sampledBy } : {}),
+    };
   });
+}
+
+/** Where a completion's text is cut: before the first of the stop strings it holds (OpenAI's `stop`); undefined when it holds none. */
+export function stopAt(text: string, stop: string[] | undefined): number | undefined {
+  const found = (stop ?? []).map((x) => text.indexOf(x)).filter((k) => k >= 0);
+  return found.length ? Math.min(...found) : undefined;
 }
 
 export interface Accuracy {

@@ -12,7 +12,7 @@ import type { ServerLimits } from './client-messages.ts';
 import type { ConnectionLimiter } from './connections.ts';
 import { httpAsker, requestIdHeaders } from './http-asker.ts';
 import { jsonBody } from './json-body.ts';
-import { OPENAI_PATHS, openAiRouter, type OpenAiOptions } from './openai.ts';
+import { ADAPTER_PATHS, OPENAI_PATHS, openAiRouter, type OpenAiOptions } from './openai.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 
 export interface Admin {
@@ -77,6 +77,9 @@ export function createApp(o: AppOptions) {
     fail(res, 'too_many_connections', refusal.message, undefined, refusal.status);
   });
 
+  // The admin token is checked as API keys are: hashed, compared in constant time whatever its length.
+  const adminToken = new ApiKeys(o.adminToken ? [o.adminToken] : []);
+
   app.get('/healthz', (_req, res) => res.json({ status: 'ok' }));
   app.get('/readyz', async (_req, res) => {
     const r = await o.readiness();
@@ -88,9 +91,20 @@ export function createApp(o: AppOptions) {
   });
   if (o.dashboard) app.use(o.dashboard);
 
+  // Loading an adapter changes what the server serves: with an admin token it is an admin's
+  // act (the token, not an API key); without one, the API keys guard it as any /v1 route.
+  app.use(ADAPTER_PATHS, (req, res, next) => {
+    if (!adminToken.enabled) return next();
+    if (!adminToken.check(bearerToken(req))) {
+      res.set('WWW-Authenticate', 'Bearer');
+      return fail(res, 'unauthorized', 'loading and unloading adapters needs the admin token: Authorization: Bearer TOKEN');
+    }
+    res.locals.admin = true;
+    next();
+  });
   // With API keys set, every /v1 route needs one (the WebSocket upgrade checks its own).
   app.use('/v1', (req, res, next) => {
-    if (!o.keys.enabled) return next();
+    if (!o.keys.enabled || res.locals.admin) return next();
     const key = o.keys.check(ApiKeys.presented(req));
     if (!key) {
       res.set('WWW-Authenticate', 'Bearer');
@@ -126,8 +140,6 @@ export function createApp(o: AppOptions) {
   });
 
   const admin = express.Router();
-  // The admin token is checked as API keys are: hashed, compared in constant time whatever its length.
-  const adminToken = new ApiKeys(o.adminToken ? [o.adminToken] : []);
   admin.use((req, res, next) => {
     if (!adminToken.enabled) return fail(res, 'unauthorized', 'admin routes are off: start the server with --admin-token or TTRL_ADMIN_TOKEN');
     if (!adminToken.check(bearerToken(req))) {

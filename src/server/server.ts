@@ -8,6 +8,7 @@ import { ApiKeys } from './auth.ts';
 import { ConnectionLimiter } from './connections.ts';
 import { Dashboard } from './dashboard.ts';
 import { Gateway, WS_PATH } from './gateway.ts';
+import { LoadedAdapters } from './lora-adapters.ts';
 import { createApp } from './http.ts';
 import { errorMessage, modelMessage } from '../protocol/messages.ts';
 import { helloLimits } from './client-messages.ts';
@@ -19,6 +20,8 @@ import { silentLogger, type Logger } from '../util/log.ts';
 import type { Versions } from '../loop/versions.ts';
 
 export interface RunningServer extends Pick<Pipeline, 'store' | 'adaptation' | 'versions'> {
+  /** The serving loop behind the transports (tests and benchmarks reach the answerer and the upstreams through it). */
+  pipeline: Pipeline;
   /** The serving version, as it changes. */
   versions$: Versions['versions$'];
   url: string;
@@ -45,6 +48,7 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
         queue_depth: answerer.queueDepth,
         frontend: p.frontend,
         ...(p.fleet ? { fleet: p.fleet.status() } : {}),
+        ...(p.upstreams ? { upstreams: p.upstreams.status(), serving_on_upstreams: p.upstreams.servingName.name } : {}),
         stored: await store.counts(),
         events: await store.events(20),
       }),
@@ -68,13 +72,26 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
       reasons: closing ? ['shutting down'] : !ready ? ['starting'] : await p.notReady(),
       version: versions.active.version,
       ...(p.fleet ? { fleet: p.fleet.status() } : {}),
+      ...(p.upstreams ? { upstreams: p.upstreams.status() } : {}),
     });
+    const modelId = basename(resolve(s.model));
     const openai = {
       task: p.task,
-      modelId: basename(resolve(s.model)),
+      tokenizer: p.model.tokenizer,
+      modelId,
       created: Math.floor(Date.now() / 1000),
       version: () => versions.active.version,
       serverSampling: { temperature: s.temperature },
+      maxPromptTokens: s.maxPromptTokens,
+      adapters: new LoadedAdapters({
+        modelId,
+        config: p.model.config,
+        lora: versions.lora,
+        fingerprint: versions.fingerprint,
+        maxLoaded: s.maxLoadedAdapters,
+        // The sampler as it is now: one that replaces a dead worker keeps the adapters loaded.
+        sampler: () => versions.sampler,
+      }),
     };
     const dashboard = new Dashboard({
       experiences$: answerer.experiences$,
@@ -83,6 +100,7 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
       store,
       adaptation,
       fleet: p.fleet,
+      upstreams: p.upstreams,
       answerer,
       keys,
       logger,
@@ -175,6 +193,7 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
       url: `http://${host}:${port}`,
       wsUrl: `ws://${host}:${port}${WS_PATH}`,
       port,
+      pipeline: p,
       store,
       adaptation,
       versions,

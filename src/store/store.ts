@@ -41,6 +41,13 @@ export interface AnsweredRecord extends QuestionMeta {
   /** The prompt's token ids (the task's encoding of the question). */
   promptIds: number[];
   samples: TrainableSample[];
+  /**
+   * Where the samples were drawn when an upstream inference server drew them: its base URL
+   * (several, comma-separated, when the votes went to more than one). Null or absent: in this process.
+   */
+  sampledOn?: string | null;
+  /** The model or LoRA adapter name the upstream was asked for (e.g. `ttrl-v3`). Null or absent: in this process. */
+  sampledModel?: string | null;
 }
 
 /** An answered, trainable question as the leader reads it back to train on (the fleet's experiences). */
@@ -91,6 +98,10 @@ export interface QuestionRow {
   latency_ms: number | null;
   /** The front-end that answered (null: a single-process server's own log, or rows from before the fleet). */
   frontend: string | null;
+  /** The upstream base URL(s) the samples were drawn on, comma-separated (null: in-process, a failed question, or rows from before upstreams). */
+  sampled_on: string | null;
+  /** The model or LoRA adapter name the upstream was asked for (null where sampled_on is). */
+  sampled_model: string | null;
 }
 
 export interface NewVersion {

@@ -166,6 +166,16 @@
         `Fleet: ${s.fleet.frontends.length} front-end(s): ${list || 'none seen yet'}; this is ${s.fleet.frontend}${s.fleet.leading ? ', the leader' : ''}${behind}.`,
       );
     }
+    const upstreams = $('upstreams');
+    upstreams.hidden = !s.upstreams;
+    if (s.upstreams) {
+      const ms = (x) => (x === null ? '–' : `${x} ms`);
+      const list = s.upstreams.map(
+        (u) =>
+          `${u.url} ${u.state}${u.reason ? ` (${u.reason})` : ''}, p50 ${ms(u.p50_ms)}, p99 ${ms(u.p99_ms)}, ${u.errors} errors, ${u.outstanding} in flight`,
+      );
+      setText('upstreams', `Sampled on ${s.upstreams.length} upstream(s): ${list.join('; ')}.`);
+    }
     charts.confidence.setData([charts.confidence.data[0], s.confidence]);
   }
 
