@@ -154,7 +154,11 @@ export const UPSTREAM = {
     default: 60_000,
     help: 'longest wait for one upstream request; a slower one is retried once on another upstream',
   },
-  upstreamConcurrency: { schema: int(1, 65_536), default: 64, help: 'requests in flight to one upstream at most; more wait their turn' },
+  upstreamConcurrency: {
+    schema: int(1, 65_536),
+    default: 32,
+    help: "requests in flight to one upstream at most, more wait their turn (each holds a connection: keep it under a ttrl-server upstream's --max-connections-per-address)",
+  },
   upstreamFailures: {
     schema: int(1, 1000),
     default: 3,

@@ -177,8 +177,10 @@ export class UpstreamPool implements Generator {
         const err = e instanceof UpstreamError || e instanceof BadUpstreamAnswer ? e : new UpstreamError((e as Error).message, true);
         errors.push(`${u.url}: ${err.message}`);
         const retry = err instanceof BadUpstreamAnswer || err.retry;
+        // Overloaded (429) is back-pressure, not a failing server: retried elsewhere, never taken out for it.
+        const counts = retry && !(err instanceof UpstreamError && err.status === 429);
         const atOnce = err instanceof UpstreamError && (err.status === 404 || err.unreachable);
-        this.failed(u, err.message, retry, atOnce);
+        this.failed(u, err.message, counts, atOnce);
         if (!retry) throw new ProtocolError('internal', `the upstream refused the request: ${u.url}: ${err.message}`);
       }
     }
