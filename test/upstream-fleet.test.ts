@@ -9,6 +9,9 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
+import { copyFile, mkdir } from 'node:fs/promises';
+import { DEFAULT_MODEL_DIR } from '../src/config/settings.ts';
+import { readSafetensors, writeSafetensors } from '../src/formats/safetensors.ts';
 import { join } from 'node:path';
 import { startChildServer, type ChildServer } from './helpers/child-server.ts';
 import { startTestServer, assertJudged } from './helpers/server.ts';
@@ -118,6 +121,11 @@ test('a front-end on two ttrl-server upstreams: same samples as in-process, trai
     assert.ok(!ids.some((id) => id.startsWith('ttrl-cand-')), `the candidate was unloaded: ${ids}`);
   }
   assert.ok(existsSync(join(dir, 'adapters', `ttrl-v${v}`, 'adapter_config.json')), 'written as a PEFT adapter');
+  const metrics = await (await fetch(`${front.url}/metrics`)).text();
+  for (const url of urls) {
+    assert.ok(metrics.includes(`ttrl_upstream_up{upstream="${url}"} 1`), `/metrics says ${url} is up`);
+    assert.match(metrics, new RegExp(`ttrl_upstream_request_seconds_count\\{upstream="${url.replace(/[.:/]/g, (c) => `\\${c}`)}"\\} [1-9]`));
+  }
   const after1 = await samplesOf(
     front,
     suite('4-operand', 8, 4).map((q) => q.question),
@@ -182,10 +190,46 @@ test('a front-end on two ttrl-server upstreams: same samples as in-process, trai
   await u2.stop();
 });
 
-test('upstream settings are checked at start: full fine-tuning with upstreams is refused, and a bad URL names itself', async () => {
+test('upstream settings are checked at start: full fine-tuning with upstreams is refused, a bad URL names itself, llama.cpp serves without adapting, none up is not ready', async () => {
   await assert.rejects(
     startTestServer({ upstreams: ['http://127.0.0.1:9/v1'], adapt: true }),
     /full fine-tuning: publishing full weights to the upstreams is not supported yet/,
   );
   await assert.rejects(startTestServer({ upstreams: ['ftp://gpu-1/v1'] }), /upstreams.*http:\/\/ or https:\/\//);
+  const s = await startTestServer({ upstreams: ['http://127.0.0.1:9/v1'], upstreamApi: 'llamacpp', loraRank: 4, adapt: true });
+  try {
+    assert.match(s.pipeline.adaptation.refused ?? '', /llamacpp upstreams cannot load LoRA adapters at run time/);
+    const r = await fetch(`${s.url}/readyz`);
+    assert.equal(r.status, 503);
+    assert.match(JSON.stringify(await r.json()), /no upstream is up: http:\/\/127\.0\.0\.1:9\/v1/);
+  } finally {
+    await s.close();
+  }
+});
+
+test('an upstream serving other weights under the same name: the front-end serves but refuses to adapt, naming both and the gap', async () => {
+  const dir = await scratch('ttrl-upstream-mismatch-');
+  // The shipped model with its output layer scaled: the same name and shapes, other log-probs.
+  const other = join(dir, 'arith-tiny');
+  await mkdir(other);
+  for (const f of ['config.json', 'tokenizer.json']) await copyFile(join(DEFAULT_MODEL_DIR, f), join(other, f));
+  const { tensors } = await readSafetensors(join(DEFAULT_MODEL_DIR, 'model.safetensors'));
+  const head = tensors.get('lm_head.weight')!;
+  head.data = (head.data as Float32Array).map((x) => x * 1.5);
+  await writeSafetensors(join(other, 'model.safetensors'), tensors);
+  const u = await upstream(dir, 'u');
+  const front = await startTestServer({ model: other, upstreams: [`${u.url}/v1`], loraRank: 4, adapt: true }, { dir });
+  try {
+    await waitFor('the check to finish', () => !/waiting/.test(front.pipeline.adaptation.refused ?? 'waiting'));
+    assert.match(
+      front.pipeline.adaptation.refused ?? '',
+      /does not serve the model loaded here \(.*arith-tiny\): its log-probs of a completion it drew differ from ours by [0-9.]+ nats per token on average \(tolerance 0.05/,
+    );
+    const answered = await ask(front, suite('4-operand', 1, 1)[0]!.question);
+    assert.equal(answered.status, 200, 'it still serves');
+    assert.equal((await front.pipeline.adaptation.updateNow('admin')).outcome, 'skipped');
+  } finally {
+    await front.close();
+    await u.stop();
+  }
 });
