@@ -43,6 +43,7 @@ import { startServer } from '../src/server/server.ts';
 import { suite } from '../src/tasks/suites.ts';
 import type { Question } from '../src/tasks/arithmetic.ts';
 import { quantile } from '../src/util/stats.ts';
+import { calibration } from '../src/sampling/calibration.ts';
 import { readyz, startBenchPostgres, waitForLeader, type BenchPostgres } from './fleet-db.ts';
 import { startUpstream, type UpstreamServer } from './upstream-servers.ts';
 
@@ -161,7 +162,7 @@ async function run(kind: string, seed: number, mode: string) {
         if (!firstFrom.has(key)) firstFrom.set(key, e.at);
       }
     });
-  const served: { answer: string | null; version: number; sent: number; got: number }[] = new Array(N);
+  const served: { answer: string | null; version: number; confidence: number; sent: number; got: number }[] = new Array(N);
   let next = 0;
   const t0 = performance.now();
   // Client c keeps to front-end c mod F: 16 clients, 2 front-ends, 8 each.
@@ -182,7 +183,13 @@ async function run(kind: string, seed: number, mode: string) {
           ws.send(JSON.stringify({ type: 'ask', id: String(i), question: questions[i]!.question }));
         });
         if (m.type === 'answer') {
-          served[i] = { answer: m.answer as string | null, version: m.model_version as number, sent, got: performance.now() };
+          served[i] = {
+            answer: m.answer as string | null,
+            version: m.model_version as number,
+            confidence: m.confidence as number,
+            sent,
+            got: performance.now(),
+          };
           break;
         }
         if (m.code !== 'overloaded') throw new Error(`question ${i}: ${m.code} ${m.message}`);
@@ -220,6 +227,10 @@ async function run(kind: string, seed: number, mode: string) {
   const during = served.filter((s) => updates.some((u) => s.sent < (u.end ?? Infinity) && s.got > u.start)).map((s) => s.got - s.sent);
   const outside = served.filter((s) => !updates.some((u) => s.sent < (u.end ?? Infinity) && s.got > u.start)).map((s) => s.got - s.sent);
   const acc = (a: number, b: number) => served.slice(a, b).filter((s, j) => s.answer === questions[a + j]!.answer).length / (b - a);
+  // Served confidence against correctness, over the same tail the accuracy is read on.
+  const cal = calibration(
+    served.slice(tail.from, tail.to).map((s, j) => ({ confidence: s.confidence, correct: s.answer === questions[tail.from + j]!.answer })),
+  );
   const r = {
     stream: kind,
     seed,
@@ -239,6 +250,8 @@ async function run(kind: string, seed: number, mode: string) {
     answers_during_updates: during.length,
     accuracy_first_quarter: +acc(0, Math.floor(N / 4)).toFixed(4),
     accuracy_tail: +acc(tail.from, tail.to).toFixed(4),
+    confidence_tail: +cal.mean_confidence!.toFixed(4),
+    ece_tail: +cal.ece!.toFixed(4),
     updates: updates.length,
     promoted: versions.filter((v) => v.version > 0 && v.status !== 'rejected').length,
     rejected: versions.filter((v) => v.status === 'rejected').length,

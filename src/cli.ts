@@ -324,6 +324,9 @@ addFlags(
       const r = {
         pass_at_1: a.pass_at_1,
         maj_at_n: a.maj_at_n,
+        // The confidence a server would report (the majority's share) against the majority answer's correctness.
+        mean_confidence: a.calibration.mean_confidence ?? 0,
+        ece: a.calibration.ece ?? 0,
         votes: s.votes,
         parsable: a.parsable,
         mean_len: a.mean_len,
@@ -331,11 +334,23 @@ addFlags(
         wall_s: (performance.now() - t0) / 1000,
       };
       const round = (x: number) => +x.toFixed(4);
-      if (o.json) console.log(JSON.stringify(Object.fromEntries(Object.entries(r).map(([k, v]) => [k, round(v)]))));
-      else
+      const reliability = a.calibration.bins.map((b) => ({
+        ...b,
+        confidence: b.confidence === null ? null : round(b.confidence),
+        accuracy: b.accuracy === null ? null : round(b.accuracy),
+      }));
+      if (o.json) console.log(JSON.stringify({ ...Object.fromEntries(Object.entries(r).map(([k, v]) => [k, round(v)])), reliability }));
+      else {
         console.log(
-          `${questions.length} questions, ${s.votes} votes: pass@1 ${round(a.pass_at_1)}  maj@${s.votes} ${round(a.maj_at_n)}  parsable ${round(a.parsable)}  mean length ${a.mean_len.toFixed(1)}  (${r.wall_s.toFixed(1)} s)`,
+          `${questions.length} questions, ${s.votes} votes: pass@1 ${round(a.pass_at_1)}  maj@${s.votes} ${round(a.maj_at_n)}  confidence ${round(r.mean_confidence)}  ECE ${round(r.ece)}  parsable ${round(a.parsable)}  mean length ${a.mean_len.toFixed(1)}  (${r.wall_s.toFixed(1)} s)`,
         );
+        console.log(
+          `reliability (confidence bin: answers, mean confidence, accuracy): ${reliability
+            .filter((b) => b.n)
+            .map((b) => `[${b.lo.toFixed(1)},${b.hi.toFixed(1)}) ${b.n} ${b.confidence} ${b.accuracy}`)
+            .join('; ')}`,
+        );
+      }
     } finally {
       await sampler.close();
     }

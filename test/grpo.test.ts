@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { groupAdvantages, rewards, selectForTraining, toGroups } from '../src/ttrl/grpo.ts';
+import { advantagesOf, groupAdvantages, rewards, selectForTraining, toGroups } from '../src/ttrl/grpo.ts';
 import { majorityVote } from '../src/tasks/vote.ts';
 import { CollapseGuard, GUARD_DEFAULTS } from '../src/ttrl/collapse-guard.ts';
 import type { Rollout } from '../src/sampling/rollout.ts';
@@ -98,4 +98,59 @@ test('anchors are the confident questions; agreement counts the ones that kept t
   assert.equal(anchorAgreement(anchors, [{ vote: { label: '1' } }, { vote: { label: '5' } }]), 0.5);
   assert.equal(anchorAgreement(anchors, [{ vote: { label: null } }, { vote: { label: '5' } }]), 0);
   assert.equal(anchorAgreement([], []), 1);
+});
+
+test('asymmetric advantages: only the samples against the vote are pushed down, by the GRPO amounts', () => {
+  const answers = ['3', '3', '3', '4', null, '3', '3', '3'];
+  const label = '3';
+  const counts = majorityVote(answers).counts;
+  const grpo = advantagesOf('grpo', answers, label, counts, 8, 6 / 8)!;
+  const asym = advantagesOf('asymmetric', answers, label, counts, 8, 6 / 8)!;
+  asym.forEach((a, j) => assert.equal(a, Math.min(0, grpo[j]!)));
+  assert.ok(asym[3]! < 0 && asym[4]! < 0 && asym[0] === 0);
+  assert.equal(advantagesOf('asymmetric', ['3', '3'], '3', { '3': 2 }, 2, 1), null, 'no disagreement: no signal');
+});
+
+test('restrain advantages: rewards by vote share, weighted by agreement; questions under the gate have every sample pushed down', () => {
+  // Shares: '3' 4/8, '4' 3/8, null 0: a runner-up is rewarded too, less than the majority.
+  const answers = ['3', '3', '4', '3', '4', '3', null, '4'];
+  const counts = majorityVote(answers).counts;
+  const adv = advantagesOf('restrain', answers, '3', counts, 8, 0.5)!;
+  const expected = groupAdvantages(answers.map((a) => (a === '3' ? 0.5 : a === '4' ? 0.375 : 0)))!.map((x) => x * 0.5);
+  adv.forEach((a, j) => assert.ok(Math.abs(a - expected[j]!) < 1e-12));
+  assert.ok(adv[0]! > adv[2]! && adv[2]! > adv[6]!, 'majority above runner-up above no answer');
+  // Through selection: a question under the gate is penalised whole (restrain) or skipped (grpo).
+  const low = fakeRollout('low', ['1', '2', '3', '4', '1', '2', '3', '5']);
+  const high = fakeRollout('high', ['7', '7', '7', '7', '7', '7', '8', '9']);
+  const s = { reward: 'majority' as const, trainSamples: 4, gate: 0.5, restrainPenalty: 0.25 };
+  const r = selectForTraining([low, high], [], { ...s, advantage: 'restrain' }, new Rng(1));
+  assert.equal(r.stats.penalized, 1);
+  assert.equal(r.stats.trained, 1);
+  assert.deepEqual(
+    r.selected.find((x) => x.rollout.question === 'low')!.picks.map((p) => p.advantage),
+    [-0.25, -0.25, -0.25, -0.25],
+  );
+  const g = selectForTraining([low, high], [], { ...s, advantage: 'grpo' }, new Rng(1));
+  assert.equal(g.stats.gated, 1);
+  assert.deepEqual(
+    g.selected.map((x) => x.rollout.question),
+    ['high'],
+  );
+  // Ground truth always rewards by the label (the upper bound stays the same experiment).
+  const t = selectForTraining([high], ['8'], { ...s, reward: 'ground-truth', advantage: 'restrain' }, new Rng(1));
+  assert.equal(t.selected[0]!.label, '8');
+});
+
+test('the reference gate skips questions whose support is under it, whatever their majority ratio; it needs the support', () => {
+  const a = fakeRollout('a', ['3', '3', '3', '4']);
+  const b = fakeRollout('b', ['5', '5', '5', '6']);
+  const s = { reward: 'majority' as const, trainSamples: 2, gate: 0.5, refGate: 0.4 };
+  const r = selectForTraining([a, b], [], s, new Rng(1), [0.7, 0.2]);
+  assert.deepEqual(
+    r.selected.map((x) => x.rollout.question),
+    ['a'],
+  );
+  assert.equal(r.stats.refGated, 1);
+  assert.ok(Math.abs(r.stats.refSupport! - 0.45) < 1e-12);
+  assert.throws(() => selectForTraining([a, b], [], s, new Rng(1)), /needs the reference support/);
 });

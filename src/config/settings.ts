@@ -299,7 +299,26 @@ export const TRAIN = {
     default: undefined,
     help: 'comma-separated modules (or their last names, e.g. q_proj,v_proj) that get adapters (unset: every attention and MLP projection)',
   },
-  gate: { schema: real(0, 1), default: 0.5, help: 'train only on questions whose majority ratio is at least this' },
+  gate: {
+    schema: real(0, 1),
+    default: 0.5,
+    help: 'questions whose majority ratio is below this are not trained on (grpo, asymmetric) or have every sample pushed down (restrain)',
+  },
+  advantage: {
+    schema: z.enum(['grpo', 'asymmetric', 'restrain']),
+    default: 'grpo',
+    help: 'how voted samples are rewarded (ttrl/grpo.ts): grpo (1 for the majority answer, 0 else), asymmetric (only samples against the vote are pushed down), restrain (each answer rewarded by its vote share, questions weighted by agreement, low-agreement ones pushed down)',
+  },
+  refGate: {
+    schema: real(0, 1),
+    default: 0,
+    help: 'also skip questions whose majority answer the reference (shipped) model backs less than this, estimated from the samples by importance weights (ttrl/reference.ts): a gate self-training cannot open; 0: off',
+  },
+  restrainPenalty: {
+    schema: real(0, 10),
+    default: 0.5,
+    help: 'restrain: the negative advantage of every sample of a question whose majority ratio is under --gate',
+  },
   trainSamples: { schema: int(1, 1024), default: 8, help: 'samples per question trained on (questions asked with fewer votes are not trained on)' },
   questionsPerStep: { schema: int(1, 4096), default: 16, help: 'questions per optimizer step within an update' },
   epochs: { schema: int(1, 64), default: 1, help: 'optimizer steps per batch of questions (PPO epochs; the clipped ratio keeps later ones close)' },

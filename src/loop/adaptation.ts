@@ -17,6 +17,8 @@ import type { LoraConfig } from '../model/lora.ts';
 import type { Tokenizer } from '../tokenizers/tokenizer.ts';
 import type { Store } from '../store/store.ts';
 import { selectForTraining } from '../ttrl/grpo.ts';
+import { referenceSupport } from '../ttrl/reference.ts';
+import { Scorer } from '../engine/scorer.ts';
 import { TTRLUpdater, type UpdateResult } from '../ttrl/updater.ts';
 import { lrOf, type SamplingSettings, type ScheduleSettings, type TrainSettings } from '../config/settings.ts';
 import type { Experience } from './answerer.ts';
@@ -196,6 +198,18 @@ export class Adaptation {
   refused: string | null = null;
   /** The number reserved by the update running now, until it is promoted or rejected. */
   private unsettled: number | null = null;
+  /** The shipped weights, scoring samples for --ref-gate (started on first use). */
+  private reference: Promise<Scorer> | null = null;
+
+  private referenceScorer(): Promise<Scorer> {
+    return (this.reference ??= Scorer.create({
+      config: this.config,
+      weights: this.versions.base,
+      threads: this.o.trainThreads,
+      nice: this.o.trainNice,
+      spin: false,
+    }));
+  }
 
   /** In words, why no update is due yet (the dashboard and /admin/status say it), or null when one is running or due. */
   whyNotYet(): string | null {
@@ -266,11 +280,22 @@ export class Adaptation {
     const parent = this.versions.active;
     // The grouped batch needs the same number of samples per question.
     const trainable = taken.filter((e) => e.rollout.samples.length >= this.o.trainSamples);
+    const rollouts = trainable.map((e) => e.rollout);
+    // The reference gate reads the shipped model: what it backs, however sure the served model grew.
+    const support = this.o.refGate > 0 ? await referenceSupport(await this.referenceScorer(), rollouts, this.tok.padId, this.config.contextLength) : undefined;
     const { selected, stats: groupStats } = selectForTraining(
-      trainable.map((e) => e.rollout),
+      rollouts,
       [],
-      { reward: 'majority', trainSamples: this.o.trainSamples, gate: this.o.gate },
+      {
+        reward: 'majority',
+        trainSamples: this.o.trainSamples,
+        gate: this.o.gate,
+        advantage: this.o.advantage,
+        restrainPenalty: this.o.restrainPenalty,
+        refGate: this.o.refGate,
+      },
       this.rng,
+      support,
     );
     if (!selected.length) {
       this.metrics.updates.inc({ outcome: 'skipped' });
@@ -401,6 +426,6 @@ export class Adaptation {
     for (const s of this.subs) s.unsubscribe();
     // An update in flight stops after its current step; its candidate is never promoted.
     await this.updating?.catch(() => {});
-    await Promise.allSettled([this.updater?.close(), this.judge.close()]);
+    await Promise.allSettled([this.updater?.close(), this.judge.close(), this.reference?.then((r) => r.close())]);
   }
 }

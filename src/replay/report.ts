@@ -8,6 +8,7 @@ import { writeFileAtomic } from '../util/atomic-write.ts';
 import { linePlot, toCsv } from '../util/svg-plot.ts';
 import { normalizeAnswer } from '../tasks/vote.ts';
 import { quantile } from '../util/stats.ts';
+import { calibration, type Calibration } from '../sampling/calibration.ts';
 
 export interface Outcome {
   question: string;
@@ -32,7 +33,18 @@ export interface Report {
   p50_ms: number | null;
   p99_ms: number | null;
   accuracy: number | null;
-  windows: { from: number; to: number; answered: number; accuracy: number | null; majority_ratio: number | null; version: number | null }[];
+  /** Served confidence against correctness, over answers whose true answer is known (null: none known). */
+  calibration: Calibration | null;
+  windows: {
+    from: number;
+    to: number;
+    answered: number;
+    accuracy: number | null;
+    majority_ratio: number | null;
+    /** Expected calibration error of the window's answers with known answers and a confidence. */
+    ece: number | null;
+    version: number | null;
+  }[];
   per_version: Record<string, { answered: number; accuracy: number | null }>;
   versions: number[];
   digest: string;
@@ -55,6 +67,7 @@ export function buildReport(outcomes: Outcome[], sent: number, wallS: number, wi
     const k = xs.filter(known);
     return k.length ? k.filter(right).length / k.length : null;
   };
+  const judged = (xs: Outcome[]) => xs.filter((o) => known(o) && o.confidence !== undefined).map((o) => ({ confidence: o.confidence!, correct: right(o) }));
   const codes: Record<string, number> = {};
   for (const o of outcomes) if (o.error !== undefined) codes[o.error] = (codes[o.error] ?? 0) + 1;
   const windows: Report['windows'] = [];
@@ -68,6 +81,7 @@ export function buildReport(outcomes: Outcome[], sent: number, wallS: number, wi
       answered: a.length,
       accuracy: round(accuracyOf(a)),
       majority_ratio: round(conf.length ? conf.reduce((s, o) => s + o.confidence!, 0) / conf.length : null),
+      ece: round(calibration(judged(a)).ece),
       version: a.length ? (a[a.length - 1]!.version ?? null) : null,
     });
   }
@@ -89,6 +103,7 @@ export function buildReport(outcomes: Outcome[], sent: number, wallS: number, wi
     p50_ms: round(quantile(lat, 0.5), 1),
     p99_ms: round(quantile(lat, 0.99), 1),
     accuracy: round(accuracyOf(answered)),
+    calibration: judged(answered).length ? calibration(judged(answered)) : null,
     windows,
     per_version: perVersion,
     versions,
@@ -96,7 +111,7 @@ export function buildReport(outcomes: Outcome[], sent: number, wallS: number, wi
   };
 }
 
-/** report.csv (per window) and report.svg (accuracy and majority ratio over the stream). */
+/** report.csv (per window) and report.svg (accuracy, majority ratio and calibration error over the stream). */
 export async function writeReport(dir: string, r: Report, title: string): Promise<void> {
   await mkdir(dir, { recursive: true });
   await writeFileAtomic(join(dir, 'report.csv'), toCsv(r.windows));
@@ -104,6 +119,7 @@ export async function writeReport(dir: string, r: Report, title: string): Promis
   const series = [
     { name: 'accuracy', points: r.windows.filter((w) => w.accuracy !== null).map((w) => [mid(w), w.accuracy!] as [number, number]) },
     { name: 'majority ratio', points: r.windows.filter((w) => w.majority_ratio !== null).map((w) => [mid(w), w.majority_ratio!] as [number, number]) },
+    { name: 'ECE', points: r.windows.filter((w) => w.ece !== null).map((w) => [mid(w), w.ece!] as [number, number]) },
   ].filter((s) => s.points.length);
   await writeFileAtomic(join(dir, 'report.svg'), linePlot(series, { title, xLabel: 'question (stream order)', yMin: 0, yMax: 1 }));
 }

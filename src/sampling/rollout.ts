@@ -4,6 +4,7 @@ import type { Generator, SampledBy } from '../engine/sampler.ts';
 import type { Tokenizer } from '../tokenizers/tokenizer.ts';
 import { ARITHMETIC_TASK, type Task } from '../tasks/task.ts';
 import { majorityVote, normalizeAnswer, type VoteResult } from '../tasks/vote.ts';
+import { calibration, type Calibration } from './calibration.ts';
 
 export interface Sample {
   tokens: number[];
@@ -122,6 +123,8 @@ export interface Accuracy {
   mean_len: number;
   /** Mean majority ratio. */
   majority_ratio: number;
+  /** The served confidence (the majority ratio) against whether the majority answer is right: its mean, ECE and reliability curve. */
+  calibration: Calibration;
 }
 
 /** Scores rollouts against true answers (the rollouts and answers are aligned). */
@@ -145,5 +148,13 @@ export function accuracy(rollouts: Rollout[], answers: string[]): Accuracy {
   });
   const n = rollouts.length || 1;
   const per = samples || 1;
-  return { pass_at_1: right / per, maj_at_n: maj / n, parsable: parsable / per, mean_len: len / per, majority_ratio: ratio / n };
+  const judged = rollouts.map((r, i) => ({ confidence: r.vote.ratio, correct: r.vote.label !== null && r.vote.label === normalizeAnswer(answers[i]) }));
+  return {
+    pass_at_1: right / per,
+    maj_at_n: maj / n,
+    parsable: parsable / per,
+    mean_len: len / per,
+    majority_ratio: ratio / n,
+    calibration: calibration(judged),
+  };
 }

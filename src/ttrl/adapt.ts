@@ -9,6 +9,8 @@ import type { QuestionRecord } from '../tasks/question-file.ts';
 import { ARITHMETIC_TASK, type Task } from '../tasks/task.ts';
 import { anchorAgreement, CollapseGuard, GUARD_DEFAULTS, pickAnchors, type GuardSettings as CollapseGuardSettings } from './collapse-guard.ts';
 import { selectForTraining } from './grpo.ts';
+import { referenceSupport } from './reference.ts';
+import { Scorer } from '../engine/scorer.ts';
 import { accuracy, rollout, type Accuracy } from '../sampling/rollout.ts';
 import { TTRLUpdater } from './updater.ts';
 import { lrOf, resolveGroups, type OfflineAdaptSettings, type SamplingSettings, type TrainSettings } from '../config/settings.ts';
@@ -42,6 +44,8 @@ export interface StepRow {
   parsable: number;
   loss: number | null;
   trained: number;
+  /** Mean reference support of the step's majorities (with --ref-gate). */
+  ref_support: number | null;
   pass_at_1: number | null;
   maj_at_n: number | null;
   /** Share of the guard's anchors that kept their initial answer (when checked). */
@@ -74,6 +78,7 @@ export async function adapt(model: Model, questions: QuestionRecord[], s: AdaptS
   const lora = s.loraRank > 0 ? loraConfigFor(model.config, { rank: s.loraRank, alpha: s.loraAlpha, targets: s.loraTargets }) : undefined;
   const sampler = await Sampler.create({ config: model.config, weights: initialWeights, threads: s.threads });
   let updater: TTRLUpdater | undefined;
+  let reference: Scorer | undefined;
   try {
     const fresh = lora ? initAdapters(model.config, lora, new Rng(s.seed ^ 0x10a)) : undefined;
     updater = await TTRLUpdater.create({
@@ -137,11 +142,22 @@ export async function adapt(model: Model, questions: QuestionRecord[], s: AdaptS
         batch.map((i) => questions[i]!.question),
         { task, votes: s.votes, temperature: s.temperature, seed: rng.nextU32() },
       );
+      // The reference gate reads the initial model, whatever the trained one became.
+      const support =
+        s.refGate > 0 && s.reward === 'majority'
+          ? await referenceSupport(
+              (reference ??= await Scorer.create({ config: model.config, weights: initialWeights, threads: s.threads })),
+              rollouts,
+              tok.padId,
+              model.config.contextLength,
+            )
+          : undefined;
       const { selected, stats } = selectForTraining(
         rollouts,
         batch.map((i) => truths[i]),
         s,
         rng,
+        support,
       );
       let event = '';
       const rollBack = async (reason: string) => {
@@ -180,6 +196,7 @@ export async function adapt(model: Model, questions: QuestionRecord[], s: AdaptS
         parsable: stats.parsable,
         loss: u?.loss ?? null,
         trained: stats.trained,
+        ref_support: stats.refSupport,
         pass_at_1: ev?.pass_at_1 ?? null,
         maj_at_n: ev?.maj_at_n ?? null,
         anchor_agreement: checked,
@@ -192,6 +209,6 @@ export async function adapt(model: Model, questions: QuestionRecord[], s: AdaptS
     if (after && rows.length) Object.assign(rows[rows.length - 1]!, { pass_at_1: after.pass_at_1, maj_at_n: after.maj_at_n });
     return { before, after, rows, weights: served(await trained()), rollbacks, wallS: (performance.now() - t0) / 1000 };
   } finally {
-    await Promise.all([sampler.close(), updater?.close()]);
+    await Promise.all([sampler.close(), updater?.close(), reference?.close()]);
   }
 }

@@ -1,6 +1,14 @@
 // From voted rollouts to a GRPO batch: label each question (majority or true answer), gate
-// on the majority ratio, reward the samples that agree with the label, normalise rewards
-// within the question's group, and keep M of the N samples for training.
+// on the majority ratio, reward the samples, normalise rewards within the question's group,
+// and keep M of the N samples for training. How samples are rewarded is one of three rules
+// (label-free ones; with true answers it is always the first):
+//   grpo        TTRL's: 1 for the majority answer, 0 else; questions under the gate skipped.
+//   asymmetric  the same advantages, but only the negative ones: samples against the vote are
+//               pushed down, none pushed up (the majority is not reinforced into certainty).
+//   restrain    after RESTRAIN (arXiv 2510.02172): each sample rewarded by its answer's share
+//               of the votes (not a single trusted label), advantages weighted by the
+//               question's agreement, and every sample of a question under the gate pushed
+//               down by a fixed penalty (over-confident rollouts where the votes disagree).
 // The loss that consumes the advantages is objective.ts.
 import type { TrainGroup } from '../engine/batch.ts';
 import type { Rng } from '../util/rng.ts';
@@ -8,9 +16,16 @@ import type { Rollout } from '../sampling/rollout.ts';
 import { normalizeAnswer } from '../tasks/vote.ts';
 
 export type RewardMode = 'majority' | 'ground-truth';
+export type AdvantageMode = 'grpo' | 'asymmetric' | 'restrain';
 
 export interface GroupSettings {
   reward: RewardMode;
+  /** How label-free rewards become advantages (default grpo). */
+  advantage?: AdvantageMode;
+  /** restrain: the advantage of every sample of a question under the gate (as a positive number pushed down). */
+  restrainPenalty?: number;
+  /** Skip questions whose reference support (ttrl/reference.ts, given per rollout) is below this (0 or unset: off). */
+  refGate?: number;
   /** Samples trained on per question (M <= N); chosen at random. */
   trainSamples: number;
   /** Questions whose majority ratio is below this are not trained on (majority mode). */
@@ -36,6 +51,12 @@ export interface GroupStats {
   questions: number;
   /** Questions trained on. */
   trained: number;
+  /** restrain: questions under the gate whose samples were all pushed down. */
+  penalized: number;
+  /** Questions skipped because the reference model backs their majority less than --ref-gate. */
+  refGated: number;
+  /** Mean reference support of the questions' majority answers (null: not measured). */
+  refSupport: number | null;
   noLabel: number;
   gated: number;
   noSignal: number;
@@ -65,10 +86,17 @@ export function selectForTraining(
   truths: (string | undefined)[],
   s: GroupSettings,
   rng: Rng,
+  /** The reference's support of each rollout's majority (needed when s.refGate > 0). */
+  support?: number[],
 ): { selected: Selected[]; stats: GroupStats } {
+  if ((s.refGate ?? 0) > 0 && s.reward === 'majority' && support?.length !== rollouts.length)
+    throw new Error('selectForTraining: --ref-gate needs the reference support of every rollout');
   const st: GroupStats = {
     questions: rollouts.length,
     trained: 0,
+    penalized: 0,
+    refGated: 0,
+    refSupport: null,
     noLabel: 0,
     gated: 0,
     noSignal: 0,
@@ -106,19 +134,47 @@ export function selectForTraining(
     const label = s.reward === 'ground-truth' ? truth : r.vote.label;
     if (s.reward === 'ground-truth' && truth === null) throw new Error(`ground-truth rewards need an answer for ${JSON.stringify(r.question)}`);
     if (label === null) return void st.noLabel++;
-    if (s.reward === 'majority' && r.vote.ratio < s.gate) return void st.gated++;
-    const adv = groupAdvantages(rewards(answers, label));
+    const mode = s.reward === 'ground-truth' ? 'grpo' : (s.advantage ?? 'grpo');
+    if (s.reward === 'majority' && (s.refGate ?? 0) > 0 && support![i]! < s.refGate!) return void st.refGated++;
+    const pick = () => rng.shuffle(r.samples.map((_, j) => j)).slice(0, Math.min(s.trainSamples, r.samples.length));
+    if (s.reward === 'majority' && r.vote.ratio < s.gate) {
+      if (mode !== 'restrain' || !(s.restrainPenalty! > 0)) return void st.gated++;
+      selected.push({ rollout: r, label, picks: pick().map((index) => ({ index, advantage: -s.restrainPenalty! })) });
+      st.penalized++;
+      return;
+    }
+    const adv = advantagesOf(mode, answers, label, r.vote.counts, r.samples.length, r.vote.ratio);
     if (!adv) return void st.noSignal++;
-    const order = rng.shuffle(r.samples.map((_, j) => j)).slice(0, Math.min(s.trainSamples, r.samples.length));
-    selected.push({ rollout: r, label, picks: order.map((index) => ({ index, advantage: adv[index]! })) });
+    selected.push({ rollout: r, label, picks: pick().map((index) => ({ index, advantage: adv[index]! })) });
     st.trained++;
   });
+  st.refSupport = support?.length ? support.reduce((a, b) => a + b, 0) / support.length : null;
   st.labelAccuracy = known ? labelRight / known : null;
   st.rewardAccuracy = rewardSamples ? rewardRight / rewardSamples : null;
   st.majorityRatio /= rollouts.length || 1;
   st.meanLength /= samples || 1;
   st.parsable /= samples || 1;
   return { selected, stats: st };
+}
+
+/** One question's advantages under a rule (see the top of this file); null when it gives no signal. */
+export function advantagesOf(
+  mode: AdvantageMode,
+  answers: (string | null)[],
+  label: string,
+  counts: Record<string, number>,
+  n: number,
+  ratio: number,
+): number[] | null {
+  if (mode === 'restrain') {
+    const soft = answers.map((a) => (a === null ? 0 : (counts[a] ?? 0) / n));
+    const adv = groupAdvantages(soft);
+    return adv && adv.map((x) => x * ratio);
+  }
+  const adv = groupAdvantages(rewards(answers, label));
+  if (!adv || mode === 'grpo') return adv;
+  const down = adv.map((x) => Math.min(0, x));
+  return down.some((x) => x < 0) ? down : null;
 }
 
 /** The grouped GRPO batch of the selected samples, with their sampling log-probs for the PPO ratio. */
