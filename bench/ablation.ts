@@ -69,7 +69,8 @@ const rows: Record<string, unknown>[] = [];
 for (const seed of seeds)
   for (const spec of o.variants.split(',')) {
     const { name, over } = variant(spec);
-    const s: AdaptSettings = { ...ADAPT_DEFAULTS, ...over, seed, ...(o.steps ? { steps: Number(o.steps), evalEvery: 0 } : {}) };
+    // Evaluated before and after only (evaluations use their own fixed dice: they do not change the run).
+    const s: AdaptSettings = { ...ADAPT_DEFAULTS, ...over, seed, evalEvery: 0, ...(o.steps ? { steps: Number(o.steps) } : {}) };
     const r = await adapt(model, questions, s);
     const row = {
       suite: o.suite,

@@ -8,6 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BadUpstreamAnswer, DIALECTS, modelIds, urlOf, type Draw } from '../src/upstream/dialects.ts';
+import { baseUrlOf } from '../src/upstream/pool.ts';
 
 const draw: Draw = { prompt: [5, 6, 7], n: 2, seed: 42, temperature: 1, topP: 1, maxTokens: 8, stopTokens: [2], model: 'ttrl-v3', adapter: true };
 
@@ -138,4 +139,11 @@ test('a garbled answer is a BadUpstreamAnswer, whatever the API', () => {
     assert.throws(() => DIALECTS.llamacpp.samples(body, draw), BadUpstreamAnswer, JSON.stringify(body));
   assert.deepEqual(modelIds({ data: [{ id: 'base' }, { id: 'ttrl-v1', root: '/a/ttrl-v1' }] }), [{ id: 'base' }, { id: 'ttrl-v1', root: '/a/ttrl-v1' }]);
   assert.throws(() => modelIds({ data: [{}] }), BadUpstreamAnswer);
+});
+
+test('an upstream URL is its OpenAI base: a bare address gets /v1, a trailing slash goes', () => {
+  assert.equal(baseUrlOf('http://gpu-1:8000'), 'http://gpu-1:8000/v1');
+  assert.equal(baseUrlOf('http://gpu-1:8000/'), 'http://gpu-1:8000/v1');
+  assert.equal(baseUrlOf('http://gpu-1:8000/v1/'), 'http://gpu-1:8000/v1');
+  assert.equal(baseUrlOf('https://x.example/openai/v1'), 'https://x.example/openai/v1');
 });

@@ -42,6 +42,8 @@ export interface Completion {
   /** Log-prob of each generated token under the temperature-scaled distribution. */
   logprobs: number[];
   stopped: boolean;
+  /** An upstream's own text of the sample, where it returned no token ids (then `tokens` is empty and nothing is trained on it). */
+  text?: string;
 }
 
 export interface SampleResult {

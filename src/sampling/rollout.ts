@@ -86,7 +86,8 @@ export async function rolloutBatch(sampler: Generator, tok: Tokenizer, questions
   });
   return questions.map((question, i) => {
     const samples = r.completions[i]!.map((c) => {
-      const full = tok.decode(c.tokens);
+      // An upstream that gave no ids gave its text: answers are read from it (training refuses such samples at start-up).
+      const full = !c.tokens.length && c.text !== undefined ? c.text : tok.decode(c.tokens);
       const at = stopAt(full, o.stop);
       if (at !== undefined) {
         const text = full.slice(0, at);

@@ -21,6 +21,13 @@ import { BadUpstreamAnswer, DIALECTS, modelIds, type Dialect, type Draw } from '
 import { Upstream, UpstreamError, type UpstreamStatus } from './upstream.ts';
 import type { Metrics } from '../loop/metrics.ts';
 
+/** An upstream's OpenAI base URL: as given, without a trailing slash; a bare server address (no path) gets OpenAI's /v1. */
+export function baseUrlOf(url: string): string {
+  const u = new URL(url);
+  const path = u.pathname.replace(/\/+$/, '');
+  return `${u.origin}${path || '/v1'}`;
+}
+
 /** The name a version is published under (version 0: the base model's own). */
 export const adapterName = (version: number) => `ttrl-v${version}`;
 const candidateName = (version: number) => `ttrl-cand-v${version}`;
@@ -65,7 +72,7 @@ export class UpstreamPool implements Generator {
   ) {
     this.config = o.config;
     this.dialect = DIALECTS[o.upstreamApi];
-    this.upstreams = o.upstreams.map((url) => new Upstream(url.replace(/\/+$/, ''), { concurrency: o.upstreamConcurrency, apiKey: o.upstreamApiKey }));
+    this.upstreams = o.upstreams.map((url) => new Upstream(baseUrlOf(url), { concurrency: o.upstreamConcurrency, apiKey: o.upstreamApiKey }));
     this.serving = { version: serving.version, name: serving.version === 0 || !o.adapters ? o.baseModel : adapterName(serving.version) };
     this.pendingAdapters = serving.version > 0 && o.adapters ? { version: serving.version, adapters: serving.adapters! } : null;
   }
