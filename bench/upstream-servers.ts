@@ -16,6 +16,12 @@ export interface UpstreamServer {
   stop(): Promise<void>;
 }
 
+/** Every upstream still running: killed when the bench exits, however it exits (a failed run throws past its own stop). */
+const running = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of running) c.kill('SIGKILL');
+});
+
 export async function startUpstream(args: string[]): Promise<UpstreamServer> {
   const dir = await mkdtemp(join(tmpdir(), 'ttrl-bench-upstream-'));
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TTRL_')));
@@ -23,6 +29,8 @@ export async function startUpstream(args: string[]): Promise<UpstreamServer> {
     env,
     stdio: ['ignore', 'ignore', 'pipe'],
   });
+  running.add(child);
+  child.once('exit', () => running.delete(child));
   let log = '';
   const url = await new Promise<string>((resolve, reject) => {
     child.stderr!.setEncoding('utf8');
