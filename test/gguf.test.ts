@@ -28,7 +28,7 @@ const FIXTURE = join(import.meta.dirname, 'fixtures', 'stories260K');
 const STORIES_GGUF = join(FIXTURE, 'stories260K.gguf');
 const readJson = (name: string) => JSON.parse(readFileSync(join(FIXTURE, 'hf', name), 'utf8'));
 
-const GGML = { F32: 0, F16: 1, Q8_0: 8, Q4_K: 12, BF16: 30 };
+const GGML = { F32: 0, F16: 1, Q8_0: 8, Q3_K: 11, BF16: 30 };
 
 const scratch = mkdtempSync(join(tmpdir(), 'gguf-test-'));
 process.on('exit', () => rmSync(scratch, { recursive: true, force: true }));
@@ -280,18 +280,18 @@ test('Q8_0 dequantizes each block as scale * int8', () => {
   assert.equal(data[32], Math.fround(halfValue(0x2e66) * quants[1][0]));
 });
 
-test('tensor types other than F32, F16 and Q8_0 are refused by name', () => {
+test('tensor types without a rule are refused by name', () => {
   const path = writeGGUF('stories.gguf', {
     tensors: [
-      { name: 'blk.0.attn_q.weight', dims: [256, 1], type: GGML.Q4_K, data: new Uint8Array(144) },
+      { name: 'blk.0.attn_q.weight', dims: [256, 1], type: GGML.Q3_K, data: new Uint8Array(110) },
       { name: 'norm', dims: [4], type: GGML.BF16, data: new Uint8Array(8) },
       { name: 'fine', dims: [1], type: GGML.F32, data: f32Bytes([1]) },
     ],
   });
   const file = openGGUF(path);
-  assert.equal(file.tensor('blk.0.attn_q.weight').byteLength, 144); // sized, though not loadable
+  assert.equal(file.tensor('blk.0.attn_q.weight').byteLength, 110); // sized, though not loadable
   assert.throws(() => file.readTensor('blk.0.attn_q.weight'), {
-    message: 'stories.gguf: tensor blk.0.attn_q.weight has type Q4_K; only F32, F16 and Q8_0 load',
+    message: 'stories.gguf: tensor blk.0.attn_q.weight has type Q3_K; only F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K load',
   });
   assert.throws(() => file.readTensor('norm'), /stories\.gguf: tensor norm has type BF16/);
   assert.throws(() => file.readTensor('missing'), /stories\.gguf: no tensor named missing/);

@@ -48,11 +48,15 @@ export interface WeightOptions {
   lora?: LoraConfig;
 }
 
-/** The model's values in graph `g`, and its forward with the adapters' scale bound in. */
-function declareModel(g: Graph, c: ModelConfig, dtype: DType, o: WeightOptions) {
+/**
+ * The model's values in graph `g`, and its forward with the adapters' scale bound in.
+ * `quantized`: read the base's quantized weights as blocks (inference graphs only: nothing
+ * differentiates through them).
+ */
+function declareModel(g: Graph, c: ModelConfig, dtype: DType, o: WeightOptions, quantized = false) {
   const { family, specs } = model(c);
   const adapterSpecs = o.lora ? loraSpecs(c, o.lora) : [];
-  const p: Params = { ...declareParams(g, specs, dtype, '', o.weights), ...declareParams(g, adapterSpecs, dtype) };
+  const p: Params = { ...declareParams(g, specs, dtype, '', o.weights, quantized), ...declareParams(g, adapterSpecs, dtype) };
   const scale = o.lora ? loraScale(o.lora) : undefined;
   const forward = (x: ForwardInput) => family.forward(c, p, { ...x, loraScale: scale });
   return { p, forward, specs, adapterSpecs };
@@ -76,6 +80,8 @@ const cacheShape = (d: ModelDims, batch: string, seq: string, keysTransposed = f
 export interface InferenceOptions extends WeightOptions {
   /** Use onnxruntime's fused kernels where the family has them (model/fused.ts). Default: on. */
   fused?: boolean;
+  /** Multiply by the weights the file holds quantized in that form (MatMulNBits) rather than by their float32 values. Default: on. */
+  quantized?: boolean;
 }
 
 // ---------- prefill / decode ----------
@@ -85,7 +91,7 @@ export function buildDecoder(c: ModelConfig, withPast: boolean, dtype: DType = '
   const { family, dims } = model(c);
   const fused = dtype === 'float32' && (o.fused ?? true) && family.fusable;
   const g = new Graph(withPast ? 'decode' : 'prefill');
-  const { p, forward } = declareModel(g, c, dtype, o);
+  const { p, forward } = declareModel(g, c, dtype, o, o.quantized ?? true);
   const ids = g.input('input_ids', 'int64', ['batch', 'sequence']);
   const mask = g.input('attention_mask', 'int64', ['batch', 'total_sequence']);
   const positions = g.input('position_ids', 'int64', ['batch', 'sequence']);
@@ -123,7 +129,7 @@ export function buildGenerate(c: ModelConfig, o: InferenceOptions = {}): Graph {
   const fused = (o.fused ?? true) && family.fusable;
   const keysTransposed = true; // so decoding never re-transposes the growing cache
   const g = new Graph('generate');
-  const { p, forward } = declareModel(g, c, dtype, o);
+  const { p, forward } = declareModel(g, c, dtype, o, o.quantized ?? true);
   const ids = g.input('input_ids', 'int64', ['prompts', 'prompt_len']);
   const mask = g.input('attention_mask', 'int64', ['prompts', 'prompt_len']);
   const numSamples = g.input('num_samples', 'int64', []);

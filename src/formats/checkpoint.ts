@@ -14,7 +14,10 @@ import { loadTokenizer, saveTokenizer, type Tokenizer } from '../tokenizers/toke
 import { readSafetensors, writeSafetensors, type NamedTensor } from './safetensors.ts';
 import { fromHFFiles, llamaConfigFromHF, loadHFDirectory, saveHFDirectory, type HFFiles } from './hf.ts';
 import { readGGUFLlama } from './gguf-llama.ts';
-import { convertedWeightFile, isWeightFile, readWeights, type WeightSource } from './weight-file.ts';
+import { convertedQuantizedWeightFile, convertedWeightFile, isWeightFile, readWeights, type ConvertedLayout, type WeightSource } from './weight-file.ts';
+import { nbitsGeometry } from './ggml.ts';
+import { dequantizeNBits } from './nbits.ts';
+import { int8Layout, int8Quantizable, int8Weight, quantizeWeightsInt8, type QuantizeMode } from './quantize.ts';
 import { writeFileAtomic } from '../util/atomic-write.ts';
 
 export interface Model {
@@ -58,15 +61,21 @@ export function validateConfig(raw: unknown): GPTConfig {
   return config;
 }
 
+export interface LoadOptions {
+  /** How the weights are served (formats/quantize.ts): default 'file', a quantized GGUF's blocks kept as they are. */
+  quantize?: QuantizeMode;
+}
+
 /** A model directory (ours or Hugging Face's) or a .gguf file. */
-export async function loadModel(path: string): Promise<Model> {
+export async function loadModel(path: string, o: LoadOptions = {}): Promise<Model> {
+  const quantize = o.quantize ?? 'file';
   let isFile: boolean;
   try {
     isFile = (await stat(path)).isFile();
   } catch (e) {
     throw new Error(`cannot read model ${path}: ${(e as Error).message}`);
   }
-  if (isFile) return loadGGUF(path);
+  if (isFile) return loadGGUF(path, quantize);
   let raw: Record<string, unknown>;
   try {
     raw = JSON.parse(await readFile(join(path, CONFIG_FILE), 'utf8'));
@@ -74,11 +83,14 @@ export async function loadModel(path: string): Promise<Model> {
     throw new Error(`cannot read model config ${join(path, CONFIG_FILE)}: ${(e as Error).message}`);
   }
   // Hugging Face configs name a model_type; ours name architecture "gpt".
-  if (raw && typeof raw === 'object' && 'model_type' in raw && !('architecture' in raw)) {
-    const m = await loadHFDirectory(path);
-    return { ...m, metadata: {} };
-  }
-  return loadGPT(path, validateConfig(raw));
+  const m: Model =
+    raw && typeof raw === 'object' && 'model_type' in raw && !('architecture' in raw)
+      ? { ...(await loadHFDirectory(path)), metadata: {} }
+      : await loadGPT(path, validateConfig(raw));
+  if (quantize !== 'int8') return m;
+  const w = m.weights;
+  const sources = isWeightFile(w) ? [...new Set(Object.values(w.tensors).map((t) => join(w.dir, t.file)))] : [join(path, WEIGHTS_FILE)];
+  return { ...m, weights: await quantizeWeightsInt8(m.config, m.weights, sources) };
 }
 
 async function loadGPT(dir: string, config: GPTConfig): Promise<Model> {
@@ -97,8 +109,12 @@ async function loadGPT(dir: string, config: GPTConfig): Promise<Model> {
   return { config, tokenizer, weights, metadata };
 }
 
-/** A llama-architecture GGUF file: its tokenizer and config as Hugging Face files, its weights converted once into the cache. */
-async function loadGGUF(path: string): Promise<Model> {
+/**
+ * A llama-architecture GGUF file: its tokenizer and config as Hugging Face files, its weights
+ * converted once into the cache: quantized tensors as MatMulNBits blocks beside their float32
+ * values (unless `quantize` is 'float32'), float tensors as float32 (int8 blocks too with 'int8').
+ */
+async function loadGGUF(path: string, quantize: QuantizeMode): Promise<Model> {
   const g = readGGUFLlama(path);
   try {
     const hf: HFFiles = { config: g.config, generationConfig: g.generationConfig, tokenizerJson: g.tokenizerJson, tokenizerConfig: g.tokenizerConfig };
@@ -110,7 +126,26 @@ async function loadGGUF(path: string): Promise<Model> {
       if (!shape) throw new Error(`${path}: no tensor for ${s.name}`);
       if (shape.join() !== s.shape.join()) throw new Error(`${path}: ${s.name} has shape [${shape}], the metadata implies [${s.shape}]`);
     }
-    const weights = await convertedWeightFile([path], 'gguf-f32-1', layout, async (name) => g.readTensor(name).data);
+    if (quantize === 'float32') {
+      const weights = await convertedWeightFile([path], 'gguf-f32-1', layout, async (name) => g.readTensor(name).data);
+      return { ...m, weights, metadata: {} };
+    }
+    const converted = new Map<string, ConvertedLayout>();
+    for (const s of specs) {
+      if (g.isQuantized(s.name)) {
+        const { bits, blockSize, offsets } = nbitsGeometry(g.tensorType(s.name));
+        converted.set(s.name, { shape: s.shape, nbits: { bits, blockSize, rows: s.shape[0]!, cols: s.shape[1]!, offsets } });
+      } else if (quantize === 'int8' && int8Quantizable(s.shape, 'out-in')) converted.set(s.name, int8Layout(s.shape, 'out-in'));
+      else converted.set(s.name, { shape: s.shape });
+    }
+    const weights = await convertedQuantizedWeightFile([path], `gguf-nbits-${quantize}-1`, converted, async (name) => {
+      if (g.isQuantized(name)) {
+        const nbits = g.readTensorNBits(name);
+        return { nbits, values: dequantizeNBits(nbits) };
+      }
+      const values = g.readTensor(name).data;
+      return converted.get(name)!.nbits ? int8Weight(values, converted.get(name)!.shape, 'out-in') : { values };
+    });
     return { ...m, weights, metadata: {} };
   } finally {
     g.close();

@@ -10,6 +10,8 @@
 //    into halves.
 
 import { openGGUF, type GGUFFile, type GGUFTensorInfo } from './gguf.ts';
+import { isQuantizedType } from './ggml.ts';
+import { permuteNBitsRows, type NBitsMatrix } from './nbits.ts';
 import { tokenizerFromGGUF } from '../tokenizers/gguf-tokenizer.ts';
 
 export interface HFTensor {
@@ -31,8 +33,14 @@ export interface GGUFLlamaModel {
   tensorNames: string[];
   /** The HF shape of a tensor, without reading it. */
   tensorShape(hfName: string): number[];
-  /** Reads one tensor (F32, F16 or Q8_0 in the file) as float32 in HF layout. */
+  /** Reads one tensor (F32, F16 or a quantized type of ggml.ts) as float32 in HF layout. */
   readTensor(hfName: string): HFTensor;
+  /** The ggml type id the file stores this tensor in. */
+  tensorType(hfName: string): number;
+  /** Whether the file holds this tensor in a quantized type that can be served as it is (ggml.ts's rules). */
+  isQuantized(hfName: string): boolean;
+  /** A quantized tensor as MatMulNBits blocks in HF layout (rows = HF rows, q/k un-permuted): its values are readTensor's. */
+  readTensorNBits(hfName: string): NBitsMatrix;
   /** The underlying file, for metadata this mapping does not carry over. */
   file: GGUFFile;
   close(): void;
@@ -208,6 +216,16 @@ export function unpermuteRows(data: Float32Array, rows: number, heads: number): 
   return out;
 }
 
+/** The GGUF row each HF row of a q/k weight comes from (unpermuteRows as an order). */
+function unpermutedOrder(rows: number, heads: number): Int32Array {
+  const headDim = rows / heads;
+  const half = headDim / 2;
+  const order = new Int32Array(rows);
+  for (let head = 0; head < heads; head++)
+    for (let i = 0; i < half; i++) for (let j = 0; j < 2; j++) order[head * headDim + j * half + i] = head * headDim + 2 * i + j;
+  return order;
+}
+
 /**
  * Embeddings are tied when there is no output.weight, or when it is a byte-for-byte copy
  * of token_embd.weight (llama2.c exports write both); then lm_head is left out, as a
@@ -279,6 +297,13 @@ function llamaFromFile(file: GGUFFile): GGUFLlamaModel {
       const { info, rotaryHeads } = source(hfName);
       const data = file.readTensor(info);
       return { shape: [...info.shape], data: rotaryHeads ? unpermuteRows(data, info.shape[0], rotaryHeads) : data };
+    },
+    tensorType: (hfName) => source(hfName).info.type,
+    isQuantized: (hfName) => isQuantizedType(source(hfName).info.type),
+    readTensorNBits(hfName) {
+      const { info, rotaryHeads } = source(hfName);
+      const m = file.readTensorNBits(info);
+      return rotaryHeads ? permuteNBitsRows(m, unpermutedOrder(m.rows, rotaryHeads)) : m;
     },
     file,
     close: () => file.close(),

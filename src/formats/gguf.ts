@@ -9,7 +9,8 @@
 
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { basename } from 'node:path';
-import { dequantize, ggmlTypeLayout, ggmlTypeName, isKnownType, isLoadableType, GGML_TYPE } from './ggml.ts';
+import { dequantize, ggmlTypeLayout, ggmlTypeName, isKnownType, isLoadableType, isQuantizedType, nbitsGeometry, readNBitsRows, GGML_TYPE } from './ggml.ts';
+import { emptyNBits, type NBitsMatrix } from './nbits.ts';
 
 // ---------------------------------------------------------------------------------------
 // Values
@@ -235,6 +236,8 @@ export class GGUFFile {
   readonly alignment: number;
   /** Absolute file offset of the data section. */
   readonly dataStart: number;
+  /** Where the metadata key/values lie in the file, [start, end): a tool that rewrites the tensors copies them as they are. */
+  readonly metadataBytes: [number, number];
   readonly fileSize: number;
   private fd: number | undefined;
   private readonly byName = new Map<string, GGUFTensorInfo>();
@@ -249,7 +252,9 @@ export class GGUFFile {
       this.version = this.readPreamble(cursor);
       const tensorCount = this.readCount(cursor, 'tensor count', 24); // name length, n_dims, type, offset
       const metadataCount = this.readCount(cursor, 'metadata count', 13); // key length, type, 1-byte value
+      const metadataStart = cursor.position;
       this.metadata = this.readMetadata(cursor, metadataCount);
+      this.metadataBytes = [metadataStart, cursor.position];
       this.alignment = this.readAlignment();
       const infos: GGUFTensorInfo[] = [];
       for (let i = 0; i < tensorCount; i++) infos.push(this.readTensorInfo(cursor));
@@ -279,11 +284,11 @@ export class GGUFFile {
     return this.byName.has(name);
   }
 
-  /** The tensor's values as float32 (F32, F16 and Q8_0; other types are refused by name). */
+  /** The tensor's values as float32 (F32, F16 and the quantized types of ggml.ts; other types are refused by name). */
   readTensor(tensor: GGUFTensorInfo | string): Float32Array {
     const info = typeof tensor === 'string' ? this.tensor(tensor) : tensor;
     if (!isLoadableType(info.type)) {
-      throw new Error(`${this.label}: tensor ${info.name} has type ${info.typeName}; only F32, F16 and Q8_0 load`);
+      throw new Error(`${this.label}: tensor ${info.name} has type ${info.typeName}; only F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K load`);
     }
     const out = new Float32Array(info.elementCount);
     if (info.type === GGML_TYPE.F32) {
@@ -303,6 +308,29 @@ export class GGUFFile {
     return out;
   }
 
+  /**
+   * A quantized 2-D tensor as MatMulNBits blocks [rows = dims[1], cols = dims[0]], read a
+   * chunk of whole rows at a time (see ggml.ts's rules).
+   */
+  readTensorNBits(tensor: GGUFTensorInfo | string): NBitsMatrix {
+    const info = typeof tensor === 'string' ? this.tensor(tensor) : tensor;
+    if (!isQuantizedType(info.type) || info.dims.length !== 2) {
+      throw new Error(`${this.label}: tensor ${info.name} (${info.typeName}, dims [${info.dims}]) is not a quantized matrix`);
+    }
+    const [cols, rows] = info.dims as [number, number];
+    const { bits, blockSize, offsets } = nbitsGeometry(info.type);
+    const m = emptyNBits(rows, cols, bits, blockSize, offsets);
+    const rowBytes = info.byteLength / rows;
+    const rowsPerChunk = Math.max(1, Math.floor(DATA_CHUNK_BYTES / rowBytes));
+    for (let row = 0; row < rows; row += rowsPerChunk) {
+      const n = Math.min(rowsPerChunk, rows - row);
+      const raw = new Uint8Array(n * rowBytes);
+      this.readData(info, row * rowBytes, raw);
+      readNBitsRows(info.type, raw, m, row);
+    }
+    return m;
+  }
+
   /** Whether two tensors hold the same type, dims and bytes (compared a chunk at a time). */
   sameData(a: GGUFTensorInfo, b: GGUFTensorInfo): boolean {
     if (a.type !== b.type || a.dims.join() !== b.dims.join()) return false;
@@ -315,6 +343,22 @@ export class GGUFFile {
       if (Buffer.compare(left, right) !== 0) return false;
     }
     return true;
+  }
+
+  /** The tensor's bytes as stored. */
+  readRaw(tensor: GGUFTensorInfo | string): Uint8Array {
+    const info = typeof tensor === 'string' ? this.tensor(tensor) : tensor;
+    const out = new Uint8Array(info.byteLength);
+    this.readData(info, 0, out);
+    return out;
+  }
+
+  /** Bytes [start, end) of the file. */
+  readBytes(start: number, end: number): Uint8Array {
+    if (this.fd === undefined) throw new Error(`${this.label}: the file is closed`);
+    const out = new Uint8Array(end - start);
+    readExactly(this.fd, out, start, () => `${this.label}: reading bytes ${start}-${end}`);
+    return out;
   }
 
   /** Fills `target` with the tensor's raw bytes starting `start` bytes into its data. */

@@ -2,7 +2,7 @@
 // A Graph is built by calling op builders (ops.ts); autodiff.ts walks it backwards;
 // onnx.ts serialises it. Subgraphs (Loop bodies) are Graphs with a parent.
 
-export type DType = 'float32' | 'float64' | 'int64' | 'int32' | 'bool';
+export type DType = 'float32' | 'float64' | 'int64' | 'int32' | 'uint8' | 'bool';
 /** A dimension: a known size, or a symbolic name ("batch", "sequence"). */
 export type Dim = number | string;
 export type Shape = Dim[];
@@ -152,6 +152,8 @@ export function makeArray(dtype: DType, values: ArrayLike<number> | number[]): T
       return BigInt64Array.from(Array.from(values, (v) => BigInt(Math.trunc(v))));
     case 'int32':
       return Int32Array.from(values, (v) => Math.trunc(v));
+    case 'uint8':
+      return Uint8Array.from(values, (v) => Math.trunc(v));
     case 'bool':
       return Uint8Array.from(values, (v) => (v ? 1 : 0));
   }

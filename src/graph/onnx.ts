@@ -6,6 +6,7 @@
 import protobuf from 'protobufjs';
 import { type Attr, type ConstValue, type ExternalData, type Graph, type Shape, type Tensor } from './ir.ts';
 import { ONNX_DTYPE } from './ops.ts';
+import { QuantizedTensor } from './quantized.ts';
 
 const SCHEMA = `
 syntax = "proto3";
@@ -144,7 +145,7 @@ export function toOnnx(g: Graph): Uint8Array {
   return ModelProto.encode(ModelProto.fromObject(model)).finish();
 }
 
-/** ONNX needs every value name to be unique; inputs and outputs are named by hand, so check. */
+/** ONNX needs every value name to be unique; inputs and outputs are named by hand, so check (and that no op reads a quantized weight whole). */
 function checkNames(g: Graph, seen = new Set<string>()): void {
   const claim = (name: string) => {
     if (seen.has(name)) throw new Error(`duplicate value name in graph: ${name}`);
@@ -153,6 +154,9 @@ function checkNames(g: Graph, seen = new Set<string>()): void {
   g.inputs.forEach((t) => claim(t.name));
   g.externals.forEach((e) => claim(e.tensor.name));
   for (const n of g.nodes) {
+    // A quantized weight has no value of its own: only graph/quantized.ts's builders read its parts.
+    const stored = n.inputs.find((t) => t instanceof QuantizedTensor);
+    if (stored) throw new Error(`${n.op} cannot take the quantized weight ${stored.name}; multiply or gather it through graph/quantized.ts`);
     n.outputs.forEach((t) => claim(t.name));
     for (const a of Object.values(n.attrs)) if (a.type === 'graph') checkNames(a.value, seen);
   }

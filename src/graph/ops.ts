@@ -323,7 +323,7 @@ export function causalMask(g: Graph, queries: Tensor, keys: Tensor, qDim: Dim, k
 
 // ---------- helpers ----------
 
-export const ONNX_DTYPE: Record<DType, number> = { float32: 1, bool: 9, int32: 6, int64: 7, float64: 11 };
+export const ONNX_DTYPE: Record<DType, number> = { float32: 1, uint8: 2, bool: 9, int32: 6, int64: 7, float64: 11 };
 
 export function normAxis(axis: number, rank: number): number {
   const a = axis < 0 ? axis + rank : axis;

@@ -6,6 +6,7 @@
 import type { DType, Graph, Tensor } from '../graph/ir.ts';
 import type { Rng } from '../util/rng.ts';
 import type { WeightFile } from '../formats/weight-file.ts';
+import { QuantizedTensor } from '../graph/quantized.ts';
 
 export interface ParamSpec {
   name: string;
@@ -71,6 +72,12 @@ export interface ModelFamily<C> {
   linearModules: string[];
   /** The LoRA targets when none are given: attention and MLP projections. */
   loraTargets: string[];
+  /**
+   * The weights forward and head read through graph/quantized.ts (multiplied or gathered), so
+   * they may be served as quantized blocks, with their layout: 'out-in' is stored as it is,
+   * 'in-out' transposed first (the blocks always run along the input features).
+   */
+  quantizable(c: C): Map<string, 'out-in' | 'in-out'>;
 }
 
 const elements = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
@@ -82,10 +89,25 @@ export function paramCount(specs: ParamSpec[]): number {
 /**
  * Declares every weight: read from `file` when given (float32 only; the session maps the
  * file, shared by every worker), else a graph input (a hot swap is just new input tensors).
+ * `quantized`: weights the file also holds as MatMulNBits blocks are read in that form
+ * (inference graphs; graph/quantized.ts), the others as float32.
  */
-export function declareParams(g: Graph, specs: ParamSpec[], dtype: DType, prefix = '', file?: WeightFile): Params {
+export function declareParams(g: Graph, specs: ParamSpec[], dtype: DType, prefix = '', file?: WeightFile, quantized = false): Params {
   if (file && dtype !== 'float32') throw new Error('declareParams: weight files hold float32');
-  const declare = (s: ParamSpec) => {
+  const declare = (s: ParamSpec): Tensor => {
+    const q = quantized ? file?.quantized?.[s.name] : undefined;
+    if (q) {
+      const blocks = q.cols / q.blockSize;
+      const part = (suffix: string, dt: DType, shape: number[], offset: number, bytes: number) =>
+        g.external(`${prefix}${s.name}${suffix}`, dt, shape, { location: q.file, offset, length: bytes });
+      const blockBytes = (q.blockSize * q.bits) / 8;
+      const parts = {
+        data: part('#nbits.data', 'uint8', [q.rows, blocks, blockBytes], q.data, q.rows * blocks * blockBytes),
+        scales: part('#nbits.scales', 'float32', [q.rows * blocks], q.scales, q.rows * blocks * 4),
+        ...(q.offsets === undefined ? {} : { offsets: part('#nbits.offsets', 'float32', [q.rows, blocks], q.offsets, q.rows * blocks * 4) }),
+      };
+      return new QuantizedTensor(g, s.shape, prefix + s.name, parts, { bits: q.bits, blockSize: q.blockSize, rows: q.rows, cols: q.cols });
+    }
     const t = file?.tensors[s.name];
     if (!t) return g.input(prefix + s.name, dtype, s.shape);
     return g.external(prefix + s.name, dtype, s.shape, { location: t.file, offset: t.offset, length: elements(s.shape) * 4 });

@@ -5,6 +5,7 @@ import type { Tensor } from '../graph/ir.ts';
 import * as op from '../graph/ops.ts';
 import { attend, splitHeads } from './attention.ts';
 import { loraLinear } from './lora-linear.ts';
+import { gatherWeightRows, timesWeight } from '../graph/quantized.ts';
 import type { ForwardInput, KV, ModelFamily, ParamSpec, Params } from './family.ts';
 
 export interface GPTConfig {
@@ -53,10 +54,10 @@ function forward(c: GPTConfig, p: Params, x: ForwardInput): { hidden: Tensor; pr
   const [d, H] = [c.dModel, c.nHeads];
   const dh = d / H;
   const heads = (t: Tensor) => splitHeads(t, x.ids, H, dh);
-  const linear = (t: Tensor, name: string) => loraLinear(p, t, name, op.add(op.matmul(t, p[`${name}.weight`]!), p[`${name}.bias`]!), x.loraScale);
+  const linear = (t: Tensor, name: string) => loraLinear(p, t, name, timesWeight(t, p[`${name}.weight`]!, false, p[`${name}.bias`]!), x.loraScale);
   const norm = (t: Tensor, name: string) => op.layerNorm(t, p[`${name}.weight`]!, p[`${name}.bias`]!);
 
-  let h = op.reshape(op.add(op.gather(p.wte!, x.ids), op.gather(p.wpe!, x.positions)), [-1, d]);
+  let h = op.reshape(op.add(gatherWeightRows(p.wte!, x.ids), op.gather(p.wpe!, x.positions)), [-1, d]);
   const present: KV[] = [];
   for (let i = 0; i < c.nLayers; i++) {
     const L = `h.${i}`;
@@ -78,7 +79,7 @@ function forward(c: GPTConfig, p: Params, x: ForwardInput): { hidden: Tensor; pr
 }
 
 function head(c: GPTConfig, p: Params, hidden: Tensor): Tensor {
-  return c.tiedHead ? op.gemm(hidden, p.wte!, { transB: true }) : op.matmul(hidden, p['lm_head.weight']!);
+  return c.tiedHead ? timesWeight(hidden, p.wte!, true) : timesWeight(hidden, p['lm_head.weight']!, false);
 }
 
 export const gpt: ModelFamily<GPTConfig> = {
@@ -98,4 +99,12 @@ export const gpt: ModelFamily<GPTConfig> = {
   weightLayout: 'in-out',
   linearModules: ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'],
   loraTargets: ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'],
+  // The token embedding [V, d] (gathered, and the tied head) as it is; the Conv1D weights and
+  // an untied head [in, out] transposed. Position embeddings are gathered by position and stay float.
+  quantizable: (c) =>
+    new Map(
+      paramSpecs(c).flatMap((s): [string, 'out-in' | 'in-out'][] =>
+        s.name === 'wte' ? [[s.name, 'out-in']] : s.shape.length === 2 && s.name !== 'wpe' ? [[s.name, 'in-out']] : [],
+      ),
+    ),
 };

@@ -8,6 +8,7 @@ import * as op from '../graph/ops.ts';
 import { attend, splitHeads } from './attention.ts';
 import { rotaryCache, rotaryEmbedding } from './fused.ts';
 import { loraLinear } from './lora-linear.ts';
+import { gatherWeightRows, timesWeight } from '../graph/quantized.ts';
 import type { ForwardInput, KV, ModelFamily, ParamSpec, Params } from './family.ts';
 
 export type RopeScaling =
@@ -117,9 +118,9 @@ function rotation(c: LlamaConfig, x: ForwardInput, dtype: DType): (t: Tensor) =>
 
 function forward(c: LlamaConfig, p: Params, x: ForwardInput): { hidden: Tensor; present: KV[] } {
   const [d, hd] = [c.hiddenSize, c.headDim];
-  const linear = (t: Tensor, name: string) => loraLinear(p, t, name, op.gemm(t, p[`${name}.weight`]!, { transB: true, c: p[`${name}.bias`] }), x.loraScale);
+  const linear = (t: Tensor, name: string) => loraLinear(p, t, name, timesWeight(t, p[`${name}.weight`]!, true, p[`${name}.bias`]), x.loraScale);
   const norm = (t: Tensor, name: string) => op.rmsNorm(t, p[`${name}.weight`]!, c.rmsNormEps);
-  let h = op.reshape(op.gather(p['model.embed_tokens.weight']!, x.ids), [-1, d]);
+  let h = op.reshape(gatherWeightRows(p['model.embed_tokens.weight']!, x.ids), [-1, d]);
   const rotate = rotation(c, x, h.dtype);
   const present: KV[] = [];
   for (let i = 0; i < c.layers; i++) {
@@ -151,7 +152,7 @@ function forward(c: LlamaConfig, p: Params, x: ForwardInput): { hidden: Tensor; 
 }
 
 function head(c: LlamaConfig, p: Params, hidden: Tensor): Tensor {
-  return op.gemm(hidden, p[c.tiedEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight']!, { transB: true });
+  return timesWeight(hidden, p[c.tiedEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight']!, true);
 }
 
 export const llama: ModelFamily<LlamaConfig> = {
@@ -170,4 +171,6 @@ export const llama: ModelFamily<LlamaConfig> = {
   weightLayout: 'out-in',
   linearModules: [...PROJECTIONS.map((m) => `self_attn.${m}`), ...MLP.map((m) => `mlp.${m}`)],
   loraTargets: [...PROJECTIONS, ...MLP],
+  // Every matrix: the projections, the embedding (gathered, and the tied head) and lm_head.
+  quantizable: (c) => new Map(paramSpecs(c).flatMap((s) => (s.shape.length === 2 ? [[s.name, 'out-in' as const]] : []))),
 };
