@@ -330,7 +330,8 @@ test('greedy output equals llama.cpp on the same quantized file (node-llama-cpp 
       const mine = (await s.generate([prompt], { ...greedy, maxNewTokens: 16 })).completions[0]![0]!.tokens;
       await s.close();
       const model = await llama.loadModel({ modelPath: path, gpuLayers: 0 });
-      const context = await model.createContext({ contextSize: 128 });
+      // One thread: with several, ggml's spinning threads slow to seconds per token on a busy machine.
+      const context = await model.createContext({ contextSize: 128, threads: { ideal: 1, min: 1 } });
       const sequence = context.getSequence();
       const theirs: number[] = [];
       for await (const token of sequence.evaluate(prompt, { temperature: 0 })) {

@@ -1,0 +1,179 @@
+// Our engine against llama.cpp (../shared/peers/llamacpp_peer.mjs, node-llama-cpp 3.21.1) on the
+// same GGUF files, in the same run, one after the other (never both at once):
+//  - files: ../shared/peers/llamacpp_make_gguf.py's random SmolLM2-135M-shaped F32 and Q8_0
+//    files (python3 with numpy), and a Q4_K_M file re-quantized from the F32 one by
+//    bench/ggml-quantize.ts (llama.cpp's Q4_K_M type mix; rows of 576 fall back to Q5_0/Q8_0
+//    as llama.cpp's do); all in --dir;
+//  - workload (both sides): 16 prompts x 1 sample of 32 random tokens, exactly 64 new tokens,
+//    temperature 1, no truncation, 2 threads; tokens/s = 1024 / wall time, median of --reps
+//    after a warm-up; one sequence the same, and its decode step (t(64) - t(1)) / 63;
+//  - memory: peak RSS of each side's process; the share of the machine's memory bandwidth
+//    (a large ReduceSum in ORT) the single-sequence decode step reaches, reading the weights
+//    once per step (the bytes the sampler's graph maps).
+// Ours runs in a child process per file (--child), so each RSS is its own. llama.cpp needs
+// node-llama-cpp installed outside the project: NODE_LLAMA_CPP=<its package folder>.
+// The JSON line printed last ends with q8_batch_ratio, q8_single_ratio, q8_rss_ratio (ours over llama.cpp's).
+//
+//   NODE_LLAMA_CPP=$SCRATCH/node_modules/node-llama-cpp npm run bench:llamacpp -- --dir $SCRATCH [--formats f32,q8,q4km] [--reps 3] [--no-peer]
+import { spawnSync } from 'node:child_process';
+import { existsSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Command } from 'commander';
+import { loadModel } from '../src/formats/checkpoint.ts';
+import { Sampler } from '../src/engine/sampler.ts';
+import { createSession, f32 } from '../src/engine/ort.ts';
+import { Graph } from '../src/graph/ir.ts';
+import * as op from '../src/graph/ops.ts';
+import { isWeightFile } from '../src/formats/weight-file.ts';
+import { Rng } from '../src/util/rng.ts';
+import { q4KMType, requantizeGGUF } from './ggml-quantize.ts';
+
+const FILES: Record<string, string> = { f32: 'smol-f32.gguf', q8: 'smol-q8.gguf', q4km: 'smol-q4km.gguf' };
+
+const opts = new Command()
+  .option('--dir <dir>', 'folder of the GGUF files (made there when missing)', '/tmp/ttrl-llamacpp')
+  .option('--formats <list>', 'files to measure', 'f32,q8,q4km')
+  .option('--threads <n>', 'threads on both sides', '2')
+  .option('--reps <n>', 'timed repetitions (median), after a warm-up', '3')
+  .option('--no-peer', 'skip llama.cpp')
+  .option('--json', 'only the JSON line on stdout')
+  .option('--child <file>', '(internal) measure our engine on one file and print its JSON')
+  .parse()
+  .opts<{ dir: string; formats: string; threads: string; reps: string; peer: boolean; json?: boolean; child?: string }>();
+const threads = Number(opts.threads);
+const reps = Number(opts.reps);
+const log = (...a: unknown[]) => console.error(...a);
+const PROMPTS = 16;
+const PROMPT_LEN = 32;
+const NEW_TOKENS = 64;
+
+async function median(fn: () => Promise<unknown>): Promise<number> {
+  await fn();
+  const ts: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t = performance.now();
+    await fn();
+    ts.push((performance.now() - t) / 1000);
+  }
+  return ts.sort((a, b) => a - b)[Math.floor(ts.length / 2)]!;
+}
+
+/** GB/s at which ORT streams 1 GiB of float32 through a ReduceSum on `threads` threads (best of 6). */
+async function memoryBandwidth(): Promise<number> {
+  const n = 256 * 1024 * 1024;
+  const g = new Graph('bandwidth');
+  g.output('s', op.reduceSum(g.input('x', 'float32', [n / 1024, 1024]), [1]));
+  const session = await createSession(g, { threads });
+  const feeds = { x: f32(new Float32Array(n).fill(1), [n / 1024, 1024]) };
+  let best = Infinity;
+  for (let i = 0; i < 6; i++) {
+    const t = performance.now();
+    await session.run(feeds);
+    best = Math.min(best, (performance.now() - t) / 1000);
+  }
+  await session.release();
+  return (n * 4) / best / 1e9;
+}
+
+/** Our side on one file, in this process. */
+async function child(path: string): Promise<Record<string, unknown>> {
+  const model = await loadModel(path);
+  const w = model.weights;
+  // Bytes one decode step reads: each weight once, in the form the generate graph maps it.
+  let weightBytes = 0;
+  if (isWeightFile(w)) {
+    for (const [name, t] of Object.entries(w.tensors)) {
+      const q = w.quantized?.[name];
+      const elements = t.shape.reduce((a, b) => a * b, 1);
+      weightBytes += q ? (q.rows * q.cols * q.bits) / 8 + ((q.rows * q.cols) / q.blockSize) * (q.offsets === undefined ? 4 : 8) : elements * 4;
+    }
+  }
+  const sampler = await Sampler.create({ config: model.config, weights: w, threads });
+  const rng = new Rng(1);
+  const prompts = Array.from({ length: PROMPTS }, () => Array.from({ length: PROMPT_LEN }, () => rng.int(3, model.config.vocabSize - 1)));
+  let seed = 0;
+  const run = (ps: number[][], n: number) =>
+    sampler.generate(ps, { samplesPerPrompt: 1, maxNewTokens: n, seed: seed++, temperature: 1, stopTokens: [], padToken: 0 });
+  const batch = await median(() => run(prompts, NEW_TOKENS));
+  const one = prompts.slice(0, 1);
+  const single = await median(() => run(one, NEW_TOKENS));
+  const singleFirst = await median(() => run(one, 1));
+  await sampler.close();
+  const step = (single - singleFirst) / (NEW_TOKENS - 1);
+  return {
+    batch_tok_s: +((PROMPTS * NEW_TOKENS) / batch).toFixed(1),
+    single_tok_s: +(NEW_TOKENS / single).toFixed(1),
+    single_decode_step_ms: +(step * 1000).toFixed(2),
+    weight_mb: +(weightBytes / 1e6).toFixed(1),
+    single_step_gb_s: +(weightBytes / step / 1e9).toFixed(1),
+    peak_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
+  };
+}
+
+function makeFiles(dir: string): void {
+  const script = fileURLToPath(new URL('../../shared/peers/llamacpp_make_gguf.py', import.meta.url));
+  if (!existsSync(join(dir, FILES.f32!)) || !existsSync(join(dir, FILES.q8!))) {
+    log(`writing ${dir}/smol-f32.gguf and smol-q8.gguf (${script})`);
+    const r = spawnSync('python3', [script, '--out-dir', dir], { stdio: ['ignore', 'inherit', 'inherit'] });
+    if (r.status !== 0) throw new Error(`${script} failed (python3 with numpy: apt-get install -y python3-numpy)`);
+  }
+  if (!existsSync(join(dir, FILES.q4km!))) {
+    log(`writing ${dir}/smol-q4km.gguf (Q4_K_M mix, re-quantized from the F32 file)`);
+    requantizeGGUF(join(dir, FILES.f32!), join(dir, FILES.q4km!), (name, dims) => q4KMType(name, dims, 30, true));
+  }
+}
+
+function runPeer(path: string): Record<string, unknown> {
+  const script = fileURLToPath(new URL('../../shared/peers/llamacpp_peer.mjs', import.meta.url));
+  if (!process.env.NODE_LLAMA_CPP) return { error: 'NODE_LLAMA_CPP is not set (npm i -E node-llama-cpp@3.21.1 in a scratch folder)' };
+  const args = [script, '--model', path, '--modes', 'lockstep', '--threads', String(threads), '--reps', String(reps)];
+  const r = spawnSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 24 });
+  if (r.status !== 0) return { error: `llama.cpp peer failed (${r.status}): ${r.stderr.trim().split('\n').at(-1)}` };
+  const j = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+  const step = j.single_decode_step_ms as number;
+  return {
+    batch_tok_s: j.batch_lockstep.tok_s,
+    single_tok_s: j.single_tok_s,
+    single_decode_step_ms: step,
+    peak_rss_mb: j.peak_rss_mb,
+    single_step_gb_s: +(statSync(path).size / (step / 1000) / 1e9).toFixed(1),
+  };
+}
+
+if (opts.child) {
+  console.log(JSON.stringify(await child(opts.child)));
+} else {
+  const dir = resolve(opts.dir);
+  makeFiles(dir);
+  const bandwidth = await memoryBandwidth();
+  log(`memory bandwidth (ORT ReduceSum, ${threads} threads): ${bandwidth.toFixed(1)} GB/s`);
+  const out: Record<string, unknown> = { threads, reps, bandwidth_gb_s: +bandwidth.toFixed(1) };
+  for (const format of opts.formats.split(',')) {
+    const path = join(dir, FILES[format]!);
+    const r = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', fileURLToPath(import.meta.url), '--child', path, '--threads', String(threads), '--reps', String(reps)],
+      {
+        encoding: 'utf8',
+        maxBuffer: 1 << 24,
+        env: { ...process.env, TTRL_CACHE_DIR: process.env.TTRL_CACHE_DIR ?? join(dir, 'cache') },
+      },
+    );
+    if (r.status !== 0) throw new Error(`ours on ${path} failed: ${r.stderr}`);
+    const ours = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+    ours.bandwidth_share = +(ours.single_step_gb_s / bandwidth).toFixed(2);
+    log(`ours ${format}: ${JSON.stringify(ours)}`);
+    const peer = opts.peer ? runPeer(path) : undefined;
+    if (peer && !peer.error) peer.bandwidth_share = +((peer.single_step_gb_s as number) / bandwidth).toFixed(2);
+    if (peer) log(`llama.cpp ${format}: ${JSON.stringify(peer)}`);
+    out[format] = { ours, ...(peer ? { llamacpp: peer } : {}) };
+  }
+  const q8 = out.q8 as { ours: Record<string, number>; llamacpp?: Record<string, number> } | undefined;
+  if (q8?.llamacpp && !q8.llamacpp.error) {
+    out.q8_batch_ratio = +(q8.ours.batch_tok_s! / q8.llamacpp.batch_tok_s!).toFixed(2);
+    out.q8_single_ratio = +(q8.ours.single_tok_s! / q8.llamacpp.single_tok_s!).toFixed(2);
+    out.q8_rss_ratio = +(q8.ours.peak_rss_mb! / q8.llamacpp.peak_rss_mb!).toFixed(2);
+  }
+  console.log(JSON.stringify(out));
+}
