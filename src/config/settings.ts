@@ -344,6 +344,11 @@ export const GUARD = {
     help: 'guard: most anchors, served questions the shipped model answered with at least 90% of the votes; a candidate must stay as sure of their answers (0: no anchor check)',
   },
   anchorSlack: { schema: real(0, 100), default: 0, help: 'guard: mean log-prob (nats) per anchor answer a candidate may lose against the shipped model' },
+  confidenceRise: {
+    schema: real(0, 100).optional(),
+    default: undefined,
+    help: "guard: most a candidate's mean log-prob per token of its update's majority completions may rise on questions the shipped model does not back (reference support under 0.5); unset: not checked",
+  },
 } satisfies Group;
 
 /** `ttrl adapt` alone: offline TTRL on a question file, step by step. */

@@ -18,9 +18,11 @@ import type { Tokenizer } from '../tokenizers/tokenizer.ts';
 import type { Store } from '../store/store.ts';
 import { selectForTraining } from '../ttrl/grpo.ts';
 import { referenceSupport } from '../ttrl/reference.ts';
+import { LOW_SUPPORT } from '../ttrl/candidate-checks.ts';
+import type { Rollout } from '../sampling/rollout.ts';
 import { Scorer } from '../engine/scorer.ts';
 import { TTRLUpdater, type UpdateResult } from '../ttrl/updater.ts';
-import { lrOf, type SamplingSettings, type ScheduleSettings, type TrainSettings } from '../config/settings.ts';
+import { lrOf, type GuardSettings, type SamplingSettings, type ScheduleSettings, type TrainSettings } from '../config/settings.ts';
 import type { Experience } from './answerer.ts';
 import type { CandidateJudge } from './judge.ts';
 import type { Metrics } from './metrics.ts';
@@ -33,7 +35,10 @@ import { guarded } from '../util/guarded.ts';
  * (schedule), what each does (train), and the sampling temperature and seed; the LoRA shape
  * is resolved against the model once (pipeline.ts).
  */
-export type AdaptationOptions = ScheduleSettings & TrainSettings & Pick<SamplingSettings, 'temperature' | 'seed'> & { lora?: LoraConfig };
+export type AdaptationOptions = ScheduleSettings &
+  TrainSettings &
+  Pick<SamplingSettings, 'temperature' | 'seed'> &
+  Pick<GuardSettings, 'confidenceRise'> & { lora?: LoraConfig };
 
 export interface UpdateOutcome {
   version: number | null;
@@ -201,6 +206,19 @@ export class Adaptation {
   /** The shipped weights, scoring samples for --ref-gate (started on first use). */
   private reference: Promise<Scorer> | null = null;
 
+  /** The majority completions (up to 4 a question) of the update's questions whose majority the reference backs less than LOW_SUPPORT. */
+  private async unbacked(rollouts: Rollout[], support?: number[]) {
+    const s = support ?? (await referenceSupport(await this.referenceScorer(), rollouts, this.tok.padId, this.config.contextLength));
+    const low = rollouts.filter((r, i) => r.vote.label !== null && s[i]! < LOW_SUPPORT);
+    const seqs = low.flatMap((r) =>
+      r.samples
+        .filter((x) => x.answer === r.vote.label)
+        .slice(0, 4)
+        .map((x) => ({ tokens: [...r.prompt, ...x.tokens], promptLength: r.prompt.length, sampledLogprob: x.logprobs.reduce((a, b) => a + b, 0) })),
+    );
+    return { questions: low.length, seqs };
+  }
+
   private referenceScorer(): Promise<Scorer> {
     return (this.reference ??= Scorer.create({
       config: this.config,
@@ -344,7 +362,14 @@ export class Adaptation {
     };
     stats.train_seconds = (performance.now() - t0) / 1000;
     const verdict = await this.judge.judge(
-      { version: reserved, steps, weights, serving: candidate, sequenceLogprobs: (seqs) => updater.sequenceLogprobs(seqs) },
+      {
+        version: reserved,
+        steps,
+        weights,
+        serving: candidate,
+        sequenceLogprobs: (seqs) => updater.sequenceLogprobs(seqs),
+        ...(this.o.confidenceRise !== undefined ? { unbacked: await this.unbacked(rollouts, support) } : {}),
+      },
       parent,
     );
     Object.assign(stats, verdict.stats);

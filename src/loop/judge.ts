@@ -18,6 +18,7 @@ import type { GuardSettings, SamplingSettings, TrainSettings } from '../config/s
 import {
   anchorShiftOf,
   judgeAnchors,
+  judgeConfidence,
   judgeProbe,
   judgeUpdate,
   MIN_ANCHORS,
@@ -50,6 +51,8 @@ export interface Candidate {
   weights: Weights;
   serving: Served;
   sequenceLogprobs(seqs: TrainSequence[]): Promise<number[]>;
+  /** The update's majority completions on questions the reference does not back, as sampled (for --confidence-rise). */
+  unbacked?: { questions: number; seqs: (TrainSequence & { sampledLogprob: number; tokens: number[] })[] };
 }
 
 /** Weights as a sampler takes them: full ones, or the base with LoRA adapters. */
@@ -130,6 +133,14 @@ export class CandidateJudge {
         this.metrics.anchors.set(shift.anchors);
         reason = judgeAnchors(shift, this.o.anchorSlack);
       }
+    }
+    if (!reason && this.o.confidenceRise !== undefined && c.unbacked?.seqs.length) {
+      const { questions, seqs } = c.unbacked;
+      const now = await c.sequenceLogprobs(seqs);
+      const tokens = seqs.reduce((a, x) => a + x.tokens.length - x.promptLength, 0);
+      const rise = now.reduce((a, lp, i) => a + lp - seqs[i]!.sampledLogprob, 0) / Math.max(1, tokens);
+      Object.assign(stats, { unbacked_questions: questions, unbacked_confidence_rise: rise });
+      reason = judgeConfidence({ questions, rise }, this.o.confidenceRise);
     }
     if (!reason && this.o.probeQuestions > 0) {
       const parentProbe = await this.probe(parent.version, parent);

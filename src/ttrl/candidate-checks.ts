@@ -113,3 +113,25 @@ export function judgeProbe(parent: ProbeStats, cand: ProbeStats): string | null 
     return `probe completions ran long: ${cand.meanLength.toFixed(1)} tokens, against ${parent.meanLength.toFixed(1)} before`;
   return null;
 }
+
+/**
+ * Confidence without support: how much surer a candidate grew of the majority completions of
+ * its update's questions that the reference (shipped) model does not back. Self-training makes
+ * a model surer of its own majorities whether they are right or not; where the reference's
+ * support (ttrl/reference.ts) is low, that certainty has nothing behind it (the no-prior
+ * suites: the model becomes confidently wrong). Label-free.
+ */
+export interface ConfidenceShift {
+  /** Questions whose majority the reference backs less than LOW_SUPPORT. */
+  questions: number;
+  /** Mean log-prob change per token of their majority completions, candidate minus as sampled (nats). */
+  rise: number;
+}
+
+/** Reference support under which a majority counts as unbacked. */
+export const LOW_SUPPORT = 0.5;
+
+export function judgeConfidence(s: ConfidenceShift | null, maxRise: number | undefined): string | null {
+  if (maxRise === undefined || !s || s.questions === 0 || s.rise <= maxRise) return null;
+  return `surer of answers the shipped model does not back: the log-prob of ${s.questions} such questions' majority completions rose by ${s.rise.toFixed(4)} nats per token (at most ${maxRise}, --confidence-rise)`;
+}

@@ -1,0 +1,52 @@
+// The reference model's support of a majority (src/ttrl/reference.ts) on the shipped model,
+// with real workers: sampled and scored by the same weights, every importance weight is 1 and
+// support is the majority's share of the votes; scored by other weights (the output layer
+// sharpened), it moves away from it. The guard's check on confidence without support
+// (candidate-checks.ts) decides on what adaptation measures.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Sampler } from '../src/engine/sampler.ts';
+import { Scorer } from '../src/engine/scorer.ts';
+import { inMemory, loadModel } from '../src/formats/checkpoint.ts';
+import { DEFAULT_MODEL_DIR } from '../src/config/settings.ts';
+import { rolloutBatch } from '../src/sampling/rollout.ts';
+import { referenceSupport } from '../src/ttrl/reference.ts';
+import { judgeConfidence } from '../src/ttrl/candidate-checks.ts';
+import { suite } from '../src/tasks/suites.ts';
+
+test('reference support: the vote share under the same weights, something else under others', async () => {
+  const m = await loadModel(DEFAULT_MODEL_DIR);
+  const weights = await inMemory(m.weights);
+  const sampler = await Sampler.create({ config: m.config, weights, threads: 1 });
+  const same = await Scorer.create({ config: m.config, weights, threads: 1 });
+  const sharper = new Map(weights);
+  sharper.set(
+    'lm_head.weight',
+    weights.get('lm_head.weight')!.map((x) => x * 2),
+  );
+  const other = await Scorer.create({ config: m.config, weights: sharper, threads: 1 });
+  try {
+    const questions = suite('4-operand', 12, 2).map((q) => q.question);
+    const rollouts = await rolloutBatch(sampler, m.tokenizer, questions, { votes: 8, temperature: 1, seed: 3 });
+    const support = await referenceSupport(same, rollouts, m.tokenizer.padId, m.config.contextLength);
+    rollouts.forEach((r, i) => assert.ok(Math.abs(support[i]! - (r.vote.label === null ? 0 : r.vote.ratio)) < 1e-3, `${support[i]} vs ${r.vote.ratio}`));
+    const moved = await referenceSupport(other, rollouts, m.tokenizer.padId, m.config.contextLength);
+    assert.ok(
+      moved.some((x, i) => Math.abs(x - support[i]!) > 0.05),
+      'another reference gives another support',
+    );
+    for (const x of moved) assert.ok(x >= 0 && x <= 1);
+  } finally {
+    await Promise.all([sampler.close(), same.close(), other.close()]);
+  }
+});
+
+test('the confidence guard rejects a rise of confidence on unbacked majorities beyond its bound, and only when on', () => {
+  assert.equal(judgeConfidence({ questions: 5, rise: 0.3 }, undefined), null, 'off by default');
+  assert.equal(judgeConfidence({ questions: 5, rise: 0.05 }, 0.1), null);
+  assert.equal(judgeConfidence({ questions: 0, rise: 9 }, 0.1), null, 'nothing unbacked: nothing to judge');
+  assert.match(
+    judgeConfidence({ questions: 5, rise: 0.3 }, 0.1)!,
+    /surer of answers the shipped model does not back: .* 5 .* rose by 0\.3000 nats per token \(at most 0\.1/,
+  );
+});
