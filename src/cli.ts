@@ -28,6 +28,7 @@ import {
   type GroupName,
   type SamplingSettings,
   type TaskGroupSettings,
+  type ModelSettings,
 } from './config/settings.ts';
 import { addFlags, givenFlags } from './config/flags.ts';
 import { startServer } from './server/server.ts';
@@ -295,12 +296,12 @@ addFlags(
   .option('--json', 'print one JSON line')
   .action(async (o: Record<string, unknown>, cmd: Command) => {
     const t0 = performance.now();
-    const s = offlineSettings<{ model: string } & TaskGroupSettings & SamplingSettings>(cmd, o, EVAL_GROUPS);
+    const s = offlineSettings<ModelSettings & TaskGroupSettings & SamplingSettings>(cmd, o, EVAL_GROUPS);
     const file = o.questions as string;
     const questions = await readQuestions(file);
     const missing = questions.findIndex((q) => q.answer === undefined);
     if (missing >= 0) throw new Error(`${file}: question ${missing + 1} has no answer to score against`);
-    const m = await loadModel(s.model);
+    const m = await loadModel(s.model, { quantize: s.quantize });
     const task = taskOf(s, m, s.model, questions, file);
     const sampler = await Sampler.create({ config: m.config, weights: m.weights, threads: s.threads });
     try {
@@ -369,10 +370,10 @@ addFlags(
   .option('--out <dir>', 'write the adapted model, metrics.csv and metrics.svg here')
   .option('--json', 'print one JSON line')
   .action(async (flags: Record<string, unknown>, cmd: Command) => {
-    const s = offlineSettings<Omit<AdaptSettings, 'task'> & TaskGroupSettings & { model: string }>(cmd, flags, ADAPT_GROUPS);
+    const s = offlineSettings<Omit<AdaptSettings, 'task'> & TaskGroupSettings & ModelSettings>(cmd, flags, ADAPT_GROUPS);
     const o = { ...s, questions: flags.questions as string, out: flags.out as string | undefined, json: flags.json as boolean | undefined };
     const questions = await readQuestions(o.questions);
-    const model = await loadModel(s.model);
+    const model = await loadModel(s.model, { quantize: s.quantize });
     const task = taskOf(s, model, s.model, questions, o.questions);
     const settings: AdaptSettings = { ...s, task };
     const bar = new Progress(o.steps, `adapt (${o.reward})`, 10);

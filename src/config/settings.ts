@@ -80,6 +80,11 @@ export const MODEL = {
     default: DEFAULT_MODEL_DIR,
     help: 'model directory (or GGUF file) to serve, evaluate or adapt (default: the shipped models/arith-tiny)',
   },
+  quantize: {
+    schema: z.enum(['float32', 'file', 'int8']),
+    default: 'float32',
+    help: "how weights are served (formats/quantize.ts): float32 (a quantized GGUF dequantized on load: the fastest for batches of votes on the CPUs measured), file (a quantized GGUF's blocks kept: a quarter of the memory, faster one sequence at a time), int8 (any float checkpoint quantized to 8-bit blocks too)",
+  },
 } satisfies Group;
 
 /** Where experiences and model versions are kept. */

@@ -77,7 +77,7 @@ export async function createPipeline(
   o: { versionsDir?: string; logger?: Logger; /** How others reach this front-end (the fleet's list shows it). */ address?: string } = {},
 ): Promise<Pipeline> {
   const logger = o.logger ?? silentLogger;
-  const model = await loadModel(s.model);
+  const model = await loadModel(s.model, { quantize: s.quantize });
   // The task and its limits before anything is opened: a template the model lacks, or new
   // tokens that fill its context, stop start-up here.
   const task = taskFromSettings(s, model.tokenizer, s.model);
