@@ -93,6 +93,9 @@ export class ServingSampler {
     } catch (e) {
       this.o.log(`the sampler is down (${reason}) and did not restart: ${(e as Error).message}`);
       throw new Error(`the sampler is down (${reason}) and did not restart: ${(e as Error).message}`);
+    } finally {
+      // The back-off runs from the end of an attempt: a slow start (a loaded machine) does not use it up.
+      this.lastRestartAt = Date.now();
     }
     this.o.store.event('sampler_restarted', { reason, version: v.version }).catch(() => undefined);
     this.o.log(`the sampler was down (${reason}); restarted on version ${v.version}`);
