@@ -70,10 +70,22 @@ test('pretraining lowers the loss, and an interrupted run resumes to the same we
     const r = await ttrl('eval', '--model', join(dir, 'a'), '--questions', qfile, '--votes', '4', '--threads', '1', '--max-new-tokens', '48', '--json');
     assert.equal(r.code, 0, r.stderr);
     const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
-    assert.deepEqual(Object.keys(out).sort(), ['maj_at_n', 'mean_len', 'parsable', 'pass_at_1', 'questions', 'votes', 'wall_s']);
+    assert.deepEqual(Object.keys(out).sort(), [
+      'ece',
+      'maj_at_n',
+      'mean_confidence',
+      'mean_len',
+      'parsable',
+      'pass_at_1',
+      'questions',
+      'reliability',
+      'votes',
+      'wall_s',
+    ]);
     assert.equal(out.questions, 6);
     assert.equal(out.votes, 4);
-    for (const k of ['pass_at_1', 'maj_at_n', 'parsable']) assert.ok(out[k] >= 0 && out[k] <= 1, k);
+    for (const k of ['pass_at_1', 'maj_at_n', 'parsable', 'mean_confidence', 'ece']) assert.ok(out[k] >= 0 && out[k] <= 1, k);
+    assert.equal(out.reliability.length, 10, 'ten bins of confidence');
     assert.ok(out.mean_len >= 1);
 
     await writeFile(qfile, '{"question":"1+2="}\n');
