@@ -39,8 +39,9 @@ const opts = new Command()
   .option('--no-peer', 'skip llama.cpp')
   .option('--json', 'only the JSON line on stdout')
   .option('--child <file>', '(internal) measure our engine on one file and print its JSON')
+  .option('--bandwidth-child', '(internal) measure the memory bandwidth and print it')
   .parse()
-  .opts<{ dir: string; formats: string; threads: string; reps: string; peer: boolean; json?: boolean; child?: string }>();
+  .opts<{ dir: string; formats: string; threads: string; reps: string; peer: boolean; json?: boolean; child?: string; bandwidthChild?: boolean }>();
 const threads = Number(opts.threads);
 const reps = Number(opts.reps);
 const log = (...a: unknown[]) => console.error(...a);
@@ -141,12 +142,20 @@ function runPeer(path: string): Record<string, unknown> {
   };
 }
 
-if (opts.child) {
+if (opts.bandwidthChild) {
+  console.log(JSON.stringify(await memoryBandwidth()));
+} else if (opts.child) {
   console.log(JSON.stringify(await child(opts.child)));
 } else {
   const dir = resolve(opts.dir);
   makeFiles(dir);
-  const bandwidth = await memoryBandwidth();
+  // In a child of its own: Linux keeps a process's peak RSS across fork and exec, so a parent
+  // that had grown (the bandwidth probe's buffers) would set every measured child's floor.
+  const probe = spawnSync(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--bandwidth-child', '--threads', String(threads)], {
+    encoding: 'utf8',
+  });
+  if (probe.status !== 0) throw new Error(`the bandwidth probe failed: ${probe.stderr}`);
+  const bandwidth = JSON.parse(probe.stdout.trim().split('\n').at(-1)!) as number;
   log(`memory bandwidth (ORT ReduceSum, ${threads} threads): ${bandwidth.toFixed(1)} GB/s`);
   const out: Record<string, unknown> = { threads, reps, bandwidth_gb_s: +bandwidth.toFixed(1) };
   for (const format of opts.formats.split(',')) {
