@@ -18,6 +18,7 @@ import { initWeights, paramCount, type Weights } from '../src/model/family.ts';
 import { paramSpecsOf } from '../src/model/families.ts';
 import type { GPTConfig } from '../src/model/gpt.ts';
 import { Rng } from '../src/util/rng.ts';
+import { median as medianOf } from './timing.ts';
 
 const opts = new Command()
   .option('--json', 'print only the JSON line on stdout')
@@ -30,6 +31,7 @@ const opts = new Command()
 
 const threads = Number(opts.threads);
 const reps = Number(opts.reps);
+const median = (fn: () => Promise<unknown>) => medianOf(fn, reps);
 const P = 16,
   G = 16,
   PLEN = 12,
@@ -38,18 +40,6 @@ const P = 16,
   PAD = 16;
 const config: GPTConfig = { family: 'gpt', vocabSize: V, contextLength: 96, dModel: 128, nLayers: 4, nHeads: 4, tiedHead: false, padTokenId: PAD };
 const log = (...a: unknown[]) => console.error(...a);
-
-async function median(fn: () => Promise<unknown>): Promise<number> {
-  await fn();
-  const ts: number[] = [];
-  for (let i = 0; i < reps; i++) {
-    const t = performance.now();
-    await fn();
-    ts.push((performance.now() - t) / 1000);
-  }
-  ts.sort((a, b) => a - b);
-  return ts[Math.floor(ts.length / 2)]!;
-}
 
 /** The slow road, for comparison: one decode run() per token, KV cache handed back to JS each step. */
 async function stepwiseSampler(weights: Weights, prompts: number[][]) {

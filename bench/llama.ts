@@ -25,9 +25,6 @@ import { Sampler } from '../src/engine/sampler.ts';
 import { Trainer } from '../src/engine/trainer.ts';
 import { Scorer } from '../src/engine/scorer.ts';
 import { packBatch, packGroups } from '../src/engine/batch.ts';
-import { createSession, f32 } from '../src/engine/ort.ts';
-import { Graph } from '../src/graph/ir.ts';
-import * as op from '../src/graph/ops.ts';
 import { loadModel, type Model } from '../src/formats/checkpoint.ts';
 import { paramCount } from '../src/model/family.ts';
 import { paramSpecsOf } from '../src/model/families.ts';
@@ -36,6 +33,7 @@ import { stat } from 'node:fs/promises';
 import { grpo } from '../src/ttrl/objective.ts';
 import { initAdapters, loraConfigFor, writeAdapterFile } from '../src/model/lora.ts';
 import { PRESETS, writeCheckpoint } from './checkpoint.ts';
+import { median as medianOf, memoryBandwidth } from './timing.ts';
 
 const PROMPT_LEN = 32;
 
@@ -52,40 +50,9 @@ const opts = new Command()
   .opts<{ json?: boolean; presets: string; threads: string; reps: string; peer: boolean; train: boolean; prepack: boolean; child?: string }>();
 const threads = Number(opts.threads);
 const reps = Number(opts.reps);
+const median = (fn: () => Promise<unknown>) => medianOf(fn, reps);
 const log = (...a: unknown[]) => console.error(...a);
 const round = (x: number, d = 1) => +x.toFixed(d);
-
-async function median(fn: () => Promise<unknown>): Promise<number> {
-  await fn();
-  const ts: number[] = [];
-  for (let i = 0; i < reps; i++) {
-    const t = performance.now();
-    await fn();
-    ts.push((performance.now() - t) / 1000);
-  }
-  ts.sort((a, b) => a - b);
-  return ts[Math.floor(ts.length / 2)]!;
-}
-
-/** A random checkpoint in BF16, in two shards with an index, as transformers saves one (std 0.02, norms 1). */
-/** GB/s at which ORT streams a 1 GiB float32 tensor through a ReduceSum on `threads` threads. */
-async function memoryBandwidth(): Promise<number> {
-  const n = 256 * 1024 * 1024;
-  const g = new Graph('bandwidth');
-  const x = g.input('x', 'float32', [n / 1024, 1024]);
-  g.output('s', op.reduceSum(x, [1]));
-  const session = await createSession(g, { threads });
-  const data = new Float32Array(n).fill(1);
-  const feeds = { x: f32(data, [n / 1024, 1024]) };
-  let best = Infinity;
-  for (let i = 0; i < 6; i++) {
-    const t = performance.now();
-    await session.run(feeds);
-    best = Math.min(best, (performance.now() - t) / 1000);
-  }
-  await session.release();
-  return (n * 4) / best / 1e9;
-}
 
 function runPeer(preset: string, p: (typeof PRESETS)[string]): Record<string, unknown> {
   const script = fileURLToPath(new URL('../../shared/peers/torch_llama_peer.py', import.meta.url));
@@ -293,7 +260,7 @@ function runOurs(preset: string): ReturnType<typeof benchPreset> extends Promise
 if (opts.child) {
   console.log(JSON.stringify(await benchPreset(opts.child)));
 } else {
-  const bandwidth = await memoryBandwidth();
+  const bandwidth = await memoryBandwidth(threads);
   log(`memory: ORT streams ${bandwidth.toFixed(1)} GB/s through a ReduceSum on ${threads} threads`);
   const results = [];
   for (const name of opts.presets.split(',').map((x) => x.trim())) {

@@ -22,12 +22,10 @@ import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { loadModel } from '../src/formats/checkpoint.ts';
 import { Sampler } from '../src/engine/sampler.ts';
-import { createSession, f32 } from '../src/engine/ort.ts';
-import { Graph } from '../src/graph/ir.ts';
-import * as op from '../src/graph/ops.ts';
 import { isWeightFile } from '../src/formats/weight-file.ts';
 import { Rng } from '../src/util/rng.ts';
 import { q4KMType, requantizeGGUF } from './ggml-quantize.ts';
+import { median as medianOf, memoryBandwidth } from './timing.ts';
 
 const FILES: Record<string, string> = { f32: 'smol-f32.gguf', q8: 'smol-q8.gguf', q4km: 'smol-q4km.gguf' };
 
@@ -44,38 +42,11 @@ const opts = new Command()
   .opts<{ dir: string; formats: string; threads: string; reps: string; peer: boolean; json?: boolean; child?: string; bandwidthChild?: boolean }>();
 const threads = Number(opts.threads);
 const reps = Number(opts.reps);
+const median = (fn: () => Promise<unknown>) => medianOf(fn, reps);
 const log = (...a: unknown[]) => console.error(...a);
 const PROMPTS = 16;
 const PROMPT_LEN = 32;
 const NEW_TOKENS = 64;
-
-async function median(fn: () => Promise<unknown>): Promise<number> {
-  await fn();
-  const ts: number[] = [];
-  for (let i = 0; i < reps; i++) {
-    const t = performance.now();
-    await fn();
-    ts.push((performance.now() - t) / 1000);
-  }
-  return ts.sort((a, b) => a - b)[Math.floor(ts.length / 2)]!;
-}
-
-/** GB/s at which ORT streams 1 GiB of float32 through a ReduceSum on `threads` threads (best of 6). */
-async function memoryBandwidth(): Promise<number> {
-  const n = 256 * 1024 * 1024;
-  const g = new Graph('bandwidth');
-  g.output('s', op.reduceSum(g.input('x', 'float32', [n / 1024, 1024]), [1]));
-  const session = await createSession(g, { threads });
-  const feeds = { x: f32(new Float32Array(n).fill(1), [n / 1024, 1024]) };
-  let best = Infinity;
-  for (let i = 0; i < 6; i++) {
-    const t = performance.now();
-    await session.run(feeds);
-    best = Math.min(best, (performance.now() - t) / 1000);
-  }
-  await session.release();
-  return (n * 4) / best / 1e9;
-}
 
 /** Our side on one file, in this process. */
 async function child(path: string): Promise<Record<string, unknown>> {
@@ -143,7 +114,7 @@ function runPeer(path: string): Record<string, unknown> {
 }
 
 if (opts.bandwidthChild) {
-  console.log(JSON.stringify(await memoryBandwidth()));
+  console.log(JSON.stringify(await memoryBandwidth(threads)));
 } else if (opts.child) {
   console.log(JSON.stringify(await child(opts.child)));
 } else {
