@@ -20,7 +20,6 @@ import { selectForTraining } from '../ttrl/grpo.ts';
 import { referenceSupport } from '../ttrl/reference.ts';
 import { LOW_SUPPORT } from '../ttrl/candidate-checks.ts';
 import type { Rollout } from '../sampling/rollout.ts';
-import { Scorer } from '../engine/scorer.ts';
 import { TTRLUpdater, type UpdateResult } from '../ttrl/updater.ts';
 import { lrOf, type GuardSettings, type SamplingSettings, type ScheduleSettings, type TrainSettings } from '../config/settings.ts';
 import type { Experience } from './answerer.ts';
@@ -203,12 +202,10 @@ export class Adaptation {
   refused: string | null = null;
   /** The number reserved by the update running now, until it is promoted or rejected. */
   private unsettled: number | null = null;
-  /** The shipped weights, scoring samples for --ref-gate (started on first use). */
-  private reference: Promise<Scorer> | null = null;
 
   /** The majority completions (up to 4 a question) of the update's questions whose majority the reference backs less than LOW_SUPPORT. */
   private async unbacked(rollouts: Rollout[], support?: number[]) {
-    const s = support ?? (await referenceSupport(await this.referenceScorer(), rollouts, this.tok.padId, this.config.contextLength));
+    const s = support ?? (await referenceSupport(await this.judge.referenceScorer(), rollouts, this.tok.padId, this.config.contextLength));
     const low = rollouts.filter((r, i) => r.vote.label !== null && s[i]! < LOW_SUPPORT);
     const seqs = low.flatMap((r) =>
       r.samples
@@ -217,16 +214,6 @@ export class Adaptation {
         .map((x) => ({ tokens: [...r.prompt, ...x.tokens], promptLength: r.prompt.length, sampledLogprob: x.logprobs.reduce((a, b) => a + b, 0) })),
     );
     return { questions: low.length, seqs };
-  }
-
-  private referenceScorer(): Promise<Scorer> {
-    return (this.reference ??= Scorer.create({
-      config: this.config,
-      weights: this.versions.base,
-      threads: this.o.trainThreads,
-      nice: this.o.trainNice,
-      spin: false,
-    }));
   }
 
   /** In words, why no update is due yet (the dashboard and /admin/status say it), or null when one is running or due. */
@@ -300,7 +287,8 @@ export class Adaptation {
     const trainable = taken.filter((e) => e.rollout.samples.length >= this.o.trainSamples);
     const rollouts = trainable.map((e) => e.rollout);
     // The reference gate reads the shipped model: what it backs, however sure the served model grew.
-    const support = this.o.refGate > 0 ? await referenceSupport(await this.referenceScorer(), rollouts, this.tok.padId, this.config.contextLength) : undefined;
+    const support =
+      this.o.refGate > 0 ? await referenceSupport(await this.judge.referenceScorer(), rollouts, this.tok.padId, this.config.contextLength) : undefined;
     const { selected, stats: groupStats } = selectForTraining(
       rollouts,
       [],
@@ -451,6 +439,6 @@ export class Adaptation {
     for (const s of this.subs) s.unsubscribe();
     // An update in flight stops after its current step; its candidate is never promoted.
     await this.updating?.catch(() => {});
-    await Promise.allSettled([this.updater?.close(), this.judge.close(), this.reference?.then((r) => r.close())]);
+    await Promise.allSettled([this.updater?.close(), this.judge.close()]);
   }
 }

@@ -77,7 +77,7 @@ export class CandidateJudge {
   private candidateProbe: ProbeStats | null = null;
   private prober: Sampler | null = null;
   /** Scores anchors under the shipped weights. */
-  private reference: Scorer | null = null;
+  private reference: Promise<Scorer> | null = null;
   /** Probes run on an upstream instead of the prober (the candidate loaded there under a candidate name). */
   private upstream: UpstreamPool | null = null;
 
@@ -112,12 +112,20 @@ export class CandidateJudge {
     this.upstream = pool;
   }
 
+  /**
+   * The scorer holding the shipped weights, started once: the anchors' reference log-probs, and
+   * the reference support adaptation reads (--ref-gate, --confidence-rise).
+   */
+  referenceScorer(): Promise<Scorer> {
+    return (this.reference ??= Scorer.create({ config: this.config, weights: this.base, threads: this.o.trainThreads, nice: this.o.trainNice, spin: false }));
+  }
+
   /** Starts the prober and the reference scorer (each once), when their checks are on. */
   async start(): Promise<void> {
     const threads = { threads: this.o.trainThreads, nice: this.o.trainNice, spin: false };
     if (this.o.probeQuestions > 0 && !this.upstream)
       this.prober ??= await Sampler.create({ config: this.config, weights: this.base, lora: this.lora, ...threads });
-    if (this.o.anchors > 0) this.reference ??= await Scorer.create({ config: this.config, weights: this.base, ...threads });
+    if (this.o.anchors > 0) await this.referenceScorer();
   }
 
   /** The checks in order of cost; the first that fails is the reason. */
@@ -195,7 +203,7 @@ export class CandidateJudge {
     if (anchors.length < MIN_ANCHORS) return null;
     const unscored = anchors.filter((a) => a.ref === null);
     if (unscored.length) {
-      const refs = await completionLogprobs(this.reference!, unscored, this.tok.padId, this.config.contextLength);
+      const refs = await completionLogprobs(await this.referenceScorer(), unscored, this.tok.padId, this.config.contextLength);
       unscored.forEach((a, i) => (a.ref = sum(refs[i]!)));
       await this.anchorSet.save();
     }
@@ -203,6 +211,6 @@ export class CandidateJudge {
   }
 
   async close(): Promise<void> {
-    await Promise.allSettled([this.prober?.close(), this.reference?.close()]);
+    await Promise.allSettled([this.prober?.close(), this.reference?.then((r) => r.close())]);
   }
 }

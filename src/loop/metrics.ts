@@ -61,7 +61,7 @@ export function createMetrics() {
     }),
     upstreamLatency: new Histogram({
       name: 'ttrl_upstream_request_seconds',
-      help: "an upstream's sampling request, from holding a slot to its answer",
+      help: "an upstream's sampling request, from sending it (waiting for a free slot included) to its answer",
       labelNames: ['upstream'] as const,
       buckets: [0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6],
       registers: r,

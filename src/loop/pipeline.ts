@@ -50,6 +50,8 @@ export type PipelineSettings = ModelSettings &
 
 export interface Pipeline {
   model: Model;
+  /** The name clients (and upstreams) know the base model by: the --model folder's or file's name. */
+  modelId: string;
   /** What is asked of the model: prompts, answers, new tokens (one for the pipeline's life). */
   task: Task;
   store: Store;
@@ -78,6 +80,7 @@ export async function createPipeline(
 ): Promise<Pipeline> {
   const logger = o.logger ?? silentLogger;
   const model = await loadModel(s.model, { quantize: s.quantize });
+  const modelId = basename(resolve(s.model));
   // The task and its limits before anything is opened: a template the model lacks, or new
   // tokens that fill its context, stop start-up here.
   const task = taskFromSettings(s, model.tokenizer, s.model);
@@ -118,7 +121,7 @@ export async function createPipeline(
           {
             ...s,
             config: model.config,
-            baseModel: s.upstreamModel ?? basename(resolve(s.model)),
+            baseModel: s.upstreamModel ?? modelId,
             adapters: lora ? { dir: resolve(s.adapterDir ?? `${resolve(s.db)}.adapters`), lora, fingerprint: versions.fingerprint } : undefined,
             keepLoaded: s.keepVersions || 1,
             metrics,
@@ -195,15 +198,14 @@ export async function createPipeline(
         refuse(`${upstreams.dialect.name} upstreams cannot load LoRA adapters at run time, so versions cannot be published to them; serving only`);
       else {
         adaptation.refused = 'waiting for an upstream to check that it serves the model loaded here';
-        const check = async () => {
+        const checked = (async () => {
           await upstreams.whenUp();
           const r = await checkUpstreamMatch(upstreams, {
             config: model.config,
-            base: versions.base,
+            reference: await judge.referenceScorer(),
             tok: model.tokenizer,
             task,
             tolerance: s.upstreamLogprobTolerance,
-            threads: s.trainThreads,
             localModel: s.model,
           });
           if (r.refused) return refuse(r.refused);
@@ -212,15 +214,15 @@ export async function createPipeline(
             { gap_nats_per_token: r.gap, tokens: r.tokens },
             `the upstreams serve the model loaded here (mean log-prob gap ${r.gap!.toFixed(5)} nats per token); adaptation may run`,
           );
-        };
+        })().catch((e: Error) => refuse(`the check that the upstreams serve our model failed: ${e.message}`));
         // At start when an upstream is up; else once one is (serving waits for none of it).
-        if (!upstreams.down) await check().catch((e: Error) => refuse(`the check that the upstreams serve our model failed: ${e.message}`));
-        else void check().catch((e: Error) => refuse(`the check that the upstreams serve our model failed: ${e.message}`));
+        if (!upstreams.down) await checked;
       }
     }
     let closing: Promise<void> | null = null;
     return {
       model,
+      modelId,
       task,
       store,
       metrics,

@@ -2,7 +2,6 @@
 // startServer() is what `ttrl serve`, the tests and the benchmark call.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { basename, resolve } from 'node:path';
 import type { Settings } from '../config/settings.ts';
 import { ApiKeys } from './auth.ts';
 import { ConnectionLimiter } from './connections.ts';
@@ -74,7 +73,7 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
       ...(p.fleet ? { fleet: p.fleet.status() } : {}),
       ...(p.upstreams ? { upstreams: p.upstreams.status() } : {}),
     });
-    const modelId = basename(resolve(s.model));
+    const { modelId } = p;
     const openai = {
       task: p.task,
       tokenizer: p.model.tokenizer,

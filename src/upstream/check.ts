@@ -3,8 +3,7 @@
 // loaded here. The check: the upstream lists the base model by the expected name, returns
 // token ids and log-probs, and its log-probs of a short completion it drew match ours of the
 // same tokens within a tolerance (a GPU's bf16 is not our float32, so not exactly).
-import { Scorer } from '../engine/scorer.ts';
-import type { WeightSource } from '../formats/weight-file.ts';
+import type { Scorer } from '../engine/scorer.ts';
 import type { ModelConfig } from '../model/families.ts';
 import type { Tokenizer } from '../tokenizers/tokenizer.ts';
 import type { Task } from '../tasks/task.ts';
@@ -24,7 +23,15 @@ const CHECK_QUESTION = '2+3';
 
 export async function checkUpstreamMatch(
   pool: UpstreamPool,
-  o: { config: ModelConfig; base: WeightSource; tok: Tokenizer; task: Task; tolerance: number; threads: number; localModel: string },
+  o: {
+    config: ModelConfig;
+    /** Scores under the base model's weights (the guard's reference scorer). */
+    reference: Pick<Scorer, 'score'>;
+    tok: Tokenizer;
+    task: Task;
+    tolerance: number;
+    localModel: string;
+  },
 ): Promise<MatchCheck> {
   const prompt = o.task.encode(o.tok, CHECK_QUESTION);
   const maxNewTokens = Math.max(1, Math.min(16, o.config.contextLength - prompt.length));
@@ -37,23 +44,18 @@ export async function checkUpstreamMatch(
   if (!sample.tokens.length) return { refused: `${who} returns no token ids (${pool.dialect.name}); training needs the exact ids it sampled` };
   if (sample.logprobs.length !== sample.tokens.length || sample.logprobs.some((x) => !Number.isFinite(x)))
     return { refused: `${who} returns no log-probs of its samples (${pool.dialect.name}); training needs them` };
-  const scorer = await Scorer.create({ config: o.config, weights: o.base, threads: o.threads });
-  try {
-    const [ours] = await completionLogprobs(
-      scorer,
-      [{ tokens: [...prompt, ...sample.tokens], promptLength: prompt.length }],
-      o.tok.padId,
-      o.config.contextLength,
-    );
-    const gap = ours!.reduce((a, x, i) => a + Math.abs(x - sample.logprobs[i]!), 0) / ours!.length;
-    if (!(gap <= o.tolerance))
-      return {
-        refused: `${who} does not serve the model loaded here (${o.localModel}): its log-probs of a completion it drew differ from ours by ${gap.toFixed(4)} nats per token on average (tolerance ${o.tolerance}, --upstream-logprob-tolerance)`,
-        gap,
-        tokens: ours!.length,
-      };
-    return { refused: null, gap, tokens: ours!.length };
-  } finally {
-    await scorer.close();
-  }
+  const [ours] = await completionLogprobs(
+    o.reference,
+    [{ tokens: [...prompt, ...sample.tokens], promptLength: prompt.length }],
+    o.tok.padId,
+    o.config.contextLength,
+  );
+  const gap = ours!.reduce((a, x, i) => a + Math.abs(x - sample.logprobs[i]!), 0) / ours!.length;
+  if (!(gap <= o.tolerance))
+    return {
+      refused: `${who} does not serve the model loaded here (${o.localModel}): its log-probs of a completion it drew differ from ours by ${gap.toFixed(4)} nats per token on average (tolerance ${o.tolerance}, --upstream-logprob-tolerance)`,
+      gap,
+      tokens: ours!.length,
+    };
+  return { refused: null, gap, tokens: ours!.length };
 }

@@ -156,6 +156,10 @@ const SGLANG: Dialect = {
   unloadAdapter: (name) => ({ path: '@root/unload_lora_adapter', body: { lora_name: name } }),
 };
 
+function noRuntimeAdapters(): never {
+  throw new Error("llama.cpp's server loads adapters only at start (--lora): versions cannot be published to it");
+}
+
 const LLAMACPP: Dialect = {
   name: 'llamacpp',
   takesN: false,
@@ -188,8 +192,8 @@ const LLAMACPP: Dialect = {
     const stopped = b.stop_type === 'eos' || endsOnStop(tokens, d.stopTokens);
     return [{ tokens, logprobs, stopped, text: typeof b.content === 'string' ? b.content : '' }];
   },
-  loadAdapter: () => bad("llama.cpp's server loads adapters only at start (--lora): versions cannot be published to it"),
-  unloadAdapter: () => bad("llama.cpp's server loads adapters only at start (--lora): versions cannot be published to it"),
+  loadAdapter: noRuntimeAdapters,
+  unloadAdapter: noRuntimeAdapters,
 };
 
 export const DIALECTS: Record<ApiName, Dialect> = { vllm: VLLM, sglang: SGLANG, llamacpp: LLAMACPP };

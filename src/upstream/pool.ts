@@ -66,6 +66,9 @@ export class UpstreamPool implements Generator {
   private upWaiters: (() => void)[] = [];
   private closed = false;
 
+  /** The serving version's adapters until start() writes them (the active version may predate this adapter folder). */
+  private startAdapters: Weights | null;
+
   constructor(
     private o: PoolOptions,
     serving: { version: number; adapters?: Weights },
@@ -73,19 +76,21 @@ export class UpstreamPool implements Generator {
     this.config = o.config;
     this.dialect = DIALECTS[o.upstreamApi];
     this.upstreams = o.upstreams.map((url) => new Upstream(baseUrlOf(url), { concurrency: o.upstreamConcurrency, apiKey: o.upstreamApiKey }));
-    this.serving = { version: serving.version, name: serving.version === 0 || !o.adapters ? o.baseModel : adapterName(serving.version) };
-    this.pendingAdapters = serving.version > 0 && o.adapters ? { version: serving.version, adapters: serving.adapters! } : null;
+    this.serving = { version: serving.version, name: this.nameOf(serving.version) };
+    this.startAdapters = serving.version > 0 && o.adapters ? serving.adapters! : null;
   }
 
-  /** The serving version's adapters until they are written (start-up: the active version may predate this adapter folder). */
-  private pendingAdapters: { version: number; adapters: Weights } | null;
+  /** What a version is asked for by: its adapter's name, or the base model's (version 0, or versions not published as adapters). */
+  private nameOf(version: number): string {
+    return version > 0 && this.o.adapters ? adapterName(version) : this.o.baseModel;
+  }
 
   /** Probes every upstream (bringing each to the serving adapter), then keeps probing those that are not up. */
   async start(): Promise<void> {
-    if (this.pendingAdapters) {
-      await this.writeAdapter(adapterName(this.pendingAdapters.version), this.pendingAdapters.adapters);
-      this.published.push(this.pendingAdapters.version);
-      this.pendingAdapters = null;
+    if (this.startAdapters) {
+      await this.writeAdapter(this.serving.name, this.startAdapters);
+      this.published.push(this.serving.version);
+      this.startAdapters = null;
     }
     await this.probeAll();
     this.probeTimer = setInterval(() => void this.probeAll(), this.o.upstreamProbeMs);
@@ -97,8 +102,8 @@ export class UpstreamPool implements Generator {
     return { ...this.serving };
   }
 
-  status(): (UpstreamStatus & { serving: string })[] {
-    return this.upstreams.map((u) => ({ ...u.status(), serving: this.serving.name }));
+  status(): UpstreamStatus[] {
+    return this.upstreams.map((u) => u.status());
   }
 
   /** Why no draw can be made now (no upstream is up), or null. */
@@ -270,7 +275,7 @@ export class UpstreamPool implements Generator {
     if (!this.o.adapters || !this.dialect.loadsAdapters) return;
     const keep = new Set(this.keptNames());
     const loaded = new Map(listed.map((m) => [m.id, m.root]));
-    if (this.serving.version > 0) await this.ensureLoaded(u, this.serving.name, loaded);
+    if (this.serving.name !== this.o.baseModel) await this.ensureLoaded(u, this.serving.name, loaded);
     for (const id of loaded.keys()) if (/^ttrl-(cand-)?v\d+$/.test(id) && !keep.has(id)) await this.unload(u, id);
   }
 
@@ -323,11 +328,11 @@ export class UpstreamPool implements Generator {
    * Version 0 is the base model. Retired adapters beyond the kept ones are unloaded.
    */
   async serve(version: number, adapters?: Weights): Promise<void> {
-    if (!this.o.adapters || version === 0) {
-      this.serving = { version, name: version === 0 || !this.o.adapters ? this.o.baseModel : adapterName(version) };
+    const name = this.nameOf(version);
+    if (name === this.o.baseModel) {
+      this.serving = { version, name };
       return;
     }
-    const name = adapterName(version);
     await this.writeAdapter(name, adapters!);
     await Promise.all(
       this.upstreams
@@ -343,7 +348,7 @@ export class UpstreamPool implements Generator {
     this.published = [...this.published.filter((v) => v !== version), version];
     const keep = new Set(this.keptNames());
     const retired = this.published.filter((v) => !keep.has(adapterName(v)));
-    this.published = this.published.filter((v) => keep.has(adapterName(v)));
+    this.published = this.published.filter((v) => !retired.includes(v));
     for (const v of retired) for (const u of this.upstreams.filter((x) => x.state === 'up')) await this.unload(u, adapterName(v));
   }
 
