@@ -289,3 +289,39 @@ test('traffic cannot steer updates: a repeated question counts once, one client 
   }
   assert.throws(() => resolveSettings({ maxClientShare: 0 }, {}), /--max-client-share/);
 });
+
+test('an update takes at most --update-max distinct questions (else --update-every): what arrived beyond it while adaptation waited is dropped, oldest first, and counted', async () => {
+  const token = 'admin-token-1';
+  for (const [updateMax, kept] of [
+    [0, 4],
+    [7, 7],
+  ] as const) {
+    // Paused from the start (--no-adapt): questions are admitted, no update runs until asked.
+    const s = await start({
+      adapt: false,
+      updateEvery: 4,
+      updateMax,
+      maxClientShare: 1,
+      questionsPerStep: 4,
+      probeQuestions: 0,
+      anchors: 0,
+      votes: 8,
+      adminToken: token,
+    });
+    const admin = (path: string, method = 'GET') =>
+      fetch(`${s.url}/admin${path}`, { method, headers: { authorization: `Bearer ${token}` } }).then((r) => r.json() as Promise<Record<string, unknown>>);
+    try {
+      const a = await Client.open(s.wsUrl);
+      for (const [i, x] of questions(12, 31).entries()) assert.equal((await a.ask(`q${i}`, x)).type, 'answer');
+      assert.equal((await admin('/status')).pending_experiences, kept);
+      const outcome = await admin('/adaptation/update', 'POST');
+      const stats = outcome.stats as Record<string, number>;
+      assert.equal(stats.experiences, kept, JSON.stringify(outcome));
+      assert.equal(stats.not_trained_on, 12 - kept, JSON.stringify(outcome));
+      a.ws.close();
+    } finally {
+      await s.close();
+    }
+  }
+  await assert.rejects(start({ updateEvery: 8, updateMax: 4 }), /--update-max 4 is below --update-every 8/);
+});

@@ -259,6 +259,11 @@ export const SCHEDULE = {
   adapt: { schema: bool, default: true, help: 'run live TTRL updates' },
   updateEvery: { schema: int(1, 1_000_000), default: 64, help: 'voted questions between updates' },
   updateIntervalS: { schema: real(0, 86400), default: 0, help: 'also update after this many seconds with new questions (0: off)' },
+  updateMax: {
+    schema: int(0, 1_000_000),
+    default: 0,
+    help: 'most distinct questions one update trains on: those that arrived while the last update ran count too, the oldest beyond it dropped (0: --update-every)',
+  },
   maxClientShare: {
     schema: real(0.01, 1),
     default: 0.5,

@@ -82,6 +82,8 @@ export class Adaptation {
     // With --no-adapt the loop starts paused: questions are logged, an admin may still resume.
     this.paused = !o.adapt;
     this.rng = new Rng(o.seed ^ 0xada97);
+    if (o.updateMax > 0 && o.updateMax < o.updateEvery)
+      throw new Error(`--update-max ${o.updateMax} is below --update-every ${o.updateEvery}: no update could ever start; raise it (or 0: --update-every)`);
     this.sourceCap = o.maxClientShare >= 1 ? Infinity : Math.floor(o.maxClientShare * o.updateEvery);
     if (this.sourceCap < 1)
       throw new Error(
@@ -134,7 +136,7 @@ export class Adaptation {
     this.pending.set(q, e);
     if (e.source !== null) this.perSource.set(e.source, (this.perSource.get(e.source) ?? 0) + 1);
     // While an update runs the next one's fill; past its size the oldest make room.
-    if (this.pending.size > this.o.updateEvery) {
+    if (this.pending.size > (this.o.updateMax || this.o.updateEvery)) {
       const [oldest, old] = this.pending.entries().next().value as [string, Experience];
       this.pending.delete(oldest);
       if (old.source !== null) this.perSource.set(old.source, this.perSource.get(old.source)! - 1);
@@ -272,8 +274,9 @@ export class Adaptation {
 
   private async runUpdate(trigger: string): Promise<UpdateOutcome> {
     const t0 = performance.now();
-    // At most `updateEvery` distinct questions: an update's size (and so its drift and its
-    // time) stays bounded however many questions arrived while the last one ran.
+    // At most `updateMax` (else `updateEvery`) distinct questions: an update's size (and so
+    // its drift and its time) stays bounded however many questions arrived while the last
+    // one ran.
     const { taken, stats: intake } = this.takePending();
     if (!taken.length)
       return {
