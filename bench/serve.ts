@@ -25,8 +25,13 @@
 // the in-process sampler would have had) and the front-end's --lora-rank, started fresh for
 // each run; the front-end trains and publishes. Compare with the same command without it.
 //
+// --window W adds each run's served accuracy, confidence and calibration error per W questions
+// (`windows`), and --svg FILE plots them against questions served (the long runs of issue 23).
+// --suite picks the questions (4-operand by default; 3-digit has no prior: nothing to learn).
+//
 //   npm run bench:serve -- [--json] [--clients 16] [--questions 2000] [--seeds 3] [--first-seed 0] [--streams recurring,fresh]
 //                          [--modes off,on,on3x] [--lr X] [--set key=value ...] [--no-peer] [--frontends 1] [--upstreams 0]
+//                          [--suite 4-operand] [--window W] [--svg FILE]
 //   BENCH_KEEP=1 keeps each run's database and versions (bench/guard-study.ts reads them); with
 //   --frontends N > 1, the versions folder and a pg_dump of the run's database (db.dump).
 import { spawnSync } from 'node:child_process';
@@ -44,6 +49,8 @@ import { suite } from '../src/tasks/suites.ts';
 import type { Question } from '../src/tasks/arithmetic.ts';
 import { quantile } from '../src/util/stats.ts';
 import { calibration } from '../src/sampling/calibration.ts';
+import { linePlot, stackPlots, type Series } from '../src/util/svg-plot.ts';
+import { writeFileSync } from 'node:fs';
 import { readyz, startBenchPostgres, waitForLeader, type BenchPostgres } from './fleet-db.ts';
 import { startUpstream, type UpstreamServer } from './upstream-servers.ts';
 
@@ -60,6 +67,9 @@ const o = new Command()
   .option('--no-peer', 'skip the PyTorch peer')
   .option('--frontends <n>', 'front-ends on one PostgreSQL database the bench starts (1: one server on SQLite)', '1')
   .option('--upstreams <n>', 'sample on this many ttrl-server upstream processes (0: in this process)', '0')
+  .option('--suite <name>', 'the questions of both streams (src/tasks/suites.ts)', '4-operand')
+  .option('--window <n>', "add each run's accuracy, confidence and ECE per this many questions")
+  .option('--svg <file>', 'plot the windows (accuracy, confidence, ECE against questions served) to this file')
   .parse()
   .opts<{
     json?: boolean;
@@ -74,6 +84,9 @@ const o = new Command()
     peer: boolean;
     frontends: string;
     upstreams: string;
+    suite: string;
+    window?: string;
+    svg?: string;
   }>();
 
 const log = (...a: unknown[]) => console.error(...a);
@@ -84,6 +97,8 @@ const baseLr = o.lr ? Number(o.lr) : lrOf({ loraRank: Number(extra.loraRank ?? 0
 const tail = { from: Math.floor(N * 0.75), to: N }; // questions 1,501-2,000 of 2,000
 const F = Number(o.frontends);
 const U = Number(o.upstreams);
+const W = o.window ? Number(o.window) : o.svg ? Math.max(1, Math.floor(N / 20)) : 0;
+if (!Number.isInteger(W) || W < 0) throw new Error(`--window: bad value ${o.window}`);
 if (!Number.isInteger(U) || U < 0) throw new Error(`--upstreams: bad value ${o.upstreams}`);
 if (!Number.isInteger(F) || F < 1) throw new Error(`--frontends: bad value ${o.frontends}`);
 if (C < F) throw new Error(`--clients ${C} < --frontends ${F}: a front-end would have no client`);
@@ -102,12 +117,12 @@ let runNumber = 0;
 function stream(kind: string, seed: number): Question[] {
   if (kind === 'fresh') {
     const seen = new Set<string>();
-    return suite('4-operand', N * 2, 20_000 + seed)
+    return suite(o.suite, N * 2, 20_000 + seed)
       .filter((q) => !seen.has(q.question) && seen.add(q.question))
       .slice(0, N);
   }
   if (kind !== 'recurring') throw new Error(`unknown stream ${kind}`);
-  const pool = suite('4-operand', 256, 10_000 + seed);
+  const pool = suite(o.suite, 256, 10_000 + seed);
   const all = Array.from({ length: Math.ceil(N / pool.length) }, () => pool).flat();
   return new Rng(seed).shuffle(all).slice(0, N);
 }
@@ -231,10 +246,25 @@ async function run(kind: string, seed: number, mode: string) {
   const cal = calibration(
     served.slice(tail.from, tail.to).map((s, j) => ({ confidence: s.confidence, correct: s.answer === questions[tail.from + j]!.answer })),
   );
+  // Per window of W questions (stream order): what was served, and how honest its confidence was.
+  const windows = W
+    ? Array.from({ length: Math.ceil(N / W) }, (_, k) => {
+        const [from, to] = [k * W, Math.min(N, (k + 1) * W)];
+        const c = calibration(served.slice(from, to).map((s, j) => ({ confidence: s.confidence, correct: s.answer === questions[from + j]!.answer })));
+        return {
+          to,
+          accuracy: +acc(from, to).toFixed(4),
+          confidence: +c.mean_confidence!.toFixed(4),
+          ece: +c.ece!.toFixed(4),
+          version: served[to - 1]!.version,
+        };
+      })
+    : undefined;
   const r = {
     stream: kind,
     seed,
     mode,
+    suite: o.suite,
     store: STORE,
     frontends: F,
     upstreams: U,
@@ -259,6 +289,7 @@ async function run(kind: string, seed: number, mode: string) {
     ...updateCosts(versions),
     // From the store, all front-ends together: answered questions by the version that served them.
     accuracy_by_version: logged.byVersion,
+    ...(windows ? { window: W, windows } : {}),
     ...(postgres
       ? {
           leader,
@@ -387,5 +418,24 @@ const out = {
   peer_ratio: 'error' in peer || !ours ? null : +(ours / peer.questions_per_s).toFixed(2),
   runs,
 };
+if (o.svg) {
+  // One chart per measure, a line per run (stream, seed, mode).
+  const name = (r: (typeof runs)[number]) => `${r.stream} s${r.seed} ${r.mode}`;
+  const chart = (key: 'accuracy' | 'confidence' | 'ece', title: string) =>
+    linePlot(
+      runs.map((r): Series => ({ name: name(r), points: (r.windows ?? []).map((w) => [w.to, w[key]]) })),
+      { title, xLabel: `questions served (windows of ${W})`, yMin: 0, yMax: key === 'ece' ? 0.5 : 1 },
+    );
+  const title = `${o.suite}, ${N} questions, ${o.set?.join(' ') || 'defaults'}`;
+  writeFileSync(
+    o.svg,
+    stackPlots([
+      chart('accuracy', `served accuracy: ${title}`),
+      chart('confidence', 'served confidence (majority share)'),
+      chart('ece', 'calibration error (ECE)'),
+    ]),
+  );
+  log(`wrote ${o.svg}`);
+}
 if (!o.json) log(JSON.stringify(summary, null, 2));
 console.log(JSON.stringify(out));

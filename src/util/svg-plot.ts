@@ -64,6 +64,26 @@ export function linePlot(series: Series[], o: PlotOptions): string {
   return out.join('\n') + '\n';
 }
 
+/** Charts made by linePlot, one under the other in one SVG (each keeps its own size). */
+export function stackPlots(plots: string[]): string {
+  const size = (svg: string) => {
+    const m = /width="(\d+)" height="(\d+)"/.exec(svg);
+    if (!m) throw new Error('stackPlots: not a linePlot chart');
+    return { w: Number(m[1]), h: Number(m[2]) };
+  };
+  const sizes = plots.map(size);
+  const W = Math.max(...sizes.map((s) => s.w));
+  const H = sizes.reduce((a, s) => a + s.h, 0);
+  let y = 0;
+  const inner = plots.map((svg, k) => {
+    // A nested <svg> is placed by its x and y; the namespace is the outer one's.
+    const placed = svg.replace('<svg xmlns="http://www.w3.org/2000/svg" ', `<svg x="0" y="${y}" `);
+    y += sizes[k]!.h;
+    return placed;
+  });
+  return [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}">`, ...inner, '</svg>'].join('\n');
+}
+
 function ticks(lo: number, hi: number, n = 5): number[] {
   const span = hi - lo || 1;
   const raw = span / n;
