@@ -589,6 +589,7 @@ program
           id: r.id,
           question: r.question,
           answer: r.answer,
+          label: r.label,
           votes: r.votes,
           majority_ratio: r.majority_ratio,
           model_version: r.model_version,

@@ -341,6 +341,32 @@ test('timeouts: a question unanswered in time, a server that never says hello; a
   }
 });
 
+test('a label goes with ask and with stream, and the server logs it with the question; a malformed one comes back as invalid_message', async () => {
+  const s = await start();
+  const c = new TtrlClient(s.wsUrl);
+  try {
+    checkAnswer(await c.ask(QS[0]!, { votes: 2, label: '-3' }), 2);
+    const events: StreamEvent[] = [];
+    for await (const e of c.stream(QS[1]!, { votes: 3, label: '7' })) events.push(e);
+    assert.equal(events.at(-1)!.type, 'answer');
+    checkAnswer(await c.ask(QS[2]!, { votes: 2 }), 2);
+    const bad = await failure(c.ask(QS[3]!, { label: '' }));
+    assert.deepEqual([bad.code, bad.retryable], ['invalid_message', false]);
+    assert.match(bad.message, /^label: /);
+    assert.deepEqual(
+      (await collect(s.store.questions())).map((q) => [q.question, q.label]),
+      [
+        [QS[0], '-3'],
+        [QS[1], '7'],
+        [QS[2], null],
+      ],
+    );
+  } finally {
+    await c.close();
+    await s.close();
+  }
+});
+
 test("the server's refusals come back as TtrlErrors with their code, and the connection stays usable", async () => {
   const s = await start({ maxMessageBytes: 256, maxPromptTokens: 16 });
   const c = new TtrlClient(s.wsUrl);

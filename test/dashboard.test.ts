@@ -1,7 +1,10 @@
 // The dashboard end to end: a live server on the shipped model, the page in headless
 // Chromium (the system's /usr/bin/chromium driven by playwright-core; CI installs it). The
 // page loads with no console error, shows each answered question as it comes, and shows the
-// serving version change when its own buttons update the model and roll it back.
+// serving version change when its own buttons update the model and roll it back. Questions
+// asked with labels (their known answers) give the snapshot a calibration equal to the one
+// computed here from the answers the client got, and the page a calibration panel it does
+// not show without them.
 // TTRL_DASHBOARD_SCREENSHOT=DIR saves what the page looked like at the end of each test.
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,6 +13,9 @@ import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import type { RunningServer } from '../src/server/server.ts';
 import type { UpdateOutcome } from '../src/loop/adaptation.ts';
+import { TtrlClient } from '../src/client/index.ts';
+import { CALIBRATION_ANSWERS, type DashboardSnapshot } from '../src/dashboard/state.ts';
+import { calibration, type Judged } from '../src/sampling/calibration.ts';
 import { suite } from '../src/tasks/suites.ts';
 import { assertJudged, startTestServer, type SettingOverrides } from './helpers/server.ts';
 
@@ -197,3 +203,70 @@ test('with API keys the stream needs one (?key=), the page asks for it; a reject
   assert.equal(errors.length, 1, errors.join('\n'));
   assert.match(errors[0]!, /401/);
 });
+
+test(
+  'labelled asks: the calibration of the answers given, in the snapshot, on /metrics and in a panel the page shows only then',
+  { skip, timeout: 180_000 },
+  async (t) => {
+    const s = await start({ adapt: false });
+    t.after(() => s.close());
+    const { page, errors } = await browse(t);
+    await page.goto(`${s.url}/`);
+    await page.locator('#conn[data-state="live"]').waitFor({ timeout: 30_000 });
+    const snapshot = async () => (await (await fetch(`${s.url}/dashboard/state`)).json()) as DashboardSnapshot;
+
+    // Questions without labels: nothing to measure, nothing shown.
+    await ask(s, '1+2=');
+    await waitText(page, 'answered', '1');
+    const before = await snapshot();
+    assert.equal(before.calibration, null);
+    assert.equal(before.windows.calibration_answers, CALIBRATION_ANSWERS);
+    assert.equal(await page.locator('#calibration').isHidden(), true);
+
+    // Labelled questions, one at a time (so that the server sees them in this order): the true
+    // answer in another form ("-5.0" for -5: right when the model is, once normalised), or,
+    // every fourth, a wrong one. Through the typed client, the last one over HTTP.
+    const client = new TtrlClient(s.wsUrl);
+    t.after(() => client.close());
+    const items = [...suite('in-distribution', 10, 31), ...suite('4-operand', 10, 32)];
+    const judged: Judged[] = [];
+    for (const [i, q] of items.entries()) {
+      const wrong = i % 4 === 3;
+      const label = wrong ? String(Number(q.answer) + 1000) : `${q.answer}.0`;
+      let a: { answer: string | null; confidence: number };
+      if (i < items.length - 1) a = await client.ask(q.question, { votes: 8, label });
+      else {
+        const r = await fetch(`${s.url}/v1/ask`, { method: 'POST', body: JSON.stringify({ question: q.question, votes: 8, label }) });
+        assert.equal(r.status, 200, await r.clone().text());
+        a = (await r.json()) as typeof a;
+      }
+      judged.push({ confidence: a.confidence, correct: !wrong && a.answer === q.answer });
+    }
+    const right = judged.filter((j) => j.correct).length;
+    assert.ok(right > 0 && right < judged.length, `${right} of ${judged.length} right: the test needs both`);
+    const expected = calibration(judged);
+    assert.deepEqual((await snapshot()).calibration, expected);
+    assert.equal(expected.answers, items.length);
+
+    // Counted on /metrics by outcome.
+    const metrics = await (await fetch(`${s.url}/metrics`)).text();
+    const counted = (correct: boolean) => Number(new RegExp(`^ttrl_labelled_answers_total\\{correct="${correct}"\\} (\\d+)$`, 'm').exec(metrics)?.[1]);
+    assert.deepEqual([counted(true), counted(false)], [right, judged.length - right]);
+
+    // The page: the panel appears with the next tick, with the numbers and the reliability chart.
+    await page.locator('#calibration:not([hidden])').waitFor({ timeout: 10_000 });
+    await waitText(page, 'calibration-ece', expected.ece!.toFixed(3), 10_000);
+    assert.equal(await text(page, 'calibration-n'), `${items.length} labelled answers`);
+    assert.equal(await text(page, 'calibration-accuracy'), `${Math.round(expected.accuracy! * 100)}%`);
+    assert.equal(await text(page, 'calibration-confidence'), `${Math.round(expected.mean_confidence! * 100)}%`);
+    assert.equal(await page.locator('#chart-calibration canvas').count(), 1, 'uPlot drew the reliability chart');
+    // A fresh page gets it from the snapshot.
+    await page.reload();
+    await page.locator('#conn[data-state="live"]').waitFor({ timeout: 30_000 });
+    assert.equal(await page.locator('#calibration').isHidden(), false);
+    assert.equal(await text(page, 'calibration-ece'), expected.ece!.toFixed(3));
+
+    await shoot(page, 'calibration');
+    assert.deepEqual(errors, []);
+  },
+);

@@ -2,7 +2,7 @@
 // arithmetic task's integers are what they were.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { normalizeAnswer } from '../src/tasks/normalize.ts';
+import { isCorrect, normalizeAnswer } from '../src/tasks/normalize.ts';
 import { majorityVote } from '../src/tasks/vote.ts';
 
 const SAME: [string, string[]][] = [
@@ -92,4 +92,20 @@ test('votes count equivalent answers together', () => {
   const v = majorityVote(['\\frac{1}{2}', '0.5', '1/2', '\\dfrac12', '1', '1.0', null]);
   assert.equal(v.label, '0.5');
   assert.deepEqual(v.counts, { '0.5': 4, '1': 2, '': 1 });
+});
+
+test('an answer is correct when it is the known answer once both are normalised; no answer is never correct', () => {
+  for (const [canonical, forms] of SAME) for (const f of forms) assert.ok(isCorrect(canonical, f) && isCorrect(f, canonical), JSON.stringify(f));
+  assert.ok(isCorrect('-5', '-5.0'));
+  assert.equal(isCorrect('5', '-5'), false);
+  assert.equal(isCorrect('x+1', 'X+1'), false);
+  // Nothing against nothing is not a right answer, whatever form the nothing takes.
+  for (const [answer, truth] of [
+    [null, null],
+    [null, ''],
+    ['', ''],
+    ['  ', '$$'],
+    [undefined, '3'],
+  ] as const)
+    assert.equal(isCorrect(answer, truth), false, JSON.stringify([answer, truth]));
 });

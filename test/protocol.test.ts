@@ -3,13 +3,17 @@
 // the server's (strict) schemas, and every kind of message a real server sends (hello,
 // answer, vote, error, pong, model over the WebSocket; answers and errors over HTTP, refused
 // upgrades and requests refused before routing included) decodes with the server-message
-// schema.
+// schema. An ask's label (its known answer) is accepted where the protocol names it, logged,
+// refused where malformed, and kept from what adaptation reads.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
 import { ERROR_CODES } from '../src/protocol/errors.ts';
+import type { Experience } from '../src/loop/answerer.ts';
+import { chatBody, completionBody } from '../src/protocol/openai.ts';
 import {
+  MAX_LABEL_CHARS,
   answerMessage,
   clientMessages,
   errorMessage,
@@ -23,6 +27,7 @@ import {
   voteMessage,
   type ServerMessage,
 } from '../src/protocol/messages.ts';
+import { collect } from './helpers/collect.ts';
 import { rawExchange } from './helpers/raw-http.ts';
 import { startTestServer } from './helpers/server.ts';
 
@@ -239,4 +244,96 @@ test('every message a real server sends decodes with the server-message schema',
 
 test('every error code is one the error message schema accepts', () => {
   for (const code of Object.keys(ERROR_CODES)) assert.ok(serverMessage.safeParse({ type: 'error', code, message: 'm' }).success, code);
+});
+
+test('a label rides on an ask (WebSocket and POST /v1/ask) into the log and not into experiences; malformed, it is invalid_message; the OpenAI routes refuse it', async () => {
+  // The schemas: a string of 1 to MAX_LABEL_CHARS characters, optional; nothing else changes.
+  const ask = { type: 'ask', id: 'q1', question: '1+2=' };
+  assert.ok(clientMessages.ask.safeParse({ ...ask, label: '3' }).success);
+  assert.ok(clientMessages.ask.safeParse({ ...ask, label: 'x'.repeat(MAX_LABEL_CHARS) }).success);
+  for (const label of [3, '', 'x'.repeat(MAX_LABEL_CHARS + 1), null, ['3']]) {
+    assert.equal(clientMessages.ask.safeParse({ ...ask, label }).success, false, JSON.stringify(label));
+    assert.equal(httpAskBody.safeParse({ question: '1+2=', label }).success, false, JSON.stringify(label));
+  }
+  assert.ok(httpAskBody.safeParse({ question: '1+2=', label: '3' }).success);
+  assert.equal(completionBody.safeParse({ model: 'm', prompt: '1+2=', label: '3' }).success, false, 'not an OpenAI field');
+  assert.equal(chatBody.safeParse({ model: 'm', messages: [{ role: 'user', content: '1+2=' }], label: '3' }).success, false, 'not an OpenAI field');
+
+  const s = await startTestServer({}, { prefix: 'ttrl-protocol-' });
+  // What adaptation subscribes to: every experience the answerer hands on.
+  const experiences: Experience[] = [];
+  const sub = s.pipeline.answerer.experiences$.subscribe((e) => experiences.push(e));
+  const socket = await Socket.open(s.wsUrl);
+  try {
+    await socket.next('hello');
+    // Accepted (the label is not normalised on the way: '+3.00' is logged as sent).
+    socket.send({ ...ask, id: 'l1', label: '+3.00', votes: 2 });
+    await socket.next('answer', 'l1');
+    socket.send({ ...ask, id: 'l2', votes: 2 });
+    await socket.next('answer', 'l2');
+    // Malformed: invalid_message naming the field, with the question's id; the connection goes on.
+    for (const [id, label] of [
+      ['b1', 3],
+      ['b2', ''],
+      ['b3', 'x'.repeat(MAX_LABEL_CHARS + 1)],
+    ] as const) {
+      socket.send({ ...ask, id, label });
+      const e = await socket.next('error', id);
+      assert.equal(e.code, 'invalid_message', JSON.stringify(e));
+      assert.match(e.message, /^label: /);
+    }
+    // Unknown fields are still refused.
+    socket.send({ ...ask, id: 'b4', labels: '3' });
+    assert.equal((await socket.next('error', 'b4')).code, 'unknown_field');
+
+    const post = async (path: string, body: unknown, status: number) => {
+      const r = await fetch(`${s.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      assert.equal(r.status, status, `${path} ${JSON.stringify(body).slice(0, 80)}`);
+      return decoded(await r.text());
+    };
+    assert.equal((await post('/v1/ask', { question: '2+2=', votes: 2, label: '4' }, 200)).type, 'answer');
+    const bad = await post('/v1/ask', { id: 'h1', question: '2+2=', label: 4 }, 400);
+    assert.deepEqual(bad.type === 'error' && [bad.id, bad.code], ['h1', 'invalid_message']);
+    assert.equal(codeOf(await post('/v1/ask', { question: '2+2=', label: 'x'.repeat(MAX_LABEL_CHARS + 1) }, 400)), 'invalid_message');
+    // The OpenAI routes answer in OpenAI's error shape.
+    const openAiCode = async (path: string, body: unknown) => {
+      const r = await fetch(`${s.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      assert.equal(r.status, 400, path);
+      return ((await r.json()) as { error: { code: string } }).error.code;
+    };
+    assert.equal(await openAiCode('/v1/completions', { model: 'arith-tiny', prompt: '1+2=', label: '3' }), 'unknown_field');
+    assert.equal(await openAiCode('/v1/chat/completions', { model: 'arith-tiny', messages: [{ role: 'user', content: '1+2=' }], label: '3' }), 'unknown_field');
+
+    // The log keeps each answered question's label as sent (null: none); refused asks are not logged.
+    assert.deepEqual(
+      (await collect(s.store.questions())).map((q) => [q.client_id, q.question, q.label]),
+      [
+        ['l1', '1+2=', '+3.00'],
+        ['l2', '1+2=', null],
+        [null, '2+2=', '4'],
+      ],
+    );
+    // Adaptation's experiences: the three answered questions, none with its label.
+    assert.equal(experiences.length, 3);
+    for (const e of experiences) {
+      assert.ok(!('label' in e), 'an experience has a label field');
+      assert.ok(!JSON.stringify(e).includes('+3.00'), "an experience carries the label's text");
+    }
+    // Counted on /metrics, right or wrong.
+    const metrics = await (await fetch(`${s.url}/metrics`)).text();
+    const counted = [...metrics.matchAll(/^ttrl_labelled_answers_total\{correct="(?:true|false)"\} (\d+)$/gm)].reduce((n, m) => n + Number(m[1]), 0);
+    assert.equal(
+      counted,
+      2,
+      metrics
+        .split('\n')
+        .filter((l) => l.includes('labelled'))
+        .join('\n'),
+    );
+    assert.deepEqual(socket.failures, [], 'every WebSocket message decoded');
+  } finally {
+    sub.unsubscribe();
+    socket.ws.close();
+    await s.close();
+  }
 });

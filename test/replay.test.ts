@@ -1,5 +1,6 @@
-// Replay: a recorded stream against a live server, deterministic offline re-adaptation,
-// time ranges and speed, a server that goes away, and export.
+// Replay: a recorded stream against a live server (true answers sent as labels, and kept in
+// its log), deterministic offline re-adaptation that labels cannot change, time ranges and
+// speed, a server that goes away, and export.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
@@ -28,6 +29,9 @@ test('a recorded stream replays against a live server, and the log exports', asy
   assert.equal(rep.errors, 0);
   assert.ok(rep.accuracy !== null && rep.accuracy >= 0 && rep.accuracy <= 1);
   assert.equal(rep.windows.length, 2);
+  // The true answers went as labels: A's log keeps them, and a replay of it reads them back as true answers.
+  const fromLog = (await readSource(join(dir, 'a', 'ttrl.sqlite'))).items;
+  assert.deepEqual(fromLog.map((x) => [x.question, x.answer]).sort(), qs.map((q) => [q.question, q.answer]).sort());
   // Replay A's log against server B through the CLI.
   const b = await startTestServer({}, { dir: join(dir, 'b') });
   try {
@@ -49,9 +53,10 @@ test('a recorded stream replays against a live server, and the log exports', asy
     const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
     assert.equal(out.source, 'db');
     assert.deepEqual([out.questions, out.answered, out.errors], [20, 20, 0]);
-    assert.equal(out.accuracy, null); // a log carries no true answers
+    // A's log carries the labels it was asked with: B's answers are scored, and B logs the labels again.
+    assert.ok(typeof out.accuracy === 'number' && out.accuracy >= 0 && out.accuracy <= 1, String(out.accuracy));
     assert.deepEqual(out.versions, [0]);
-    assert.deepEqual((await collect(b.store.questions())).map((q) => q.question).sort(), qs.map((q) => q.question).sort());
+    assert.deepEqual((await collect(b.store.questions())).map((q) => [q.question, q.label]).sort(), qs.map((q) => [q.question, q.answer]).sort());
   } finally {
     await b.close();
   }
@@ -105,6 +110,49 @@ test('offline replay with one seed gives the same answers and versions twice', a
   // A different seed is a different run.
   const three = await replayOffline(items, { ...s, seed: 4 });
   assert.notEqual(buildReport(three.outcomes, three.sent, three.wallS).digest, r1.digest);
+});
+
+test('labels never reach training: an offline replay with wrong labels answers and adapts exactly as one without, and logs the labels', async () => {
+  const dir = await scratch();
+  const questions = suite('4-operand', 32, 8).map((q) => ({ question: q.question, at: 0 }));
+  // Wrong on purpose: were they rewards (ground truth), no sample would earn one and the updates would differ.
+  const labelled = suite('4-operand', 32, 8).map((q) => ({ question: q.question, answer: `${Number(q.answer) + 1}`, at: 0 }));
+  const s = testSettings({
+    adapt: true,
+    updateEvery: 16,
+    questionsPerStep: 8,
+    trainSamples: 4,
+    votes: 8,
+    batchQuestions: 8,
+    probeQuestions: 8,
+    lr: 1e-4,
+    seed: 5,
+    ...REPLAY_EXACT,
+  });
+  const plain = await replayOffline(questions, { ...s, db: join(dir, 'plain.sqlite') });
+  const withLabels = await replayOffline(labelled, { ...s, db: join(dir, 'labelled.sqlite') }, { keepDb: true });
+  assert.ok(plain.versions.length > 1, 'updates happened');
+  assert.deepEqual(
+    withLabels.outcomes.map((o) => [o.answer, o.version, o.confidence]),
+    plain.outcomes.map((o) => [o.answer, o.version, o.confidence]),
+  );
+  // Each update trained on the same data with the same rewards: the same statistics (times aside) and verdicts.
+  const trained = (v: { version: number; status: string; reason: string | null; stats: unknown }) => [
+    v.version,
+    v.status,
+    v.reason,
+    Object.fromEntries(Object.entries((v.stats ?? {}) as Record<string, unknown>).filter(([k]) => !/seconds|_at$|_ms$/.test(k))),
+  ];
+  assert.deepEqual(withLabels.versions.map(trained), plain.versions.map(trained));
+  assert.ok(
+    plain.versions.some((v) => typeof (v.stats as Record<string, unknown> | null)?.loss === 'number'),
+    `no update trained: ${JSON.stringify(plain.versions.map((v) => v.stats))}`,
+  );
+  // The labelled run's log kept its labels, as sent.
+  assert.deepEqual(
+    (await readSource(join(dir, 'labelled.sqlite'))).items.map((x) => [x.question, x.answer]),
+    labelled.map((x) => [x.question, x.answer]),
+  );
 });
 
 test('--since/--until select by arrival time and --speed scales it', async () => {

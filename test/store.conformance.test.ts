@@ -167,6 +167,7 @@ for (const kind of kinds) {
           frontend: 'front-a',
           sampled_on: null,
           sampled_model: null,
+          label: null,
         } satisfies QuestionRow);
         assert.equal(byId.get(ids[1]!)!.answer, null);
         assert.deepEqual(byId.get(ids[1]!)!.votes, {});
@@ -287,6 +288,88 @@ for (const kind of kinds) {
           [
             ['old', null, null],
             ['new', 'http://up:8000/v1', 'base'],
+          ],
+        );
+      } finally {
+        await s.close();
+      }
+    });
+
+    test("a question's label reads back as the client sent it, answered or failed, survives a copy, and is never part of an experience", async () => {
+      const rowsOf = async (s: Store) => (await all(s.questions())).map((r) => [r.question, r.status, r.label]);
+      const expected = [
+        ['right', 'answered', '3'],
+        ['unlabelled', 'answered', null],
+        // Kept as sent, not normalised: scoring normalises both sides when it compares.
+        ['as sent', 'answered', ' +3.0 '],
+        ['nulls', 'answered', null],
+        ['failed', 'failed', '7'],
+        ['failed unlabelled', 'failed', null],
+      ];
+      await withStore(kind, async (s, location) => {
+        await s.ensureBaseVersion(base);
+        const start = await s.experienceCursorNow();
+        await s.recordAnswered(
+          [
+            answered('right', { receivedAt: 1, label: '3' }),
+            answered('unlabelled', { receivedAt: 2 }),
+            answered('as sent', { receivedAt: 3, label: ' +3.0 ' }),
+            answered('nulls', { receivedAt: 4, label: null }),
+          ],
+          'front-a',
+        );
+        await s.recordFailed([failed('failed', { receivedAt: 5, label: '7' }), failed('failed unlabelled', { receivedAt: 6 })]);
+        assert.deepEqual(await rowsOf(s), expected);
+        // Stored as NULL, not as an empty string.
+        assert.deepEqual(await kind.sql(location, `SELECT question FROM questions WHERE label IS NULL ORDER BY received_at`), [
+          { question: 'unlabelled' },
+          { question: 'nulls' },
+          { question: 'failed unlabelled' },
+        ]);
+        const log = await all(s.exportLog());
+        assert.deepEqual(
+          log.map((q) => [q.question, q.status, q.label]),
+          expected,
+        );
+
+        // What a fleet's leader reads back to train on has no label (SQLite keeps no experiences: see below).
+        const { experiences } = await s.experiencesAfter(start, 10);
+        assert.equal(experiences.length, kind.name === 'postgres' ? 4 : 0);
+        for (const e of experiences) {
+          assert.ok(!('label' in e), `experience ${e.question} carries a label`);
+          assert.ok(!JSON.stringify(e).includes('+3.0'), `experience ${e.question} carries the label's text`);
+        }
+
+        const toLocation = await kind.fresh();
+        const to = await openStore(toLocation);
+        try {
+          await copyStore(s, to, { versionsDir: join(await scratch('ttrl-conf-versions-'), 'v') });
+          assert.deepEqual(await rowsOf(to), expected);
+        } finally {
+          await to.close();
+        }
+      });
+    });
+
+    test('a log written before labels existed reads back null for them once migrated', async () => {
+      const location = await kind.fresh();
+      const migrations = loadMigrations(kind.migrationsDir);
+      const at = migrations.findIndex((m) => m.name === 'label');
+      assert.ok(at > 0, 'a label migration');
+      await kind.oldSchema(
+        location,
+        migrations.slice(0, at),
+        `INSERT INTO questions (question, votes_requested, received_at, answered_at, status, answer) VALUES ('old', 1, 5, 6, 'answered', '7')`,
+      );
+      const s = await openStore(location);
+      try {
+        await s.ensureBaseVersion(base);
+        await s.recordAnswered([answered('new', { label: '3' })]);
+        assert.deepEqual(
+          (await all(s.questions({ status: 'answered' }))).map((r) => [r.question, r.label]),
+          [
+            ['old', null],
+            ['new', '3'],
           ],
         );
       } finally {

@@ -99,11 +99,18 @@ async function filledSqlite(dir: string): Promise<{ file: string; store: Store; 
   assert.deepEqual([v1, v2, v3, v4, v5, v6], [1, 2, 3, 4, 5, 6]);
   await store.recordAnswered(
     Array.from({ length: 30 }, (_, i) =>
-      answered(`${i}+${i}=`, { receivedAt: 2000 + i, modelVersion: 2, latencyMs: i / 4, source: i % 3 ? `key:${i % 3}` : null, ...upstream(i) }),
+      answered(`${i}+${i}=`, {
+        receivedAt: 2000 + i,
+        modelVersion: 2,
+        latencyMs: i / 4,
+        source: i % 3 ? `key:${i % 3}` : null,
+        ...upstream(i),
+        ...(labelOf(i) === null ? {} : { label: labelOf(i) }),
+      }),
     ),
     'solo',
   );
-  await store.recordFailed([failed('9/0=', { receivedAt: 1500 }), failed('x', { receivedAt: 2500, clientId: null, connection: null })]);
+  await store.recordFailed([failed('9/0=', { receivedAt: 1500, label: 'undefined' }), failed('x', { receivedAt: 2500, clientId: null, connection: null })]);
   await store.event('activate', { version: 1, by: 'update' });
   await store.event('rollback', { version: 2, by: 'admin', note: 'ünï ✓' });
   await store.event('version_corrupt', { version: 4 });
@@ -126,6 +133,18 @@ function assertUpstreamsKept(log: Pick<LoggedQuestion, 'question' | 'sampled_on'
     const u = upstream(i);
     assert.deepEqual([q.sampled_on, q.sampled_model], [u.sampledOn ?? null, u.sampledModel ?? null], q.question);
   }
+}
+
+/** The label the i-th answer was asked with (every third one has one), or null. */
+const labelOf = (i: number) => (i % 3 === 0 ? String(2 * i) : null);
+
+/** Checks that a store's log holds the labels of labelOf() and the failed question's (so that comparing copies tests them). */
+function assertLabelsKept(log: Pick<LoggedQuestion, 'question' | 'label'>[]): void {
+  for (let i = 0; i < 30; i++) {
+    const q = log.find((x) => x.question === `${i}+${i}=`)!;
+    assert.equal(q.label, labelOf(i), q.question);
+  }
+  assert.equal(log.find((x) => x.question === '9/0=')!.label, 'undefined');
 }
 
 /** The whole content of a store, in a form two stores of either kind compare by (ids as positions). */
@@ -176,6 +195,7 @@ test('a SQLite store copied to SQLite: every row, the version files unchanged, t
   try {
     const after = await contents(copy);
     assertUpstreamsKept(before.log);
+    assertLabelsKept(before.log);
     assert.deepEqual(after.log, before.log);
     assert.deepEqual(after.questions, before.questions);
     assert.deepEqual(after.samples, before.samples);
@@ -267,6 +287,7 @@ describe('copy to and from PostgreSQL', { skip: missing ?? false }, () => {
       assert.deepEqual([r.questions, r.samples, r.versions, r.events, r.meta], [34, 64, 7, 3, before.meta.size]);
       const after = await contents(pgStore);
       assertUpstreamsKept(before.log);
+      assertLabelsKept(before.log);
       assert.deepEqual(after.log, before.log);
       assert.deepEqual(after.questions, before.questions);
       assert.deepEqual(after.samples, before.samples);
@@ -321,6 +342,7 @@ describe('copy to and from PostgreSQL', { skip: missing ?? false }, () => {
         assert.equal(r2.questions, 36);
         const there = await contents(back);
         assertUpstreamsKept(there.log);
+        assertLabelsKept(there.log);
         assert.deepEqual(
           there.log.filter((q) => q.question === '70+7=' || q.question === '80+8=').map((q) => [q.question, q.sampled_on, q.sampled_model]),
           [

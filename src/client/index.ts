@@ -61,6 +61,11 @@ export interface TtrlClientOptions {
 export interface AskOptions {
   /** Samples to vote over (default: the server's default_votes). */
   votes?: number;
+  /**
+   * The question's known answer, when you have one (a labelled stream): the server scores its
+   * answer against it for the dashboard's calibration and logs it; it is never trained on.
+   */
+  label?: string;
   /** Aborts the question: it fails with code aborted (a question already sent is still answered by the server, unread). */
   signal?: AbortSignal;
   /** This question's timeoutMs. */
@@ -112,6 +117,7 @@ interface Req {
   id: string;
   question: string;
   votes?: number;
+  label?: string;
   onVote?: (v: VoteEvent) => void;
   votesSeen: number;
   /** Times asked again so far. */
@@ -362,6 +368,7 @@ export class TtrlClient {
         id: `${this.o.idPrefix}${++this.nextId}`,
         question,
         votes: opts.votes,
+        label: opts.label,
         onVote,
         votesSeen: 0,
         retries: 0,
@@ -422,6 +429,7 @@ export class TtrlClient {
       id: req.id,
       question: req.question,
       ...(req.votes === undefined ? {} : { votes: req.votes }),
+      ...(req.label === undefined ? {} : { label: req.label }),
       ...(req.onVote ? { stream: true } : {}),
     };
     const text = JSON.stringify(msg);

@@ -1,18 +1,32 @@
 // The live dashboard's state, bounded, and nothing of how it reaches a browser: the serving
 // loop's observables feed a ring of recent questions and one of recent updates, the answer
-// times and latencies of a sliding window, the last answers' confidences, and five minutes of
-// one-second points. Each change is handed to `publish` as a named event (the transport,
-// server/dashboard.ts, streams them); snapshot() is everything the page shows, as of now.
+// times and latencies of a sliding window, the last answers' confidences, the last labelled
+// answers' confidence and correctness (calibration, when a client sends labels), and five
+// minutes of one-second points. Each change is handed to `publish` as a named event (the
+// transport, server/dashboard.ts, streams them); snapshot() is everything the page shows, as
+// of now.
 import type { Observable, Subscription } from 'rxjs';
 import type { UpdateOutcome } from '../loop/adaptation.ts';
-import type { Experience } from '../loop/answerer.ts';
+import type { Experience, LabelledAnswer } from '../loop/answerer.ts';
+import type { Judged } from '../sampling/calibration.ts';
 import type { Store, VersionRow } from '../store/store.ts';
 import type { FleetStatus } from '../loop/fleet.ts';
 import type { UpstreamStatus } from '../upstream/upstream.ts';
 import { guarded } from '../util/guarded.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 import { Ring, Window } from './bounded.ts';
-import { numberOr, questionViewOf, updateViewOfRow, versionViewOf, type QuestionView, type StatsView, type UpdateView, type VersionView } from './views.ts';
+import {
+  calibrationViewOf,
+  numberOr,
+  questionViewOf,
+  updateViewOfRow,
+  versionViewOf,
+  type CalibrationView,
+  type QuestionView,
+  type StatsView,
+  type UpdateView,
+  type VersionView,
+} from './views.ts';
 
 /** Questions/s is counted over this window, latency percentiles over the longer one. */
 export const RATE_WINDOW_S = 10;
@@ -20,6 +34,8 @@ export const LATENCY_WINDOW_S = 60;
 /** The confidence distribution is of this many latest answers. */
 export const CONFIDENCE_ANSWERS = 500;
 const CONFIDENCE_BINS = 10;
+/** Calibration is of this many latest labelled answers: recent enough to follow the serving version. */
+export const CALIBRATION_ANSWERS = 500;
 /** One point a second, this many kept: the charts' five minutes. */
 const SERIES_POINTS = 300;
 const RECENT_QUESTIONS = 30;
@@ -35,6 +51,8 @@ export type UpdateEvent = { phase: 'start' } | { phase: 'end'; outcome: UpdateOu
 
 export interface DashboardSources {
   experiences$: Observable<Experience>;
+  /** Answers to questions asked with a label, scored against it. */
+  labelled$: Observable<LabelledAnswer>;
   updates$: Observable<UpdateEvent>;
   /** The serving version, as it changes (a BehaviorSubject: its current value on subscribe). */
   versions$: Observable<number>;
@@ -52,9 +70,11 @@ export interface DashboardSources {
 export type Publish = (event: string, data: unknown) => void;
 
 export interface DashboardSnapshot {
-  windows: { rate_s: number; latency_s: number; confidence_answers: number };
+  windows: { rate_s: number; latency_s: number; confidence_answers: number; calibration_answers: number };
   version: number;
   anchor_shift: number | null;
+  /** Confidence against correctness over the last labelled answers; null until one is seen. */
+  calibration: CalibrationView | null;
   stats: StatsView;
   /** uPlot's columns: seconds, questions/s, p50, p99. */
   series: (number | null)[][];
@@ -73,6 +93,9 @@ export class DashboardState {
   private readonly answeredAt = new Window(RATE_WINDOW_S * 1000, Number.MAX_SAFE_INTEGER);
   private readonly latencies = new Window(LATENCY_WINDOW_S * 1000, MAX_LATENCIES);
   private readonly ratios = new Ring<number>(CONFIDENCE_ANSWERS);
+  private readonly judged = new Ring<Judged>(CALIBRATION_ANSWERS);
+  /** Labelled answers came since calibration was last published. */
+  private judgedSinceTick = false;
   private readonly questions = new Ring<QuestionView>(RECENT_QUESTIONS);
   private readonly updates: UpdateView[] = [];
   private readonly series = new Ring<[number, number, number | null, number | null]>(SERIES_POINTS);
@@ -111,6 +134,7 @@ export class DashboardState {
     this.log = log;
     this.subs.push(
       s.experiences$.subscribe(guarded(log, 'dashboard question', (e: Experience) => this.onExperience(e))),
+      s.labelled$.subscribe(guarded(log, 'dashboard labelled answer', (a: LabelledAnswer) => this.onLabelled(a))),
       s.updates$.subscribe(guarded(log, 'dashboard update', (u: UpdateEvent) => this.onUpdate(u))),
       s.versions$.subscribe(
         guarded(log, 'dashboard version', (v: number) => {
@@ -139,6 +163,11 @@ export class DashboardState {
       guarded(this.log, 'dashboard flush', () => this.flushQuestions()),
       QUESTION_FLUSH_MS,
     );
+  }
+
+  private onLabelled(a: LabelledAnswer): void {
+    this.judged.push({ confidence: a.confidence, correct: a.correct });
+    this.judgedSinceTick = true;
   }
 
   private flushQuestions(): void {
@@ -231,6 +260,15 @@ export class DashboardState {
     this.stats = this.computeStats(now);
     this.series.push([Math.round(now / 1000), this.stats.qps, this.stats.p50_ms, this.stats.p99_ms]);
     this.publish('stats', this.stats);
+    // Published with the tick, not per answer: a fast replay would otherwise send 500 bins a question.
+    if (this.judgedSinceTick) {
+      this.judgedSinceTick = false;
+      this.publish('calibration', this.calibrationView());
+    }
+  }
+
+  private calibrationView(): CalibrationView | null {
+    return calibrationViewOf(this.judged.toArray());
   }
 
   private fleetView(): StatsView['fleet'] {
@@ -265,9 +303,10 @@ export class DashboardState {
   snapshot(): DashboardSnapshot {
     const series = this.series.toArray();
     return {
-      windows: { rate_s: RATE_WINDOW_S, latency_s: LATENCY_WINDOW_S, confidence_answers: CONFIDENCE_ANSWERS },
+      windows: { rate_s: RATE_WINDOW_S, latency_s: LATENCY_WINDOW_S, confidence_answers: CONFIDENCE_ANSWERS, calibration_answers: CALIBRATION_ANSWERS },
       version: this.version,
       anchor_shift: this.anchorShift,
+      calibration: this.calibrationView(),
       stats: this.stats,
       // uPlot's columns: seconds, questions/s, p50, p99.
       series: [series.map((p) => p[0]), series.map((p) => p[1]), series.map((p) => p[2]), series.map((p) => p[3])],

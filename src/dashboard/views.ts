@@ -1,8 +1,9 @@
-// What the dashboard page is sent: the views of questions, updates, versions and stats (their
-// field names are the page's, snake_case as on the wire), and how each is made from what the
-// serving loop reports. Texts are clipped here so that one long question cannot bloat a
-// snapshot.
+// What the dashboard page is sent: the views of questions, updates, versions, stats and
+// calibration (their field names are the page's, snake_case as on the wire), and how each is
+// made from what the serving loop reports. Texts are clipped here so that one long question
+// cannot bloat a snapshot.
 import type { UpdateOutcome } from '../loop/adaptation.ts';
+import { calibration, type Calibration, type Judged } from '../sampling/calibration.ts';
 import type { Experience } from '../loop/answerer.ts';
 import type { VersionRow } from '../store/store.ts';
 
@@ -76,6 +77,16 @@ export interface StatsView {
   confidence_n: number;
   confidence_mean: number | null;
 }
+
+/**
+ * Served confidence against correctness over the labelled answers kept: how many, their
+ * accuracy and mean confidence, the expected calibration error and the reliability bins,
+ * as `ttrl eval` and replay reports compute them.
+ */
+export type CalibrationView = Calibration;
+
+/** The calibration of the labelled answers kept; null when there are none (no client sent labels). */
+export const calibrationViewOf = (judged: Judged[]): CalibrationView | null => (judged.length ? calibration(judged) : null);
 
 /** A finite number, or null (stats are JSON of any shape). */
 export const numberOr = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);

@@ -1,7 +1,10 @@
 // Questions in, majority-voted answers out. A bounded queue feeds a batch loop: whenever the
 // sampler is free, the questions waiting (up to the batch cap, after a short wait for more)
 // are sampled in one run, voted, written to SQLite in one transaction, and only then
-// answered. Beyond the queue bound a question is refused at once with "overloaded".
+// answered. Beyond the queue bound a question is refused at once with "overloaded". A
+// question asked with a label (its known answer) has the label logged with it and its answer
+// scored against it on a stream of its own (labelled$), for measurement only: experiences,
+// what adaptation trains on, carry no label.
 //
 // The queue is fair: each client (its source: a connection, an address, an API key) waits in
 // a lane of its own, and a batch takes the lanes' questions in turn, one from each lane per
@@ -23,6 +26,7 @@ import type { Tokenizer } from '../tokenizers/tokenizer.ts';
 import type { Store } from '../store/store.ts';
 import type { Task } from '../tasks/task.ts';
 import { rolloutBatch, type Rollout } from '../sampling/rollout.ts';
+import { isCorrect } from '../tasks/normalize.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import type { BatchingSettings, LimitSettings, SamplingSettings } from '../config/settings.ts';
 import type { Metrics } from './metrics.ts';
@@ -54,6 +58,12 @@ export interface AskRequest {
   signal?: AbortSignal;
   question: string;
   votes: number;
+  /**
+   * The question's known answer, when the client sent one (a labelled replay): logged with the
+   * question and scored against the answer for calibration (labelled$). Never part of an
+   * experience: live adaptation trains on majority votes, without labels.
+   */
+  label?: string;
   sampling?: SamplingOverrides;
   clientId: string | null;
   connection: string | null;
@@ -105,6 +115,20 @@ export interface Experience {
   frontend?: string | null;
 }
 
+/**
+ * A labelled question's answer scored against its label: what calibration is measured on.
+ * A stream of its own, apart from the experiences, so that nothing adaptation reads can
+ * carry a label.
+ */
+export interface LabelledAnswer {
+  questionId: number;
+  at: number;
+  /** The majority's share of the votes, as the client was told. */
+  confidence: number;
+  /** Whether the answer is the label, both normalised (as replay reports score them). */
+  correct: boolean;
+}
+
 interface Waiting<R, A> {
   req: R;
   receivedAt: number;
@@ -128,6 +152,8 @@ export type AnswererOptions = SamplingSettings &
 
 export class Answerer {
   readonly experiences$ = new Subject<Experience>();
+  /** The answers to questions asked with a label, scored; for measurement only. */
+  readonly labelled$ = new Subject<LabelledAnswer>();
   /** Waiting questions by source, in turn order (a Map keeps insertion order: the back is the end). */
   private lanes = new Map<string, Pending[]>();
   private waiting = 0;
@@ -362,6 +388,7 @@ export class Answerer {
         clientId: p.req.clientId,
         connection: p.req.connection,
         question: p.req.question,
+        label: p.req.label ?? null,
         votesRequested: votes,
         receivedAt: p.receivedAt,
         answeredAt,
@@ -428,6 +455,11 @@ export class Answerer {
         trainable: rec.trainable,
         latencyMs: rec.latencyMs,
       });
+      if (p.req.label !== undefined) {
+        const correct = isCorrect(r.vote.label, p.req.label);
+        this.metrics.labelled.inc({ correct: String(correct) });
+        this.labelled$.next({ questionId: ids[i]!, at: answeredAt, confidence: r.vote.ratio, correct });
+      }
     });
   }
 
@@ -497,6 +529,7 @@ export class Answerer {
           clientId: p.req.clientId,
           connection: p.req.connection,
           question: p.req.question,
+          label: p.req.label ?? null,
           votesRequested: p.req.votes,
           receivedAt: p.receivedAt,
           error,
@@ -516,6 +549,7 @@ export class Answerer {
     for (const p of waiting) p.reject(new ProtocolError('shutting_down', 'the server shut down before this question was sampled'));
     await this.running;
     this.experiences$.complete();
+    this.labelled$.complete();
   }
 }
 

@@ -22,6 +22,12 @@ export function createMetrics() {
     }),
     batchSize: new Histogram({ name: 'ttrl_batch_questions', help: 'questions per sampling run', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256], registers: r }),
     queueDepth: new Gauge({ name: 'ttrl_queue_depth', help: 'questions waiting to be sampled', registers: r }),
+    labelled: new Counter({
+      name: 'ttrl_labelled_answers_total',
+      help: 'answers to questions asked with a label (their known answer, for measurement only), by whether the answer was right',
+      labelNames: ['correct'] as const,
+      registers: r,
+    }),
     majorityRatio: new Histogram({
       name: 'ttrl_majority_ratio',
       help: 'share of votes for the majority answer',

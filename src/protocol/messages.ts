@@ -14,6 +14,17 @@ export const PROTOCOL_VERSION = 1;
 /** A question's id: the client's own, echoed on every reply that belongs to it. */
 const questionId = z.string().min(1).max(128);
 
+/** The most characters a label may have: room for any answer a task states, not for a document. */
+export const MAX_LABEL_CHARS = 1024;
+
+/**
+ * A question's known answer, when the client has one (a labelled replay): the server scores
+ * its answer against it to measure calibration (the dashboard) and logs it with the
+ * question. For measurement only: live adaptation never reads it (it trains on majority
+ * votes, without labels).
+ */
+const label = z.string().min(1).max(MAX_LABEL_CHARS);
+
 /** The client messages, by type; every field is checked and no other is accepted. */
 export const clientMessages = {
   ask: z.strictObject({
@@ -22,6 +33,7 @@ export const clientMessages = {
     question: z.string(),
     votes: z.number().int().optional(),
     stream: z.boolean().optional(),
+    label: label.optional(),
   }),
   ping: z.strictObject({ type: z.literal('ping'), id: z.string().max(128).optional() }),
 };
@@ -30,7 +42,7 @@ export type PingMessage = z.output<typeof clientMessages.ping>;
 export type ClientMessage = AskMessage | PingMessage;
 
 /** The body of POST /v1/ask: an ask without its type, whose id is optional. */
-export const httpAskBody = z.strictObject({ id: questionId.optional(), question: z.string(), votes: z.number().int().optional() });
+export const httpAskBody = z.strictObject({ id: questionId.optional(), question: z.string(), votes: z.number().int().optional(), label: label.optional() });
 export type HttpAskBody = z.output<typeof httpAskBody>;
 
 // --- server to client ------------------------------------------------------------------

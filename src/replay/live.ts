@@ -3,8 +3,11 @@
 // questions in flight per connection, as fast as the server answers them). "overloaded" is
 // retried with the client's jittered backoff (50 ms doubling to 2 s), as often as it takes.
 // A server that goes away ends the replay with an error and what was answered so far (the
-// clients do not reconnect); nothing waits forever (a question has a timeout).
-import { TtrlClient, TtrlError } from '../client/index.ts';
+// clients do not reconnect); nothing waits forever (a question has a timeout). A question
+// whose true answer is known is sent with it as its label, so that the server's dashboard
+// measures its calibration while the replay runs.
+import { TtrlClient, TtrlError, type AskOptions } from '../client/index.ts';
+import { MAX_LABEL_CHARS } from '../protocol/messages.ts';
 import type { ReplayItem } from './source.ts';
 import type { Outcome } from './report.ts';
 
@@ -85,7 +88,7 @@ export async function replayLive(items: ReplayItem[], o: LiveOptions): Promise<L
     sent++;
     const at = performance.now();
     try {
-      const a = await c.ask(it.question, it.votes ? { votes: it.votes } : {});
+      const a = await c.ask(it.question, askOptionsOf(it));
       finish(i, { answer: a.answer, version: a.model_version, confidence: a.confidence, latencyMs: performance.now() - at });
     } catch (e) {
       const code = e instanceof TtrlError ? e.code : 'error';
@@ -117,4 +120,14 @@ export async function replayLive(items: ReplayItem[], o: LiveOptions): Promise<L
   );
   await closeAll();
   return { outcomes, sent, wallS: (performance.now() - t0) / 1000, fatal };
+}
+
+/**
+ * How an item is asked: its original vote count, and its true answer as the label. A label
+ * the protocol would refuse (empty, or longer than MAX_LABEL_CHARS) is not sent: the
+ * question is still asked, and the report still scores its answer here.
+ */
+function askOptionsOf(it: ReplayItem): AskOptions {
+  const labelled = it.answer !== undefined && it.answer.length >= 1 && it.answer.length <= MAX_LABEL_CHARS;
+  return { ...(it.votes ? { votes: it.votes } : {}), ...(labelled ? { label: it.answer } : {}) };
 }

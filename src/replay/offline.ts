@@ -1,7 +1,8 @@
 // Offline re-adaptation: a logged stream through the serving pipeline in-process, with no
 // socket and no clock in the loop. Questions enter in order, batch by batch; an update that
 // a batch triggers finishes before the next batch is sampled. With a fixed seed the same
-// inputs and settings give the same versions and answers, run to run.
+// inputs and settings give the same versions and answers, run to run. True answers go in as
+// labels, as a live replay sends them: logged with their questions, never trained on.
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -50,7 +51,9 @@ export async function replayOffline(
         }
       });
       const answers = p.answerer.askAll(
-        checked.flatMap((c, j) => ('votes' in c ? [{ question: chunk[j]!.question, votes: c.votes, clientId: null, connection: 'replay' }] : [])),
+        checked.flatMap((c, j) =>
+          'votes' in c ? [{ question: chunk[j]!.question, votes: c.votes, label: chunk[j]!.answer, clientId: null, connection: 'replay' }] : [],
+        ),
       );
       let k = 0;
       const asks = checked.map((c) => ('votes' in c ? answers[k++]! : Promise.reject(c.error)));

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { writeFileAtomic } from '../util/atomic-write.ts';
 import { linePlot, toCsv } from '../util/svg-plot.ts';
-import { normalizeAnswer } from '../tasks/vote.ts';
+import { isCorrect } from '../tasks/normalize.ts';
 import { quantile } from '../util/stats.ts';
 import { calibration, type Calibration } from '../sampling/calibration.ts';
 
@@ -62,7 +62,7 @@ export function digestOf(outcomes: Outcome[]): string {
 export function buildReport(outcomes: Outcome[], sent: number, wallS: number, window = 100): Report {
   const answered = outcomes.filter((o) => o.error === undefined && o.answer !== undefined);
   const known = (o: Outcome) => o.truth !== undefined;
-  const right = (o: Outcome) => o.answer !== undefined && o.answer !== null && normalizeAnswer(o.answer) === normalizeAnswer(o.truth);
+  const right = (o: Outcome) => isCorrect(o.answer, o.truth);
   const accuracyOf = (xs: Outcome[]) => {
     const k = xs.filter(known);
     return k.length ? k.filter(right).length / k.length : null;

@@ -1,5 +1,6 @@
 // What a replay replays: questions in arrival order with their timing, from a server's
 // SQLite log or from a JSONL question file ({"question", "answer"?, "at"?: ms from start}).
+// A log's true answers are the labels its questions were asked with (a labelled replay's).
 import { openSync, readSync, closeSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { openStore, storeKind } from '../store/open.ts';
@@ -8,7 +9,7 @@ import { parseQuestions } from '../tasks/question-file.ts';
 
 export interface ReplayItem {
   question: string;
-  /** True answer, when the source carries one. */
+  /** True answer, when the source carries one (a question file's answer, a logged question's label). */
   answer?: string;
   /** Milliseconds after the first question of the stream. */
   at: number;
@@ -58,6 +59,7 @@ export async function readSource(path: string, o: { since?: number; until?: numb
         kind: 'db',
         items: rows.map((r) => ({
           question: r.question,
+          ...(r.label === null ? {} : { answer: r.label }),
           at: r.received_at - t0,
           receivedAt: r.received_at,
           served: { answer: r.answer, version: r.model_version },

@@ -226,6 +226,7 @@ export class Gateway {
       const a = await this.answerer.ask({
         question: msg.question,
         votes: msg.votes ?? this.o.limits.defaultVotes,
+        label: msg.label,
         clientId: msg.id,
         connection: client.connection,
         lane: client.connection,

@@ -127,7 +127,14 @@ export function createApp(o: AppOptions) {
     try {
       const { votes } = checkAsk(parsed.data, o.limits);
       o.metrics.questions.inc({ transport: 'http' });
-      const ask: AskRequest = { ...httpAsker(req, res), question: parsed.data.question, votes, clientId: parsed.data.id ?? null, connection: 'http' };
+      const ask: AskRequest = {
+        ...httpAsker(req, res),
+        question: parsed.data.question,
+        votes,
+        label: parsed.data.label,
+        clientId: parsed.data.id ?? null,
+        connection: 'http',
+      };
       const pending = o.answerer.ask(ask);
       requestIdHeaders(res, ask);
       const a = await pending;

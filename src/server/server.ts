@@ -94,6 +94,7 @@ export async function startServer(s: Settings, logger: Logger = silentLogger): P
     };
     const dashboard = new Dashboard({
       experiences$: answerer.experiences$,
+      labelled$: answerer.labelled$,
       updates$: adaptation.updates$,
       versions$: versions.versions$,
       store,

@@ -10,7 +10,8 @@
 //     folder (the rows' weights_path rewritten to point there);
 //   - the log: every question with its samples, in the source's id order (the destination
 //     gives new ids; each question's samples follow it), token ids and log-probs where kept,
-//     and where its samples were drawn (sampled_on, sampled_model) where an upstream drew them;
+//     where its samples were drawn (sampled_on, sampled_model) where an upstream drew them,
+//     and its label (the known answer a labelled replay sent with it) where it had one;
 //   - the events, in order, their times kept; then one `copied` event saying where from.
 //
 // The database id. Every version file carries the id of the database it was written for

@@ -96,8 +96,8 @@ export class PostgresStore implements Store {
     return this.tx(async (c) => {
       // One statement for the batch's questions and one for all their samples: a round trip each.
       const qs = await c.query<{ id: number }>(
-        `INSERT INTO questions (client_id, connection, question, votes_requested, received_at, answered_at, status, answer, majority_ratio, votes, model_version, latency_ms, frontend, source, trainable, prompt_ids, sampled_on, sampled_model)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::float8[], $10::jsonb[], $11::int[], $12::float8[], $13::text[], $14::text[], $15::bool[], $16::bytea[], $17::text[], $18::text[])
+        `INSERT INTO questions (client_id, connection, question, votes_requested, received_at, answered_at, status, answer, majority_ratio, votes, model_version, latency_ms, frontend, source, trainable, prompt_ids, sampled_on, sampled_model, label)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::float8[], $10::jsonb[], $11::int[], $12::float8[], $13::text[], $14::text[], $15::bool[], $16::bytea[], $17::text[], $18::text[], $19::text[])
          RETURNING id`,
         noNul([
           batch.map((r) => r.clientId),
@@ -118,6 +118,7 @@ export class PostgresStore implements Store {
           batch.map((r) => (r.trainable ? packInts(r.promptIds) : null)),
           batch.map((r) => r.sampledOn ?? null),
           batch.map((r) => r.sampledModel ?? null),
+          batch.map((r) => r.label ?? null),
         ]),
       );
       const ids = qs.rows.map((r) => r.id);
@@ -146,8 +147,8 @@ export class PostgresStore implements Store {
     if (!batch.length) return;
     const now = Date.now();
     await this.q(
-      `INSERT INTO questions (client_id, connection, question, votes_requested, received_at, answered_at, status, error, frontend)
-       SELECT c, n, q, v, r, $6::bigint, 'failed', e, $7::text FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $8::text[]) AS t(c, n, q, v, r, e)`,
+      `INSERT INTO questions (client_id, connection, question, votes_requested, received_at, answered_at, status, error, frontend, label)
+       SELECT c, n, q, v, r, $6::bigint, 'failed', e, $7::text, l FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $8::text[], $9::text[]) AS t(c, n, q, v, r, e, l)`,
       [
         batch.map((r) => r.clientId),
         batch.map((r) => r.connection),
@@ -157,6 +158,7 @@ export class PostgresStore implements Store {
         now,
         frontend,
         batch.map((r) => r.error),
+        batch.map((r) => r.label ?? null),
       ],
     );
   }
@@ -203,7 +205,7 @@ export class PostgresStore implements Store {
     let after: [number, number] = [-1, 0];
     for (;;) {
       const r = await this.q<QuestionRow>(
-        `SELECT id, client_id, connection, question, votes_requested, received_at, answered_at, status, error, answer, majority_ratio, votes, model_version, latency_ms, frontend, sampled_on, sampled_model
+        `SELECT id, client_id, connection, question, votes_requested, received_at, answered_at, status, error, answer, majority_ratio, votes, model_version, latency_ms, frontend, sampled_on, sampled_model, label
          FROM questions WHERE received_at >= $1 AND received_at < $2 AND ($3::text IS NULL OR status = $3::text) AND (received_at, id) > ($4::bigint, $5::bigint)
          ORDER BY received_at, id LIMIT 1000`,
         [o.since ?? 0, o.until ?? Number.MAX_SAFE_INTEGER, o.status ?? null, after[0], after[1]],
@@ -350,7 +352,7 @@ export class PostgresStore implements Store {
   async *exportLog(): AsyncGenerator<LoggedQuestion> {
     for (let after = 0; ;) {
       const r = await this.q<Omit<LoggedQuestion, 'prompt_ids' | 'samples'> & { prompt_ids: Buffer | null }>(
-        `SELECT id, client_id, connection, question, votes_requested, received_at, answered_at, status, error, answer, majority_ratio, votes, model_version, latency_ms, frontend, sampled_on, sampled_model, source, trainable, prompt_ids
+        `SELECT id, client_id, connection, question, votes_requested, received_at, answered_at, status, error, answer, majority_ratio, votes, model_version, latency_ms, frontend, sampled_on, sampled_model, label, source, trainable, prompt_ids
          FROM questions WHERE id > $1 ORDER BY id LIMIT 500`,
         [after],
       );
@@ -370,8 +372,8 @@ export class PostgresStore implements Store {
     if (!rows.length) return Promise.resolve([]);
     return this.tx(async (c) => {
       const qs = await c.query<{ id: number }>(
-        `INSERT INTO questions (client_id, connection, question, votes_requested, received_at, answered_at, status, error, answer, majority_ratio, votes, model_version, latency_ms, frontend, source, trainable, prompt_ids, sampled_on, sampled_model)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::float8[], $11::jsonb[], $12::int[], $13::float8[], $14::text[], $15::text[], $16::bool[], $17::bytea[], $18::text[], $19::text[])
+        `INSERT INTO questions (client_id, connection, question, votes_requested, received_at, answered_at, status, error, answer, majority_ratio, votes, model_version, latency_ms, frontend, source, trainable, prompt_ids, sampled_on, sampled_model, label)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::float8[], $11::jsonb[], $12::int[], $13::float8[], $14::text[], $15::text[], $16::bool[], $17::bytea[], $18::text[], $19::text[], $20::text[])
          RETURNING id`,
         noNul([
           rows.map((r) => r.client_id),
@@ -393,6 +395,7 @@ export class PostgresStore implements Store {
           rows.map((r) => (r.prompt_ids ? packInts(r.prompt_ids) : null)),
           rows.map((r) => r.sampled_on ?? null),
           rows.map((r) => r.sampled_model ?? null),
+          rows.map((r) => r.label ?? null),
         ]),
       );
       const ids = qs.rows.map((r) => r.id);

@@ -74,8 +74,8 @@ export class SqliteStore implements Store {
 
   async recordAnswered(batch: AnsweredRecord[], frontend: string | null = null): Promise<number[]> {
     const q = this.db.prepare(
-      `INSERT INTO questions (client_id, connection, question, votes_requested, received_at, answered_at, status, answer, majority_ratio, votes, model_version, latency_ms, frontend, source, trainable, sampled_on, sampled_model)
-       VALUES (?, ?, ?, ?, ?, ?, 'answered', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO questions (client_id, connection, question, votes_requested, received_at, answered_at, status, answer, majority_ratio, votes, model_version, latency_ms, frontend, source, trainable, sampled_on, sampled_model, label)
+       VALUES (?, ?, ?, ?, ?, ?, 'answered', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     );
     const s = this.db.prepare('INSERT INTO samples (question_id, idx, text, answer, tokens, logprob_sum, stopped) VALUES (?, ?, ?, ?, ?, ?, ?)');
     // One process trains from memory: the token ids and log-probs are not written here (see 004_fleet.sql).
@@ -99,6 +99,7 @@ export class SqliteStore implements Store {
             r.trainable ? 1 : 0,
             r.sampledOn ?? null,
             r.sampledModel ?? null,
+            r.label ?? null,
           ).lastInsertRowid,
         );
         r.samples.forEach((x, i) => s.run(id, i, x.text, x.answer, x.tokens, x.logprobSum, x.stopped ? 1 : 0));
@@ -109,10 +110,12 @@ export class SqliteStore implements Store {
 
   async recordFailed(batch: (QuestionMeta & { error: string })[], frontend: string | null = null): Promise<void> {
     const q = this.db.prepare(
-      `INSERT INTO questions (client_id, connection, question, votes_requested, received_at, answered_at, status, error, frontend) VALUES (?, ?, ?, ?, ?, ?, 'failed', ?, ?)`,
+      `INSERT INTO questions (client_id, connection, question, votes_requested, received_at, answered_at, status, error, frontend, label) VALUES (?, ?, ?, ?, ?, ?, 'failed', ?, ?, ?)`,
     );
     const now = Date.now();
-    this.db.transaction(() => batch.forEach((r) => q.run(r.clientId, r.connection, r.question, r.votesRequested, r.receivedAt, now, r.error, frontend)))();
+    this.db.transaction(() =>
+      batch.forEach((r) => q.run(r.clientId, r.connection, r.question, r.votesRequested, r.receivedAt, now, r.error, frontend, r.label ?? null)),
+    )();
   }
 
   // One writer: ids grow in commit order, so the cursor is the last id read.
@@ -136,7 +139,7 @@ export class SqliteStore implements Store {
     // Read the rows first: a connection iterating one statement cannot run another meanwhile.
     const rows = this.db
       .prepare(
-        `SELECT id, client_id, connection, question, votes_requested, received_at, answered_at, status, error, answer, majority_ratio, votes, model_version, latency_ms, frontend, sampled_on, sampled_model
+        `SELECT id, client_id, connection, question, votes_requested, received_at, answered_at, status, error, answer, majority_ratio, votes, model_version, latency_ms, frontend, sampled_on, sampled_model, label
          FROM questions WHERE received_at >= ? AND received_at < ? ${o.status ? 'AND status = ?' : ''} ORDER BY received_at, id`,
       )
       .all(...[o.since ?? 0, o.until ?? Number.MAX_SAFE_INTEGER, ...(o.status ? [o.status] : [])]) as (QuestionRow & { votes: string | null })[];
@@ -279,7 +282,7 @@ export class SqliteStore implements Store {
 
   async *exportLog(): AsyncGenerator<LoggedQuestion> {
     const page = this.db.prepare(
-      `SELECT id, client_id, connection, question, votes_requested, received_at, answered_at, status, error, answer, majority_ratio, votes, model_version, latency_ms, frontend, sampled_on, sampled_model, source, trainable, prompt_ids
+      `SELECT id, client_id, connection, question, votes_requested, received_at, answered_at, status, error, answer, majority_ratio, votes, model_version, latency_ms, frontend, sampled_on, sampled_model, label, source, trainable, prompt_ids
        FROM questions WHERE id > ? ORDER BY id LIMIT 500`,
     );
     const samples = this.db.prepare('SELECT text, answer, tokens, logprob_sum, stopped, token_ids, logprobs FROM samples WHERE question_id = ? ORDER BY idx');
@@ -306,8 +309,8 @@ export class SqliteStore implements Store {
 
   async importLog(rows: LoggedQuestion[]): Promise<number[]> {
     const q = this.db.prepare(
-      `INSERT INTO questions (client_id, connection, question, votes_requested, received_at, answered_at, status, error, answer, majority_ratio, votes, model_version, latency_ms, frontend, source, trainable, prompt_ids, sampled_on, sampled_model)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO questions (client_id, connection, question, votes_requested, received_at, answered_at, status, error, answer, majority_ratio, votes, model_version, latency_ms, frontend, source, trainable, prompt_ids, sampled_on, sampled_model, label)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     );
     const s = this.db.prepare(
       'INSERT INTO samples (question_id, idx, text, answer, tokens, logprob_sum, stopped, token_ids, logprobs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
@@ -335,6 +338,7 @@ export class SqliteStore implements Store {
             r.prompt_ids ? packInts(r.prompt_ids) : null,
             r.sampled_on ?? null,
             r.sampled_model ?? null,
+            r.label ?? null,
           ).lastInsertRowid,
         );
         r.samples.forEach((x, i) =>

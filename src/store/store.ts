@@ -23,6 +23,8 @@ export interface QuestionMeta {
   clientId: string | null;
   connection: string | null;
   question: string;
+  /** The question's known answer, as the client sent it (a labelled replay), for measurement only. Null or absent: none. */
+  label?: string | null;
   votesRequested: number;
   receivedAt: number;
 }
@@ -102,6 +104,8 @@ export interface QuestionRow {
   sampled_on: string | null;
   /** The model or LoRA adapter name the upstream was asked for (null where sampled_on is). */
   sampled_model: string | null;
+  /** The question's known answer as the client sent it (null: none sent, or rows from before labels). Never trained on. */
+  label: string | null;
 }
 
 export interface NewVersion {

@@ -197,3 +197,13 @@ export function normalizeAnswer(answer: string | null | undefined): string | nul
   if (!s) return null;
   return numberValue(s) ?? rationalValue(s) ?? percentValue(s) ?? letterValue(s) ?? s;
 }
+
+/**
+ * Whether a served answer is right against a known one: both in canonical form, and an
+ * answer that normalises to nothing is never right. The one comparison every scorer of
+ * served answers uses (replay reports, the dashboard's calibration), so they agree.
+ */
+export function isCorrect(answer: string | null | undefined, truth: string | null | undefined): boolean {
+  const a = normalizeAnswer(answer);
+  return a !== null && a === normalizeAnswer(truth);
+}

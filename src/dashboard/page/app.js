@@ -10,7 +10,17 @@
   const SERIES_POINTS = 300;
   const COLORS = { promoted: '#1f9d55', rejected: '#d64545', other: '#9aa1ae', accent: '#3a6fd8', p99: '#d89b00' };
 
-  const state = { version: null, versions: [], updates: [], questions: [], series: [[], [], [], []], stats: null, anchorShift: null, windows: null };
+  const state = {
+    version: null,
+    versions: [],
+    updates: [],
+    questions: [],
+    series: [[], [], [], []],
+    stats: null,
+    anchorShift: null,
+    windows: null,
+    calibration: null,
+  };
   let source = null;
   let retryTimer = null;
 
@@ -40,6 +50,25 @@
     const xs = u.data[0];
     return xs.length ? xs[xs.length - 1] : Date.now() / 1000;
   };
+
+  // An axis of shares, 0 to 100%.
+  const shareAxis = { splits: () => [0, 0.2, 0.4, 0.6, 0.8, 1], values: (_u, vals) => vals.map((v) => `${Math.round(v * 100)}%`) };
+
+  // Where accuracy equals confidence: a calibrated server's bars reach it.
+  function drawDiagonal(u) {
+    const { ctx } = u;
+    const x = (v) => u.valToPos(v, 'x', true);
+    const y = (v) => u.valToPos(v, 'y', true);
+    ctx.save();
+    ctx.setLineDash([5 * uPlot.pxRatio, 4 * uPlot.pxRatio]);
+    ctx.strokeStyle = COLORS.other;
+    ctx.lineWidth = uPlot.pxRatio;
+    ctx.beginPath();
+    ctx.moveTo(x(0), y(0));
+    ctx.lineTo(x(1), y(1));
+    ctx.stroke();
+    ctx.restore();
+  }
 
   function makeCharts() {
     // The last five minutes, one point a second.
@@ -83,10 +112,31 @@
           {},
           { label: 'answers', fill: 'rgba(58,111,216,0.55)', stroke: COLORS.accent, paths: uPlot.paths.bars({ size: [0.85, 60] }), points: { show: false } },
         ],
-        axes: [{ splits: () => [0, 0.2, 0.4, 0.6, 0.8, 1], values: (_u, vals) => vals.map((v) => `${Math.round(v * 100)}%`) }, { size: 44 }],
+        axes: [shareAxis, { size: 44 }],
       },
       [centers, new Array(10).fill(0)],
       $('chart-confidence'),
+    );
+    charts.calibration = new uPlot(
+      {
+        width: widthOf('chart-calibration'),
+        // As tall as its three numbers beside it.
+        height: 250,
+        scales: { x: { time: false, range: [0, 1] }, y: { range: [0, 1] } },
+        legend: { show: false },
+        cursor: { show: false },
+        series: [
+          {},
+          { label: 'accuracy', fill: 'rgba(31,157,85,0.45)', stroke: COLORS.promoted, paths: uPlot.paths.bars({ size: [0.85, 60] }), points: { show: false } },
+        ],
+        axes: [
+          { ...shareAxis, label: 'confidence', labelSize: 14 },
+          { ...shareAxis, size: 44, label: 'accuracy', labelSize: 14 },
+        ],
+        hooks: { draw: [drawDiagonal] },
+      },
+      [centers, new Array(10).fill(null)],
+      $('chart-calibration'),
     );
     const point = (color) => ({
       stroke: color,
@@ -132,13 +182,14 @@
         ['qps', 'chart-qps'],
         ['latency', 'chart-latency'],
         ['confidence', 'chart-confidence'],
+        ['calibration', 'chart-calibration'],
         ['updates', 'chart-updates'],
       ]) {
         const w = widthOf(id);
         if (charts[name].width !== w) charts[name].setSize({ width: w, height: charts[name].height });
       }
     });
-    for (const id of ['chart-qps', 'chart-latency', 'chart-confidence', 'chart-updates']) resize.observe($(id));
+    for (const id of ['chart-qps', 'chart-latency', 'chart-confidence', 'chart-calibration', 'chart-updates']) resize.observe($(id));
   }
 
   // ---------- rendering ----------
@@ -177,6 +228,19 @@
       setText('upstreams', `Sampled on ${s.upstreams.length} upstream(s): ${list.join('; ')}.`);
     }
     charts.confidence.setData([charts.confidence.data[0], s.confidence]);
+  }
+
+  // Shown once a labelled answer has been seen; a server asked without labels shows nothing of it.
+  function renderCalibration() {
+    const c = state.calibration;
+    $('calibration').hidden = !c;
+    if (!c) return;
+    const kept = state.windows ? state.windows.calibration_answers : Infinity;
+    setText('calibration-n', c.answers >= kept ? `last ${kept} labelled answers` : `${c.answers} labelled answer${c.answers === 1 ? '' : 's'}`);
+    setText('calibration-ece', c.ece === null ? '–' : c.ece.toFixed(3));
+    setText('calibration-accuracy', fmtPct(c.accuracy));
+    setText('calibration-confidence', fmtPct(c.mean_confidence));
+    charts.calibration.setData([c.bins.map((b) => (b.lo + b.hi) / 2), c.bins.map((b) => b.accuracy)]);
   }
 
   function renderSeries() {
@@ -285,6 +349,7 @@
     state.series = s.series;
     state.stats = s.stats;
     state.anchorShift = s.anchor_shift;
+    state.calibration = s.calibration;
     setText('rate-window', `${s.windows.rate_s} s`);
     setText('latency-window', `${s.windows.latency_s} s`);
     renderStats();
@@ -292,6 +357,7 @@
     renderVersion();
     renderUpdates();
     renderQuestions();
+    renderCalibration();
   }
 
   function setConn(st, text) {
@@ -365,6 +431,10 @@
       if (u.anchor_shift_now !== undefined) state.anchorShift = u.anchor_shift_now;
       renderUpdates();
       renderVersion();
+    });
+    on('calibration', (c) => {
+      state.calibration = c;
+      renderCalibration();
     });
     on('version', (m) => {
       state.version = m.version;
