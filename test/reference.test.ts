@@ -10,9 +10,11 @@ import { Scorer } from '../src/engine/scorer.ts';
 import { inMemory, loadModel } from '../src/formats/checkpoint.ts';
 import { DEFAULT_MODEL_DIR } from '../src/config/settings.ts';
 import { rolloutBatch } from '../src/sampling/rollout.ts';
-import { referenceSupport } from '../src/ttrl/reference.ts';
+import { importanceSupport, referenceSupport } from '../src/ttrl/reference.ts';
 import { judgeConfidence } from '../src/ttrl/candidate-checks.ts';
 import { suite } from '../src/tasks/suites.ts';
+import { startTestServer } from './helpers/server.ts';
+import type { UpdateOutcome } from '../src/loop/adaptation.ts';
 
 test('reference support: the vote share under the same weights, something else under others', async () => {
   const m = await loadModel(DEFAULT_MODEL_DIR);
@@ -41,12 +43,68 @@ test('reference support: the vote share under the same weights, something else u
   }
 });
 
+test('importance support: the mean weight of the majority samples over the votes, scaled up when only some were scored, clipped to 1', () => {
+  // Two majority samples of 8 votes: weights e^0 and e^ln 3 -> (1 + 3) / 8.
+  assert.ok(
+    Math.abs(
+      importanceSupport(
+        [
+          { target: -2, sampled: -2 },
+          { target: Math.log(3) - 1, sampled: -1 },
+        ],
+        8,
+      ) - 0.5,
+    ) < 1e-12,
+  );
+  // The same two standing for 4 majority samples: twice as much.
+  assert.ok(
+    Math.abs(
+      importanceSupport(
+        [
+          { target: -2, sampled: -2 },
+          { target: Math.log(3) - 1, sampled: -1 },
+        ],
+        8,
+        4,
+      ) - 1,
+    ) < 1e-12,
+  );
+  assert.equal(importanceSupport([{ target: 0, sampled: -30 }], 8), 1, 'clipped');
+  assert.equal(importanceSupport([], 8), 0);
+});
+
 test('the confidence guard rejects a rise of confidence on unbacked majorities beyond its bound, and only when on', () => {
   assert.equal(judgeConfidence({ questions: 5, rise: 0.3 }, undefined), null, 'off by default');
   assert.equal(judgeConfidence({ questions: 5, rise: 0.05 }, 0.1), null);
   assert.equal(judgeConfidence({ questions: 0, rise: 9 }, 0.1), null, 'nothing unbacked: nothing to judge');
   assert.match(
     judgeConfidence({ questions: 5, rise: 0.3 }, 0.1)!,
-    /surer of answers the shipped model does not back: .* 5 .* rose by 0\.3000 nats per token \(at most 0\.1/,
+    /surer of answers the shipped model does not back: on 5 such questions the candidate's probability of the majority answer is 0\.300 above the shipped model's \(at most 0\.1/,
   );
+});
+
+test('live, on questions the shipped model has no prior for: a candidate surer of its majorities than the shipped model is rejected by --confidence-rise 0, and served with a bound it cannot reach', async () => {
+  for (const confidenceRise of [0, 1]) {
+    const s = await startTestServer(
+      { adapt: true, votes: 8, updateEvery: 8, maxClientShare: 1, questionsPerStep: 8, probeQuestions: 0, anchors: 0, lr: 3e-5, confidenceRise },
+      { prefix: 'ttrl-confidence-' },
+    );
+    try {
+      const ended = new Promise<UpdateOutcome>((resolve) => s.adaptation.updates$.subscribe((e) => e.phase === 'end' && resolve(e.outcome)));
+      for (const q of suite('3-digit', 8, 5)) {
+        const r = await fetch(`${s.url}/v1/ask`, { method: 'POST', body: JSON.stringify({ question: q.question }) });
+        assert.equal(r.status, 200);
+      }
+      const o = await ended;
+      const stats = o.stats as Record<string, number>;
+      assert.ok(stats.unbacked_questions! > 0, JSON.stringify(o));
+      assert.ok(stats.unbacked_candidate_support! > stats.unbacked_reference_support!, JSON.stringify(stats));
+      if (confidenceRise === 0) {
+        assert.equal(o.outcome, 'rejected', JSON.stringify(o));
+        assert.match(o.reason!, /surer of answers the shipped model does not back/);
+      } else assert.equal(o.outcome, 'promoted', JSON.stringify(o));
+    } finally {
+      await s.close();
+    }
+  }
 });

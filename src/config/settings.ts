@@ -355,9 +355,9 @@ export const GUARD = {
   },
   anchorSlack: { schema: real(0, 100), default: 0, help: 'guard: mean log-prob (nats) per anchor answer a candidate may lose against the shipped model' },
   confidenceRise: {
-    schema: real(0, 100).optional(),
+    schema: real(0, 1).optional(),
     default: undefined,
-    help: "guard: most a candidate's mean log-prob per token of its update's majority completions may rise on questions the shipped model does not back (reference support under 0.5); unset: not checked",
+    help: "guard: most a candidate's probability of its update's majority answers may exceed the shipped model's, on questions the shipped model does not back (its support under 0.5), in units of confidence; unset: not checked",
   },
 } satisfies Group;
 

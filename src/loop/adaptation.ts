@@ -23,7 +23,7 @@ import type { Rollout } from '../sampling/rollout.ts';
 import { TTRLUpdater, type UpdateResult } from '../ttrl/updater.ts';
 import { lrOf, type GuardSettings, type SamplingSettings, type ScheduleSettings, type TrainSettings } from '../config/settings.ts';
 import type { Experience } from './answerer.ts';
-import type { CandidateJudge } from './judge.ts';
+import type { CandidateJudge, Unbacked } from './judge.ts';
 import type { Metrics } from './metrics.ts';
 import type { ServingVersion, Versions } from './versions.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
@@ -34,6 +34,9 @@ import { guarded } from '../util/guarded.ts';
  * (schedule), what each does (train), and the sampling temperature and seed; the LoRA shape
  * is resolved against the model once (pipeline.ts).
  */
+/** Majority samples per unbacked question the candidate scores for --confidence-rise. */
+const UNBACKED_SAMPLES = 8;
+
 export type AdaptationOptions = ScheduleSettings &
   TrainSettings &
   Pick<SamplingSettings, 'temperature' | 'seed'> &
@@ -206,16 +209,19 @@ export class Adaptation {
   private unsettled: number | null = null;
 
   /** The majority completions (up to 4 a question) of the update's questions whose majority the reference backs less than LOW_SUPPORT. */
-  private async unbacked(rollouts: Rollout[], support?: number[]) {
+  private async unbacked(rollouts: Rollout[], support?: number[]): Promise<Unbacked> {
     const s = support ?? (await referenceSupport(await this.judge.referenceScorer(), rollouts, this.tok.padId, this.config.contextLength));
-    const low = rollouts.filter((r, i) => r.vote.label !== null && s[i]! < LOW_SUPPORT);
-    const seqs = low.flatMap((r) =>
-      r.samples
-        .filter((x) => x.answer === r.vote.label)
-        .slice(0, 4)
-        .map((x) => ({ tokens: [...r.prompt, ...x.tokens], promptLength: r.prompt.length, sampledLogprob: x.logprobs.reduce((a, b) => a + b, 0) })),
-    );
-    return { questions: low.length, seqs };
+    const out: Unbacked = { questions: [], seqs: [] };
+    rollouts.forEach((r, i) => {
+      if (r.vote.label === null || s[i]! >= LOW_SUPPORT) return;
+      const majority = r.samples.filter((x) => x.answer === r.vote.label);
+      const from = out.seqs.length;
+      // Some of the majority's samples stand for all of them (the estimate scales by their count).
+      for (const x of majority.slice(0, UNBACKED_SAMPLES))
+        out.seqs.push({ tokens: [...r.prompt, ...x.tokens], promptLength: r.prompt.length, sampledLogprob: x.logprobs.reduce((a, b) => a + b, 0) });
+      out.questions.push({ reference: s[i]!, votes: r.samples.length, majority: majority.length, from, to: out.seqs.length });
+    });
+    return out;
   }
 
   /** In words, why no update is due yet (the dashboard and /admin/status say it), or null when one is running or due. */

@@ -30,6 +30,7 @@ import {
 } from '../ttrl/candidate-checks.ts';
 import { GREEDY_TOP_P, rolloutBatch, type Rollout } from '../sampling/rollout.ts';
 import { completionLogprobs, sum } from '../ttrl/updater.ts';
+import { importanceSupport } from '../ttrl/reference.ts';
 import { CompletionAnchors, ProbeQuestions } from './guard-sets.ts';
 import type { Metrics } from './metrics.ts';
 
@@ -51,8 +52,18 @@ export interface Candidate {
   weights: Weights;
   serving: Served;
   sequenceLogprobs(seqs: TrainSequence[]): Promise<number[]>;
-  /** The update's majority completions on questions the reference does not back, as sampled (for --confidence-rise). */
-  unbacked?: { questions: number; seqs: (TrainSequence & { sampledLogprob: number; tokens: number[] })[] };
+  /** The update's questions the reference does not back, with majority completions as sampled (for --confidence-rise). */
+  unbacked?: Unbacked;
+}
+
+/**
+ * Questions whose majority answer the reference backs less than LOW_SUPPORT: per question its
+ * reference support, its votes, how many were for the majority, and which of `seqs` (some of
+ * the majority's samples, with their log-probs as drawn) are its own.
+ */
+export interface Unbacked {
+  questions: { reference: number; votes: number; majority: number; from: number; to: number }[];
+  seqs: (TrainSequence & { sampledLogprob: number; tokens: number[] })[];
 }
 
 /** Weights as a sampler takes them: full ones, or the base with LoRA adapters. */
@@ -145,10 +156,22 @@ export class CandidateJudge {
     if (!reason && this.o.confidenceRise !== undefined && c.unbacked?.seqs.length) {
       const { questions, seqs } = c.unbacked;
       const now = await c.sequenceLogprobs(seqs);
-      const tokens = seqs.reduce((a, x) => a + x.tokens.length - x.promptLength, 0);
-      const rise = now.reduce((a, lp, i) => a + lp - seqs[i]!.sampledLogprob, 0) / Math.max(1, tokens);
-      Object.assign(stats, { unbacked_questions: questions, unbacked_confidence_rise: rise });
-      reason = judgeConfidence({ questions, rise }, this.o.confidenceRise);
+      // The candidate's probability of each unbacked majority answer, from the same samples as the reference's.
+      const candidate = questions.map((q) =>
+        importanceSupport(
+          seqs.slice(q.from, q.to).map((x, j) => ({ target: now[q.from + j]!, sampled: x.sampledLogprob })),
+          q.votes,
+          q.majority,
+        ),
+      );
+      const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+      const rise = mean(candidate) - mean(questions.map((q) => q.reference));
+      Object.assign(stats, {
+        unbacked_questions: questions.length,
+        unbacked_reference_support: mean(questions.map((q) => q.reference)),
+        unbacked_candidate_support: mean(candidate),
+      });
+      reason = judgeConfidence({ questions: questions.length, rise }, this.o.confidenceRise);
     }
     if (!reason && this.o.probeQuestions > 0) {
       const parentProbe = await this.probe(parent.version, parent);

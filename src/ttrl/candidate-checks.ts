@@ -115,16 +115,19 @@ export function judgeProbe(parent: ProbeStats, cand: ProbeStats): string | null 
 }
 
 /**
- * Confidence without support: how much surer a candidate grew of the majority completions of
- * its update's questions that the reference (shipped) model does not back. Self-training makes
- * a model surer of its own majorities whether they are right or not; where the reference's
- * support (ttrl/reference.ts) is low, that certainty has nothing behind it (the no-prior
- * suites: the model becomes confidently wrong). Label-free.
+ * Confidence without support: how much more probable a candidate holds the majority answers of
+ * its update's questions that the reference (shipped) model does not back than the reference
+ * does. Self-training makes a model surer of its own majorities whether they are right or not;
+ * where the reference's support (ttrl/reference.ts) is low, that certainty has nothing behind
+ * it (the no-prior suites: the model becomes confidently wrong). Both are estimated from the
+ * same samples, so the rise is in the units clients read `confidence` in (a share of the
+ * votes), and it is measured against the shipped model, not the parent: a creep of small
+ * steps adds up. Label-free.
  */
 export interface ConfidenceShift {
   /** Questions whose majority the reference backs less than LOW_SUPPORT. */
   questions: number;
-  /** Mean log-prob change per token of their majority completions, candidate minus as sampled (nats). */
+  /** Mean over them of the candidate's probability of the majority answer minus the reference's. */
   rise: number;
 }
 
@@ -133,5 +136,5 @@ export const LOW_SUPPORT = 0.5;
 
 export function judgeConfidence(s: ConfidenceShift | null, maxRise: number | undefined): string | null {
   if (maxRise === undefined || !s || s.questions === 0 || s.rise <= maxRise) return null;
-  return `surer of answers the shipped model does not back: the log-prob of ${s.questions} such questions' majority completions rose by ${s.rise.toFixed(4)} nats per token (at most ${maxRise}, --confidence-rise)`;
+  return `surer of answers the shipped model does not back: on ${s.questions} such questions the candidate's probability of the majority answer is ${s.rise.toFixed(3)} above the shipped model's (at most ${maxRise}, --confidence-rise)`;
 }

@@ -23,11 +23,23 @@ export async function referenceSupport(reference: Pick<Scorer, 'score'>, rollout
   const ref = seqs.length ? await completionLogprobs(reference, seqs, padId, contextLength) : [];
   let k = 0;
   return rollouts.map((r) => {
-    let total = 0;
+    const majority: { target: number; sampled: number }[] = [];
     for (const s of r.samples) {
       const lr = sum(ref[k++]!);
-      if (r.vote.label !== null && s.answer === r.vote.label) total += Math.exp(Math.min(50, lr - sum(s.logprobs)));
+      if (r.vote.label !== null && s.answer === r.vote.label) majority.push({ target: lr, sampled: sum(s.logprobs) });
     }
-    return Math.min(1, total / (r.samples.length || 1));
+    return importanceSupport(majority, r.samples.length);
   });
+}
+
+/**
+ * Another model's (the target's) probability of a majority answer, from the log-probs of the
+ * majority's samples under it and as drawn, over `votes` samples in all. `of` majority samples
+ * when only some of them were scored (an unbiased estimate still: their mean weight, times
+ * `of`). Clipped to [0, 1].
+ */
+export function importanceSupport(majority: { target: number; sampled: number }[], votes: number, of = majority.length): number {
+  if (!majority.length || votes <= 0) return 0;
+  const total = majority.reduce((a, x) => a + Math.exp(Math.min(50, x.target - x.sampled)), 0);
+  return Math.min(1, ((of / majority.length) * total) / votes);
 }
