@@ -11,6 +11,7 @@
 //   asymmetric  --advantage asymmetric
 //   restrain    --advantage restrain
 //   refgate     --ref-gate 0.5
+//   crise       --confidence-rise 0.05 (roll back when the model grows surer than the shipped model where it does not back the answer)
 //   kl          --kl 0.05
 //   entropy     --entropy-bonus 0.01
 //   (any other: NAME:key=value,key=value, e.g. restrain-p1:advantage=restrain,restrainPenalty=1)
@@ -45,6 +46,7 @@ const VARIANTS: Record<string, Partial<AdaptSettings>> = {
   asymmetric: { advantage: 'asymmetric' },
   restrain: { advantage: 'restrain' },
   refgate: { refGate: 0.5 },
+  crise: { confidenceRise: 0.05 },
   kl: { kl: 0.05 },
   entropy: { entropyBonus: 0.01 },
 };

@@ -357,12 +357,12 @@ addFlags(
     }
   });
 
-const ADAPT_GROUPS = ['model', 'task', 'sampling', 'train', 'offlineAdapt'] as const satisfies readonly GroupName[];
+const ADAPT_GROUPS = ['model', 'task', 'sampling', 'train', 'confidence', 'offlineAdapt'] as const satisfies readonly GroupName[];
 addFlags(
   program
     .command('adapt')
     .description(
-      'TTRL on a question file: evaluate, adapt without labels (majority votes), evaluate again, save (groups: model, task, sampling, train, and its own)',
+      'TTRL on a question file: evaluate, adapt without labels (majority votes), evaluate again, save (groups: model, task, sampling, train, confidence, and its own)',
     )
     .requiredOption('--questions <file>', 'JSONL question file (answers, when present, are used only for metrics in majority mode)'),
   ADAPT_GROUPS,

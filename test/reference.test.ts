@@ -15,6 +15,7 @@ import { judgeConfidence } from '../src/ttrl/candidate-checks.ts';
 import { suite } from '../src/tasks/suites.ts';
 import { startTestServer } from './helpers/server.ts';
 import type { UpdateOutcome } from '../src/loop/adaptation.ts';
+import { adapt, ADAPT_DEFAULTS } from '../src/ttrl/adapt.ts';
 
 test('reference support: the vote share under the same weights, something else under others', async () => {
   const m = await loadModel(DEFAULT_MODEL_DIR);
@@ -107,4 +108,35 @@ test('live, on questions the shipped model has no prior for: a candidate surer o
       await s.close();
     }
   }
+});
+
+test('offline, on questions the shipped model has no prior for: ttrl adapt rolls back when its confidence rises past --confidence-rise over the shipped model support', async () => {
+  const m = await loadModel(DEFAULT_MODEL_DIR);
+  const questions = suite('3-digit', 8, 6).map((q) => ({ question: q.question, answer: q.answer }));
+  const run = (confidenceRise: number | undefined) =>
+    adapt(m, questions, {
+      ...ADAPT_DEFAULTS,
+      steps: 6,
+      questionsPerStep: 8,
+      votes: 8,
+      trainSamples: 8,
+      lr: 3e-4,
+      gate: 0,
+      evalEvery: 0,
+      guard: false,
+      threads: 1,
+      confidenceRise,
+    });
+  const on = await run(0.02);
+  assert.ok(
+    on.rows.some((r) => /surer of answers the shipped model does not back/.test(r.event)),
+    JSON.stringify(on.rows.map((r) => [r.confidence_rise, r.event])),
+  );
+  assert.ok(on.rollbacks > 0);
+  assert.ok(on.rows.every((r) => r.confidence_rise !== null));
+  const off = await run(undefined);
+  assert.equal(off.rollbacks, 0);
+  assert.ok(off.rows.every((r) => r.confidence_rise === null));
+  // Unchecked, the same run grows surer than the checked one let it.
+  assert.ok(off.after!.majority_ratio > on.after!.majority_ratio, `${off.after!.majority_ratio} vs ${on.after!.majority_ratio}`);
 });

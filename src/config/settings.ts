@@ -354,10 +354,17 @@ export const GUARD = {
     help: 'guard: most anchors, served questions the shipped model answered with at least 90% of the votes; a candidate must stay as sure of their answers (0: no anchor check)',
   },
   anchorSlack: { schema: real(0, 100), default: 0, help: 'guard: mean log-prob (nats) per anchor answer a candidate may lose against the shipped model' },
+} satisfies Group;
+
+/**
+ * Confidence may not rise where the shipped model gives no support: live, a check of the
+ * guard on each candidate; offline (`ttrl adapt`), a rollback.
+ */
+export const CONFIDENCE = {
   confidenceRise: {
     schema: real(0, 1).optional(),
     default: undefined,
-    help: "guard: most a candidate's probability of its update's majority answers may exceed the shipped model's, on questions the shipped model does not back (its support under 0.5), in units of confidence; unset: not checked",
+    help: "most a candidate's probability of its update's majority answers may exceed the shipped model's, on questions the shipped model does not back (its support under 0.5), in units of confidence; live a candidate beyond it is rejected, offline the model rolls back; unset: not checked",
   },
 } satisfies Group;
 
@@ -384,6 +391,7 @@ export const GROUPS = {
   schedule: SCHEDULE,
   train: TRAIN,
   guard: GUARD,
+  confidence: CONFIDENCE,
   offlineAdapt: OFFLINE_ADAPT,
 } as const;
 export type GroupName = keyof typeof GROUPS;
@@ -402,6 +410,7 @@ export const SETTINGS = {
   ...SCHEDULE,
   ...TRAIN,
   ...GUARD,
+  ...CONFIDENCE,
 } satisfies Group;
 /** The server's groups, in the order the settings table lists them. */
 export const SERVE_GROUPS = [
@@ -417,6 +426,7 @@ export const SERVE_GROUPS = [
   'schedule',
   'train',
   'guard',
+  'confidence',
 ] as const satisfies readonly GroupName[];
 
 export type ServerSettings = ValuesOf<typeof SERVER>;
@@ -431,6 +441,7 @@ export type LimitSettings = ValuesOf<typeof LIMITS>;
 export type ScheduleSettings = ValuesOf<typeof SCHEDULE>;
 export type TrainSettings = ValuesOf<typeof TRAIN>;
 export type GuardSettings = ValuesOf<typeof GUARD>;
+export type ConfidenceSettings = ValuesOf<typeof CONFIDENCE>;
 export type OfflineAdaptSettings = ValuesOf<typeof OFFLINE_ADAPT>;
 
 /** The learning rate updates use: the one set, else the default of full fine-tuning or of LoRA. */
@@ -505,6 +516,7 @@ const GROUP_TITLES: Record<GroupName, string> = {
   schedule: 'Live updates: when',
   train: 'Updates: what each does',
   guard: 'Guard',
+  confidence: 'Confidence without support (live and `ttrl adapt`)',
   offlineAdapt: '`ttrl adapt` only',
 };
 

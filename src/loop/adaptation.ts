@@ -21,7 +21,7 @@ import { referenceSupport } from '../ttrl/reference.ts';
 import { LOW_SUPPORT } from '../ttrl/candidate-checks.ts';
 import type { Rollout } from '../sampling/rollout.ts';
 import { TTRLUpdater, type UpdateResult } from '../ttrl/updater.ts';
-import { lrOf, type GuardSettings, type SamplingSettings, type ScheduleSettings, type TrainSettings } from '../config/settings.ts';
+import { lrOf, type ConfidenceSettings, type SamplingSettings, type ScheduleSettings, type TrainSettings } from '../config/settings.ts';
 import type { Experience } from './answerer.ts';
 import type { CandidateJudge, Unbacked } from './judge.ts';
 import type { Metrics } from './metrics.ts';
@@ -37,10 +37,7 @@ import { guarded } from '../util/guarded.ts';
 /** Majority samples per unbacked question the candidate scores for --confidence-rise. */
 const UNBACKED_SAMPLES = 8;
 
-export type AdaptationOptions = ScheduleSettings &
-  TrainSettings &
-  Pick<SamplingSettings, 'temperature' | 'seed'> &
-  Pick<GuardSettings, 'confidenceRise'> & { lora?: LoraConfig };
+export type AdaptationOptions = ScheduleSettings & TrainSettings & Pick<SamplingSettings, 'temperature' | 'seed'> & ConfidenceSettings & { lora?: LoraConfig };
 
 export interface UpdateOutcome {
   version: number | null;

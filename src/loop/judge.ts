@@ -14,7 +14,7 @@ import type { LoraConfig } from '../model/lora.ts';
 import type { TrainSequence } from '../engine/batch.ts';
 import type { Store } from '../store/store.ts';
 import type { Task } from '../tasks/task.ts';
-import type { GuardSettings, SamplingSettings, TrainSettings } from '../config/settings.ts';
+import type { ConfidenceSettings, GuardSettings, SamplingSettings, TrainSettings } from '../config/settings.ts';
 import {
   anchorShiftOf,
   judgeAnchors,
@@ -39,7 +39,10 @@ import type { Metrics } from './metrics.ts';
  * value (the judge's workers take the cycles serving leaves, as the trainer's do); the served
  * task, so that probe questions are asked as the server asks them.
  */
-export type JudgeOptions = GuardSettings & Pick<TrainSettings, 'trainThreads' | 'trainNice'> & Pick<SamplingSettings, 'seed'> & { task: Task };
+export type JudgeOptions = GuardSettings &
+  ConfidenceSettings &
+  Pick<TrainSettings, 'trainThreads' | 'trainNice'> &
+  Pick<SamplingSettings, 'seed'> & { task: Task };
 
 /**
  * A candidate as the judge sees it: the update's steps, what it trained (every weight, or

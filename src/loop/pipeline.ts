@@ -18,6 +18,7 @@ import type {
   UpstreamSettings,
   ModelSettings,
   GuardSettings,
+  ConfidenceSettings,
   LimitSettings,
   SamplingSettings,
   ScheduleSettings,
@@ -46,7 +47,8 @@ export type PipelineSettings = ModelSettings &
   Pick<LimitSettings, 'maxVotes' | 'queueLimit'> &
   ScheduleSettings &
   TrainSettings &
-  GuardSettings;
+  GuardSettings &
+  ConfidenceSettings;
 
 export interface Pipeline {
   model: Model;

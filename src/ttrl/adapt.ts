@@ -11,9 +11,10 @@ import { anchorAgreement, CollapseGuard, GUARD_DEFAULTS, pickAnchors, type Guard
 import { selectForTraining } from './grpo.ts';
 import { referenceSupport } from './reference.ts';
 import { Scorer } from '../engine/scorer.ts';
-import { accuracy, rollout, type Accuracy } from '../sampling/rollout.ts';
+import { accuracy, rollout, type Accuracy, type Rollout } from '../sampling/rollout.ts';
 import { TTRLUpdater } from './updater.ts';
-import { lrOf, resolveGroups, type OfflineAdaptSettings, type SamplingSettings, type TrainSettings } from '../config/settings.ts';
+import { lrOf, resolveGroups, type ConfidenceSettings, type OfflineAdaptSettings, type SamplingSettings, type TrainSettings } from '../config/settings.ts';
+import { LOW_SUPPORT, judgeConfidence } from './candidate-checks.ts';
 import { initAdapters, loraConfigFor, mergeAdapters } from '../model/lora.ts';
 
 /**
@@ -23,6 +24,7 @@ import { initAdapters, loraConfigFor, mergeAdapters } from '../model/lora.ts';
  */
 export type AdaptSettings = OfflineAdaptSettings &
   TrainSettings &
+  ConfidenceSettings &
   Pick<SamplingSettings, 'votes' | 'temperature' | 'seed' | 'threads'> & {
     /** How questions become prompts and answers are read (default: the arithmetic task). */
     task?: Task;
@@ -31,7 +33,7 @@ export type AdaptSettings = OfflineAdaptSettings &
   };
 
 /** The recommended settings: what `ttrl adapt` runs without flags (bench/RESULTS.md), read from the settings table. */
-export const ADAPT_DEFAULTS: AdaptSettings = resolveGroups(['offlineAdapt', 'train', 'sampling'], {}, {}) as AdaptSettings;
+export const ADAPT_DEFAULTS: AdaptSettings = resolveGroups(['offlineAdapt', 'train', 'confidence', 'sampling'], {}, {}) as AdaptSettings;
 
 export interface StepRow {
   step: number;
@@ -46,6 +48,8 @@ export interface StepRow {
   trained: number;
   /** Mean reference support of the step's majorities (with --ref-gate). */
   ref_support: number | null;
+  /** With --confidence-rise: the model's share of votes for its majorities minus the shipped model's support of them, on the questions it does not back. */
+  confidence_rise: number | null;
   pass_at_1: number | null;
   maj_at_n: number | null;
   /** Share of the guard's anchors that kept their initial answer (when checked). */
@@ -144,7 +148,7 @@ export async function adapt(model: Model, questions: QuestionRecord[], s: AdaptS
       );
       // The reference gate reads the initial model, whatever the trained one became.
       const support =
-        s.refGate > 0 && s.reward === 'majority'
+        (s.refGate > 0 || s.confidenceRise !== undefined) && s.reward === 'majority'
           ? await referenceSupport(
               (reference ??= await Scorer.create({ config: model.config, weights: initialWeights, threads: s.threads })),
               rollouts,
@@ -157,7 +161,7 @@ export async function adapt(model: Model, questions: QuestionRecord[], s: AdaptS
         batch.map((i) => truths[i]),
         s,
         rng,
-        support,
+        s.refGate > 0 ? support : undefined,
       );
       let event = '';
       const rollBack = async (reason: string) => {
@@ -173,6 +177,13 @@ export async function adapt(model: Model, questions: QuestionRecord[], s: AdaptS
       if (collapse) {
         guard ??= new CollapseGuard(collapse, signals);
         const reason = guard.observe(signals);
+        if (reason) await rollBack(reason);
+      }
+      // Confidence without support: the model drew these samples, so its own probability of a
+      // majority is its share of the votes; the shipped model's is the reference support.
+      const shift = support ? confidenceShift(rollouts, support) : null;
+      if (!event && shift) {
+        const reason = judgeConfidence(shift, s.confidenceRise);
         if (reason) await rollBack(reason);
       }
       const u = event ? null : await updater.update(selected, lr);
@@ -197,6 +208,7 @@ export async function adapt(model: Model, questions: QuestionRecord[], s: AdaptS
         loss: u?.loss ?? null,
         trained: stats.trained,
         ref_support: stats.refSupport,
+        confidence_rise: shift && shift.questions ? shift.rise : null,
         pass_at_1: ev?.pass_at_1 ?? null,
         maj_at_n: ev?.maj_at_n ?? null,
         anchor_agreement: checked,
@@ -211,4 +223,16 @@ export async function adapt(model: Model, questions: QuestionRecord[], s: AdaptS
   } finally {
     await Promise.all([sampler.close(), updater?.close(), reference?.close()]);
   }
+}
+
+/** How much surer than the shipped model the sampling model is of the majorities the shipped model does not back. */
+function confidenceShift(rollouts: Rollout[], support: number[]): { questions: number; rise: number } {
+  let n = 0,
+    rise = 0;
+  rollouts.forEach((r, i) => {
+    if (r.vote.label === null || support[i]! >= LOW_SUPPORT || !r.samples.length) return;
+    n++;
+    rise += r.samples.filter((x) => x.answer === r.vote.label).length / r.samples.length - support[i]!;
+  });
+  return { questions: n, rise: n ? rise / n : 0 };
 }
