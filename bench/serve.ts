@@ -49,7 +49,7 @@ import { suite } from '../src/tasks/suites.ts';
 import type { Question } from '../src/tasks/arithmetic.ts';
 import { quantile } from '../src/util/stats.ts';
 import { calibration } from '../src/sampling/calibration.ts';
-import { linePlot, stackPlots, type Series } from '../src/util/svg-plot.ts';
+import { windowsPlot } from './windows-plot.ts';
 import { writeFileSync } from 'node:fs';
 import { readyz, startBenchPostgres, waitForLeader, type BenchPostgres } from './fleet-db.ts';
 import { startUpstream, type UpstreamServer } from './upstream-servers.ts';
@@ -420,20 +420,13 @@ const out = {
 };
 if (o.svg) {
   // One chart per measure, a line per run (stream, seed, mode).
-  const name = (r: (typeof runs)[number]) => `${r.stream} s${r.seed} ${r.mode}`;
-  const chart = (key: 'accuracy' | 'confidence' | 'ece', title: string) =>
-    linePlot(
-      runs.map((r): Series => ({ name: name(r), points: (r.windows ?? []).map((w) => [w.to, w[key]]) })),
-      { title, xLabel: `questions served (windows of ${W})`, yMin: 0, yMax: key === 'ece' ? 0.5 : 1 },
-    );
   const title = `${o.suite}, ${N} questions, ${o.set?.join(' ') || 'defaults'}`;
   writeFileSync(
     o.svg,
-    stackPlots([
-      chart('accuracy', `served accuracy: ${title}`),
-      chart('confidence', 'served confidence (majority share)'),
-      chart('ece', 'calibration error (ECE)'),
-    ]),
+    windowsPlot(
+      runs.map((r) => ({ name: `${r.stream} s${r.seed} ${r.mode}`, windows: r.windows ?? [] })),
+      title,
+    ),
   );
   log(`wrote ${o.svg}`);
 }

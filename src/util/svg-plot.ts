@@ -94,7 +94,8 @@ function ticks(lo: number, hi: number, n = 5): number[] {
   return out;
 }
 
-const fmt = (x: number) => (Math.abs(x) >= 1000 ? x.toExponential(1) : String(+x.toPrecision(4)));
+// Whole numbers as they are up to a million (question counts, steps); others to 4 significant digits.
+const fmt = (x: number) => (Number.isInteger(x) && Math.abs(x) < 1e6 ? String(x) : Math.abs(x) >= 1000 ? x.toExponential(1) : String(+x.toPrecision(4)));
 
 /** Rows of objects as CSV, columns in the order of the first row's keys; null as empty. */
 export function toCsv(rows: Record<string, unknown>[]): string {
