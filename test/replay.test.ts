@@ -75,22 +75,23 @@ test('a recorded stream replays against a live server, and the log exports', asy
   }
 });
 
+/** Offline replays that update every 16 questions, small and repeatable. */
+const SMALL_UPDATES = {
+  adapt: true,
+  updateEvery: 16,
+  questionsPerStep: 8,
+  trainSamples: 4,
+  votes: 8,
+  batchQuestions: 8,
+  probeQuestions: 8,
+  lr: 1e-4,
+  ...REPLAY_EXACT,
+};
+
 test('offline replay with one seed gives the same answers and versions twice', async () => {
   const dir = await scratch();
   const items = suite('4-operand', 48, 6).map((q) => ({ ...q, at: 0 }));
-  const s = testSettings({
-    db: join(dir, 'ttrl.sqlite'),
-    adapt: true,
-    updateEvery: 16,
-    questionsPerStep: 8,
-    trainSamples: 4,
-    votes: 8,
-    batchQuestions: 8,
-    probeQuestions: 8,
-    lr: 1e-4,
-    seed: 3,
-    ...REPLAY_EXACT,
-  });
+  const s = testSettings({ db: join(dir, 'ttrl.sqlite'), ...SMALL_UPDATES, seed: 3 });
   const one = await replayOffline(items, s);
   const two = await replayOffline(items, s);
   const r1 = buildReport(one.outcomes, one.sent, one.wallS);
@@ -118,16 +119,8 @@ test('labels never reach training: an offline replay with wrong labels answers a
   // Wrong on purpose: were they rewards (ground truth), no sample would earn one and the updates would differ.
   const labelled = suite('4-operand', 32, 8).map((q) => ({ question: q.question, answer: `${Number(q.answer) + 1}`, at: 0 }));
   const s = testSettings({
-    adapt: true,
-    updateEvery: 16,
-    questionsPerStep: 8,
-    trainSamples: 4,
-    votes: 8,
-    batchQuestions: 8,
-    probeQuestions: 8,
-    lr: 1e-4,
+    ...SMALL_UPDATES,
     seed: 5,
-    ...REPLAY_EXACT,
   });
   const plain = await replayOffline(questions, { ...s, db: join(dir, 'plain.sqlite') });
   const withLabels = await replayOffline(labelled, { ...s, db: join(dir, 'labelled.sqlite') }, { keepDb: true });
