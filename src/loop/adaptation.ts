@@ -20,7 +20,7 @@ import { selectForTraining } from '../ttrl/grpo.ts';
 import { referenceSupport } from '../ttrl/reference.ts';
 import { LOW_SUPPORT } from '../ttrl/candidate-checks.ts';
 import type { Rollout } from '../sampling/rollout.ts';
-import { TTRLUpdater, type UpdateResult } from '../ttrl/updater.ts';
+import { sum, TTRLUpdater, type UpdateResult } from '../ttrl/updater.ts';
 import { lrOf, type ConfidenceSettings, type SamplingSettings, type ScheduleSettings, type TrainSettings } from '../config/settings.ts';
 import type { Experience } from './answerer.ts';
 import type { CandidateJudge, Unbacked } from './judge.ts';
@@ -215,7 +215,7 @@ export class Adaptation {
       const from = out.seqs.length;
       // Some of the majority's samples stand for all of them (the estimate scales by their count).
       for (const x of majority.slice(0, UNBACKED_SAMPLES))
-        out.seqs.push({ tokens: [...r.prompt, ...x.tokens], promptLength: r.prompt.length, sampledLogprob: x.logprobs.reduce((a, b) => a + b, 0) });
+        out.seqs.push({ tokens: [...r.prompt, ...x.tokens], promptLength: r.prompt.length, sampledLogprob: sum(x.logprobs) });
       out.questions.push({ reference: s[i]!, votes: r.samples.length, majority: majority.length, from, to: out.seqs.length });
     });
     return out;

@@ -167,7 +167,7 @@ export class CandidateJudge {
           q.majority,
         ),
       );
-      const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+      const mean = (xs: number[]) => sum(xs) / xs.length;
       const rise = mean(candidate) - mean(questions.map((q) => q.reference));
       Object.assign(stats, {
         unbacked_questions: questions.length,
