@@ -10,7 +10,7 @@
 // (sampler, trainer, prober and scorer workers together). Prints one JSON line last.
 //
 //   npm run bench:update -- [--preset smollm2-135m] [--lora-rank 16] [--questions 64] [--votes 8]
-//                           [--questions-per-step 4] [--prompt-len 32] [--new-tokens 32] [--json]
+//                           [--questions-per-step 4] [--prompt-len 32] [--new-tokens 32] [--quantize int8] [--json]
 import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -30,6 +30,7 @@ const o = new Command()
   .option('--prompt-len <n>', 'prompt tokens', '32')
   .option('--new-tokens <n>', 'new tokens per completion', '32')
   .option('--threads <n>', 'threads of the sampler and of the trainer', '2')
+  .option('--quantize <mode>', 'how the sampler holds the weights: float32, int8 (8-bit blocks; the trainer reads their dequantization)', 'float32')
   .parse()
   .opts<{
     json?: boolean;
@@ -41,12 +42,15 @@ const o = new Command()
     promptLen: string;
     newTokens: string;
     threads: string;
+    quantize: 'float32' | 'int8';
   }>();
 const log = (...a: unknown[]) => console.error(...a);
 const preset = PRESETS[o.preset];
 if (!preset) throw new Error(`unknown preset ${o.preset} (${Object.keys(PRESETS).join(', ')})`);
 
 const root = await mkdtemp(join(tmpdir(), 'ttrl-bench-update-'));
+// The BF16 checkpoint's float32 (and int8) conversions go with the rest of the run's files.
+process.env.TTRL_CACHE_DIR ??= join(root, 'cache');
 try {
   const modelDir = join(root, o.preset);
   await mkdir(modelDir);
@@ -73,6 +77,7 @@ try {
       threads: Number(o.threads),
       trainThreads: Number(o.threads),
       trainNice: 0,
+      quantize: o.quantize,
     },
     {},
   );
@@ -101,6 +106,7 @@ try {
       date: new Date().toISOString().slice(0, 10),
       preset: o.preset,
       lora_rank: Number(o.loraRank),
+      quantize: o.quantize,
       questions: questions.length,
       votes,
       questions_per_step: Number(o.questionsPerStep),
@@ -112,6 +118,8 @@ try {
       update_s: +updateS.toFixed(1),
       update_train_s: typeof stats.train_seconds === 'number' ? +stats.train_seconds.toFixed(1) : null,
       optimizer_steps: stats.steps ?? null,
+      first_step_abs_logratio: stats.first_step_abs_logratio ?? null,
+      clipped_share: stats.clipped_share ?? null,
       outcome: u.outcome,
       reason: u.reason ?? null,
       version_mb: versionMb,

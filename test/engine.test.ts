@@ -371,7 +371,7 @@ test("a trainer step is the graph's gradient followed by textbook AdamW", async 
   }
 });
 
-test('the GRPO objective reaches the trainer by module URL: its loss is the textbook clipped surrogate, and what it needs is named', async () => {
+test('the GRPO objective reaches the trainer by module URL: its loss is the textbook clipped surrogate, its log-ratio statistics the hand-computed ones, and what it needs is named', async () => {
   const w = weights(9, 3);
   const loss = grpoOptionsFor({ kl: 0, entropyBonus: 0, clipEps: 0.2 }); // PPO clipping on, no KL or entropy terms
   const rng = new Rng(4);
@@ -393,17 +393,25 @@ test('the GRPO objective reaches the trainer by module URL: its loss is the text
     // Written out: token-mean of -min(r A, clip(r, 1-eps, 1+eps) A) over the completion tokens.
     const eps = 0.2;
     let sum = 0;
+    let absLogratio = 0;
+    let clipped = 0;
     let n = 0;
     seqs.forEach((s, b) =>
       old[b]!.forEach((o, j) => {
-        const r = Math.exp(tokenLogprobs[b * batch.T + s.promptLength + j]! - o);
+        const logRatio = tokenLogprobs[b * batch.T + s.promptLength + j]! - o;
+        const r = Math.exp(logRatio);
         sum += -Math.min(r * s.advantage, Math.min(Math.max(r, 1 - eps), 1 + eps) * s.advantage);
+        absLogratio += Math.abs(logRatio);
+        if (Math.abs(r - 1) > eps) clipped++;
         n++;
       }),
     );
+    assert.ok(clipped > 0 && clipped < n, 'the old log-probs put some tokens outside the clip and some inside');
     const st = await t.step(withOld, { lr: 1e-3, scalars: grpoScalars(loss, { clipEps: eps, kl: 0, entropyBonus: 0 }) });
     assert.ok(Math.abs(st.loss - sum / n) < 1e-5, `loss ${st.loss} vs ${sum / n}`);
-    assert.deepEqual(Object.keys(st.stats), ['entropy']);
+    assert.deepEqual(Object.keys(st.stats).sort(), ['abs_logratio', 'clipped_share', 'entropy']);
+    assert.ok(Math.abs(st.stats.abs_logratio! - absLogratio / n) < 1e-5, `abs_logratio ${st.stats.abs_logratio} vs ${absLogratio / n}`);
+    assert.ok(Math.abs(st.stats.clipped_share! - clipped / n) < 1e-6, `clipped_share ${st.stats.clipped_share} vs ${clipped / n}`);
     await assert.rejects(t.step(withOld, { lr: 1e-3 }), /this loss needs the scalar clip_eps \(StepHyper\.scalars\)/);
     await assert.rejects(t.step(batch, { lr: 1e-3, scalars: { clip_eps: 0.2 } }), /this loss needs old_logprobs/);
     await assert.rejects(t.step(withOld, { lr: 1e-3, scalars: { clip_eps: NaN } }), /scalar clip_eps must be finite/);

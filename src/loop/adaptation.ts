@@ -352,6 +352,10 @@ export class Adaptation {
       loss: mean('loss'),
       entropy: mean('entropy'),
       grad_norm: mean('gradNorm'),
+      // The sampler's log-prob gap to the trainer at the first step (nothing trained yet: the
+      // kernels' and quantization's share), and how much of the update the clip bounded.
+      first_step_abs_logratio: steps[0]?.absLogratio ?? null,
+      clipped_share: steps.length && steps.every((s) => s.clippedShare !== null) ? steps.reduce((a, s) => a + s.clippedShare!, 0) / steps.length : null,
       lr: lrOf(this.o),
     };
     stats.train_seconds = (performance.now() - t0) / 1000;

@@ -59,9 +59,14 @@ export function objective(o: GrpoOptions): Objective {
       const stats: Record<string, Tensor> = {};
       if (o.ppoClip) {
         const eps = t.scalar('clip_eps');
-        const ratio = op.exp(onlyActive(op.sub(lp, t.token('old_logprobs'))));
+        const logRatio = onlyActive(op.sub(lp, t.token('old_logprobs')));
+        const ratio = op.exp(logRatio);
         const clipped = op.max(op.min(ratio, op.add(eps, 1)), op.sub(1, eps));
         perToken = op.neg(op.min(op.mul(ratio, adv), op.mul(clipped, adv)));
+        // How far the trained weights score the sampled tokens from the sampler: at an update's
+        // first step that is the sampler's own gap (kernels, quantized weights), later the drift.
+        stats.abs_logratio = weightedMean(op.abs(logRatio), w, 'token-mean');
+        stats.clipped_share = weightedMean(op.cast(op.greater(op.abs(op.sub(ratio, 1)), eps), lp.dtype), w, 'token-mean');
       } else perToken = op.neg(op.mul(lp, adv));
       if (o.klTerm) {
         const d = onlyActive(op.sub(t.token('ref_logprobs'), lp));

@@ -25,6 +25,13 @@ export interface UpdateResult {
   entropy: number;
   kl: number | null;
   gradNorm: number;
+  /**
+   * Mean |log p_trained - log p_sampled| per trained token, and the share of tokens whose
+   * ratio the clip bounds (first epoch; null without clipping). At an update's first step the
+   * weights are the sampler's, so this is the sampler's gap to the trainer (quantized kernels).
+   */
+  absLogratio: number | null;
+  clippedShare: number | null;
   /** False when every epoch's gradient was non-finite (weights unchanged). */
   updated: boolean;
   /** Epochs whose gradient was non-finite and were skipped. */
@@ -109,6 +116,8 @@ export class TTRLUpdater {
       entropy: first!.entropy,
       kl: first!.kl ?? null,
       gradNorm: first!.gradNorm,
+      absLogratio: first!.stats.abs_logratio ?? null,
+      clippedShare: first!.stats.clipped_share ?? null,
       updated: skipped < this.settings.epochs,
       skipped,
       sequences: batch.B,
