@@ -340,11 +340,24 @@ function trainedOn(versions: { version: number; stats: unknown }[]) {
   return out;
 }
 
-/** What the updates did: optimizer steps in all, and mean seconds per update (training, and with the guard's probe). */
+/**
+ * What the updates did: optimizer steps in all, mean seconds per update (training, and with the
+ * guard's probe), and the mean first-step |log-ratio| and clipped share (the sampler's gap to
+ * the trainer: what quantized serving changes for GRPO).
+ */
 function updateCosts(versions: { version: number; stats: unknown }[]) {
-  const stats = versions.filter((v) => v.version > 0).map((v) => (v.stats ?? {}) as Record<string, number>);
-  const mean = (k: string) => (stats.length ? +(stats.reduce((a, s) => a + (s[k] ?? 0), 0) / stats.length).toFixed(2) : null);
-  return { optimizer_steps: stats.reduce((a, s) => a + (s.steps ?? 0), 0), update_s: mean('seconds'), update_train_s: mean('train_seconds') };
+  const stats = versions.filter((v) => v.version > 0).map((v) => (v.stats ?? {}) as Record<string, number | null>);
+  const mean = (k: string, digits: number) => {
+    const xs = stats.map((s) => s[k]).filter((x): x is number => typeof x === 'number');
+    return xs.length ? +(xs.reduce((a, b) => a + b, 0) / xs.length).toFixed(digits) : null;
+  };
+  return {
+    optimizer_steps: stats.reduce((a, s) => a + (s.steps ?? 0), 0),
+    update_s: mean('seconds', 2),
+    update_train_s: mean('train_seconds', 2),
+    first_step_abs_logratio: mean('first_step_abs_logratio', 5),
+    clipped_share: mean('clipped_share', 4),
+  };
 }
 
 function runPeer(): { questions_per_s: number; sample_tok_s: number; peer: string } | { error: string } {
