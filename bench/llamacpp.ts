@@ -10,7 +10,8 @@
 //  - memory: peak RSS of each side's process; the share of the machine's memory bandwidth
 //    (a large ReduceSum in ORT) the single-sequence decode step reaches, reading the weights
 //    once per step (the bytes the sampler's graph maps).
-// Ours runs in a child process per file (--child), so each RSS is its own. llama.cpp needs
+// Ours runs in a child process per file (bench/llamacpp-ours.mjs, on the build in dist/, which
+// this script makes first), so each RSS is its own and holds what a user's process holds. llama.cpp needs
 // node-llama-cpp installed outside the project: NODE_LLAMA_CPP=<its package folder>.
 // The JSON line printed last ends with q8_batch_ratio, q8_single_ratio, q8_rss_ratio (ours over llama.cpp's).
 //
@@ -20,12 +21,8 @@ import { existsSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
-import { loadModel } from '../src/formats/checkpoint.ts';
-import { Sampler } from '../src/engine/sampler.ts';
-import { isWeightFile } from '../src/formats/weight-file.ts';
-import { Rng } from '../src/util/rng.ts';
 import { q4KMType, requantizeGGUF } from './ggml-quantize.ts';
-import { median as medianOf, memoryBandwidth } from './timing.ts';
+import { memoryBandwidth } from './timing.ts';
 
 const FILES: Record<string, string> = { f32: 'smol-f32.gguf', q8: 'smol-q8.gguf', q4km: 'smol-q4km.gguf' };
 
@@ -36,52 +33,12 @@ const opts = new Command()
   .option('--reps <n>', 'timed repetitions (median), after a warm-up', '3')
   .option('--no-peer', 'skip llama.cpp')
   .option('--json', 'only the JSON line on stdout')
-  .option('--child <file>', '(internal) measure our engine on one file and print its JSON')
   .option('--bandwidth-child', '(internal) measure the memory bandwidth and print it')
   .parse()
-  .opts<{ dir: string; formats: string; threads: string; reps: string; peer: boolean; json?: boolean; child?: string; bandwidthChild?: boolean }>();
+  .opts<{ dir: string; formats: string; threads: string; reps: string; peer: boolean; json?: boolean; bandwidthChild?: boolean }>();
 const threads = Number(opts.threads);
 const reps = Number(opts.reps);
-const median = (fn: () => Promise<unknown>) => medianOf(fn, reps);
 const log = (...a: unknown[]) => console.error(...a);
-const PROMPTS = 16;
-const PROMPT_LEN = 32;
-const NEW_TOKENS = 64;
-
-/** Our side on one file, in this process. */
-async function child(path: string): Promise<Record<string, unknown>> {
-  const model = await loadModel(path);
-  const w = model.weights;
-  // Bytes one decode step reads: each weight once, in the form the generate graph maps it.
-  let weightBytes = 0;
-  if (isWeightFile(w)) {
-    for (const [name, t] of Object.entries(w.tensors)) {
-      const q = w.quantized?.[name];
-      const elements = t.shape.reduce((a, b) => a * b, 1);
-      weightBytes += q ? (q.rows * q.cols * q.bits) / 8 + ((q.rows * q.cols) / q.blockSize) * (q.offsets === undefined ? 4 : 8) : elements * 4;
-    }
-  }
-  const sampler = await Sampler.create({ config: model.config, weights: w, threads });
-  const rng = new Rng(1);
-  const prompts = Array.from({ length: PROMPTS }, () => Array.from({ length: PROMPT_LEN }, () => rng.int(3, model.config.vocabSize - 1)));
-  let seed = 0;
-  const run = (ps: number[][], n: number) =>
-    sampler.generate(ps, { samplesPerPrompt: 1, maxNewTokens: n, seed: seed++, temperature: 1, stopTokens: [], padToken: 0 });
-  const batch = await median(() => run(prompts, NEW_TOKENS));
-  const one = prompts.slice(0, 1);
-  const single = await median(() => run(one, NEW_TOKENS));
-  const singleFirst = await median(() => run(one, 1));
-  await sampler.close();
-  const step = (single - singleFirst) / (NEW_TOKENS - 1);
-  return {
-    batch_tok_s: +((PROMPTS * NEW_TOKENS) / batch).toFixed(1),
-    single_tok_s: +(NEW_TOKENS / single).toFixed(1),
-    single_decode_step_ms: +(step * 1000).toFixed(2),
-    weight_mb: +(weightBytes / 1e6).toFixed(1),
-    single_step_gb_s: +(weightBytes / step / 1e9).toFixed(1),
-    peak_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
-  };
-}
 
 function makeFiles(dir: string): void {
   const script = fileURLToPath(new URL('../../shared/peers/llamacpp_make_gguf.py', import.meta.url));
@@ -115,11 +72,12 @@ function runPeer(path: string): Record<string, unknown> {
 
 if (opts.bandwidthChild) {
   console.log(JSON.stringify(await memoryBandwidth(threads)));
-} else if (opts.child) {
-  console.log(JSON.stringify(await child(opts.child)));
 } else {
   const dir = resolve(opts.dir);
   makeFiles(dir);
+  // Ours is measured on the build (see bench/llamacpp-ours.mjs): make it from these sources.
+  const build = spawnSync('npm', ['run', 'build'], { cwd: fileURLToPath(new URL('..', import.meta.url)), stdio: ['ignore', 'ignore', 'inherit'] });
+  if (build.status !== 0) throw new Error('npm run build failed');
   // In a child of its own: Linux keeps a process's peak RSS across fork and exec, so a parent
   // that had grown (the bandwidth probe's buffers) would set every measured child's floor.
   const probe = spawnSync(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--bandwidth-child', '--threads', String(threads)], {
@@ -131,15 +89,11 @@ if (opts.bandwidthChild) {
   const out: Record<string, unknown> = { threads, reps, bandwidth_gb_s: +bandwidth.toFixed(1) };
   for (const format of opts.formats.split(',')) {
     const path = join(dir, FILES[format]!);
-    const r = spawnSync(
-      process.execPath,
-      ['--import', 'tsx', fileURLToPath(import.meta.url), '--child', path, '--threads', String(threads), '--reps', String(reps)],
-      {
-        encoding: 'utf8',
-        maxBuffer: 1 << 24,
-        env: { ...process.env, TTRL_CACHE_DIR: process.env.TTRL_CACHE_DIR ?? join(dir, 'cache') },
-      },
-    );
+    const r = spawnSync(process.execPath, [fileURLToPath(new URL('llamacpp-ours.mjs', import.meta.url)), path, String(threads), String(reps)], {
+      encoding: 'utf8',
+      maxBuffer: 1 << 24,
+      env: { ...process.env, TTRL_CACHE_DIR: process.env.TTRL_CACHE_DIR ?? join(dir, 'cache') },
+    });
     if (r.status !== 0) throw new Error(`ours on ${path} failed: ${r.stderr}`);
     const ours = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
     ours.bandwidth_share = +(ours.single_step_gb_s / bandwidth).toFixed(2);
