@@ -11,7 +11,7 @@ import { resolveSettings } from '../src/config/settings.ts';
 import { checkAsk } from '../src/loop/admission.ts';
 import { isWeightFile } from '../src/formats/weight-file.ts';
 import { scratch } from './helpers/scratch.ts';
-import { FIRST_WORD, STORY_PROMPTS, storiesOneSentence } from './helpers/stories.ts';
+import { STORIES_LORA, STORY_PROMPTS, storiesOneSentence } from './helpers/stories.ts';
 
 test('LoRA adaptation on an int8-quantized base: trained, promoted and served as on float32; the sampler-trainer log-prob gap measured', async (t) => {
   const dir = await scratch('ttrl-qadapt-');
@@ -28,15 +28,7 @@ test('LoRA adaptation on an int8-quantized base: trained, promoted and served as
           threads: 1,
           trainThreads: 1,
           trainNice: 0,
-          votes: 8,
-          extractor: `regex:${FIRST_WORD}`,
-          maxNewTokens: 48,
-          updateEvery: 1000,
-          loraRank: 4,
-          gate: 0,
-          probeQuestions: 0,
-          anchors: 0,
-          lr: 3e-3,
+          ...STORIES_LORA,
         },
         {},
       );

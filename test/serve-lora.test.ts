@@ -21,7 +21,7 @@ import { collect } from './helpers/collect.ts';
 import { scratch } from './helpers/scratch.ts';
 import { startTestServer, type SettingOverrides } from './helpers/server.ts';
 import { ttrl } from './helpers/cli.ts';
-import { connect, FIRST_WORD, STORY_PROMPTS, storiesOneSentence } from './helpers/stories.ts';
+import { connect, STORIES_LORA, STORY_PROMPTS, storiesOneSentence } from './helpers/stories.ts';
 
 const TOKEN = 'test-admin-token';
 
@@ -29,16 +29,8 @@ function serve(model: string, db: string, over: SettingOverrides = {}): Promise<
   return startTestServer({
     db,
     model,
-    votes: 8,
-    extractor: `regex:${FIRST_WORD}`,
-    maxNewTokens: 48,
+    ...STORIES_LORA,
     adapt: true,
-    updateEvery: 1000,
-    loraRank: 4,
-    gate: 0,
-    probeQuestions: 0,
-    anchors: 0,
-    lr: 3e-3,
     adminToken: TOKEN,
     maxClientShare: 1,
     ...over,

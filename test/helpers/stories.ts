@@ -69,3 +69,20 @@ export const STORY_PROMPTS = [
   'Sam found a big',
   'The bird sang a',
 ];
+
+/**
+ * LoRA adaptation on stories260K in tests: votes on the first word, updates only when asked
+ * (updateEvery out of reach), every question trained on (no gate), no probe or anchors (a story
+ * has no right answer to check), rank 4 at a learning rate that moves it in one update.
+ */
+export const STORIES_LORA = {
+  votes: 8,
+  extractor: `regex:${FIRST_WORD}`,
+  maxNewTokens: 48,
+  updateEvery: 1000,
+  loraRank: 4,
+  gate: 0,
+  probeQuestions: 0,
+  anchors: 0,
+  lr: 3e-3,
+};
